@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="wrpn-tvm",
+    version="0.1.0",
+    description="Train WRPN (wide reduced-precision) networks and compile them to tuned bit-serial kernels with Apache TVM",
+    python_requires=">=3.10",
+    packages=find_packages(include=["wrpn_tvm", "wrpn_tvm.*", "schedules", "schedules.*"]),
+    install_requires=[
+        # 0.1.15.x segfaults in tvm.ir.save_json (and so in every MetaSchedule database write).
+        "apache-tvm==0.27.0.post1",
+        "apache-tvm-ffi==0.1.14.post1",
+        # The CPU build that lies on the development machines' disk; a bare `torch` pulls CUDA.
+        "torch==2.13.0",
+        "numpy>=1.26,<3",
+        "xgboost-cpu>=2.0",
+        "psutil>=5.9",
+        "cloudpickle>=2.2",
+        "tornado>=6.3",
+        "scipy>=1.11",
+        "scikit-learn>=1.3",
+        "mlxtend>=0.23",
+        "matplotlib>=3.7",
+    ],
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100"]},
+    entry_points={"console_scripts": ["wrpn-tvm=wrpn_tvm.cli:main"]},
+)

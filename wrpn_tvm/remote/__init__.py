@@ -1,0 +1,1 @@
+"""wrpn_tvm.remote"""
