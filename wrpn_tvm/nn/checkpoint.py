@@ -1,0 +1,61 @@
+"""Training checkpoints: plain dicts of tensors, numbers and strings, loaded with weights_only=True."""
+
+from pathlib import Path
+
+import torch
+
+from ..errors import WrpnError
+from .zoo import build_model
+
+FORMAT = "wrpn-tvm-checkpoint/1"
+# The build_model arguments stored in every checkpoint's "config".
+MODEL_KEYS = ("model", "width", "abits", "wbits", "num_classes", "in_channels", "image_size")
+
+
+def save_checkpoint(path, *, config: dict, epoch: int, model, optimizer, history: list) -> None:
+    """Write the state after `epoch` completed epochs; written to a temporary name first so a crash never leaves half a file."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "config": dict(config),
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": list(history),
+    }
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    partial.replace(path)
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by save_checkpoint; anything else raises WrpnError."""
+    path = Path(path)
+    if not path.is_file():
+        raise WrpnError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged or foreign file
+        raise WrpnError(f"checkpoint {path} is corrupt or not a wrpn-tvm checkpoint ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise WrpnError(f"checkpoint {path} is not a wrpn-tvm checkpoint")
+    return payload
+
+
+def model_from_checkpoint(payload: dict, path="checkpoint"):
+    """The zoo model described by a checkpoint's config, with its trained weights loaded."""
+    config = payload["config"]
+    model = build_model(
+        config["model"],
+        width=config["width"],
+        abits=config["abits"],
+        wbits=config["wbits"],
+        num_classes=config["num_classes"],
+        in_channels=config["in_channels"],
+        image_size=config["image_size"],
+    )
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, KeyError) as err:
+        raise WrpnError(f"{path} does not hold the weights of the model it describes: {str(err).splitlines()[0]}") from None
+    return model
