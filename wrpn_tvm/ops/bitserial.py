@@ -1,0 +1,176 @@
+"""Bit-serial conv2d and dense as TE computes over packed bit-planes (see bitpack.py for layouts).
+
+sum(A * W) = sum_i sum_j c_j 2^(i+j) popcount(A_i & W_j) with c_j = -1 for the top weight plane
+(two's complement) and +1 otherwise. At 1 bit the weight is +-1 and the product is
+popcount(A_i & W) - popcount(A_i & ~W) = 2 popcount(A_i & W) - popcount(A_i): the main block
+counts only A & W (AND + popcount + add, the roofline loop) and a small block sums the
+activation levels per window, subtracted in an elementwise epilogue.
+The plane sums are written out in the expression (not reduction axes), so the reduction is only
+over the kernel window and channel words: each loaded activation word feeds every weight plane,
+and the shifts are compile-time constants.
+"""
+
+from tvm import te, tirx
+
+from .grid import check_bits
+from ..errors import WrpnError
+
+CONV2D_RULE = "wrpn_bitserial_conv2d"
+DENSE_RULE = "wrpn_bitserial_dense"
+
+
+def as_pair(value, what: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    if len(value) == 2:
+        return int(value[0]), int(value[1])
+    raise WrpnError(f"{what} must be an int or a pair, got {value!r}")
+
+
+def as_padding4(padding) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) from an int, a (vertical, horizontal) pair, or four values."""
+    if isinstance(padding, int):
+        return (padding,) * 4
+    if len(padding) == 2:
+        return int(padding[0]), int(padding[1]), int(padding[0]), int(padding[1])
+    if len(padding) == 4:
+        return tuple(int(p) for p in padding)
+    raise WrpnError(f"padding must be an int, a pair or (top, left, bottom, right), got {padding!r}")
+
+
+def _popcount(word):
+    return tirx.popcount(word).astype("int32")
+
+
+def _plane_dot(activation_words, weight_words, wbits: int):
+    """int32 sum over plane pairs of c_j 2^(i+j) popcount(A_i & W_j) for one word of each.
+
+    At 1 bit this is only sum_i 2^i popcount(A_i & W); the caller subtracts the activation sum.
+    Terms are grouped by shift so each shift is applied once per group, not once per pair.
+    """
+    groups: dict[int, list] = {}
+    for i, a in enumerate(activation_words):
+        for j, w in enumerate(weight_words):
+            negative = wbits > 1 and j == wbits - 1
+            groups.setdefault(i + j, []).append((negative, _popcount(a & w)))
+    total = None
+    for shift, terms in sorted(groups.items()):
+        terms.sort(key=lambda term: term[0])  # positive terms first
+        group = terms[0][1] if not terms[0][0] else -terms[0][1]
+        for negative, count in terms[1:]:
+            group = group - count if negative else group + count
+        group = group << shift if shift else group
+        total = group if total is None else total + group
+    return total
+
+
+def _level_sum(activation_words):
+    """sum_i 2^i popcount(A_i): the sum of the activation levels held in one word per plane."""
+    total = _popcount(activation_words[0])
+    for i, a in enumerate(activation_words[1:], start=1):
+        total = total + (_popcount(a) << i)
+    return total
+
+
+def _check_planes(what: str, actual, expected: int) -> None:
+    if int(actual) != expected:
+        raise WrpnError(f"{what} has {int(actual)} bit-planes but the layer has {expected} bits")
+
+
+def bitserial_conv2d(data_packed, weight_packed, abits, wbits, stride, padding, out_dtype="int32"):
+    """int32 NHWC [N, OH, OW, O] conv of packed activations [N, H, W, abits, CW] with packed
+    weights [KH, KW, wbits, CW, O]; zero padding is activation level 0."""
+    check_bits(abits, wbits)
+    if out_dtype != "int32":
+        raise WrpnError(f"bit-serial conv2d accumulates in int32, got out_dtype={out_dtype!r}")
+    batch, height, width, a_planes, words = data_packed.shape
+    kernel_h, kernel_w, w_planes, w_words, out_channels = weight_packed.shape
+    _check_planes("packed data", a_planes, abits)
+    _check_planes("packed weight", w_planes, wbits)
+    if int(words) != int(w_words) or data_packed.dtype != weight_packed.dtype:
+        raise WrpnError("packed data and weight disagree on channel words or word size")
+    stride_h, stride_w = as_pair(stride, "stride")
+    top, left, bottom, right = as_padding4(padding)
+    out_h = (height + top + bottom - kernel_h) // stride_h + 1
+    out_w = (width + left + right - kernel_w) // stride_w + 1
+
+    if top or left or bottom or right:
+        zero = tirx.const(0, data_packed.dtype)
+
+        def pad(n, h, w, i, c):
+            inside = tirx.all(h >= top, h < height + top, w >= left, w < width + left)
+            return tirx.if_then_else(inside, data_packed[n, h - top, w - left, i, c], zero)
+
+        padded = te.compute(
+            (batch, height + top + bottom, width + left + right, a_planes, words), pad, name="wrpn_pad"
+        )
+    else:
+        padded = data_packed
+
+    kh = te.reduce_axis((0, kernel_h), name="kh")
+    kw = te.reduce_axis((0, kernel_w), name="kw")
+    cw = te.reduce_axis((0, words), name="cw")
+
+    def conv(n, oh, ow, o):
+        h, w = oh * stride_h + kh, ow * stride_w + kw
+        a = [padded[n, h, w, i, cw] for i in range(abits)]
+        wt = [weight_packed[kh, kw, j, cw, o] for j in range(wbits)]
+        return te.sum(_plane_dot(a, wt, wbits), axis=[kh, kw, cw])
+
+    counts = te.compute(
+        (batch, out_h, out_w, out_channels),
+        conv,
+        name="wrpn_bitserial_conv2d",
+        attrs={"schedule_rule": CONV2D_RULE},
+    )
+    if wbits > 1:
+        return counts
+    # +-1 weights: sum(A * W) = 2 sum(A & W) - sum(A); sum(A) does not depend on the output channel.
+    skh = te.reduce_axis((0, kernel_h), name="skh")
+    skw = te.reduce_axis((0, kernel_w), name="skw")
+    scw = te.reduce_axis((0, words), name="scw")
+
+    def window_sum(n, oh, ow):
+        h, w = oh * stride_h + skh, ow * stride_w + skw
+        return te.sum(_level_sum([padded[n, h, w, i, scw] for i in range(abits)]), axis=[skh, skw, scw])
+
+    level_sums = te.compute((batch, out_h, out_w), window_sum, name="wrpn_window_level_sum")
+    return te.compute(
+        counts.shape,
+        lambda n, oh, ow, o: (counts[n, oh, ow, o] << 1) - level_sums[n, oh, ow],
+        name="wrpn_binary_weight_correction",
+    )
+
+
+def bitserial_dense(data_packed, weight_packed, abits, wbits):
+    """int32 [N, O] product of packed activations [N, abits, KW] with packed weights [wbits, KW, O]."""
+    check_bits(abits, wbits)
+    batch, a_planes, words = data_packed.shape
+    w_planes, w_words, out_features = weight_packed.shape
+    _check_planes("packed data", a_planes, abits)
+    _check_planes("packed weight", w_planes, wbits)
+    if int(words) != int(w_words) or data_packed.dtype != weight_packed.dtype:
+        raise WrpnError("packed data and weight disagree on input words or word size")
+    k = te.reduce_axis((0, words), name="k")
+
+    def dense(n, o):
+        a = [data_packed[n, i, k] for i in range(abits)]
+        wt = [weight_packed[j, k, o] for j in range(wbits)]
+        return te.sum(_plane_dot(a, wt, wbits), axis=[k])
+
+    counts = te.compute(
+        (batch, out_features), dense, name="wrpn_bitserial_dense", attrs={"schedule_rule": DENSE_RULE}
+    )
+    if wbits > 1:
+        return counts
+    sk = te.reduce_axis((0, words), name="sk")
+    level_sums = te.compute(
+        (batch,),
+        lambda n: te.sum(_level_sum([data_packed[n, i, sk] for i in range(abits)]), axis=[sk]),
+        name="wrpn_level_sum",
+    )
+    return te.compute(
+        counts.shape,
+        lambda n, o: (counts[n, o] << 1) - level_sums[n],
+        name="wrpn_binary_weight_correction",
+    )
