@@ -1,1 +1,25 @@
-"""wrpn_tvm.lowering"""
+"""WRPN lowering: find the quantized layers of an imported model and run them bit-serially.
+
+`lower_wrpn(mod, spec)` takes the Relax module from `frontend.to_relax` and returns it with every
+conv2d / dense that reads a WRPN activation quantizer and holds on-grid constant weights rewritten
+to bitpack + bit-serial kernel + one folded per-channel epilogue (scale, bias, batch norm), plus
+one LayerReport per conv2d / dense saying what it became and, for FP32 layers, why.
+Modules: graph (binding view), quantizer (activation pattern), weight_grid (numeric grid check),
+epilogue (affine folding), recognize (per-layer decision), rewrite (the Relax rewrite), report.
+"""
+
+from .graph import BindingGraph
+from .recognize import plan_function
+from .report import FP32, LayerReport
+from .rewrite import rewrite, word_bits_for
+
+__all__ = ["FP32", "LayerReport", "lower_wrpn"]
+
+
+def lower_wrpn(mod, spec):
+    """(lowered module, one LayerReport per conv2d / dense layer of `main`, in program order)."""
+    graph = BindingGraph(mod["main"])
+    reports, plans = plan_function(graph)
+    if not plans:
+        return mod, reports
+    return rewrite(mod, plans, word_bits_for(spec)), reports
