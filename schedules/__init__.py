@@ -1,1 +1,78 @@
-"""Per-target TIR schedule templates for the bit-serial ops (x86, arm_cpu, cuda)."""
+"""Per-target TIR schedule templates for the WRPN bit-serial ops (x86, arm_cpu, cuda).
+
+Two ways in:
+
+* ``apply_default_schedules(mod, target)`` schedules every PrimFunc of ``mod`` that holds a WRPN
+  block (bit-serial conv2d/dense or bitpack) with the target's template at default decisions, for
+  an untuned compile; other functions are left as they are. It works on PrimFuncs from
+  ``relax.BlockBuilder.emit_te`` and after FuseOps/FuseTIR (padding and elementwise epilogues are
+  inlined, leftover blocks parallelized or bound to GPU threads).
+
+* MetaSchedule custom rules. The compute blocks carry ``attrs={"schedule_rule": NAME}`` with NAME
+  one of ``wrpn_bitserial_conv2d``, ``wrpn_bitserial_dense``, ``wrpn_bitpack``; importing this
+  package registers ``s_tir.meta_schedule.<key>.<NAME>`` for the target keys ``cpu`` (x86),
+  ``arm_cpu`` (aarch64 targets have keys ``arm_cpu, cpu``; the first registered key wins) and
+  ``cuda``. MetaSchedule's ApplyCustomRule (in the default rule set of every target) then calls
+  the template, which samples its tile sizes (``sample_perfect_tile``) and unroll depth
+  (``sample_categorical``) and returns one design space per loop order. The tuning engineer only
+  has to ``import schedules`` before ``ms.tune_tir`` / ``ms.relax_integration.tune_relax``; the
+  database records replay through the same registered functions, so import it before compiling
+  with a tuned database too.
+"""
+
+import tvm
+from tvm import tirx
+from tvm.s_tir import Schedule
+from tvm.target import Target
+
+from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE
+
+from . import arm_cpu, cuda, x86
+from .common import has_wrpn_block
+
+_FAMILIES = {"cpu": x86, "arm_cpu": arm_cpu, "cuda": cuda}
+
+
+def family(target: Target):
+    """The template module for a target: the first of its keys that has templates."""
+    for key in target.keys:
+        if key in _FAMILIES:
+            return _FAMILIES[key]
+    raise ValueError(f"no WRPN schedule templates for target keys {list(target.keys)}")
+
+
+def rule_name(key: str, rule: str) -> str:
+    return f"s_tir.meta_schedule.{key}.{rule}"
+
+
+def apply_default_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    """Schedule every PrimFunc in mod that holds a WRPN block; return the updated module."""
+    target = target if isinstance(target, Target) else Target(target)
+    templates = family(target)
+    updated = {}
+    for global_var, func in mod.functions.items():
+        if isinstance(func, tirx.PrimFunc) and has_wrpn_block(func):
+            sch = Schedule(func)
+            templates.schedule_function(sch, target)
+            updated[global_var] = sch.mod["main"]
+    if not updated:
+        return mod
+    scheduled = mod.clone()
+    for global_var, func in updated.items():
+        scheduled.update_func(global_var, func)
+    return scheduled
+
+
+def _register_rules() -> None:
+    for key, templates in _FAMILIES.items():
+        for rule, template in (
+            (CONV2D_RULE, templates.conv2d_rule),
+            (DENSE_RULE, templates.dense_rule),
+            (BITPACK_RULE, templates.bitpack_rule),
+        ):
+            tvm.register_global_func(rule_name(key, rule), template, override=True)
+
+
+_register_rules()
+
+__all__ = ["apply_default_schedules", "family", "rule_name"]

@@ -1,0 +1,148 @@
+"""What every schedule template shares: finding the WRPN blocks of a PrimFunc, tile decisions that
+are either sampled (MetaSchedule tuning) or fixed (an untuned compile), and the glue that inlines
+padding/epilogues and gives the remaining blocks a plain schedule."""
+
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.s_tir import Schedule
+
+from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE
+
+WRPN_RULES = (CONV2D_RULE, DENSE_RULE, BITPACK_RULE)
+PAD_BLOCK = "wrpn_pad"
+_DATA_PAR = 0  # tirx.IterVar.DataPar
+
+
+def block_rule(sch: Schedule, block) -> str | None:
+    rule = sch.get(block).annotations.get("schedule_rule")
+    return str(rule) if rule is not None else None
+
+
+def root_blocks(sch: Schedule) -> list:
+    """The blocks directly under the PrimFunc's root block (all of them, for TE and fused funcs)."""
+    root = sch.get(sch.get_sblock(sch.mod["main"].body.block.name_hint))
+    return sch.get_child_blocks(sch.get_sblock(root.name_hint))
+
+
+def kernel_blocks(sch: Schedule) -> list:
+    """(block, rule) for each WRPN kernel block (conv2d, dense, bitpack) of the PrimFunc."""
+    pairs = [(block, block_rule(sch, block)) for block in root_blocks(sch)]
+    return [(block, rule) for block, rule in pairs if rule in WRPN_RULES]
+
+
+def has_wrpn_block(func: tirx.PrimFunc) -> bool:
+    return bool(kernel_blocks(Schedule(func)))
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def largest_divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in divisors(n) if d <= limit)
+
+
+def inner_tile(extent: int, sizes: list[int]) -> list[int]:
+    """A perfect tiling of extent whose innermost factors are as close to `sizes` (inner first
+    after the outermost) as divisibility allows: the default decision for sample_perfect_tile."""
+    remaining, inner = extent, []
+    for size in reversed(sizes):
+        factor = largest_divisor_at_most(remaining, size)
+        inner.insert(0, factor)
+        remaining //= factor
+    return [remaining] + inner
+
+
+@dataclass
+class Decisions:
+    """tuning=True: sample every decision (MetaSchedule mutates them); False: use the defaults.
+
+    Either way the decisions go through sample_* instructions, so the trace is the same shape."""
+
+    sch: Schedule
+    tuning: bool
+
+    def tile(self, loop, parts: int, max_innermost: int, default: list[int]) -> list:
+        decision = None if self.tuning else default
+        return self.sch.sample_perfect_tile(loop, n=parts, max_innermost_factor=max_innermost, decision=decision)
+
+    def choice(self, candidates: list[int], default: int):
+        decision = None if self.tuning else candidates.index(default)
+        probs = [1.0 / len(candidates)] * len(candidates)
+        return self.sch.sample_categorical(candidates, probs, decision=decision)
+
+
+def loop_extent(sch: Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def inline_padding(sch: Schedule, block) -> None:
+    """Inline the zero-padding stage into the kernel (no padded copy is materialized)."""
+    for producer in sch.get_producers(block):
+        if sch.get(producer).name_hint.startswith(PAD_BLOCK):
+            sch.compute_inline(producer)
+
+
+def attach_epilogue(sch: Schedule, writeback, loop, vectorize: bool = True) -> None:
+    """Move the elementwise consumers of the kernel's write-back (the +-1 weight correction, a
+    fused scale/bias/ReLU) under the kernel's tile loop, so they run on the tile while it is still
+    in cache. Blocks that cannot follow a tile (another WRPN kernel, a bitpack that needs whole
+    channel words) stay where they are."""
+    frontier = [writeback]
+    while frontier:
+        producer = frontier.pop()
+        for consumer in sch.get_consumers(producer):
+            if block_rule(sch, consumer) in WRPN_RULES:
+                continue
+            try:
+                sch.reverse_compute_at(consumer, loop, preserve_unit_loops=True)
+            except s_tir.ScheduleError:
+                continue
+            if vectorize:
+                try_vectorize(sch, sch.get_loops(consumer)[-1])
+            frontier.append(consumer)
+
+
+def try_vectorize(sch: Schedule, loop) -> None:
+    try:
+        sch.vectorize(loop)
+    except s_tir.ScheduleError:
+        pass
+
+
+def leading_spatial_loops(sch: Schedule, block) -> list:
+    """The block's outer loops that iterate spatial (non-reduction) axes, for an unscheduled block."""
+    loops = sch.get_loops(block)
+    spatial = []
+    for loop, iter_var in zip(loops, sch.get(block).iter_vars):
+        if int(iter_var.iter_type) != _DATA_PAR:
+            break
+        spatial.append(loop)
+    return spatial
+
+
+def inline_other_blocks(sch: Schedule) -> list[str]:
+    """Inline the injective blocks that are neither WRPN kernels nor padding (fused producers and
+    epilogues); return the names of the other blocks that remain (outputs, reductions)."""
+    remaining = []
+    for block in root_blocks(sch):
+        name = sch.get(block).name_hint
+        if block_rule(sch, block) in WRPN_RULES or name.startswith(PAD_BLOCK):
+            continue
+        try:
+            sch.compute_inline(block)
+        except s_tir.ScheduleError:
+            remaining.append(name)
+    return remaining
+
+
+def place_remaining_blocks(sch: Schedule, names: list[str], place) -> None:
+    """Give each still-existing block from `names` a plain schedule: `place(sch, block, loops)`
+    with its leading spatial loops (parallelize on a CPU, bind to threads on a GPU)."""
+    existing = {sch.get(block).name_hint: block for block in root_blocks(sch)}
+    for name in names:
+        if name in existing:
+            spatial = leading_spatial_loops(sch, existing[name])
+            if spatial:
+                place(sch, existing[name], spatial)

@@ -1,0 +1,123 @@
+"""The CPU template family shared by x86 and arm_cpu: register-tiled bit-serial kernels that keep
+int32 accumulators in vector registers, vectorize over output channels (the weight layout puts O
+innermost, so one broadcast activation word meets a vector of weight words), and run the outer
+tiles in parallel. The targets differ only in vector width."""
+
+from tvm.s_tir import Schedule
+
+from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
+
+from .common import (
+    Decisions,
+    attach_epilogue,
+    inline_other_blocks,
+    inline_padding,
+    inner_tile,
+    kernel_blocks,
+    largest_divisor_at_most,
+    loop_extent,
+    place_remaining_blocks,
+    try_vectorize,
+)
+
+UNROLL_STEPS = [0, 16, 64, 512]
+CONV_LOOP_ORDERS = ("pixels_outer", "channels_outer")
+
+
+def _vector_tile(extent: int, lanes: int) -> list[int]:
+    """Default output-channel tiling: 16-wide vectors, as many as fill ~16 accumulators."""
+    channels_per_tile = 64 if lanes >= 16 else 16
+    return inner_tile(extent, [channels_per_tile // 16, 16])
+
+
+def _annotate_unroll(sch: Schedule, loop, decisions: Decisions) -> None:
+    steps = decisions.choice(UNROLL_STEPS, default=0)
+    sch.annotate(loop, "pragma_auto_unroll_max_step", steps)
+    sch.annotate(loop, "pragma_unroll_explicit", 1)
+
+
+def _registers_and_writeback(sch: Schedule, block, outer, register_loops, vector_loop, first_reduction):
+    """Accumulate in a local tile, written back (then the epilogue runs) after the reduction."""
+    for loop in register_loops:
+        sch.unroll(loop)
+    sch.vectorize(vector_loop)
+    writeback = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(writeback, outer, preserve_unit_loops=True)
+    try_vectorize(sch, sch.get_loops(writeback)[-1])
+    attach_epilogue(sch, writeback, outer)
+    sch.decompose_reduction(block, first_reduction)
+
+
+def _conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, order: str) -> None:
+    decisions = Decisions(sch, tuning)
+    n, oh, ow, o, kh, kw, cw = sch.get_loops(block)
+    oh_outer, oh_inner = sch.split(oh, decisions.tile(oh, 2, 4, [loop_extent(sch, oh), 1]))
+    ow_default = largest_divisor_at_most(loop_extent(sch, ow), 4)
+    ow_outer, ow_inner = sch.split(ow, decisions.tile(ow, 2, 8, [loop_extent(sch, ow) // ow_default, ow_default]))
+    o_outer, o_regs, o_vec = sch.split(o, decisions.tile(o, 3, 64, _vector_tile(loop_extent(sch, o), lanes)))
+    outer = [n, oh_outer, ow_outer, o_outer] if order == "pixels_outer" else [o_outer, n, oh_outer, ow_outer]
+    sch.reorder(*outer, kh, kw, cw, oh_inner, ow_inner, o_regs, o_vec)
+    parallel = sch.fuse(*outer)
+    sch.parallel(parallel)
+    _annotate_unroll(sch, parallel, decisions)
+    _registers_and_writeback(sch, block, parallel, [oh_inner, ow_inner, o_regs], o_vec, kh)
+
+
+def conv2d(sch: Schedule, block, lanes: int, tuning: bool) -> list[Schedule]:
+    """Tuning returns one design space per loop order (pixels or channel tiles outermost: the
+    latter keeps a weight tile in cache across all pixels, which pays off on wide layers)."""
+    inline_padding(sch, block)
+    orders = CONV_LOOP_ORDERS if tuning else CONV_LOOP_ORDERS[:1]
+    spaces = []
+    for order in orders:
+        space = sch.copy() if len(orders) > 1 else sch
+        _conv2d_variant(space, block, lanes, tuning, order)
+        spaces.append(space)
+    return spaces
+
+
+def dense(sch: Schedule, block, lanes: int, tuning: bool) -> list[Schedule]:
+    decisions = Decisions(sch, tuning)
+    n, o, k = sch.get_loops(block)
+    n_default = largest_divisor_at_most(loop_extent(sch, n), 4)
+    n_outer, n_regs = sch.split(n, decisions.tile(n, 2, 8, [loop_extent(sch, n) // n_default, n_default]))
+    o_outer, o_regs, o_vec = sch.split(o, decisions.tile(o, 3, 64, _vector_tile(loop_extent(sch, o), lanes)))
+    sch.reorder(o_outer, n_outer, k, n_regs, o_regs, o_vec)
+    parallel = sch.fuse(o_outer, n_outer)
+    sch.parallel(parallel)
+    _annotate_unroll(sch, parallel, decisions)
+    _registers_and_writeback(sch, block, parallel, [n_regs, o_regs], o_vec, k)
+    return [sch]
+
+
+def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
+    """Parallel over pixels (conv) or rows (dense); each word's 32/64 channel bits are unrolled
+    in the compute expression already."""
+    loops = sch.get_loops(block)
+    outer = loops[:-2] if len(loops) > 3 else loops[:1]
+    parallel = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.parallel(parallel)
+    _annotate_unroll(sch, parallel, Decisions(sch, tuning))
+    return [sch]
+
+
+def place_parallel(sch: Schedule, block, spatial_loops) -> None:
+    """A plain schedule for a leftover block: its spatial loops fused and run in parallel."""
+    fused = sch.fuse(*spatial_loops) if len(spatial_loops) > 1 else spatial_loops[0]
+    sch.parallel(fused)
+
+
+
+def schedule_function(sch: Schedule, lanes: int) -> None:
+    """Untuned schedule of a whole PrimFunc: its WRPN kernels at default decisions, the rest
+    inlined or parallelized."""
+    kernels = kernel_blocks(sch)
+    others = inline_other_blocks(sch)
+    for block, rule in kernels:
+        if rule == BITPACK_RULE:
+            bitpack(sch, block, tuning=False)
+        elif rule == CONV2D_RULE:
+            conv2d(sch, block, lanes, tuning=False)
+        else:
+            dense(sch, block, lanes, tuning=False)
+    place_remaining_blocks(sch, others, place_parallel)

@@ -1,0 +1,121 @@
+"""Convenience API for tests and benchmarks: integer levels in, the compiled bit-serial kernel's
+int32 result out. Kernels are compiled once per (shapes, bits, stride, padding, target) and cached;
+weights are a runtime argument, so new weight values reuse the compiled kernel."""
+
+import numpy as np
+import tvm
+from tvm import te
+
+from .bitpack import pack_activation, pack_weight
+from .bitserial import as_padding4, as_pair, bitserial_conv2d, bitserial_dense
+from .grid import check_activation_levels, check_bits, check_weight_levels
+from ..errors import WrpnError
+from ..targets import TargetSpec, resolve
+
+WORD_BITS = 32
+_compiled: dict[tuple, object] = {}  # key -> tvm.compile result
+
+
+def _compile(key: tuple, make_tensors, spec: TargetSpec):
+    """Build (and cache) the PrimFunc that make_tensors() describes, with the default schedules."""
+    import schedules  # imported here because schedules itself imports wrpn_tvm.ops
+
+    key = key + (str(spec.target),)
+    if key not in _compiled:
+        func = te.create_prim_func(make_tensors())
+        mod = schedules.apply_default_schedules(tvm.IRModule({"main": func}), spec.target)
+        target = spec.target
+        if spec.is_cuda:
+            target = tvm.target.Target(spec.target, host="llvm")
+        _compiled[key] = tvm.compile(mod, target=target)
+    return _compiled[key]
+
+
+def compile_conv2d(x_shape, w_shape, abits, wbits, stride=1, padding=0, target="host"):
+    """Compile pack_activation(levels) + bit-serial conv2d for these shapes; the function takes
+    (x int32 NCHW levels, packed weight) and writes int32 NHWC."""
+    check_bits(abits, wbits)
+    spec = resolve(target)
+    stride, padding = as_pair(stride, "stride"), as_padding4(padding)
+    batch, channels, height, width = x_shape
+    out_channels, w_channels, kernel_h, kernel_w = w_shape
+    if channels != w_channels:
+        raise WrpnError(f"activation has {channels} channels but the weight expects {w_channels}")
+    words = -(-channels // WORD_BITS)
+
+    def tensors():
+        x = te.placeholder(x_shape, "int32", name="x")
+        w = te.placeholder((kernel_h, kernel_w, wbits, words, out_channels), f"uint{WORD_BITS}", name="w")
+        packed = pack_activation(x, abits, WORD_BITS, quantize=False)
+        return [x, w, bitserial_conv2d(packed, w, abits, wbits, stride, padding)]
+
+    key = ("conv2d", tuple(x_shape), tuple(w_shape), abits, wbits, stride, padding)
+    return _compile(key, tensors, spec)
+
+
+def compile_dense(x_shape, w_shape, abits, wbits, target="host"):
+    """Compile pack_activation(levels) + bit-serial dense: (x int32 [N, K], packed weight) -> [N, O]."""
+    check_bits(abits, wbits)
+    spec = resolve(target)
+    (batch, features), (out_features, w_features) = x_shape, w_shape
+    if features != w_features:
+        raise WrpnError(f"activation has {features} features but the weight expects {w_features}")
+    words = -(-features // WORD_BITS)
+
+    def tensors():
+        x = te.placeholder(x_shape, "int32", name="x")
+        w = te.placeholder((wbits, words, out_features), f"uint{WORD_BITS}", name="w")
+        packed = pack_activation(x, abits, WORD_BITS, quantize=False)
+        return [x, w, bitserial_dense(packed, w, abits, wbits)]
+
+    return _compile(("dense", tuple(x_shape), tuple(w_shape), abits, wbits), tensors, spec)
+
+
+def _device(spec: TargetSpec):
+    """The local device that runs code for spec, or a WrpnError saying why there is none."""
+    if spec.is_cuda:
+        device = tvm.cuda(0)
+        if not device.exist:
+            raise WrpnError(f"target {spec.name} needs an NVIDIA GPU, and this machine has none")
+        return device
+    if spec.is_remote_arch:
+        raise WrpnError(f"target {spec.name} compiles for another CPU; run it on the device over RPC")
+    return tvm.cpu(0)
+
+
+def _run(executable, spec: TargetSpec, out_shape, *arrays) -> np.ndarray:
+    device = _device(spec)
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in arrays]
+    out = tvm.runtime.tensor(np.zeros(out_shape, dtype=np.int32), device)
+    executable["main"](*args, out)
+    return out.numpy()
+
+
+def conv2d_levels(x, w, abits, wbits, stride=1, padding=0, target="host") -> np.ndarray:
+    """int32 NCHW result of the compiled bit-serial conv of levels x (NCHW) and w (OIHW)."""
+    check_bits(abits, wbits)
+    x = check_activation_levels(x, abits).astype(np.int32)
+    w = check_weight_levels(w, wbits)
+    if x.ndim != 4 or w.ndim != 4:
+        raise WrpnError(f"conv2d_levels expects NCHW data and OIHW weights, got {x.shape} and {w.shape}")
+    spec = resolve(target)
+    executable = compile_conv2d(x.shape, w.shape, abits, wbits, stride, padding, spec)
+    stride_h, stride_w = as_pair(stride, "stride")
+    top, left, bottom, right = as_padding4(padding)
+    out_h = (x.shape[2] + top + bottom - w.shape[2]) // stride_h + 1
+    out_w = (x.shape[3] + left + right - w.shape[3]) // stride_w + 1
+    out_shape = (x.shape[0], out_h, out_w, w.shape[0])
+    nhwc = _run(executable, spec, out_shape, x, pack_weight(w, wbits, WORD_BITS))
+    return nhwc.transpose(0, 3, 1, 2)
+
+
+def dense_levels(x, w, abits, wbits, target="host") -> np.ndarray:
+    """int32 [N, O] result of the compiled bit-serial dense of levels x (N, K) and w (O, K)."""
+    check_bits(abits, wbits)
+    x = check_activation_levels(x, abits).astype(np.int32)
+    w = check_weight_levels(w, wbits)
+    if x.ndim != 2 or w.ndim != 2:
+        raise WrpnError(f"dense_levels expects (N, K) data and (O, K) weights, got {x.shape} and {w.shape}")
+    spec = resolve(target)
+    executable = compile_dense(x.shape, w.shape, abits, wbits, spec)
+    return _run(executable, spec, (x.shape[0], w.shape[0]), x, pack_weight(w, wbits, WORD_BITS))
