@@ -1,0 +1,157 @@
+"""Build: a `.pt2` program -> Relax (WRPN-lowered) -> tvm.compile -> a deployable shared library + JSON sidecar.
+
+The library is an `export_library` archive that the TVM runtime alone loads
+(`tvm.runtime.load_module` + `relax.VirtualMachine`); ARM targets are cross-compiled to aarch64.
+The sidecar records what a runner needs without importing torch: inputs, target, versions.
+"""
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__, frontend
+from .errors import WrpnError
+from .targets import TargetSpec, resolve
+
+SIDECAR_FORMAT = "wrpn-tvm-compiled/1"
+
+
+@dataclass
+class CompileResult:
+    library: Path
+    sidecar: Path
+    target: TargetSpec
+    inputs: list
+    layers: list = field(default_factory=list)
+
+
+def sidecar_path(library: "str | os.PathLike") -> Path:
+    return Path(str(library) + ".json")
+
+
+def prepare_module(program_path: "str | os.PathLike", spec: TargetSpec):
+    """Load and import a program, then rewrite its WRPN layers: (Relax module, layer reports, input specs)."""
+    from .lowering import lower_wrpn
+
+    program = frontend.load_program(program_path)
+    inputs = frontend.input_specs(program)
+    mod = frontend.to_relax(program)
+    mod, reports = lower_wrpn(mod, spec)
+    return mod, reports, inputs
+
+
+def relax_pipeline(spec: TargetSpec, database=None):
+    """The target's default Relax pipeline, with our schedules applied to the fused TIR.
+
+    Order after fusion: a tuning database's records first, then the bit-serial templates at their
+    default decisions for whatever the database did not cover (untuned kernels must still be fast).
+    """
+    import importlib
+
+    import tvm
+    from tvm import relax
+
+    import schedules
+
+    target = spec.target
+    backend = "cuda" if spec.is_cuda else "cpu_generic"
+    rp = importlib.import_module(f"tvm.relax.backend.{backend}.pipeline")
+
+    @tvm.transform.module_pass(opt_level=0, name="WrpnBuildPipeline")
+    def _pipeline(mod, _ctx):
+        with target:
+            mod = tvm.transform.Sequential(rp.library_dispatch_passes(target) + rp.legalize_passes(target))(mod)
+            if database is not None:
+                with database:
+                    mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+            mod = schedules.apply_default_schedules(mod, target)
+            return tvm.transform.Sequential(rp.dataflow_lower_passes(target) + rp.finalize_passes(target))(mod)
+
+    return _pipeline
+
+
+def build_module(mod, spec: TargetSpec, database=None):
+    """Compile a Relax module for the target; returns a tvm Executable."""
+    import tvm
+
+    try:
+        return tvm.compile(mod, target=spec.target, relax_pipeline=relax_pipeline(spec, database))
+    except WrpnError:
+        raise
+    except Exception as err:  # TVM surfaces codegen problems as assorted error types
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        raise WrpnError(f"TVM could not compile the model for {spec.name}: {lines[-1] if lines else type(err).__name__}") from None
+
+
+def export_library(executable, spec: TargetSpec, output: "str | os.PathLike") -> Path:
+    """Write the shared library atomically: a failed build never clobbers an existing file."""
+    from tvm.support import cc
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fcompile = cc.cross_compiler(spec.cross_compiler) if spec.cross_compiler else None
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".wrpn-build-") as tmp:
+        staged = Path(tmp) / output.name
+        try:
+            executable.export_library(str(staged), fcompile=fcompile)
+        except Exception as err:  # the C compiler's failure arrives as a RuntimeError with its log
+            raise WrpnError(f"linking {output.name} failed: {str(err).strip().splitlines()[0]}") from None
+        os.replace(staged, output)
+    return output
+
+
+def write_sidecar(library: Path, spec: TargetSpec, inputs, layers) -> Path:
+    import torch
+    import tvm
+
+    meta = {
+        "format": SIDECAR_FORMAT,
+        "library": library.name,
+        "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in inputs],
+        "target": {"name": spec.name, "json": dict(spec.target.export()), "cross_compiler": spec.cross_compiler},
+        "layers": [str(layer) for layer in layers],
+        "versions": {"wrpn_tvm": __version__, "tvm": tvm.__version__, "torch": torch.__version__},
+    }
+    path = sidecar_path(library)
+    staged = path.with_name(path.name + ".tmp")
+    staged.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    os.replace(staged, path)
+    return path
+
+
+def compile_model(
+    program_path: "str | os.PathLike",
+    target: "str | TargetSpec" = "host",
+    output: "str | os.PathLike" = "model.so",
+    tuning_log: "str | os.PathLike | None" = None,
+) -> CompileResult:
+    """Compile a torch.export program (`.pt2`) into `output` (a shared library) plus `output.json`."""
+    spec = resolve(target)
+    mod, layers, inputs = prepare_module(program_path, spec)
+    database = None
+    if tuning_log is not None:
+        from .tuning import load_database
+
+        database = load_database(tuning_log, spec)
+    executable = build_module(mod, spec, database)
+    library = export_library(executable, spec, output)
+    sidecar = write_sidecar(library, spec, inputs, layers)
+    return CompileResult(library, sidecar, spec, inputs, layers)
+
+
+def read_sidecar(library: "str | os.PathLike") -> dict:
+    """The JSON written next to a compiled library; a clear error when it is missing or damaged."""
+    path = sidecar_path(library)
+    if not Path(library).is_file():
+        raise WrpnError(f"{library}: no such file")
+    if not path.is_file():
+        raise WrpnError(f"{path}: missing; it is written by `wrpn-tvm compile` next to the library")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise WrpnError(f"{path}: not a valid sidecar JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT or not isinstance(meta.get("inputs"), list):
+        raise WrpnError(f"{path}: not a wrpn-tvm sidecar (format {SIDECAR_FORMAT} expected)")
+    return meta

@@ -1,0 +1,25 @@
+"""`wrpn-tvm compile MODEL.pt2 --target T -o OUT.so`."""
+
+from ..build import compile_model
+from .common import add_target_argument
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("compile", help="compile a torch.export program (.pt2) into a shared library",
+                                   description="Compile a torch.export program into a deployable shared library "
+                                               "(plus OUT.so.json), running WRPN layers as bit-serial kernels.")
+    parser.add_argument("model", help="a program saved with torch.export.save (.pt2)")
+    add_target_argument(parser)
+    parser.add_argument("-o", "--output", required=True, help="the shared library to write (e.g. model.so)")
+    parser.add_argument("--tuning-log", metavar="DIR", help="a MetaSchedule database folder written by `wrpn-tvm tune`")
+    parser.add_argument("--explain", action="store_true", help="list each layer, what it became, and why")
+    parser.set_defaults(func=_compile)
+
+
+def _compile(args) -> int:
+    result = compile_model(args.model, args.target, args.output, tuning_log=args.tuning_log)
+    if args.explain:
+        for layer in result.layers:
+            print(layer)
+    print(f"wrote {result.library} and {result.sidecar} for {result.target.name}")
+    return 0

@@ -1,0 +1,104 @@
+"""Where a compiled model runs: this machine, an RPC server (`--rpc HOST:PORT`), or a tracker's pool (`--tracker HOST:PORT --key KEY`).
+
+Every remote step has a deadline: a device that hangs or dies gives a one-line WrpnError, never a
+hung process (a call stuck inside the RPC library is abandoned on a daemon thread).
+"""
+
+import threading
+from dataclasses import dataclass
+
+from ..errors import WrpnError
+from . import daemons
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise WrpnError(f"bad address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9190")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A device to run on. Neither rpc nor tracker: this machine."""
+
+    rpc: str | None = None
+    tracker: str | None = None
+    key: str | None = None
+    timeout: float = DEFAULT_TIMEOUT_S
+
+    def __post_init__(self):
+        if self.rpc and self.tracker:
+            raise WrpnError("give either --rpc or --tracker, not both")
+        if self.tracker and not self.key:
+            raise WrpnError("--tracker needs --key (the device key the boards registered under)")
+        if self.timeout <= 0:
+            raise WrpnError("--timeout must be positive")
+        for address in (self.rpc, self.tracker):
+            if address:
+                parse_address(address)
+
+    @property
+    def is_local(self) -> bool:
+        return not (self.rpc or self.tracker)
+
+    def describe(self) -> str:
+        if self.rpc:
+            return f"rpc://{self.rpc}"
+        if self.tracker:
+            return f"tracker://{self.tracker} key={self.key}"
+        return "local"
+
+
+def with_deadline(fn, seconds: float, what: str):
+    """Run fn() and return its result, or raise WrpnError if it takes longer than `seconds`."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = fn()
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = err
+
+    worker = threading.Thread(target=target, name=f"wrpn-remote-{what}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise WrpnError(f"{what} did not finish within {seconds:.0f} s: the device hangs or is gone")
+    if "error" in outcome:
+        err = outcome["error"]
+        if isinstance(err, WrpnError):
+            raise err
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise WrpnError(f"{what} failed: {first}") from None
+    return outcome.get("value")
+
+
+def tracker_summary(host: str, port: int, timeout: float = 10.0) -> dict:
+    from tvm import rpc
+
+    if not daemons.port_open(host, port, timeout=min(timeout, 3.0)):
+        raise WrpnError(f"no RPC tracker answers at {host}:{port}")
+    return with_deadline(lambda: rpc.connect_tracker(host, port).summary(), timeout, f"tracker {host}:{port}")
+
+
+def connect(device: DeviceSpec):
+    """Open an RPC session to the device (None for local)."""
+    from tvm import rpc
+
+    if device.is_local:
+        return None
+    if device.rpc:
+        host, port = parse_address(device.rpc)
+        if not daemons.port_open(host, port, timeout=3.0):
+            raise WrpnError(f"cannot reach the RPC server at {host}:{port} (is the device running?)")
+        return with_deadline(lambda: rpc.connect(host, port, session_timeout=device.timeout),
+                             min(device.timeout, 60.0), f"connecting to {device.rpc}")
+    host, port = parse_address(device.tracker)
+    if not daemons.port_open(host, port, timeout=3.0):
+        raise WrpnError(f"cannot reach the RPC tracker at {host}:{port}")
+    # A busy key queues at the tracker: wait as long as the whole call may take.
+    return with_deadline(lambda: rpc.connect_tracker(host, port).request(device.key, session_timeout=device.timeout),
+                         device.timeout, f"requesting a '{device.key}' device from {device.tracker}")

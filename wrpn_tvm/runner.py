@@ -1,0 +1,269 @@
+"""Run and benchmark a compiled model (library + sidecar) here or on a remote device over RPC.
+
+Only the TVM runtime is needed to run; torch is imported only for `--compare-torch`.
+Over RPC a Relax VM's tuple result cannot be indexed, so inputs and outputs go through
+`set_input` / `invoke_stateful` / `get_outputs`, which work the same locally and remotely.
+"""
+
+import contextlib
+import gc
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .build import read_sidecar
+from .errors import WrpnError
+from .remote.session import DeviceSpec, connect, with_deadline
+
+
+@dataclass
+class LoadedModel:
+    vm: object
+    device: object
+    session: object
+    meta: dict
+
+
+
+@contextlib.contextmanager
+def load(library: "str | os.PathLike", device: DeviceSpec = DeviceSpec()):
+    """Load a compiled library on the device; yields a LoadedModel."""
+    import tvm
+    from tvm import relax
+
+    meta = read_sidecar(library)
+    kind = meta["target"]["json"].get("kind", "llvm")
+    if device.is_local and meta["target"].get("cross_compiler"):
+        raise WrpnError(f"{library} is built for {meta['target']['name']} (aarch64): run it on a device with --rpc or --tracker")
+    session = connect(device)
+    model = None
+    try:
+        if session is None:
+            dev = tvm.cuda(0) if kind == "cuda" else tvm.cpu(0)
+            if kind == "cuda" and not dev.exist:
+                raise WrpnError(f"{library} is built for CUDA but this machine has no NVIDIA GPU")
+            module = tvm.runtime.load_module(str(library))
+        else:
+            def upload_and_load():
+                session.upload(str(library))
+                return session.load_module(Path(library).name)
+
+            module = with_deadline(upload_and_load, device.timeout, f"uploading {Path(library).name} to {device.describe()}")
+            dev = session.cuda(0) if kind == "cuda" else session.cpu(0)
+        model = LoadedModel(relax.VirtualMachine(module, dev), dev, session, meta)
+        del module
+        yield model
+    finally:
+        # An RPC server serves one session at a time: drop every remote handle now so the
+        # connection closes here, not whenever the garbage collector gets to it.
+        if model is not None:
+            model.vm = model.device = model.session = None
+        del session
+        gc.collect()
+
+
+def _check_inputs(meta: dict, inputs: list) -> list:
+    expected = meta["inputs"]
+    if len(inputs) != len(expected):
+        raise WrpnError(f"the model takes {len(expected)} input(s), got {len(inputs)}")
+    checked = []
+    for spec, array in zip(expected, inputs):
+        array = np.asarray(array)
+        if tuple(array.shape) != tuple(spec["shape"]):
+            raise WrpnError(f"input {spec['name']!r}: shape {tuple(array.shape)} given, {tuple(spec['shape'])} expected")
+        checked.append(np.ascontiguousarray(array.astype(spec["dtype"], copy=False)))
+    return checked
+
+
+def random_inputs(meta: dict, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    return [rng.random(spec["shape"], dtype=np.float64).astype(spec["dtype"]) for spec in meta["inputs"]]
+
+
+def _outputs_to_numpy(outputs) -> list:
+    if hasattr(outputs, "numpy"):
+        return [outputs.numpy()]
+    return [out.numpy() for out in outputs]
+
+
+def _set_inputs(model: LoadedModel, inputs: list) -> None:
+    import tvm
+
+    tensors = [tvm.runtime.tensor(array, model.device) for array in inputs]
+    model.vm.set_input("main", *tensors)
+
+
+def run_loaded(model: LoadedModel, inputs: list, timeout: float) -> list:
+    inputs = _check_inputs(model.meta, inputs)
+
+    def invoke():
+        _set_inputs(model, inputs)
+        model.vm.invoke_stateful("main")
+        return _outputs_to_numpy(model.vm.get_outputs("main"))
+
+    return with_deadline(invoke, timeout, "running the model")
+
+
+def run(library: "str | os.PathLike", inputs: list, device: DeviceSpec = DeviceSpec()) -> list:
+    """Run the compiled model once on `inputs` (numpy arrays); returns its outputs as numpy arrays."""
+    with load(library, device) as model:
+        return run_loaded(model, inputs, device.timeout)
+
+
+def load_npy_inputs(paths: list) -> list:
+    """Inputs from .npy files (never pickled objects) or .npz archives."""
+    arrays = []
+    for path in paths:
+        try:
+            with np.load(path, allow_pickle=False) as loaded:
+                arrays.extend(loaded[name] for name in loaded.files)
+        except AttributeError:  # a plain .npy loads as an ndarray, not an archive
+            arrays.append(np.load(path, allow_pickle=False))
+        except FileNotFoundError:
+            raise WrpnError(f"{path}: no such file") from None
+        except (ValueError, OSError, EOFError) as err:
+            raise WrpnError(f"{path}: not a readable .npy/.npz array file ({str(err).splitlines()[0]})") from None
+    return arrays
+
+
+def save_outputs(outputs: list, path: "str | os.PathLike") -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(path.name + ".tmp.npy")
+    if len(outputs) == 1:
+        np.save(staged, outputs[0])
+    else:
+        staged = path.with_name(path.name + ".tmp.npz")
+        np.savez(staged, *outputs)
+    os.replace(staged, path)
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    std_ms: float
+    runs_ms: list
+
+    @classmethod
+    def from_seconds(cls, seconds: list) -> "Timing":
+        ms = [s * 1e3 for s in seconds]
+        return cls(statistics.median(ms), min(ms), max(ms), statistics.pstdev(ms), ms)
+
+
+@dataclass
+class BenchResult:
+    library: str
+    target: str
+    device: str
+    repeat: int
+    number: int
+    tvm: Timing
+    torch: "Timing | None" = None
+    threads: dict = field(default_factory=dict)
+    machine: dict = field(default_factory=dict)
+
+    @property
+    def speedup_vs_torch(self) -> "float | None":
+        return None if self.torch is None else self.torch.median_ms / self.tvm.median_ms
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["speedup_vs_torch"] = self.speedup_vs_torch
+        return data
+
+    def table(self) -> str:
+        rows = [("wrpn-tvm", self.tvm)] + ([("pytorch eager", self.torch)] if self.torch else [])
+        lines = [f"{self.library} on {self.device} ({self.target}), {self.repeat} runs x {self.number}",
+                 f"{'':14s} {'median ms':>10s} {'min ms':>9s} {'max ms':>9s} {'std ms':>8s}"]
+        lines += [f"{name:14s} {t.median_ms:10.3f} {t.min_ms:9.3f} {t.max_ms:9.3f} {t.std_ms:8.3f}" for name, t in rows]
+        if self.torch:
+            lines.append(f"speed-up over PyTorch (median): {self.speedup_vs_torch:.2f}x")
+        return "\n".join(lines)
+
+
+def machine_info() -> dict:
+    import tvm
+
+    return {"host": platform.node(), "cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "tvm": tvm.__version__, "wrpn_tvm": __version__}
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def time_loaded(model: LoadedModel, inputs: list, repeat: int, number: int, timeout: float) -> Timing:
+    """TVM's time_evaluator on the device, after one warm-up run."""
+    run_loaded(model, inputs, timeout)
+
+    def measure():
+        evaluator = model.vm.time_evaluator("invoke_stateful", model.device, number=number, repeat=repeat)
+        return list(evaluator("main").results)
+
+    return Timing.from_seconds(with_deadline(measure, timeout, "timing the model"))
+
+
+def time_torch(program_path: "str | os.PathLike", inputs: list, repeat: int, number: int) -> Timing:
+    """PyTorch eager on the same inputs, same repeat/number scheme, after a warm-up."""
+    import torch
+
+    from .frontend import load_program
+
+    module = load_program(program_path).module()
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs]
+    runs = []
+    with torch.inference_mode():
+        module(*tensors)
+        for _ in range(repeat):
+            start = time.perf_counter()
+            for _ in range(number):
+                module(*tensors)
+            runs.append((time.perf_counter() - start) / number)
+    return Timing.from_seconds(runs)
+
+
+def bench(library: "str | os.PathLike", device: DeviceSpec = DeviceSpec(), repeat: int = 10, number: int = 0,
+          compare_torch: "str | os.PathLike | None" = None, json_path: "str | os.PathLike | None" = None,
+          seed: int = 0) -> BenchResult:
+    """Time the compiled model (median/min/max/std over `repeat` runs); optionally PyTorch eager beside it."""
+    if repeat < 1:
+        raise WrpnError("--repeat must be at least 1")
+    if compare_torch is not None and not device.is_local:
+        raise WrpnError("--compare-torch times PyTorch on this machine, so it needs a local (host) library")
+    with load(library, device) as model:
+        inputs = random_inputs(model.meta, seed)
+        if number <= 0:
+            number = _auto_number(model, inputs, device.timeout)
+        timing = time_loaded(model, inputs, repeat, number, device.timeout)
+        target = model.meta["target"]["name"]
+    torch_timing = time_torch(compare_torch, inputs, repeat, number) if compare_torch is not None else None
+    import torch
+
+    threads = {"tvm": int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1)), "torch": torch.get_num_threads()}
+    result = BenchResult(str(library), target, device.describe(), repeat, number, timing, torch_timing, threads, machine_info())
+    if json_path is not None:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return result
+
+
+def _auto_number(model: LoadedModel, inputs: list, timeout: float) -> int:
+    """Runs per timing so that one timing lasts about 100 ms (at least 1)."""
+    start = time.perf_counter()
+    run_loaded(model, inputs, timeout)
+    once = max(time.perf_counter() - start, 1e-6)
+    return max(1, min(1000, int(0.1 / once)))

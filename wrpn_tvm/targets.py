@@ -1,0 +1,109 @@
+"""Named target presets: what `--target` accepts.
+
+A preset is a TVM target JSON dict plus what building for it needs (a cross compiler for the
+ARM boards). Anything that is not a preset name is parsed as a raw TVM target JSON object.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import tvm
+from tvm.target import Target
+
+from .errors import WrpnError
+
+AARCH64_TRIPLE = "aarch64-linux-gnu"
+AARCH64_CC = "aarch64-linux-gnu-gcc"
+CUDA_ARCHS = ("sm_70", "sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A resolved target: the TVM target, and the C compiler that links its shared library."""
+
+    name: str
+    target: Target
+    cross_compiler: str | None  # None: the host's own compiler
+
+    @property
+    def is_remote_arch(self) -> bool:
+        """True when the code cannot run on this machine's CPU (it must go to a device)."""
+        return self.cross_compiler is not None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.target.kind.name == "cuda"
+
+
+def _arm(mcpu: str, mattr: list[str]) -> dict:
+    return {"kind": "llvm", "mtriple": AARCH64_TRIPLE, "mcpu": mcpu, "mattr": mattr, "num-cores": 4}
+
+
+def _x86(mcpu: str) -> dict:
+    # MetaSchedule's CPU rules need num-cores; x86 presets are compiled and tuned on this host.
+    return {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": os.cpu_count() or 1}
+
+
+@lru_cache(maxsize=1)
+def host_cpu() -> str:
+    """This machine's CPU as LLVM names it (e.g. znver4): the `host` preset compiles for it."""
+    return tvm.target.codegen.llvm_get_system_cpu()
+
+
+def _presets() -> dict[str, tuple[dict, str | None]]:
+    return {
+        "host": (_x86(host_cpu()), None),
+        "x86-avx2": (_x86("haswell"), None),
+        "x86-avx512": (_x86("icelake-server"), None),
+        "rasp3b": (_arm("cortex-a53", ["+neon"]), AARCH64_CC),
+        "rasp4": (_arm("cortex-a72", ["+neon"]), AARCH64_CC),
+        "rasp5": (_arm("cortex-a76", ["+neon", "+dotprod"]), AARCH64_CC),
+        "aarch64": (_arm("generic", ["+neon"]), AARCH64_CC),
+        "cuda": ({"kind": "cuda", "arch": "sm_80"}, None),
+    }
+
+
+PRESET_NAMES = ("host", "x86-avx2", "x86-avx512", "rasp3b", "rasp4", "rasp5", "aarch64", "cuda")
+
+
+def resolve(name_or_json: "str | dict | Target | TargetSpec", cuda_arch: str | None = None) -> TargetSpec:
+    """Turn a preset name, a `cuda:sm_90`-style name, a target JSON string/dict or a Target into a TargetSpec."""
+    if isinstance(name_or_json, TargetSpec):
+        return name_or_json
+    if isinstance(name_or_json, Target):
+        return _spec_from_dict("custom", dict(name_or_json.export()))
+    if isinstance(name_or_json, dict):
+        return _spec_from_dict("custom", name_or_json)
+    text = str(name_or_json).strip()
+    if text.startswith("cuda:"):
+        text, cuda_arch = "cuda", text.split(":", 1)[1]
+    presets = _presets()
+    if text in presets:
+        config, cross = presets[text]
+        config = dict(config)
+        if cuda_arch is not None:
+            if text != "cuda":
+                raise WrpnError(f"--cuda-arch applies only to the cuda target, not {text!r}")
+            if cuda_arch not in CUDA_ARCHS:
+                raise WrpnError(f"unknown CUDA arch {cuda_arch!r}; choose one of {', '.join(CUDA_ARCHS)}")
+            config["arch"] = cuda_arch
+        return TargetSpec(text, Target(config), cross)
+    if text.startswith("{"):
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise WrpnError(f"target JSON does not parse: {err}") from None
+        return _spec_from_dict("custom", config)
+    raise WrpnError(f"unknown target {text!r}; use one of {', '.join(PRESET_NAMES)} or a TVM target JSON object")
+
+
+def _spec_from_dict(name: str, config: dict) -> TargetSpec:
+    try:
+        target = Target(config)
+    except Exception as err:  # TVM raises several error types for a malformed config
+        raise WrpnError(f"invalid TVM target {json.dumps(config)}: {str(err).splitlines()[-1]}") from None
+    triple = str(target.attrs.get("mtriple", "")) if target.kind.name == "llvm" else ""
+    cross = AARCH64_CC if triple.startswith("aarch64") else None
+    return TargetSpec(name, target, cross)
