@@ -22,7 +22,7 @@ class SmallCNN(nn.Module):
 
     def __init__(self, width, abits, wbits, num_classes, in_channels, image_size):
         super().__init__()
-        c1, c2, c3 = widen(32, width), widen(64, width), widen(128, width)
+        c1, c2, c3 = widen(16, width), widen(32, width), widen(64, width)
         self.conv1 = nn.Conv2d(in_channels, c1, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(c1)
         self.act1 = WRPNAct(abits)
