@@ -125,18 +125,20 @@ def start(port: int = 9090, board: str = "rasp4", tracker: str | None = None, ke
         key = key or board
         tracker_host, tracker_port = parse_address(tracker)
         argv += ["--tracker", f"{tracker_host}:{tracker_port}", "--key", key]
-        ready = lambda: daemons.port_open(host, port) and _registered(tracker_host, tracker_port, key)  # noqa: E731
+        ready = lambda: daemons.port_open(host, port) and _registered(tracker_host, tracker_port, key, port)  # noqa: E731
     env = dict(os.environ, WRPN_QEMU_CPU=QEMU_CPU[board])
     info = {"board": board, "tracker": tracker, "key": key, "emulated": True}
     return daemons.start(service_name(port), argv, host, port, env=env, ready=ready, timeout=timeout, info=info)
 
 
-def _registered(tracker_host: str, tracker_port: int, key: str) -> bool:
+def _registered(tracker_host: str, tracker_port: int, key: str, port: int) -> bool:
     try:
         summary = tracker_summary(tracker_host, tracker_port)
     except WrpnError:
         return False
-    return any(entry["key"] == key for entry in summary.get("server_info", []))
+    # The tracker lists a registered server as key "server:<key>" at its (address, port).
+    return any(entry.get("key") == f"server:{key}" and int(entry.get("addr", [None, -1])[1]) == port
+               for entry in summary.get("server_info", []))
 
 
 def stop(port: int = 9090) -> bool:
