@@ -122,14 +122,19 @@ def load_npy_inputs(paths: list) -> list:
     arrays = []
     for path in paths:
         try:
-            with np.load(path, allow_pickle=False) as loaded:
-                arrays.extend(loaded[name] for name in loaded.files)
-        except AttributeError:  # a plain .npy loads as an ndarray, not an archive
-            arrays.append(np.load(path, allow_pickle=False))
+            loaded = np.load(path, allow_pickle=False)
         except FileNotFoundError:
             raise WrpnError(f"{path}: no such file") from None
         except (ValueError, OSError, EOFError) as err:
             raise WrpnError(f"{path}: not a readable .npy/.npz array file ({str(err).splitlines()[0]})") from None
+        if isinstance(loaded, np.ndarray):
+            arrays.append(loaded)
+            continue
+        with loaded:  # an .npz archive: its arrays in stored order
+            try:
+                arrays.extend(loaded[name] for name in loaded.files)
+            except ValueError as err:
+                raise WrpnError(f"{path}: not a readable .npz array file ({str(err).splitlines()[0]})") from None
     return arrays
 
 

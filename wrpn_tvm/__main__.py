@@ -1,0 +1,7 @@
+"""`python -m wrpn_tvm` is the `wrpn-tvm` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
