@@ -77,11 +77,27 @@ def loop_extent(sch: Schedule, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-def inline_padding(sch: Schedule, block) -> None:
-    """Inline the zero-padding stage into the kernel (no padded copy is materialized)."""
+def padding_block(sch: Schedule, block):
+    """The zero-padding stage feeding the kernel, or None when the layer has no padding."""
     for producer in sch.get_producers(block):
         if sch.get(producer).name_hint.startswith(PAD_BLOCK):
-            sch.compute_inline(producer)
+            return producer
+    return None
+
+
+def inline_padding(sch: Schedule, block) -> None:
+    """Fold the zero padding into the kernel's loads (a bounds check per activation load)."""
+    pad = padding_block(sch, block)
+    if pad is not None:
+        sch.compute_inline(pad)
+
+
+def compute_padding_at(sch: Schedule, block, loop) -> None:
+    """Materialize the padded input tile (with its halo) under `loop`: a branch-free inner loop
+    for the kernel at the cost of copying a few packed words per tile."""
+    pad = padding_block(sch, block)
+    if pad is not None:
+        sch.compute_at(pad, loop, preserve_unit_loops=True)
 
 
 def attach_epilogue(sch: Schedule, writeback, loop, vectorize: bool = True) -> None:

@@ -10,8 +10,8 @@ from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
 from .common import (
     Decisions,
     attach_epilogue,
+    compute_padding_at,
     inline_other_blocks,
-    inline_padding,
     inner_tile,
     kernel_blocks,
     largest_divisor_at_most,
@@ -60,13 +60,13 @@ def _conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, order: str) 
     parallel = sch.fuse(*outer)
     sch.parallel(parallel)
     _annotate_unroll(sch, parallel, decisions)
+    compute_padding_at(sch, block, parallel)
     _registers_and_writeback(sch, block, parallel, [oh_inner, ow_inner, o_regs], o_vec, kh)
 
 
 def conv2d(sch: Schedule, block, lanes: int, tuning: bool) -> list[Schedule]:
     """Tuning returns one design space per loop order (pixels or channel tiles outermost: the
     latter keeps a weight tile in cache across all pixels, which pays off on wide layers)."""
-    inline_padding(sch, block)
     orders = CONV_LOOP_ORDERS if tuning else CONV_LOOP_ORDERS[:1]
     spaces = []
     for order in orders:

@@ -94,15 +94,16 @@ def bitserial_conv2d(data_packed, weight_packed, abits, wbits, stride, padding, 
     out_h = (height + top + bottom - kernel_h) // stride_h + 1
     out_w = (width + left + right - kernel_w) // stride_w + 1
 
+    zero = tirx.const(0, data_packed.dtype)
+
+    def padded_word(n, h, w, i, c):
+        """The packed word at padded position (h, w): level 0 outside the image."""
+        inside = tirx.all(h >= top, h < height + top, w >= left, w < width + left)
+        return tirx.if_then_else(inside, data_packed[n, h - top, w - left, i, c], zero)
+
     if top or left or bottom or right:
-        zero = tirx.const(0, data_packed.dtype)
-
-        def pad(n, h, w, i, c):
-            inside = tirx.all(h >= top, h < height + top, w >= left, w < width + left)
-            return tirx.if_then_else(inside, data_packed[n, h - top, w - left, i, c], zero)
-
         padded = te.compute(
-            (batch, height + top + bottom, width + left + right, a_planes, words), pad, name="wrpn_pad"
+            (batch, height + top + bottom, width + left + right, a_planes, words), padded_word, name="wrpn_pad"
         )
     else:
         padded = data_packed
@@ -132,7 +133,10 @@ def bitserial_conv2d(data_packed, weight_packed, abits, wbits, stride, padding, 
 
     def window_sum(n, oh, ow):
         h, w = oh * stride_h + skh, ow * stride_w + skw
-        return te.sum(_level_sum([padded[n, h, w, i, scw] for i in range(abits)]), axis=[skh, skw, scw])
+        # Reads the unpadded input (not `padded`) so the padding stage has the kernel as its only
+        # consumer and can be computed per tile.
+        words_at = [padded_word(n, h, w, i, scw) for i in range(abits)]
+        return te.sum(_level_sum(words_at), axis=[skh, skw, scw])
 
     level_sums = te.compute((batch, out_h, out_w), window_sum, name="wrpn_window_level_sum")
     return te.compute(
