@@ -22,7 +22,7 @@ from .errors import WrpnError
 from .nn import build_model, check_bits, check_width, load_checkpoint, save_checkpoint, save_program
 
 DEFAULT_BATCH_SIZE = 64
-DEFAULT_LR = 3e-3
+DEFAULT_LR = 3e-2
 EVAL_BATCH_SIZE = 500
 # Settings a resumed run must share with the checkpoint it continues.
 RESUME_KEYS = ("model", "width", "abits", "wbits", "num_classes", "in_channels", "image_size", "dataset", "seed",
