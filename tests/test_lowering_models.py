@@ -1,0 +1,152 @@
+"""Whole models through lower_wrpn + compile, against PyTorch: hand-written and zoo networks on random data.
+
+Every model gets BN statistics away from the identity so the folded epilogue is really exercised.
+The heavier zoo configurations are marked slow.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from wrpn_tvm import build, runner
+from wrpn_tvm.cli import main as cli_main
+from wrpn_tvm.frontend import to_relax
+from wrpn_tvm.lowering import lower_wrpn
+from wrpn_tvm.nn import build_model, export_model
+from wrpn_tvm.targets import resolve
+from test_lowering_recognition import _quantize, on_grid
+
+
+def randomize_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            c = module.num_features
+            module.running_mean.copy_(torch.rand(c, generator=g) * 0.6 - 0.3)
+            module.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+            module.weight.data.copy_(torch.rand(c, generator=g) * 0.7 + 0.3)
+            module.bias.data.copy_(torch.rand(c, generator=g) * 0.5)
+    return model.eval()
+
+
+class HandWritten(nn.Module):
+    """A WRPN network written from scratch: 2-bit and 1-bit convs, max pool, a bit-serial dense, FP32 ends."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.bn0 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 24, 3, padding=1)  # 2-bit weights with a bias
+        self.bn2 = nn.BatchNorm2d(24)
+        self.conv1 = nn.Conv2d(24, 40, 3, stride=2, padding=1, bias=False)  # binary weights
+        self.bn1 = nn.BatchNorm2d(40)
+        self.dense = nn.Linear(40 * 3 * 3, 32, bias=False)  # 3-bit weights
+        self.bnd = nn.BatchNorm1d(32)
+        self.head = nn.Linear(32, 10)
+        with torch.no_grad():
+            for layer, bits in ((self.conv2, 2), (self.conv1, 1), (self.dense, 3)):
+                layer.weight.copy_(on_grid(layer.weight.shape, bits, g))
+
+    def forward(self, x):
+        x = _quantize(self.bn0(self.stem(x)), 2)
+        x = _quantize(self.bn2(self.conv2(x)), 1)
+        x = F.max_pool2d(_quantize(self.bn1(self.conv1(x)), 2), 2)
+        x = _quantize(self.bnd(self.dense(torch.flatten(x, 1))), 2)
+        return self.head(x)
+
+
+def assert_matches_pytorch(model, x, out):
+    """Each sample's logits equal PyTorch's, evaluated in float32 or in float64.
+
+    The integer part is exact, so the only freedom is a quantizer input that lands within float32
+    rounding of a level boundary: PyTorch float32 may round it one way, float64 and the compiled
+    model the other, and the flipped level propagates. Either reference is then a right answer.
+    """
+    with torch.no_grad():
+        ref32 = model(x).numpy()
+        ref64 = model.double()(x.double()).numpy()
+    model.float()
+    tolerance = 1e-3 * np.abs(ref32).max()
+    close = [np.allclose(o, r32, rtol=1e-3, atol=tolerance) or np.allclose(o, r64, rtol=1e-3, atol=tolerance)
+             for o, r32, r64 in zip(out, ref32, ref64)]
+    assert all(close), f"samples {[i for i, c in enumerate(close) if not c]} differ from PyTorch"
+    return ref32
+
+
+def compile_and_compare(model, x, tmp_path, name):
+    """Export, compile for host with compile_model (what `wrpn-tvm compile` runs), run, compare with PyTorch."""
+    path = tmp_path / f"{name}.pt2"
+    torch.export.save(export_model(model, x), str(path))
+    result = build.compile_model(path, "host", tmp_path / f"{name}.so")
+    (out,) = runner.run(result.library, [x.numpy()])
+    assert_matches_pytorch(model, x, out)
+    return result
+
+
+def test_hand_written_module_compiles_and_matches_pytorch(tmp_path):
+    torch.manual_seed(0)
+    model = randomize_batch_norm(HandWritten())
+    result = compile_and_compare(model, torch.rand(8, 1, 12, 12), tmp_path, "handwritten")
+    assert [layer.lowered_to for layer in result.layers] == [
+        "fp32", "bit-serial conv2d a2/w2", "bit-serial conv2d a1/w1", "bit-serial dense a2/w3", "fp32"]
+
+
+def test_next_layers_pack_fuses_into_the_epilogue():
+    """conv2 -> quantizer -> conv1: conv1's bits are packed straight from conv2's int32 accumulator."""
+    model = randomize_batch_norm(HandWritten())
+    mod, _ = lower_wrpn(to_relax(export_model(model, torch.rand(1, 1, 12, 12))), resolve("host"))
+    calls = [b.value for b in mod["main"].body.blocks[0].bindings if "call_tir" in str(getattr(b.value, "op", ""))]
+    fused = [c for c in calls if c.args[0].name_hint.startswith("wrpn_epilogue_bitpack")]
+    assert len(fused) == 1
+    accumulator = fused[0].args[1].fields[0]
+    assert accumulator.ty.dtype == "int32"
+
+
+ZOO_FAST = [("smallcnn", 2.0, 2, 2, 28), ("resnet18", 0.5, 2, 2, 32)]
+ZOO_SLOW = [
+    ("resnet18", 1.0, 4, 2, 32), ("resnet18", 2.0, 4, 4, 32), ("resnet18", 1.0, 1, 1, 32),
+    ("resnet34", 0.5, 2, 2, 32), ("alexnet", 0.25, 2, 2, 63), ("smallcnn", 3.0, 1, 1, 28),
+]
+
+
+def _zoo_case(tmp_path, name, width, abits, wbits, size):
+    torch.manual_seed(1)
+    model = randomize_batch_norm(build_model(name, width, abits, wbits, in_channels=3, image_size=size))
+    result = compile_and_compare(model, torch.rand(4, 3, size, size), tmp_path, name)
+    quantized = [layer for layer in result.layers if layer.is_bitserial]
+    assert len(quantized) == len(result.layers) - 2  # all but the first and last layer
+    assert all(layer.lowered_to.endswith(f"a{abits}/w{wbits}") for layer in quantized)
+
+
+@pytest.mark.parametrize("name,width,abits,wbits,size", ZOO_FAST)
+def test_zoo_model_matches_pytorch(tmp_path, name, width, abits, wbits, size):
+    _zoo_case(tmp_path, name, width, abits, wbits, size)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,width,abits,wbits,size", ZOO_SLOW)
+def test_zoo_model_matches_pytorch_slow(tmp_path, name, width, abits, wbits, size):
+    _zoo_case(tmp_path, name, width, abits, wbits, size)
+
+
+def test_compile_explain_lists_every_layer(tmp_path, capsys):
+    torch.manual_seed(0)
+    path = tmp_path / "hand.pt2"
+    torch.export.save(export_model(randomize_batch_norm(HandWritten()), torch.rand(1, 1, 12, 12)), str(path))
+    assert cli_main(["compile", str(path), "--target", "host", "-o", str(tmp_path / "hand.so"), "--explain"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("layer  0  conv2d 3x3/1 pad 1, 1->16") and "fp32  (input is not a WRPN" in lines[0]
+    assert "bit-serial conv2d a2/w2  (epilogue: scale + bias + batch_norm)" in lines[1]
+    assert "bit-serial conv2d a1/w1" in lines[2] and "bit-serial dense a2/w3" in lines[3]
+    assert lines[4].startswith("layer  4  dense  32->10") and "fp32  (weights lie on no WRPN grid" in lines[4]
+
+
+def test_corrupt_program_is_one_line_and_exit_1(tmp_path, capsys):
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    assert cli_main(["compile", str(bad), "--target", "host", "-o", str(tmp_path / "bad.so")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("wrpn-tvm: error:") and "\n" not in err
