@@ -1,4 +1,4 @@
-"""The frozen export contract the compiler pattern-matches (wrpn_tvm.nn.export docstring)."""
+"""The frozen export contract the compiler pattern-matches (wrpn_tvm.nn.program docstring)."""
 
 import json
 

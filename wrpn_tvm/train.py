@@ -1,7 +1,7 @@
 """Train a WRPN zoo model from scratch (straight-through estimator), checkpoint every epoch, export it.
 
 `train(...)` writes, next to OUTPUT (MODEL.pt2):
-- MODEL.pt2: the frozen torch.export program (wrpn_tvm.nn.export), ready for `wrpn-tvm compile`;
+- MODEL.pt2: the frozen torch.export program (wrpn_tvm.nn.program), ready for `wrpn-tvm compile`;
 - MODEL.json: the WRPN settings, dataset, input shape and test accuracy;
 - MODEL.ckpt/epoch-NNNN.pt: model + optimizer state after each epoch, for `resume=True`.
 
@@ -153,6 +153,8 @@ def train(model_name, width, abits, wbits, dataset, epochs, output, seed=0, resu
         if progress:
             print(f"resuming from {previous} (epoch {start_epoch})", file=sys.stderr)
     else:
+        if resume and progress:
+            print(f"no checkpoint in {ckpt_dir}; training from scratch", file=sys.stderr)
         ckpt_dir.mkdir(exist_ok=True)
         for stale in ckpt_dir.glob("epoch-*.pt"):
             stale.unlink()
@@ -171,6 +173,6 @@ def train(model_name, width, abits, wbits, dataset, epochs, output, seed=0, resu
                         epoch=epoch + 1, model=model, optimizer=optimizer, history=history)
 
     metadata = {**config, "trained": True, "epochs_trained": len(history), "classes": data.classes,
-                "test_accuracy": history[-1]["test_accuracy"] if history else evaluate(model, data.x_test, data.y_test)}
+                "test_accuracy": history[-1]["test_accuracy"]}
     metadata = save_program(model, metadata, output)
     return {**metadata, "history": history}

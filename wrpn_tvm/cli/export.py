@@ -1,4 +1,4 @@
-"""`wrpn-tvm export`: export a zoo model (random or from a checkpoint) as a frozen .pt2 (wrpn_tvm.nn.export)."""
+"""`wrpn-tvm export`: export a zoo model (random or from a checkpoint) as a frozen .pt2 (wrpn_tvm.nn.program.export)."""
 
 import json
 
