@@ -105,6 +105,18 @@ def test_next_layers_pack_fuses_into_the_epilogue():
     assert accumulator.ty.dtype == "int32"
 
 
+def test_resnet_glue_fuses_so_only_the_first_pack_reads_a_float_map():
+    """Residual adds, BN and the quantizer between bit-serial layers fold into the packing kernels."""
+    model = randomize_batch_norm(build_model("resnet18", 0.25, 2, 2, in_channels=3, image_size=32))
+    mod, reports = lower_wrpn(to_relax(export_model(model, torch.rand(1, 3, 32, 32))), resolve("host"))
+    packs = [b.value.args[0].name_hint for b in mod["main"].body.blocks[0].bindings
+             if "bitpack" in getattr(getattr(b.value, "args", [None])[0], "name_hint", "")]
+    plain = [name for name in packs if not name.startswith("wrpn_epilogue_bitpack")]
+    assert len(plain) == 1  # after the FP32 stem's max pool
+    # one pack per block input (8; a shortcut conv shares its block's) and per block-internal activation (8)
+    assert len(packs) == 8 + 8 and sum(r.is_bitserial for r in reports) == 19
+
+
 ZOO_FAST = [("smallcnn", 2.0, 2, 2, 28), ("resnet18", 0.5, 2, 2, 32)]
 ZOO_SLOW = [
     ("resnet18", 1.0, 4, 2, 32), ("resnet18", 2.0, 4, 4, 32), ("resnet18", 1.0, 1, 1, 32),

@@ -3,10 +3,11 @@
 Each bit-serial layer becomes three TE calls: pack_activation of its input, the bit-serial
 conv2d / dense on constant pre-packed weights, and one per-channel float epilogue that reproduces
 the last folded op's value in the original layout, so everything downstream is untouched. When a
-layer reads the quantizer of another bit-serial layer's epilogue directly, its pack is computed
-from that layer's int32 accumulator in one kernel (epilogue + quantize + bitpack): the float
-activation map between the two layers is never written. The FP32 ops left behind become dead and
-are removed.
+layer's quantizer reads another bit-serial layer's epilogue, directly or through a residual add,
+its pack is computed from the int32 accumulator(s) in one kernel (epilogue + glue + quantize +
+bitpack): no float activation map is written for it. (A float map is still written where a float
+consumer needs it, e.g. the identity shortcut of a residual block.) The FP32 ops left behind become
+dead and are removed.
 """
 
 from dataclasses import dataclass
@@ -15,7 +16,15 @@ import numpy as np
 from tvm import relax, te
 
 from .. import ops
+from .graph import BindingGraph, op_name, shape_of
 from .recognize import LayerPlan
+
+_ELEMENTWISE = {
+    "relax.add": lambda a, b: a + b,
+    "relax.subtract": lambda a, b: a - b,
+    "relax.multiply": lambda a, b: a * b,
+}
+_MAX_GLUE_DEPTH = 4
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,8 @@ class _Lowerer(relax.PyExprMutator):
         self.word_bits = word_bits
         self.plan_at = {plan.epilogue.output: plan for plan in plans}
         self.emitted: dict = {}  # original epilogue output var -> _Emitted
+        self.packed: dict = {}  # (original input var, bits) -> packed var
+        self.graph = BindingGraph(mod["main"])
 
     def lower(self):
         for gvar, func in self.mod.functions_items():
@@ -67,17 +78,59 @@ class _Lowerer(relax.PyExprMutator):
         return None
 
     def _pack(self, plan: LayerPlan) -> relax.Var:
+        key = (plan.data, plan.quantizer.bits)  # a residual block's conv and its shortcut conv share it
+        if key not in self.packed:
+            self.packed[key] = self._emit_pack(plan)
+        return self.packed[key]
+
+    def _emit_pack(self, plan: LayerPlan) -> relax.Var:
         bits, word_bits = plan.quantizer.bits, self.word_bits
-        producer = self.emitted.get(plan.quantizer.source) if plan.reads_quantizer_directly else None
-        if producer is not None:
+        fused = self._glue_from_accumulators(plan.quantizer.source) if plan.reads_quantizer_directly else None
+        if fused is not None:
+            args, build = fused
             return self.builder_.emit_te(
-                lambda acc, m, b: ops.pack_activation(_affine(acc, m, b, producer.op), bits, word_bits),
-                producer.acc, producer.multiplier, producer.offset,
-                primfunc_name_hint="wrpn_epilogue_bitpack",
+                lambda *tensors: ops.pack_activation(build(list(tensors)), bits, word_bits),
+                *args, primfunc_name_hint="wrpn_epilogue_bitpack",
             )
         return self.builder_.emit_te(
             ops.pack_activation, self.visit_expr(plan.data), bits, word_bits, primfunc_name_hint="wrpn_bitpack"
         )
+
+    def _glue_from_accumulators(self, var, depth: int = 0):
+        """(Relax args, TE builder) recomputing `var` elementwise from bit-serial accumulators, or None.
+
+        Covers the glue between a bit-serial layer's epilogue and the next quantizer: the epilogue
+        itself, and residual adds / subtracts / multiplies of it with another epilogue or any
+        float tensor of the same shape. At least one operand must come from an accumulator.
+        """
+        emitted = self.emitted.get(var)
+        if emitted is not None:
+            def affine(tensors):
+                acc, multiplier, offset = tensors[:3]
+                del tensors[:3]
+                return _affine(acc, multiplier, offset, emitted.op)
+
+            return [emitted.acc, emitted.multiplier, emitted.offset], affine
+        call = self.graph.value(var)
+        combine = _ELEMENTWISE.get(op_name(call))
+        if combine is None or depth >= _MAX_GLUE_DEPTH or shape_of(call.args[0]) != shape_of(call.args[1]):
+            return None
+        parts = [self._glue_from_accumulators(arg, depth + 1) for arg in call.args[:2]]
+        if all(part is None for part in parts):
+            return None
+        parts = [part if part is not None else self._passthrough(arg) for part, arg in zip(parts, call.args[:2])]
+
+        def build(tensors):
+            lhs, rhs = parts[0][1](tensors), parts[1][1](tensors)
+            return te.compute(lhs.shape, lambda *i: combine(lhs(*i), rhs(*i)), name="wrpn_glue")
+
+        return parts[0][0] + parts[1][0], build
+
+    def _passthrough(self, var):
+        def take(tensors):
+            return tensors.pop(0)
+
+        return [self.visit_expr(var)], take
 
     def _emit_layer(self, plan: LayerPlan, output_var) -> relax.Var:
         abits, wbits = plan.quantizer.bits, plan.grid.bits
