@@ -5,7 +5,9 @@
 - MODEL.json: the WRPN settings, dataset, input shape and test accuracy;
 - MODEL.ckpt/epoch-NNNN.pt: model + optimizer state after each epoch, for `resume=True`.
 
-Shuffling is seeded per (seed, epoch), so a resumed run repeats an uninterrupted one exactly.
+After each epoch the batch-norm running statistics are re-estimated on the training set (see
+recalibrate_batch_norm). Shuffling is seeded per (seed, epoch), so a resumed run repeats an
+uninterrupted one exactly.
 """
 
 import math
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from .data import Dataset, load_dataset
@@ -77,6 +80,27 @@ def evaluate(model, x: np.ndarray, y: np.ndarray) -> float:
         logits = model(torch.from_numpy(x[start:start + EVAL_BATCH_SIZE]))
         correct += (logits.argmax(1).numpy() == y[start:start + EVAL_BATCH_SIZE]).sum()
     return float(correct) / len(x)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model, x: np.ndarray) -> None:
+    """Replace every batch norm's running statistics by their plain average over `x` under the current weights.
+
+    The momentum averages mix statistics of weights from the whole epoch; behind a k-bit activation
+    quantizer (a clip and a rounding) that drift moves eval-mode outputs across quantization steps
+    and made held-out accuracy jump by 10 points from epoch to epoch. Training itself never reads
+    the running statistics, so this changes evaluation and export only.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches below
+    model.train()
+    for start in range(0, len(x), EVAL_BATCH_SIZE):
+        model(torch.from_numpy(x[start:start + EVAL_BATCH_SIZE]))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
 
 
 def _lr_at(epoch: int, epochs: int, base_lr: float) -> float:
@@ -165,6 +189,7 @@ def train(model_name, width, abits, wbits, dataset, epochs, output, seed=0, resu
             group["lr"] = lr_now
         bar = ProgressBar(len(data.y_train), f"epoch {epoch + 1}/{epochs}", enabled=progress)
         stats = _train_epoch(model, optimizer, data, batch_size, seed, epoch, bar)
+        recalibrate_batch_norm(model, data.x_train)
         stats.update(epoch=epoch + 1, lr=lr_now, test_accuracy=evaluate(model, data.x_test, data.y_test))
         history.append(stats)
         bar.close(loss=f"{stats['train_loss']:.4f}", acc=f"{100 * stats['train_accuracy']:.1f}%",
