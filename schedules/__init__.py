@@ -45,16 +45,22 @@ def rule_name(key: str, rule: str) -> str:
     return f"s_tir.meta_schedule.{key}.{rule}"
 
 
+def is_scheduled(func: tirx.PrimFunc) -> bool:
+    return func.attrs is not None and bool(func.attrs.get("tir.is_scheduled", False))
+
+
 def apply_default_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
-    """Schedule every PrimFunc in mod that holds a WRPN block; return the updated module."""
+    """Schedule every not-yet-scheduled PrimFunc in mod that holds a WRPN block; return the updated module."""
     target = target if isinstance(target, Target) else Target(target)
     templates = family(target)
     updated = {}
     for global_var, func in mod.functions.items():
-        if isinstance(func, tirx.PrimFunc) and has_wrpn_block(func):
-            sch = Schedule(func)
-            templates.schedule_function(sch, target)
-            updated[global_var] = sch.mod["main"]
+        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func) or not has_wrpn_block(func):
+            continue
+        sch = Schedule(func)
+        templates.schedule_function(sch, target)
+        # Marked, like a tuning database's records, so that later schedule passes leave it alone.
+        updated[global_var] = sch.mod["main"].with_attr("tir.is_scheduled", True)
     if not updated:
         return mod
     scheduled = mod.clone()
@@ -75,4 +81,4 @@ def _register_rules() -> None:
 
 _register_rules()
 
-__all__ = ["apply_default_schedules", "family", "rule_name"]
+__all__ = ["apply_default_schedules", "family", "is_scheduled", "rule_name"]

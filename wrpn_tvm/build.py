@@ -43,10 +43,12 @@ def prepare_module(program_path: "str | os.PathLike", spec: TargetSpec):
 
 
 def relax_pipeline(spec: TargetSpec, database=None):
-    """The target's default Relax pipeline, with our schedules applied to the fused TIR.
+    """The target's Relax pipeline with our schedules applied to the fused TIR, in this order:
 
-    Order after fusion: a tuning database's records first, then the bit-serial templates at their
-    default decisions for whatever the database did not cover (untuned kernels must still be fast).
+    1. a tuning database's records;
+    2. the bit-serial templates at their default decisions, for what the database did not cover;
+    3. a generic default for every other function (dlight's GPU rules, or our CPU fallback),
+       so an untuned FP32 first layer is not left as single-threaded scalar loops.
     """
     import importlib
 
@@ -54,20 +56,30 @@ def relax_pipeline(spec: TargetSpec, database=None):
     from tvm import relax
 
     import schedules
+    from schedules.fallback_cpu import apply_fallback_schedules
 
     target = spec.target
-    backend = "cuda" if spec.is_cuda else "cpu_generic"
-    rp = importlib.import_module(f"tvm.relax.backend.{backend}.pipeline")
+    backend = importlib.import_module(f"tvm.relax.backend.{'cuda' if spec.is_cuda else 'cpu_generic'}.pipeline")
+    fuse = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+            relax.transform.FuseOps(), relax.transform.FuseTIR()]
+
+    def schedule_rest(mod):
+        if not spec.is_cuda:
+            return apply_fallback_schedules(mod)
+        from tvm.s_tir import dlight as dl
+
+        return dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                       dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
 
     @tvm.transform.module_pass(opt_level=0, name="WrpnBuildPipeline")
     def _pipeline(mod, _ctx):
         with target:
-            mod = tvm.transform.Sequential(rp.library_dispatch_passes(target) + rp.legalize_passes(target))(mod)
+            mod = tvm.transform.Sequential(backend.library_dispatch_passes(target) + fuse)(mod)
             if database is not None:
                 with database:
                     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-            mod = schedules.apply_default_schedules(mod, target)
-            return tvm.transform.Sequential(rp.dataflow_lower_passes(target) + rp.finalize_passes(target))(mod)
+            mod = schedule_rest(schedules.apply_default_schedules(mod, target))
+            return tvm.transform.Sequential(backend.dataflow_lower_passes(target) + backend.finalize_passes(target))(mod)
 
     return _pipeline
 

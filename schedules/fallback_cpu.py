@@ -1,0 +1,88 @@
+"""A generic default schedule for the FP32 CPU functions nobody tuned (first/last layers, glue).
+
+TVM's CPU pipeline leaves such functions as they were legalized: one thread, scalar loops.
+This gives each block what any sensible CPU schedule has: the leading spatial loops fused and
+run in parallel, and the innermost spatial loop moved inside the reduction (then split and
+unrolled, or vectorized when there is no reduction), so LLVM turns a conv's inner loop into
+vector code over a row of outputs. Padding stays a separate, parallel block: inlined, it would
+put a bounds check in that inner loop. A function the rules do not fit is left as it was; a tuning database wins over this.
+"""
+
+import numpy as np
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+from . import is_scheduled
+
+VECTOR_LANES = 16  # float32 lanes of an AVX-512 register; LLVM narrows this for NEON/AVX2
+# Below this many loop iterations a parallel region costs more than it saves.
+MIN_PARALLEL_WORK = 1 << 15
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int:
+    extent = sch.get(loop).extent
+    return extent.value if isinstance(extent, tirx.IntImm) else 0
+
+
+def _schedule_block(sch: s_tir.Schedule, info) -> None:
+    block = info.block_rv
+    loops = sch.get_loops(block)
+    kinds = info.dom_kind()
+    if len(kinds) != len(loops) or not kinds or kinds[0] != "S" or set(kinds) - {"S", "R"}:
+        return
+    extents = [_extent(sch, loop) for loop in loops]
+    if not all(extents):
+        return
+    spatial = [loop for loop, kind in zip(loops, kinds) if kind == "S"]
+    reduction = [loop for loop, kind in zip(loops, kinds) if kind == "R"]
+    inner = spatial[-1] if len(spatial) > 1 else None
+    outer = spatial[:-1] if inner is not None else spatial
+    if inner is not None:
+        sch.reorder(*outer, *reduction, inner)
+    if int(np.prod(extents)) >= MIN_PARALLEL_WORK:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    if inner is None:
+        return
+    width = _extent(sch, inner)
+    lanes = next((n for n in (VECTOR_LANES, 8, 4) if width % n == 0), None)
+    if lanes is None:
+        return
+    if reduction:
+        sch.decompose_reduction(block, reduction[0])
+    if width > lanes:
+        _, inner = sch.split(inner, [None, lanes])
+    if reduction:
+        # The update of a reduction cannot take `vectorize`; an innermost spatial loop of fixed
+        # extent with no loop-carried dependence is what LLVM's loop vectorizer wants instead.
+        sch.unroll(inner)
+    else:
+        sch.vectorize(inner)
+
+
+def schedule_function(func: tirx.PrimFunc) -> "tirx.PrimFunc | None":
+    """The scheduled function, or None when the generic rules do not apply."""
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if infos is None:
+        return None
+    for info in infos:
+        _schedule_block(sch, info)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def apply_fallback_schedules(mod: tvm.IRModule) -> tvm.IRModule:
+    """Schedule every not-yet-scheduled PrimFunc of a CPU module that the generic rules fit."""
+    updates = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
+            continue
+        try:
+            scheduled = schedule_function(func)
+        except (RuntimeError, ValueError):  # a schedule primitive refused this function's structure
+            continue
+        if scheduled is not None:
+            updates[gvar] = scheduled
+    for gvar, func in updates.items():
+        mod[gvar] = func
+    return mod

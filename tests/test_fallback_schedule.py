@@ -1,0 +1,42 @@
+"""The generic CPU schedule for untuned FP32 functions: same numbers, parallel, vectorizable inner loop."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te, topi
+
+from schedules.fallback_cpu import schedule_function
+from wrpn_tvm.targets import resolve
+
+
+def _conv(shape, channels_out, kernel, stride, pad):
+    data = te.placeholder(shape, name="data")
+    weight = te.placeholder((channels_out, shape[1], kernel, kernel), name="weight")
+    out = topi.nn.conv2d_nchw(data, weight, stride, pad, 1)
+    return te.create_prim_func([data, weight, out]), topi.utils.get_const_tuple(out.shape)
+
+
+@pytest.mark.parametrize("shape,cout,kernel,stride,pad", [
+    ((1, 3, 33, 33), 16, 7, 2, 3),   # odd size, stride 2, padding: the split cannot divide 17
+    ((1, 17, 16, 16), 24, 3, 1, 1),  # 16-wide rows: vectorizable inner loop
+    ((2, 8, 12, 12), 5, 1, 1, 0),    # batch 2, 1x1
+])
+def test_scheduled_conv_matches_unscheduled(shape, cout, kernel, stride, pad):
+    func, out_shape = _conv(shape, cout, kernel, stride, pad)
+    scheduled = schedule_function(func)
+    assert scheduled is not None and scheduled.attrs["tir.is_scheduled"]
+    target = resolve("host").target
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(shape).astype("float32"), rng.standard_normal((cout, shape[1], kernel, kernel)).astype("float32")]
+    outputs = []
+    for f in (func, scheduled):
+        lib = tvm.compile(tvm.IRModule({"main": f}), target=target)
+        out = tvm.runtime.tensor(np.zeros(out_shape, "float32"))
+        lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
+        outputs.append(out.numpy())
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_large_work_runs_in_parallel():
+    scheduled = schedule_function(_conv((1, 3, 64, 64), 16, 3, 1, 1)[0])
+    assert "T.parallel" in scheduled.script()
