@@ -1,0 +1,191 @@
+"""Tuning logs: MetaSchedule's own JSON database files in a log dir, read defensively.
+
+A log dir holds `database_workload.json` (one workload per line) and
+`database_tuning_record.json` (one record per line: `[workload line index, record]`), so TVM's
+own tools read it too. TVM aborts on the first bad line, and a killed job can leave a truncated
+last line, so every line is parsed here first: a bad line is reported (file and line number) and
+skipped, and records are renumbered when a workload line before them was dropped.
+
+MetaSchedule itself never checks a record's target when it applies a database, so a log tuned
+for one CPU would silently be applied to another; `check_target` refuses that.
+"""
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import WrpnError
+from ..targets import TargetSpec
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+# What makes code built for one target wrong or slow on another; num-cores is left out (a
+# schedule tuned on 2 cores is valid on 4), so is the tag.
+_IDENTITY_KEYS = ("kind", "mtriple", "mcpu", "mattr", "arch")
+
+
+class CorruptLineWarning(UserWarning):
+    """A line of a tuning log that does not parse; it is skipped."""
+
+
+@dataclass
+class TuningLog:
+    """The valid lines of a log dir, records renumbered to the kept workload lines."""
+
+    log_dir: Path
+    workload_lines: list[str] = field(default_factory=list)
+    record_lines: list[str] = field(default_factory=list)
+    workloads: list = field(default_factory=list)  # ms.database.Workload per kept workload line
+    records: list = field(default_factory=list)  # (workload index, ms.database.TuningRecord)
+    targets: dict = field(default_factory=dict)  # identity (frozen) -> description
+    skipped_lines: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.workload_lines and not self.record_lines
+
+
+def target_identity(target) -> tuple:
+    """The fields of a target that decide whether a tuned schedule applies to it."""
+    from tvm.target import Target
+
+    config = dict((target if isinstance(target, Target) else Target(target)).export())
+    identity = []
+    for key in _IDENTITY_KEYS:
+        if key in config:
+            value = config[key]
+            identity.append((key, tuple(sorted(str(v) for v in value)) if isinstance(value, (list, tuple)) else str(value)))
+    return tuple(identity)
+
+
+def describe_identity(identity: tuple) -> str:
+    return " ".join(f"{key}={','.join(value) if isinstance(value, tuple) else value}" for key, value in identity)
+
+
+def _warn_line(path: Path, number: int, why: str) -> None:
+    warnings.warn(f"{path}:{number}: {why}; skipping this line", CorruptLineWarning, stacklevel=3)
+
+
+def read_log(log_dir: "str | os.PathLike") -> TuningLog:
+    """Parse both files of a log dir, keeping only lines TVM can load; missing files mean an empty log."""
+    from tvm.s_tir.meta_schedule.database import TuningRecord, Workload
+
+    log = TuningLog(Path(log_dir))
+    workload_path, record_path = log.log_dir / WORKLOAD_FILE, log.log_dir / RECORD_FILE
+    kept_index: dict[int, int] = {}  # workload line index in the file -> index among kept lines
+    for number, line in _lines(workload_path):
+        try:
+            obj = json.loads(line)
+            if not (isinstance(obj, list) and len(obj) == 2 and all(isinstance(x, str) for x in obj)):
+                raise ValueError("not a [hash, module] pair")
+            workload = Workload.from_json(obj)
+        except Exception as err:  # json, TVM's decoder and the shape check all fail differently
+            _warn_line(workload_path, number, f"corrupt workload ({_first_line(err)})")
+            log.skipped_lines += 1
+            continue
+        kept_index[number - 1] = len(log.workloads)
+        log.workloads.append(workload)
+        log.workload_lines.append(line)
+    target_cache: dict[str, tuple] = {}
+    for number, line in _lines(record_path):
+        try:
+            obj = json.loads(line)
+            if not (isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], int) and isinstance(obj[1], list)):
+                raise ValueError("not a [workload index, record] pair")
+            if obj[0] not in kept_index:
+                raise ValueError(f"refers to workload line {obj[0] + 1}, which is missing or corrupt")
+            index = kept_index[obj[0]]
+            record = TuningRecord.from_json(obj[1], log.workloads[index])
+            target_json = json.dumps(obj[1][2], sort_keys=True)
+            if target_json not in target_cache:
+                target_cache[target_json] = target_identity(obj[1][2])
+        except Exception as err:  # as above
+            _warn_line(record_path, number, f"corrupt tuning record ({_first_line(err)})")
+            log.skipped_lines += 1
+            continue
+        identity = target_cache[target_json]
+        log.targets[identity] = describe_identity(identity)
+        log.records.append((index, record))
+        log.record_lines.append(json.dumps([index, obj[1]], separators=(",", ":")))
+    return log
+
+
+def _lines(path: Path):
+    """(1-based line number, text) of the non-blank lines of a file; none when it does not exist."""
+    if not path.exists():
+        return
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise WrpnError(f"{path}: cannot read the tuning log ({err.strerror})") from None
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if raw.strip():
+            yield number, raw.decode("utf-8", errors="replace").strip()
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1][:120] if lines else type(err).__name__
+
+
+def check_target(log: TuningLog, spec: TargetSpec) -> None:
+    """Refuse a log that holds records tuned for any target other than spec's."""
+    wanted = target_identity(spec.target)
+    foreign = [description for identity, description in log.targets.items() if identity != wanted]
+    if foreign:
+        raise WrpnError(
+            f"{log.log_dir} was tuned for {foreign[0]}, not for {spec.name} ({describe_identity(wanted)}); "
+            "use a log tuned for this target or tune one with `wrpn-tvm tune`"
+        )
+
+
+def load_database(log_dir: "str | os.PathLike", spec: TargetSpec):
+    """An in-memory MetaSchedule database of a log dir's valid records, for compiling.
+
+    Refuses (WrpnError) a missing dir, an empty log and a log tuned for another target; skips
+    corrupt lines with a warning. Use it as `with database: MetaScheduleApplyDatabase()(mod)`.
+    The files are never modified (committed logs may be read-only).
+    """
+    from tvm.s_tir.meta_schedule.database import MemoryDatabase, TuningRecord
+
+    import schedules  # noqa: F401  (records of bit-serial blocks replay through its registered rules)
+
+    log_dir = Path(log_dir)
+    if not log_dir.is_dir():
+        raise WrpnError(f"{log_dir}: no such tuning log directory")
+    log = read_log(log_dir)
+    if not log.records:
+        raise WrpnError(f"{log_dir}: no usable tuning records (expected {RECORD_FILE} written by `wrpn-tvm tune`)")
+    check_target(log, spec)
+    database = MemoryDatabase()
+    workloads = [database.commit_workload(workload.mod) for workload in log.workloads]
+    for index, record in log.records:
+        database.commit_tuning_record(
+            TuningRecord(record.trace, workloads[index], record.run_secs, record.target, record.args_info)
+        )
+    return database
+
+
+def open_database(log_dir: "str | os.PathLike", spec: TargetSpec):
+    """The log dir's JSONDatabase for a tuning job, which appends to it record by record.
+
+    Corrupt lines are dropped from the files first (atomically), because the JSONDatabase would
+    abort on them and appending after a truncated line would corrupt the next record too.
+    """
+    from tvm.s_tir.meta_schedule.database import JSONDatabase
+
+    log_dir = Path(log_dir)
+    log = read_log(log_dir)
+    check_target(log, spec)
+    if log.skipped_lines:
+        _rewrite(log_dir / WORKLOAD_FILE, log.workload_lines)
+        _rewrite(log_dir / RECORD_FILE, log.record_lines)
+    return JSONDatabase(work_dir=str(log_dir), module_equality="structural")
+
+
+def _rewrite(path: Path, lines: list[str]) -> None:
+    staged = path.with_name(path.name + ".tmp")
+    staged.write_text("".join(line + "\n" for line in lines))
+    os.replace(staged, path)

@@ -1,0 +1,147 @@
+"""A tuning job: tune a model's tasks into a log dir, resuming whatever the dir already holds.
+
+`--trials N` is the job's total: trials already recorded for the model's tasks count toward it,
+so re-running an interrupted job finishes it, and a larger N tunes further. Every measured
+candidate is appended to the log as soon as its batch is measured (MetaSchedule's JSONDatabase
+writes line by line), so an interrupted job loses at most the batch in flight.
+"""
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import WrpnError
+from ..targets import TargetSpec, resolve
+from .database import open_database
+from .lock import exclusive
+from .progress import ProgressPrinter, TaskProgress, recorded_seconds
+from .runner import Device, device_from_options, make_builder, make_runner
+from .search import SkipRecordedSearch, recorded_records
+from .tasks import extract_tasks
+
+TRIALS_PER_BATCH = 16  # candidates measured between database writes, and the most an interrupt loses
+
+
+@dataclass
+class TuneResult:
+    log_dir: Path
+    target: str
+    device: str
+    trials: int  # the job's total, as asked
+    measured: int  # trials measured by this run
+    skipped_recorded: int  # generated candidates not measured because the log held them
+    seconds: float
+    tasks: list[TaskProgress] = field(default_factory=list)
+
+
+def tune(
+    program: "str | os.PathLike",
+    target: "str | TargetSpec" = "host",
+    trials: int = 64,
+    log_dir: "str | os.PathLike" = "tuning_log",
+    rpc: str | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
+    timeout_sec: int = 60,
+    seed: int | None = None,
+    stream=None,
+) -> TuneResult:
+    """Tune a `.pt2` program's tasks (bit-serial and FP32) for a target into log_dir."""
+    from ..build import prepare_module
+
+    spec = resolve(target)
+    device = device_from_options(rpc, tracker, key, timeout_sec)
+    mod, _layers, _inputs = prepare_module(program, spec)
+    return tune_module(mod, spec, trials, log_dir, device, seed=seed, stream=stream)
+
+
+def tune_module(
+    mod,
+    spec: TargetSpec,
+    trials: int,
+    log_dir: "str | os.PathLike",
+    device: Device | None = None,
+    *,
+    seed: int | None = None,
+    trials_per_batch: int = TRIALS_PER_BATCH,
+    stream=None,
+) -> TuneResult:
+    """Tune a Relax module's tasks; the library function under `tune`."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    if trials < 1:
+        raise WrpnError(f"--trials must be at least 1, got {trials}")
+    device = device if device is not None else Device()
+    stream = stream if stream is not None else sys.stdout
+    log_dir = Path(log_dir)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WrpnError(f"cannot create the log dir {log_dir}: {err.strerror}") from None
+    started = time.monotonic()
+    with exclusive(log_dir):
+        database = open_database(log_dir, spec)
+        tasks = extract_tasks(mod, spec)
+        if not tasks:
+            raise WrpnError("the model has no tunable tasks")
+        progress = [_task_progress(task.task_name, recorded_records(database, task.dispatched[0])) for task in tasks]
+        already = sum(task.recorded for task in progress)
+        budget = trials - already
+        result = TuneResult(log_dir, spec.name, device.describe(), trials, 0, 0, 0.0, progress)
+        if budget <= 0:
+            print(f"[tune] {log_dir} already holds {already} trials for these {len(tasks)} tasks (asked {trials}); "
+                  "nothing to do", file=stream, flush=True)
+            result.seconds = time.monotonic() - started
+            return result
+        print(f"[tune] {len(tasks)} tasks for {spec.name} on {device.describe()}: {budget} trials "
+              f"({already} already in {log_dir})", file=stream, flush=True)
+        contexts, skip_counts = [], {"skipped": 0}
+        # MetaSchedule's detailed logs go to DIR/logs/; the console gets our progress lines only
+        # (its console handler takes the package logger's level, unless the caller chose one).
+        ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+        if ms_logger.level == logging.NOTSET:
+            ms_logger.setLevel(logging.WARNING)
+        loggers = get_loggers_from_work_dir(str(log_dir), [task.task_name for task in tasks])
+        for task, logger, rand_state in zip(tasks, loggers, fork_seed(seed, n=len(tasks))):
+            contexts.append(
+                ms.TuneContext(
+                    mod=task.dispatched[0],
+                    target=spec.target,
+                    space_generator="post-order-apply",
+                    search_strategy=SkipRecordedSearch(counts=skip_counts),
+                    task_name=task.task_name,
+                    logger=logger,
+                    rand_state=rand_state,
+                    num_threads="physical",
+                ).clone()
+            )
+        printer = ProgressPrinter(progress, budget, stream)
+        ms.tune_tasks(
+            tasks=contexts,
+            task_weights=[float(task.weight) for task in tasks],
+            work_dir=str(log_dir),
+            max_trials_global=budget,
+            num_trials_per_iter=min(trials_per_batch, budget),
+            builder=make_builder(spec),
+            runner=make_runner(spec, device),
+            database=database,
+            cost_model="xgb",
+            measure_callbacks=ms.MeasureCallback.create("default") + [printer],
+            task_scheduler="gradient",
+        )
+        result.measured = sum(task.measured for task in progress)
+        result.skipped_recorded = skip_counts["skipped"]
+        result.seconds = time.monotonic() - started
+        return result
+
+
+def _task_progress(name: str, records) -> TaskProgress:
+    task = TaskProgress(name, recorded=len(records))
+    times = [seconds for seconds in map(recorded_seconds, records) if seconds is not None]
+    task.best_seconds = min(times, default=None)
+    return task

@@ -1,0 +1,75 @@
+"""Progress of a tuning job: one line per measured batch, with the task's best latency so far."""
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+from .search import FAILED_RUN_SECS
+
+
+@dataclass
+class TaskProgress:
+    name: str
+    recorded: int = 0  # trials in the log before this job
+    measured: int = 0  # trials measured by this job
+    failed: int = 0  # of those, failed builds or runs (a device that dropped out, a timeout)
+    best_seconds: float | None = None
+
+    def observe(self, seconds: float | None) -> None:
+        self.measured += 1
+        if seconds is None:
+            self.failed += 1
+        elif self.best_seconds is None or seconds < self.best_seconds:
+            self.best_seconds = seconds
+
+    @property
+    def best_ms(self) -> float | None:
+        return None if self.best_seconds is None else self.best_seconds * 1e3
+
+
+def _median_seconds(run_secs) -> float | None:
+    seconds = [float(x) for x in (run_secs or [])]
+    return None if not seconds or max(seconds) >= FAILED_RUN_SECS else statistics.median(seconds)
+
+
+def result_seconds(builder_result, runner_result) -> float | None:
+    """The median run time of a candidate measured now, None when it failed to build or run."""
+    if builder_result.error_msg or runner_result.error_msg:
+        return None
+    return _median_seconds(runner_result.run_secs)
+
+
+def recorded_seconds(record) -> float | None:
+    """The median run time of a database record, None for a recorded failure."""
+    return _median_seconds(record.run_secs)
+
+
+@derived_object
+class ProgressPrinter(PyMeasureCallback):
+    """Prints `[tune] 48/100 trials | task 2/5 fused_conv2d: +16 (3 failed), best 0.123 ms`."""
+
+    def __init__(self, tasks: list[TaskProgress], budget: int, stream=None):
+        self.tasks = tasks
+        self.budget = budget
+        self.stream = stream if stream is not None else sys.stdout
+        self.started = time.monotonic()
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        task = self.tasks[task_id]
+        failed_before = task.failed
+        for built, ran in zip(builder_results, runner_results):
+            task.observe(result_seconds(built, ran))
+        done = sum(t.measured for t in self.tasks)
+        best = "none yet" if task.best_ms is None else f"{task.best_ms:.4f} ms"
+        failed = task.failed - failed_before
+        print(
+            f"[tune] {done}/{self.budget} trials, {time.monotonic() - self.started:.0f} s | "
+            f"task {task_id + 1}/{len(self.tasks)} {task.name}: +{len(runner_results)}"
+            f"{f' ({failed} failed)' if failed else ''}, {task.recorded + task.measured} in log, best {best}",
+            file=self.stream,
+            flush=True,
+        )

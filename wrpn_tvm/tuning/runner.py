@@ -1,0 +1,146 @@
+"""Where candidates are built and timed: on this host, or on devices over TVM RPC.
+
+Candidates are always built here, in this process, into a `.so` (cross-compiled for ARM boards,
+which have no compiler of their own to link TVM's default `.tar` artifacts). MetaSchedule's
+LocalBuilder starts fresh worker processes for every batch, and each one imports TVM's tensor
+intrinsics (measured: 88 s per worker on this 2-core machine under load, against 0.1 s to build
+and link a candidate), so it timed out every build here. They are timed by:
+* this host (LocalRunner) when no device is named;
+* the devices registered under a key at an RPC tracker: one measurement in flight per device,
+  so a batch spreads over all of them; a device that drops out fails its in-flight candidates
+  (recorded as failed) and the tracker hands the rest to the others;
+* one RPC server (`--rpc HOST:PORT`), connected to directly, since MetaSchedule's RPCRunner
+  only knows trackers.
+"""
+
+import functools
+import os
+import tempfile
+from dataclasses import dataclass
+
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.builder import PyBuilder
+
+from ..errors import WrpnError
+from ..targets import TargetSpec
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where to time candidates: None fields mean this host."""
+
+    rpc: tuple[str, int] | None = None
+    tracker: tuple[str, int] | None = None
+    key: str | None = None
+    timeout_sec: int = 60
+
+    @property
+    def is_local(self) -> bool:
+        return self.rpc is None and self.tracker is None
+
+    def describe(self) -> str:
+        if self.tracker is not None:
+            return f"devices under key {self.key!r} at tracker {self.tracker[0]}:{self.tracker[1]}"
+        if self.rpc is not None:
+            return f"RPC server {self.rpc[0]}:{self.rpc[1]}"
+        return "this host"
+
+
+def parse_address(text: str, option: str) -> tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise WrpnError(f"{option} expects HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def device_from_options(rpc=None, tracker=None, key=None, timeout_sec=60) -> Device:
+    """Check the CLI's --rpc / --tracker / --key combination and turn it into a Device."""
+    if rpc and tracker:
+        raise WrpnError("use either --rpc or --tracker, not both")
+    if tracker and not key:
+        raise WrpnError("--tracker needs --key (the device key the RPC servers registered with)")
+    if key and not tracker:
+        raise WrpnError("--key needs --tracker")
+    return Device(
+        rpc=parse_address(rpc, "--rpc") if rpc else None,
+        tracker=parse_address(tracker, "--tracker") if tracker else None,
+        key=key,
+        timeout_sec=timeout_sec,
+    )
+
+
+@derived_object
+class InProcessBuilder(PyBuilder):
+    """Builds each candidate in this process and links it into a `.so` with the target's compiler."""
+
+    def __init__(self, cross_compiler: str | None):
+        self.cross_compiler = cross_compiler
+
+    def build(self, build_inputs):
+        from tvm.driver import build as tvm_build
+        from tvm.s_tir.meta_schedule.builder import BuilderResult
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+        from tvm.support import cc
+
+        fcompile = cc.cross_compiler(self.cross_compiler) if self.cross_compiler else None
+        results = []
+        for build_input in build_inputs:
+            try:
+                # As MetaSchedule's default_build: weights are given already laid out at run time.
+                mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(build_input.mod)
+                path = os.path.join(tempfile.mkdtemp(prefix="wrpn-tune-"), "candidate.so")
+                tvm_build(mod, target=build_input.target).export_library(path, fcompile=fcompile)
+                results.append(BuilderResult(path, None))
+            except Exception as err:  # a candidate that fails to build is a recorded failure, not a crash
+                results.append(BuilderResult(None, f"build failed: {err}"))
+        return results
+
+
+def make_builder(spec: TargetSpec):
+    return InProcessBuilder(spec.cross_compiler)
+
+
+def connect_direct(host: str, port: int, timeout_sec: int, _config):
+    """f_create_session for one RPC server without a tracker."""
+    from tvm import rpc
+
+    return rpc.connect(host, port, session_timeout=timeout_sec)
+
+
+def tracker_device_count(device: Device) -> int:
+    """How many servers are registered under the key (free or busy); WrpnError when none is."""
+    from tvm import rpc
+
+    host, port = device.tracker
+    try:
+        summary = rpc.connect_tracker(host, port).summary()
+    except Exception as err:  # socket errors and TVM's RPC errors
+        raise WrpnError(f"cannot reach the RPC tracker at {host}:{port}: {str(err).strip().splitlines()[-1]}") from None
+    count = sum(1 for server in summary.get("server_info", []) if str(server.get("key", "")).split(":")[-1] == device.key)
+    if count == 0:
+        raise WrpnError(f"no device is registered under key {device.key!r} at the tracker {host}:{port}")
+    return count
+
+
+def make_runner(spec: TargetSpec, device: Device):
+    from tvm.s_tir.meta_schedule.runner import LocalRunner, RPCConfig, RPCRunner
+
+    if device.is_local:
+        if spec.is_remote_arch:
+            raise WrpnError(
+                f"target {spec.name} does not run on this host: time its candidates on a device "
+                "with --rpc HOST:PORT or --tracker HOST:PORT --key KEY"
+            )
+        return LocalRunner(timeout_sec=device.timeout_sec)
+    if device.tracker is not None:
+        config = RPCConfig(
+            tracker_host=device.tracker[0],
+            tracker_port=device.tracker[1],
+            tracker_key=device.key,
+            session_timeout_sec=device.timeout_sec,
+        )
+        return RPCRunner(config, max_workers=tracker_device_count(device))
+    host, port = device.rpc
+    # RPCRunner insists on tracker fields; with our own f_create_session they are only labels.
+    config = RPCConfig(tracker_host=host, tracker_port=port, tracker_key="direct", session_timeout_sec=device.timeout_sec)
+    return RPCRunner(config, f_create_session=functools.partial(connect_direct, host, port, device.timeout_sec), max_workers=1)
