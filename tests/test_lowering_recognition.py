@@ -100,6 +100,16 @@ def test_unsupported_layers_stay_fp32_and_say_why(kwargs, reason):
     assert reason in str(report)
 
 
+def test_a_quantizer_whose_unscale_does_not_undo_its_scale_is_not_wrpn():
+    class Mismatched(TwoLayer):
+        def forward(self, x):
+            x = torch.round(torch.clamp(self.bn1(self.first(x)), 0, 1) * 3) / 5
+            return self.bn2(self.conv(x))
+
+    report = reports_of(Mismatched())[1]
+    assert not report.is_bitserial and "not a WRPN-quantized activation" in report.reason
+
+
 def test_average_pooling_between_quantizer_and_conv_keeps_fp32():
     """An average of levels is not a level: such an input must not be packed as if it were."""
 

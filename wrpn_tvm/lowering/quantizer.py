@@ -96,14 +96,14 @@ def match_quantizer(graph: BindingGraph, expr) -> ActivationQuantizer | None:
     round_call = graph.value(rounded)
     if op_name(round_call) != "relax.round" or unscale == 0.0:
         return None
-    scaled = _scalar_operand(graph, graph.value(round_call.args[0])) if op_name(
-        graph.value(round_call.args[0])) == "relax.multiply" else None
+    scale_call = graph.value(round_call.args[0])
+    scaled = _scalar_operand(graph, scale_call) if op_name(scale_call) == "relax.multiply" else None
     if scaled is None:
         return None
     clipped, levels = scaled
-    inverse = levels if name == "relax.divide" else 1.0 / unscale
+    divisor = unscale if name == "relax.divide" else 1.0 / unscale
     bits = _levels_bits(levels)
-    if bits is None or abs(inverse - levels) > 1e-4 * levels:
+    if bits is None or abs(divisor - levels) > 1e-4 * levels:  # the unscale must undo the scale
         return None
     source = _clip_source(graph, clipped)
     return None if source is None else ActivationQuantizer(bits, source, expr)
