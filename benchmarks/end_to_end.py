@@ -1,0 +1,271 @@
+"""End-to-end ResNet-18 (224x224, batch 1, 2 threads) on the host: WRPN models compiled by wrpn-tvm
+against the FP32 1x ResNet-18 in PyTorch eager and compiled by TVM, all measured in one run.
+
+Every model is measured in its own fresh process (so peak RSS belongs to that model alone): the
+TVM ones load the compiled library with the TVM runtime only; PyTorch runs the eager nn.Module.
+Latency: median of REPEAT single-inference timings after warm-up (at least 3, fewer than REPEAT
+only for a model whose runs would exceed a minute in all). Peak memory: the process's
+peak RSS (ru_maxrss) and its growth over the RSS measured after imports. Where a WRPN model is
+slower than PyTorch FP32 1x, a per-call profile (VM instrumentation, one run) says where the
+time goes.
+
+    python benchmarks/end_to_end.py [--repeat 20] [--out benchmarks/results/end_to_end]
+"""
+
+import argparse
+import collections
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+THREADS = 2
+IMAGE = 224
+WRPN_VARIANTS = [(2.0, 2, 2), (2.0, 4, 2), (2.0, 4, 4), (1.0, 1, 1)]  # (width, abits, wbits)
+TARGET_VARIANT = "wrpn 2x a2/w2"
+BASELINE = "pytorch fp32 1x"
+TIME_BUDGET_S = 60  # per model: unscheduled FP32 TVM runs take seconds each
+MIN_REPEAT = 3
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _call_kind(symbol: str) -> str:
+    if "wrpn_conv2d" in symbol or "wrpn_dense" in symbol:
+        return "bit-serial conv/dense"
+    if "bitpack" in symbol:
+        return "bitpack (+ fused epilogue)" if "epilogue" in symbol else "bitpack"
+    if "wrpn_epilogue" in symbol:
+        return "epilogue + glue (residual, quantizer)"
+    if "conv2d" in symbol:
+        return "fp32 conv2d"
+    return "other fp32 ops (pool, bn, dense, mean)"
+
+
+def _timed(run_once, repeat: int) -> list[float]:
+    """Milliseconds of `repeat` runs after warm-up; a model slower than the budget gets MIN_REPEAT runs."""
+    start = time.perf_counter()
+    run_once()
+    first = time.perf_counter() - start
+    for _ in range(2 if first < 1.0 else 0):
+        run_once()
+    repeat = max(MIN_REPEAT, min(repeat, int(TIME_BUDGET_S / max(first, 1e-6))))
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run_once()
+        runs.append((time.perf_counter() - start) * 1e3)
+    return runs
+
+
+def measure_tvm(library: str, repeat: int) -> dict:
+    """Runs in a child process: TVM runtime only."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    base = _rss_mib()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(library), tvm.cpu())
+    x = tvm.runtime.tensor(np.random.default_rng(0).random((1, 3, IMAGE, IMAGE), dtype=np.float32))
+    runs = _timed(lambda: vm["main"](x), repeat)
+    peak = _peak_mib()
+    profile, started = collections.defaultdict(float), {}
+
+    def instrument(func, symbol, before, ret, *args):
+        if before:
+            started[symbol] = time.perf_counter()
+        else:
+            profile[symbol] += (time.perf_counter() - started.pop(symbol)) * 1e3
+        return 0
+
+    vm.set_instrument(instrument)
+    vm["main"](x)
+    return {"runs_ms": runs, "peak_rss_mib": peak, "rss_after_imports_mib": base, "profile_ms": dict(profile)}
+
+
+def measure_torch(repeat: int) -> dict:
+    """Runs in a child process: PyTorch eager FP32 ResNet-18 1x (the WRPN zoo's, full precision)."""
+    import torch
+
+    from wrpn_tvm.nn import build_model
+
+    torch.set_num_threads(THREADS)
+    base = _rss_mib()
+    model = build_model("resnet18", 1.0, 32, 32, num_classes=1000, in_channels=3, image_size=IMAGE).eval()
+    x = torch.rand(1, 3, IMAGE, IMAGE)
+    with torch.inference_mode():
+        runs = _timed(lambda: model(x), repeat)
+    return {"runs_ms": runs, "peak_rss_mib": _peak_mib(), "rss_after_imports_mib": base}
+
+
+def _child(kind: str, arg: str, repeat: int) -> dict:
+    env = {**os.environ, "TVM_NUM_THREADS": str(THREADS), "OMP_NUM_THREADS": str(THREADS)}
+    command = [sys.executable, __file__, "--child", kind, "--child-arg", arg, "--repeat", str(repeat)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} {arg} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compile_variant(folder: Path, name: str, width: float, abits: int, wbits: int) -> tuple[str, float, list]:
+    import torch
+
+    from wrpn_tvm import build
+    from wrpn_tvm.nn import build_model, export_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", width, abits, wbits, num_classes=1000, in_channels=3, image_size=IMAGE).eval()
+    program = folder / f"{name.replace(' ', '_').replace('/', '')}.pt2"
+    torch.export.save(export_model(model, torch.rand(1, 3, IMAGE, IMAGE)), str(program))
+    start = time.perf_counter()
+    result = build.compile_model(program, "host", program.with_suffix(".so"))
+    return str(result.library), time.perf_counter() - start, [str(layer) for layer in result.layers]
+
+
+def _median(values):
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def _grouped_profile(profile_ms: dict) -> dict:
+    groups = collections.defaultdict(float)
+    for symbol, ms in profile_ms.items():
+        groups[_call_kind(symbol)] += ms
+    return dict(sorted(groups.items(), key=lambda kv: -kv[1]))
+
+
+def run(repeat: int, out: Path) -> dict:
+    import tvm
+    import torch
+
+    from wrpn_tvm.runner import machine_info
+
+    results = {}
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="wrpn-e2e-") as tmp:
+        folder = Path(tmp)
+        print(f"[{time.strftime('%H:%M:%S')}] {BASELINE}", flush=True)
+        results[BASELINE] = _child("torch", "", repeat)
+        variants = [("tvm fp32 1x", 1.0, 32, 32)] + [(f"wrpn {w:g}x a{a}/w{b}", w, a, b) for w, a, b in WRPN_VARIANTS]
+        for name, width, abits, wbits in variants:
+            print(f"[{time.strftime('%H:%M:%S')}] compiling {name}", flush=True)
+            library, seconds, layers = compile_variant(folder, name, width, abits, wbits)
+            print(f"[{time.strftime('%H:%M:%S')}] measuring {name}", flush=True)
+            results[name] = {**_child("tvm", library, repeat), "compile_s": seconds, "layers": layers}
+    baseline_ms = _median(results[BASELINE]["runs_ms"])
+    for entry in results.values():
+        entry["median_ms"] = _median(entry["runs_ms"])
+        entry["speedup_vs_pytorch_fp32_1x"] = baseline_ms / entry["median_ms"]
+        if "profile_ms" in entry:
+            entry["profile_grouped_ms"] = _grouped_profile(entry["profile_ms"])
+    report = {
+        "benchmark": "end_to_end",
+        "model": "resnet18", "image": IMAGE, "batch": 1, "threads": THREADS, "repeat": repeat,
+        "machine": {**machine_info(), "platform": platform.platform(), "torch": torch.__version__,
+                    "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu()},
+        "load_average_1_5_15min": {"start": load_before, "end": os.getloadavg()},
+        "note": "untuned compile (the bit-serial templates at default decisions; other TIR unscheduled)",
+        "target": f"{TARGET_VARIANT} no slower than {BASELINE}",
+        "target_met": results[TARGET_VARIANT]["median_ms"] <= baseline_ms,
+        "results": results,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
+    plot(report, out.with_suffix(".png"))
+    return report
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    results = report["results"]
+    baseline = results[BASELINE]["median_ms"]
+    lines = [
+        "# End to end: ResNet-18, 224x224, batch 1, 2 threads (host)",
+        "",
+        f"Machine: {m['cpu']} ({m['cores']} cores, LLVM cpu {m['llvm_cpu']}), Python {m['python']}, "
+        f"TVM {m['tvm']}, PyTorch {m['torch']}, wrpn-tvm {m['wrpn_tvm']}. {report['repeat']} timed runs each, "
+        f"medians (fewer runs only where a model takes seconds per run: see the JSON); every model in its "
+        f"own process. {report['note']}. Peak RSS includes the Python interpreter and runtime libraries; "
+        "RSS growth is over the process right after imports.",
+        "",
+        f"Load average (1 min) at start / end: {report['load_average_1_5_15min']['start'][0]:.1f} / "
+        f"{report['load_average_1_5_15min']['end'][0]:.1f} on a machine shared with other jobs.",
+        "",
+        "| model | median ms | runs | vs PyTorch FP32 1x | peak RSS MiB | RSS growth MiB | compile s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in results.items():
+        growth = r["peak_rss_mib"] - r["rss_after_imports_mib"]
+        compile_s = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
+        lines.append(f"| {name} | {r['median_ms']:.1f} | {len(r['runs_ms'])} | {r['speedup_vs_pytorch_fp32_1x']:.2f}x | "
+                     f"{r['peak_rss_mib']:.0f} | {growth:.0f} | {compile_s} |")
+    target = results[TARGET_VARIANT]
+    verdict = "met" if report["target_met"] else (
+        f"missed: {target['median_ms']:.1f} ms vs {baseline:.1f} ms, {target['median_ms'] / baseline:.1f}x slower")
+    lines += ["", f"Target ({report['target']}): **{verdict}**.", ""]
+    for name, r in results.items():
+        if "profile_grouped_ms" not in r or r["median_ms"] <= baseline:
+            continue
+        total = sum(r["profile_ms"].values())
+        lines += [f"## Where the time goes: {name} (one instrumented run, {total:.1f} ms)", "",
+                  "| kind of call | ms | share |", "| --- | ---: | ---: |"]
+        lines += [f"| {kind} | {ms:.1f} | {100 * ms / total:.0f}% |" for kind, ms in r["profile_grouped_ms"].items()]
+        top = sorted(r["profile_ms"].items(), key=lambda kv: -kv[1])[:8]
+        lines += ["", "Slowest calls: " + ", ".join(f"`{sym}` {ms:.1f} ms" for sym, ms in top), ""]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["results"])
+    medians = [report["results"][n]["median_ms"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    colors = ["tab:gray" if not n.startswith("wrpn") else "tab:blue" for n in names]
+    ax.barh(names, medians, color=colors)
+    ax.axvline(report["results"][BASELINE]["median_ms"], color="tab:red", linestyle="--", label=BASELINE)
+    ax.set_xscale("log")
+    ax.set_xlabel("median latency, ms (log scale)")
+    ax.set_title("ResNet-18 224x224, batch 1, 2 threads")
+    ax.invert_yaxis()
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "end_to_end")
+    parser.add_argument("--child", choices=["tvm", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-arg", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "tvm":
+        print(json.dumps(measure_tvm(args.child_arg, args.repeat)))
+    elif args.child == "torch":
+        print(json.dumps(measure_torch(args.repeat)))
+    else:
+        report = run(args.repeat, args.out)
+        print(args.out.with_suffix(".md").read_text())
+        print("target met" if report["target_met"] else "target missed")
+
+
+if __name__ == "__main__":
+    main()
