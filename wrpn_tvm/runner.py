@@ -191,7 +191,7 @@ class BenchResult:
                  f"{'':14s} {'median ms':>10s} {'min ms':>9s} {'max ms':>9s} {'std ms':>8s}"]
         lines += [f"{name:14s} {t.median_ms:10.3f} {t.min_ms:9.3f} {t.max_ms:9.3f} {t.std_ms:8.3f}" for name, t in rows]
         if self.torch:
-            lines.append(f"speed-up over PyTorch (median): {self.speedup_vs_torch:.2f}x")
+            lines.append(f"speed-up over PyTorch (median, {self.threads['torch']} threads each): {self.speedup_vs_torch:.2f}x")
         return "\n".join(lines)
 
 
@@ -221,22 +221,32 @@ def time_loaded(model: LoadedModel, inputs: list, repeat: int, number: int, time
     return Timing.from_seconds(with_deadline(measure, timeout, "timing the model"))
 
 
-def time_torch(program_path: "str | os.PathLike", inputs: list, repeat: int, number: int) -> Timing:
-    """PyTorch eager on the same inputs, same repeat/number scheme, after a warm-up."""
+def tvm_threads() -> int:
+    """The thread count TVM's CPU runtime uses here (TVM_NUM_THREADS, else every core)."""
+    return int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
+
+
+def time_torch(program_path: "str | os.PathLike", inputs: list, repeat: int, number: int, threads: int) -> Timing:
+    """PyTorch eager on the same inputs and thread count, same repeat/number scheme, after a warm-up."""
     import torch
 
     from .frontend import load_program
 
     module = load_program(program_path).module()
     tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     runs = []
-    with torch.inference_mode():
-        module(*tensors)
-        for _ in range(repeat):
-            start = time.perf_counter()
-            for _ in range(number):
-                module(*tensors)
-            runs.append((time.perf_counter() - start) / number)
+    try:
+        with torch.inference_mode():
+            module(*tensors)
+            for _ in range(repeat):
+                start = time.perf_counter()
+                for _ in range(number):
+                    module(*tensors)
+                runs.append((time.perf_counter() - start) / number)
+    finally:
+        torch.set_num_threads(previous)
     return Timing.from_seconds(runs)
 
 
@@ -254,10 +264,11 @@ def bench(library: "str | os.PathLike", device: DeviceSpec = DeviceSpec(), repea
             number = _auto_number(model, inputs, device.timeout)
         timing = time_loaded(model, inputs, repeat, number, device.timeout)
         target = model.meta["target"]["name"]
-    torch_timing = time_torch(compare_torch, inputs, repeat, number) if compare_torch is not None else None
-    import torch
-
-    threads = {"tvm": int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1)), "torch": torch.get_num_threads()}
+    threads = {}
+    torch_timing = None
+    if compare_torch is not None:
+        threads = {"tvm": tvm_threads(), "torch": tvm_threads()}
+        torch_timing = time_torch(compare_torch, inputs, repeat, number, threads["torch"])
     result = BenchResult(str(library), target, device.describe(), repeat, number, timing, torch_timing, threads, machine_info())
     if json_path is not None:
         path = Path(json_path)
