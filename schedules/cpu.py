@@ -20,14 +20,20 @@ from .common import (
     try_vectorize,
 )
 
-UNROLL_STEPS = [0, 16, 64, 512]
+UNROLL_STEPS = [0, 8, 32]  # the register tile is unrolled already; more only bloats code
 CONV_LOOP_ORDERS = ("pixels_outer", "channels_outer")
 
 
-def _vector_tile(extent: int, lanes: int) -> list[int]:
-    """Default output-channel tiling: 16-wide vectors, as many as fill ~16 accumulators."""
-    channels_per_tile = 64 if lanes >= 16 else 16
-    return inner_tile(extent, [channels_per_tile // 16, 16])
+def _split_channels(sch: Schedule, decisions: Decisions, loop, lanes: int):
+    """Output channels -> [outer, registers (unrolled), vector]: a tile of at most 64 channels
+    (two bounded samples, so the unrolled register tile cannot blow up), default 64 channels as
+    4 AVX-512 vectors, or 16 as 4 NEON vectors."""
+    extent = loop_extent(sch, loop)
+    tile_default = largest_divisor_at_most(extent, 64 if lanes >= 16 else 16)
+    outer, tile = sch.split(loop, decisions.tile(loop, 2, 64, [extent // tile_default, tile_default]))
+    vector_default = largest_divisor_at_most(tile_default, 16)
+    registers, vector = sch.split(tile, decisions.tile(tile, 2, 16, [tile_default // vector_default, vector_default]))
+    return outer, registers, vector
 
 
 def _annotate_unroll(sch: Schedule, loop, decisions: Decisions) -> None:
@@ -51,10 +57,10 @@ def _registers_and_writeback(sch: Schedule, block, outer, register_loops, vector
 def _conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, order: str) -> None:
     decisions = Decisions(sch, tuning)
     n, oh, ow, o, kh, kw, cw = sch.get_loops(block)
-    oh_outer, oh_inner = sch.split(oh, decisions.tile(oh, 2, 4, [loop_extent(sch, oh), 1]))
+    oh_outer, oh_inner = sch.split(oh, decisions.tile(oh, 2, 2, [loop_extent(sch, oh), 1]))
     ow_default = largest_divisor_at_most(loop_extent(sch, ow), 4)
     ow_outer, ow_inner = sch.split(ow, decisions.tile(ow, 2, 8, [loop_extent(sch, ow) // ow_default, ow_default]))
-    o_outer, o_regs, o_vec = sch.split(o, decisions.tile(o, 3, 64, _vector_tile(loop_extent(sch, o), lanes)))
+    o_outer, o_regs, o_vec = _split_channels(sch, decisions, o, lanes)
     outer = [n, oh_outer, ow_outer, o_outer] if order == "pixels_outer" else [o_outer, n, oh_outer, ow_outer]
     sch.reorder(*outer, kh, kw, cw, oh_inner, ow_inner, o_regs, o_vec)
     parallel = sch.fuse(*outer)
@@ -81,7 +87,7 @@ def dense(sch: Schedule, block, lanes: int, tuning: bool) -> list[Schedule]:
     n, o, k = sch.get_loops(block)
     n_default = largest_divisor_at_most(loop_extent(sch, n), 4)
     n_outer, n_regs = sch.split(n, decisions.tile(n, 2, 8, [loop_extent(sch, n) // n_default, n_default]))
-    o_outer, o_regs, o_vec = sch.split(o, decisions.tile(o, 3, 64, _vector_tile(loop_extent(sch, o), lanes)))
+    o_outer, o_regs, o_vec = _split_channels(sch, decisions, o, lanes)
     sch.reorder(o_outer, n_outer, k, n_regs, o_regs, o_vec)
     parallel = sch.fuse(o_outer, n_outer)
     sch.parallel(parallel)
