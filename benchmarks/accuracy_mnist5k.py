@@ -130,10 +130,14 @@ def write_plot(summary, path):
     from matplotlib import pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    markers = {1.0: "o", 2.0: "s", 3.0: "^"}
+    styles = {1.0: ("o", "tab:blue"), 2.0: ("s", "tab:orange"), 3.0: ("^", "tab:green")}
+    labelled = set()
     for row in summary["rows"]:
-        ax.errorbar(row["bit_fmas"] / 1e9, row["mean"], yerr=row["std"], fmt=markers[row["width"]], capsize=3,
-                    color="black" if row["abits"] == 32 else None)
+        marker, color = styles[row["width"]]
+        group = "FP32" if row["abits"] == 32 else f"WRPN {row['width']:g}x"
+        ax.errorbar(row["bit_fmas"] / 1e9, row["mean"], yerr=row["std"], fmt=marker, capsize=3,
+                    color="black" if group == "FP32" else color, label=None if group in labelled else group)
+        labelled.add(group)
         ax.annotate(row["label"], (row["bit_fmas"] / 1e9, row["mean"]), textcoords="offset points", xytext=(5, -3),
                     fontsize=8)
     baseline = next(row for row in summary["rows"] if row["label"] == "FP32 1x")
@@ -175,8 +179,7 @@ def main():
 
     summary = summarize(done, args.epochs, args.seeds)
     meta = {"machine": machine(), "command": " ".join(["python", "benchmarks/accuracy_mnist5k.py"] + sys.argv[1:]),
-            "workers": args.workers, "wall_seconds_last_invocation": time.time() - start,
-            "train_seconds_all_runs": sum(r["seconds"] for r in done if r["epochs"] == args.epochs)}
+            "workers": args.workers, "train_seconds_all_runs": sum(r["seconds"] for r in done if r["epochs"] == args.epochs)}
     (RESULTS / f"{NAME}.json").write_text(json.dumps({**summary, **meta, "runs": done}, indent=2) + "\n")
     write_markdown(summary, meta, RESULTS / f"{NAME}.md")
     write_plot(summary, RESULTS / f"{NAME}.png")
