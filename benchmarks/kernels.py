@@ -1,0 +1,347 @@
+"""Bit-serial conv2d kernels against FP32 and int8 on this CPU, and against its popcount roofline.
+
+ResNet-18's 3x3 stride-1 convs (56x56x64, 28x28x128, 14x14x256, 7x7x512; batch 1, 2 threads) at
+width 1x and 2x, activation/weight bits 1/1, 2/2, 4/2, 4/4, each timed as:
+  * the WRPN bit-serial conv (packed activations in, int32 NHWC out) under the schedule
+    template's default decisions, and, for the configurations the targets name (1x 1/1, 2x 2/2),
+    also tuned by MetaSchedule with --trials trials per kernel;
+  * the activation bitpack (quantize + pack, float NCHW in) of its input, timed separately;
+  * PyTorch FP32 conv (1x and 2x), PyTorch int8 quantized conv (x86 engine, 1x), and TVM FP32
+    conv tuned by MetaSchedule with the same --trials budget (1x);
+  * the roofline: benchmarks/popcount_roofline.c (AND + VPOPCNTQ + ADD in L1, gcc -O3
+    -march=native, OpenMP, 2 threads), best of its repeats.
+All numbers are medians over repeats measured in this one run; binary MAC/s counts one AND +
+popcount bit per activation-bit x weight-bit x MAC.
+
+  python benchmarks/kernels.py --trials 16        # writes benchmarks/results/kernels.{json,md,png}
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+LAYERS = [(56, 64), (28, 128), (14, 256), (7, 512)]  # (image size, channels) at 1x width
+BITS = [(1, 1), (2, 2), (4, 2), (4, 4)]
+TUNED_CONFIGS = {(1, 1, 1), (2, 2, 2)}  # (width, abits, wbits) tuned by MetaSchedule
+THREADS = 2
+WORD_BITS = 32
+
+
+def tvm_seconds(executable, args, repeat):
+    import tvm
+
+    evaluator = executable.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=50)
+    return [float(x) for x in evaluator(*args).results]
+
+
+def torch_seconds(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        calls, start = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed > 0.05:
+                break
+        times.append(elapsed / calls)
+    return times
+
+
+def _kernel(tensors):
+    """(PrimFunc, [(shape, dtype) of each argument]) for TE tensors: inputs, then the output."""
+    from tvm import te
+
+    return te.create_prim_func(tensors), [([int(d) for d in t.shape], str(t.dtype)) for t in tensors]
+
+
+def bitserial_func(size, channels, abits, wbits):
+    from tvm import te
+
+    from wrpn_tvm import ops
+
+    words = -(-channels // WORD_BITS)
+    data = te.placeholder((1, size, size, abits, words), f"uint{WORD_BITS}", name="data")
+    weight = te.placeholder((3, 3, wbits, words, channels), f"uint{WORD_BITS}", name="weight")
+    return _kernel([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, 1, 1)])
+
+
+def bitpack_func(size, channels, abits):
+    from tvm import te
+
+    from wrpn_tvm import ops
+
+    x = te.placeholder((1, channels, size, size), "float32", name="x")
+    return _kernel([x, ops.pack_activation(x, abits, WORD_BITS)])
+
+
+def fp32_conv_func(size, channels):
+    from tvm import te, topi
+
+    x = te.placeholder((1, channels, size, size), "float32", name="x")
+    w = te.placeholder((channels, channels, 3, 3), "float32", name="w")
+    return _kernel([x, w, topi.nn.conv2d_nchw(x, w, 1, 1, 1)])
+
+
+def random_args(kernel, rng):
+    import tvm
+
+    args = []
+    for shape, dtype in kernel[1]:
+        if dtype.startswith("float"):
+            data = rng.random(shape, dtype=np.float32)
+        else:
+            data = rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True)
+        args.append(tvm.runtime.tensor(data, tvm.cpu()))
+    return args
+
+
+def default_executable(kernel, target):
+    import tvm
+
+    import schedules
+
+    return tvm.compile(schedules.apply_default_schedules(tvm.IRModule({"main": kernel[0]}), target), target=target)
+
+
+def tune(funcs: dict, target, trials: int, work_dir: str) -> dict:
+    """Tune every function with `trials` trials each (one MetaSchedule run); name -> executable."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    import schedules  # noqa: F401  (registers the custom rules MetaSchedule applies)
+
+    mod = tvm.IRModule({name: kernel[0].with_attr("global_symbol", name) for name, kernel in funcs.items()})
+    database = ms.tune_tir(
+        mod, target, work_dir, max_trials_global=trials * len(funcs), max_trials_per_task=trials,
+        num_trials_per_iter=min(trials, 16), builder=ms.builder.LocalBuilder(timeout_sec=300),
+        runner=ms.runner.LocalRunner(timeout_sec=120),
+    )
+    executables = {}
+    for name, (func, _) in funcs.items():
+        sch = ms.tir_integration.compile_tir(database, func, target)
+        executables[name] = None if sch is None else tvm.compile(sch.mod, target=target)
+    return executables
+
+
+def roofline(repeat):
+    binary = Path(tempfile.mkdtemp()) / "roofline"
+    subprocess.run(["gcc", "-O3", "-march=native", "-fopenmp", str(HERE / "popcount_roofline.c"), "-o", str(binary)],
+                   check=True)
+    rates = []
+    for _ in range(repeat):
+        out = subprocess.run([str(binary)], check=True, capture_output=True, text=True,
+                             env=dict(os.environ, OMP_NUM_THREADS=str(THREADS))).stdout.split()
+        rates.append(float(out[1]))
+    return rates
+
+
+def torch_baselines(size, channels, rng, repeat, with_int8):
+    import torch
+
+    x = torch.tensor(rng.random((1, channels, size, size), dtype=np.float32))
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
+    with torch.no_grad():
+        result = {"torch_fp32": torch_seconds(lambda: conv(x), repeat)}
+    if with_int8:
+        torch.backends.quantized.engine = "x86"
+        qconv = torch.ao.nn.quantized.Conv2d(channels, channels, 3, padding=1, bias=False)
+        qconv.set_weight_bias(torch.quantize_per_tensor(conv.weight.detach(), 0.01, 0, torch.qint8), None)
+        qx = torch.quantize_per_tensor(x, 1 / 255, 0, torch.quint8)
+        result["torch_int8"] = torch_seconds(lambda: qconv(qx), repeat)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=16, help="MetaSchedule trials per tuned kernel")
+    parser.add_argument("--repeat", type=int, default=15)
+    args = parser.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(THREADS)
+    import torch
+    import tvm
+
+    from wrpn_tvm.targets import resolve
+
+    torch.set_num_threads(THREADS)
+    target = resolve("host").target
+    rng = np.random.default_rng(0)
+    started = time.time()
+    load_before = os.getloadavg()
+
+    rows, funcs_to_tune = [], {}
+    for width in (1, 2):
+        for size, base in LAYERS:
+            channels = base * width
+            for abits, wbits in BITS:
+                kernel = bitserial_func(size, channels, abits, wbits)
+                name = f"bitserial_{size}x{channels}_a{abits}w{wbits}"
+                run_args = random_args(kernel, rng)
+                pack = bitpack_func(size, channels, abits)
+                rows.append({
+                    "kind": "bitserial", "layer": f"{size}x{size}x{base}", "width": width, "channels": channels,
+                    "abits": abits, "wbits": wbits, "macs": size * size * channels * channels * 9,
+                    "default_s": tvm_seconds(default_executable(kernel, target), run_args, args.repeat),
+                    "bitpack_s": tvm_seconds(default_executable(pack, target), random_args(pack, rng), args.repeat),
+                    "name": name,
+                })
+                if (width, abits, wbits) in TUNED_CONFIGS:
+                    funcs_to_tune[name] = (kernel, run_args)
+            if width == 1:
+                kernel = fp32_conv_func(size, channels)
+                funcs_to_tune[f"fp32_{size}x{channels}"] = (kernel, random_args(kernel, rng))
+            rows.append({"kind": "torch", "layer": f"{size}x{size}x{base}", "width": width, "channels": channels,
+                         "macs": size * size * channels * channels * 9,
+                         **torch_baselines(size, channels, rng, args.repeat, with_int8=width == 1)})
+        print(f"width {width}x timed ({time.time() - started:.0f} s)", flush=True)
+
+    with tempfile.TemporaryDirectory() as work_dir:
+        tuned = tune({name: kernel for name, (kernel, _) in funcs_to_tune.items()}, target, args.trials, work_dir)
+    tuned_seconds = {name: (None if tuned[name] is None else tvm_seconds(tuned[name], run_args, args.repeat))
+                     for name, (_, run_args) in funcs_to_tune.items()}
+    roofline_rates = roofline(args.repeat)
+    result = {
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": THREADS, "python": platform.python_version(),
+                    "tvm": tvm.__version__, "torch": torch.__version__, "target": str(target),
+                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "trials_per_tuned_kernel": args.trials, "repeat": args.repeat, "word_bits": WORD_BITS,
+        "roofline_binary_macs_per_s": roofline_rates, "rows": rows, "tuned_s": tuned_seconds,
+        "wall_s": time.time() - started,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "kernels.json").write_text(json.dumps(result, indent=1))
+    summary = summarize(result)
+    (RESULTS / "kernels.md").write_text(summary["markdown"])
+    plot(summary, RESULTS / "kernels.png")
+    print(summary["markdown"])
+
+
+def _cpu_name():
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _median(values):
+    return None if values is None else statistics.median(values)
+
+
+def summarize(result):
+    roof = max(result["roofline_binary_macs_per_s"])
+    tuned = {name: _median(times) for name, times in result["tuned_s"].items()}
+    torch_rows = {(r["layer"], r["width"]): r for r in result["rows"] if r["kind"] == "torch"}
+    fp32_1x = {layer: _median(r["torch_fp32"]) for (layer, width), r in torch_rows.items() if width == 1}
+    int8_1x = {layer: _median(r["torch_int8"]) for (layer, width), r in torch_rows.items() if width == 1}
+    tvm_fp32 = {f"{r['layer']}": tuned.get(f"fp32_{r['layer'].split('x')[0]}x{r['channels']}")
+                for r in torch_rows.values() if r["width"] == 1}
+    lines = [
+        "# Bit-serial conv2d kernels (ResNet-18 3x3 layers, batch 1, 2 threads)",
+        "",
+        f"CPU: {result['machine']['cpu']}; TVM {result['machine']['tvm']}, torch {result['machine']['torch']}; "
+        f"load average before/after: {result['machine']['load_average_before']} / "
+        f"{result['machine']['load_average_after']} (a shared 2-core machine: all timings contend for it alike).",
+        f"Roofline (popcount_roofline.c, 2 threads, best of {len(result['roofline_binary_macs_per_s'])}): "
+        f"{roof / 1e12:.3f} T binary MAC/s. MetaSchedule: {result['trials_per_tuned_kernel']} trials per tuned kernel. "
+        f"Medians of {result['repeat']} repeats; ms.",
+        "",
+        "## Baselines (1x width unless noted)",
+        "",
+        "| layer | PyTorch FP32 1x | PyTorch FP32 2x | PyTorch int8 1x | TVM FP32 1x (tuned) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for size, base in LAYERS:
+        layer = f"{size}x{size}x{base}"
+        fp32_2x = _median(torch_rows[(layer, 2)]["torch_fp32"])
+        lines.append(f"| {layer} | {fp32_1x[layer] * 1e3:.3f} | {fp32_2x * 1e3:.3f} | {int8_1x[layer] * 1e3:.3f} | "
+                     f"{_fmt_ms(tvm_fp32[layer])} |")
+    lines += ["", "## Bit-serial kernels", "",
+              "| layer | width | a/w bits | default ms | tuned ms | bitpack ms | T binary MAC/s | % roofline | "
+              "x PyTorch FP32 1x | x PyTorch int8 1x | x TVM FP32 1x |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    table = []
+    for r in (r for r in result["rows"] if r["kind"] == "bitserial"):
+        best = min(t for t in (_median(r["default_s"]), tuned.get(r["name"])) if t is not None)
+        rate = r["macs"] * r["abits"] * r["wbits"] / best
+        entry = dict(r, best_s=best, rate=rate, roof_pct=100 * rate / roof,
+                     vs_fp32=fp32_1x[r["layer"]] / best, vs_int8=int8_1x[r["layer"]] / best,
+                     vs_tvm_fp32=None if tvm_fp32[r["layer"]] is None else tvm_fp32[r["layer"]] / best)
+        table.append(entry)
+        lines.append(
+            f"| {r['layer']} | {r['width']}x | {r['abits']}/{r['wbits']} | {_median(r['default_s']) * 1e3:.3f} | "
+            f"{_fmt_ms(tuned.get(r['name']))} | {_median(r['bitpack_s']) * 1e3:.3f} | {rate / 1e12:.3f} | "
+            f"{entry['roof_pct']:.0f}% | {entry['vs_fp32']:.2f} | {entry['vs_int8']:.2f} | "
+            f"{_fmt_ratio(entry['vs_tvm_fp32'])} |")
+
+    def pick(width, abits, wbits):
+        return [e for e in table if (e["width"], e["abits"], e["wbits"]) == (width, abits, wbits)]
+
+    geo_2x22 = float(np.exp(np.mean([np.log(e["vs_fp32"]) for e in pick(2, 2, 2)])))
+    int8_11 = [e["vs_int8"] for e in pick(1, 1, 1)]
+    largest = [e for e in pick(2, 2, 2) if e["layer"] in ("56x56x64", "28x28x128")]
+    lines += [
+        "", "## Targets", "",
+        f"* 2x-wide 2/2 vs PyTorch FP32 1x, geometric mean speedup over the four layers: {geo_2x22:.2f}x "
+        f"({'met' if geo_2x22 >= 1 else 'missed'}; target >= 1).",
+        f"* 1x-wide 1/1 vs PyTorch int8 1x: {', '.join(f'{v:.2f}x' for v in int8_11)} "
+        f"({'met' if min(int8_11) >= 2 else 'missed'} on {sum(v >= 2 for v in int8_11)}/4 layers; target >= 2x).",
+        f"* Two largest layers (56x56x64, 28x28x128), 2x-wide 2/2, share of the roofline: "
+        f"{_percentages(largest)} (target >= 50%); 1x 1/1: {_percentages(pick(1, 1, 1)[:2])}.",
+        "",
+    ]
+    return {"markdown": "\n".join(lines), "table": table, "fp32_1x": fp32_1x, "int8_1x": int8_1x}
+
+
+def _fmt_ratio(ratio):
+    return "-" if ratio is None else f"{ratio:.2f}"
+
+
+def _percentages(entries):
+    return ", ".join(f"{e['roof_pct']:.0f}%" for e in entries)
+
+
+def _fmt_ms(seconds):
+    return "-" if seconds is None else f"{seconds * 1e3:.3f}"
+
+
+def plot(summary, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    layers = [f"{s}x{s}x{c}" for s, c in LAYERS]
+    for ax, width in zip(axes, (1, 2)):
+        positions = np.arange(len(layers))
+        bars = [("PyTorch FP32 1x", [summary["fp32_1x"][layer] for layer in layers]),
+                ("PyTorch int8 1x", [summary["int8_1x"][layer] for layer in layers])]
+        for abits, wbits in BITS:
+            rows = {e["layer"]: e["best_s"] for e in summary["table"]
+                    if (e["width"], e["abits"], e["wbits"]) == (width, abits, wbits)}
+            bars.append((f"bit-serial {width}x {abits}/{wbits}", [rows[layer] for layer in layers]))
+        step = 0.8 / len(bars)
+        for i, (label, seconds) in enumerate(bars):
+            ax.bar(positions + i * step, np.array(seconds) * 1e3, step, label=label)
+        ax.set_xticks(positions + 0.4 - step / 2, layers)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms (median, log scale)")
+        ax.set_title(f"bit-serial at {width}x width vs 1x baselines")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
