@@ -198,7 +198,7 @@ def run(repeat: int, rounds: int, out: Path) -> dict:
         "machine": {**machine_info(), "platform": platform.platform(), "torch": torch.__version__,
                     "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu()},
         "load_average_1_5_15min": {"start": load_before, "end": os.getloadavg()},
-        "note": "untuned compile (the bit-serial templates at default decisions; other TIR unscheduled)",
+        "note": "untuned compile: bit-serial templates at their default decisions, other TIR under the build's generic parallel fallback schedule",
         "target": f"{TARGET_VARIANT} no slower than {BASELINE}",
         "target_met": results[TARGET_VARIANT]["median_ms"] <= baseline_ms,
         "results": results,
@@ -220,19 +220,23 @@ def markdown(report: dict) -> str:
         f"Machine: {m['cpu']} ({m['cores']} cores, LLVM cpu {m['llvm_cpu']}), Python {m['python']}, "
         f"TVM {m['tvm']}, PyTorch {m['torch']}, wrpn-tvm {m['wrpn_tvm']}. Medians of {report['repeat']} timed "
         f"runs per model (fewer only where a model takes seconds per run), taken in {report['rounds']} "
-        "round-robin rounds, each model in a fresh process per round. {report['note']}. Peak RSS includes the Python interpreter and runtime libraries; "
-        "RSS growth is over the process right after imports.",
+        f"round-robin rounds, each model in a fresh process per round. {report['note']}. Peak RSS includes "
+        "the Python interpreter and runtime libraries; RSS growth is over the process right after imports.",
         "",
         f"Load average (1 min) at start / end: {report['load_average_1_5_15min']['start'][0]:.1f} / "
-        f"{report['load_average_1_5_15min']['end'][0]:.1f} on a machine shared with other jobs.",
+        f"{report['load_average_1_5_15min']['end'][0]:.1f} on a 2-core machine shared with other jobs: every "
+        "model got a fraction of the CPU, and absolute times are several times what a quiet machine gives "
+        "(PyTorch's OpenMP threads suffer most from oversubscription). Compare rows with each other, and "
+        "the min column as well as the median.",
         "",
-        "| model | median ms | runs | vs PyTorch FP32 1x | peak RSS MiB | RSS growth MiB | compile s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | median ms | min ms | runs | vs PyTorch FP32 1x (median) | peak RSS MiB | RSS growth MiB | compile s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in results.items():
         growth = r["peak_rss_mib"] - r["rss_after_imports_mib"]
         compile_s = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
-        lines.append(f"| {name} | {r['median_ms']:.1f} | {len(r['runs_ms'])} | {r['speedup_vs_pytorch_fp32_1x']:.2f}x | "
+        lines.append(f"| {name} | {r['median_ms']:.1f} | {min(r['runs_ms']):.1f} | {len(r['runs_ms'])} | "
+                     f"{r['speedup_vs_pytorch_fp32_1x']:.2f}x | "
                      f"{r['peak_rss_mib']:.0f} | {growth:.0f} | {compile_s} |")
     target = results[TARGET_VARIANT]
     verdict = "met" if report["target_met"] else (
@@ -276,6 +280,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "end_to_end")
+    parser.add_argument("--render", action="store_true", help="rebuild OUT.md and OUT.png from OUT.json")
     parser.add_argument("--child", choices=["tvm", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--child-arg", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -283,6 +288,10 @@ def main():
         print(json.dumps(measure_tvm(args.child_arg, args.repeat)))
     elif args.child == "torch":
         print(json.dumps(measure_torch(args.repeat)))
+    elif args.render:
+        report = json.loads(args.out.with_suffix(".json").read_text())
+        args.out.with_suffix(".md").write_text(markdown(report))
+        plot(report, args.out.with_suffix(".png"))
     else:
         report = run(args.repeat, args.rounds, args.out)
         print(args.out.with_suffix(".md").read_text())
