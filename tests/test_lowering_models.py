@@ -162,3 +162,14 @@ def test_corrupt_program_is_one_line_and_exit_1(tmp_path, capsys):
     assert cli_main(["compile", str(bad), "--target", "host", "-o", str(tmp_path / "bad.so")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("wrpn-tvm: error:") and "\n" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["rasp3b", "rasp5", "x86-avx2", "cuda"])
+def test_lowered_model_compiles_for_every_target_family(tmp_path, target):
+    """Compile only (running needs the device): the lowering is target-independent up to the word size."""
+    path = tmp_path / "hand.pt2"
+    torch.export.save(export_model(randomize_batch_norm(HandWritten()), torch.rand(2, 1, 12, 12)), str(path))
+    result = build.compile_model(path, target, tmp_path / f"hand-{target}.so")
+    assert [layer.is_bitserial for layer in result.layers] == [False, True, True, True, False]
+    assert result.library.stat().st_size > 0
