@@ -47,7 +47,7 @@ MODELS = (
 
 def shipped_tuning_log(model: DemoModel, target: str) -> "Path | None":
     """The committed MetaSchedule database for this demo model and target, if one ships."""
-    folder = SHIPPED_LOGS / f"smallcnn-{model.name}-{target}"
+    folder = SHIPPED_LOGS / f"smallcnn-{model.width:g}x-a{model.abits}w{model.wbits}-{target}"
     return folder if (folder / "database_tuning_record.json").is_file() else None
 
 
