@@ -21,8 +21,7 @@ def block_rule(sch: Schedule, block) -> str | None:
 
 def root_blocks(sch: Schedule) -> list:
     """The blocks directly under the PrimFunc's root block (all of them, for TE and fused funcs)."""
-    root = sch.get(sch.get_sblock(sch.mod["main"].body.block.name_hint))
-    return sch.get_child_blocks(sch.get_sblock(root.name_hint))
+    return sch.get_child_blocks(sch.get_sblock(sch.mod["main"].body.block.name_hint))
 
 
 def kernel_blocks(sch: Schedule) -> list:
@@ -155,10 +154,15 @@ def inline_other_blocks(sch: Schedule) -> list[str]:
 
 def place_remaining_blocks(sch: Schedule, names: list[str], place) -> None:
     """Give each still-existing block from `names` a plain schedule: `place(sch, block, loops)`
-    with its leading spatial loops (parallelize on a CPU, bind to threads on a GPU)."""
+    with its leading spatial loops (parallelize on a CPU, bind to threads on a GPU). Blocks that
+    a kernel template already moved under its tile loops are left where they are."""
     existing = {sch.get(block).name_hint: block for block in root_blocks(sch)}
     for name in names:
-        if name in existing:
-            spatial = leading_spatial_loops(sch, existing[name])
-            if spatial:
-                place(sch, existing[name], spatial)
+        if name not in existing:
+            continue
+        loops = sch.get_loops(existing[name])
+        if loops and sch.get(loops[0]).kind != tirx.ForKind.SERIAL:
+            continue
+        spatial = leading_spatial_loops(sch, existing[name])
+        if spatial:
+            place(sch, existing[name], spatial)

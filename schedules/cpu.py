@@ -113,7 +113,6 @@ def place_parallel(sch: Schedule, block, spatial_loops) -> None:
     sch.parallel(fused)
 
 
-
 def schedule_function(sch: Schedule, lanes: int) -> None:
     """Untuned schedule of a whole PrimFunc: its WRPN kernels at default decisions, the rest
     inlined or parallelized."""

@@ -44,6 +44,19 @@ def test_conv2d_levels_equal_reference(case):
     assert got.dtype == np.int32 and np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("abits, wbits", [(1, 1), (2, 2), (3, 1), (4, 3)])
+def test_64_bit_words_equal_reference(abits, wbits):
+    """64-bit words accumulate in int64 lanes and narrow at the end: same integers."""
+    rng = np.random.default_rng(64 + abits)
+    x = rng.integers(0, 2**abits, (2, 100, 7, 7))
+    w = random_weights(rng, wbits, (24, 100, 3, 3))
+    got = ops.conv2d_levels(x, w, abits, wbits, 2, 1, word_bits=64)
+    assert np.array_equal(got, ops.conv2d_levels_reference(x, w, abits, wbits, 2, 1))
+    xd, wd = x.reshape(2, -1)[:, :130], w.reshape(24, -1)[:, :130]
+    assert np.array_equal(ops.dense_levels(xd, wd, abits, wbits, word_bits=64),
+                          ops.dense_levels_reference(xd, wd, abits, wbits))
+
+
 def test_conv2d_levels_extreme_levels_accumulate_exactly():
     """All-max activations times all-min weights: the largest magnitudes the planes produce."""
     abits, wbits = 8, 8

@@ -8,6 +8,9 @@ activation levels per window, subtracted in an elementwise epilogue.
 The plane sums are written out in the expression (not reduction axes), so the reduction is only
 over the kernel window and channel words: each loaded activation word feeds every weight plane,
 and the shifts are compile-time constants.
+Popcounts accumulate at the word's width (int64 for 64-bit words: a vector popcount of 64-bit
+lanes adds straight into 64-bit lanes, no narrowing in the inner loop); an elementwise epilogue
+narrows to the int32 result.
 """
 
 from tvm import te, tirx
@@ -38,11 +41,11 @@ def as_padding4(padding) -> tuple[int, int, int, int]:
     raise WrpnError(f"padding must be an int, a pair or (top, left, bottom, right), got {padding!r}")
 
 
-def _popcount(word):
-    return tirx.popcount(word).astype("int32")
+def _accumulator(word_dtype) -> str:
+    return "int64" if str(word_dtype) == "uint64" else "int32"
 
 
-def _plane_dot(activation_words, weight_words, wbits: int):
+def _plane_dot(activation_words, weight_words, wbits: int, accumulator: str):
     """int32 sum over plane pairs of c_j 2^(i+j) popcount(A_i & W_j) for one word of each.
 
     At 1 bit this is only sum_i 2^i popcount(A_i & W); the caller subtracts the activation sum.
@@ -52,7 +55,7 @@ def _plane_dot(activation_words, weight_words, wbits: int):
     for i, a in enumerate(activation_words):
         for j, w in enumerate(weight_words):
             negative = wbits > 1 and j == wbits - 1
-            groups.setdefault(i + j, []).append((negative, _popcount(a & w)))
+            groups.setdefault(i + j, []).append((negative, tirx.popcount(a & w).astype(accumulator)))
     total = None
     for shift, terms in sorted(groups.items()):
         terms.sort(key=lambda term: term[0])  # positive terms first
@@ -64,11 +67,12 @@ def _plane_dot(activation_words, weight_words, wbits: int):
     return total
 
 
-def _level_sum(activation_words):
+def _level_sum(activation_words, accumulator: str):
     """sum_i 2^i popcount(A_i): the sum of the activation levels held in one word per plane."""
-    total = _popcount(activation_words[0])
-    for i, a in enumerate(activation_words[1:], start=1):
-        total = total + (_popcount(a) << i)
+    counts = [tirx.popcount(a).astype(accumulator) for a in activation_words]
+    total = counts[0]
+    for i, count in enumerate(counts[1:], start=1):
+        total = total + (count << i)
     return total
 
 
@@ -108,6 +112,7 @@ def bitserial_conv2d(data_packed, weight_packed, abits, wbits, stride, padding, 
     else:
         padded = data_packed
 
+    accumulator = _accumulator(data_packed.dtype)
     kh = te.reduce_axis((0, kernel_h), name="kh")
     kw = te.reduce_axis((0, kernel_w), name="kw")
     cw = te.reduce_axis((0, words), name="cw")
@@ -116,7 +121,7 @@ def bitserial_conv2d(data_packed, weight_packed, abits, wbits, stride, padding, 
         h, w = oh * stride_h + kh, ow * stride_w + kw
         a = [padded[n, h, w, i, cw] for i in range(abits)]
         wt = [weight_packed[kh, kw, j, cw, o] for j in range(wbits)]
-        return te.sum(_plane_dot(a, wt, wbits), axis=[kh, kw, cw])
+        return te.sum(_plane_dot(a, wt, wbits, accumulator), axis=[kh, kw, cw])
 
     counts = te.compute(
         (batch, out_h, out_w, out_channels),
@@ -125,7 +130,7 @@ def bitserial_conv2d(data_packed, weight_packed, abits, wbits, stride, padding, 
         attrs={"schedule_rule": CONV2D_RULE},
     )
     if wbits > 1:
-        return counts
+        return _as_int32(counts)
     # +-1 weights: sum(A * W) = 2 sum(A & W) - sum(A); sum(A) does not depend on the output channel.
     skh = te.reduce_axis((0, kernel_h), name="skh")
     skw = te.reduce_axis((0, kernel_w), name="skw")
@@ -136,14 +141,20 @@ def bitserial_conv2d(data_packed, weight_packed, abits, wbits, stride, padding, 
         # Reads the unpadded input (not `padded`) so the padding stage has the kernel as its only
         # consumer and can be computed per tile.
         words_at = [padded_word(n, h, w, i, scw) for i in range(abits)]
-        return te.sum(_level_sum(words_at), axis=[skh, skw, scw])
+        return te.sum(_level_sum(words_at, accumulator), axis=[skh, skw, scw])
 
     level_sums = te.compute((batch, out_h, out_w), window_sum, name="wrpn_window_level_sum")
     return te.compute(
         counts.shape,
-        lambda n, oh, ow, o: (counts[n, oh, ow, o] << 1) - level_sums[n, oh, ow],
+        lambda n, oh, ow, o: ((counts[n, oh, ow, o] << 1) - level_sums[n, oh, ow]).astype("int32"),
         name="wrpn_binary_weight_correction",
     )
+
+
+def _as_int32(counts):
+    if counts.dtype == "int32":
+        return counts
+    return te.compute(counts.shape, lambda *i: counts(*i).astype("int32"), name="wrpn_narrow")
 
 
 def bitserial_dense(data_packed, weight_packed, abits, wbits):
@@ -155,26 +166,27 @@ def bitserial_dense(data_packed, weight_packed, abits, wbits):
     _check_planes("packed weight", w_planes, wbits)
     if int(words) != int(w_words) or data_packed.dtype != weight_packed.dtype:
         raise WrpnError("packed data and weight disagree on input words or word size")
+    accumulator = _accumulator(data_packed.dtype)
     k = te.reduce_axis((0, words), name="k")
 
     def dense(n, o):
         a = [data_packed[n, i, k] for i in range(abits)]
         wt = [weight_packed[j, k, o] for j in range(wbits)]
-        return te.sum(_plane_dot(a, wt, wbits), axis=[k])
+        return te.sum(_plane_dot(a, wt, wbits, accumulator), axis=[k])
 
     counts = te.compute(
         (batch, out_features), dense, name="wrpn_bitserial_dense", attrs={"schedule_rule": DENSE_RULE}
     )
     if wbits > 1:
-        return counts
+        return _as_int32(counts)
     sk = te.reduce_axis((0, words), name="sk")
     level_sums = te.compute(
         (batch,),
-        lambda n: te.sum(_level_sum([data_packed[n, i, sk] for i in range(abits)]), axis=[sk]),
+        lambda n: te.sum(_level_sum([data_packed[n, i, sk] for i in range(abits)], accumulator), axis=[sk]),
         name="wrpn_level_sum",
     )
     return te.compute(
         counts.shape,
-        lambda n, o: (counts[n, o] << 1) - level_sums[n],
+        lambda n, o: ((counts[n, o] << 1) - level_sums[n]).astype("int32"),
         name="wrpn_binary_weight_correction",
     )

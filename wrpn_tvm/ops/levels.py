@@ -12,7 +12,6 @@ from .grid import check_activation_levels, check_bits, check_weight_levels
 from ..errors import WrpnError
 from ..targets import TargetSpec, resolve
 
-WORD_BITS = 32
 _compiled: dict[tuple, object] = {}  # key -> tvm.compile result
 
 
@@ -31,7 +30,7 @@ def _compile(key: tuple, make_tensors, spec: TargetSpec):
     return _compiled[key]
 
 
-def compile_conv2d(x_shape, w_shape, abits, wbits, stride=1, padding=0, target="host"):
+def compile_conv2d(x_shape, w_shape, abits, wbits, stride=1, padding=0, target="host", word_bits=32):
     """Compile pack_activation(levels) + bit-serial conv2d for these shapes; the function takes
     (x int32 NCHW levels, packed weight) and writes int32 NHWC."""
     check_bits(abits, wbits)
@@ -41,34 +40,34 @@ def compile_conv2d(x_shape, w_shape, abits, wbits, stride=1, padding=0, target="
     out_channels, w_channels, kernel_h, kernel_w = w_shape
     if channels != w_channels:
         raise WrpnError(f"activation has {channels} channels but the weight expects {w_channels}")
-    words = -(-channels // WORD_BITS)
+    words = -(-channels // word_bits)
 
     def tensors():
         x = te.placeholder(x_shape, "int32", name="x")
-        w = te.placeholder((kernel_h, kernel_w, wbits, words, out_channels), f"uint{WORD_BITS}", name="w")
-        packed = pack_activation(x, abits, WORD_BITS, quantize=False)
+        w = te.placeholder((kernel_h, kernel_w, wbits, words, out_channels), f"uint{word_bits}", name="w")
+        packed = pack_activation(x, abits, word_bits, quantize=False)
         return [x, w, bitserial_conv2d(packed, w, abits, wbits, stride, padding)]
 
-    key = ("conv2d", tuple(x_shape), tuple(w_shape), abits, wbits, stride, padding)
+    key = ("conv2d", tuple(x_shape), tuple(w_shape), abits, wbits, stride, padding, word_bits)
     return _compile(key, tensors, spec)
 
 
-def compile_dense(x_shape, w_shape, abits, wbits, target="host"):
+def compile_dense(x_shape, w_shape, abits, wbits, target="host", word_bits=32):
     """Compile pack_activation(levels) + bit-serial dense: (x int32 [N, K], packed weight) -> [N, O]."""
     check_bits(abits, wbits)
     spec = resolve(target)
     (batch, features), (out_features, w_features) = x_shape, w_shape
     if features != w_features:
         raise WrpnError(f"activation has {features} features but the weight expects {w_features}")
-    words = -(-features // WORD_BITS)
+    words = -(-features // word_bits)
 
     def tensors():
         x = te.placeholder(x_shape, "int32", name="x")
-        w = te.placeholder((wbits, words, out_features), f"uint{WORD_BITS}", name="w")
-        packed = pack_activation(x, abits, WORD_BITS, quantize=False)
+        w = te.placeholder((wbits, words, out_features), f"uint{word_bits}", name="w")
+        packed = pack_activation(x, abits, word_bits, quantize=False)
         return [x, w, bitserial_dense(packed, w, abits, wbits)]
 
-    return _compile(("dense", tuple(x_shape), tuple(w_shape), abits, wbits), tensors, spec)
+    return _compile(("dense", tuple(x_shape), tuple(w_shape), abits, wbits, word_bits), tensors, spec)
 
 
 def _device(spec: TargetSpec):
@@ -91,7 +90,7 @@ def _run(executable, spec: TargetSpec, out_shape, *arrays) -> np.ndarray:
     return out.numpy()
 
 
-def conv2d_levels(x, w, abits, wbits, stride=1, padding=0, target="host") -> np.ndarray:
+def conv2d_levels(x, w, abits, wbits, stride=1, padding=0, target="host", word_bits=32) -> np.ndarray:
     """int32 NCHW result of the compiled bit-serial conv of levels x (NCHW) and w (OIHW)."""
     check_bits(abits, wbits)
     x = check_activation_levels(x, abits).astype(np.int32)
@@ -99,17 +98,17 @@ def conv2d_levels(x, w, abits, wbits, stride=1, padding=0, target="host") -> np.
     if x.ndim != 4 or w.ndim != 4:
         raise WrpnError(f"conv2d_levels expects NCHW data and OIHW weights, got {x.shape} and {w.shape}")
     spec = resolve(target)
-    executable = compile_conv2d(x.shape, w.shape, abits, wbits, stride, padding, spec)
+    executable = compile_conv2d(x.shape, w.shape, abits, wbits, stride, padding, spec, word_bits)
     stride_h, stride_w = as_pair(stride, "stride")
     top, left, bottom, right = as_padding4(padding)
     out_h = (x.shape[2] + top + bottom - w.shape[2]) // stride_h + 1
     out_w = (x.shape[3] + left + right - w.shape[3]) // stride_w + 1
     out_shape = (x.shape[0], out_h, out_w, w.shape[0])
-    nhwc = _run(executable, spec, out_shape, x, pack_weight(w, wbits, WORD_BITS))
+    nhwc = _run(executable, spec, out_shape, x, pack_weight(w, wbits, word_bits))
     return nhwc.transpose(0, 3, 1, 2)
 
 
-def dense_levels(x, w, abits, wbits, target="host") -> np.ndarray:
+def dense_levels(x, w, abits, wbits, target="host", word_bits=32) -> np.ndarray:
     """int32 [N, O] result of the compiled bit-serial dense of levels x (N, K) and w (O, K)."""
     check_bits(abits, wbits)
     x = check_activation_levels(x, abits).astype(np.int32)
@@ -117,5 +116,5 @@ def dense_levels(x, w, abits, wbits, target="host") -> np.ndarray:
     if x.ndim != 2 or w.ndim != 2:
         raise WrpnError(f"dense_levels expects (N, K) data and (O, K) weights, got {x.shape} and {w.shape}")
     spec = resolve(target)
-    executable = compile_dense(x.shape, w.shape, abits, wbits, spec)
-    return _run(executable, spec, (x.shape[0], w.shape[0]), x, pack_weight(w, wbits, WORD_BITS))
+    executable = compile_dense(x.shape, w.shape, abits, wbits, spec, word_bits)
+    return _run(executable, spec, (x.shape[0], w.shape[0]), x, pack_weight(w, wbits, word_bits))
