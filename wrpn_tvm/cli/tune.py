@@ -1,6 +1,7 @@
 """`wrpn-tvm tune`: tune a model's kernels with MetaSchedule into a resumable log dir."""
 
 from ..tuning import tune
+from ..tuning.job import TRIALS_PER_BATCH
 
 
 def register(subparsers) -> None:
@@ -20,6 +21,8 @@ def register(subparsers) -> None:
     parser.add_argument("--rpc", metavar="HOST:PORT", help="time candidates on this RPC server")
     parser.add_argument("--tracker", metavar="HOST:PORT", help="time candidates on the devices of an RPC tracker")
     parser.add_argument("--key", help="device key at the tracker")
+    parser.add_argument("--trials-per-batch", type=int, default=TRIALS_PER_BATCH,
+                        help="candidates measured per search round, and the most an interrupt loses (default %(default)s)")
     parser.add_argument("--timeout", type=int, default=60, help="seconds allowed for one measurement session")
     parser.add_argument("--seed", type=int, help="random seed of the search")
     parser.set_defaults(func=run)
@@ -36,6 +39,7 @@ def run(args) -> int:
         key=args.key,
         timeout_sec=args.timeout,
         seed=args.seed,
+        trials_per_batch=args.trials_per_batch,
     )
     for task in result.tasks:
         best = "no valid trial" if task.best_ms is None else f"best {task.best_ms:.4f} ms"

@@ -47,6 +47,7 @@ def tune(
     key: str | None = None,
     timeout_sec: int = 60,
     seed: int | None = None,
+    trials_per_batch: int = TRIALS_PER_BATCH,
     stream=None,
 ) -> TuneResult:
     """Tune a `.pt2` program's tasks (bit-serial and FP32) for a target into log_dir."""
@@ -55,7 +56,7 @@ def tune(
     spec = resolve(target)
     device = device_from_options(rpc, tracker, key, timeout_sec)
     mod, _layers, _inputs = prepare_module(program, spec)
-    return tune_module(mod, spec, trials, log_dir, device, seed=seed, stream=stream)
+    return tune_module(mod, spec, trials, log_dir, device, seed=seed, trials_per_batch=trials_per_batch, stream=stream)
 
 
 def tune_module(
@@ -70,12 +71,30 @@ def tune_module(
     stream=None,
 ) -> TuneResult:
     """Tune a Relax module's tasks; the library function under `tune`."""
+    return tune_tasks(extract_tasks(mod, spec), spec, trials, log_dir, device, seed=seed,
+                      trials_per_batch=trials_per_batch, stream=stream)
+
+
+def tune_tasks(
+    tasks: list,
+    spec: TargetSpec,
+    trials: int,
+    log_dir: "str | os.PathLike",
+    device: Device | None = None,
+    *,
+    seed: int | None = None,
+    trials_per_batch: int = TRIALS_PER_BATCH,
+    stream=None,
+) -> TuneResult:
+    """Tune MetaSchedule ExtractedTasks (from tasks.extract_tasks, or a chosen few of them)."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
     if trials < 1:
         raise WrpnError(f"--trials must be at least 1, got {trials}")
+    if trials_per_batch < 1:
+        raise WrpnError(f"--trials-per-batch must be at least 1, got {trials_per_batch}")
     device = device if device is not None else Device()
     stream = stream if stream is not None else sys.stdout
     log_dir = Path(log_dir)
@@ -86,7 +105,6 @@ def tune_module(
     started = time.monotonic()
     with exclusive(log_dir):
         database = open_database(log_dir, spec)
-        tasks = extract_tasks(mod, spec)
         if not tasks:
             raise WrpnError("the model has no tunable tasks")
         progress = [_task_progress(task.task_name, recorded_records(database, task.dispatched[0])) for task in tasks]

@@ -2,7 +2,8 @@
 
 A database record is keyed by the structural hash of the function it was tuned on, so tasks must
 be extracted from exactly the module that `build` hands to MetaScheduleApplyDatabase: the
-target's library-dispatch and legalize/fuse passes, applied under the target.
+target's library-dispatch passes, then legalize and fuse, applied under the target (the same list
+as build.relax_pipeline; test_tuning_job checks that compile finds every tuned workload).
 """
 
 import importlib
@@ -11,12 +12,14 @@ import importlib
 def fused_module(mod, spec):
     """The module after the passes that precede MetaScheduleApplyDatabase in build.relax_pipeline."""
     import tvm
+    from tvm import relax
 
     backend = "cuda" if spec.is_cuda else "cpu_generic"
     pipeline = importlib.import_module(f"tvm.relax.backend.{backend}.pipeline")
+    fuse = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+            relax.transform.FuseOps(), relax.transform.FuseTIR()]
     with spec.target:
-        passes = pipeline.library_dispatch_passes(spec.target) + pipeline.legalize_passes(spec.target)
-        return tvm.transform.Sequential(passes)(mod)
+        return tvm.transform.Sequential(pipeline.library_dispatch_passes(spec.target) + fuse)(mod)
 
 
 def extract_tasks(mod, spec) -> list:
