@@ -164,7 +164,7 @@ def torch_baselines(size, channels, rng, repeat, with_int8):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=16, help="MetaSchedule trials per tuned kernel")
+    parser.add_argument("--trials", type=int, default=16, help="MetaSchedule trials per tuned kernel (0: no tuning)")
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(THREADS)
@@ -205,9 +205,11 @@ def main():
                          **torch_baselines(size, channels, rng, args.repeat, with_int8=width == 1)})
         print(f"width {width}x timed ({time.time() - started:.0f} s)", flush=True)
 
-    with tempfile.TemporaryDirectory() as work_dir:
-        tuned = tune({name: kernel for name, (kernel, _) in funcs_to_tune.items()}, target, args.trials, work_dir)
-    tuned_seconds = {name: (None if tuned[name] is None else tvm_seconds(tuned[name], run_args, args.repeat))
+    tuned = {}
+    if args.trials > 0:
+        with tempfile.TemporaryDirectory() as work_dir:
+            tuned = tune({name: kernel for name, (kernel, _) in funcs_to_tune.items()}, target, args.trials, work_dir)
+    tuned_seconds = {name: (None if tuned.get(name) is None else tvm_seconds(tuned[name], run_args, args.repeat))
                      for name, (_, run_args) in funcs_to_tune.items()}
     roofline_rates = roofline(args.repeat)
     result = {
