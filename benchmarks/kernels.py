@@ -166,7 +166,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=16, help="MetaSchedule trials per tuned kernel (0: no tuning)")
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--render", action="store_true", help="only rewrite the .md/.png from results/kernels.json")
     args = parser.parse_args()
+    if args.render:
+        write_reports(json.loads((RESULTS / "kernels.json").read_text()))
+        return
     os.environ["TVM_NUM_THREADS"] = str(THREADS)
     import torch
     import tvm
@@ -222,6 +226,10 @@ def main():
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "kernels.json").write_text(json.dumps(result, indent=1))
+    write_reports(result)
+
+
+def write_reports(result):
     summary = summarize(result)
     (RESULTS / "kernels.md").write_text(summary["markdown"])
     plot(summary, RESULTS / "kernels.png")
@@ -297,7 +305,7 @@ def summarize(result):
         f"* 2x-wide 2/2 vs PyTorch FP32 1x, geometric mean speedup over the four layers: {geo_2x22:.2f}x "
         f"({'met' if geo_2x22 >= 1 else 'missed'}; target >= 1).",
         f"* 1x-wide 1/1 vs PyTorch int8 1x: {', '.join(f'{v:.2f}x' for v in int8_11)} "
-        f"({'met' if min(int8_11) >= 2 else 'missed'} on {sum(v >= 2 for v in int8_11)}/4 layers; target >= 2x).",
+        f"({sum(v >= 2 for v in int8_11)}/4 layers meet the target >= 2x).",
         f"* Two largest layers (56x56x64, 28x28x128), 2x-wide 2/2, share of the roofline: "
         f"{_percentages(largest)} (target >= 50%); 1x 1/1: {_percentages(pick(1, 1, 1)[:2])}.",
         "",
