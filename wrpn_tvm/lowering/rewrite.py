@@ -92,8 +92,11 @@ class _Lowerer(relax.PyExprMutator):
                 lambda *tensors: ops.pack_activation(build(list(tensors)), bits, word_bits),
                 *args, primfunc_name_hint="wrpn_epilogue_bitpack",
             )
+        # pack_activation quantizes exactly as the matched quantizer does, so it reads the
+        # quantizer's input when it can: the float quantized map need not be computed for it.
+        source = plan.quantizer.source if plan.reads_quantizer_directly else plan.data
         return self.builder_.emit_te(
-            ops.pack_activation, self.visit_expr(plan.data), bits, word_bits, primfunc_name_hint="wrpn_bitpack"
+            ops.pack_activation, self.visit_expr(source), bits, word_bits, primfunc_name_hint="wrpn_bitpack"
         )
 
     def _glue_from_accumulators(self, var, depth: int = 0):
