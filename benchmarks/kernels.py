@@ -1,19 +1,20 @@
 """Bit-serial conv2d kernels against FP32 and int8 on this CPU, and against its popcount roofline.
 
-ResNet-18's 3x3 stride-1 convs (56x56x64, 28x28x128, 14x14x256, 7x7x512; batch 1, 2 threads) at
-width 1x and 2x, activation/weight bits 1/1, 2/2, 4/2, 4/4, each timed as:
+ResNet-18's 3x3 stride-1 convs (56x56x64, 28x28x128, 14x14x256, 7x7x512; batch 1; 1 and 2 threads)
+at width 1x and 2x, activation/weight bits 1/1, 2/2, 4/2, 4/4, each timed as:
   * the WRPN bit-serial conv (packed activations in, int32 NHWC out) under the schedule
     template's default decisions, and, for the configurations the targets name (1x 1/1, 2x 2/2),
-    also tuned by MetaSchedule with --trials trials per kernel;
+    also tuned by MetaSchedule with --trials trials per kernel (off by default: see --trials);
   * the activation bitpack (quantize + pack, float NCHW in) of its input, timed separately;
   * PyTorch FP32 conv (1x and 2x), PyTorch int8 quantized conv (x86 engine, 1x), and TVM FP32
     conv tuned by MetaSchedule with the same --trials budget (1x);
   * the roofline: benchmarks/popcount_roofline.c (AND + VPOPCNTQ + ADD in L1, gcc -O3
-    -march=native, OpenMP, 2 threads), best of its repeats.
+    -march=native, OpenMP, same thread count), best of its repeats.
 All numbers are medians over repeats measured in this one run; binary MAC/s counts one AND +
 popcount bit per activation-bit x weight-bit x MAC.
 
-  python benchmarks/kernels.py --trials 16        # writes benchmarks/results/kernels.{json,md,png}
+  python benchmarks/kernels.py                    # writes benchmarks/results/kernels.{json,md,png}
+  python benchmarks/kernels.py --trials 16        # also tune (about 30 s per trial on a loaded 2-core box)
 """
 
 import argparse
@@ -134,14 +135,14 @@ def tune(funcs: dict, target, trials: int, work_dir: str) -> dict:
     return executables
 
 
-def roofline(repeat):
+def roofline(repeat, threads):
     binary = Path(tempfile.mkdtemp()) / "roofline"
     subprocess.run(["gcc", "-O3", "-march=native", "-fopenmp", str(HERE / "popcount_roofline.c"), "-o", str(binary)],
                    check=True)
     rates = []
     for _ in range(repeat):
         out = subprocess.run([str(binary)], check=True, capture_output=True, text=True,
-                             env=dict(os.environ, OMP_NUM_THREADS=str(THREADS))).stdout.split()
+                             env=dict(os.environ, OMP_NUM_THREADS=str(threads))).stdout.split()
         rates.append(float(out[1]))
     return rates
 
@@ -162,28 +163,14 @@ def torch_baselines(size, channels, rng, repeat, with_int8):
     return result
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=16, help="MetaSchedule trials per tuned kernel (0: no tuning)")
-    parser.add_argument("--repeat", type=int, default=15)
-    parser.add_argument("--render", action="store_true", help="only rewrite the .md/.png from results/kernels.json")
-    args = parser.parse_args()
-    if args.render:
-        write_reports(json.loads((RESULTS / "kernels.json").read_text()))
-        return
-    os.environ["TVM_NUM_THREADS"] = str(THREADS)
+def measure(threads, target, rng, repeat):
+    """Default-schedule bit-serial kernels, bitpacks and the PyTorch baselines at `threads`."""
     import torch
     import tvm
 
-    from wrpn_tvm.targets import resolve
-
-    torch.set_num_threads(THREADS)
-    target = resolve("host").target
-    rng = np.random.default_rng(0)
-    started = time.time()
-    load_before = os.getloadavg()
-
-    rows, funcs_to_tune = [], {}
+    torch.set_num_threads(threads)
+    tvm.get_global_func("runtime.config_threadpool")(0, threads)
+    rows, to_tune = [], {}
     for width in (1, 2):
         for size, base in LAYERS:
             channels = base * width
@@ -195,34 +182,58 @@ def main():
                 rows.append({
                     "kind": "bitserial", "layer": f"{size}x{size}x{base}", "width": width, "channels": channels,
                     "abits": abits, "wbits": wbits, "macs": size * size * channels * channels * 9,
-                    "default_s": tvm_seconds(default_executable(kernel, target), run_args, args.repeat),
-                    "bitpack_s": tvm_seconds(default_executable(pack, target), random_args(pack, rng), args.repeat),
+                    "default_s": tvm_seconds(default_executable(kernel, target), run_args, repeat),
+                    "bitpack_s": tvm_seconds(default_executable(pack, target), random_args(pack, rng), repeat),
                     "name": name,
                 })
                 if (width, abits, wbits) in TUNED_CONFIGS:
-                    funcs_to_tune[name] = (kernel, run_args)
+                    to_tune[name] = (kernel, run_args)
             if width == 1:
                 kernel = fp32_conv_func(size, channels)
-                funcs_to_tune[f"fp32_{size}x{channels}"] = (kernel, random_args(kernel, rng))
+                to_tune[f"fp32_{size}x{channels}"] = (kernel, random_args(kernel, rng))
             rows.append({"kind": "torch", "layer": f"{size}x{size}x{base}", "width": width, "channels": channels,
                          "macs": size * size * channels * channels * 9,
-                         **torch_baselines(size, channels, rng, args.repeat, with_int8=width == 1)})
-        print(f"width {width}x timed ({time.time() - started:.0f} s)", flush=True)
+                         **torch_baselines(size, channels, rng, repeat, with_int8=width == 1)})
+    return {"rows": rows, "roofline_binary_macs_per_s": roofline(repeat, threads)}, to_tune
 
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=0,
+                        help="MetaSchedule trials per tuned kernel, at the last thread count (0: no tuning)")
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, THREADS])
+    parser.add_argument("--render", action="store_true", help="only rewrite the .md/.png from results/kernels.json")
+    args = parser.parse_args()
+    if args.render:
+        write_reports(json.loads((RESULTS / "kernels.json").read_text()))
+        return
+    import torch
+    import tvm
+
+    from wrpn_tvm.targets import resolve
+
+    target = resolve("host").target
+    rng = np.random.default_rng(0)
+    started = time.time()
+    load_before = os.getloadavg()
+    runs, to_tune = {}, {}
+    for threads in args.threads:
+        runs[str(threads)], to_tune = measure(threads, target, rng, args.repeat)
+        print(f"{threads} thread(s) measured ({time.time() - started:.0f} s)", flush=True)
     tuned = {}
     if args.trials > 0:
         with tempfile.TemporaryDirectory() as work_dir:
-            tuned = tune({name: kernel for name, (kernel, _) in funcs_to_tune.items()}, target, args.trials, work_dir)
-    tuned_seconds = {name: (None if tuned.get(name) is None else tvm_seconds(tuned[name], run_args, args.repeat))
-                     for name, (_, run_args) in funcs_to_tune.items()}
-    roofline_rates = roofline(args.repeat)
+            tuned = tune({name: kernel for name, (kernel, _) in to_tune.items()}, target, args.trials, work_dir)
+    runs[str(args.threads[-1])]["tuned_s"] = {
+        name: (None if tuned.get(name) is None else tvm_seconds(tuned[name], run_args, args.repeat))
+        for name, (_, run_args) in to_tune.items()}
     result = {
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": THREADS, "python": platform.python_version(),
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "tvm": tvm.__version__, "torch": torch.__version__, "target": str(target),
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "trials_per_tuned_kernel": args.trials, "repeat": args.repeat, "word_bits": WORD_BITS,
-        "roofline_binary_macs_per_s": roofline_rates, "rows": rows, "tuned_s": tuned_seconds,
-        "wall_s": time.time() - started,
+        "runs": runs, "wall_s": time.time() - started,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "kernels.json").write_text(json.dumps(result, indent=1))
@@ -230,10 +241,25 @@ def main():
 
 
 def write_reports(result):
-    summary = summarize(result)
-    (RESULTS / "kernels.md").write_text(summary["markdown"])
-    plot(summary, RESULTS / "kernels.png")
-    print(summary["markdown"])
+    sections = [summarize(result, threads) for threads in result["runs"]]
+    header = [
+        "# Bit-serial conv2d kernels (ResNet-18 3x3 layers, batch 1)",
+        "",
+        f"CPU: {result['machine']['cpu']} ({result['machine']['cores']} cores); TVM {result['machine']['tvm']}, "
+        f"torch {result['machine']['torch']}; word size {result['word_bits']} bits; medians (and minima) of "
+        f"{result['repeat']} repeats, ms. Load average before/after the run: "
+        f"{_loads(result['machine']['load_average_before'])} / {_loads(result['machine']['load_average_after'])}: "
+        "the machine was shared with other jobs, so every number here was measured under contention; "
+        "the minima are the closer estimate of an idle machine.",
+        "",
+    ]
+    (RESULTS / "kernels.md").write_text("\n".join(header + [section["markdown"] for section in sections]))
+    plot(sections, RESULTS / "kernels.png")
+    print((RESULTS / "kernels.md").read_text())
+
+
+def _loads(loads):
+    return "/".join(f"{value:.1f}" for value in loads)
 
 
 def _cpu_name():
@@ -248,40 +274,35 @@ def _median(values):
     return None if values is None else statistics.median(values)
 
 
-def summarize(result):
-    roof = max(result["roofline_binary_macs_per_s"])
-    tuned = {name: _median(times) for name, times in result["tuned_s"].items()}
-    torch_rows = {(r["layer"], r["width"]): r for r in result["rows"] if r["kind"] == "torch"}
+def summarize(result, threads):
+    run = result["runs"][threads]
+    roof = max(run["roofline_binary_macs_per_s"])
+    tuned = {name: _median(times) for name, times in run.get("tuned_s", {}).items()}
+    torch_rows = {(r["layer"], r["width"]): r for r in run["rows"] if r["kind"] == "torch"}
     fp32_1x = {layer: _median(r["torch_fp32"]) for (layer, width), r in torch_rows.items() if width == 1}
     int8_1x = {layer: _median(r["torch_int8"]) for (layer, width), r in torch_rows.items() if width == 1}
-    tvm_fp32 = {f"{r['layer']}": tuned.get(f"fp32_{r['layer'].split('x')[0]}x{r['channels']}")
+    tvm_fp32 = {r["layer"]: tuned.get(f"fp32_{r['layer'].split('x')[0]}x{r['channels']}")
                 for r in torch_rows.values() if r["width"] == 1}
     lines = [
-        "# Bit-serial conv2d kernels (ResNet-18 3x3 layers, batch 1, 2 threads)",
+        f"## {threads} thread(s)",
         "",
-        f"CPU: {result['machine']['cpu']}; TVM {result['machine']['tvm']}, torch {result['machine']['torch']}; "
-        f"load average before/after: {result['machine']['load_average_before']} / "
-        f"{result['machine']['load_average_after']} (a shared 2-core machine: all timings contend for it alike).",
-        f"Roofline (popcount_roofline.c, 2 threads, best of {len(result['roofline_binary_macs_per_s'])}): "
-        f"{roof / 1e12:.3f} T binary MAC/s. MetaSchedule: {result['trials_per_tuned_kernel']} trials per tuned kernel. "
-        f"Medians of {result['repeat']} repeats; ms.",
-        "",
-        "## Baselines (1x width unless noted)",
+        f"Roofline (popcount_roofline.c, {threads} thread(s), best of {len(run['roofline_binary_macs_per_s'])}): "
+        f"{roof / 1e12:.3f} T binary MAC/s (median {_median(run['roofline_binary_macs_per_s']) / 1e12:.3f}).",
         "",
         "| layer | PyTorch FP32 1x | PyTorch FP32 2x | PyTorch int8 1x | TVM FP32 1x (tuned) |",
         "| --- | --- | --- | --- | --- |",
     ]
     for size, base in LAYERS:
         layer = f"{size}x{size}x{base}"
-        fp32_2x = _median(torch_rows[(layer, 2)]["torch_fp32"])
-        lines.append(f"| {layer} | {fp32_1x[layer] * 1e3:.3f} | {fp32_2x * 1e3:.3f} | {int8_1x[layer] * 1e3:.3f} | "
+        lines.append(f"| {layer} | {_ms(torch_rows[(layer, 1)]['torch_fp32'])} | "
+                     f"{_ms(torch_rows[(layer, 2)]['torch_fp32'])} | {_ms(torch_rows[(layer, 1)]['torch_int8'])} | "
                      f"{_fmt_ms(tvm_fp32[layer])} |")
-    lines += ["", "## Bit-serial kernels", "",
-              "| layer | width | a/w bits | default ms | tuned ms | bitpack ms | T binary MAC/s | % roofline | "
+    lines += ["",
+              "| layer | width | a/w bits | bit-serial ms | tuned ms | bitpack ms | T binary MAC/s | % roofline | "
               "x PyTorch FP32 1x | x PyTorch int8 1x | x TVM FP32 1x |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     table = []
-    for r in (r for r in result["rows"] if r["kind"] == "bitserial"):
+    for r in (r for r in run["rows"] if r["kind"] == "bitserial"):
         best = min(t for t in (_median(r["default_s"]), tuned.get(r["name"])) if t is not None)
         rate = r["macs"] * r["abits"] * r["wbits"] / best
         entry = dict(r, best_s=best, rate=rate, roof_pct=100 * rate / roof,
@@ -289,8 +310,8 @@ def summarize(result):
                      vs_tvm_fp32=None if tvm_fp32[r["layer"]] is None else tvm_fp32[r["layer"]] / best)
         table.append(entry)
         lines.append(
-            f"| {r['layer']} | {r['width']}x | {r['abits']}/{r['wbits']} | {_median(r['default_s']) * 1e3:.3f} | "
-            f"{_fmt_ms(tuned.get(r['name']))} | {_median(r['bitpack_s']) * 1e3:.3f} | {rate / 1e12:.3f} | "
+            f"| {r['layer']} | {r['width']}x | {r['abits']}/{r['wbits']} | {_ms(r['default_s'])} | "
+            f"{_fmt_ms(tuned.get(r['name']))} | {_ms(r['bitpack_s'])} | {rate / 1e12:.3f} | "
             f"{entry['roof_pct']:.0f}% | {entry['vs_fp32']:.2f} | {entry['vs_int8']:.2f} | "
             f"{_fmt_ratio(entry['vs_tvm_fp32'])} |")
 
@@ -301,7 +322,8 @@ def summarize(result):
     int8_11 = [e["vs_int8"] for e in pick(1, 1, 1)]
     largest = [e for e in pick(2, 2, 2) if e["layer"] in ("56x56x64", "28x28x128")]
     lines += [
-        "", "## Targets", "",
+        "",
+        f"Targets at {threads} thread(s), on medians:",
         f"* 2x-wide 2/2 vs PyTorch FP32 1x, geometric mean speedup over the four layers: {geo_2x22:.2f}x "
         f"({'met' if geo_2x22 >= 1 else 'missed'}; target >= 1).",
         f"* 1x-wide 1/1 vs PyTorch int8 1x: {', '.join(f'{v:.2f}x' for v in int8_11)} "
@@ -310,7 +332,12 @@ def summarize(result):
         f"{_percentages(largest)} (target >= 50%); 1x 1/1: {_percentages(pick(1, 1, 1)[:2])}.",
         "",
     ]
-    return {"markdown": "\n".join(lines), "table": table, "fp32_1x": fp32_1x, "int8_1x": int8_1x}
+    return {"markdown": "\n".join(lines), "table": table, "fp32_1x": fp32_1x, "int8_1x": int8_1x,
+            "threads": threads}
+
+
+def _ms(times):
+    return f"{statistics.median(times) * 1e3:.3f} ({min(times) * 1e3:.3f})"
 
 
 def _fmt_ratio(ratio):
@@ -325,32 +352,33 @@ def _fmt_ms(seconds):
     return "-" if seconds is None else f"{seconds * 1e3:.3f}"
 
 
-def plot(summary, path):
+def plot(sections, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = plt.subplots(len(sections), 2, figsize=(13, 4.5 * len(sections)), squeeze=False)
     layers = [f"{s}x{s}x{c}" for s, c in LAYERS]
-    for ax, width in zip(axes, (1, 2)):
-        positions = np.arange(len(layers))
-        bars = [("PyTorch FP32 1x", [summary["fp32_1x"][layer] for layer in layers]),
-                ("PyTorch int8 1x", [summary["int8_1x"][layer] for layer in layers])]
-        for abits, wbits in BITS:
-            rows = {e["layer"]: e["best_s"] for e in summary["table"]
-                    if (e["width"], e["abits"], e["wbits"]) == (width, abits, wbits)}
-            bars.append((f"bit-serial {width}x {abits}/{wbits}", [rows[layer] for layer in layers]))
-        step = 0.8 / len(bars)
-        for i, (label, seconds) in enumerate(bars):
-            ax.bar(positions + i * step, np.array(seconds) * 1e3, step, label=label)
-        ax.set_xticks(positions + 0.4 - step / 2, layers)
-        ax.set_yscale("log")
-        ax.set_ylabel("ms (median, log scale)")
-        ax.set_title(f"bit-serial at {width}x width vs 1x baselines")
-        ax.legend(fontsize=7)
+    for row, summary in zip(axes, sections):
+        for ax, width in zip(row, (1, 2)):
+            positions = np.arange(len(layers))
+            bars = [("PyTorch FP32 1x", [summary["fp32_1x"][layer] for layer in layers]),
+                    ("PyTorch int8 1x", [summary["int8_1x"][layer] for layer in layers])]
+            for abits, wbits in BITS:
+                times = {e["layer"]: e["best_s"] for e in summary["table"]
+                         if (e["width"], e["abits"], e["wbits"]) == (width, abits, wbits)}
+                bars.append((f"bit-serial {width}x {abits}/{wbits}", [times[layer] for layer in layers]))
+            step = 0.8 / len(bars)
+            for i, (label, seconds) in enumerate(bars):
+                ax.bar(positions + i * step, np.array(seconds) * 1e3, step, label=label)
+            ax.set_xticks(positions + 0.4 - step / 2, layers)
+            ax.set_yscale("log")
+            ax.set_ylabel("ms (median, log scale)")
+            ax.set_title(f"{summary['threads']} thread(s): bit-serial at {width}x width vs 1x baselines")
+            ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
