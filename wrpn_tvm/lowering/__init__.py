@@ -8,6 +8,8 @@ Modules: graph (binding view), quantizer (activation pattern), weight_grid (nume
 epilogue (affine folding), recognize (per-layer decision), rewrite (the Relax rewrite), report.
 """
 
+from dataclasses import replace
+
 from .graph import BindingGraph
 from .recognize import plan_function
 from .report import FP32, LayerReport
@@ -22,4 +24,9 @@ def lower_wrpn(mod, spec):
     reports, plans = plan_function(graph)
     if not plans:
         return mod, reports
-    return rewrite(mod, plans, word_bits_for(spec)), reports
+    lowered, fused_inputs = rewrite(mod, plans, word_bits_for(spec))
+    for plan, fused in zip(plans, fused_inputs):
+        if fused:
+            report = reports[plan.report_index]
+            reports[plan.report_index] = replace(report, reason=f"{report.reason}; input packed in its producer's epilogue")
+    return lowered, reports

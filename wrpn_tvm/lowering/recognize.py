@@ -19,6 +19,7 @@ class LayerPlan:
     """A layer to lower: its input, the quantizer that feeds it, its weight grid and its folded epilogue."""
 
     op: str
+    report_index: int
     data: object  # the Relax var the layer reads
     quantizer: ActivationQuantizer
     reads_quantizer_directly: bool  # no pooling / reshape between quantizer and layer
@@ -91,7 +92,7 @@ def plan_layer(graph: BindingGraph, var, index: int) -> tuple[LayerReport, Layer
         return report(FP32, f"weights lie on no WRPN grid with k <= {MAX_WEIGHT_BITS} bits"), None
     scale = grid.scale / (2**quantizer.bits - 1)  # value of one level of A times one level of W
     epilogue = fold_epilogue(graph, var, scale)
-    plan = LayerPlan(op, data, quantizer, direct, grid, epilogue)
+    plan = LayerPlan(op, index, data, quantizer, direct, grid, epilogue)
     if op == "conv2d":
         plan.stride = _ints(call.attrs.strides)
         plan.padding = _ints(call.attrs.padding)

@@ -62,6 +62,7 @@ class _Lowerer(relax.PyExprMutator):
         self.plan_at = {plan.epilogue.output: plan for plan in plans}
         self.emitted: dict = {}  # original epilogue output var -> _Emitted
         self.packed: dict = {}  # (original input var, bits) -> packed var
+        self.fused_packs: set = set()  # input vars whose pack is computed from accumulators
         self.graph = BindingGraph(mod["main"])
 
     def lower(self):
@@ -88,6 +89,7 @@ class _Lowerer(relax.PyExprMutator):
         fused = self._glue_from_accumulators(plan.quantizer.source) if plan.reads_quantizer_directly else None
         if fused is not None:
             args, build = fused
+            self.fused_packs.add(plan.data)
             return self.builder_.emit_te(
                 lambda *tensors: ops.pack_activation(build(list(tensors)), bits, word_bits),
                 *args, primfunc_name_hint="wrpn_epilogue_bitpack",
@@ -157,6 +159,8 @@ class _Lowerer(relax.PyExprMutator):
 
 
 def rewrite(mod, plans: list[LayerPlan], word_bits: int):
-    """The module with every planned layer lowered, dead FP32 leftovers removed."""
-    lowered = _Lowerer(mod, plans, word_bits).lower()
-    return relax.transform.DeadCodeElimination(["main"])(lowered)
+    """(The module with every planned layer lowered and dead FP32 leftovers removed, and for each
+    plan whether its input is packed straight from accumulators in the producers' epilogue.)"""
+    lowerer = _Lowerer(mod, plans, word_bits)
+    lowered = relax.transform.DeadCodeElimination(["main"])(lowerer.lower())
+    return lowered, [plan.data in lowerer.fused_packs for plan in plans]
