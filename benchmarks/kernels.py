@@ -253,9 +253,29 @@ def write_reports(result):
         "the minima are the closer estimate of an idle machine.",
         "",
     ]
+    header += _thread_scaling_note(result)
     (RESULTS / "kernels.md").write_text("\n".join(header + [section["markdown"] for section in sections]))
     plot(sections, RESULTS / "kernels.png")
     print((RESULTS / "kernels.md").read_text())
+
+
+def _thread_scaling_note(result):
+    """Flag runs where PyTorch got slower with more threads: its OpenMP team then waited on
+    descheduled threads, and ratios against it at that thread count measure contention."""
+    if not {"1", str(THREADS)} <= set(result["runs"]):
+        return []
+
+    def fp32(threads):
+        return {(r["layer"], r["width"]): _median(r["torch_fp32"])
+                for r in result["runs"][threads]["rows"] if r["kind"] == "torch"}
+
+    one, many = fp32("1"), fp32(str(THREADS))
+    slowdowns = [many[key] / one[key] for key in one]
+    if max(slowdowns) <= 1:
+        return []
+    return [f"PyTorch FP32 at {THREADS} threads took {min(slowdowns):.1f}-{max(slowdowns):.1f}x its 1-thread time "
+            f"in this run: under contention its threads wait on each other, so the {THREADS}-thread ratios "
+            "against PyTorch overstate the bit-serial speedups; the 1-thread section is the fairer comparison.", ""]
 
 
 def _loads(loads):
