@@ -25,6 +25,7 @@ from tvm import tirx
 from tvm.s_tir import Schedule
 from tvm.target import Target
 
+from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE
 
 from . import arm_cpu, cuda, x86
@@ -38,7 +39,7 @@ def family(target: Target):
     for key in target.keys:
         if key in _FAMILIES:
             return _FAMILIES[key]
-    raise ValueError(f"no WRPN schedule templates for target keys {list(target.keys)}")
+    raise WrpnError(f"no WRPN schedule templates for target {target.kind.name} (keys {', '.join(target.keys)})")
 
 
 def rule_name(key: str, rule: str) -> str:
