@@ -1,0 +1,227 @@
+"""Tuning jobs end to end on a tiny model: tune, compile with the log, resume, remote devices."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.database import PyDatabase
+from tvm_ffi import structural_hash
+
+from wrpn_tvm import build
+from wrpn_tvm.cli import main
+from wrpn_tvm.remote import daemons
+from wrpn_tvm.targets import resolve
+from wrpn_tvm.tuning import load_database, tune_module
+from wrpn_tvm.tuning.runner import Device
+from wrpn_tvm.tuning.tasks import extract_tasks
+
+
+class TinyDense(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 16)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tune") / "tiny.pt2"
+    torch.export.save(torch.export.export(TinyDense().eval(), (torch.randn(1, 64),)), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tuned(program, tmp_path_factory):
+    """`wrpn-tvm tune` for 4 trials, then again asking 8: the second run resumes the first."""
+    log_dir = tmp_path_factory.mktemp("log")
+    assert main(["tune", str(program), "--trials", "4", "--log-dir", str(log_dir), "--seed", "0"]) == 0
+    first = len(load_database(log_dir, resolve("host")).get_all_tuning_records())
+    assert main(["tune", str(program), "--trials", "8", "--log-dir", str(log_dir), "--seed", "1"]) == 0
+    return log_dir, first
+
+
+def _candidate_hashes(database):
+    return [structural_hash(record.as_measure_candidate().sch.mod) for record in database.get_all_tuning_records()]
+
+
+@derived_object
+class HitCountingDatabase(PyDatabase):
+    """Forwards to a database and notes which functions the build pipeline found a tuned schedule for."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.hits = set()
+
+    def has_workload(self, mod):
+        return self.inner.has_workload(mod)
+
+    def commit_workload(self, mod):
+        return self.inner.commit_workload(mod)
+
+    def commit_tuning_record(self, record):
+        self.inner.commit_tuning_record(record)
+
+    def get_top_k(self, workload, top_k):
+        return self.inner.get_top_k(workload, top_k)
+
+    def get_all_tuning_records(self):
+        return self.inner.get_all_tuning_records()
+
+    def query_tuning_record(self, mod, target, workload_name):
+        return self._hit(self.inner.query_tuning_record(mod, target, workload_name), workload_name)
+
+    def query_schedule(self, mod, target, workload_name):
+        return self._hit(self.inner.query_schedule(mod, target, workload_name), workload_name)
+
+    def query_ir_module(self, mod, target, workload_name):
+        return self._hit(self.inner.query_ir_module(mod, target, workload_name), workload_name)
+
+    def __len__(self):
+        return len(self.inner)
+
+    def _hit(self, found, name):
+        if found is not None:
+            self.hits.add(str(name))
+        return found
+
+
+def test_tune_writes_a_log_that_compile_applies(program, tuned, tmp_path):
+    log_dir, first = tuned
+    assert first == 4
+    spec = resolve("host")
+    mod, _layers, _inputs = build.prepare_module(program, spec)
+    tuned_names = {task.task_name for task in extract_tasks(mod, spec)}
+    database = HitCountingDatabase(load_database(log_dir, spec))
+    build.build_module(mod, spec, database)
+    assert tuned_names and tuned_names <= database.hits  # compile found every tuned function in the log
+    assert main(["compile", str(program), "--tuning-log", str(log_dir), "-o", str(tmp_path / "tiny.so")]) == 0
+    assert (tmp_path / "tiny.so").stat().st_size > 0
+
+
+def test_resume_adds_records_and_never_remeasures(tuned, capsys):
+    log_dir, _first = tuned
+    database = load_database(log_dir, resolve("host"))
+    assert len(database.get_all_tuning_records()) == 8
+    hashes = _candidate_hashes(database)
+    assert len(set(hashes)) == len(hashes)
+
+
+def test_a_finished_job_measures_nothing_more(program, tuned, capsys):
+    log_dir, _first = tuned
+    assert main(["tune", str(program), "--trials", "8", "--log-dir", str(log_dir)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert len(load_database(log_dir, resolve("host")).get_all_tuning_records()) == 8
+
+
+def _start_server(tracker_port, key, log):
+    port = daemons.free_port()
+    return subprocess.Popen(
+        [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port), "--port-end",
+         str(port + 1), "--tracker", f"127.0.0.1:{tracker_port}", "--key", key],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+@pytest.fixture
+def two_devices(tmp_path):
+    """A tracker with two native x86 RPC servers under one key; each server's log is kept."""
+    import tvm.rpc
+
+    tracker_port = daemons.free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
+                               str(tracker_port), "--port-end", str(tracker_port + 1)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    logs = [tmp_path / "device-a.log", tmp_path / "device-b.log"]
+    try:
+        deadline = time.monotonic() + 120
+        while not daemons.port_open("127.0.0.1", tracker_port):
+            assert time.monotonic() < deadline, "the tracker did not start"
+            time.sleep(0.2)
+        procs += [_start_server(tracker_port, "tiny", open(log, "w")) for log in logs]
+        while len(tvm.rpc.connect_tracker("127.0.0.1", tracker_port).summary()["server_info"]) < 2:
+            assert time.monotonic() < deadline, "the RPC servers did not register"
+            time.sleep(0.5)
+        yield f"127.0.0.1:{tracker_port}", procs[1:], logs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                daemons.os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+# Kills the device the moment it loads its first candidate, i.e. mid-measurement (a separate
+# process, so that the tuner holding the GIL cannot delay it).
+KILL_ON_FIRST_LOAD = """
+import os, sys, time
+log, pid = sys.argv[1], int(sys.argv[2])
+while "load_module" not in open(log).read():
+    time.sleep(0.005)
+os.killpg(pid, 9)
+"""
+
+
+def test_devices_share_the_measurements_and_a_dead_one_does_not_end_the_job(tmp_path, two_devices):
+    tracker, servers, logs = two_devices
+    killer = subprocess.Popen([sys.executable, "-c", KILL_ON_FIRST_LOAD, str(logs[1]), str(servers[1].pid)])
+    try:
+        mod = build.prepare_module(_tiny_program(tmp_path), resolve("host"))[0]
+        device = Device(tracker=("127.0.0.1", int(tracker.split(":")[1])), key="tiny")
+        result = tune_module(mod, resolve("host"), 8, tmp_path / "log", device, seed=0, trials_per_batch=4)
+        assert killer.wait(timeout=60) == 0
+    finally:
+        if killer.poll() is None:
+            killer.kill()
+    assert servers[1].wait(timeout=10) == -9  # device B was used, then died
+    records = load_database(tmp_path / "log", resolve("host")).get_all_tuning_records()
+    assert len(records) == result.measured == 8  # every candidate is in the log, failed or not
+    failed = sum(1 for record in records if float(record.run_secs[0]) >= 1e9)
+    assert failed >= 1  # B's candidate in flight
+    assert len(records) - failed >= 5  # device A carried on
+    assert logs[0].read_text().count("load_module") >= 5
+
+
+def _tiny_program(tmp_path):
+    path = tmp_path / "tiny.pt2"
+    torch.manual_seed(0)
+    torch.export.save(torch.export.export(TinyDense().eval(), (torch.randn(1, 64),)), str(path))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.emulator
+def test_tuning_for_a_pi_measures_on_two_emulated_devices(tmp_path, emulated_pool):
+    """Cross-compiled candidates timed on the emulated Raspberry Pis behind the tracker."""
+    result_dir = tmp_path / "log"
+    assert main(["tune", str(_tiny_program(tmp_path)), "--target", "rasp4", "--trials", "4", "--trials-per-batch", "4",
+                 "--log-dir", str(result_dir), "--tracker", emulated_pool.tracker, "--key", emulated_pool.key,
+                 "--timeout", "300"]) == 0
+    records = load_database(result_dir, resolve("rasp4")).get_all_tuning_records()
+    assert len(records) == 4
+    assert any(float(record.run_secs[0]) < 1e9 for record in records)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
+def test_an_interrupted_job_keeps_its_records_and_resumes(tmp_path, signal_name):
+    """Ctrl-C or a kill after the first measured batch: the batch stays in the log, a re-run finishes the job."""
+    import signal
+
+    program, log_dir = _tiny_program(tmp_path), tmp_path / "log"
+    command = [sys.executable, "-c", "import sys; from wrpn_tvm.cli import main; sys.exit(main())", "tune", str(program), "--trials", "12", "--trials-per-batch", "4",
+               "--log-dir", str(log_dir), "--seed", "0"]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    for line in job.stdout:
+        if line.startswith("[tune] 4/"):
+            job.send_signal(getattr(signal, signal_name))
+            break
+    assert job.wait(timeout=120) == (130 if signal_name == "SIGINT" else -9)
+    kept = len(load_database(log_dir, resolve("host")).get_all_tuning_records())
+    assert 4 <= kept < 12
+    assert main(["tune", str(program), "--trials", "12", "--log-dir", str(log_dir), "--seed", "1"]) == 0
+    assert len(load_database(log_dir, resolve("host")).get_all_tuning_records()) == 12
