@@ -20,19 +20,20 @@ from .common import (
     try_vectorize,
 )
 
-UNROLL_STEPS = [0, 8, 32]  # the register tile is unrolled already; more only bloats code
+UNROLL_STEPS = [0, 4, 16]  # the register tile is unrolled already; more only bloats code
 CONV_LOOP_ORDERS = ("pixels_outer", "channels_outer")
 
 
 def _split_channels(sch: Schedule, decisions: Decisions, loop, lanes: int):
-    """Output channels -> [outer, registers (unrolled), vector]: a tile of at most 64 channels
-    (two bounded samples, so the unrolled register tile cannot blow up), default 64 channels as
-    4 AVX-512 vectors, or 16 as 4 NEON vectors."""
+    """Output channels -> [outer, registers (unrolled, at most 4), vector (at most 16 lanes)]:
+    both inner factors are bounded so a sampled register tile cannot blow up the unrolled code.
+    Default: 64 channels as 4 AVX-512 vectors, or 16 as 4 NEON vectors."""
     extent = loop_extent(sch, loop)
-    tile_default = largest_divisor_at_most(extent, 64 if lanes >= 16 else 16)
-    outer, tile = sch.split(loop, decisions.tile(loop, 2, 64, [extent // tile_default, tile_default]))
-    vector_default = largest_divisor_at_most(tile_default, 16)
-    registers, vector = sch.split(tile, decisions.tile(tile, 2, 16, [tile_default // vector_default, vector_default]))
+    vector_default = largest_divisor_at_most(extent, min(16, 4 * lanes))
+    rest, vector = sch.split(loop, decisions.tile(loop, 2, 16, [extent // vector_default, vector_default]))
+    registers_default = largest_divisor_at_most(extent // vector_default, 4 if lanes >= 16 else 1)
+    outer, registers = sch.split(
+        rest, decisions.tile(rest, 2, 4, [extent // vector_default // registers_default, registers_default]))
     return outer, registers, vector
 
 
@@ -59,7 +60,7 @@ def _conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, order: str) 
     n, oh, ow, o, kh, kw, cw = sch.get_loops(block)
     oh_outer, oh_inner = sch.split(oh, decisions.tile(oh, 2, 2, [loop_extent(sch, oh), 1]))
     ow_default = largest_divisor_at_most(loop_extent(sch, ow), 4)
-    ow_outer, ow_inner = sch.split(ow, decisions.tile(ow, 2, 8, [loop_extent(sch, ow) // ow_default, ow_default]))
+    ow_outer, ow_inner = sch.split(ow, decisions.tile(ow, 2, 7, [loop_extent(sch, ow) // ow_default, ow_default]))
     o_outer, o_regs, o_vec = _split_channels(sch, decisions, o, lanes)
     outer = [n, oh_outer, ow_outer, o_outer] if order == "pixels_outer" else [o_outer, n, oh_outer, ow_outer]
     sch.reorder(*outer, kh, kw, cw, oh_inner, ow_inner, o_regs, o_vec)
