@@ -43,8 +43,10 @@ def _annotate_unroll(sch: Schedule, loop, decisions: Decisions) -> None:
     sch.annotate(loop, "pragma_unroll_explicit", 1)
 
 
-def _registers_and_writeback(sch: Schedule, block, outer, register_loops, vector_loop, first_reduction):
-    """Accumulate in a local tile, written back (then the epilogue runs) after the reduction."""
+def _registers_and_writeback(sch: Schedule, block, outer, register_loops, vector_loop, first_reduction, tuning):
+    """Accumulate in a local tile, written back (then the epilogue runs) after the reduction.
+    When tuning, MetaSchedule's RewriteReductionBlock postproc splits off the init (its
+    RewriteParallelVectorizeUnroll postproc, which runs first, rejects decomposed blocks)."""
     for loop in register_loops:
         sch.unroll(loop)
     sch.vectorize(vector_loop)
@@ -52,7 +54,8 @@ def _registers_and_writeback(sch: Schedule, block, outer, register_loops, vector
     sch.reverse_compute_at(writeback, outer, preserve_unit_loops=True)
     try_vectorize(sch, sch.get_loops(writeback)[-1])
     attach_epilogue(sch, writeback, outer)
-    sch.decompose_reduction(block, first_reduction)
+    if not tuning:
+        sch.decompose_reduction(block, first_reduction)
 
 
 def _conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, order: str) -> None:
@@ -68,7 +71,7 @@ def _conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, order: str) 
     sch.parallel(parallel)
     _annotate_unroll(sch, parallel, decisions)
     compute_padding_at(sch, block, parallel)
-    _registers_and_writeback(sch, block, parallel, [oh_inner, ow_inner, o_regs], o_vec, kh)
+    _registers_and_writeback(sch, block, parallel, [oh_inner, ow_inner, o_regs], o_vec, kh, tuning)
 
 
 def conv2d(sch: Schedule, block, lanes: int, tuning: bool) -> list[Schedule]:
@@ -93,7 +96,7 @@ def dense(sch: Schedule, block, lanes: int, tuning: bool) -> list[Schedule]:
     parallel = sch.fuse(o_outer, n_outer)
     sch.parallel(parallel)
     _annotate_unroll(sch, parallel, decisions)
-    _registers_and_writeback(sch, block, parallel, [n_regs, o_regs], o_vec, k)
+    _registers_and_writeback(sch, block, parallel, [n_regs, o_regs], o_vec, k, tuning)
     return [sch]
 
 

@@ -48,7 +48,8 @@ def _bind_and_accumulate(sch: Schedule, block, pixel_tiles, channel_tiles, reduc
     writeback = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(writeback, threads, preserve_unit_loops=True)
     attach_epilogue(sch, writeback, threads, vectorize=False)
-    sch.decompose_reduction(block, reduction[0])
+    if not decisions.tuning:  # when tuning, MetaSchedule's RewriteReductionBlock postproc does it
+        sch.decompose_reduction(block, reduction[0])
     sch.unroll(p_regs)
     sch.unroll(c_regs)
 

@@ -165,6 +165,12 @@ def test_registered_rules_sample_tunable_schedules(target, key):
         trace = str(spaces[-1].trace)
         assert "sample_perfect_tile" in trace and "sample_categorical" in trace
         if key == "cpu":
+            for space in spaces:  # MetaSchedule's CPU postprocs must accept every candidate
+                root = space.get_sblock("root")
+                for annotation, value in (("parallel", 32), ("vectorize", 64), ("unroll_explicit", 512)):
+                    space.annotate(root, f"meta_schedule.{annotation}", value)
+                assert ms.postproc.RewriteParallelVectorizeUnroll().apply(space)
+                assert ms.postproc.RewriteReductionBlock().apply(space)
             _check_sampled_space_is_exact(spaces[-1], spec.target)
         else:
             compile_target = tvm.target.Target(spec.target, host="llvm") if key == "cuda" else spec.target
