@@ -114,6 +114,10 @@ def write_markdown(summary, meta, path):
         lines.append(f"| {row['label']} | {row['width']:g}x | {row['abits']}/{row['wbits']} | {row['mean']:.2f} | "
                      f"{row['std']:.2f} | {row['delta_vs_fp32']:+.2f} | {row['runs']} | {row['fmas'] / 1e6:.2f} | "
                      f"{row['bit_fmas'] / 1e9:.3f} |")
+    by_label = {row["label"]: row for row in summary["rows"]}
+    gains = [f"{bits}: {by_label[f'{bits} 2x']['mean'] - by_label[f'{bits} 1x']['mean']:+.2f}"
+             for bits in ("4/4", "4/2", "2/2", "1/1") if f"{bits} 1x" in by_label and f"{bits} 2x" in by_label]
+    lines += ["", "Widening 1x -> 2x changes mean accuracy by (points) " + ", ".join(gains) + "."]
     lines += ["", "Target (2x within 0.5 points of FP32 1x): "
               + ", ".join(f"{k}: {'met' if v else 'not met'}" for k, v in summary["target_within_0.5_points"].items()),
               "", f"Machine: {meta['machine']['cpu']}, torch {meta['machine']['torch']}, "
