@@ -25,7 +25,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
-from torch import nn
+
+from wrpn_tvm.nn.cost import compute_cost
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "accuracy_mnist5k"
@@ -33,31 +34,6 @@ NAME = "accuracy_mnist5k"
 CONFIGS = [("FP32 1x", 1.0, 32, 32)] + [
     (f"{a}/{w} {width}x", float(width), a, w) for width in (1, 2) for a, w in ((4, 4), (4, 2), (2, 2), (1, 1))
 ] + [("1/1 3x", 3.0, 1, 1)]
-
-
-def compute_cost(width, abits, wbits, image_size=28):
-    """(FMAs per image, FMAs x (activation bits + weight bits)) of smallcnn at these settings."""
-    from wrpn_tvm.nn import WRPNConv2d, WRPNLinear, build_model
-
-    model = build_model("smallcnn", width=width, abits=abits, wbits=wbits).eval()
-    totals = {"fmas": 0, "bit_fmas": 0}
-
-    def count(module, inputs, output):
-        if isinstance(module, nn.Conv2d):
-            fmas = output[0].numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        else:
-            fmas = output[0].numel() * module.in_features
-        # quantized layers read abits activations; the first and last layers are full precision
-        bits = abits + wbits if isinstance(module, (WRPNConv2d, WRPNLinear)) else 64
-        totals["fmas"] += fmas
-        totals["bit_fmas"] += fmas * bits
-
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            module.register_forward_hook(count)
-    with torch.no_grad():
-        model(torch.zeros(1, 1, image_size, image_size))
-    return totals["fmas"], totals["bit_fmas"]
 
 
 def run_one(job):
@@ -91,7 +67,7 @@ def summarize(runs, epochs, seeds):
         accs = [r["test_accuracy"] * 100 for r in runs if r["label"] == label and r["epochs"] == epochs]
         if not accs:
             continue
-        fmas, bit_fmas = compute_cost(width, abits, wbits)
+        fmas, bit_fmas = compute_cost("smallcnn", width, abits, wbits)
         rows.append({"label": label, "width": width, "abits": abits, "wbits": wbits, "runs": len(accs),
                      "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                      "median": statistics.median(accs), "accuracies": accs, "fmas": fmas, "bit_fmas": bit_fmas})

@@ -36,7 +36,9 @@ class DemoModel:
     @property
     def cost(self) -> float:
         """The paper's compute cost relative to FP32 1x: FMAs x (activation + weight bits)."""
-        return self.width ** 2 * (self.abits + self.wbits) / 64.0
+        from .nn import relative_cost
+
+        return relative_cost("smallcnn", self.width, self.abits, self.wbits)
 
 
 MODELS = (

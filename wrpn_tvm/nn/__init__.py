@@ -6,6 +6,7 @@ compiler reads, and `export`, the library function behind `wrpn-tvm export`; its
 graph-spelling contract).
 """
 
+from .cost import compute_cost, relative_cost
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .program import export, export_model, freeze_model, save_program
 from .layers import WRPNAct, WRPNConv2d, WRPNLinear, check_width, widen
@@ -13,7 +14,7 @@ from .quantize import FULL_PRECISION, VALID_BITS, check_bits, quantize_activatio
 from .zoo import MODEL_NAMES, build_model, default_image_size
 
 __all__ = [
-    "FULL_PRECISION", "MODEL_NAMES", "VALID_BITS", "WRPNAct", "WRPNConv2d", "WRPNLinear", "build_model",
+    "FULL_PRECISION", "MODEL_NAMES", "compute_cost", "relative_cost", "VALID_BITS", "WRPNAct", "WRPNConv2d", "WRPNLinear", "build_model",
     "check_bits", "check_width", "default_image_size", "export", "export_model", "freeze_model",
     "load_checkpoint", "model_from_checkpoint", "quantize_activation", "quantize_weight", "save_checkpoint",
     "save_program", "widen",
