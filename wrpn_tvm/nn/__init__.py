@@ -6,8 +6,8 @@ compiler reads, and `export`, the library function behind `wrpn-tvm export`; its
 graph-spelling contract).
 """
 
-from .cost import compute_cost, relative_cost
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .cost import compute_cost, relative_cost
 from .program import export, export_model, freeze_model, save_program
 from .layers import WRPNAct, WRPNConv2d, WRPNLinear, check_width, widen
 from .quantize import FULL_PRECISION, VALID_BITS, check_bits, quantize_activation, quantize_weight
