@@ -38,18 +38,18 @@ def _time_module(module, func_name, args, repeat):
 
 def _random_args(prim_func):
     import tvm
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
     rng = np.random.default_rng(0)
     args = []
-    for param in prim_func.params:
-        buffer = prim_func.buffer_map[param]
-        shape = [int(x) for x in buffer.shape]
-        dtype = str(buffer.dtype)
+    for info in ArgInfo.from_prim_func(prim_func):
+        shape = [int(x) for x in info.shape]
+        dtype = str(info.dtype)
         if dtype.startswith("float"):
             data = rng.standard_normal(shape).astype(dtype)
         else:
-            info = np.iinfo(dtype)
-            data = rng.integers(max(info.min, -8), min(info.max, 8), size=shape, dtype=dtype)
+            limits = np.iinfo(dtype)
+            data = rng.integers(max(limits.min, -8), min(limits.max, 8), size=shape, dtype=dtype)
         args.append(tvm.runtime.tensor(data, tvm.cpu()))
     return args
 
@@ -88,7 +88,6 @@ def curve_of(log_dir, spec, workload_mod):
 
 def bench_kernel(args, spec, program, work):
     import schedules
-    from tvm.s_tir import meta_schedule as ms
 
     from wrpn_tvm.build import prepare_module
     from wrpn_tvm.tuning import load_database
