@@ -2,10 +2,11 @@
 
 `--trials N` is the job's total: trials already recorded for the model's tasks count toward it,
 so re-running an interrupted job finishes it, and a larger N tunes further. Every measured
-candidate is appended to the log as soon as its batch is measured (MetaSchedule's JSONDatabase
-writes line by line), so an interrupted job loses at most the batch in flight.
+candidate is appended to the log soon after its batch is measured (MetaSchedule's JSONDatabase
+writes line by line), so an interrupted job loses at most the batches in flight.
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -88,7 +89,6 @@ def tune_tasks(
 ) -> TuneResult:
     """Tune MetaSchedule ExtractedTasks (from tasks.extract_tasks, or a chosen few of them)."""
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
     if trials < 1:
@@ -118,15 +118,9 @@ def tune_tasks(
             return result
         print(f"[tune] {len(tasks)} tasks for {spec.name} on {device.describe()}: {budget} trials "
               f"({already} already in {log_dir})", file=stream, flush=True)
-        contexts, skip_counts = [], {"skipped": 0}
-        # MetaSchedule's detailed logs go to DIR/logs/; the console gets our progress lines only
-        # (its console handler takes the package logger's level, unless the caller chose one).
-        ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
-        if ms_logger.level == logging.NOTSET:
-            ms_logger.setLevel(logging.WARNING)
-        loggers = get_loggers_from_work_dir(str(log_dir), [task.task_name for task in tasks])
-        for task, logger, rand_state in zip(tasks, loggers, fork_seed(seed, n=len(tasks))):
-            contexts.append(
+        skip_counts = {"skipped": 0}  # shared by the tasks' search strategies
+        with task_loggers(log_dir, [task.task_name for task in tasks]) as loggers:
+            contexts = [
                 ms.TuneContext(
                     mod=task.dispatched[0],
                     target=spec.target,
@@ -137,25 +131,56 @@ def tune_tasks(
                     rand_state=rand_state,
                     num_threads="physical",
                 ).clone()
+                for task, logger, rand_state in zip(tasks, loggers, fork_seed(seed, n=len(tasks)))
+            ]
+            ms.tune_tasks(
+                tasks=contexts,
+                task_weights=[float(task.weight) for task in tasks],
+                work_dir=str(log_dir),
+                max_trials_global=budget,
+                num_trials_per_iter=min(trials_per_batch, budget),
+                builder=make_builder(spec),
+                runner=make_runner(spec, device),
+                database=database,
+                cost_model="xgb",
+                measure_callbacks=ms.MeasureCallback.create("default") + [ProgressPrinter(progress, budget, stream)],
+                # Not "gradient": it holds every measured batch of its first round (one per task,
+                # 29 for ResNet-18) in memory until the round is over, so an interrupt would lose
+                # them; round-robin commits each batch at the next scheduling step.
+                task_scheduler="round-robin",
             )
-        printer = ProgressPrinter(progress, budget, stream)
-        ms.tune_tasks(
-            tasks=contexts,
-            task_weights=[float(task.weight) for task in tasks],
-            work_dir=str(log_dir),
-            max_trials_global=budget,
-            num_trials_per_iter=min(trials_per_batch, budget),
-            builder=make_builder(spec),
-            runner=make_runner(spec, device),
-            database=database,
-            cost_model="xgb",
-            measure_callbacks=ms.MeasureCallback.create("default") + [printer],
-            task_scheduler="gradient",
-        )
         result.measured = sum(task.measured for task in progress)
         result.skipped_recorded = skip_counts["skipped"]
         result.seconds = time.monotonic() - started
         return result
+
+
+@contextlib.contextmanager
+def task_loggers(log_dir: Path, names: list[str]):
+    """One DEBUG file logger per task in DIR/logs/ for MetaSchedule's detailed log; nothing on the console.
+
+    (MetaSchedule's own get_loggers_from_work_dir reconfigures global logging and fails when
+    called a second time in a process that has an unnamed handler, e.g. under pytest.)
+    """
+    directory = log_dir / "logs"
+    directory.mkdir(exist_ok=True)
+    attached = []
+    formatter = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s")
+    try:
+        for index, name in enumerate(names):
+            label = f"task_{index:02d}_{name[:100]}"
+            logger = logging.getLogger(f"wrpn_tvm.tuning.{label}")
+            handler = logging.FileHandler(directory / f"{label}.log")
+            handler.setFormatter(formatter)
+            logger.addHandler(handler)
+            logger.setLevel(logging.DEBUG)
+            logger.propagate = False
+            attached.append((logger, handler))
+        yield [logger for logger, _ in attached]
+    finally:
+        for logger, handler in attached:
+            logger.removeHandler(handler)
+            handler.close()
 
 
 def _task_progress(name: str, records) -> TaskProgress:
