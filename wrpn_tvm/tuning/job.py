@@ -19,7 +19,7 @@ from ..targets import TargetSpec, resolve
 from .database import open_database
 from .lock import exclusive
 from .progress import ProgressPrinter, TaskProgress, recorded_seconds
-from .runner import Device, device_from_options, make_builder, make_runner
+from .runner import Device, check_device, device_from_options, make_builder, make_runner
 from .search import SkipRecordedSearch, recorded_records
 from .tasks import extract_tasks
 
@@ -56,6 +56,7 @@ def tune(
 
     spec = resolve(target)
     device = device_from_options(rpc, tracker, key, timeout_sec)
+    check_device(spec, device)  # before the slow import of the model
     mod, _layers, _inputs = prepare_module(program, spec)
     return tune_module(mod, spec, trials, log_dir, device, seed=seed, trials_per_batch=trials_per_batch, stream=stream)
 

@@ -122,15 +122,20 @@ def tracker_device_count(device: Device) -> int:
     return count
 
 
+def check_device(spec: TargetSpec, device: Device) -> None:
+    """Refuse to time code for a board on this host."""
+    if device.is_local and spec.is_remote_arch:
+        raise WrpnError(
+            f"target {spec.name} does not run on this host: time its candidates on a device "
+            "with --rpc HOST:PORT or --tracker HOST:PORT --key KEY"
+        )
+
+
 def make_runner(spec: TargetSpec, device: Device):
     from tvm.s_tir.meta_schedule.runner import LocalRunner, RPCConfig, RPCRunner
 
+    check_device(spec, device)
     if device.is_local:
-        if spec.is_remote_arch:
-            raise WrpnError(
-                f"target {spec.name} does not run on this host: time its candidates on a device "
-                "with --rpc HOST:PORT or --tracker HOST:PORT --key KEY"
-            )
         return LocalRunner(timeout_sec=device.timeout_sec)
     if device.tracker is not None:
         config = RPCConfig(
