@@ -130,7 +130,8 @@ def tune(funcs: dict, target, trials: int, work_dir: str) -> dict:
     )
     executables = {}
     for name, (func, _) in funcs.items():
-        sch = ms.tir_integration.compile_tir(database, func, target)
+        # Query with the function exactly as tuned (with its symbol): the database matches structurally.
+        sch = ms.tir_integration.compile_tir(database, func.with_attr("global_symbol", name), target)
         executables[name] = None if sch is None else tvm.compile(sch.mod, target=target)
     return executables
 
