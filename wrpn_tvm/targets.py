@@ -61,7 +61,9 @@ def _presets() -> dict[str, tuple[dict, str | None]]:
         "rasp4": (_arm("cortex-a72", ["+neon"]), AARCH64_CC),
         "rasp5": (_arm("cortex-a76", ["+neon", "+dotprod"]), AARCH64_CC),
         "aarch64": (_arm("generic", ["+neon"]), AARCH64_CC),
-        "cuda": ({"kind": "cuda", "arch": "sm_80"}, None),
+        # MetaSchedule's GPU rules need the per-block limits spelled out (48 KiB: no opt-in shared memory).
+        "cuda": ({"kind": "cuda", "arch": "sm_80", "max_threads_per_block": 1024,
+                  "max_shared_memory_per_block": 49152, "thread_warp_size": 32}, None),
     }
 
 
