@@ -70,14 +70,15 @@ def export_resnet(directory: Path) -> Path:
 
 def curve_of(log_dir, spec, workload_mod):
     """Best latency so far (ms) after each trial of one workload, in the order the log recorded them."""
+    from tvm_ffi import structural_equal
+
     from wrpn_tvm.tuning.database import read_log
     from wrpn_tvm.tuning.progress import recorded_seconds
-    import tvm
 
     log = read_log(log_dir)
     best, curve = None, []
     for index, record in log.records:
-        if not tvm.ir.structural_equal(log.workloads[index].mod, workload_mod):
+        if not structural_equal(log.workloads[index].mod, workload_mod):
             continue
         seconds = recorded_seconds(record)
         if seconds is not None and (best is None or seconds < best):
