@@ -180,6 +180,11 @@ class FaultyProxy:
         return int(out.strip())
 
 
+HANG_BUG = ("runner.load's cleanup (del session; gc.collect()) releases the RPC handles on the calling thread; "
+            "after a deadline the abandoned worker thread still holds the RPC endpoint's mutex (blocked in recv), "
+            "so the release deadlocks and the process hangs forever despite --timeout")
+
+
 def drive_cuts(library: str, cuts: list) -> None:
     """Client side, in its own process: per cut, a fresh RPC server (TVM's dies once a client drops
     mid-session: see test_server_survives_a_client_dropped_mid_upload) and one run through a faulty
@@ -265,12 +270,16 @@ def test_connection_dropped_in_a_run(library, native_rpc_server):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
+@pytest.mark.xfail(strict=True, reason="the client process hangs at a cut near 90% of the stream (after the upload); most likely the same "
+                                       "cleanup deadlock: " + HANG_BUG)
 def test_connection_dropped_anywhere_in_a_run(library, native_rpc_server):
     check_cuts(library, native_rpc_server, {"drop": (0.0, 0.001, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999)})
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
+@pytest.mark.xfail(strict=True, reason="the client process hangs at a cut near 90% of the stream (after the upload); most likely the same "
+                                       "cleanup deadlock: " + HANG_BUG)
 def test_connection_stalled_anywhere_in_a_run(library, native_rpc_server):
     check_cuts(library, native_rpc_server, {"stall": (0.005, 0.1, 0.3, 0.6, 0.9, 0.995)})
 
@@ -304,10 +313,6 @@ def _cli_in_a_process(argv: list) -> "tuple[int | None, str]":
         proc.wait()
         return None, proc.stderr.read()
 
-
-HANG_BUG = ("runner.load's cleanup (del session; gc.collect()) releases the RPC handles on the calling thread; "
-            "after a deadline the abandoned worker thread still holds the RPC endpoint's mutex (blocked in recv), "
-            "so the release deadlocks and the process hangs forever despite --timeout")
 
 
 @pytest.mark.xfail(strict=True, reason=HANG_BUG)
