@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from wrpn_tvm import build, frontend, runner
@@ -244,7 +244,11 @@ def test_checkpoint_with_odd_fields_is_refused_in_one_line(tmp_path, checkpoint_
         loads_or_refuses_in_one_line(lambda: export("smallcnn", 0.25, 2, 2, output, checkpoint=path))
 
 
-@FUZZ
+@pytest.mark.xfail(strict=True, reason="nn/export.py export() trusts the checkpoint's config beyond build_model: "
+                                       "image_size None (the zoo's 'natural size') passes build_model, then "
+                                       "save_program builds torch.zeros([1, C, None, None]) -> TypeError")
+@FUZZ_KNOWN_BUG
+@example(key="image_size", value=None)
 @given(key=st.sampled_from(["model", "width", "abits", "wbits", "num_classes", "in_channels", "image_size"]),
        value=hostile_names | st.integers(-3, 40) | st.floats(-2, 4) | st.none())
 def test_checkpoint_config_values_are_checked_not_trusted(tmp_path, checkpoint_bytes, key, value):
@@ -374,7 +378,7 @@ def tuning_log(tmp_path_factory) -> dict:
 
 def _mutate_line(line: bytes, how: str, change, junk: bytes) -> bytes:
     if how == "flip":
-        return flip(line, *change)
+        return flip(line, *change) if line else line
     if how == "cut":
         return line[: change[0][0] % max(len(line), 1)]
     if how == "junk":
@@ -382,9 +386,13 @@ def _mutate_line(line: bytes, how: str, change, junk: bytes) -> bytes:
     if how == "json":  # valid JSON in the right shape, wrong content
         return json.dumps([change[0][0] % 3, [str(junk)]]).encode()
     if how == "base64":  # a workload whose encoded module is damaged inside, past the JSON and base64 checks
-        obj = json.loads(line)
-        if isinstance(obj, list) and len(obj) == 2 and isinstance(obj[1], str):
-            return json.dumps([obj[0], base64.b64encode(flip(base64.b64decode(obj[1]), *change)).decode()]).encode()
+        try:
+            obj = json.loads(line)
+            module = base64.b64decode(obj[1]) if isinstance(obj, list) and len(obj) == 2 and isinstance(obj[1], str) else b""
+        except ValueError:  # an earlier edit already broke this line
+            return line
+        if module:
+            return json.dumps([obj[0], base64.b64encode(flip(module, *change)).decode()]).encode()
     return line
 
 
@@ -417,7 +425,11 @@ def test_damaged_tuning_logs_load_or_refuse_and_stay_untouched(tmp_path, tuning_
     assert error is not None or len(database.get_all_tuning_records()) >= 1
 
 
-@FUZZ
+@pytest.mark.xfail(strict=True, reason="tuning/database.py read_log skips blank lines without counting them, so "
+                                       "open_database keeps them, and TVM's JSONDatabase then fails on the blank "
+                                       "workload line with an InternalError (not a WrpnError)")
+@FUZZ_KNOWN_BUG
+@example(edits=[(WORKLOAD_FILE, 1, "junk", ([0], [0] * 8), b"")])  # a blank line after the workload
 @given(edits=log_edits)
 def test_open_database_repairs_damaged_logs_for_metaschedule(tmp_path, tuning_log, edits):
     """A resumed job first drops bad lines; what is left must load in TVM's own JSONDatabase."""
