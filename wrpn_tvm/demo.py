@@ -98,7 +98,7 @@ def _agreement(reference: np.ndarray, compiled: np.ndarray, labels: np.ndarray) 
     }
 
 
-def demo(out: "str | Path" = "report", epochs: int = 8, host_images: "int | None" = None, pi_images: int = 200,
+def demo(out: "str | Path" = "report", epochs: int = 5, host_images: "int | None" = None, pi_images: int = 200,
          emulate: bool = True, repeat: int = 20) -> dict:
     """Run the demo; returns the results that `out`/index.md reports."""
     from .data import load_dataset

@@ -9,7 +9,7 @@ def register(subparsers) -> None:
                                                "compile for host and rasp4, run on the host and the emulated Pi, "
                                                "compare with PyTorch, benchmark, and write a report.")
     parser.add_argument("--out", default="report", help="report folder (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs per model (default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=5, help="training epochs per model (default %(default)s)")
     parser.add_argument("--host-images", type=int, help="test images to run on the host (default: all)")
     parser.add_argument("--pi-images", type=int, default=200, help="test images to run on the emulated Pi (default %(default)s)")
     parser.add_argument("--no-emulator", dest="emulate", action="store_false", help="skip the emulated Pi")

@@ -134,6 +134,19 @@ def start(name: str, argv: list[str], host: str, port: int, env: dict | None = N
     raise WrpnError(f"{name} did not become ready within {timeout:.0f} s; see {log}")
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the service's group (its workers included) is still there."""
+    try:
+        os.waitpid(pgid, os.WNOHANG)  # reap the leader when this process started it
+    except ChildProcessError:
+        pass
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def stop(name: str, timeout: float = 10.0) -> bool:
     """Stop a service and its whole process group; False when it was not running."""
     service = find(name)
@@ -147,7 +160,7 @@ def stop(name: str, timeout: float = 10.0) -> bool:
             return True
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not pid_alive(service.pid):
+            if not _group_alive(service.pid):
                 return True
             time.sleep(0.1)
     return True
