@@ -46,8 +46,12 @@ def rule_name(key: str, rule: str) -> str:
     return f"s_tir.meta_schedule.{key}.{rule}"
 
 
+# What MetaScheduleApplyDatabase and dlight set on a function they scheduled (TVM 0.27 spelling).
+SCHEDULED_ATTR = "tirx.is_scheduled"
+
+
 def is_scheduled(func: tirx.PrimFunc) -> bool:
-    return func.attrs is not None and bool(func.attrs.get("tir.is_scheduled", False))
+    return func.attrs is not None and bool(func.attrs.get(SCHEDULED_ATTR, False))
 
 
 def apply_default_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
@@ -61,7 +65,7 @@ def apply_default_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
         sch = Schedule(func)
         templates.schedule_function(sch, target)
         # Marked, like a tuning database's records, so that later schedule passes leave it alone.
-        updated[global_var] = sch.mod["main"].with_attr("tir.is_scheduled", True)
+        updated[global_var] = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
     if not updated:
         return mod
     scheduled = mod.clone()
@@ -82,4 +86,4 @@ def _register_rules() -> None:
 
 _register_rules()
 
-__all__ = ["apply_default_schedules", "family", "is_scheduled", "rule_name"]
+__all__ = ["SCHEDULED_ATTR", "apply_default_schedules", "family", "is_scheduled", "rule_name"]

@@ -13,7 +13,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
-from . import is_scheduled
+from . import SCHEDULED_ATTR, is_scheduled
 
 VECTOR_LANES = 16  # float32 lanes of an AVX-512 register; LLVM narrows this for NEON/AVX2
 # Below this many loop iterations a parallel region costs more than it saves.
@@ -68,7 +68,7 @@ def schedule_function(func: tirx.PrimFunc) -> "tirx.PrimFunc | None":
         return None
     for info in infos:
         _schedule_block(sch, info)
-    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
 def apply_fallback_schedules(mod: tvm.IRModule) -> tvm.IRModule:

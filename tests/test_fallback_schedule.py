@@ -5,6 +5,7 @@ import pytest
 import tvm
 from tvm import te, topi
 
+from schedules import SCHEDULED_ATTR
 from schedules.fallback_cpu import schedule_function
 from wrpn_tvm.targets import resolve
 
@@ -24,7 +25,7 @@ def _conv(shape, channels_out, kernel, stride, pad):
 def test_scheduled_conv_matches_unscheduled(shape, cout, kernel, stride, pad):
     func, out_shape = _conv(shape, cout, kernel, stride, pad)
     scheduled = schedule_function(func)
-    assert scheduled is not None and scheduled.attrs["tir.is_scheduled"]
+    assert scheduled is not None and scheduled.attrs[SCHEDULED_ATTR]
     target = resolve("host").target
     rng = np.random.default_rng(0)
     args = [rng.standard_normal(shape).astype("float32"), rng.standard_normal((cout, shape[1], kernel, kernel)).astype("float32")]

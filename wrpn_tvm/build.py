@@ -42,6 +42,24 @@ def prepare_module(program_path: "str | os.PathLike", spec: TargetSpec):
     return mod, reports, inputs
 
 
+def _backend_pipeline(spec: TargetSpec):
+    import importlib
+
+    return importlib.import_module(f"tvm.relax.backend.{'cuda' if spec.is_cuda else 'cpu_generic'}.pipeline")
+
+
+def fuse_module(mod, spec: TargetSpec):
+    """The passes before scheduling: library dispatch, legalize, fuse. Tuning extracts its tasks
+    from this very module, so that a database's workloads match what the build looks up."""
+    import tvm
+    from tvm import relax
+
+    fuse = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+            relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    with spec.target:
+        return tvm.transform.Sequential(_backend_pipeline(spec).library_dispatch_passes(spec.target) + fuse)(mod)
+
+
 def relax_pipeline(spec: TargetSpec, database=None):
     """The target's Relax pipeline with our schedules applied to the fused TIR, in this order:
 
@@ -50,8 +68,6 @@ def relax_pipeline(spec: TargetSpec, database=None):
     3. a generic default for every other function (dlight's GPU rules, or our CPU fallback),
        so an untuned FP32 first layer is not left as single-threaded scalar loops.
     """
-    import importlib
-
     import tvm
     from tvm import relax
 
@@ -59,9 +75,7 @@ def relax_pipeline(spec: TargetSpec, database=None):
     from schedules.fallback_cpu import apply_fallback_schedules
 
     target = spec.target
-    backend = importlib.import_module(f"tvm.relax.backend.{'cuda' if spec.is_cuda else 'cpu_generic'}.pipeline")
-    fuse = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
-            relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    backend = _backend_pipeline(spec)
 
     def schedule_rest(mod):
         if not spec.is_cuda:
@@ -73,8 +87,8 @@ def relax_pipeline(spec: TargetSpec, database=None):
 
     @tvm.transform.module_pass(opt_level=0, name="WrpnBuildPipeline")
     def _pipeline(mod, _ctx):
+        mod = fuse_module(mod, spec)
         with target:
-            mod = tvm.transform.Sequential(backend.library_dispatch_passes(target) + fuse)(mod)
             if database is not None:
                 with database:
                     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
