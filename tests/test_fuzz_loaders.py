@@ -309,9 +309,7 @@ def test_random_sidecars_are_refused(library, tmp_path, text):
     assert error is not None
 
 
-@pytest.mark.xfail(strict=True, reason="read_sidecar checks only 'format' and that 'inputs' is a list; runner.load and "
-                                       "_check_inputs then index 'target'/'shape'/'dtype' unchecked (KeyError/TypeError)")
-@FUZZ_KNOWN_BUG
+@FUZZ
 @given(path=st.sampled_from([("target",), ("target", "json"), ("target", "name"), ("inputs", 0), ("inputs", 0, "shape"),
                              ("inputs", 0, "dtype"), ("inputs", 0, "name"), ("library",), ("versions",)]),
        value=json_values, drop=st.booleans())

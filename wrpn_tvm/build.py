@@ -178,6 +178,34 @@ def read_sidecar(library: "str | os.PathLike") -> dict:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
         raise WrpnError(f"{path}: not a valid sidecar JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT or not isinstance(meta.get("inputs"), list):
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
         raise WrpnError(f"{path}: not a wrpn-tvm sidecar (format {SIDECAR_FORMAT} expected)")
+    problem = _sidecar_problem(meta)
+    if problem:
+        raise WrpnError(f"{path}: damaged sidecar: {problem}")
     return meta
+
+
+def _sidecar_problem(meta: dict) -> "str | None":
+    """What is wrong with the fields a runner relies on, or None. The file may come from a stranger."""
+    import numpy as np
+
+    inputs = meta.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        return "'inputs' must be a non-empty list"
+    for entry in inputs:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            return "each input needs a 'name'"
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 1 << 31 for d in shape):
+            return f"input {entry['name']!r} has no valid 'shape'"
+        try:
+            np.dtype(entry.get("dtype"))
+        except (TypeError, ValueError):
+            return f"input {entry['name']!r} has no valid 'dtype'"
+    target = meta.get("target")
+    if not isinstance(target, dict) or not isinstance(target.get("name"), str) or not isinstance(target.get("json"), dict):
+        return "'target' must hold a 'name' and a 'json' object"
+    if not isinstance(target["json"].get("kind"), str) or not isinstance(target.get("cross_compiler"), (str, type(None))):
+        return "'target' has no valid 'kind' or 'cross_compiler'"
+    return None

@@ -20,7 +20,11 @@ import numpy as np
 from . import __version__
 from .build import read_sidecar
 from .errors import WrpnError
-from .remote.session import DeviceSpec, connect, with_deadline
+from .remote.session import DeviceSpec, DeviceTimeout, connect, with_deadline
+
+
+# Remote handles of sessions whose device stopped answering (see `load`).
+_ABANDONED: list = []
 
 
 @dataclass
@@ -49,17 +53,21 @@ def load(library: "str | os.PathLike", device: DeviceSpec = DeviceSpec()):
             dev = tvm.cuda(0) if kind == "cuda" else tvm.cpu(0)
             if kind == "cuda" and not dev.exist:
                 raise WrpnError(f"{library} is built for CUDA but this machine has no NVIDIA GPU")
-            module = tvm.runtime.load_module(str(library))
+            model = LoadedModel(relax.VirtualMachine(tvm.runtime.load_module(str(library)), dev), dev, None, meta)
         else:
             def upload_and_load():
                 session.upload(str(library))
-                return session.load_module(Path(library).name)
+                dev = session.cuda(0) if kind == "cuda" else session.cpu(0)
+                return LoadedModel(relax.VirtualMachine(session.load_module(Path(library).name), dev), dev, session, meta)
 
-            module = with_deadline(upload_and_load, device.timeout, f"uploading {Path(library).name} to {device.describe()}")
-            dev = session.cuda(0) if kind == "cuda" else session.cpu(0)
-        model = LoadedModel(relax.VirtualMachine(module, dev), dev, session, meta)
-        del module
+            model = with_deadline(upload_and_load, device.timeout, f"loading {Path(library).name} on {device.describe()}")
         yield model
+    except DeviceTimeout:
+        # The abandoned call still holds the connection's lock: releasing a remote handle here
+        # would wait on it forever. Keep the handles; the process exits with the error instead.
+        _ABANDONED.append((model, session))
+        model = session = None
+        raise
     finally:
         # An RPC server serves one session at a time: drop every remote handle now so the
         # connection closes here, not whenever the garbage collector gets to it.

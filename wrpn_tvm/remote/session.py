@@ -52,6 +52,10 @@ class DeviceSpec:
         return "local"
 
 
+class DeviceTimeout(WrpnError):
+    """A remote step outlived its deadline; its thread still blocks inside the RPC library."""
+
+
 def with_deadline(fn, seconds: float, what: str):
     """Run fn() and return its result, or raise WrpnError if it takes longer than `seconds`."""
     outcome: dict = {}
@@ -66,7 +70,7 @@ def with_deadline(fn, seconds: float, what: str):
     worker.start()
     worker.join(seconds)
     if worker.is_alive():
-        raise WrpnError(f"{what} did not finish within {seconds:.0f} s: the device hangs or is gone")
+        raise DeviceTimeout(f"{what} did not finish within {seconds:.0f} s: the device hangs or is gone")
     if "error" in outcome:
         err = outcome["error"]
         if isinstance(err, WrpnError):

@@ -182,7 +182,10 @@ def open_database(log_dir: "str | os.PathLike", spec: TargetSpec):
     if log.skipped_lines:
         _rewrite(log_dir / WORKLOAD_FILE, log.workload_lines)
         _rewrite(log_dir / RECORD_FILE, log.record_lines)
-    return JSONDatabase(work_dir=str(log_dir), module_equality="structural")
+    try:
+        return JSONDatabase(work_dir=str(log_dir), module_equality="structural")
+    except Exception as err:  # TVM's InternalError and friends, for a log it cannot parse
+        raise WrpnError(f"{log_dir}: MetaSchedule cannot open this tuning log: {_first_line(err)}") from None
 
 
 def _rewrite(path: Path, lines: list[str]) -> None:
