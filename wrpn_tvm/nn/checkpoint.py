@@ -39,7 +39,36 @@ def load_checkpoint(path) -> dict:
         raise WrpnError(f"checkpoint {path} is corrupt or not a wrpn-tvm checkpoint ({type(err).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise WrpnError(f"checkpoint {path} is not a wrpn-tvm checkpoint")
+    problem = _payload_problem(payload)
+    if problem:
+        raise WrpnError(f"checkpoint {path} is damaged: {problem}")
     return payload
+
+
+def _payload_problem(payload: dict) -> "str | None":
+    """What is wrong with the fields training and export rely on, or None. The file may come from a stranger."""
+    config = payload.get("config")
+    if not isinstance(config, dict):
+        return "no 'config' table"
+    missing = [key for key in MODEL_KEYS if key not in config]
+    if missing:
+        return f"its config lacks {', '.join(missing)}"
+    if not isinstance(config["model"], str):
+        return "config 'model' is not a name"
+    for key in ("abits", "wbits", "num_classes", "in_channels", "image_size"):
+        if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] <= 0:
+            return f"config {key!r} is not a positive whole number"
+    if not isinstance(config["width"], (int, float)) or isinstance(config["width"], bool):
+        return "config 'width' is not a number"
+    if not isinstance(payload.get("epoch"), int) or payload["epoch"] < 0:
+        return "'epoch' is not a count"
+    if not isinstance(payload.get("model"), dict) or not isinstance(payload.get("optimizer", {}), dict):
+        return "'model' or 'optimizer' is not a state dict"
+    history = payload.get("history")
+    if not isinstance(history, list) or not all(
+            isinstance(h, dict) and isinstance(h.get("test_accuracy"), (int, float)) for h in history):
+        return "'history' is not a list of per-epoch records"
+    return None
 
 
 def model_from_checkpoint(payload: dict, path="checkpoint"):
