@@ -33,42 +33,41 @@ def _init_quantized(weight: torch.Tensor) -> None:
     nn.init.uniform_(weight, -1.0, 1.0)
 
 
-class WRPNConv2d(nn.Conv2d):
+class _QuantizedWeight:
+    """What WRPNConv2d and WRPNLinear share: a weight quantized to `wbits` in the forward pass."""
+
+    def _set_wbits(self, wbits: int) -> None:
+        self.wbits = check_bits(wbits, "weight bits")
+        if self.wbits != FULL_PRECISION:
+            _init_quantized(self.weight)
+
+    def quantized_weight(self) -> torch.Tensor:
+        return quantize_weight(self.weight, self.wbits)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", wbits={self.wbits}"
+
+
+class WRPNConv2d(_QuantizedWeight, nn.Conv2d):
     """A Conv2d whose weight is quantized to `wbits` in the forward pass (32 = full precision)."""
 
     def __init__(self, *args, wbits: int = FULL_PRECISION, **kwargs):
         super().__init__(*args, **kwargs)
-        self.wbits = check_bits(wbits, "weight bits")
-        if self.wbits != FULL_PRECISION:
-            _init_quantized(self.weight)
-
-    def quantized_weight(self) -> torch.Tensor:
-        return quantize_weight(self.weight, self.wbits)
+        self._set_wbits(wbits)
 
     def forward(self, x):
         return self._conv_forward(x, self.quantized_weight(), self.bias)
 
-    def extra_repr(self):
-        return super().extra_repr() + f", wbits={self.wbits}"
 
-
-class WRPNLinear(nn.Linear):
+class WRPNLinear(_QuantizedWeight, nn.Linear):
     """A Linear layer whose weight is quantized to `wbits` in the forward pass (32 = full precision)."""
 
     def __init__(self, *args, wbits: int = FULL_PRECISION, **kwargs):
         super().__init__(*args, **kwargs)
-        self.wbits = check_bits(wbits, "weight bits")
-        if self.wbits != FULL_PRECISION:
-            _init_quantized(self.weight)
-
-    def quantized_weight(self) -> torch.Tensor:
-        return quantize_weight(self.weight, self.wbits)
+        self._set_wbits(wbits)
 
     def forward(self, x):
         return F.linear(x, self.quantized_weight(), self.bias)
-
-    def extra_repr(self):
-        return super().extra_repr() + f", wbits={self.wbits}"
 
 
 class WRPNAct(nn.Module):
