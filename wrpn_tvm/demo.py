@@ -7,6 +7,7 @@ check agreement with PyTorch, time both against PyTorch on the host, and write `
 with its plots.
 """
 
+import contextlib
 import json
 import shutil
 import time
@@ -88,6 +89,21 @@ def _compiled_logits(library: Path, images: np.ndarray, device: DeviceSpec) -> n
         return np.concatenate([runner.run_loaded(loaded, [images[i:i + 1]], device.timeout)[0] for i in range(len(images))])
 
 
+@contextlib.contextmanager
+def _pi_device(rpc: "str | None"):
+    """The given board, or an emulated Pi 4 on a free loopback port for the duration."""
+    if rpc is not None:
+        yield DeviceSpec(rpc=rpc)
+        return
+    port = daemons.free_port()
+    _say(f"starting the emulated Raspberry Pi 4 on 127.0.0.1:{port} (TVM imports slowly under qemu)")
+    emulator.start(port, "rasp4")
+    try:
+        yield DeviceSpec(rpc=f"127.0.0.1:{port}")
+    finally:
+        emulator.stop(port)
+
+
 def _agreement(reference: np.ndarray, compiled: np.ndarray, labels: np.ndarray) -> dict:
     return {
         "images": int(len(labels)),
@@ -99,8 +115,12 @@ def _agreement(reference: np.ndarray, compiled: np.ndarray, labels: np.ndarray) 
 
 
 def demo(out: "str | Path" = "report", epochs: int = 5, host_images: "int | None" = None, pi_images: int = 200,
-         emulate: bool = True, repeat: int = 20) -> dict:
-    """Run the demo; returns the results that `out`/index.md reports."""
+         emulate: bool = True, repeat: int = 20, rpc: "str | None" = None) -> dict:
+    """Run the demo; returns the results that `out`/index.md reports.
+
+    The Pi part runs on `rpc` (HOST:PORT of a real board or a running emulated one) when given,
+    else on an emulated Pi 4 that the demo starts and stops itself (unless `emulate` is False).
+    """
     from .data import load_dataset
 
     started = time.monotonic()
@@ -132,22 +152,16 @@ def demo(out: "str | Path" = "report", epochs: int = 5, host_images: "int | None
         _say(f"  top-1 agreement with PyTorch {100 * entry['host']['top1_agreement']:.2f}%, "
              f"accuracy {100 * entry['host']['accuracy_compiled']:.2f}% (PyTorch {100 * entry['host']['accuracy_pytorch']:.2f}%)")
 
-    if emulate:
-        port = daemons.free_port()
-        _say(f"starting the emulated Raspberry Pi 4 on 127.0.0.1:{port} (TVM imports slowly under qemu)")
-        emulator.start(port, "rasp4")
-        try:
-            device = DeviceSpec(rpc=f"127.0.0.1:{port}")
+    if pi_images > 0 and (rpc or emulate):
+        with _pi_device(rpc) as device:
             for model in MODELS:
                 count = min(pi_images, len(y_test))
-                _say(f"running {count} test images through {model.name} on the emulated Pi over RPC")
+                _say(f"running {count} test images through {model.name} on {device.describe()}")
                 reference = _torch_logits(programs[model.name], x_test[:count])
                 compiled = _compiled_logits(libraries[model.name, "rasp4"], x_test[:count], device)
-                results["models"][model.name]["rasp4_emulated"] = _agreement(reference, compiled, y_test[:count])
-                agreement = results["models"][model.name]["rasp4_emulated"]["top1_agreement"]
-                _say(f"  top-1 agreement with PyTorch {100 * agreement:.2f}%")
-        finally:
-            emulator.stop(port)
+                agreement = _agreement(reference, compiled, y_test[:count])
+                results["models"][model.name]["rasp4_emulated" if rpc is None else "rasp4_remote"] = agreement
+                _say(f"  top-1 agreement with PyTorch {100 * agreement['top1_agreement']:.2f}%")
 
     for model in MODELS:
         _say(f"timing {model.name} on the host against PyTorch eager")
@@ -203,10 +217,10 @@ def write_report(out: Path, results: dict) -> Path:
              f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; TVM {results['machine']['tvm']}. "
              f"Dataset: {results['dataset']}, {results['test_images']} held-out test images. Took {results['seconds']:.0f} s.", "",
              "## Accuracy and agreement with PyTorch", "",
-             "| model | cost vs FP32 1x | PyTorch acc. | compiled acc. (host) | top-1 agreement host | top-1 agreement emulated Pi | max logit error (host) |",
+             "| model | cost vs FP32 1x | PyTorch acc. | compiled acc. (host) | top-1 agreement host | top-1 agreement Pi (rasp4) | max logit error (host) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, entry in results["models"].items():
-        pi = entry.get("rasp4_emulated", {})
+        pi = entry.get("rasp4_emulated") or entry.get("rasp4_remote") or {}
         pi_text = f"{_pct(pi.get('top1_agreement'))} of {pi['images']}" if pi else "not run"
         lines.append(f"| {entry['label']} | {entry['cost']:.3f}x | {_pct(entry['host']['accuracy_pytorch'])} | "
                      f"{_pct(entry['host']['accuracy_compiled'])} | {_pct(entry['host']['top1_agreement'])} | {pi_text} | "

@@ -13,6 +13,7 @@ def register(subparsers) -> None:
     parser.add_argument("--host-images", type=int, help="test images to run on the host (default: all)")
     parser.add_argument("--pi-images", type=int, default=200, help="test images to run on the emulated Pi (default %(default)s)")
     parser.add_argument("--no-emulator", dest="emulate", action="store_false", help="skip the emulated Pi")
+    parser.add_argument("--rpc", metavar="HOST:PORT", help="run the Pi part on this board (or running device) instead")
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per benchmark (default %(default)s)")
     parser.set_defaults(func=_demo)
 
@@ -20,5 +21,5 @@ def register(subparsers) -> None:
 def _demo(args) -> int:
     check_demo_args(args.epochs, args.pi_images, args.repeat)
     demo(args.out, epochs=args.epochs, host_images=args.host_images, pi_images=args.pi_images,
-         emulate=args.emulate, repeat=args.repeat)
+         emulate=args.emulate, repeat=args.repeat, rpc=args.rpc)
     return 0
