@@ -249,9 +249,15 @@ def write_reports(result):
         f"CPU: {result['machine']['cpu']} ({result['machine']['cores']} cores); TVM {result['machine']['tvm']}, "
         f"torch {result['machine']['torch']}; word size {result['word_bits']} bits; medians (and minima) of "
         f"{result['repeat']} repeats, ms. Load average before/after the run: "
-        f"{_loads(result['machine']['load_average_before'])} / {_loads(result['machine']['load_average_after'])}: "
-        "the machine was shared with other jobs, so every number here was measured under contention; "
-        "the minima are the closer estimate of an idle machine.",
+        f"{_loads(result['machine']['load_average_before'])} / {_loads(result['machine']['load_average_after'])}"
+        + (": the machine was shared with other jobs, so every number here was measured under contention; "
+           "the minima are the closer estimate of an idle machine." if max(
+               result["machine"]["load_average_before"][0], result["machine"]["load_average_after"][0]) > 1.5
+           else " (otherwise idle)."),
+        "",
+        "Caveat: the measured roofline did not scale to 2 threads (0.81 T at 1 and 2), and several kernels "
+        "exceed it, so the popcount microbenchmark underestimates this CPU's peak (REFERENCES.md measured "
+        "0.86 T per core, 1.63 T on two): read '% roofline' as relative, not absolute.",
         "",
     ]
     header += _thread_scaling_note(result)
