@@ -1,259 +1,276 @@
-"""Tuning benchmark: latency against trials, untuned template default vs tuned, trials per minute.
+"""Tuning benchmark: ResNet-18 2x a2w2 tuned for a time budget, then by the same search to FACTOR x
+its trials; per-kernel and end-to-end latency against the untuned template defaults.
 
-Kernel part: one bit-serial conv2d task of ResNet-18 2x wide, 2-bit activations / 2-bit weights
-(3x224x224 input, random weights: speed does not depend on their values). It is tuned with
-`wrpn_tvm.tuning` to a budget of B trials, timed, then the same search is resumed to FACTOR x B
-trials and timed again, so the two budgets share one search, as a longer job would. The baseline
-is the same kernel under the schedule template's default decisions (what an untuned compile
-runs), timed in the same run.
+Two steps, so the long one survives an interrupted session (each phase resumes from its log):
 
-End-to-end part (optional, --resnet-log DIR): ResNet-18 2x a2w2 compiled untuned and with a
-tuning log, both timed here.
+  python benchmarks/tuning.py run --minutes 30 --factor 4 --work /var/tmp/wrpn-tuning-bench
+  python benchmarks/tuning.py report --work /var/tmp/wrpn-tuning-bench
 
-  python benchmarks/tuning.py --trials 16 --factor 4 --resnet-log tuning_logs/resnet18-2x-a2w2-host
+`run`: phase "budget" tunes every task of ResNet-18 (2x wide, 2-bit activations and weights,
+3x224x224, batch 1) on this host for --minutes of tuning time and records its N trials; phase
+"long" copies that log and resumes the same search to FACTOR x N trials in total (a budget in
+trials, so the comparison does not depend on how loaded the machine was during the long phase).
+`report`: compiles the model untuned, with the budget log and with the long log, times each
+(medians of repeated runs, in one process, one after another), and reads per-kernel results
+from the logs: every task's first record is its template default (the tuner measures it first),
+so each kernel's tuned-vs-default gain comes from the same measurement harness.
 
 Writes benchmarks/results/tuning.{json,md,png}.
 """
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import statistics
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PROGRAM = "resnet18-2x-a2w2.pt2"
+EXPORT = dict(model_name="resnet18", width=2.0, abits=2, wbits=2, in_channels=3, num_classes=1000, seed=0)
+DB_FILES = ("database_workload.json", "database_tuning_record.json")
 
 
-def _time_module(module, func_name, args, repeat):
-    """Seconds of `repeat` time_evaluator runs (each at least 200 ms of calls)."""
-    import tvm
-
-    evaluator = module.time_evaluator(func_name, tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=200)
-    return [float(x) for x in evaluator(*args).results]
+def _loadavg() -> list[str]:
+    return Path("/proc/loadavg").read_text().split()[:3]
 
 
-def _random_args(prim_func):
-    import tvm
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-
-    rng = np.random.default_rng(0)
-    args = []
-    for info in ArgInfo.from_prim_func(prim_func):
-        shape = [int(x) for x in info.shape]
-        dtype = str(info.dtype)
-        if dtype.startswith("float"):
-            data = rng.standard_normal(shape).astype(dtype)
-        else:
-            limits = np.iinfo(dtype)
-            data = rng.integers(max(limits.min, -8), min(limits.max, 8), size=shape, dtype=dtype)
-        args.append(tvm.runtime.tensor(data, tvm.cpu()))
-    return args
-
-
-def time_kernel(mod, spec, repeat):
-    import tvm
-
-    return _time_module(tvm.compile(mod, target=spec.target).jit(), "main", _random_args(mod["main"]), repeat)
-
-
-def export_resnet(directory: Path) -> Path:
+def run_phases(args) -> None:
     from wrpn_tvm.nn import export
+    from wrpn_tvm.tuning import tune
 
-    path = directory / "resnet18-2x-a2w2.pt2"
-    export("resnet18", 2.0, 2, 2, path, in_channels=3, num_classes=1000, seed=0)
-    return path
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    program = work / PROGRAM
+    if not program.exists():
+        export(output=program, **EXPORT)
+    phases_path = work / "phases.json"
+    phases = json.loads(phases_path.read_text()) if phases_path.exists() else {}
+
+    if "budget" not in phases:
+        result = tune(program, "host", trials=10**6, log_dir=work / "budget", seed=0,
+                      trials_per_batch=args.trials_per_batch, max_minutes=args.minutes)
+        phases["budget"] = {"minutes": args.minutes, "measured": result.measured, "seconds": result.seconds,
+                            "stopped": result.stopped, "load_average_after": _loadavg()}
+        phases_path.write_text(json.dumps(phases, indent=2))
+
+    long_dir = work / "long"
+    if not long_dir.exists():
+        long_dir.mkdir()
+        for name in DB_FILES:
+            shutil.copy(work / "budget" / name, long_dir / name)
+    trials = args.factor * phases["budget"]["measured"]
+    started = time.monotonic()
+    result = tune(program, "host", trials=trials, log_dir=long_dir, seed=1, trials_per_batch=args.trials_per_batch)
+    previous = phases.get("long", {"measured": 0, "seconds": 0.0})
+    phases["long"] = {"factor": args.factor, "trials": trials, "measured": previous["measured"] + result.measured,
+                      "seconds": previous["seconds"] + (time.monotonic() - started), "stopped": result.stopped,
+                      "load_average_after": _loadavg()}
+    phases_path.write_text(json.dumps(phases, indent=2))
 
 
-def curve_of(log_dir, spec, workload_mod):
-    """Best latency so far (ms) after each trial of one workload, in the order the log recorded them."""
-    from tvm_ffi import structural_equal
+def task_table(work: Path, spec, budget_records: int) -> tuple[list[dict], list]:
+    """Per task: name, weight, template default, best within the budget, best after the long phase.
 
-    from wrpn_tvm.tuning.database import read_log
-    from wrpn_tvm.tuning.progress import recorded_seconds
-
-    log = read_log(log_dir)
-    best, curve = None, []
-    for index, record in log.records:
-        if not structural_equal(log.workloads[index].mod, workload_mod):
-            continue
-        seconds = recorded_seconds(record)
-        if seconds is not None and (best is None or seconds < best):
-            best = seconds
-        curve.append(None if best is None else best * 1e3)
-    return curve
-
-
-def bench_kernel(args, spec, program, work):
-    import schedules
+    Also returns the estimated model latency (sum of weight x best so far, ms) after each trial of
+    the long log, once every task has a record (None before)."""
+    from tvm_ffi import structural_equal, structural_hash
 
     from wrpn_tvm.build import prepare_module
-    from wrpn_tvm.tuning import load_database
-    from wrpn_tvm.tuning.job import tune_tasks
+    from wrpn_tvm.tuning.database import read_log
+    from wrpn_tvm.tuning.progress import recorded_seconds
+    from wrpn_tvm.tuning.search import default_candidate
     from wrpn_tvm.tuning.tasks import extract_tasks
 
-    mod = prepare_module(program, spec)[0]
-    tasks = [task for task in extract_tasks(mod, spec) if task.task_name == args.kernel]
-    if not tasks:
-        raise SystemExit(f"no task named {args.kernel}")
-    task = tasks[0]
-    workload = task.dispatched[0]
-    untuned_ms = [x * 1e3 for x in time_kernel(schedules.apply_default_schedules(workload, spec.target), spec, args.repeat)]
-    log_dir = work / "kernel-log"
-    budgets = {}
-    for budget in (args.trials, args.trials * args.factor):
-        started = time.monotonic()
-        result = tune_tasks([task], spec, budget, log_dir, seed=0, trials_per_batch=args.trials_per_batch)
-        database = load_database(log_dir, spec)
-        tuned = database.query_ir_module(workload, spec.target, "main")
-        tuned_ms = [x * 1e3 for x in time_kernel(tuned, spec, args.repeat)]
-        budgets[budget] = {
-            "tuning_seconds": time.monotonic() - started,
-            "measured_trials": result.measured,
-            "trials_per_minute": 60 * result.measured / result.seconds,
-            "tuned_ms": tuned_ms,
-            "tuned_median_ms": statistics.median(tuned_ms),
-        }
-    small, large = budgets[args.trials], budgets[args.trials * args.factor]
-    return {
-        "task": args.kernel,
-        "weight_in_model": int(task.weight),
-        "untuned_default_ms": untuned_ms,
-        "untuned_default_median_ms": statistics.median(untuned_ms),
-        "budgets": budgets,
-        "speed_at_budget_vs_factor_budget": large["tuned_median_ms"] / small["tuned_median_ms"],
-        "curve_best_ms_by_trial": curve_of(log_dir, spec, workload),
-    }
+    tasks = extract_tasks(prepare_module(work / PROGRAM, spec)[0], spec)
+    log = read_log(work / "long")
+    owner = {}  # workload index in the log -> task index
+    for index, workload in enumerate(log.workloads):
+        for task_index, task in enumerate(tasks):
+            if structural_equal(workload.mod, task.dispatched[0]):
+                owner[index] = task_index
+    rows = [{"task": task.task_name, "weight": int(task.weight), "default_ms": None, "trials_budget": 0,
+             "trials_long": 0, "best_budget_ms": None, "best_long_ms": None} for task in tasks]
+    defaults = {}
+    for task_index, task in enumerate(tasks):
+        candidate = default_candidate(task.dispatched[0], spec.target)
+        defaults[task_index] = None if candidate is None else structural_hash(candidate.sch.mod)
+    best = [None] * len(tasks)
+    curve = []
+    for position, (index, record) in enumerate(log.records):
+        task_index = owner[index]
+        row = rows[task_index]
+        seconds = recorded_seconds(record)
+        ms = None if seconds is None else seconds * 1e3
+        if row["trials_long"] == 0 and defaults[task_index] is not None:
+            if structural_hash(record.as_measure_candidate().sch.mod) == defaults[task_index]:
+                row["default_ms"] = ms
+        row["trials_long"] += 1
+        if ms is not None and (best[task_index] is None or ms < best[task_index]):
+            best[task_index] = ms
+        row["best_long_ms"] = best[task_index]
+        if position < budget_records:
+            row["trials_budget"] += 1
+            row["best_budget_ms"] = best[task_index]
+        complete = all(value is not None for value in best)
+        curve.append(sum(r["weight"] * b for r, b in zip(rows, best)) if complete else None)
+    return rows, curve
 
 
-def bench_end_to_end(args, spec, program):
+def time_builds(work: Path, spec, repeat: int) -> dict:
+    """End-to-end medians (ms) of the untuned, budget and long builds, timed round-robin in 3 rounds."""
     import tvm
     from tvm import relax
 
     from wrpn_tvm.build import build_module, prepare_module
     from wrpn_tvm.tuning import load_database
 
-    mod, _layers, inputs = prepare_module(program, spec)
-    data = np.random.default_rng(0).standard_normal(inputs[0].shape).astype("float32")
-    timings = {}
-    for name, database in (("untuned", None), ("tuned", load_database(args.resnet_log, spec))):
-        vm = relax.VirtualMachine(build_module(mod, spec, database), tvm.cpu())
-        x = tvm.runtime.tensor(data, tvm.cpu())
-        vm.set_input("main", x)
-        results = [t * 1e3 for t in _time_module(vm, "invoke_stateful", ["main"], args.repeat)]
-        timings[name] = {"ms": results, "median_ms": statistics.median(results)}
-    return {"log": str(args.resnet_log), **timings, "speedup": timings["untuned"]["median_ms"] / timings["tuned"]["median_ms"]}
+    mod, _layers, inputs = prepare_module(work / PROGRAM, spec)
+    data = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(inputs[0].shape).astype("float32"))
+    machines = {}
+    for name, log in (("untuned", None), ("budget", work / "budget"), ("long", work / "long")):
+        vm = relax.VirtualMachine(build_module(mod, spec, None if log is None else load_database(log, spec)), tvm.cpu())
+        vm.set_input("main", data)
+        vm["invoke_stateful"]("main")  # warm-up
+        machines[name] = vm
+    runs = {name: [] for name in machines}
+    for _ in range(3):
+        for name, vm in machines.items():
+            evaluator = vm.time_evaluator("invoke_stateful", tvm.cpu(), number=1, repeat=max(repeat // 3, 1),
+                                          min_repeat_ms=200)
+            runs[name] += [float(x) * 1e3 for x in evaluator("main").results]
+    return {name: {"ms": values, "median_ms": statistics.median(values)} for name, values in runs.items()}
 
 
-def machine():
+def machine() -> dict:
     import torch
     import tvm
 
     from wrpn_tvm.targets import host_cpu
 
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
-    return {
-        "cpu": host_cpu(),
-        "cores": __import__("os").cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "tvm": tvm.__version__,
-        "torch": torch.__version__,
-        "load_average_at_end": load,
-        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    return {"cpu": host_cpu(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "tvm": tvm.__version__, "torch": torch.__version__,
+            "load_average_at_end": _loadavg(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+
+
+def write_report(args) -> None:
+    from wrpn_tvm.targets import resolve
+
+    spec = resolve("host")
+    phases = json.loads((args.work / "phases.json").read_text())
+    budget, long = phases["budget"], phases["long"]
+    rows, curve = task_table(args.work, spec, budget["measured"])
+    timings = time_builds(args.work, spec, args.repeat)
+    result = {
+        "command": "python benchmarks/tuning.py " + " ".join(sys.argv[1:]),
+        "model": "resnet18 2x a2/w2, 3x224x224, batch 1, target host",
+        "phases": phases,
+        "trials_per_minute": {name: 60 * p["measured"] / p["seconds"] for name, p in phases.items()},
+        "end_to_end": timings,
+        "budget_speed_vs_long": timings["long"]["median_ms"] / timings["budget"]["median_ms"],
+        "tasks": rows,
+        "estimated_model_ms_by_trial": curve,
+        "machine": machine(),
     }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result))
+    plot(result, args.out.with_suffix(".png"))
+    print(args.out.with_suffix(".md").read_text())
 
 
-def write_outputs(result, out: Path):
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    kernel = result["kernel"]
-    small, large = (kernel["budgets"][b] for b in sorted(kernel["budgets"], key=int))
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def markdown(result: dict) -> str:
+    phases, timings, m = result["phases"], result["end_to_end"], result["machine"]
+    budget, long = phases["budget"], phases["long"]
+    ratio = result["budget_speed_vs_long"]
     lines = [
-        "# Tuning benchmark",
+        "# Tuning benchmark: ResNet-18 2x a2/w2 on the host",
         "",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; TVM {result['machine']['tvm']}; "
-        f"{result['machine']['date_utc']} UTC; load average at the end {' '.join(result['machine']['load_average_at_end'])} "
-        "(the machine was shared with other jobs: absolute times are noisy).",
+        f"Machine: {m['cpu']}, {m['cores']} cores; TVM {m['tvm']}; {m['date_utc']} UTC. Command: `{result['command']}` "
+        "(after `python benchmarks/tuning.py run ...`, see the script's docstring).",
         "",
-        f"Command: `{result['command']}`",
+        "## Budget against 4x the budget",
         "",
-        f"## Kernel: {kernel['task']} (ResNet-18 2x, a2/w2, 3x224x224)",
-        "",
-        "| schedule | trials measured | tuning time (s) | trials/min | median latency (ms) |",
+        "| search | trials | tuning time (min) | trials/min | end-to-end median (ms) |",
         "| --- | --- | --- | --- | --- |",
-        f"| template default (untuned) | 0 | 0 | - | {kernel['untuned_default_median_ms']:.4f} |",
-    ]
-    for budget in sorted(kernel["budgets"], key=int):
-        entry = kernel["budgets"][budget]
-        lines.append(f"| tuned, budget {budget} | {entry['measured_trials']} | {entry['tuning_seconds']:.0f} | "
-                     f"{entry['trials_per_minute']:.1f} | {entry['tuned_median_ms']:.4f} |")
-    lines += [
+        f"| untuned (template defaults) | 0 | 0 | - | {timings['untuned']['median_ms']:.2f} |",
+        f"| {budget['minutes']:g}-minute budget | {budget['measured']} | {budget['seconds'] / 60:.1f} | "
+        f"{result['trials_per_minute']['budget']:.1f} | {timings['budget']['median_ms']:.2f} |",
+        f"| same search to {long['factor']}x the trials | {long['trials']} | "
+        f"{(budget['seconds'] + long['seconds']) / 60:.1f} | {result['trials_per_minute']['long']:.1f} | "
+        f"{timings['long']['median_ms']:.2f} |",
         "",
-        f"Speed at budget {min(kernel['budgets'], key=int)} relative to {max(kernel['budgets'], key=int)} trials: "
-        f"{kernel['speed_at_budget_vs_factor_budget']:.2f} (target: at least 0.90). Latencies are medians over "
-        f"{result['repeat']} timed repeats; the curve (PNG) is the tuner's own best-so-far measurement per trial.",
+        f"Speed within the budget relative to {long['factor']}x the budget: **{ratio:.2f}** (target: at least 0.90: "
+        f"{'met' if ratio >= 0.9 else 'missed'}). Speedup over untuned: {timings['untuned']['median_ms'] / timings['budget']['median_ms']:.2f}x "
+        f"after the budget, {timings['untuned']['median_ms'] / timings['long']['median_ms']:.2f}x after {long['factor']}x. "
+        f"End-to-end times are medians of {len(timings['long']['ms'])} timed runs per build, the three builds "
+        "timed round-robin in one process. Load average after the budget phase: "
+        f"{' '.join(budget['load_average_after'])}; after the long phase: {' '.join(long['load_average_after'])}; "
+        f"at the end of the report: {' '.join(m['load_average_at_end'])}.",
+        "",
+        "## Per kernel (the tuner's own measurements)",
+        "",
+        "Each task's template default is the first candidate the tuner measures, so default and tuned "
+        "come from the same harness. Weight: how many times the model calls the kernel.",
+        "",
+        "| task | weight | default (ms) | trials (budget) | best in budget (ms) | trials (4x) | best at 4x (ms) | gain at 4x |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    if "end_to_end" in result:
-        e2e = result["end_to_end"]
-        lines += [
-            "",
-            "## ResNet-18 2x a2w2 end to end (batch 1, 3x224x224)",
-            "",
-            "| build | median latency (ms) |",
-            "| --- | --- |",
-            f"| untuned (template defaults) | {e2e['untuned']['median_ms']:.2f} |",
-            f"| tuned with {e2e['log']} | {e2e['tuned']['median_ms']:.2f} |",
-            "",
-            f"Speedup from tuning: {e2e['speedup']:.2f}x.",
-        ]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    for row in sorted(result["tasks"], key=lambda r: -(r["weight"] * (r["default_ms"] or 0))):
+        gain = "-" if not row["default_ms"] or not row["best_long_ms"] else f"{row['default_ms'] / row['best_long_ms']:.2f}x"
+        lines.append(f"| {row['task']} | {row['weight']} | {_ms(row['default_ms'])} | {row['trials_budget']} | "
+                     f"{_ms(row['best_budget_ms'])} | {row['trials_long']} | {_ms(row['best_long_ms'])} | {gain} |")
+    return "\n".join(lines) + "\n"
 
+
+def plot(result: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curve = kernel["curve_best_ms_by_trial"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(range(1, len(curve) + 1), [np.nan if c is None else c for c in curve], label="tuned, best so far")
-    ax.axhline(kernel["untuned_default_median_ms"], color="gray", linestyle="--", label="template default")
+    curve = result["estimated_model_ms_by_trial"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(range(1, len(curve) + 1), [np.nan if c is None else c for c in curve],
+            label="sum over kernels of weight x best so far")
+    default_total = sum(r["weight"] * r["default_ms"] for r in result["tasks"] if r["default_ms"] is not None)
+    ax.axhline(default_total, color="gray", linestyle="--", label="template defaults (same sum)")
+    ax.axvline(result["phases"]["budget"]["measured"], color="tab:red", linestyle=":",
+               label=f"end of the {result['phases']['budget']['minutes']:g}-minute budget")
     ax.set_xlabel("trials")
-    ax.set_ylabel("latency (ms)")
-    ax.set_title(f"{kernel['task']}: latency against trials")
-    ax.legend()
+    ax.set_ylabel("estimated model latency (ms)")
+    ax.set_title("ResNet-18 2x a2/w2: tuning progress (tuner's measurements)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
+    fig.savefig(path, dpi=120)
 
 
 def main():
-    import sys
-
-    from wrpn_tvm.targets import resolve
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernel", default="wrpn_conv2d_a2w2", help="task name of the kernel to tune")
-    parser.add_argument("--trials", type=int, default=16, help="the smaller budget B")
-    parser.add_argument("--factor", type=int, default=4, help="the larger budget is FACTOR x B")
-    parser.add_argument("--trials-per-batch", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=5, help="timed repeats per latency")
-    parser.add_argument("--resnet-log", type=Path, help="a tuning log dir for the end-to-end comparison")
-    parser.add_argument("--out", type=Path, default=RESULTS / "tuning")
+    sub = parser.add_subparsers(dest="step", required=True)
+    run = sub.add_parser("run", help="tune: the time-budget phase, then the FACTOR x trials phase (resumable)")
+    run.add_argument("--minutes", type=float, default=30.0)
+    run.add_argument("--factor", type=int, default=4)
+    run.add_argument("--trials-per-batch", type=int, default=8)
+    run.add_argument("--work", type=Path, required=True)
+    report = sub.add_parser("report", help="time untuned / budget / long builds and write the results")
+    report.add_argument("--work", type=Path, required=True)
+    report.add_argument("--repeat", type=int, default=15, help="timed repeats per build")
+    report.add_argument("--out", type=Path, default=RESULTS / "tuning")
     args = parser.parse_args()
-    spec = resolve("host")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        program = export_resnet(work)
-        result = {"command": "python benchmarks/tuning.py " + " ".join(sys.argv[1:]), "repeat": args.repeat,
-                  "kernel": bench_kernel(args, spec, program, work)}
-        if args.resnet_log is not None:
-            result["end_to_end"] = bench_end_to_end(args, spec, program)
-    result["machine"] = machine()
-    write_outputs(result, args.out)
-    print(args.out.with_suffix(".md").read_text())
+    if args.step == "run":
+        run_phases(args)
+    else:
+        write_report(args)
 
 
 if __name__ == "__main__":

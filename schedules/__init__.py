@@ -74,6 +74,22 @@ def apply_default_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     return scheduled
 
 
+def default_schedule(mod: tvm.IRModule, target: Target) -> "Schedule | None":
+    """The schedule an untuned compile gives mod's "main" (bit-serial template defaults, or the
+    generic CPU fallback for other functions), as a traced Schedule that a tuning database can
+    record; None where the compile would leave it to another pass (dlight on CUDA)."""
+    from . import fallback_cpu
+
+    target = target if isinstance(target, Target) else Target(target)
+    sch = Schedule(mod)
+    if has_wrpn_block(mod["main"]):
+        family(target).schedule_function(sch, target)
+        return sch
+    if "cpu" in target.keys and fallback_cpu.schedule_in_place(sch):
+        return sch
+    return None
+
+
 def _register_rules() -> None:
     for key, templates in _FAMILIES.items():
         for rule, template in (
@@ -86,4 +102,4 @@ def _register_rules() -> None:
 
 _register_rules()
 
-__all__ = ["SCHEDULED_ATTR", "apply_default_schedules", "family", "is_scheduled", "rule_name"]
+__all__ = ["SCHEDULED_ATTR", "apply_default_schedules", "default_schedule", "family", "is_scheduled", "rule_name"]

@@ -60,14 +60,21 @@ def _schedule_block(sch: s_tir.Schedule, info) -> None:
         sch.vectorize(inner)
 
 
+def schedule_in_place(sch: s_tir.Schedule) -> bool:
+    """Apply the generic rules to sch's "main"; False (sch untouched) when they do not apply."""
+    infos = normalize_prim_func(sch)
+    if infos is None:
+        return False
+    for info in infos:
+        _schedule_block(sch, info)
+    return True
+
+
 def schedule_function(func: tirx.PrimFunc) -> "tirx.PrimFunc | None":
     """The scheduled function, or None when the generic rules do not apply."""
     sch = s_tir.Schedule(func)
-    infos = normalize_prim_func(sch)
-    if infos is None:
+    if not schedule_in_place(sch):
         return None
-    for info in infos:
-        _schedule_block(sch, info)
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from wrpn_tvm.remote import daemons, emulator, tracker
+from wrpn_tvm.remote import daemons, emulator, rpc_server, tracker
 
 EMULATOR_KEY = "rasp4-test"
 
@@ -66,9 +66,7 @@ def emulated_pool(isolated_state):
 def native_rpc_server():
     """A native x86 TVM RPC server on loopback: a fast, killable stand-in for a board."""
     port = daemons.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
-                             "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(rpc_server.command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
     while not daemons.port_open("127.0.0.1", port):
         assert proc.poll() is None and time.monotonic() < deadline, "the RPC server did not start"

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from wrpn_tvm import build, frontend, runner
@@ -40,8 +40,6 @@ EXAMPLES = int(os.environ.get("WRPN_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
-# For tests marked xfail (a known bug): fail on the first bad example, without shrinking it.
-FUZZ_KNOWN_BUG = settings(FUZZ, phases=[Phase.explicit, Phase.generate])
 SPARSE_OVERSIZE = frontend.MAX_PROGRAM_BYTES + 1
 
 
@@ -420,10 +418,7 @@ def test_damaged_tuning_logs_load_or_refuse_and_stay_untouched(tmp_path, tuning_
     assert error is not None or len(database.get_all_tuning_records()) >= 1
 
 
-@pytest.mark.xfail(strict=True, reason="tuning/database.py read_log skips blank lines without counting them, so "
-                                       "open_database keeps them, and TVM's JSONDatabase then fails on the blank "
-                                       "workload line with an InternalError (not a WrpnError)")
-@FUZZ_KNOWN_BUG
+@FUZZ
 @example(edits=[(WORKLOAD_FILE, 1, "junk", ([0], [0] * 8), b"")])  # a blank line after the workload
 @given(edits=log_edits)
 def test_open_database_repairs_damaged_logs_for_metaschedule(tmp_path, tuning_log, edits):

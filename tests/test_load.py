@@ -18,7 +18,7 @@ import torch
 
 from wrpn_tvm import build, runner
 from wrpn_tvm.errors import WrpnError
-from wrpn_tvm.remote import daemons
+from wrpn_tvm.remote import daemons, rpc_server
 from wrpn_tvm.remote.session import DeviceSpec, tracker_summary
 
 pytestmark = pytest.mark.timeout(600)
@@ -61,8 +61,7 @@ def _wait(condition, what, seconds=90):
 
 
 def _server_argv(port, tracker=None):
-    argv = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)]
-    return argv + (["--tracker", tracker, "--key", KEY] if tracker else [])
+    return rpc_server.command(port, tracker=tracker, key=KEY if tracker else None)
 
 
 @pytest.fixture
@@ -158,8 +157,6 @@ def test_clients_on_a_bare_server_complete_or_fail_clearly(library, sample, tmp_
     np.testing.assert_allclose(runner.run(library, [x], DeviceSpec(rpc=address, timeout=60))[0], expected, rtol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="TVM's rpc_server reads a new connection's handshake with no timeout, one "
-                                       "connection at a time: one idle TCP client blocks the device for everyone")
 def test_an_idle_connection_does_not_block_the_device(library, sample, native_rpc_server):
     _, address = native_rpc_server
     x, _, expected = sample

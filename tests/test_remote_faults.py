@@ -23,7 +23,7 @@ import torch
 from wrpn_tvm import build, runner
 from wrpn_tvm.cli import main
 from wrpn_tvm.errors import WrpnError
-from wrpn_tvm.remote import daemons
+from wrpn_tvm.remote import daemons, rpc_server
 from wrpn_tvm.remote.session import DeviceSpec
 
 pytestmark = pytest.mark.timeout(300)
@@ -189,7 +189,7 @@ def drive_cuts(library: str, cuts: list) -> None:
     expected = runner.run(library, [x])[0]
     for mode, cut in cuts:
         port = daemons.free_port()
-        server = subprocess.Popen(rpc_server_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        server = subprocess.Popen(rpc_server.command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   start_new_session=True)
         try:
             _wait_for_port(port)
@@ -215,10 +215,6 @@ def _serves(library, x, expected, server, within_s: float) -> bool:
         except WrpnError:
             time.sleep(1)
     return False
-
-
-def rpc_server_command(port: int) -> list:
-    return [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)]
 
 
 def _wait_for_port(port: int, seconds: float = 60) -> None:
@@ -278,9 +274,6 @@ def test_connection_stalled_anywhere_in_a_run(library, native_rpc_server):
     check_cuts(library, native_rpc_server, {"stall": (0.005, 0.1, 0.3, 0.6, 0.9, 0.995)})
 
 
-@pytest.mark.xfail(strict=True, reason="TVM's rpc_server (tvm/rpc/server.py _serving) raises RuntimeError when a "
-                                       "session worker exits non-zero, which ends its listen loop: one client dropped "
-                                       "mid-upload takes the device down for everyone")
 def test_server_survives_a_client_dropped_mid_upload(library, native_rpc_server):
     _, address = native_rpc_server
     x = np.zeros((1, 1, 8, 8), "float32")

@@ -1,5 +1,6 @@
 """Tuning jobs end to end on a tiny model: tune, compile with the log, resume, remote devices."""
 
+import os
 import subprocess
 import sys
 import time
@@ -12,10 +13,10 @@ from tvm_ffi import structural_hash
 
 from wrpn_tvm import build
 from wrpn_tvm.cli import main
-from wrpn_tvm.remote import daemons
+from wrpn_tvm.remote import daemons, rpc_server
+from wrpn_tvm.remote.session import DeviceSpec
 from wrpn_tvm.targets import resolve
 from wrpn_tvm.tuning import load_database, tune_module
-from wrpn_tvm.tuning.runner import Device
 from wrpn_tvm.tuning.tasks import extract_tasks
 
 
@@ -122,8 +123,7 @@ def test_a_finished_job_measures_nothing_more(program, tuned, capsys):
 def _start_server(tracker_port, key, log):
     port = daemons.free_port()
     return subprocess.Popen(
-        [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port), "--port-end",
-         str(port + 1), "--tracker", f"127.0.0.1:{tracker_port}", "--key", key],
+        rpc_server.command(port, tracker=f"127.0.0.1:{tracker_port}", key=key),
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
 
@@ -171,7 +171,7 @@ def test_devices_share_the_measurements_and_a_dead_one_does_not_end_the_job(tmp_
     killer = subprocess.Popen([sys.executable, "-c", KILL_ON_FIRST_LOAD, str(logs[1]), str(servers[1].pid)])
     try:
         mod = build.prepare_module(_tiny_program(tmp_path), resolve("host"))[0]
-        device = Device(tracker=("127.0.0.1", int(tracker.split(":")[1])), key="tiny")
+        device = DeviceSpec(tracker=tracker, key="tiny")
         result = tune_module(mod, resolve("host"), 8, tmp_path / "log", device, seed=0, trials_per_batch=4)
         assert killer.wait(timeout=60) == 0
     finally:
@@ -225,3 +225,46 @@ def test_an_interrupted_job_keeps_its_records_and_resumes(tmp_path, signal_name)
     assert 4 <= kept < 12
     assert main(["tune", str(program), "--trials", "12", "--log-dir", str(log_dir), "--seed", "1"]) == 0
     assert len(load_database(log_dir, resolve("host")).get_all_tuning_records()) == 12
+
+
+def _log_records(log_dir) -> set:
+    """(workload, candidate) hash pairs of the complete records in a log dir."""
+    import warnings
+
+    from wrpn_tvm.tuning.database import read_log
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a killed job's cut last line is reported and skipped
+        log = read_log(log_dir)
+    return {(structural_hash(log.workloads[index].mod), structural_hash(record.as_measure_candidate().sch.mod))
+            for index, record in log.records}
+
+
+def test_kills_at_random_moments_lose_no_completed_record(tmp_path):
+    """`wrpn-tvm tune` killed (SIGKILL) at seeded random moments, three times, then run to the end."""
+    import random
+    import signal
+
+    from tvm.s_tir.meta_schedule.database import JSONDatabase
+
+    program, log_dir = _tiny_program(tmp_path), tmp_path / "log"
+    command = [sys.executable, "-m", "wrpn_tvm", "tune", str(program), "--trials", "16", "--trials-per-batch", "2",
+               "--log-dir", str(log_dir), "--seed", "0"]
+    kept: set = set()
+    for delay in (random.Random(0).uniform(5, 60) for _ in range(3)):
+        job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            job.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+        now = _log_records(log_dir) if log_dir.exists() else set()
+        assert kept <= now  # no record completed before a kill was lost by a later run
+        kept = now
+    assert subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600).returncode == 0
+    final = _log_records(log_dir)
+    # A job's last batch is not cut short at the budget, so a kill that split a batch can add one more.
+    assert kept <= final and 16 <= len(final) < 16 + 2
+    reloaded = JSONDatabase(work_dir=str(log_dir), module_equality="structural")  # MetaSchedule's own reader
+    hashes = _candidate_hashes(reloaded)
+    assert len(hashes) == len(set(hashes)) == len(final)  # every record once

@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     parser.add_argument("--key", help="device key at the tracker")
     parser.add_argument("--trials-per-batch", type=int, default=TRIALS_PER_BATCH,
                         help="candidates measured per search round, and the most an interrupt loses (default %(default)s)")
+    parser.add_argument("--max-minutes", type=float,
+                        help="stop after this much tuning time (after the batches in flight), as Ctrl-C does")
     parser.add_argument("--timeout", type=int, default=60, help="seconds allowed for one measurement session")
     parser.add_argument("--seed", type=int, help="random seed of the search")
     parser.set_defaults(func=run)
@@ -40,6 +42,7 @@ def run(args) -> int:
         timeout_sec=args.timeout,
         seed=args.seed,
         trials_per_batch=args.trials_per_batch,
+        max_minutes=args.max_minutes,
     )
     for task in result.tasks:
         best = "no valid trial" if task.best_ms is None else f"best {task.best_ms:.4f} ms"
@@ -48,4 +51,6 @@ def run(args) -> int:
         f"tuned {result.measured} new trials in {result.seconds:.0f} s into {result.log_dir} "
         f"({result.skipped_recorded} recorded candidates not re-measured)"
     )
-    return 0
+    if result.stopped:
+        print(f"stopped early ({result.stopped}); run the same command again to continue")
+    return 130 if result.stopped == "interrupted" else 0

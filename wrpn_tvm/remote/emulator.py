@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import WrpnError
-from . import daemons
+from . import daemons, rpc_server
 from .session import parse_address, tracker_summary
 
 BOARDS = ("rasp3b", "rasp4", "rasp5", "aarch64")
@@ -118,14 +118,13 @@ def start(port: int = 9090, board: str = "rasp4", tracker: str | None = None, ke
     host = daemons.check_bind_host(host, allow_public)
     if not is_prepared():
         raise WrpnError("the emulated device is not prepared: run scripts/setup.sh (or `python -m wrpn_tvm.remote.emulator prepare`)")
-    argv = [str(python_wrapper()), "-m", "tvm.exec.rpc_server", "--host", host, "--port", str(port),
-            "--port-end", str(port + 1)]
     ready = None
     if tracker:
         key = key or board
         tracker_host, tracker_port = parse_address(tracker)
-        argv += ["--tracker", f"{tracker_host}:{tracker_port}", "--key", key]
+        tracker = f"{tracker_host}:{tracker_port}"
         ready = lambda: daemons.port_open(host, port) and _registered(tracker_host, tracker_port, key, port)  # noqa: E731
+    argv = rpc_server.command(port, host, tracker, key, python=str(python_wrapper()))
     env = dict(os.environ, WRPN_QEMU_CPU=QEMU_CPU[board])
     info = {"board": board, "tracker": tracker, "key": key, "emulated": True}
     return daemons.start(service_name(port), argv, host, port, env=env, ready=ready, timeout=timeout, info=info)

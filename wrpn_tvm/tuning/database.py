@@ -41,6 +41,7 @@ class TuningLog:
     records: list = field(default_factory=list)  # (workload index, ms.database.TuningRecord)
     targets: dict = field(default_factory=dict)  # identity (frozen) -> description
     skipped_lines: int = 0
+    blank_lines: int = 0  # harmless to us, fatal to TVM's JSONDatabase: a reason to rewrite the files
 
     @property
     def is_empty(self) -> bool:
@@ -76,6 +77,9 @@ def read_log(log_dir: "str | os.PathLike") -> TuningLog:
     workload_path, record_path = log.log_dir / WORKLOAD_FILE, log.log_dir / RECORD_FILE
     kept_index: dict[int, int] = {}  # workload line index in the file -> index among kept lines
     for number, line in _lines(workload_path):
+        if not line:
+            log.blank_lines += 1
+            continue
         try:
             obj = json.loads(line)
             if not (isinstance(obj, list) and len(obj) == 2 and all(isinstance(x, str) for x in obj)):
@@ -90,6 +94,9 @@ def read_log(log_dir: "str | os.PathLike") -> TuningLog:
         log.workload_lines.append(line)
     target_cache: dict[str, tuple] = {}
     for number, line in _lines(record_path):
+        if not line:
+            log.blank_lines += 1
+            continue
         try:
             obj = json.loads(line)
             if not (isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], int) and isinstance(obj[1], list)):
@@ -113,16 +120,19 @@ def read_log(log_dir: "str | os.PathLike") -> TuningLog:
 
 
 def _lines(path: Path):
-    """(1-based line number, text) of the non-blank lines of a file; none when it does not exist."""
+    """(1-based line number, stripped text) of every line of a file, blank ones included (TVM
+    numbers workloads by line, blank or not); none when the file does not exist."""
     if not path.exists():
         return
     try:
         data = path.read_bytes()
     except OSError as err:
         raise WrpnError(f"{path}: cannot read the tuning log ({err.strerror})") from None
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        if raw.strip():
-            yield number, raw.decode("utf-8", errors="replace").strip()
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the newline that ends the last line does not start another
+    for number, raw in enumerate(lines, start=1):
+        yield number, raw.decode("utf-8", errors="replace").strip()
 
 
 def _first_line(err: Exception) -> str:
@@ -179,7 +189,7 @@ def open_database(log_dir: "str | os.PathLike", spec: TargetSpec):
     log_dir = Path(log_dir)
     log = read_log(log_dir)
     check_target(log, spec)
-    if log.skipped_lines:
+    if log.skipped_lines or log.blank_lines:
         _rewrite(log_dir / WORKLOAD_FILE, log.workload_lines)
         _rewrite(log_dir / RECORD_FILE, log.record_lines)
     try:

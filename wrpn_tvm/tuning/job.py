@@ -1,7 +1,8 @@
 """A tuning job: tune a model's tasks into a log dir, resuming whatever the dir already holds.
 
 `--trials N` is the job's total: trials already recorded for the model's tasks count toward it,
-so re-running an interrupted job finishes it, and a larger N tunes further. Every measured
+so re-running an interrupted job finishes it, and a larger N tunes further; `max_minutes` ends the
+job earlier, after the batches in flight, as Ctrl-C does (stop.py). Every measured
 candidate is appended to the log soon after its batch is measured (MetaSchedule's JSONDatabase
 writes line by line), so an interrupted job loses at most the batches in flight.
 """
@@ -19,8 +20,10 @@ from ..targets import TargetSpec, resolve
 from .database import open_database
 from .lock import exclusive
 from .progress import ProgressPrinter, TaskProgress, recorded_seconds
-from .runner import Device, check_device, device_from_options, make_builder, make_runner
+from ..remote.session import DeviceSpec
+from .runner import check_device, make_builder, make_runner
 from .search import SkipRecordedSearch, recorded_records
+from .stop import StopRequest, stop_on_interrupt
 from .tasks import extract_tasks
 
 TRIALS_PER_BATCH = 16  # candidates measured between database writes, and the most an interrupt loses
@@ -36,6 +39,7 @@ class TuneResult:
     skipped_recorded: int  # generated candidates not measured because the log held them
     seconds: float
     tasks: list[TaskProgress] = field(default_factory=list)
+    stopped: str | None = None  # why the job ended before its trials: "interrupted", "time budget spent"
 
 
 def tune(
@@ -46,19 +50,23 @@ def tune(
     rpc: str | None = None,
     tracker: str | None = None,
     key: str | None = None,
-    timeout_sec: int = 60,
+    timeout_sec: float = 60,
     seed: int | None = None,
     trials_per_batch: int = TRIALS_PER_BATCH,
+    max_minutes: float | None = None,
     stream=None,
 ) -> TuneResult:
     """Tune a `.pt2` program's tasks (bit-serial and FP32) for a target into log_dir."""
     from ..build import prepare_module
 
     spec = resolve(target)
-    device = device_from_options(rpc, tracker, key, timeout_sec)
+    if key and not tracker:
+        raise WrpnError("--key needs --tracker")
+    device = DeviceSpec(rpc=rpc, tracker=tracker, key=key, timeout=timeout_sec)
     check_device(spec, device)  # before the slow import of the model
     mod, _layers, _inputs = prepare_module(program, spec)
-    return tune_module(mod, spec, trials, log_dir, device, seed=seed, trials_per_batch=trials_per_batch, stream=stream)
+    return tune_module(mod, spec, trials, log_dir, device, seed=seed, trials_per_batch=trials_per_batch,
+                       max_minutes=max_minutes, stream=stream)
 
 
 def tune_module(
@@ -66,15 +74,16 @@ def tune_module(
     spec: TargetSpec,
     trials: int,
     log_dir: "str | os.PathLike",
-    device: Device | None = None,
+    device: DeviceSpec | None = None,
     *,
     seed: int | None = None,
     trials_per_batch: int = TRIALS_PER_BATCH,
+    max_minutes: float | None = None,
     stream=None,
 ) -> TuneResult:
     """Tune a Relax module's tasks; the library function under `tune`."""
     return tune_tasks(extract_tasks(mod, spec), spec, trials, log_dir, device, seed=seed,
-                      trials_per_batch=trials_per_batch, stream=stream)
+                      trials_per_batch=trials_per_batch, max_minutes=max_minutes, stream=stream)
 
 
 def tune_tasks(
@@ -82,10 +91,11 @@ def tune_tasks(
     spec: TargetSpec,
     trials: int,
     log_dir: "str | os.PathLike",
-    device: Device | None = None,
+    device: DeviceSpec | None = None,
     *,
     seed: int | None = None,
     trials_per_batch: int = TRIALS_PER_BATCH,
+    max_minutes: float | None = None,
     stream=None,
 ) -> TuneResult:
     """Tune MetaSchedule ExtractedTasks (from tasks.extract_tasks, or a chosen few of them)."""
@@ -96,7 +106,9 @@ def tune_tasks(
         raise WrpnError(f"--trials must be at least 1, got {trials}")
     if trials_per_batch < 1:
         raise WrpnError(f"--trials-per-batch must be at least 1, got {trials_per_batch}")
-    device = device if device is not None else Device()
+    if max_minutes is not None and max_minutes <= 0:
+        raise WrpnError(f"--max-minutes must be positive, got {max_minutes}")
+    device = device if device is not None else DeviceSpec()
     stream = stream if stream is not None else sys.stdout
     log_dir = Path(log_dir)
     try:
@@ -120,13 +132,14 @@ def tune_tasks(
         print(f"[tune] {len(tasks)} tasks for {spec.name} on {device.describe()}: {budget} trials "
               f"({already} already in {log_dir})", file=stream, flush=True)
         skip_counts = {"skipped": 0}  # shared by the tasks' search strategies
-        with task_loggers(log_dir, [task.task_name for task in tasks]) as loggers:
+        stop = StopRequest(None if max_minutes is None else max_minutes * 60)
+        with task_loggers(log_dir, [task.task_name for task in tasks]) as loggers, stop_on_interrupt(stop, stream):
             contexts = [
                 ms.TuneContext(
                     mod=task.dispatched[0],
                     target=spec.target,
                     space_generator="post-order-apply",
-                    search_strategy=SkipRecordedSearch(counts=skip_counts),
+                    search_strategy=SkipRecordedSearch(counts=skip_counts, stop=stop),
                     task_name=task.task_name,
                     logger=logger,
                     rand_state=rand_state,
@@ -152,6 +165,7 @@ def tune_tasks(
             )
         result.measured = sum(task.measured for task in progress)
         result.skipped_recorded = skip_counts["skipped"]
+        result.stopped = stop.reason
         result.seconds = time.monotonic() - started
         return result
 

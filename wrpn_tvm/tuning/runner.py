@@ -16,57 +16,13 @@ and link a candidate), so it timed out every build here. They are timed by:
 import functools
 import os
 import tempfile
-from dataclasses import dataclass
 
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import PyBuilder
 
 from ..errors import WrpnError
+from ..remote.session import DeviceSpec, parse_address
 from ..targets import TargetSpec
-
-
-@dataclass(frozen=True)
-class Device:
-    """Where to time candidates: None fields mean this host."""
-
-    rpc: tuple[str, int] | None = None
-    tracker: tuple[str, int] | None = None
-    key: str | None = None
-    timeout_sec: int = 60
-
-    @property
-    def is_local(self) -> bool:
-        return self.rpc is None and self.tracker is None
-
-    def describe(self) -> str:
-        if self.tracker is not None:
-            return f"devices under key {self.key!r} at tracker {self.tracker[0]}:{self.tracker[1]}"
-        if self.rpc is not None:
-            return f"RPC server {self.rpc[0]}:{self.rpc[1]}"
-        return "this host"
-
-
-def parse_address(text: str, option: str) -> tuple[str, int]:
-    host, sep, port = str(text).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise WrpnError(f"{option} expects HOST:PORT, got {text!r}")
-    return host, int(port)
-
-
-def device_from_options(rpc=None, tracker=None, key=None, timeout_sec=60) -> Device:
-    """Check the CLI's --rpc / --tracker / --key combination and turn it into a Device."""
-    if rpc and tracker:
-        raise WrpnError("use either --rpc or --tracker, not both")
-    if tracker and not key:
-        raise WrpnError("--tracker needs --key (the device key the RPC servers registered with)")
-    if key and not tracker:
-        raise WrpnError("--key needs --tracker")
-    return Device(
-        rpc=parse_address(rpc, "--rpc") if rpc else None,
-        tracker=parse_address(tracker, "--tracker") if tracker else None,
-        key=key,
-        timeout_sec=timeout_sec,
-    )
 
 
 @derived_object
@@ -100,18 +56,18 @@ def make_builder(spec: TargetSpec):
     return InProcessBuilder(spec.cross_compiler)
 
 
-def connect_direct(host: str, port: int, timeout_sec: int, _config):
+def connect_direct(host: str, port: int, timeout: float, _config):
     """f_create_session for one RPC server without a tracker."""
     from tvm import rpc
 
-    return rpc.connect(host, port, session_timeout=timeout_sec)
+    return rpc.connect(host, port, session_timeout=timeout)
 
 
-def tracker_device_count(device: Device) -> int:
+def tracker_device_count(device: DeviceSpec) -> int:
     """How many servers are registered under the key (free or busy); WrpnError when none is."""
     from tvm import rpc
 
-    host, port = device.tracker
+    host, port = parse_address(device.tracker)
     try:
         summary = rpc.connect_tracker(host, port).summary()
     except Exception as err:  # socket errors and TVM's RPC errors
@@ -122,7 +78,7 @@ def tracker_device_count(device: Device) -> int:
     return count
 
 
-def check_device(spec: TargetSpec, device: Device) -> None:
+def check_device(spec: TargetSpec, device: DeviceSpec) -> None:
     """Refuse to time code for a board on this host."""
     if device.is_local and spec.is_remote_arch:
         raise WrpnError(
@@ -131,21 +87,18 @@ def check_device(spec: TargetSpec, device: Device) -> None:
         )
 
 
-def make_runner(spec: TargetSpec, device: Device):
+def make_runner(spec: TargetSpec, device: DeviceSpec):
     from tvm.s_tir.meta_schedule.runner import LocalRunner, RPCConfig, RPCRunner
 
     check_device(spec, device)
+    timeout = int(round(device.timeout))
     if device.is_local:
-        return LocalRunner(timeout_sec=device.timeout_sec)
-    if device.tracker is not None:
-        config = RPCConfig(
-            tracker_host=device.tracker[0],
-            tracker_port=device.tracker[1],
-            tracker_key=device.key,
-            session_timeout_sec=device.timeout_sec,
-        )
+        return LocalRunner(timeout_sec=timeout)
+    if device.tracker:
+        host, port = parse_address(device.tracker)
+        config = RPCConfig(tracker_host=host, tracker_port=port, tracker_key=device.key, session_timeout_sec=timeout)
         return RPCRunner(config, max_workers=tracker_device_count(device))
-    host, port = device.rpc
+    host, port = parse_address(device.rpc)
     # RPCRunner insists on tracker fields; with our own f_create_session they are only labels.
-    config = RPCConfig(tracker_host=host, tracker_port=port, tracker_key="direct", session_timeout_sec=device.timeout_sec)
-    return RPCRunner(config, f_create_session=functools.partial(connect_direct, host, port, device.timeout_sec), max_workers=1)
+    config = RPCConfig(tracker_host=host, tracker_port=port, tracker_key="direct", session_timeout_sec=timeout)
+    return RPCRunner(config, f_create_session=functools.partial(connect_direct, host, port, device.timeout), max_workers=1)

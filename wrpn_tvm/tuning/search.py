@@ -5,11 +5,17 @@ source says "TODO: add records from the database to avoid re-measuring"), so a r
 spend trials on schedules it already timed. This wrapper replays the task's recorded traces once,
 drops any generated candidate whose scheduled module matches one of them, and warms the cost
 model with the recorded latencies so a resumed search continues from what it knew.
+
+Each task's first batch also carries the schedule an untuned compile would run (the template
+default), so a task's best record is never one that is slower than not tuning at all, and the
+log itself says how much tuning gained.
 """
 
 from tvm_ffi import structural_hash
 from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 from tvm.s_tir.meta_schedule.runner import RunnerResult
+from tvm.s_tir.meta_schedule.search_strategy import MeasureCandidate
 from tvm.s_tir.meta_schedule.search_strategy import EvolutionarySearch, PySearchStrategy
 
 # Rounds in a row in which every generated candidate was already recorded before the task is
@@ -28,12 +34,14 @@ def recorded_records(database, mod) -> list:
 class SkipRecordedSearch(PySearchStrategy):
     """EvolutionarySearch that never sends a recorded candidate to the builder and runner."""
 
-    def __init__(self, inner=None, counts=None):
+    def __init__(self, inner=None, counts=None, stop=None):
         self.inner = inner if inner is not None else EvolutionarySearch()
+        self.stop = stop  # a StopRequest: when set, the task ends at its next turn
         # Shared with clones (TuneContext clones its strategy), so the job can report the total.
         self.counts = counts if counts is not None else {"skipped": 0}
         self.context = None
         self.recorded: set[int] = set()
+        self.default = None  # the untuned default, until it is sent for measurement
 
     def _initialize_with_tune_context(self, context) -> None:
         self.context = context
@@ -51,16 +59,27 @@ class SkipRecordedSearch(PySearchStrategy):
                 results.append(RunnerResult(run_secs, None))
         if candidates and cost_model is not None:
             cost_model.update(self.context, candidates, results)
+        self.default = default_candidate(self.context.mod, self.context.target)
+        if self.default is not None and structural_hash(self.default.sch.mod) in self.recorded:
+            self.default = None
 
     def post_tuning(self) -> None:
         self.inner.post_tuning()
 
     def generate_measure_candidates(self):
+        if self.stop is not None and self.stop.requested():
+            return None
         for _ in range(MAX_ALL_RECORDED_ROUNDS):
             batch = self.inner.generate_measure_candidates()
             if batch is None:
                 return None
             fresh = []
+            if self.default is not None:
+                # It takes the place of the batch's last candidate, so a batch keeps its size.
+                fresh.append(self.default)
+                self.recorded.add(structural_hash(self.default.sch.mod))
+                self.default = None
+                batch = list(batch)[:-1]
             for candidate in batch:
                 key = structural_hash(candidate.sch.mod)
                 if key in self.recorded:
@@ -76,4 +95,17 @@ class SkipRecordedSearch(PySearchStrategy):
         self.inner.notify_runner_results(measure_candidates, results)
 
     def clone(self):
-        return SkipRecordedSearch(self.inner.clone(), self.counts)
+        return SkipRecordedSearch(self.inner.clone(), self.counts, self.stop)
+
+
+def default_candidate(mod, target):
+    """The template default of a task as a MeasureCandidate; None where there is none to offer."""
+    import schedules
+
+    try:
+        sch = schedules.default_schedule(mod, target)
+    except (RuntimeError, ValueError):  # the default does not fit this function's structure
+        return None
+    if sch is None:
+        return None
+    return MeasureCandidate(sch, ArgInfo.from_entry_func(sch.mod, remove_preproc=True))
