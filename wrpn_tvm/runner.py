@@ -20,11 +20,12 @@ import numpy as np
 from . import __version__
 from .build import read_sidecar
 from .errors import WrpnError
-from .remote.session import DeviceSpec, DeviceTimeout, connect, with_deadline
+from .remote.session import DeviceSpec, DeviceTimeout, bound_waits, connect, with_deadline
 
 
 # Remote handles of sessions whose device stopped answering (see `load`).
 _ABANDONED: list = []
+RELEASE_WAIT_S = 5.0  # per remote call while freeing a session's handles
 
 
 @dataclass
@@ -71,10 +72,19 @@ def load(library: "str | os.PathLike", device: DeviceSpec = DeviceSpec()):
     finally:
         # An RPC server serves one session at a time: drop every remote handle now so the
         # connection closes here, not whenever the garbage collector gets to it.
-        if model is not None:
-            model.vm = model.device = model.session = None
-        del session
-        gc.collect()
+        held, model, session = [model, session], None, None  # the only references left: in `held`
+        _release(held, device)
+
+
+def _release(held: list, device: DeviceSpec) -> None:
+    """Free the remote handles in held ([model, session]), within a bounded wait per remote call
+    even when the device stopped answering after the outputs arrived (session.bound_waits)."""
+    if held[1] is not None:
+        bound_waits(held[1], min(device.timeout, RELEASE_WAIT_S))
+    if held[0] is not None:
+        held[0].vm = held[0].device = held[0].session = None
+    held.clear()
+    gc.collect()
 
 
 def _check_inputs(meta: dict, inputs: list) -> list:

@@ -4,6 +4,9 @@ Every remote step has a deadline: a device that hangs or dies gives a one-line W
 hung process (a call stuck inside the RPC library is abandoned on a daemon thread).
 """
 
+import os
+import socket
+import struct
 import threading
 from dataclasses import dataclass
 
@@ -80,6 +83,43 @@ def with_deadline(fn, seconds: float, what: str):
     return outcome.get("value")
 
 
+_CONNECT_LOCK = threading.Lock()  # one connect at a time, so the sockets it opens are its own
+
+
+def _tcp_sockets() -> set:
+    import psutil
+
+    process = psutil.Process()
+    connections = process.net_connections(kind="tcp") if hasattr(process, "net_connections") else process.connections("tcp")
+    return {c.fd for c in connections if c.fd >= 0}
+
+
+def _open_session(open_fn):
+    """open_fn() (an RPC session), remembering the TCP sockets it opened (see bound_waits)."""
+    with _CONNECT_LOCK:
+        before = _tcp_sockets()
+        session = open_fn()
+        session.wrpn_sockets = sorted(_tcp_sockets() - before)
+    return session
+
+
+def bound_waits(session, seconds: float) -> None:
+    """From now on, a read or write on the session's sockets gives up after `seconds`.
+
+    Freeing a remote handle is a remote call made from a destructor, which holds Python's GIL
+    while it waits: no Python-level deadline can interrupt it, so a device that stops answering
+    then would hang the process. A kernel-level socket timeout (SO_RCVTIMEO/SO_SNDTIMEO) does:
+    the wait fails, TVM drops the handle, and the process goes on."""
+    timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+    for fd in getattr(session, "wrpn_sockets", ()):
+        try:
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        except OSError:  # already closed
+            pass
+
+
 def tracker_summary(host: str, port: int, timeout: float = 10.0) -> dict:
     from tvm import rpc
 
@@ -98,11 +138,12 @@ def connect(device: DeviceSpec):
         host, port = parse_address(device.rpc)
         if not daemons.port_open(host, port, timeout=3.0):
             raise WrpnError(f"cannot reach the RPC server at {host}:{port} (is the device running?)")
-        return with_deadline(lambda: rpc.connect(host, port, session_timeout=device.timeout),
+        return with_deadline(lambda: _open_session(lambda: rpc.connect(host, port, session_timeout=device.timeout)),
                              min(device.timeout, 60.0), f"connecting to {device.rpc}")
     host, port = parse_address(device.tracker)
     if not daemons.port_open(host, port, timeout=3.0):
         raise WrpnError(f"cannot reach the RPC tracker at {host}:{port}")
     # A busy key queues at the tracker: wait as long as the whole call may take.
-    return with_deadline(lambda: rpc.connect_tracker(host, port).request(device.key, session_timeout=device.timeout),
-                         device.timeout, f"requesting a '{device.key}' device from {device.tracker}")
+    return with_deadline(
+        lambda: _open_session(lambda: rpc.connect_tracker(host, port).request(device.key, session_timeout=device.timeout)),
+        device.timeout, f"requesting a '{device.key}' device from {device.tracker}")
