@@ -116,23 +116,27 @@ def default_executable(kernel, target):
 
 
 def tune(funcs: dict, target, trials: int, work_dir: str) -> dict:
-    """Tune every function with `trials` trials each (one MetaSchedule run); name -> executable."""
+    """Tune every function with `trials` trials each (one wrpn-tvm tuning job); name -> executable.
+
+    Through wrpn_tvm.tuning, as `wrpn-tvm tune` does: candidates are built in-process (MetaSchedule's
+    LocalBuilder workers each re-import TVM's tensor intrinsics and time out on 2 cores), and each
+    kernel's template default is among its measured candidates."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    import schedules  # noqa: F401  (registers the custom rules MetaSchedule applies)
+    from wrpn_tvm.targets import resolve
+    from wrpn_tvm.tuning import load_database
+    from wrpn_tvm.tuning.job import tune_tasks
 
-    mod = tvm.IRModule({name: kernel[0].with_attr("global_symbol", name) for name, kernel in funcs.items()})
-    database = ms.tune_tir(
-        mod, target, work_dir, max_trials_global=trials * len(funcs), max_trials_per_task=trials,
-        num_trials_per_iter=min(trials, 16), builder=ms.builder.LocalBuilder(timeout_sec=300),
-        runner=ms.runner.LocalRunner(timeout_sec=120),
-    )
+    spec = resolve("host")
+    modules = {name: tvm.IRModule({"main": kernel[0]}) for name, kernel in funcs.items()}
+    tasks = [ms.ExtractedTask(name, mod, target, [mod], 1) for name, mod in modules.items()]
+    tune_tasks(tasks, spec, trials * len(tasks), work_dir, seed=0, trials_per_batch=min(trials, 8))
+    database = load_database(work_dir, spec)
     executables = {}
-    for name, (func, _) in funcs.items():
-        # Query with the function exactly as tuned (with its symbol): the database matches structurally.
-        sch = ms.tir_integration.compile_tir(database, func.with_attr("global_symbol", name), target)
-        executables[name] = None if sch is None else tvm.compile(sch.mod, target=target)
+    for name, mod in modules.items():
+        tuned = database.query_ir_module(mod, target, "main")
+        executables[name] = None if tuned is None else tvm.compile(tuned, target=target)
     return executables
 
 

@@ -113,6 +113,28 @@ def test_resume_adds_records_and_never_remeasures(tuned, capsys):
     assert len(set(hashes)) == len(hashes)
 
 
+def test_every_task_measures_its_template_default_first(tuned):
+    """So a tuned build can never pick a schedule slower than the untuned compile's (as measured)."""
+    from wrpn_tvm.tuning.search import default_candidate
+
+    log_dir, _first = tuned
+    spec = resolve("host")
+    records = load_database(log_dir, spec).get_all_tuning_records()
+    firsts = {}
+    for record in records:
+        firsts.setdefault(structural_hash(record.workload.mod), record)
+    assert firsts
+    for record in firsts.values():
+        default = default_candidate(record.workload.mod, spec.target)
+        assert default is not None
+        assert structural_hash(record.as_measure_candidate().sch.mod) == structural_hash(default.sch.mod)
+
+
+def test_a_spent_time_budget_stops_the_job_cleanly(program, tmp_path, capsys):
+    assert main(["tune", str(program), "--trials", "64", "--max-minutes", "0.0001", "--log-dir", str(tmp_path)]) == 0
+    assert "stopped early (time budget spent)" in capsys.readouterr().out
+
+
 def test_a_finished_job_measures_nothing_more(program, tuned, capsys):
     log_dir, _first = tuned
     assert main(["tune", str(program), "--trials", "8", "--log-dir", str(log_dir)]) == 0
