@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from wrpn_tvm.errors import WrpnError
@@ -41,3 +43,16 @@ def test_bad_targets_are_one_line_errors(bad):
     with pytest.raises(WrpnError) as err:
         resolve(bad)
     assert "\n" not in str(err.value)
+
+
+def test_tvm_runs_on_every_physical_core_by_default():
+    """TVM alone halves the logical CPU count on x86 (assumed hyper-threading); importing wrpn_tvm first fixes that."""
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "TVM_NUM_THREADS"}
+    probe = ("import psutil, wrpn_tvm, tvm; "
+             "print(tvm.get_global_func('runtime.NumThreads')(), psutil.cpu_count(logical=False))")
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    threads, cores = done.stdout.split()[-2:]
+    assert int(threads) == int(cores)
