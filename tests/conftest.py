@@ -14,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
+import torch
 
+from wrpn_tvm import build
 from wrpn_tvm.remote import daemons, emulator, rpc_server, tracker
 
 EMULATOR_KEY = "rasp4-test"
@@ -60,6 +62,15 @@ def emulated_pool(isolated_state):
     for port in ports:
         emulator.stop(port)
     tracker.stop(tracker_port)
+
+
+@pytest.fixture(scope="session")
+def library(tmp_path_factory):
+    """A one-conv model compiled for this host: what the remote-fault and load tests send to devices."""
+    folder = tmp_path_factory.mktemp("conv-library")
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).eval()
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 1, 8, 8),)), str(folder / "tiny.pt2"))
+    return build.compile_model(folder / "tiny.pt2", "host", folder / "tiny.so").library
 
 
 @pytest.fixture

@@ -14,9 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 
-from wrpn_tvm import build, runner
+from wrpn_tvm import runner
 from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.remote import daemons, rpc_server
 from wrpn_tvm.remote.session import DeviceSpec, tracker_summary
@@ -25,14 +24,6 @@ pytestmark = pytest.mark.timeout(600)
 KEY = "native-load"
 THREADS = int(os.environ.get("WRPN_LOAD_THREADS", "3"))
 PROCESSES = int(os.environ.get("WRPN_LOAD_PROCESSES", "2"))  # each runs one `run` and one `bench`
-
-
-@pytest.fixture(scope="module")
-def library(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("load")
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).eval()
-    torch.export.save(torch.export.export(model, (torch.zeros(1, 1, 8, 8),)), str(folder / "tiny.pt2"))
-    return build.compile_model(folder / "tiny.pt2", "host", folder / "tiny.so").library
 
 
 @pytest.fixture(scope="module")

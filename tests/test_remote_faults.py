@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from wrpn_tvm import build, runner
+from wrpn_tvm import runner
 from wrpn_tvm.cli import main
 from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.remote import daemons, rpc_server
@@ -28,14 +27,6 @@ from wrpn_tvm.remote.session import DeviceSpec
 
 pytestmark = pytest.mark.timeout(300)
 FAULT_TIMEOUT_S = 4.0  # the --timeout given to every faulty call
-
-
-@pytest.fixture(scope="module")
-def library(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("remote-faults")
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).eval()
-    torch.export.save(torch.export.export(model, (torch.zeros(1, 1, 8, 8),)), str(folder / "tiny.pt2"))
-    return build.compile_model(folder / "tiny.pt2", "host", folder / "tiny.so").library
 
 
 class FakeDevice:
