@@ -69,9 +69,13 @@ def test_unreachable_rpc(capsys, tiny_library, tmp_path):
                          "cannot reach the RPC tracker")
 
 
-def test_bad_device_arguments(capsys, tiny_library):
+def test_bad_device_arguments(capsys, tiny_program, tiny_library, tmp_path):
     _fails_with_one_line(capsys, ["bench", str(tiny_library), "--tracker", "127.0.0.1:9190"], "--tracker needs --key")
     _fails_with_one_line(capsys, ["bench", str(tiny_library), "--rpc", "nowhere"], "bad address")
+    _fails_with_one_line(capsys, ["bench", str(tiny_library), "--key", "pi"], "--key needs --tracker")
+    _fails_with_one_line(capsys, ["tune", str(tiny_program), "--log-dir", str(tmp_path / "log"), "--key", "pi"],
+                         "--key needs --tracker")
+    assert not (tmp_path / "log").exists()
 
 
 def test_run_with_wrong_input_shape(capsys, tiny_library, tmp_path):

@@ -37,6 +37,8 @@ class DeviceSpec:
             raise WrpnError("give either --rpc or --tracker, not both")
         if self.tracker and not self.key:
             raise WrpnError("--tracker needs --key (the device key the boards registered under)")
+        if self.key and not self.tracker:
+            raise WrpnError("--key needs --tracker")
         if self.timeout <= 0:
             raise WrpnError("--timeout must be positive")
         for address in (self.rpc, self.tracker):

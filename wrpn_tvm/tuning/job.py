@@ -60,8 +60,6 @@ def tune(
     from ..build import prepare_module
 
     spec = resolve(target)
-    if key and not tracker:
-        raise WrpnError("--key needs --tracker")
     device = DeviceSpec(rpc=rpc, tracker=tracker, key=key, timeout=timeout_sec)
     check_device(spec, device)  # before the slow import of the model
     mod, _layers, _inputs = prepare_module(program, spec)
