@@ -21,7 +21,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import PyBuilder
 
 from ..errors import WrpnError
-from ..remote.session import DeviceSpec, parse_address
+from ..remote.session import DeviceSpec, parse_address, tracker_summary
 from ..targets import TargetSpec
 
 
@@ -65,13 +65,8 @@ def connect_direct(host: str, port: int, timeout: float, _config):
 
 def tracker_device_count(device: DeviceSpec) -> int:
     """How many servers are registered under the key (free or busy); WrpnError when none is."""
-    from tvm import rpc
-
     host, port = parse_address(device.tracker)
-    try:
-        summary = rpc.connect_tracker(host, port).summary()
-    except Exception as err:  # socket errors and TVM's RPC errors
-        raise WrpnError(f"cannot reach the RPC tracker at {host}:{port}: {str(err).strip().splitlines()[-1]}") from None
+    summary = tracker_summary(host, port)
     count = sum(1 for server in summary.get("server_info", []) if str(server.get("key", "")).split(":")[-1] == device.key)
     if count == 0:
         raise WrpnError(f"no device is registered under key {device.key!r} at the tracker {host}:{port}")
