@@ -5,7 +5,13 @@ setup(
     version="0.1.0",
     description="Train WRPN (wide reduced-precision) networks and compile them to tuned bit-serial kernels with Apache TVM",
     python_requires=">=3.10",
-    packages=find_packages(include=["wrpn_tvm", "wrpn_tvm.*", "schedules", "schedules.*"]),
+    # The shipped tuning logs and committed benchmark results travel inside the package
+    # (wrpn_tvm/resources.py finds them there, or in a checkout).
+    packages=find_packages(include=["wrpn_tvm", "wrpn_tvm.*", "schedules", "schedules.*"])
+    + ["wrpn_tvm.tuning_logs", "wrpn_tvm.benchmark_results"],
+    package_dir={"wrpn_tvm.tuning_logs": "tuning_logs", "wrpn_tvm.benchmark_results": "benchmarks/results"},
+    package_data={"wrpn_tvm.tuning_logs": ["README.md", "*/README.md", "*/database_*.json"],
+                  "wrpn_tvm.benchmark_results": ["*.md", "*.json", "*.png"]},
     install_requires=[
         # 0.1.15.x segfaults in tvm.ir.save_json (and so in every MetaSchedule database write).
         "apache-tvm==0.27.0.post1",

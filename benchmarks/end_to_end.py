@@ -30,7 +30,7 @@ IMAGE = 224
 WRPN_VARIANTS = [(2.0, 2, 2), (2.0, 4, 2), (2.0, 4, 4), (1.0, 1, 1)]  # (width, abits, wbits)
 TARGET_VARIANT = "wrpn 2x a2/w2"
 TUNED_VARIANT = "wrpn 2x a2/w2 tuned"  # compiled with the shipped tuning log, as `compile --tuning-log` does
-TUNED_LOG = Path(__file__).resolve().parent.parent / "tuning_logs" / "resnet18-2x-a2w2-host"
+TUNED_LOG = Path(__file__).resolve().parent.parent / "tuning_logs" / "resnet18-2x-a2w2-x86-avx512"
 BASELINE = "pytorch fp32 1x"
 TIME_BUDGET_S = 60  # per model: unscheduled FP32 TVM runs take seconds each
 MIN_REPEAT = 3
@@ -165,7 +165,6 @@ def _merge(rounds: list[dict]) -> dict:
 
 
 def run(repeat: int, rounds: int, out: Path) -> dict:
-    import tvm
     import torch
 
     from wrpn_tvm.runner import machine_info
@@ -199,8 +198,7 @@ def run(repeat: int, rounds: int, out: Path) -> dict:
     report = {
         "benchmark": "end_to_end",
         "model": "resnet18", "image": IMAGE, "batch": 1, "threads": THREADS, "repeat": repeat, "rounds": rounds,
-        "machine": {**machine_info(), "platform": platform.platform(), "torch": torch.__version__,
-                    "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu()},
+        "machine": {**machine_info(), "platform": platform.platform(), "torch": torch.__version__},
         "load_average_1_5_15min": {"start": load_before, "end": os.getloadavg()},
         "note": "untuned compile: bit-serial templates at their default decisions, other TIR under the build's generic "
                 f"parallel fallback schedule; '{TUNED_VARIANT}': compiled with {TUNED_LOG.relative_to(TUNED_LOG.parent.parent)}",

@@ -152,15 +152,20 @@ def compile_model(
     target: "str | TargetSpec" = "host",
     output: "str | os.PathLike" = "model.so",
     tuning_log: "str | os.PathLike | None" = None,
+    strict_target: bool = False,
 ) -> CompileResult:
-    """Compile a torch.export program (`.pt2`) into `output` (a shared library) plus `output.json`."""
-    spec = resolve(target)
-    mod, layers, inputs = prepare_module(program_path, spec)
-    database = None
-    if tuning_log is not None:
-        from .tuning import load_database
+    """Compile a torch.export program (`.pt2`) into `output` (a shared library) plus `output.json`.
 
-        database = load_database(tuning_log, spec)
+    `tuning_log` is a log dir or the name of a shipped one; it applies when the target's CPU has
+    every feature of the CPU it was tuned for (only an exact match with `strict_target`)."""
+    spec = resolve(target)
+    database = None
+    if tuning_log is not None:  # checked before the slow import, so a wrong log fails fast
+        from .tuning import load_database
+        from .tuning.shipped import resolve_log
+
+        database = load_database(resolve_log(tuning_log), spec, strict_target)
+    mod, layers, inputs = prepare_module(program_path, spec)
     executable = build_module(mod, spec, database)
     library = export_library(executable, spec, output)
     sidecar = write_sidecar(library, spec, inputs, layers)

@@ -6,6 +6,7 @@ ARM boards). Anything that is not a preset name is parsed as a raw TVM target JS
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -41,9 +42,18 @@ def _arm(mcpu: str, mattr: list[str]) -> dict:
     return {"kind": "llvm", "mtriple": AARCH64_TRIPLE, "mcpu": mcpu, "mattr": mattr, "num-cores": 4}
 
 
-def _x86(mcpu: str) -> dict:
+def _x86(mcpu: str, mattr: "list[str] | None" = None) -> dict:
     # MetaSchedule's CPU rules need num-cores; x86 presets are compiled and tuned on this host.
-    return {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": os.cpu_count() or 1}
+    config = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": os.cpu_count() or 1}
+    if mattr:
+        config["mattr"] = mattr
+    return config
+
+
+# The ISA-level presets name an instruction set, not a CPU, so that code and tuning logs made for
+# them run on every CPU that has it (Intel Ice Lake and later servers, AMD Zen 4 and 5; any AVX2
+# CPU). x86-64-v4 alone would prefer 256-bit vectors and split our 512-bit popcount loops.
+AVX512_MATTR = ["+avx512vpopcntdq", "+avx512vnni", "+avx512bitalg", "-prefer-256-bit"]
 
 
 @lru_cache(maxsize=1)
@@ -55,8 +65,8 @@ def host_cpu() -> str:
 def _presets() -> dict[str, tuple[dict, str | None]]:
     return {
         "host": (_x86(host_cpu()), None),
-        "x86-avx2": (_x86("haswell"), None),
-        "x86-avx512": (_x86("icelake-server"), None),
+        "x86-avx2": (_x86("x86-64-v3"), None),
+        "x86-avx512": (_x86("x86-64-v4", AVX512_MATTR), None),
         "rasp3b": (_arm("cortex-a53", ["+neon"]), AARCH64_CC),
         "rasp4": (_arm("cortex-a72", ["+neon"]), AARCH64_CC),
         "rasp5": (_arm("cortex-a76", ["+neon", "+dotprod"]), AARCH64_CC),
@@ -109,3 +119,38 @@ def _spec_from_dict(name: str, config: dict) -> TargetSpec:
     triple = str(target.attrs.get("mtriple", "")) if target.kind.name == "llvm" else ""
     cross = AARCH64_CC if triple.startswith("aarch64") else None
     return TargetSpec(name, target, cross)
+
+
+# LLVM lists tuning flags (scheduling preferences, fusion hints, a core's own family name) beside
+# its instruction-set features; they change how fast code is, never whether it runs.
+_TUNING_FEATURE = re.compile(
+    r"^(tuning-|fast-|slow-|false-deps-|no-bypass-delay|prefer-|fuse-|use-|avoid-|balance-|predictable-|"
+    r"addr-lsl-|lea-|idiv[lq]-to-div|pad-short-|sbb-dep-|harden-)"
+    r"|^(macrofusion|branchfusion|allow-light-256-bit|vzeroupper|ermsb|enable-select-opt|"
+    r"ete|trbe|perfmon|el2vmsa|el3|a\d\d)$"
+)
+
+
+def isa_features(target: Target) -> frozenset:
+    """The instruction-set features LLVM enables for an llvm target's triple, CPU and attributes."""
+    return frozenset(f for f in tvm.target.codegen.llvm_get_cpu_features(target) if not _TUNING_FEATURE.match(f))
+
+
+def cpu_label(target: Target) -> str:
+    """A target's CPU for messages: its mcpu, and its attributes where it names any."""
+    mattr = [str(a) for a in target.attrs.get("mattr", [])] if target.kind.name == "llvm" else []
+    name = str(target.attrs.get("mcpu", "generic")) if target.kind.name == "llvm" else str(target.attrs.get("arch", ""))
+    return name + (f" ({','.join(mattr)})" if mattr else "")
+
+
+def missing_features(built_for: Target, runs_on: Target) -> "frozenset | None":
+    """The instruction-set features that code built for `built_for` may use and `runs_on` lacks;
+    None when the two cannot share code at all (another target kind, triple or CUDA arch)."""
+    if built_for.kind.name != runs_on.kind.name:
+        return None
+    if built_for.kind.name != "llvm":
+        same = str(built_for.attrs.get("arch", "")) == str(runs_on.attrs.get("arch", ""))
+        return frozenset() if same else None
+    if str(built_for.attrs.get("mtriple", "")) != str(runs_on.attrs.get("mtriple", "")):
+        return None
+    return isa_features(built_for) - isa_features(runs_on)

@@ -11,13 +11,17 @@ def register(subparsers) -> None:
     parser.add_argument("model", help="a program saved with torch.export.save (.pt2)")
     add_target_argument(parser)
     parser.add_argument("-o", "--output", required=True, help="the shared library to write (e.g. model.so)")
-    parser.add_argument("--tuning-log", metavar="DIR", help="a MetaSchedule database folder written by `wrpn-tvm tune`")
+    parser.add_argument("--tuning-log", metavar="DIR",
+                        help="a MetaSchedule database folder written by `wrpn-tvm tune`, or the name of a shipped one "
+                             "(e.g. resnet18-2x-a2w2-x86-avx512); it applies to any CPU with every feature of the CPU it was tuned for")
+    parser.add_argument("--strict-target", action="store_true",
+                        help="apply the tuning log only if it was tuned for exactly this target")
     parser.add_argument("--explain", action="store_true", help="list each layer, what it became, and why")
     parser.set_defaults(func=_compile)
 
 
 def _compile(args) -> int:
-    result = compile_model(args.model, args.target, args.output, tuning_log=args.tuning_log)
+    result = compile_model(args.model, args.target, args.output, tuning_log=args.tuning_log, strict_target=args.strict_target)
     if args.explain:
         for layer in result.layers:
             print(layer)

@@ -7,17 +7,20 @@ last line, so every line is parsed here first: a bad line is reported (file and 
 skipped, and records are renumbered when a workload line before them was dropped.
 
 MetaSchedule itself never checks a record's target when it applies a database, so a log tuned
-for one CPU would silently be applied to another; `check_target` refuses that.
+for one CPU would silently be applied to any other; `check_target` applies a log only to targets
+whose CPU has every instruction-set feature of the CPU it was tuned for (the code it replays may
+use any of them), and refuses the rest.
 """
 
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import WrpnError
-from ..targets import TargetSpec
+from ..targets import TargetSpec, cpu_label, missing_features
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -39,7 +42,7 @@ class TuningLog:
     record_lines: list[str] = field(default_factory=list)
     workloads: list = field(default_factory=list)  # ms.database.Workload per kept workload line
     records: list = field(default_factory=list)  # (workload index, ms.database.TuningRecord)
-    targets: dict = field(default_factory=dict)  # identity (frozen) -> description
+    targets: dict = field(default_factory=dict)  # identity (frozen) -> the Target its records were tuned for
     skipped_lines: int = 0
     blank_lines: int = 0  # harmless to us, fatal to TVM's JSONDatabase: a reason to rewrite the files
 
@@ -72,6 +75,7 @@ def _warn_line(path: Path, number: int, why: str) -> None:
 def read_log(log_dir: "str | os.PathLike") -> TuningLog:
     """Parse both files of a log dir, keeping only lines TVM can load; missing files mean an empty log."""
     from tvm.s_tir.meta_schedule.database import TuningRecord, Workload
+    from tvm.target import Target
 
     log = TuningLog(Path(log_dir))
     workload_path, record_path = log.log_dir / WORKLOAD_FILE, log.log_dir / RECORD_FILE
@@ -107,13 +111,13 @@ def read_log(log_dir: "str | os.PathLike") -> TuningLog:
             record = TuningRecord.from_json(obj[1], log.workloads[index])
             target_json = json.dumps(obj[1][2], sort_keys=True)
             if target_json not in target_cache:
-                target_cache[target_json] = target_identity(obj[1][2])
+                target_cache[target_json] = (target_identity(obj[1][2]), Target(obj[1][2]))
         except Exception as err:  # as above
             _warn_line(record_path, number, f"corrupt tuning record ({_first_line(err)})")
             log.skipped_lines += 1
             continue
-        identity = target_cache[target_json]
-        log.targets[identity] = describe_identity(identity)
+        identity, tuned_for = target_cache[target_json]
+        log.targets.setdefault(identity, tuned_for)
         log.records.append((index, record))
         log.record_lines.append(json.dumps([index, obj[1]], separators=(",", ":")))
     return log
@@ -140,22 +144,40 @@ def _first_line(err: Exception) -> str:
     return lines[-1][:120] if lines else type(err).__name__
 
 
-def check_target(log: TuningLog, spec: TargetSpec) -> None:
-    """Refuse a log that holds records tuned for any target other than spec's."""
+def check_target(log: TuningLog, spec: TargetSpec, strict: bool = False) -> list[str]:
+    """Refuse a log with records that spec's target may not run; return one note per CPU the log
+    was tuned on that differs from spec's but has no feature spec's lacks. `strict` refuses
+    every record not tuned for exactly spec's target."""
     wanted = target_identity(spec.target)
-    foreign = [description for identity, description in log.targets.items() if identity != wanted]
-    if foreign:
-        raise WrpnError(
-            f"{log.log_dir} was tuned for {foreign[0]}, not for {spec.name} ({describe_identity(wanted)}); "
-            "use a log tuned for this target or tune one with `wrpn-tvm tune`"
-        )
+    here = f"{spec.name} ({cpu_label(spec.target)})"
+    notes = []
+    for identity, tuned_for in log.targets.items():
+        if identity == wanted:
+            continue
+        there = f"{log.log_dir} was tuned for {cpu_label(tuned_for)}"
+        if strict:
+            raise WrpnError(f"{there}, not for {here} ({describe_identity(wanted)}), and --strict-target "
+                            "asks for an exact match; tune a log for this target with `wrpn-tvm tune`")
+        try:
+            missing = missing_features(tuned_for, spec.target)
+        except Exception:  # noqa: BLE001 - LLVM rejects a CPU it does not know in several ways
+            raise WrpnError(f"{there}, a CPU this LLVM does not know; use a log tuned for {here}") from None
+        if missing is None:
+            raise WrpnError(f"{there} ({describe_identity(identity)}), another architecture than {here}; "
+                            "use a log tuned for this target or tune one with `wrpn-tvm tune`")
+        if missing:
+            raise WrpnError(f"{there}, whose code may use {', '.join(sorted(missing))}, which {here} lacks; "
+                            "use a log tuned for this target or tune one with `wrpn-tvm tune`")
+        notes.append(f"{there}; {here} has every feature it uses, so it applies: re-tune for best speed on this CPU")
+    return notes
 
 
-def load_database(log_dir: "str | os.PathLike", spec: TargetSpec):
+def load_database(log_dir: "str | os.PathLike", spec: TargetSpec, strict_target: bool = False):
     """An in-memory MetaSchedule database of a log dir's valid records, for compiling.
 
-    Refuses (WrpnError) a missing dir, an empty log and a log tuned for another target; skips
-    corrupt lines with a warning. Use it as `with database: MetaScheduleApplyDatabase()(mod)`.
+    Refuses (WrpnError) a missing dir, an empty log and a log that spec's target cannot run (any
+    other target with `strict_target`); a log tuned on another compatible CPU is applied with a
+    note on stderr. Skips corrupt lines with a warning. Use it as `with database: MetaScheduleApplyDatabase()(mod)`.
     The files are never modified (committed logs may be read-only).
     """
     from tvm.s_tir.meta_schedule.database import MemoryDatabase, TuningRecord
@@ -168,7 +190,8 @@ def load_database(log_dir: "str | os.PathLike", spec: TargetSpec):
     log = read_log(log_dir)
     if not log.records:
         raise WrpnError(f"{log_dir}: no usable tuning records (expected {RECORD_FILE} written by `wrpn-tvm tune`)")
-    check_target(log, spec)
+    for note in check_target(log, spec, strict=strict_target):
+        print(f"wrpn-tvm: note: {note}", file=sys.stderr)
     database = MemoryDatabase()
     workloads = [database.commit_workload(workload.mod) for workload in log.workloads]
     for index, record in log.records:
@@ -188,7 +211,10 @@ def open_database(log_dir: "str | os.PathLike", spec: TargetSpec):
 
     log_dir = Path(log_dir)
     log = read_log(log_dir)
-    check_target(log, spec)
+    foreign = [tuned_for for identity, tuned_for in log.targets.items() if identity != target_identity(spec.target)]
+    if foreign:  # a job appends records measured here: they must not join records of another CPU
+        raise WrpnError(f"{log_dir} was tuned for {cpu_label(foreign[0])}, not for {spec.name} ({cpu_label(spec.target)}); "
+                        "a tuning job extends a log of its own target only: use another --log-dir")
     if log.skipped_lines or log.blank_lines:
         _rewrite(log_dir / WORKLOAD_FILE, log.workload_lines)
         _rewrite(log_dir / RECORD_FILE, log.record_lines)
