@@ -8,9 +8,13 @@ from wrpn_tvm.demo import MODELS, demo
 
 
 @pytest.mark.emulator
-def test_demo_at_reduced_size(tmp_path, emulated_pool):
+def test_demo_at_reduced_size(tmp_path, emulated_pool, monkeypatch, capsys):
+    # First as on a CPU that no shipped tuning log applies to: the demo runs untuned and says so.
+    monkeypatch.setattr("wrpn_tvm.tuning.shipped.shipped_logs", lambda prefix="": [])
     results = demo(tmp_path / "report", epochs=1, host_images=20, pi_images=4, repeat=2, rpc=emulated_pool.direct)
     index = (tmp_path / "report" / "index.md").read_text()
+    assert "untuned (template defaults): no shipped tuning log applies" in capsys.readouterr().out
+    assert "No shipped tuning log applies to this CPU" in index and "none applies: untuned" in index
     assert (tmp_path / "report" / "latency.png").stat().st_size > 0
     assert json.loads((tmp_path / "report" / "results.json").read_text())["test_images"] == 20
     for model in MODELS:
@@ -23,5 +27,8 @@ def test_demo_at_reduced_size(tmp_path, emulated_pool):
     # A second run reuses the trained models instead of training again.
     programs = sorted((tmp_path / "report" / "models").glob("*.pt2"))
     written = [p.stat().st_mtime_ns for p in programs]
-    demo(tmp_path / "report", epochs=1, host_images=20, pi_images=0, repeat=2, rpc=emulated_pool.direct)
+    monkeypatch.undo()
+    again = demo(tmp_path / "report", epochs=1, host_images=20, pi_images=0, repeat=2, rpc=emulated_pool.direct)
     assert [p.stat().st_mtime_ns for p in programs] == written
+    # With the shipped logs, this host (any AVX2 or AVX-512 x86 CPU) finds one for the WRPN model.
+    assert again["models"]["wrpn-2x-a2w2"]["tuning_log_host"].startswith("smallcnn-2x-a2w2-x86-avx")

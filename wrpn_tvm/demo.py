@@ -1,8 +1,8 @@
 """`wrpn-tvm demo`: the whole WRPN story on this machine, no hardware needed.
 
 Train a full-precision 1x and a WRPN 2x-wide 2-bit/2-bit small CNN on MNIST-5k (or reuse them),
-compile both for the host and for a Raspberry Pi 4 (with the shipped tuning logs where there are
-any), run the test set through the compiled models on the host and on the emulated Pi over RPC,
+compile both for the host and for a Raspberry Pi 4 (with the best shipped tuning log that applies
+to the target's CPU; template defaults where none does), run the test set through the compiled models on the host and on the emulated Pi over RPC,
 check agreement with PyTorch, time both against PyTorch on the host, and write `report/index.md`
 with its plots.
 """
@@ -20,10 +20,7 @@ from . import build, runner
 from .errors import WrpnError
 from .remote import daemons, emulator
 from .remote.session import DeviceSpec
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_LOGS = REPO_ROOT / "tuning_logs"
-BENCH_RESULTS = REPO_ROOT / "benchmarks" / "results"
+from .resources import shipped_dir
 
 
 @dataclass(frozen=True)
@@ -49,9 +46,11 @@ MODELS = (
 
 
 def shipped_tuning_log(model: DemoModel, target: str) -> "Path | None":
-    """The committed MetaSchedule database for this demo model and target, if one ships."""
-    folder = SHIPPED_LOGS / f"smallcnn-{model.width:g}x-a{model.abits}w{model.wbits}-{target}"
-    return folder if (folder / "database_tuning_record.json").is_file() else None
+    """The best shipped MetaSchedule database for this demo model that the target's CPU can use."""
+    from .targets import resolve
+    from .tuning.shipped import find_shipped_log
+
+    return find_shipped_log(f"smallcnn-{model.width:g}x-a{model.abits}w{model.wbits}", resolve(target))
 
 
 def _say(message: str) -> None:
@@ -138,11 +137,12 @@ def demo(out: "str | Path" = "report", epochs: int = 5, host_images: "int | None
     for model in MODELS:
         for target in ("host", "rasp4"):
             log = shipped_tuning_log(model, target)
-            _say(f"compiling {model.name} for {target}" + (f" with the tuning log {log.relative_to(REPO_ROOT)}" if log else " (no shipped tuning log: template defaults)"))
+            _say(f"compiling {model.name} for {target}" + (f" with the shipped tuning log {log.name}" if log else
+                 " untuned (template defaults): no shipped tuning log applies to this target's CPU"))
             result = build.compile_model(programs[model.name], target, out / "lib" / f"{model.name}-{target}.so", tuning_log=log)
             libraries[model.name, target] = result.library
             results["models"].setdefault(model.name, {"label": model.label, "cost": model.cost, "layers": result.layers and [str(x) for x in result.layers]})
-            results["models"][model.name][f"tuned_{target}"] = log is not None
+            results["models"][model.name][f"tuning_log_{target}"] = log and log.name
 
     for model in MODELS:
         entry = results["models"][model.name]
@@ -178,7 +178,7 @@ def demo(out: "str | Path" = "report", epochs: int = 5, host_images: "int | None
 
 def _copy_committed_plot(name: str, out: Path) -> bool:
     """Committed benchmark plots (accuracy over 3 seeds, tuning curves) take too long to remake here."""
-    source = BENCH_RESULTS / f"{name}.png"
+    source = shipped_dir("benchmark_results") / f"{name}.png"
     if not source.is_file():
         return False
     shutil.copyfile(source, out / source.name)
@@ -214,7 +214,7 @@ def _pct(value) -> str:
 def write_report(out: Path, results: dict) -> Path:
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     lines = ["# wrpn-tvm demo report", "",
-             f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; TVM {results['machine']['tvm']}. "
+             f"Machine: {results['machine']['cpu']} (LLVM CPU {results['machine'].get('llvm_cpu', 'unknown')}), {results['machine']['cores']} cores; TVM {results['machine']['tvm']}. "
              f"Dataset: {results['dataset']}, {results['test_images']} held-out test images. Took {results['seconds']:.0f} s.", "",
              "## Accuracy and agreement with PyTorch", "",
              "| model | cost vs FP32 1x | PyTorch acc. | compiled acc. (host) | top-1 agreement host | top-1 agreement Pi (rasp4) | max logit error (host) |",
@@ -226,11 +226,22 @@ def write_report(out: Path, results: dict) -> Path:
                      f"{_pct(entry['host']['accuracy_compiled'])} | {_pct(entry['host']['top1_agreement'])} | {pi_text} | "
                      f"{entry['host']['max_abs_logit_error']:.2e} |")
     lines += ["", "## Latency on the host (batch 1, median of repeated runs, same run for both)", "",
-              "| model | wrpn-tvm ms | PyTorch eager ms | speed-up | tuned (host) |", "| --- | --- | --- | --- | --- |"]
+              "| model | wrpn-tvm ms | PyTorch eager ms | speed-up | tuning log (host) | other processes' CPU share, load average |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for name, entry in results["models"].items():
         bench = entry["bench_host"]
+        load = bench["load"]
+        speedup = f"{bench['speedup_vs_torch']:.2f}x" + (" (loaded machine: not clean)" if load["loaded"] else "")
         lines.append(f"| {entry['label']} | {bench['tvm']['median_ms']:.3f} | {bench['torch']['median_ms']:.3f} | "
-                     f"{bench['speedup_vs_torch']:.2f}x | {'yes' if entry['tuned_host'] else 'no'} |")
+                     f"{speedup} | {entry['tuning_log_host'] or 'none applies: untuned'} | "
+                     f"{100 * load['others_cpu_share']:.0f}%, {load['load_average_1min']:.2f} |")
+    if any(entry["bench_host"]["load"]["loaded"] for entry in results["models"].values()):
+        lines += ["", f"Other processes used more than {100 * runner.MachineLoad.LOADED_SHARE:.0f}% of the CPUs while "
+                  "timing: these speed-ups are not from a quiet machine. Re-run the demo on an idle one."]
+    untuned = [entry["label"] for entry in results["models"].values() if not entry.get("tuning_log_host")]
+    if untuned:
+        lines += ["", f"Compiled untuned (template defaults) for the host: {', '.join(untuned)}. No shipped tuning log "
+                  f"applies to this CPU ({results['machine'].get('llvm_cpu', 'unknown')}); `wrpn-tvm tune` makes one."]
     lines += ["", "![latency](latency.png)", ""]
     _plot_latency(results, out / "latency.png")
     if _copy_committed_plot("accuracy_mnist5k", out):
