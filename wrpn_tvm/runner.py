@@ -118,7 +118,15 @@ def _set_inputs(model: LoadedModel, inputs: list) -> None:
     model.vm.set_input("main", *tensors)
 
 
+def _on_device(model: LoadedModel, fn, timeout: float, what: str):
+    """fn() under a deadline when the model is on a remote device; directly on the calling thread
+    when it is local (a local call cannot hang on a device, and TVM's thread pool belongs to the
+    thread that calls: one caller, one pool)."""
+    return fn() if model.session is None else with_deadline(fn, timeout, what)
+
+
 def run_loaded(model: LoadedModel, inputs: list, timeout: float) -> list:
+    """Run a loaded model once; `timeout` bounds a remote device's answer."""
     inputs = _check_inputs(model.meta, inputs)
 
     def invoke():
@@ -126,7 +134,7 @@ def run_loaded(model: LoadedModel, inputs: list, timeout: float) -> list:
         model.vm.invoke_stateful("main")
         return _outputs_to_numpy(model.vm.get_outputs("main"))
 
-    return with_deadline(invoke, timeout, "running the model")
+    return _on_device(model, invoke, timeout, "running the model")
 
 
 def run(library: "str | os.PathLike", inputs: list, device: DeviceSpec = DeviceSpec()) -> list:
@@ -193,6 +201,7 @@ class BenchResult:
     torch: "Timing | None" = None
     threads: dict = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
+    load: dict = field(default_factory=dict)  # see MachineLoad
 
     @property
     def speedup_vs_torch(self) -> "float | None":
@@ -210,14 +219,50 @@ class BenchResult:
         lines += [f"{name:14s} {t.median_ms:10.3f} {t.min_ms:9.3f} {t.max_ms:9.3f} {t.std_ms:8.3f}" for name, t in rows]
         if self.torch:
             lines.append(f"speed-up over PyTorch (median, {self.threads['torch']} threads each): {self.speedup_vs_torch:.2f}x")
+        if self.load.get("loaded"):
+            lines.append(f"note: other processes used {100 * self.load['others_cpu_share']:.0f}% of the CPUs while timing "
+                         f"(load average {self.load['load_average_1min']:.1f}): not a quiet machine, the figures are not clean")
         return "\n".join(lines)
+
+
+class MachineLoad:
+    """What else ran on this machine during a measurement: the CPU time of every other process, as a
+    share of all cores over the wall time, and the 1-minute load average. A share above LOADED_SHARE
+    flags the figures as not clean. (The load average alone cannot tell: it counts our own work.)"""
+
+    LOADED_SHARE = 0.10
+
+    def __enter__(self) -> "MachineLoad":
+        import psutil
+
+        self._process = psutil.Process()
+        self._start = (time.monotonic(), self._busy(psutil.cpu_times()), self._own())
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        import psutil
+
+        wall, busy, own = time.monotonic(), self._busy(psutil.cpu_times()), self._own()
+        cores = psutil.cpu_count() or 1
+        elapsed = max(wall - self._start[0], 1e-9)
+        share = max(0.0, (busy - self._start[1]) - (own - self._start[2])) / (elapsed * cores)
+        self.result = {"others_cpu_share": round(min(share, 1.0), 3), "load_average_1min": os.getloadavg()[0],
+                       "cores": cores, "loaded": share > self.LOADED_SHARE}
+
+    @staticmethod
+    def _busy(times) -> float:
+        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+    def _own(self) -> float:
+        own = self._process.cpu_times()
+        return own.user + own.system + own.children_user + own.children_system
 
 
 def machine_info() -> dict:
     import tvm
 
-    return {"host": platform.node(), "cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "tvm": tvm.__version__, "wrpn_tvm": __version__}
+    return {"host": platform.node(), "cpu": _cpu_model(), "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu(),
+            "cores": os.cpu_count(), "python": platform.python_version(), "tvm": tvm.__version__, "wrpn_tvm": __version__}
 
 
 def _cpu_model() -> str:
@@ -236,7 +281,7 @@ def time_loaded(model: LoadedModel, inputs: list, repeat: int, number: int, time
         evaluator = model.vm.time_evaluator("invoke_stateful", model.device, number=number, repeat=repeat)
         return list(evaluator("main").results)
 
-    return Timing.from_seconds(with_deadline(measure, timeout, "timing the model"))
+    return Timing.from_seconds(_on_device(model, measure, timeout, "timing the model"))
 
 
 def tvm_threads() -> int:
@@ -276,18 +321,20 @@ def bench(library: "str | os.PathLike", device: DeviceSpec = DeviceSpec(), repea
         raise WrpnError("--repeat must be at least 1")
     if compare_torch is not None and not device.is_local:
         raise WrpnError("--compare-torch times PyTorch on this machine, so it needs a local (host) library")
-    with load(library, device) as model:
-        inputs = random_inputs(model.meta, seed)
-        if number <= 0:
-            number = _auto_number(model, inputs, device.timeout)
-        timing = time_loaded(model, inputs, repeat, number, device.timeout)
-        target = model.meta["target"]["name"]
-    threads = {}
-    torch_timing = None
-    if compare_torch is not None:
-        threads = {"tvm": tvm_threads(), "torch": tvm_threads()}
-        torch_timing = time_torch(compare_torch, inputs, repeat, number, threads["torch"])
-    result = BenchResult(str(library), target, device.describe(), repeat, number, timing, torch_timing, threads, machine_info())
+    with MachineLoad() as machine_load:
+        with load(library, device) as model:
+            inputs = random_inputs(model.meta, seed)
+            if number <= 0:
+                number = _auto_number(model, inputs, device.timeout)
+            timing = time_loaded(model, inputs, repeat, number, device.timeout)
+            target = model.meta["target"]["name"]
+        threads = {}
+        torch_timing = None
+        if compare_torch is not None:
+            threads = {"tvm": tvm_threads(), "torch": tvm_threads()}
+            torch_timing = time_torch(compare_torch, inputs, repeat, number, threads["torch"])
+    result = BenchResult(str(library), target, device.describe(), repeat, number, timing, torch_timing, threads,
+                         machine_info(), machine_load.result)
     if json_path is not None:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,12 @@
 """Where a compiled model runs: this machine, an RPC server (`--rpc HOST:PORT`), or a tracker's pool (`--tracker HOST:PORT --key KEY`).
 
 Every remote step has a deadline: a device that hangs or dies gives a one-line WrpnError, never a
-hung process (a call stuck inside the RPC library is abandoned on a daemon thread).
+hung process. Remote steps run on a few reused worker threads (as many as run at once); one stuck
+inside the RPC library is abandoned there, and only that one.
 """
 
 import os
+import queue
 import socket
 import struct
 import threading
@@ -61,21 +63,45 @@ class DeviceTimeout(WrpnError):
     """A remote step outlived its deadline; its thread still blocks inside the RPC library."""
 
 
+class _Worker:
+    """A long-lived daemon thread that runs the calls given to it, one at a time.
+
+    The TVM runtime keeps a thread pool per calling thread, which outlives the thread; calls made
+    on a fresh thread each time would leave that pool behind on every call. Reused workers keep
+    the process's thread count flat."""
+
+    def __init__(self):
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="wrpn-deadline", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            fn, outcome, done = self.inbox.get()
+            try:
+                outcome["value"] = fn()
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+                outcome["error"] = err
+            finally:
+                del fn
+                done.set()
+
+
+_IDLE_WORKERS: list = []  # as many as calls were ever in flight at once, less those stuck on a device
+_WORKERS_LOCK = threading.Lock()
+
+
 def with_deadline(fn, seconds: float, what: str):
-    """Run fn() and return its result, or raise WrpnError if it takes longer than `seconds`."""
+    """Run fn() on a reused worker thread and return its result, or raise DeviceTimeout if it takes
+    longer than `seconds` (the worker, stuck in the RPC library, is then never reused)."""
+    with _WORKERS_LOCK:
+        worker = _IDLE_WORKERS.pop() if _IDLE_WORKERS else _Worker()
     outcome: dict = {}
-
-    def target():
-        try:
-            outcome["value"] = fn()
-        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-            outcome["error"] = err
-
-    worker = threading.Thread(target=target, name=f"wrpn-remote-{what}", daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
+    done = threading.Event()
+    worker.inbox.put((fn, outcome, done))
+    if not done.wait(seconds):
         raise DeviceTimeout(f"{what} did not finish within {seconds:.0f} s: the device hangs or is gone")
+    with _WORKERS_LOCK:
+        _IDLE_WORKERS.append(worker)
     if "error" in outcome:
         err = outcome["error"]
         if isinstance(err, WrpnError):
