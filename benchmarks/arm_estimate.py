@@ -321,7 +321,6 @@ def main():
     report = {"command": "python benchmarks/arm_estimate.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "repeat": args.repeat, "rounds": args.rounds,
               "calibration": calibration, "summary": summary(calibration), "arm": arm_estimates(libraries), "peers": PEERS}
-    report["calibration"]["summary"] = report["summary"]
     report["wall_minutes"] = (time.time() - started) / 60
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")

@@ -11,6 +11,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 need_apt=()
 command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu)
 command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
+command -v llvm-mca-14 >/dev/null || need_apt+=(llvm-14)  # llvm-mca, for `wrpn-tvm estimate`
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -7,7 +7,7 @@ import sys
 from ..errors import WrpnError
 
 # One module per subcommand, each exposing `register(subparsers)`.
-COMMANDS = ["train", "export", "compile", "tune", "run", "bench", "device", "tracker", "demo"]
+COMMANDS = ["train", "export", "compile", "tune", "run", "bench", "device", "tracker", "demo", "estimate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

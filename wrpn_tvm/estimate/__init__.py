@@ -126,8 +126,8 @@ def estimate(library: "str | Path", boards: "list[str] | None" = None) -> Estima
 
 def estimate_x86(library: "str | Path", clock_ghz: float, cores: int) -> BoardEstimate:
     """The same method on an x86 library, for this machine: what calibrates the ARM figures."""
-    prof = profile(library)
-    return estimate_on(prof, x86_board(prof.target_name, clock_ghz, cores))
+    board = x86_board(_read_meta(Path(library))["name"], clock_ghz, cores)  # before the slow counting run
+    return estimate_on(profile(library), board)
 
 
 def calibration() -> "dict | None":
@@ -136,7 +136,7 @@ def calibration() -> "dict | None":
 
     path = shipped_dir("benchmark_results") / CALIBRATION_FILE
     try:
-        return json.loads(path.read_text())["calibration"]
+        return json.loads(path.read_text())["summary"]
     except (OSError, ValueError, KeyError):
         return None
 
@@ -157,7 +157,10 @@ def format_table(result: Estimate, threads=THREADS) -> str:
         lines += ["", f"{board.name}: {board.core} at {board.clock_ghz} GHz, llvm-mca model {board.mca_cpu}"
                   + (f" ({board.note})" if board.note else ""),
                   f"{'kernel':<58}{'calls':>6}{'M instr':>9}{heads}"]
+        total_cycles = sum(k.serial + k.parallel for k in board_estimate.kernels)
         for kernel in board_estimate.kernels:
+            if kernel.calls == 0 and kernel.serial + kernel.parallel < 1e-3 * total_cycles:
+                continue  # library start-up code (C runtime initialisers), not part of an inference
             times = "".join(f"{kernel.latency_ms(board.clock_ghz, t):12.3f}" for t in threads)
             lines.append(f"{kernel.name[:58]:<58}{kernel.calls:>6}{kernel.instructions / 1e6:9.2f}{times}")
         totals = "".join(f"{board_estimate.total_ms(t):12.3f}" for t in threads)

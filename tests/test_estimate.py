@@ -1,0 +1,141 @@
+"""`wrpn-tvm estimate`: structure, not speed (how close the figures are is benchmarks/arm_estimate.py's job).
+
+The counting runs go through qemu-user: ARM libraries through the emulated Pi's Python (prepared
+by scripts/setup.sh), x86 ones through qemu-x86_64.
+"""
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from wrpn_tvm.build import compile_model
+from wrpn_tvm.cli import main
+from wrpn_tvm.errors import WrpnError
+from wrpn_tvm.estimate import estimate, estimate_x86, mca, profile
+
+needs_emulator = pytest.mark.skipif(os.environ.get("WRPN_TVM_SKIP_EMULATOR") == "1", reason="WRPN_TVM_SKIP_EMULATOR=1")
+ROWS, COLS = 37, 53
+
+
+def sum_of_squares_library(folder, preset):
+    """A hand-checkable kernel: B[i] = sum_j A[i, j]^2 over a 37 x 53 loop nest, one call."""
+    import tvm
+    from tvm.script import ir as I
+    from tvm.script import relax as R
+    from tvm.script import tirx as T
+    from tvm.support import cc
+
+    from wrpn_tvm.targets import resolve
+
+    @I.ir_module
+    class SumOfSquares:
+        @T.prim_func
+        def sum_sq(A: T.Buffer((ROWS, COLS), "float32"), B: T.Buffer((ROWS,), "float32")):
+            for i in range(ROWS):
+                B[i] = T.float32(0)
+                for j in range(COLS):
+                    B[i] = B[i] + A[i, j] * A[i, j]
+
+        @R.function
+        def main(a: R.Tensor((ROWS, COLS), "float32")):
+            cls = SumOfSquares
+            return R.call_tir(cls.sum_sq, (a,), R.Tensor((ROWS,), "float32"))
+
+    spec = resolve(preset)
+    library = folder / f"sum_sq-{preset}.so"
+    tvm.compile(SumOfSquares, target=spec.target).export_library(
+        str(library), fcompile=cc.cross_compiler(spec.cross_compiler) if spec.cross_compiler else None)
+    target = {key: str(spec.target.attrs[key]) for key in ("mtriple", "mcpu")}
+    (folder / f"{library.name}.json").write_text(json.dumps(
+        {"target": {"name": preset, "json": {"kind": "llvm", **target}},
+         "inputs": [{"name": "a", "shape": [ROWS, COLS], "dtype": "float32"}]}))
+    return library
+
+
+def executed(prof, mnemonic: str) -> int:
+    """How many times instructions whose mnemonic matches ran."""
+    pattern = re.compile(mnemonic)
+    return sum(runs * sum(bool(pattern.match(insn.text)) for insn in block.instructions)
+               for block, runs in zip(prof.blocks, prof.executions))
+
+
+@pytest.mark.parametrize("preset,fp_add", [
+    pytest.param("rasp4", r"fmadd\b", marks=needs_emulator),
+    pytest.param("x86-avx2", r"(vfmadd\w*ss|vaddss)\b", marks=pytest.mark.slow),
+])
+def test_counts_match_the_tir_loop_extents(tmp_path, preset, fp_add):
+    prof = profile(sum_of_squares_library(tmp_path, preset))
+    # The inner loop is unrolled and its adds fused: however LLVM shaped the loops, one
+    # multiply-add runs per (i, j), and the outer loop's body once per i.
+    assert executed(prof, fp_add) == ROWS * COLS
+    hot = max(zip(prof.executions, prof.blocks), key=lambda pair: pair[0] * len(pair[1].instructions))
+    assert hot[0] == ROWS and hot[1].kernel == "sum_sq"
+
+
+class QuantizedConvs(nn.Module):
+    """FP32 conv, then a 2-bit quantizer and a conv with 2-bit weights: lowered to bit-serial kernels."""
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.first = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randint(-1, 2, self.conv.weight.shape, generator=generator).float())
+
+    def forward(self, x):
+        x = torch.round(torch.clamp(self.first(x), 0, 1) * 3) / 3
+        return F.relu(self.conv(x))
+
+
+@pytest.fixture(scope="module")
+def wrpn_library(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("estimate")
+    torch.export.save(torch.export.export(QuantizedConvs().eval(), (torch.rand(1, 1, 16, 16),)), str(folder / "q.pt2"))
+    return compile_model(folder / "q.pt2", "aarch64", folder / "q.so").library
+
+
+def library_kernels(library) -> set:
+    symbols = subprocess.run(["aarch64-linux-gnu-nm", "--defined-only", str(library)], capture_output=True, text=True).stdout
+    return {name[len("__tvm_ffi_"):] for _, kind, name in (line.split() for line in symbols.splitlines())
+            if kind in "TtWw" and name.startswith("__tvm_ffi_")}
+
+
+@needs_emulator
+def test_every_kernel_gets_an_estimate_on_every_board(wrpn_library, capsys):
+    assert main(["estimate", str(wrpn_library)]) == 0  # aarch64 preset: all three boards
+    printed = capsys.readouterr().out
+    assert "ESTIMATED" in printed and "x86 calibration" in printed
+    for board in ("rasp3b", "rasp4", "rasp5"):
+        assert f"{board}: Cortex-A" in printed
+    result = estimate(wrpn_library, ["rasp4"])
+    (rasp4,) = result.boards
+    names = {kernel.name for kernel in rasp4.kernels if kernel.calls}
+    assert names == library_kernels(wrpn_library) and any(name.startswith("wrpn_conv2d_a2w2") for name in names)
+    for kernel in rasp4.kernels:
+        if kernel.calls:
+            assert kernel.serial + kernel.parallel > 0 and kernel.instructions > 0
+    assert rasp4.total_ms(4) < rasp4.total_ms(1)
+
+
+def test_llvm_mca_leaves_out_what_it_cannot_read():
+    result = mca.block_cycles([["add x1, x1, #1", "(bad)"], ["(bad)"], ["cnt v0.16b, v0.16b"]],
+                              "aarch64-linux-gnu", "cortex-a72")
+    assert result.dropped == 2 and result.cycles[1] == 0.0
+    assert result.cycles[0] > 0 and result.cycles[2] > 0
+
+
+def test_refuses_what_it_cannot_estimate(tmp_path, library):
+    with pytest.raises(WrpnError, match="estimate is for ARM libraries"):
+        estimate(library)  # conftest's one-conv library, built for host
+    with pytest.raises(WrpnError, match="x86 estimates need a library built for x86-avx2"):
+        estimate_x86(library, 3.0, 1)
+    (tmp_path / "lone.so").write_bytes(b"")
+    assert main(["estimate", str(tmp_path / "lone.so")]) == 1
+    assert main(["estimate", str(tmp_path / "missing.so")]) == 1
