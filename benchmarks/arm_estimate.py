@@ -209,14 +209,7 @@ def arm_estimates(libraries: dict) -> dict:
     for name, *_ in VARIANTS:
         for board in BOARD_NAMES:
             print(f"estimating {name} on {board} (counting run under qemu)", file=sys.stderr, flush=True)
-            result = estimate(libraries[(name, board)], [board]).boards[0]
-            out.setdefault(name, {})[board] = {
-                "ms_1_thread": result.total_ms(1), "ms_4_threads": result.total_ms(4),
-                "core": result.board.core, "clock_ghz": result.board.clock_ghz, "mca_cpu": result.board.mca_cpu,
-                "unmodelled_instructions": result.unmodelled,
-                "kernels": [{"kernel": k.name, "calls": k.calls, "ms_1_thread": k.latency_ms(result.board.clock_ghz, 1),
-                             "ms_4_threads": k.latency_ms(result.board.clock_ghz, 4)} for k in result.kernels if k.calls],
-            }
+            out.setdefault(name, {})[board] = estimate(libraries[(name, board)], [board]).boards[0].as_dict()
     return out
 
 

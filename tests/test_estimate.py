@@ -108,20 +108,19 @@ def library_kernels(library) -> set:
 
 
 @needs_emulator
-def test_every_kernel_gets_an_estimate_on_every_board(wrpn_library, capsys):
-    assert main(["estimate", str(wrpn_library)]) == 0  # aarch64 preset: all three boards
+def test_every_kernel_gets_an_estimate_on_every_board(wrpn_library, tmp_path, capsys):
+    figures = tmp_path / "estimate.json"
+    assert main(["estimate", str(wrpn_library), "--json", str(figures)]) == 0  # aarch64 preset: all three boards
     printed = capsys.readouterr().out
     assert "ESTIMATED" in printed and "x86 calibration" in printed
-    for board in ("rasp3b", "rasp4", "rasp5"):
-        assert f"{board}: Cortex-A" in printed
-    result = estimate(wrpn_library, ["rasp4"])
-    (rasp4,) = result.boards
-    names = {kernel.name for kernel in rasp4.kernels if kernel.calls}
-    assert names == library_kernels(wrpn_library) and any(name.startswith("wrpn_conv2d_a2w2") for name in names)
-    for kernel in rasp4.kernels:
-        if kernel.calls:
-            assert kernel.serial + kernel.parallel > 0 and kernel.instructions > 0
-    assert rasp4.total_ms(4) < rasp4.total_ms(1)
+    boards = json.loads(figures.read_text())["boards"]
+    assert set(boards) == {"rasp3b", "rasp4", "rasp5"}
+    for name, board in boards.items():
+        assert f"{name}: {board['core']}" in printed
+        kernels = {kernel["kernel"]: kernel for kernel in board["kernels"]}
+        assert set(kernels) == library_kernels(wrpn_library) and any(k.startswith("wrpn_conv2d_a2w2") for k in kernels)
+        assert all(k["calls"] >= 1 and 0 < k["ms_4_threads"] <= k["ms_1_thread"] for k in kernels.values())
+        assert board["ms_4_threads"] < board["ms_1_thread"]
 
 
 def test_llvm_mca_leaves_out_what_it_cannot_read():

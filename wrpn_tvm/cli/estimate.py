@@ -19,18 +19,12 @@ def register(subparsers) -> None:
 
 
 def _estimate(args) -> int:
-    from ..estimate import THREADS, estimate
+    from ..estimate import estimate
 
     result = estimate(args.library, args.board)
     print(result.table())
     if args.json:
-        boards = {b.board.name: {"core": b.board.core, "clock_ghz": b.board.clock_ghz, "mca_cpu": b.board.mca_cpu,
-                                 **{f"total_ms_{t}_threads": b.total_ms(t) for t in THREADS},
-                                 "kernels": [{"kernel": k.name, "calls": k.calls, "instructions": k.instructions,
-                                              **{f"ms_{t}_threads": k.latency_ms(b.board.clock_ghz, t) for t in THREADS}}
-                                             for k in b.kernels]}
-                  for b in result.boards}
         with open(args.json, "w") as out:
-            json.dump({"library": str(result.library), "estimated": True, "boards": boards,
-                       "calibration": result.calibration}, out, indent=1)
+            json.dump({"library": str(result.library), "estimated": True, "calibration": result.calibration,
+                       "boards": {b.board.name: b.as_dict() for b in result.boards}}, out, indent=1)
     return 0

@@ -51,6 +51,18 @@ class BoardEstimate:
     def total_ms(self, threads: int) -> float:
         return sum(kernel.latency_ms(self.board.clock_ghz, threads) for kernel in self.kernels)
 
+    def as_dict(self) -> dict:
+        board = self.board
+        return {"core": board.core, "clock_ghz": board.clock_ghz, "mca_cpu": board.mca_cpu,
+                **{_ms_key(t): self.total_ms(t) for t in THREADS}, "unmodelled_instructions": self.unmodelled,
+                "kernels": [{"kernel": k.name, "calls": k.calls, "instructions": k.instructions,
+                             **{_ms_key(t): k.latency_ms(board.clock_ghz, t) for t in THREADS}}
+                            for k in self.kernels if k.calls]}
+
+
+def _ms_key(threads: int) -> str:
+    return f"ms_{threads}_thread" + ("s" if threads > 1 else "")
+
 
 @dataclass
 class Estimate:
