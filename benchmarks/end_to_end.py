@@ -167,7 +167,7 @@ def _merge(rounds: list[dict]) -> dict:
 def run(repeat: int, rounds: int, out: Path) -> dict:
     import torch
 
-    from wrpn_tvm.runner import machine_info
+    from wrpn_tvm.runtime import machine_info
 
     load_before = os.getloadavg()
     variants = [("tvm fp32 1x", 1.0, 32, 32, None)] + [(f"wrpn {w:g}x a{a}/w{b}", w, a, b, None) for w, a, b in WRPN_VARIANTS]

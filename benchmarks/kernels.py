@@ -108,11 +108,10 @@ def random_args(kernel, rng):
 
 
 def default_executable(kernel, target):
-    import tvm
+    from wrpn_tvm.pipeline import compile_prim_func
+    from wrpn_tvm.targets import resolve
 
-    import schedules
-
-    return tvm.compile(schedules.apply_default_schedules(tvm.IRModule({"main": kernel[0]}), target), target=target)
+    return compile_prim_func(kernel[0], resolve(target))
 
 
 def tune(funcs: dict, target, trials: int, work_dir: str) -> dict:

@@ -14,10 +14,9 @@ Two ways in:
   ``arm_cpu`` (aarch64 targets have keys ``arm_cpu, cpu``; the first registered key wins) and
   ``cuda``. MetaSchedule's ApplyCustomRule (in the default rule set of every target) then calls
   the template, which samples its tile sizes (``sample_perfect_tile``) and unroll depth
-  (``sample_categorical``) and returns one design space per loop order. The tuning engineer only
-  has to ``import schedules`` before ``ms.tune_tir`` / ``ms.relax_integration.tune_relax``; the
-  database records replay through the same registered functions, so import it before compiling
-  with a tuned database too.
+  (``sample_categorical``) and returns one design space per loop order. Tuning and replaying a
+  database's records both need the rules registered: ``wrpn_tvm.pipeline``, which both go
+  through, imports this package.
 """
 
 import tvm
@@ -29,9 +28,9 @@ from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE
 
 from . import arm_cpu, cuda, x86
-from .common import has_wrpn_block
+from .common import SCHEDULED_ATTR, has_wrpn_block, is_scheduled, with_scheduled
 
-_FAMILIES = {"cpu": x86, "arm_cpu": arm_cpu, "cuda": cuda}
+_FAMILIES = {"cpu": x86.TEMPLATES, "arm_cpu": arm_cpu.TEMPLATES, "cuda": cuda}
 
 
 def family(target: Target):
@@ -46,16 +45,9 @@ def rule_name(key: str, rule: str) -> str:
     return f"s_tir.meta_schedule.{key}.{rule}"
 
 
-# What MetaScheduleApplyDatabase and dlight set on a function they scheduled (TVM 0.27 spelling).
-SCHEDULED_ATTR = "tirx.is_scheduled"
-
-
-def is_scheduled(func: tirx.PrimFunc) -> bool:
-    return func.attrs is not None and bool(func.attrs.get(SCHEDULED_ATTR, False))
-
-
 def apply_default_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
-    """Schedule every not-yet-scheduled PrimFunc in mod that holds a WRPN block; return the updated module."""
+    """A copy of mod with every not-yet-scheduled PrimFunc that holds a WRPN block scheduled and
+    marked (mod itself is left as it is)."""
     target = target if isinstance(target, Target) else Target(target)
     templates = family(target)
     updated = {}
@@ -64,14 +56,8 @@ def apply_default_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
             continue
         sch = Schedule(func)
         templates.schedule_function(sch, target)
-        # Marked, like a tuning database's records, so that later schedule passes leave it alone.
-        updated[global_var] = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
-    if not updated:
-        return mod
-    scheduled = mod.clone()
-    for global_var, func in updated.items():
-        scheduled.update_func(global_var, func)
-    return scheduled
+        updated[global_var] = sch.mod["main"]
+    return with_scheduled(mod, updated)
 
 
 def default_schedule(mod: tvm.IRModule, target: Target) -> "Schedule | None":

@@ -4,12 +4,30 @@ padding/epilogues and gives the remaining blocks a plain schedule."""
 
 from dataclasses import dataclass
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import Schedule
 
 from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE
 
 WRPN_RULES = (CONV2D_RULE, DENSE_RULE, BITPACK_RULE)
+# What MetaScheduleApplyDatabase and dlight set on a function they scheduled (TVM 0.27 spelling).
+SCHEDULED_ATTR = "tirx.is_scheduled"
+
+
+def is_scheduled(func: tirx.PrimFunc) -> bool:
+    return func.attrs is not None and bool(func.attrs.get(SCHEDULED_ATTR, False))
+
+
+def with_scheduled(mod: tvm.IRModule, updates: dict) -> tvm.IRModule:
+    """A copy of mod with the scheduled functions in updates (global var -> PrimFunc) marked and
+    swapped in, so that later schedule passes leave them alone; mod itself when there are none."""
+    if not updates:
+        return mod
+    scheduled = mod.clone()
+    for global_var, func in updates.items():
+        scheduled.update_func(global_var, func.with_attr(SCHEDULED_ATTR, True))
+    return scheduled
 PAD_BLOCK = "wrpn_pad"
 _DATA_PAR = 0  # tirx.IterVar.DataPar
 

@@ -13,7 +13,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
-from . import SCHEDULED_ATTR, is_scheduled
+from .common import is_scheduled, with_scheduled
 
 VECTOR_LANES = 16  # float32 lanes of an AVX-512 register; LLVM narrows this for NEON/AVX2
 # Below this many loop iterations a parallel region costs more than it saves.
@@ -75,11 +75,12 @@ def schedule_function(func: tirx.PrimFunc) -> "tirx.PrimFunc | None":
     sch = s_tir.Schedule(func)
     if not schedule_in_place(sch):
         return None
-    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+    return sch.mod["main"]
 
 
 def apply_fallback_schedules(mod: tvm.IRModule) -> tvm.IRModule:
-    """Schedule every not-yet-scheduled PrimFunc of a CPU module that the generic rules fit."""
+    """A copy of a CPU module with every not-yet-scheduled PrimFunc that the generic rules fit
+    scheduled and marked (mod itself is left as it is)."""
     updates = {}
     for gvar, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
@@ -90,6 +91,4 @@ def apply_fallback_schedules(mod: tvm.IRModule) -> tvm.IRModule:
             continue
         if scheduled is not None:
             updates[gvar] = scheduled
-    for gvar, func in updates.items():
-        mod[gvar] = func
-    return mod
+    return with_scheduled(mod, updates)

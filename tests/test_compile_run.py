@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from wrpn_tvm import build, runner
+from wrpn_tvm import artifact, build, runtime
 from wrpn_tvm.nn import build_model, export_model
 from wrpn_tvm.remote.session import DeviceSpec
 
@@ -45,7 +45,7 @@ def _torch_logits(model, x):
 @pytest.mark.parametrize("name", MODELS)
 def test_host_matches_pytorch(programs, libraries, name):
     _, model, x = programs[name]
-    (out,) = runner.run(libraries[name, "host"], [x])
+    (out,) = runtime.run(libraries[name, "host"], [x])
     np.testing.assert_allclose(out, _torch_logits(model, x), rtol=1e-4, atol=1e-4)
 
 
@@ -53,7 +53,7 @@ def test_rasp4_library_is_aarch64_with_sidecar(libraries):
     library = libraries["smallcnn", "rasp4"]
     assert library.read_bytes()[:4] == b"\x7fELF"
     assert library.read_bytes()[18] == 183  # e_machine EM_AARCH64
-    meta = json.loads(build.sidecar_path(library).read_text())
+    meta = json.loads(artifact.sidecar_path(library).read_text())
     assert meta["inputs"] == [{"name": "x", "shape": [1, 1, 28, 28], "dtype": "float32"}]
     assert meta["target"]["name"] == "rasp4"
     assert {"tvm", "torch", "wrpn_tvm"} <= set(meta["versions"])
@@ -78,15 +78,15 @@ def test_library_loads_with_the_tvm_runtime_alone(libraries, programs):
 @pytest.mark.parametrize("name", MODELS)
 def test_emulated_pi_matches_pytorch(programs, libraries, emulated_pool, name):
     _, model, x = programs[name]
-    (out,) = runner.run(libraries[name, "rasp4"], [x], DeviceSpec(rpc=emulated_pool.direct))
+    (out,) = runtime.run(libraries[name, "rasp4"], [x], DeviceSpec(rpc=emulated_pool.direct))
     np.testing.assert_allclose(out, _torch_logits(model, x), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.emulator
 def test_bench_on_emulated_pi_and_host(libraries, programs, emulated_pool, tmp_path):
-    remote = runner.bench(libraries["smallcnn", "rasp4"], DeviceSpec(rpc=emulated_pool.direct), repeat=3, number=2)
+    remote = runtime.bench(libraries["smallcnn", "rasp4"], DeviceSpec(rpc=emulated_pool.direct), repeat=3, number=2)
     assert len(remote.tvm.runs_ms) == 3 and remote.tvm.median_ms > 0
-    local = runner.bench(libraries["smallcnn", "host"], repeat=3, compare_torch=programs["smallcnn"][0],
+    local = runtime.bench(libraries["smallcnn", "host"], repeat=3, compare_torch=programs["smallcnn"][0],
                          json_path=tmp_path / "bench.json")
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["torch"]["median_ms"] > 0 and saved["speedup_vs_torch"] > 0
@@ -99,5 +99,5 @@ def test_tracker_serves_two_bench_calls_on_two_devices(libraries, emulated_pool)
 
     device = DeviceSpec(tracker=emulated_pool.tracker, key=emulated_pool.key)
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda _: runner.bench(libraries["smallcnn", "rasp4"], device, repeat=2, number=1), range(2)))
+        results = list(pool.map(lambda _: runtime.bench(libraries["smallcnn", "rasp4"], device, repeat=2, number=1), range(2)))
     assert all(r.tvm.median_ms > 0 and r.device.startswith("tracker://") for r in results)

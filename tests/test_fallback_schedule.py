@@ -6,7 +6,7 @@ import tvm
 from tvm import te, topi
 
 from schedules import SCHEDULED_ATTR
-from schedules.fallback_cpu import schedule_function
+from schedules.fallback_cpu import apply_fallback_schedules, schedule_function
 from wrpn_tvm.targets import resolve
 
 
@@ -25,7 +25,10 @@ def _conv(shape, channels_out, kernel, stride, pad):
 def test_scheduled_conv_matches_unscheduled(shape, cout, kernel, stride, pad):
     func, out_shape = _conv(shape, cout, kernel, stride, pad)
     scheduled = schedule_function(func)
-    assert scheduled is not None and scheduled.attrs[SCHEDULED_ATTR]
+    module = tvm.IRModule({"main": func})
+    marked = apply_fallback_schedules(module)
+    assert scheduled is not None and marked["main"].attrs[SCHEDULED_ATTR]
+    assert not module["main"].attrs or SCHEDULED_ATTR not in module["main"].attrs  # the input is left as it was
     target = resolve("host").target
     rng = np.random.default_rng(0)
     args = [rng.standard_normal(shape).astype("float32"), rng.standard_normal((cout, shape[1], kernel, kernel)).astype("float32")]

@@ -4,7 +4,7 @@ import zipfile
 import pytest
 import torch
 
-from wrpn_tvm import frontend
+from wrpn_tvm import frontend, pt2
 from wrpn_tvm.errors import WrpnError
 
 
@@ -17,8 +17,8 @@ def program_path(tmp_path_factory):
 
 
 def test_load_and_import(program_path):
-    program = frontend.load_program(program_path)
-    specs = frontend.input_specs(program)
+    program = pt2.load_program(program_path)
+    specs = pt2.input_specs(program)
     assert [(s.shape, s.dtype) for s in specs] == [((1, 1, 8, 8), "float32")]
     mod = frontend.to_relax(program)
     assert "main" in [gv.name_hint for gv in mod.get_global_vars()]
@@ -32,12 +32,12 @@ def _write(path, data: bytes):
 @pytest.mark.parametrize("content", [b"", b"\x00" * 100, b"PK\x03\x04 truncated zip", bytes(range(256)) * 8])
 def test_damaged_files_are_refused(tmp_path, content):
     with pytest.raises(WrpnError):
-        frontend.load_program(_write(tmp_path / "bad.pt2", content))
+        pt2.load_program(_write(tmp_path / "bad.pt2", content))
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(WrpnError, match="no such file"):
-        frontend.load_program(tmp_path / "absent.pt2")
+        pt2.load_program(tmp_path / "absent.pt2")
 
 
 def test_a_zip_that_is_not_a_program(tmp_path):
@@ -45,13 +45,13 @@ def test_a_zip_that_is_not_a_program(tmp_path):
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("hello.txt", "hi")
     with pytest.raises(WrpnError, match="not a torch.export program"):
-        frontend.load_program(path)
+        pt2.load_program(path)
 
 
 def test_truncated_program(tmp_path, program_path):
     data = program_path.read_bytes()
     with pytest.raises(WrpnError):
-        frontend.load_program(_write(tmp_path / "cut.pt2", data[: len(data) // 2]))
+        pt2.load_program(_write(tmp_path / "cut.pt2", data[: len(data) // 2]))
 
 
 class _Exploit:
@@ -83,7 +83,7 @@ def test_pickled_objects_in_a_program_never_run(tmp_path, program_path):
                 data = pickle.dumps(_Exploit())
             dst.writestr(item, data)
     with pytest.raises(WrpnError):
-        frontend.load_program(evil)
+        pt2.load_program(evil)
     assert not os.path.exists(marker)
 
     opaque = tmp_path / "opaque.pt2"
@@ -93,5 +93,5 @@ def test_pickled_objects_in_a_program_never_run(tmp_path, program_path):
         root = src.namelist()[0].split("/")[0]
         dst.writestr(f"{root}/data/constants/opaque_obj_0", pickle.dumps(_Exploit()))
     with pytest.raises(WrpnError, match="pickled"):
-        frontend.load_program(opaque)
+        pt2.load_program(opaque)
     assert not os.path.exists(marker)

@@ -1,7 +1,7 @@
 """Untrusted files, fuzzed for a bounded time: every loader either loads or refuses in one line.
 
-Loaders: frontend.load_program (.pt2), nn.load_checkpoint / nn.export(checkpoint=...) (training
-checkpoints), build.read_sidecar and runner.run (the compiled library's JSON sidecar), and
+Loaders: pt2.load_program (.pt2), nn.load_checkpoint / nn.export(checkpoint=...) (training
+checkpoints), artifact.read_sidecar and runtime.run (the compiled library's JSON sidecar), and
 tuning.load_database / open_database (MetaSchedule JSON logs). Inputs are random bytes, random
 JSON, truncations and byte flips of valid files, zips with random members, huge lines and sparse
 oversized files. Whatever happens: a WrpnError with one line or a successful load, no other
@@ -28,7 +28,7 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from wrpn_tvm import build, frontend, runner
+from wrpn_tvm import artifact, build, pt2, runtime
 from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.nn import export, load_checkpoint
 from wrpn_tvm.nn.checkpoint import FORMAT as CHECKPOINT_FORMAT
@@ -40,7 +40,7 @@ EXAMPLES = int(os.environ.get("WRPN_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
-SPARSE_OVERSIZE = frontend.MAX_PROGRAM_BYTES + 1
+SPARSE_OVERSIZE = pt2.MAX_PROGRAM_BYTES + 1
 
 
 def loads_or_refuses_in_one_line(load):
@@ -114,7 +114,7 @@ def _load_program_bytes(tmp_path: Path, data: bytes):
     path = tmp_path / "fuzzed.pt2"
     path.write_bytes(data)
     with writes_nothing_outside(tmp_path):
-        return loads_or_refuses_in_one_line(lambda: frontend.load_program(path))
+        return loads_or_refuses_in_one_line(lambda: pt2.load_program(path))
 
 
 @FUZZ
@@ -168,7 +168,7 @@ def test_program_member_names_never_become_paths(tmp_path, program_bytes, name):
 def test_oversized_program_is_refused_before_reading(tmp_path):
     path = sparse_file(tmp_path / "huge.pt2", SPARSE_OVERSIZE)
     with pytest.raises(WrpnError, match="larger than the 4 GiB limit"):
-        frontend.load_program(path)
+        pt2.load_program(path)
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -280,11 +280,11 @@ def _run_with_sidecar(library: Path, tmp_path: Path, text: str):
     """
     copy = Path(tempfile.mkdtemp(dir=tmp_path)) / "model.so"
     copy.write_bytes(library.read_bytes())
-    build.sidecar_path(copy).write_text(text)
+    artifact.sidecar_path(copy).write_text(text)
 
     def load_and_run():
-        meta = build.read_sidecar(copy)
-        return runner.run(copy, runner.random_inputs(meta) if _plain_inputs(meta) else [np.zeros((1, 1, 6, 6), "float32")])
+        meta = artifact.read_sidecar(copy)
+        return runtime.run(copy, runtime.random_inputs(meta) if _plain_inputs(meta) else [np.zeros((1, 1, 6, 6), "float32")])
 
     with writes_nothing_outside(tmp_path):
         return loads_or_refuses_in_one_line(load_and_run)
@@ -293,7 +293,7 @@ def _run_with_sidecar(library: Path, tmp_path: Path, text: str):
 def _plain_inputs(meta) -> bool:
     try:
         return all(np.zeros(spec["shape"], spec["dtype"]).size < 10**6 for spec in meta["inputs"])
-    except Exception:  # the fuzzed sidecar's own fault: let runner.run meet it
+    except Exception:  # the fuzzed sidecar's own fault: let runtime.run meet it
         return False
 
 
@@ -309,7 +309,7 @@ def test_random_sidecars_are_refused(library, tmp_path, text):
                              ("inputs", 0, "dtype"), ("inputs", 0, "name"), ("library",), ("versions",)]),
        value=json_values, drop=st.booleans())
 def test_sidecar_fields_with_odd_values_load_or_refuse(library, tmp_path, path, value, drop):
-    meta = json.loads(build.sidecar_path(library).read_text())
+    meta = json.loads(artifact.sidecar_path(library).read_text())
     holder = meta
     for step in path[:-1]:
         holder = holder[step]
@@ -324,7 +324,7 @@ def test_sidecar_fields_with_odd_values_load_or_refuse(library, tmp_path, path, 
 @given(name=hostile_names)
 def test_sidecar_library_name_is_never_a_path(library, tmp_path, name):
     """The sidecar's 'library' field is informational: the runner loads the file it was given, nothing else."""
-    meta = json.loads(build.sidecar_path(library).read_text())
+    meta = json.loads(artifact.sidecar_path(library).read_text())
     meta["library"] = name
     (outputs, error) = _run_with_sidecar(library, tmp_path, json.dumps(meta))
     assert error is None and outputs[0].shape == (1, 2, 4, 4)
@@ -333,9 +333,9 @@ def test_sidecar_library_name_is_never_a_path(library, tmp_path, name):
 def test_oversized_sidecar_is_one_line(library, tmp_path):
     copy = tmp_path / "model.so"
     copy.write_bytes(library.read_bytes())
-    sparse_file(build.sidecar_path(copy), 64 << 20)
+    sparse_file(artifact.sidecar_path(copy), 64 << 20)
     with pytest.raises(WrpnError) as caught:
-        build.read_sidecar(copy)
+        artifact.read_sidecar(copy)
     assert "\n" not in str(caught.value)
 
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from wrpn_tvm import runner
+from wrpn_tvm import runtime
 from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.remote import daemons, rpc_server
 from wrpn_tvm.remote.session import DeviceSpec, tracker_summary
@@ -31,7 +31,7 @@ def sample(library, tmp_path_factory):
     x = np.random.default_rng(1).random((1, 1, 8, 8), dtype=np.float32)
     path = tmp_path_factory.mktemp("load-input") / "x.npy"
     np.save(path, x)
-    return x, path, runner.run(library, [x])[0]
+    return x, path, runtime.run(library, [x])[0]
 
 
 def _spawn(argv):
@@ -84,7 +84,7 @@ def _cli(args, timeout):
 
 
 def _clients(library, sample, tmp_path, device_args, timeout):
-    """THREADS in-process `runner.run` calls and PROCESSES pairs of `wrpn-tvm run` / `bench`, all at once.
+    """THREADS in-process `runtime.run` calls and PROCESSES pairs of `wrpn-tvm run` / `bench`, all at once.
     Returns (thread outcomes: outputs or WrpnError, [(argv, returncode, stdout, stderr)], output paths)."""
     x, x_path, _ = sample
     processes, outputs = [], []
@@ -96,7 +96,7 @@ def _clients(library, sample, tmp_path, device_args, timeout):
 
     def one_run(_):
         try:
-            return runner.run(library, [x], device)[0]
+            return runtime.run(library, [x], device)[0]
         except WrpnError as err:
             return err
 
@@ -126,7 +126,7 @@ def test_clients_queue_through_the_tracker_and_all_complete(library, sample, tmp
     for path in outputs:
         np.testing.assert_allclose(np.load(path), expected, rtol=1e-6)
     assert server.poll() is None
-    np.testing.assert_allclose(runner.run(library, [x], DeviceSpec(tracker=address, key=KEY, timeout=60))[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(runtime.run(library, [x], DeviceSpec(tracker=address, key=KEY, timeout=60))[0], expected, rtol=1e-6)
 
 
 def test_clients_on_a_bare_server_complete_or_fail_clearly(library, sample, tmp_path, native_rpc_server):
@@ -145,7 +145,7 @@ def test_clients_on_a_bare_server_complete_or_fail_clearly(library, sample, tmp_
             lines = err.strip().splitlines()
             assert code == 1 and len(lines) == 1 and lines[0].startswith("wrpn-tvm: error: "), (argv, err)
     assert proc.poll() is None, "the RPC server crashed under load"
-    np.testing.assert_allclose(runner.run(library, [x], DeviceSpec(rpc=address, timeout=60))[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(runtime.run(library, [x], DeviceSpec(rpc=address, timeout=60))[0], expected, rtol=1e-6)
 
 
 def test_an_idle_connection_does_not_block_the_device(library, sample, native_rpc_server):
@@ -154,5 +154,5 @@ def test_an_idle_connection_does_not_block_the_device(library, sample, native_rp
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port))):
         time.sleep(1)  # the server has accepted it and waits for its handshake
-        outputs = runner.run(library, [x], DeviceSpec(rpc=address, timeout=10))
+        outputs = runtime.run(library, [x], DeviceSpec(rpc=address, timeout=10))
     np.testing.assert_allclose(outputs[0], expected, rtol=1e-6)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from wrpn_tvm import build, runner
+from wrpn_tvm import build, runtime
 from wrpn_tvm.data import load_dataset
 from wrpn_tvm.nn import export_model, load_checkpoint, model_from_checkpoint
 from wrpn_tvm.remote.session import DeviceSpec
@@ -40,7 +40,7 @@ def quick_mnist(tmp_path_factory):
 
 def _run_batches(library, x, device=DeviceSpec()):
     usable = len(x) - len(x) % BATCH
-    return np.concatenate([runner.run(library, [x[i:i + BATCH]], device)[0] for i in range(0, usable, BATCH)]), usable
+    return np.concatenate([runtime.run(library, [x[i:i + BATCH]], device)[0] for i in range(0, usable, BATCH)]), usable
 
 
 def check_agreement(model, library, data, device=DeviceSpec()):

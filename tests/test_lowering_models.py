@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from wrpn_tvm import build, runner
+from wrpn_tvm import build, runtime
 from wrpn_tvm.cli import main as cli_main
 from wrpn_tvm.frontend import to_relax
 from wrpn_tvm.lowering import lower_wrpn
@@ -81,7 +81,7 @@ def compile_and_compare(model, x, tmp_path, name):
     path = tmp_path / f"{name}.pt2"
     torch.export.save(export_model(model, x), str(path))
     result = build.compile_model(path, "host", tmp_path / f"{name}.so")
-    (out,) = runner.run(result.library, [x.numpy()])
+    (out,) = runtime.run(result.library, [x.numpy()])
     assert_matches_pytorch(model, x, out)
     return result
 

@@ -8,7 +8,7 @@ import torch
 import tvm
 from tvm import te
 
-from wrpn_tvm import ops
+from wrpn_tvm import kernels, ops
 from wrpn_tvm.errors import WrpnError
 
 BIT_PAIRS = list(itertools.product(range(1, 5), repeat=2)) + [(8, 8), (5, 7), (8, 1), (1, 8), (6, 3)]
@@ -39,7 +39,7 @@ def test_conv2d_levels_equal_reference(case):
     channels, out_channels, kernel, stride, padding, batch, image = CONV_SHAPES[case % len(CONV_SHAPES)]
     x = rng.integers(0, 2**abits, (batch, channels, image, image))
     w = random_weights(rng, wbits, (out_channels, channels, kernel, kernel))
-    got = ops.conv2d_levels(x, w, abits, wbits, stride, padding)
+    got = kernels.conv2d_levels(x, w, abits, wbits, stride, padding)
     want = ops.conv2d_levels_reference(x, w, abits, wbits, stride, padding)
     assert got.dtype == np.int32 and np.array_equal(got, want)
 
@@ -50,10 +50,10 @@ def test_64_bit_words_equal_reference(abits, wbits):
     rng = np.random.default_rng(64 + abits)
     x = rng.integers(0, 2**abits, (2, 100, 7, 7))
     w = random_weights(rng, wbits, (24, 100, 3, 3))
-    got = ops.conv2d_levels(x, w, abits, wbits, 2, 1, word_bits=64)
+    got = kernels.conv2d_levels(x, w, abits, wbits, 2, 1, word_bits=64)
     assert np.array_equal(got, ops.conv2d_levels_reference(x, w, abits, wbits, 2, 1))
     xd, wd = x.reshape(2, -1)[:, :130], w.reshape(24, -1)[:, :130]
-    assert np.array_equal(ops.dense_levels(xd, wd, abits, wbits, word_bits=64),
+    assert np.array_equal(kernels.dense_levels(xd, wd, abits, wbits, word_bits=64),
                           ops.dense_levels_reference(xd, wd, abits, wbits))
 
 
@@ -62,7 +62,7 @@ def test_conv2d_levels_extreme_levels_accumulate_exactly():
     abits, wbits = 8, 8
     x = np.full((1, 100, 5, 5), 2**abits - 1)
     w = np.full((4, 100, 3, 3), -(2 ** (wbits - 1) - 1))
-    got = ops.conv2d_levels(x, w, abits, wbits, 1, 1)
+    got = kernels.conv2d_levels(x, w, abits, wbits, 1, 1)
     assert np.array_equal(got, ops.conv2d_levels_reference(x, w, abits, wbits, 1, 1))
     assert got.min() == 255 * -127 * 100 * 9
 
@@ -75,7 +75,7 @@ def test_dense_levels_equal_reference(abits, wbits, features, out_features, batc
     rng = np.random.default_rng(features)
     x = rng.integers(0, 2**abits, (batch, features))
     w = random_weights(rng, wbits, (out_features, features))
-    got = ops.dense_levels(x, w, abits, wbits)
+    got = kernels.dense_levels(x, w, abits, wbits)
     assert np.array_equal(got, ops.dense_levels_reference(x, w, abits, wbits))
 
 
@@ -165,12 +165,12 @@ def test_pack_weight_planes_decode_to_levels(wbits, word_bits):
 )
 def test_bad_levels_and_bits_are_rejected(x, w, abits, wbits):
     with pytest.raises(WrpnError):
-        ops.conv2d_levels(x, w, abits, wbits, 1, 1)
+        kernels.conv2d_levels(x, w, abits, wbits, 1, 1)
 
 
 def test_bad_dense_levels_and_pack_weight_inputs_are_rejected():
     with pytest.raises(WrpnError, match="activation levels"):
-        ops.dense_levels(np.full((1, 8), 2), np.ones((2, 8)), 1, 1)
+        kernels.dense_levels(np.full((1, 8), 2), np.ones((2, 8)), 1, 1)
     with pytest.raises(WrpnError, match="weight levels"):
         ops.pack_weight(np.full((2, 8), 3), 2)
     with pytest.raises(WrpnError, match="word_bits"):
@@ -180,4 +180,4 @@ def test_bad_dense_levels_and_pack_weight_inputs_are_rejected():
 def test_non_host_targets_compile_but_do_not_run_here():
     x, w = np.ones((1, 3, 4, 4), dtype=np.int64), np.ones((2, 3, 3, 3), dtype=np.int64)
     with pytest.raises(WrpnError, match="RPC"):
-        ops.conv2d_levels(x, w, 1, 2, 1, 1, target="rasp4")
+        kernels.conv2d_levels(x, w, 1, 2, 1, 1, target="rasp4")

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
-from wrpn_tvm import build, runner
+from wrpn_tvm import build, runtime
 from wrpn_tvm.nn import export_model
 
 EXAMPLES = int(os.environ.get("WRPN_PROPERTY_EXAMPLES", "8"))
@@ -256,7 +256,7 @@ def test_random_wrpn_models_compile_exactly(spec):
         program = Path(tmp) / "model.pt2"
         torch.export.save(export_model(model, x), str(program))
         result = build.compile_model(program, "host", Path(tmp) / "model.so")
-        (out,) = runner.run(result.library, [x.numpy()])
+        (out,) = runtime.run(result.library, [x.numpy()])
     with torch.no_grad():
         ref = model(x).numpy()
     check_reports(result.layers, layer_expectations(spec, model))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wrpn_tvm import runner
+from wrpn_tvm import runtime
 from wrpn_tvm.cli import main
 from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.remote import daemons, rpc_server
@@ -177,7 +177,7 @@ def drive_cuts(library: str, cuts: list) -> None:
     previous one's half-served session) and one run through a faulty proxy in front of it; one
     JSON line per cut on stdout."""
     x = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
-    expected = runner.run(library, [x])[0]
+    expected = runtime.run(library, [x])[0]
     for mode, cut in cuts:
         port = daemons.free_port()
         server = subprocess.Popen(rpc_server.command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -186,7 +186,7 @@ def drive_cuts(library: str, cuts: list) -> None:
             _wait_for_port(port)
             proxy = FaultyProxy(port, cut, mode)
             try:
-                outputs = runner.run(library, [x], DeviceSpec(rpc=proxy.address, timeout=FAULT_TIMEOUT_S))
+                outputs = runtime.run(library, [x], DeviceSpec(rpc=proxy.address, timeout=FAULT_TIMEOUT_S))
                 outcome = "ok" if np.allclose(outputs[0], expected, rtol=1e-6) else "wrong outputs"
             except WrpnError as err:
                 outcome = "error" if str(err).strip() and "\n" not in str(err) else f"bad message {str(err)!r}"
@@ -202,7 +202,7 @@ def _serves(library, x, expected, server, within_s: float) -> bool:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         try:
-            return bool(np.allclose(runner.run(library, [x], DeviceSpec(rpc=server, timeout=8))[0], expected))
+            return bool(np.allclose(runtime.run(library, [x], DeviceSpec(rpc=server, timeout=8))[0], expected))
         except WrpnError:
             time.sleep(1)
     return False
@@ -222,7 +222,7 @@ def check_cuts(library: Path, native_rpc_server, fractions: dict) -> None:
     The client runs in its own process so that a hang is seen, not suffered."""
     _, address = native_rpc_server
     counting = FaultyProxy(int(address.rsplit(":", 1)[1]))
-    runner.run(library, [np.zeros((1, 1, 8, 8), "float32")], DeviceSpec(rpc=counting.address, timeout=60))
+    runtime.run(library, [np.zeros((1, 1, 8, 8), "float32")], DeviceSpec(rpc=counting.address, timeout=60))
     total = counting.close()
     cuts = [(mode, int(total * f)) for mode, chosen in fractions.items() for f in chosen]
     driver = subprocess.Popen(
@@ -273,10 +273,10 @@ def test_server_survives_a_client_dropped_mid_upload(library, native_rpc_server)
     _, address = native_rpc_server
     x = np.zeros((1, 1, 8, 8), "float32")
     counting = FaultyProxy(int(address.rsplit(":", 1)[1]))
-    expected = runner.run(library, [x], DeviceSpec(rpc=counting.address, timeout=60))[0]
+    expected = runtime.run(library, [x], DeviceSpec(rpc=counting.address, timeout=60))[0]
     proxy = FaultyProxy(int(address.rsplit(":", 1)[1]), counting.close() // 2, "drop")
     with pytest.raises(WrpnError):
-        runner.run(library, [x], DeviceSpec(rpc=proxy.address, timeout=FAULT_TIMEOUT_S))
+        runtime.run(library, [x], DeviceSpec(rpc=proxy.address, timeout=FAULT_TIMEOUT_S))
     proxy.close()
     assert _serves(library, x, expected, address, within_s=15)
 
@@ -314,7 +314,7 @@ def test_device_frozen_mid_bench_is_a_clear_error(library, native_rpc_server):
 def test_connection_stalled_mid_upload_is_a_clear_error(library, native_rpc_server, tmp_path):
     _, address = native_rpc_server
     counting = FaultyProxy(int(address.rsplit(":", 1)[1]))
-    runner.run(library, [np.zeros((1, 1, 8, 8), "float32")], DeviceSpec(rpc=counting.address, timeout=60))
+    runtime.run(library, [np.zeros((1, 1, 8, 8), "float32")], DeviceSpec(rpc=counting.address, timeout=60))
     proxy = FaultyProxy(int(address.rsplit(":", 1)[1]), counting.close() // 2, "stall")
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), "float32"))
     try:

@@ -12,12 +12,12 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir import Schedule
 
 import schedules
-from wrpn_tvm import ops
+from wrpn_tvm import kernels, ops
 from wrpn_tvm.targets import resolve
 
 
 def _asm(target: str, abits=2, wbits=2) -> str:
-    executable = ops.compile_conv2d((1, 64, 8, 8), (64, 64, 3, 3), abits, wbits, 1, 1, target=target)
+    executable = kernels.compile_conv2d((1, 64, 8, 8), (64, 64, 3, 3), abits, wbits, 1, 1, target=target)
     return executable.mod.inspect_source("asm")
 
 
@@ -50,8 +50,8 @@ def test_cuda_kernels_compile_with_nvcc():
     from tvm.support import nvcc
 
     for compile_kernel in (
-        lambda: ops.compile_conv2d((1, 40, 7, 7), (48, 40, 3, 3), 2, 1, 2, 1, target="cuda"),
-        lambda: ops.compile_dense((2, 100), (10, 100), 4, 2, target="cuda"),
+        lambda: kernels.compile_conv2d((1, 40, 7, 7), (48, 40, 3, 3), 2, 1, 2, 1, target="cuda"),
+        lambda: kernels.compile_dense((2, 100), (10, 100), 4, 2, target="cuda"),
     ):
         source = compile_kernel().mod.imports[0].inspect_source()
         with tvm.target.Target({"kind": "cuda", "arch": "sm_80"}):
@@ -67,10 +67,10 @@ def test_cuda_kernels_match_reference(abits, wbits):
     x = rng.integers(0, 2**abits, (2, 17, 7, 7))
     top = max(1, 2 ** (wbits - 1) - 1)
     w = rng.choice([-1, 1], (16, 17, 3, 3)) if wbits == 1 else rng.integers(-top, top + 1, (16, 17, 3, 3))
-    got = ops.conv2d_levels(x, w, abits, wbits, 2, 1, target="cuda")
+    got = kernels.conv2d_levels(x, w, abits, wbits, 2, 1, target="cuda")
     assert np.array_equal(got, ops.conv2d_levels_reference(x, w, abits, wbits, 2, 1))
     xd, wd = x.reshape(2, -1)[:, :100], w.reshape(16, -1)[:, :100]
-    assert np.array_equal(ops.dense_levels(xd, wd, abits, wbits, target="cuda"),
+    assert np.array_equal(kernels.dense_levels(xd, wd, abits, wbits, target="cuda"),
                           ops.dense_levels_reference(xd, wd, abits, wbits))
 
 

@@ -10,7 +10,7 @@ import psutil
 import pytest
 import torch
 
-from wrpn_tvm import build, runner
+from wrpn_tvm import build, runtime
 from wrpn_tvm.remote.session import DeviceSpec, DeviceTimeout, with_deadline
 
 POOL_SLACK = 2  # the reused deadline workers (one per call in flight at once)
@@ -32,15 +32,15 @@ def _serve(library, device, calls):
     """(thread count before, after; RSS growth in MiB; median ms of the first and last tenth)."""
     x = np.random.default_rng(0).random(SHAPE, dtype=np.float32)
     process = psutil.Process()
-    with runner.load(library, device) as model:
-        expected = runner.run_loaded(model, [x], 60)[0]
+    with runtime.load(library, device) as model:
+        expected = runtime.run_loaded(model, [x], 60)[0]
         for _ in range(20):  # warm: pools, allocator arenas
-            runner.run_loaded(model, [x], 60)
+            runtime.run_loaded(model, [x], 60)
         threads, rss = process.num_threads(), process.memory_info().rss
         times = []
         for _ in range(calls):
             start = time.perf_counter()
-            (out,) = runner.run_loaded(model, [x], 60)
+            (out,) = runtime.run_loaded(model, [x], 60)
             times.append(time.perf_counter() - start)
         np.testing.assert_array_equal(out, expected)
         tenth = max(1, calls // 10)
@@ -70,12 +70,12 @@ def test_run_and_bench_leave_no_thread_behind(library, native_rpc_server):
     x = np.zeros(SHAPE, np.float32)
     process = psutil.Process()
     for device in (DeviceSpec(), DeviceSpec(rpc=address, timeout=60)):
-        runner.run(library, [x], device)
-        runner.bench(library, device, repeat=2, number=2)
+        runtime.run(library, [x], device)
+        runtime.bench(library, device, repeat=2, number=2)
         before = process.num_threads()
         for _ in range(30):
-            runner.run(library, [x], device)
-        runner.bench(library, device, repeat=2, number=2)
+            runtime.run(library, [x], device)
+        runtime.bench(library, device, repeat=2, number=2)
         assert process.num_threads() <= before + POOL_SLACK, device
 
 
@@ -103,11 +103,11 @@ def test_a_server_serves_ten_thousand_sessions_one_after_another(library, native
     proc, address = native_rpc_server
     server = psutil.Process(proc.pid)
     x = np.zeros(SHAPE, np.float32)
-    expected = runner.run(library, [x])[0]
+    expected = runtime.run(library, [x])[0]
     device = DeviceSpec(rpc=address, timeout=60)
-    runner.run(library, [x], device)
+    runtime.run(library, [x], device)
     threads, server_threads = psutil.Process().num_threads(), server.num_threads()
     for _ in range(10_000):
-        np.testing.assert_array_equal(runner.run(library, [x], device)[0], expected)
+        np.testing.assert_array_equal(runtime.run(library, [x], device)[0], expected)
     assert psutil.Process().num_threads() <= threads + POOL_SLACK
     assert server.num_threads() <= server_threads and not server.children()

@@ -11,7 +11,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.database import PyDatabase
 from tvm_ffi import structural_hash
 
-from wrpn_tvm import build
+from wrpn_tvm import pipeline
 from wrpn_tvm.cli import main
 from wrpn_tvm.remote import daemons, rpc_server
 from wrpn_tvm.remote.session import DeviceSpec
@@ -96,10 +96,10 @@ def test_tune_writes_a_log_that_compile_applies(program, tuned, tmp_path):
     log_dir, first = tuned
     assert first == 4
     spec = resolve("host")
-    mod, _layers, _inputs = build.prepare_module(program, spec)
+    mod, _layers, _inputs = pipeline.prepare_module(program, spec)
     tuned_names = {task.task_name for task in extract_tasks(mod, spec)}
     database = HitCountingDatabase(load_database(log_dir, spec))
-    build.build_module(mod, spec, database)
+    pipeline.build_module(mod, spec, database)
     assert tuned_names and tuned_names <= database.hits  # compile found every tuned function in the log
     assert main(["compile", str(program), "--tuning-log", str(log_dir), "-o", str(tmp_path / "tiny.so")]) == 0
     assert (tmp_path / "tiny.so").stat().st_size > 0
@@ -192,7 +192,7 @@ def test_devices_share_the_measurements_and_a_dead_one_does_not_end_the_job(tmp_
     tracker, servers, logs = two_devices
     killer = subprocess.Popen([sys.executable, "-c", KILL_ON_FIRST_LOAD, str(logs[1]), str(servers[1].pid)])
     try:
-        mod = build.prepare_module(_tiny_program(tmp_path), resolve("host"))[0]
+        mod = pipeline.prepare_module(_tiny_program(tmp_path), resolve("host"))[0]
         device = DeviceSpec(tracker=tracker, key="tiny")
         result = tune_module(mod, resolve("host"), 8, tmp_path / "log", device, seed=0, trials_per_batch=4)
         assert killer.wait(timeout=60) == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import build, runner
+from . import build, runtime
 from .errors import WrpnError
 from .remote import daemons, emulator
 from .remote.session import DeviceSpec
@@ -76,7 +76,7 @@ def _train_or_reuse(model: DemoModel, data, folder: Path, epochs: int) -> Path:
 def _torch_logits(program: Path, images: np.ndarray) -> np.ndarray:
     import torch
 
-    from .frontend import load_program
+    from .pt2 import load_program
 
     module = load_program(program).module()
     with torch.inference_mode():
@@ -84,8 +84,8 @@ def _torch_logits(program: Path, images: np.ndarray) -> np.ndarray:
 
 
 def _compiled_logits(library: Path, images: np.ndarray, device: DeviceSpec) -> np.ndarray:
-    with runner.load(library, device) as loaded:
-        return np.concatenate([runner.run_loaded(loaded, [images[i:i + 1]], device.timeout)[0] for i in range(len(images))])
+    with runtime.load(library, device) as loaded:
+        return np.concatenate([runtime.run_loaded(loaded, [images[i:i + 1]], device.timeout)[0] for i in range(len(images))])
 
 
 @contextlib.contextmanager
@@ -165,11 +165,11 @@ def demo(out: "str | Path" = "report", epochs: int = 5, host_images: "int | None
 
     for model in MODELS:
         _say(f"timing {model.name} on the host against PyTorch eager")
-        timing = runner.bench(libraries[model.name, "host"], repeat=repeat, compare_torch=programs[model.name])
+        timing = runtime.bench(libraries[model.name, "host"], repeat=repeat, compare_torch=programs[model.name])
         results["models"][model.name]["bench_host"] = timing.to_json()
         _say("  " + timing.table().replace("\n", "\n  "))
 
-    results["machine"] = runner.machine_info()
+    results["machine"] = runtime.machine_info()
     results["seconds"] = round(time.monotonic() - started, 1)
     write_report(out, results)
     _say(f"done in {results['seconds']:.0f} s: {out / 'index.md'}")
@@ -236,7 +236,7 @@ def write_report(out: Path, results: dict) -> Path:
                      f"{speedup} | {entry['tuning_log_host'] or 'none applies: untuned'} | "
                      f"{100 * load['others_cpu_share']:.0f}%, {load['load_average_1min']:.2f} |")
     if any(entry["bench_host"]["load"]["loaded"] for entry in results["models"].values()):
-        lines += ["", f"Other processes used more than {100 * runner.MachineLoad.LOADED_SHARE:.0f}% of the CPUs while "
+        lines += ["", f"Other processes used more than {100 * runtime.MachineLoad.LOADED_SHARE:.0f}% of the CPUs while "
                   "timing: these speed-ups are not from a quiet machine. Re-run the demo on an idle one."]
     untuned = [entry["label"] for entry in results["models"].values() if not entry.get("tuning_log_host")]
     if untuned:

@@ -1,7 +1,8 @@
-"""Named target presets: what `--target` accepts.
+"""Named target presets: what `--target` accepts, and which CPUs can run code built for a target.
 
 A preset is a TVM target JSON dict plus what building for it needs (a cross compiler for the
 ARM boards). Anything that is not a preset name is parsed as a raw TVM target JSON object.
+TVM is imported on first use, so that the command line's --help does not wait for it.
 """
 
 import json
@@ -10,10 +11,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-import tvm
-from tvm.target import Target
-
-from .errors import WrpnError
+from .errors import WrpnError, one_line
 
 AARCH64_TRIPLE = "aarch64-linux-gnu"
 AARCH64_CC = "aarch64-linux-gnu-gcc"
@@ -25,7 +23,7 @@ class TargetSpec:
     """A resolved target: the TVM target, and the C compiler that links its shared library."""
 
     name: str
-    target: Target
+    target: "tvm.target.Target"
     cross_compiler: str | None  # None: the host's own compiler
 
     @property
@@ -59,6 +57,8 @@ AVX512_MATTR = ["+avx512vpopcntdq", "+avx512vnni", "+avx512bitalg", "-prefer-256
 @lru_cache(maxsize=1)
 def host_cpu() -> str:
     """This machine's CPU as LLVM names it (e.g. znver4): the `host` preset compiles for it."""
+    import tvm
+
     return tvm.target.codegen.llvm_get_system_cpu()
 
 
@@ -80,8 +80,10 @@ def _presets() -> dict[str, tuple[dict, str | None]]:
 PRESET_NAMES = ("host", "x86-avx2", "x86-avx512", "rasp3b", "rasp4", "rasp5", "aarch64", "cuda")
 
 
-def resolve(name_or_json: "str | dict | Target | TargetSpec", cuda_arch: str | None = None) -> TargetSpec:
+def resolve(name_or_json: "str | dict | tvm.target.Target | TargetSpec", cuda_arch: str | None = None) -> TargetSpec:
     """Turn a preset name, a `cuda:sm_90`-style name, a target JSON string/dict or a Target into a TargetSpec."""
+    from tvm.target import Target
+
     if isinstance(name_or_json, TargetSpec):
         return name_or_json
     if isinstance(name_or_json, Target):
@@ -112,10 +114,12 @@ def resolve(name_or_json: "str | dict | Target | TargetSpec", cuda_arch: str | N
 
 
 def _spec_from_dict(name: str, config: dict) -> TargetSpec:
+    from tvm.target import Target
+
     try:
         target = Target(config)
     except Exception as err:  # TVM raises several error types for a malformed config
-        raise WrpnError(f"invalid TVM target {json.dumps(config)}: {str(err).splitlines()[-1]}") from None
+        raise WrpnError(f"invalid TVM target {json.dumps(config)}: {one_line(err, last=True)}") from None
     triple = str(target.attrs.get("mtriple", "")) if target.kind.name == "llvm" else ""
     cross = AARCH64_CC if triple.startswith("aarch64") else None
     return TargetSpec(name, target, cross)
@@ -131,19 +135,21 @@ _TUNING_FEATURE = re.compile(
 )
 
 
-def isa_features(target: Target) -> frozenset:
+def isa_features(target: "tvm.target.Target") -> frozenset:
     """The instruction-set features LLVM enables for an llvm target's triple, CPU and attributes."""
+    import tvm
+
     return frozenset(f for f in tvm.target.codegen.llvm_get_cpu_features(target) if not _TUNING_FEATURE.match(f))
 
 
-def cpu_label(target: Target) -> str:
+def cpu_label(target: "tvm.target.Target") -> str:
     """A target's CPU for messages: its mcpu, and its attributes where it names any."""
     mattr = [str(a) for a in target.attrs.get("mattr", [])] if target.kind.name == "llvm" else []
     name = str(target.attrs.get("mcpu", "generic")) if target.kind.name == "llvm" else str(target.attrs.get("arch", ""))
     return name + (f" ({','.join(mattr)})" if mattr else "")
 
 
-def missing_features(built_for: Target, runs_on: Target) -> "frozenset | None":
+def missing_features(built_for: "tvm.target.Target", runs_on: "tvm.target.Target") -> "frozenset | None":
     """The instruction-set features that code built for `built_for` may use and `runs_on` lacks;
     None when the two cannot share code at all (another target kind, triple or CUDA arch)."""
     if built_for.kind.name != runs_on.kind.name:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import Dataset, load_dataset
-from .errors import WrpnError
+from .errors import WrpnError, one_line
 from .nn import build_model, check_bits, check_width, load_checkpoint, save_checkpoint, save_program
 
 DEFAULT_BATCH_SIZE = 64
@@ -172,7 +172,7 @@ def train(model_name, width, abits, wbits, dataset, epochs, output, seed=0, resu
             model.load_state_dict(payload["model"])
             optimizer.load_state_dict(payload["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
-            raise WrpnError(f"cannot resume from {previous}: {str(err).splitlines()[0]}") from None
+            raise WrpnError(f"cannot resume from {previous}: {one_line(err)}") from None
         start_epoch, history = payload["epoch"], payload["history"]
         if progress:
             print(f"resuming from {previous} (epoch {start_epoch})", file=sys.stderr)

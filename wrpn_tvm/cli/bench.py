@@ -1,7 +1,7 @@
 """`wrpn-tvm bench OUT.so [--rpc ... | --tracker ... --key ...] [--repeat N] [--json PATH] [--compare-torch MODEL.pt2]`."""
 
-from ..runner import bench
 from .common import add_device_arguments, device_from_args
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="time a compiled model with TVM's time_evaluator",
@@ -12,9 +12,12 @@ def register(subparsers) -> None:
     parser.add_argument("--compare-torch", metavar="MODEL.pt2", help="also time PyTorch eager on the same input (host only)")
     parser.add_argument("--json", metavar="PATH", help="write every timing, the machine and versions as JSON")
     add_device_arguments(parser)
-    parser.set_defaults(func=_bench)
+    parser.set_defaults(func=handle)
 
-def _bench(args) -> int:
+
+def handle(args) -> int:
+    from ..runtime import bench
+
     result = bench(args.library, device_from_args(args), repeat=args.repeat, number=args.number,
                    compare_torch=args.compare_torch, json_path=args.json)
     print(result.table())

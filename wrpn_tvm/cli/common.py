@@ -9,8 +9,8 @@ def add_target_argument(parser, default: str = "host") -> None:
                         help=f"a preset ({', '.join(PRESET_NAMES)}; cuda:sm_XX picks a GPU arch) or a TVM target JSON object")
 
 
-def add_device_arguments(parser) -> None:
-    group = parser.add_argument_group("remote device (default: this machine)")
+def add_device_arguments(parser, what: str = "run on") -> None:
+    group = parser.add_argument_group(f"remote device to {what} (default: this machine)")
     group.add_argument("--rpc", metavar="HOST:PORT", help="an RPC server (a board, or `wrpn-tvm device start`)")
     group.add_argument("--tracker", metavar="HOST:PORT", help="an RPC tracker; needs --key")
     group.add_argument("--key", help="the device key registered at the tracker (e.g. rasp4)")

@@ -1,6 +1,5 @@
 """`wrpn-tvm compile MODEL.pt2 --target T -o OUT.so`."""
 
-from ..build import compile_model
 from .common import add_target_argument
 
 
@@ -17,10 +16,12 @@ def register(subparsers) -> None:
     parser.add_argument("--strict-target", action="store_true",
                         help="apply the tuning log only if it was tuned for exactly this target")
     parser.add_argument("--explain", action="store_true", help="list each layer, what it became, and why")
-    parser.set_defaults(func=_compile)
+    parser.set_defaults(func=handle)
 
 
-def _compile(args) -> int:
+def handle(args) -> int:
+    from ..build import compile_model
+
     result = compile_model(args.model, args.target, args.output, tuning_log=args.tuning_log, strict_target=args.strict_target)
     if args.explain:
         for layer in result.layers:

@@ -1,7 +1,5 @@
 """`wrpn-tvm demo`: train, compile, run on the emulated Pi, check, benchmark, report."""
 
-from ..demo import check_demo_args, demo
-
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="the whole WRPN story on this machine, written to report/index.md",
@@ -15,10 +13,12 @@ def register(subparsers) -> None:
     parser.add_argument("--no-emulator", dest="emulate", action="store_false", help="skip the emulated Pi")
     parser.add_argument("--rpc", metavar="HOST:PORT", help="run the Pi part on this board (or running device) instead")
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per benchmark (default %(default)s)")
-    parser.set_defaults(func=_demo)
+    parser.set_defaults(func=handle)
 
 
-def _demo(args) -> int:
+def handle(args) -> int:
+    from ..demo import check_demo_args, demo
+
     check_demo_args(args.epochs, args.pi_images, args.repeat)
     demo(args.out, epochs=args.epochs, host_images=args.host_images, pi_images=args.pi_images,
          emulate=args.emulate, repeat=args.repeat, rpc=args.rpc)

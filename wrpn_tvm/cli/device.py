@@ -16,15 +16,15 @@ def register(subparsers) -> None:
     start.add_argument("--host", default=daemons.LOOPBACK, help="address to bind (default %(default)s)")
     start.add_argument("--allow-public", action="store_true",
                        help="allow --host beyond loopback: TVM RPC runs any code it is sent")
-    start.set_defaults(func=_start)
+    start.set_defaults(func=handle_start)
     stop = actions.add_parser("stop", help="stop an emulated device")
     stop.add_argument("--port", type=int, default=9090)
-    stop.set_defaults(func=_stop)
+    stop.set_defaults(func=handle_stop)
     status = actions.add_parser("status", help="list running devices and trackers")
-    status.set_defaults(func=_status)
+    status.set_defaults(func=handle_status)
 
 
-def _start(args) -> int:
+def handle_start(args) -> int:
     print(f"starting an emulated {args.emulate} on {args.host}:{args.port} (importing TVM under qemu takes a while) ...", flush=True)
     service = emulator.start(args.port, args.emulate, tracker=args.tracker, key=args.key, host=args.host,
                              allow_public=args.allow_public)
@@ -33,13 +33,13 @@ def _start(args) -> int:
     return 0
 
 
-def _stop(args) -> int:
+def handle_stop(args) -> int:
     stopped = emulator.stop(args.port)
     print(f"stopped the device on port {args.port}" if stopped else f"no device was running on port {args.port}")
     return 0
 
 
-def _status(args) -> int:
+def handle_status(args) -> int:
     services = daemons.all_services()
     if not services:
         print("no devices or trackers running")

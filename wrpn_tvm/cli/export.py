@@ -2,11 +2,12 @@
 
 import json
 
-from ..nn import export
 from .train import add_wrpn_arguments
 
 
-def run_export(args) -> int:
+def handle(args) -> int:
+    from ..nn import export
+
     metadata = export(args.model, args.width, args.abits, args.wbits, args.output, checkpoint=args.checkpoint,
                       image_size=args.image_size, in_channels=args.in_channels, num_classes=args.num_classes,
                       seed=args.seed)
@@ -23,4 +24,4 @@ def register(subparsers) -> None:
     parser.add_argument("--num-classes", type=int, help="classifier outputs (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random init")
     parser.add_argument("-o", "--output", required=True, help="MODEL.pt2 (writes MODEL.json beside it)")
-    parser.set_defaults(func=run_export)
+    parser.set_defaults(func=handle)

@@ -1,6 +1,5 @@
 """`wrpn-tvm run OUT.so --input X.npy -o Y.npy [--rpc ... | --tracker ... --key ...]`."""
 
-from ..runner import load_npy_inputs, run, save_outputs
 from .common import add_device_arguments, device_from_args
 
 
@@ -11,10 +10,12 @@ def register(subparsers) -> None:
     parser.add_argument("--input", nargs="+", required=True, metavar="X.npy", help="input arrays (.npy or .npz), in order")
     parser.add_argument("-o", "--output", required=True, help="where to save the output (.npy; .npz for several)")
     add_device_arguments(parser)
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=handle)
 
 
-def _run(args) -> int:
+def handle(args) -> int:
+    from ..runtime import load_npy_inputs, run, save_outputs
+
     outputs = run(args.library, load_npy_inputs(args.input), device_from_args(args))
     save_outputs(outputs, args.output)
     shapes = ", ".join(str(tuple(out.shape)) for out in outputs)

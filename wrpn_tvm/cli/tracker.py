@@ -13,29 +13,29 @@ def register(subparsers) -> None:
     start.add_argument("--host", default=daemons.LOOPBACK, help="address to bind (default %(default)s)")
     start.add_argument("--allow-public", action="store_true",
                        help="allow --host beyond loopback: the devices behind it run any code they are sent")
-    start.set_defaults(func=_start)
+    start.set_defaults(func=handle_start)
     stop = actions.add_parser("stop", help="stop a tracker")
     stop.add_argument("--port", type=int, default=9190)
-    stop.set_defaults(func=_stop)
+    stop.set_defaults(func=handle_stop)
     status = actions.add_parser("status", help="the devices registered at a tracker")
     status.add_argument("--port", type=int, default=9190)
     status.add_argument("--host", default=daemons.LOOPBACK)
-    status.set_defaults(func=_status)
+    status.set_defaults(func=handle_status)
 
 
-def _start(args) -> int:
+def handle_start(args) -> int:
     service = tracker.start(args.port, args.host, args.allow_public)
     print(f"tracker ready at {service.host}:{service.port} (pid {service.pid}, log {service.log})")
     return 0
 
 
-def _stop(args) -> int:
+def handle_stop(args) -> int:
     stopped = tracker.stop(args.port)
     print(f"stopped the tracker on port {args.port}" if stopped else f"no tracker was running on port {args.port}")
     return 0
 
 
-def _status(args) -> int:
+def handle_status(args) -> int:
     summary = tracker_summary(args.host, args.port)
     queue = summary.get("queue_info", {})
     if not queue:

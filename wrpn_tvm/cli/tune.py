@@ -1,7 +1,6 @@
 """`wrpn-tvm tune`: tune a model's kernels with MetaSchedule into a resumable log dir."""
 
-from ..tuning import tune
-from ..tuning.job import TRIALS_PER_BATCH
+from .common import add_device_arguments, add_target_argument, device_from_args
 
 
 def register(subparsers) -> None:
@@ -15,35 +14,24 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument("model", help="the torch.export program (.pt2)")
-    parser.add_argument("--target", default="host", help="preset name (host, rasp4, ...) or a TVM target JSON object")
+    add_target_argument(parser)
     parser.add_argument("--trials", type=int, default=64, help="total trials for the job, counting those already in --log-dir")
     parser.add_argument("--log-dir", required=True, help="directory of the tuning log (created if missing)")
-    parser.add_argument("--rpc", metavar="HOST:PORT", help="time candidates on this RPC server")
-    parser.add_argument("--tracker", metavar="HOST:PORT", help="time candidates on the devices of an RPC tracker")
-    parser.add_argument("--key", help="device key at the tracker")
-    parser.add_argument("--trials-per-batch", type=int, default=TRIALS_PER_BATCH,
-                        help="candidates measured per search round, and the most an interrupt loses (default %(default)s)")
+    parser.add_argument("--trials-per-batch", type=int,
+                        help="candidates measured per search round, and the most an interrupt loses (default 16)")
     parser.add_argument("--max-minutes", type=float,
                         help="stop after this much tuning time (after the batches in flight), as Ctrl-C does")
-    parser.add_argument("--timeout", type=int, default=60, help="seconds allowed for one measurement session")
     parser.add_argument("--seed", type=int, help="random seed of the search")
-    parser.set_defaults(func=run)
+    add_device_arguments(parser, what="time the candidates on")
+    parser.set_defaults(func=handle)
 
 
-def run(args) -> int:
-    result = tune(
-        args.model,
-        target=args.target,
-        trials=args.trials,
-        log_dir=args.log_dir,
-        rpc=args.rpc,
-        tracker=args.tracker,
-        key=args.key,
-        timeout_sec=args.timeout,
-        seed=args.seed,
-        trials_per_batch=args.trials_per_batch,
-        max_minutes=args.max_minutes,
-    )
+def handle(args) -> int:
+    from ..tuning import tune
+
+    batch = {} if args.trials_per_batch is None else {"trials_per_batch": args.trials_per_batch}
+    result = tune(args.model, target=args.target, trials=args.trials, log_dir=args.log_dir, device=device_from_args(args),
+                  seed=args.seed, max_minutes=args.max_minutes, **batch)
     for task in result.tasks:
         best = "no valid trial" if task.best_ms is None else f"best {task.best_ms:.4f} ms"
         print(f"  {task.name}: {task.recorded + task.measured} trials, {best}")

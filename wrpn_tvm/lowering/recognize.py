@@ -8,9 +8,8 @@ from .epilogue import Epilogue, fold_epilogue
 from .graph import BindingGraph, op_name, shape_of
 from .quantizer import ActivationQuantizer, find_input_quantizer
 from .report import FP32, LayerReport
-from .weight_grid import MAX_WEIGHT_BITS, WeightGrid, detect_weight_grid
-
-MAX_ACTIVATION_BITS = 8
+from ..bits import MAX_BITS
+from .weight_grid import WeightGrid, detect_weight_grid
 LAYER_OPS = {"relax.nn.conv2d": "conv2d", "relax.matmul": "dense"}
 
 
@@ -85,11 +84,11 @@ def plan_layer(graph: BindingGraph, var, index: int) -> tuple[LayerReport, Layer
     quantizer, direct = find_input_quantizer(graph, data)
     if quantizer is None:
         return report(FP32, "input is not a WRPN-quantized activation (no clip(0,1) -> round quantizer before it)"), None
-    if quantizer.bits > MAX_ACTIVATION_BITS:
-        return report(FP32, f"activation quantizer has {quantizer.bits} bits (> {MAX_ACTIVATION_BITS})"), None
+    if quantizer.bits > MAX_BITS:
+        return report(FP32, f"activation quantizer has {quantizer.bits} bits (> {MAX_BITS})"), None
     grid = detect_weight_grid(weight)
     if grid is None:
-        return report(FP32, f"weights lie on no WRPN grid with k <= {MAX_WEIGHT_BITS} bits"), None
+        return report(FP32, f"weights lie on no WRPN grid with k <= {MAX_BITS} bits"), None
     scale = grid.scale / (2**quantizer.bits - 1)  # value of one level of A times one level of W
     epilogue = fold_epilogue(graph, var, scale)
     plan = LayerPlan(op, index, data, quantizer, direct, grid, epilogue)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAX_WEIGHT_BITS = 8
+from ..bits import MAX_BITS
+
 # Frozen weights are L / n rounded to float32; L is recovered to well within this of an integer.
 LEVEL_TOLERANCE = 1e-3
 BINARY_RELATIVE_TOLERANCE = 1e-6
@@ -51,7 +52,7 @@ def detect_weight_grid(weight: np.ndarray) -> WeightGrid | None:
     grid = _binary_grid(weight)
     if grid is not None:
         return grid
-    for bits in range(2, MAX_WEIGHT_BITS + 1):
+    for bits in range(2, MAX_BITS + 1):
         grid = _symmetric_grid(weight, bits)
         if grid is not None:
             return grid

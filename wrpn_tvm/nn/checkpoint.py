@@ -4,7 +4,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import WrpnError
+from ..errors import WrpnError, one_line
+from ..fileio import atomic_path
 from .zoo import build_model
 
 FORMAT = "wrpn-tvm-checkpoint/1"
@@ -13,7 +14,7 @@ MODEL_KEYS = ("model", "width", "abits", "wbits", "num_classes", "in_channels", 
 
 
 def save_checkpoint(path, *, config: dict, epoch: int, model, optimizer, history: list) -> None:
-    """Write the state after `epoch` completed epochs; written to a temporary name first so a crash never leaves half a file."""
+    """Write the state after `epoch` completed epochs (atomically: a crash never leaves half a file)."""
     path = Path(path)
     payload = {
         "format": FORMAT,
@@ -23,9 +24,8 @@ def save_checkpoint(path, *, config: dict, epoch: int, model, optimizer, history
         "optimizer": optimizer.state_dict(),
         "history": list(history),
     }
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    partial.replace(path)
+    with atomic_path(path) as staged:
+        torch.save(payload, staged)
 
 
 def load_checkpoint(path) -> dict:
@@ -86,5 +86,5 @@ def model_from_checkpoint(payload: dict, path="checkpoint"):
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError) as err:
-        raise WrpnError(f"{path} does not hold the weights of the model it describes: {str(err).splitlines()[0]}") from None
+        raise WrpnError(f"{path} does not hold the weights of the model it describes: {one_line(err)}") from None
     return model

@@ -87,7 +87,7 @@ def export_model(model: nn.Module, example_input: torch.Tensor) -> torch.export.
         return torch.export.export(frozen, (example_input,))
 
 
-def sidecar_path(output) -> Path:
+def metadata_path(output) -> Path:
     """MODEL.json beside MODEL.pt2."""
     return Path(output).with_suffix(".json")
 
@@ -104,7 +104,7 @@ def save_program(model: nn.Module, metadata: dict, output) -> dict:
     metadata = {**metadata, "input_shape": shape, "dtype": "float32"}
     try:
         torch.export.save(program, str(output))
-        sidecar_path(output).write_text(json.dumps(metadata, indent=2) + "\n")
+        metadata_path(output).write_text(json.dumps(metadata, indent=2) + "\n")
     except OSError as err:
         raise WrpnError(f"cannot write {output}: {err.strerror}") from None
     return metadata

@@ -1,6 +1,6 @@
 """WRPN quantizers (Mishra et al. 2017, Eq. 2) with straight-through gradients.
 
-Forward values are exactly the paper's (ARCHITECTURE.md, "The arithmetic"), computed with the
+Forward values are exactly the paper's Eq. 2 (below), computed with the
 same op sequence the exported graph uses, so a frozen model reproduces training-time eval bits:
 
 - activation, k > 1: ``round(clamp(a, 0, 1) * (2^k - 1)) / (2^k - 1)``; k = 1: ``round(clamp(a, 0, 1))``.
@@ -15,17 +15,12 @@ keeps its own gradient (1 inside the clip range, 0 outside); 1-bit weights use t
 
 import torch
 
-from ..errors import WrpnError
-
-FULL_PRECISION = 32
-VALID_BITS = tuple(range(1, 9)) + (FULL_PRECISION,)
+from ..bits import FULL_PRECISION, VALID_BITS, check_bit_width
 
 
 def check_bits(bits, what: str = "bits") -> int:
-    """Return `bits` if it is a supported precision (1..8 or 32), else raise WrpnError."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in VALID_BITS:
-        raise WrpnError(f"{what} must be 1..8 or 32 (full precision), got {bits!r}")
-    return bits
+    """`bits` if it is a precision a WRPN layer can have (1..8, or 32 for full precision)."""
+    return check_bit_width(bits, what, full_precision=True)
 
 
 def activation_levels(bits: int) -> int:

@@ -1,8 +1,9 @@
-"""Bit-serial WRPN operators: TE computes, weight pre-packing, numpy references, a convenience API."""
+"""Bit-serial WRPN operators: TE computes, weight pre-packing, their schedule-rule names and numpy
+references. A leaf of the package: it imports nothing of wrpn_tvm but its errors (`kernels`
+compiles and runs them one at a time)."""
 
 from .bitpack import BITPACK_RULE, pack_activation, pack_weight
 from .bitserial import CONV2D_RULE, DENSE_RULE, bitserial_conv2d, bitserial_dense
-from .levels import compile_conv2d, compile_dense, conv2d_levels, dense_levels
 from .reference import (
     conv2d_levels_reference,
     dense_levels_reference,
@@ -16,10 +17,6 @@ __all__ = [
     "DENSE_RULE",
     "bitserial_conv2d",
     "bitserial_dense",
-    "compile_conv2d",
-    "compile_dense",
-    "conv2d_levels",
-    "dense_levels",
     "conv2d_levels_reference",
     "dense_levels_reference",
     "pack_activation",

@@ -2,16 +2,15 @@
 
 import numpy as np
 
+from ..bits import check_bit_width
 from ..errors import WrpnError
 
-MAX_BITS = 8
 WORD_BITS = (32, 64)
 
 
 def check_bits(abits: int, wbits: int) -> None:
-    for name, bits in (("activation", abits), ("weight", wbits)):
-        if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= MAX_BITS:
-            raise WrpnError(f"{name} bits must be an integer in 1..{MAX_BITS}, got {bits!r}")
+    check_bit_width(abits, "activation bits")
+    check_bit_width(wbits, "weight bits")
 
 
 def check_word_bits(word_bits: int) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import WrpnError
 from . import daemons, rpc_server
-from .session import parse_address, tracker_summary
+from .session import parse_address, servers_under_key, tracker_summary
 
 BOARDS = ("rasp3b", "rasp4", "rasp5", "aarch64")
 # qemu's CPU model for each board (what the emulated Pi reports as its core).
@@ -135,9 +135,7 @@ def _registered(tracker_host: str, tracker_port: int, key: str, port: int) -> bo
         summary = tracker_summary(tracker_host, tracker_port)
     except WrpnError:
         return False
-    # The tracker lists a registered server as key "server:<key>" at its (address, port).
-    return any(entry.get("key") == f"server:{key}" and int(entry.get("addr", [None, -1])[1]) == port
-               for entry in summary.get("server_info", []))
+    return any(int(entry.get("addr", [None, -1])[1]) == port for entry in servers_under_key(summary, key))
 
 
 def stop(port: int = 9090) -> bool:

@@ -12,7 +12,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from ..errors import WrpnError
+from ..errors import WrpnError, one_line
 from . import daemons
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -103,12 +103,13 @@ def with_deadline(fn, seconds: float, what: str):
     with _WORKERS_LOCK:
         _IDLE_WORKERS.append(worker)
     if "error" in outcome:
-        err = outcome["error"]
-        if isinstance(err, WrpnError):
-            raise err
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise WrpnError(f"{what} failed: {first}") from None
+        raise as_error(outcome["error"], what) from None
     return outcome.get("value")
+
+
+def as_error(err: BaseException, what: str) -> WrpnError:
+    """The one-line WrpnError for an exception raised while doing `what` on a device."""
+    return err if isinstance(err, WrpnError) else WrpnError(f"{what} failed: {one_line(err)}")
 
 
 _CONNECT_LOCK = threading.Lock()  # one connect at a time, so the sockets it opens are its own
@@ -154,6 +155,12 @@ def tracker_summary(host: str, port: int, timeout: float = 10.0) -> dict:
     if not daemons.port_open(host, port, timeout=min(timeout, 3.0)):
         raise WrpnError(f"no RPC tracker answers at {host}:{port}")
     return with_deadline(lambda: rpc.connect_tracker(host, port).summary(), timeout, f"tracker {host}:{port}")
+
+
+def servers_under_key(summary: dict, key: str) -> list[dict]:
+    """The entries of a tracker summary for the servers registered under device key `key` (a
+    server registers as "server:KEY" at its (address, port))."""
+    return [entry for entry in summary.get("server_info", []) if entry.get("key") == f"server:{key}"]
 
 
 def connect(device: DeviceSpec):

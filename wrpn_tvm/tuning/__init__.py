@@ -1,8 +1,10 @@
 """Autotuning: MetaSchedule with the XGBoost cost model over a model's tasks, into a resumable log dir.
 
-Modules: tasks (what is tuned), search (resume without re-measuring), runner (host or RPC
-devices), progress (per-task lines), database (reading, checking and repairing logs), lock (one
-job per log dir), job (the `tune` entry point).
+Modules, named after MetaSchedule's own concepts: tasks (what is tuned), builder (candidates
+built in-process), measure (runners: this host or RPC devices), search (resume without
+re-measuring), database (reading, checking and repairing logs), shipped (the logs that ship with
+wrpn-tvm), progress (per-task lines), lock (one job per log dir), stop (Ctrl-C and time budgets),
+job (the `tune` entry point).
 """
 
 from .database import load_database

@@ -19,7 +19,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import WrpnError
+from ..errors import WrpnError, one_line
+from ..fileio import write_text_atomic
 from ..targets import TargetSpec, cpu_label, missing_features
 
 WORKLOAD_FILE = "database_workload.json"
@@ -90,7 +91,7 @@ def read_log(log_dir: "str | os.PathLike") -> TuningLog:
                 raise ValueError("not a [hash, module] pair")
             workload = Workload.from_json(obj)
         except Exception as err:  # json, TVM's decoder and the shape check all fail differently
-            _warn_line(workload_path, number, f"corrupt workload ({_first_line(err)})")
+            _warn_line(workload_path, number, f"corrupt workload ({one_line(err, last=True, limit=120)})")
             log.skipped_lines += 1
             continue
         kept_index[number - 1] = len(log.workloads)
@@ -113,7 +114,7 @@ def read_log(log_dir: "str | os.PathLike") -> TuningLog:
             if target_json not in target_cache:
                 target_cache[target_json] = (target_identity(obj[1][2]), Target(obj[1][2]))
         except Exception as err:  # as above
-            _warn_line(record_path, number, f"corrupt tuning record ({_first_line(err)})")
+            _warn_line(record_path, number, f"corrupt tuning record ({one_line(err, last=True, limit=120)})")
             log.skipped_lines += 1
             continue
         identity, tuned_for = target_cache[target_json]
@@ -137,11 +138,6 @@ def _lines(path: Path):
         lines.pop()  # the newline that ends the last line does not start another
     for number, raw in enumerate(lines, start=1):
         yield number, raw.decode("utf-8", errors="replace").strip()
-
-
-def _first_line(err: Exception) -> str:
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1][:120] if lines else type(err).__name__
 
 
 def check_target(log: TuningLog, spec: TargetSpec, strict: bool = False) -> list[str]:
@@ -182,8 +178,6 @@ def load_database(log_dir: "str | os.PathLike", spec: TargetSpec, strict_target:
     """
     from tvm.s_tir.meta_schedule.database import MemoryDatabase, TuningRecord
 
-    import schedules  # noqa: F401  (records of bit-serial blocks replay through its registered rules)
-
     log_dir = Path(log_dir)
     if not log_dir.is_dir():
         raise WrpnError(f"{log_dir}: no such tuning log directory")
@@ -221,10 +215,8 @@ def open_database(log_dir: "str | os.PathLike", spec: TargetSpec):
     try:
         return JSONDatabase(work_dir=str(log_dir), module_equality="structural")
     except Exception as err:  # TVM's InternalError and friends, for a log it cannot parse
-        raise WrpnError(f"{log_dir}: MetaSchedule cannot open this tuning log: {_first_line(err)}") from None
+        raise WrpnError(f"{log_dir}: MetaSchedule cannot open this tuning log: {one_line(err, last=True, limit=120)}") from None
 
 
 def _rewrite(path: Path, lines: list[str]) -> None:
-    staged = path.with_name(path.name + ".tmp")
-    staged.write_text("".join(line + "\n" for line in lines))
-    os.replace(staged, path)
+    write_text_atomic(path, "".join(line + "\n" for line in lines))

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import WrpnError
+from ..remote.session import DeviceSpec
 from ..targets import TargetSpec, resolve
 from .database import open_database
 from .lock import exclusive
 from .progress import ProgressPrinter, TaskProgress, recorded_seconds
-from ..remote.session import DeviceSpec
-from .runner import check_device, make_builder, make_runner
+from .builder import make_builder
+from .measure import check_device, make_runner
 from .search import SkipRecordedSearch, recorded_records
 from .stop import StopRequest, stop_on_interrupt
 from .tasks import extract_tasks
@@ -47,20 +48,18 @@ def tune(
     target: "str | TargetSpec" = "host",
     trials: int = 64,
     log_dir: "str | os.PathLike" = "tuning_log",
-    rpc: str | None = None,
-    tracker: str | None = None,
-    key: str | None = None,
-    timeout_sec: float = 60,
+    device: DeviceSpec | None = None,
     seed: int | None = None,
     trials_per_batch: int = TRIALS_PER_BATCH,
     max_minutes: float | None = None,
     stream=None,
 ) -> TuneResult:
-    """Tune a `.pt2` program's tasks (bit-serial and FP32) for a target into log_dir."""
-    from ..build import prepare_module
+    """Tune a `.pt2` program's tasks (bit-serial and FP32) for a target into log_dir, timing the
+    candidates on `device` (this machine by default)."""
+    from ..pipeline import prepare_module
 
     spec = resolve(target)
-    device = DeviceSpec(rpc=rpc, tracker=tracker, key=key, timeout=timeout_sec)
+    device = device if device is not None else DeviceSpec()
     check_device(spec, device)  # before the slow import of the model
     mod, _layers, _inputs = prepare_module(program, spec)
     return tune_module(mod, spec, trials, log_dir, device, seed=seed, trials_per_batch=trials_per_batch,

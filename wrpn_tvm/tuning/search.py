@@ -100,10 +100,10 @@ class SkipRecordedSearch(PySearchStrategy):
 
 def default_candidate(mod, target):
     """The template default of a task as a MeasureCandidate; None where there is none to offer."""
-    import schedules
+    from ..pipeline import default_schedule
 
     try:
-        sch = schedules.default_schedule(mod, target)
+        sch = default_schedule(mod, target)
     except (RuntimeError, ValueError):  # the default does not fit this function's structure
         return None
     if sch is None:

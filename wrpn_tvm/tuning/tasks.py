@@ -1,8 +1,8 @@
 """Tuning tasks: the fused TIR functions of a (WRPN-lowered) Relax module, as MetaSchedule sees them.
 
 A database record is keyed by the structural hash of the function it was tuned on, so tasks must
-be extracted from exactly the module that `build` hands to MetaScheduleApplyDatabase:
-`build.fuse_module` (test_tuning_job checks that compile finds every tuned workload).
+be extracted from exactly the module that the build hands to MetaScheduleApplyDatabase:
+`pipeline.fuse_module` (test_tuning_job checks that compile finds every tuned workload).
 """
 
 
@@ -10,9 +10,7 @@ def extract_tasks(mod, spec) -> list:
     """MetaSchedule's ExtractedTasks of the module (bit-serial and FP32 alike), already-scheduled ones left out."""
     from tvm.s_tir import meta_schedule as ms
 
-    import schedules  # also registers the bit-serial templates as MetaSchedule custom rules
-
-    from ..build import fuse_module
+    from ..pipeline import SCHEDULED_ATTR, fuse_module  # the pipeline registers the templates as custom rules
 
     tasks = ms.relax_integration.extract_tasks(fuse_module(mod, spec), spec.target)
-    return [task for task in tasks if not task.mod.attrs.get(schedules.SCHEDULED_ATTR, False)]
+    return [task for task in tasks if not task.mod.attrs.get(SCHEDULED_ATTR, False)]

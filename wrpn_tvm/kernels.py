@@ -1,32 +1,27 @@
-"""Convenience API for tests and benchmarks: integer levels in, the compiled bit-serial kernel's
-int32 result out. Kernels are compiled once per (shapes, bits, stride, padding, target) and cached;
-weights are a runtime argument, so new weight values reuse the compiled kernel."""
+"""Single bit-serial kernels, compiled and run: integer levels in, the kernel's int32 result out.
+For tests and benchmarks that compare each optimized kernel with its numpy reference
+(`ops.reference`). Kernels are compiled once per (shapes, bits, stride, padding, target) and
+cached; weights are a runtime argument, so new weight values reuse the compiled kernel."""
 
 import numpy as np
 import tvm
 from tvm import te
 
-from .bitpack import pack_activation, pack_weight
-from .bitserial import as_padding4, as_pair, bitserial_conv2d, bitserial_dense
-from .grid import check_activation_levels, check_bits, check_weight_levels
-from ..errors import WrpnError
-from ..targets import TargetSpec, resolve
+from .errors import WrpnError
+from .ops.bitpack import pack_activation, pack_weight
+from .ops.bitserial import as_padding4, as_pair, bitserial_conv2d, bitserial_dense
+from .ops.grid import check_activation_levels, check_bits, check_weight_levels
+from .pipeline import compile_prim_func
+from .targets import TargetSpec, resolve
 
 _compiled: dict[tuple, object] = {}  # key -> tvm.compile result
 
 
 def _compile(key: tuple, make_tensors, spec: TargetSpec):
     """Build (and cache) the PrimFunc that make_tensors() describes, with the default schedules."""
-    import schedules  # imported here because schedules itself imports wrpn_tvm.ops
-
     key = key + (str(spec.target),)
     if key not in _compiled:
-        func = te.create_prim_func(make_tensors())
-        mod = schedules.apply_default_schedules(tvm.IRModule({"main": func}), spec.target)
-        target = spec.target
-        if spec.is_cuda:
-            target = tvm.target.Target(spec.target, host="llvm")
-        _compiled[key] = tvm.compile(mod, target=target)
+        _compiled[key] = compile_prim_func(te.create_prim_func(make_tensors()), spec)
     return _compiled[key]
 
 

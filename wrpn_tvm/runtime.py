@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .build import read_sidecar
-from .errors import WrpnError
-from .remote.session import DeviceSpec, DeviceTimeout, bound_waits, connect, with_deadline
+from .artifact import read_sidecar
+from .errors import WrpnError, one_line
+from .fileio import atomic_path
+from .remote.session import DeviceSpec, DeviceTimeout, as_error, bound_waits, connect, with_deadline
 
 
 # Remote handles of sessions whose device stopped answering (see `load`).
@@ -122,7 +123,12 @@ def _on_device(model: LoadedModel, fn, timeout: float, what: str):
     """fn() under a deadline when the model is on a remote device; directly on the calling thread
     when it is local (a local call cannot hang on a device, and TVM's thread pool belongs to the
     thread that calls: one caller, one pool)."""
-    return fn() if model.session is None else with_deadline(fn, timeout, what)
+    if model.session is not None:
+        return with_deadline(fn, timeout, what)
+    try:
+        return fn()
+    except Exception as err:  # noqa: BLE001 - TVM's checks of inputs raise assorted types
+        raise as_error(err, what) from None
 
 
 def run_loaded(model: LoadedModel, inputs: list, timeout: float) -> list:
@@ -152,7 +158,7 @@ def load_npy_inputs(paths: list) -> list:
         except FileNotFoundError:
             raise WrpnError(f"{path}: no such file") from None
         except (ValueError, OSError, EOFError) as err:
-            raise WrpnError(f"{path}: not a readable .npy/.npz array file ({str(err).splitlines()[0]})") from None
+            raise WrpnError(f"{path}: not a readable .npy/.npz array file ({one_line(err)})") from None
         if isinstance(loaded, np.ndarray):
             arrays.append(loaded)
             continue
@@ -160,20 +166,16 @@ def load_npy_inputs(paths: list) -> list:
             try:
                 arrays.extend(loaded[name] for name in loaded.files)
             except ValueError as err:
-                raise WrpnError(f"{path}: not a readable .npz array file ({str(err).splitlines()[0]})") from None
+                raise WrpnError(f"{path}: not a readable .npz array file ({one_line(err)})") from None
     return arrays
 
 
 def save_outputs(outputs: list, path: "str | os.PathLike") -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(path.name + ".tmp.npy")
-    if len(outputs) == 1:
-        np.save(staged, outputs[0])
-    else:
-        staged = path.with_name(path.name + ".tmp.npz")
-        np.savez(staged, *outputs)
-    os.replace(staged, path)
+    with atomic_path(path) as staged, open(staged, "wb") as file:  # a file object: numpy adds no suffix
+        if len(outputs) == 1:
+            np.save(file, outputs[0])
+        else:
+            np.savez(file, *outputs)
 
 
 @dataclass
@@ -293,7 +295,7 @@ def time_torch(program_path: "str | os.PathLike", inputs: list, repeat: int, num
     """PyTorch eager on the same inputs and thread count, same repeat/number scheme, after a warm-up."""
     import torch
 
-    from .frontend import load_program
+    from .pt2 import load_program
 
     module = load_program(program_path).module()
     tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs]

@@ -1,0 +1,81 @@
+"""The compiled-artifact format: a shared library from `export_library` plus a JSON sidecar
+(`LIB.so.json`) recording what a runtime needs without importing the compiler or torch: the
+inputs, the target, the layer report and the versions. Written by `build`, read by `runtime`;
+a sidecar may come from a stranger, so reading checks every field a runtime relies on.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from . import __version__
+from .errors import WrpnError
+from .fileio import write_text_atomic
+
+SIDECAR_FORMAT = "wrpn-tvm-compiled/1"
+
+
+def sidecar_path(library: "str | os.PathLike") -> Path:
+    return Path(str(library) + ".json")
+
+
+def write_sidecar(library: Path, spec, inputs, layers) -> Path:
+    """Write LIB.so.json for a library compiled for spec (a TargetSpec) with these inputs and layer reports."""
+    import torch
+    import tvm
+
+    meta = {
+        "format": SIDECAR_FORMAT,
+        "library": library.name,
+        "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in inputs],
+        "target": {"name": spec.name, "json": dict(spec.target.export()), "cross_compiler": spec.cross_compiler},
+        "layers": [str(layer) for layer in layers],
+        "versions": {"wrpn_tvm": __version__, "tvm": tvm.__version__, "torch": torch.__version__},
+    }
+    path = sidecar_path(library)
+    write_text_atomic(path, json.dumps(meta, indent=2, default=str) + "\n")
+    return path
+
+
+def read_sidecar(library: "str | os.PathLike") -> dict:
+    """The JSON written next to a compiled library; a clear error when it is missing or damaged."""
+    path = sidecar_path(library)
+    if not Path(library).is_file():
+        raise WrpnError(f"{library}: no such file")
+    if not path.is_file():
+        raise WrpnError(f"{path}: missing; it is written by `wrpn-tvm compile` next to the library")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise WrpnError(f"{path}: not a valid sidecar JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
+        raise WrpnError(f"{path}: not a wrpn-tvm sidecar (format {SIDECAR_FORMAT} expected)")
+    problem = _sidecar_problem(meta)
+    if problem:
+        raise WrpnError(f"{path}: damaged sidecar: {problem}")
+    return meta
+
+
+def _sidecar_problem(meta: dict) -> "str | None":
+    """What is wrong with the fields a runner relies on, or None. The file may come from a stranger."""
+    import numpy as np
+
+    inputs = meta.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        return "'inputs' must be a non-empty list"
+    for entry in inputs:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            return "each input needs a 'name'"
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 1 << 31 for d in shape):
+            return f"input {entry['name']!r} has no valid 'shape'"
+        try:
+            np.dtype(entry.get("dtype"))
+        except (TypeError, ValueError):
+            return f"input {entry['name']!r} has no valid 'dtype'"
+    target = meta.get("target")
+    if not isinstance(target, dict) or not isinstance(target.get("name"), str) or not isinstance(target.get("json"), dict):
+        return "'target' must hold a 'name' and a 'json' object"
+    if not isinstance(target["json"].get("kind"), str) or not isinstance(target.get("cross_compiler"), (str, type(None))):
+        return "'target' has no valid 'kind' or 'cross_compiler'"
+    return None

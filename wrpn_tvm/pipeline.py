@@ -1,0 +1,97 @@
+"""The compiler's pipeline from a `.pt2` program to a compiled Relax executable: import, WRPN
+lowering, fusion, scheduling (tuning records, then our templates, then generic defaults) and
+TVM's own lowering. `build` (compile a model) and `tuning` (extract and measure its tasks) both
+go through here, so a tuning record's workload is exactly what a build looks up.
+
+This is the one module that imports `schedules`, whose import registers the bit-serial templates
+as MetaSchedule custom rules: tuning, and replaying tuned records, need them registered.
+"""
+
+import importlib
+
+import tvm
+from tvm import relax
+
+import schedules
+from schedules.fallback_cpu import apply_fallback_schedules
+
+from . import frontend, pt2
+from .errors import WrpnError, one_line
+from .lowering import lower_wrpn
+from .targets import TargetSpec
+
+
+# What a tuning job needs of the templates: the schedule an untuned compile gives a function (its
+# first candidate), and the mark on functions that are scheduled already.
+default_schedule = schedules.default_schedule
+SCHEDULED_ATTR = schedules.SCHEDULED_ATTR
+
+
+def prepare_module(program_path: "str | os.PathLike", spec: TargetSpec):
+    """Load and import a program, then rewrite its WRPN layers: (Relax module, layer reports, input specs)."""
+    program = pt2.load_program(program_path)
+    inputs = pt2.input_specs(program)
+    mod = frontend.to_relax(program)
+    mod, reports = lower_wrpn(mod, spec)
+    return mod, reports, inputs
+
+
+def _backend_pipeline(spec: TargetSpec):
+    return importlib.import_module(f"tvm.relax.backend.{'cuda' if spec.is_cuda else 'cpu_generic'}.pipeline")
+
+
+def fuse_module(mod, spec: TargetSpec):
+    """The passes before scheduling: library dispatch, legalize, fuse. Tuning extracts its tasks
+    from this very module, so that a database's workloads match what the build looks up."""
+    fuse = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+            relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    with spec.target:
+        return tvm.transform.Sequential(_backend_pipeline(spec).library_dispatch_passes(spec.target) + fuse)(mod)
+
+
+def relax_pipeline(spec: TargetSpec, database=None):
+    """The target's Relax pipeline with our schedules applied to the fused TIR, in this order:
+
+    1. a tuning database's records;
+    2. the bit-serial templates at their default decisions, for what the database did not cover;
+    3. a generic default for every other function (dlight's GPU rules, or our CPU fallback),
+       so an untuned FP32 first layer is not left as single-threaded scalar loops.
+    """
+    target = spec.target
+    backend = _backend_pipeline(spec)
+
+    def schedule_rest(mod):
+        if not spec.is_cuda:
+            return apply_fallback_schedules(mod)
+        from tvm.s_tir import dlight as dl
+
+        return dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                       dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+
+    @tvm.transform.module_pass(opt_level=0, name="WrpnBuildPipeline")
+    def _pipeline(mod, _ctx):
+        mod = fuse_module(mod, spec)
+        with target:
+            if database is not None:
+                with database:
+                    mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+            mod = schedule_rest(schedules.apply_default_schedules(mod, target))
+            return tvm.transform.Sequential(backend.dataflow_lower_passes(target) + backend.finalize_passes(target))(mod)
+
+    return _pipeline
+
+
+def build_module(mod, spec: TargetSpec, database=None):
+    """Compile a Relax module for the target; returns a tvm Executable."""
+    try:
+        return tvm.compile(mod, target=spec.target, relax_pipeline=relax_pipeline(spec, database))
+    except WrpnError:
+        raise
+    except Exception as err:  # TVM surfaces codegen problems as assorted error types
+        raise WrpnError(f"TVM could not compile the model for {spec.name}: {one_line(err, last=True)}") from None
+
+
+def compile_prim_func(func, spec: TargetSpec):
+    """Compile one PrimFunc (a kernel alone, outside a model) with the templates at their defaults."""
+    mod = schedules.apply_default_schedules(tvm.IRModule({"main": func}), spec.target)
+    return tvm.compile(mod, target=tvm.target.Target(spec.target, host="llvm") if spec.is_cuda else spec.target)
