@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__
 from .artifact import read_sidecar
 from .errors import WrpnError, one_line
-from .fileio import atomic_path
+from .fileio import atomic_path, write_text_atomic
 from .remote.session import DeviceSpec, DeviceTimeout, as_error, bound_waits, connect, with_deadline
 
 
@@ -295,9 +295,15 @@ def time_torch(program_path: "str | os.PathLike", inputs: list, repeat: int, num
     """PyTorch eager on the same inputs and thread count, same repeat/number scheme, after a warm-up."""
     import torch
 
-    from .pt2 import load_program
+    from .pt2 import input_specs, load_program
 
-    module = load_program(program_path).module()
+    program = load_program(program_path)
+    takes = [(tuple(spec.shape), spec.dtype) for spec in input_specs(program)]
+    given = [(tuple(array.shape), str(array.dtype)) for array in inputs]
+    if takes != given:
+        raise WrpnError(f"{program_path} takes inputs {_describe(takes)}, the library {_describe(given)}: "
+                        "compare a library with the program it was compiled from")
+    module = program.module()
     tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs]
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -313,6 +319,10 @@ def time_torch(program_path: "str | os.PathLike", inputs: list, repeat: int, num
     finally:
         torch.set_num_threads(previous)
     return Timing.from_seconds(runs)
+
+
+def _describe(inputs: list) -> str:
+    return ", ".join(f"{dtype}{list(shape)}" for shape, dtype in inputs)
 
 
 def bench(library: "str | os.PathLike", device: DeviceSpec = DeviceSpec(), repeat: int = 10, number: int = 0,
@@ -338,9 +348,73 @@ def bench(library: "str | os.PathLike", device: DeviceSpec = DeviceSpec(), repea
     result = BenchResult(str(library), target, device.describe(), repeat, number, timing, torch_timing, threads,
                          machine_info(), machine_load.result)
     if json_path is not None:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        write_text_atomic(json_path, json.dumps(result.to_json(), indent=2) + "\n")
+    return result
+
+
+@dataclass
+class Comparison:
+    """Several libraries timed round-robin in one run: the same load hits them alike."""
+
+    libraries: list
+    device: str
+    repeat: int
+    number: dict  # library -> calls per timed run
+    timings: dict  # library -> Timing
+    machine: dict = field(default_factory=dict)
+    load: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        first = self.timings[self.libraries[0]].median_ms
+        lines = [f"{len(self.libraries)} libraries on {self.device}, {self.repeat} rounds, round-robin",
+                 f"{'library':40s} {'median ms':>10s} {'min ms':>9s} {'max ms':>9s} {'vs first':>9s}"]
+        for library in self.libraries:
+            t = self.timings[library]
+            lines.append(f"{library[-40:]:40s} {t.median_ms:10.3f} {t.min_ms:9.3f} {t.max_ms:9.3f} {t.median_ms / first:8.3g}x")
+        if self.load.get("loaded"):
+            lines.append(f"note: other processes used {100 * self.load['others_cpu_share']:.0f}% of the CPUs while timing")
+        return "\n".join(lines)
+
+
+def compare(libraries: list, device: DeviceSpec = DeviceSpec(), repeat: int = 10, number: int = 0,
+            json_path: "str | os.PathLike | None" = None, seed: int = 0) -> Comparison:
+    """Time several libraries round-robin: each round times every library once (`number` calls),
+    so a noisy machine slows them alike. Locally all stay loaded; on a remote device (which serves
+    one session at a time) each round loads each library in turn."""
+    if repeat < 1:
+        raise WrpnError("--repeat must be at least 1")
+    libraries = [str(library) for library in libraries]
+    if len(set(libraries)) != len(libraries):
+        raise WrpnError("each library once, please: the same file twice compares nothing")
+    samples = {library: [] for library in libraries}
+    numbers: dict = {}
+
+    def one_round(library, model):
+        inputs = random_inputs(model.meta, seed)
+        if library not in numbers:
+            numbers[library] = number if number > 0 else _auto_number(model, inputs, device.timeout)
+        samples[library] += time_loaded(model, inputs, 1, numbers[library], device.timeout).runs_ms
+
+    with MachineLoad() as machine_load:
+        if device.is_local:
+            with contextlib.ExitStack() as stack:
+                models = {library: stack.enter_context(load(library, device)) for library in libraries}
+                for _ in range(repeat):
+                    for library in libraries:
+                        one_round(library, models[library])
+        else:
+            for _ in range(repeat):
+                for library in libraries:
+                    with load(library, device) as model:
+                        one_round(library, model)
+    result = Comparison(libraries, device.describe(), repeat, numbers,
+                        {library: Timing.from_seconds([ms / 1e3 for ms in runs]) for library, runs in samples.items()},
+                        machine_info(), machine_load.result)
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(result.to_json(), indent=2) + "\n")
     return result
 
 

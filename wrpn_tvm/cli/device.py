@@ -4,7 +4,7 @@ from ..remote import daemons, emulator
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("device", help="start, stop or list emulated Raspberry Pi devices",
+    parser = subparsers.add_parser("device", help="emulated Raspberry Pi devices: device start | stop | status",
                                    description="The emulated Raspberry Pi: an aarch64 TVM RPC server under qemu-user, "
                                                "in the background, on 127.0.0.1.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -25,6 +25,7 @@ def register(subparsers) -> None:
 
 
 def handle_start(args) -> int:
+    daemons.check_free(emulator.service_name(args.port), args.host, args.port)
     print(f"starting an emulated {args.emulate} on {args.host}:{args.port} (importing TVM under qemu takes a while) ...", flush=True)
     service = emulator.start(args.port, args.emulate, tracker=args.tracker, key=args.key, host=args.host,
                              allow_public=args.allow_public)

@@ -5,7 +5,7 @@ from ..remote.session import tracker_summary
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("tracker", help="start, stop or query a TVM RPC tracker",
+    parser = subparsers.add_parser("tracker", help="a TVM RPC tracker: tracker start | stop | status",
                                    description="TVM's RPC tracker, which queues clients across boards that share a key.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     start = actions.add_parser("start", help="start a tracker in the background")

@@ -108,13 +108,18 @@ def all_services(prefix: str = "") -> list[Service]:
     return [service for service in found if service is not None]
 
 
+def check_free(name: str, host: str, port: int) -> None:
+    """Refuse, in one line, to start a service that runs already or whose port is taken."""
+    if find(name) is not None:
+        raise WrpnError(f"{name} is already running (`wrpn-tvm device status` lists running devices and trackers)")
+    if port_open(host, port):
+        raise WrpnError(f"port {port} on {host} is already in use: choose another --port")
+
+
 def start(name: str, argv: list[str], host: str, port: int, env: dict | None = None,
           ready=None, timeout: float = 120.0, info: dict | None = None) -> Service:
     """Start argv detached, wait until `ready()` (default: the port accepts connections)."""
-    if find(name) is not None:
-        raise WrpnError(f"{name} is already running (see `wrpn-tvm device status`)")
-    if port_open(host, port):
-        raise WrpnError(f"port {port} on {host} is already in use")
+    check_free(name, host, port)
     log = run_dir() / f"{name}.log"
     with open(log, "ab") as log_file:
         proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -33,6 +33,7 @@ class DeviceSpec:
     tracker: str | None = None
     key: str | None = None
     timeout: float = DEFAULT_TIMEOUT_S
+    wait_for_device: bool = False  # with a tracker: wait (up to timeout) for a device to register under key
 
     def __post_init__(self):
         if self.rpc and self.tracker:
@@ -41,6 +42,8 @@ class DeviceSpec:
             raise WrpnError("--tracker needs --key (the device key the boards registered under)")
         if self.key and not self.tracker:
             raise WrpnError("--key needs --tracker")
+        if self.wait_for_device and not self.tracker:
+            raise WrpnError("--wait-for-device needs --tracker and --key")
         if self.timeout <= 0:
             raise WrpnError("--timeout must be positive")
         for address in (self.rpc, self.tracker):
@@ -163,6 +166,42 @@ def servers_under_key(summary: dict, key: str) -> list[dict]:
     return [entry for entry in summary.get("server_info", []) if entry.get("key") == f"server:{key}"]
 
 
+TRACKER_POLL_S = 2.0
+
+
+def registered_devices(device: DeviceSpec) -> int:
+    """How many devices are registered under device.key at device.tracker (free or busy). None is
+    a one-line error naming the keys the tracker does have, unless device.wait_for_device, which
+    waits for one up to device.timeout. Asked before a request, which a tracker would otherwise
+    keep pending, silently, for a key no device has."""
+    import time
+
+    host, port = parse_address(device.tracker)
+    if not daemons.port_open(host, port, timeout=3.0):
+        raise WrpnError(f"cannot reach the RPC tracker at {host}:{port}")
+    deadline = time.monotonic() + device.timeout
+    while True:
+        summary = tracker_summary(host, port)
+        count = len(servers_under_key(summary, device.key))
+        if count or not device.wait_for_device:
+            break
+        if time.monotonic() > deadline:
+            raise DeviceTimeout(f"no device registered under key {device.key!r} at {device.tracker} "
+                                f"within {device.timeout:.0f} s")
+        time.sleep(TRACKER_POLL_S)
+    if not count:
+        keys = sorted(str(entry.get("key", "")).removeprefix("server:") for entry in summary.get("server_info", []))
+        has = f"its devices are under {', '.join(sorted(set(keys), key=keys.index))}" if keys else "it has no devices"
+        raise WrpnError(f"no device is registered under key {device.key!r} at the tracker {device.tracker} ({has}); "
+                        "use one of those keys, or --wait-for-device to wait for one")
+    return count
+
+
+# What TVM's client says when a server wants another key: a server registered with a tracker
+# only takes the clients the tracker sends it (each with a one-time match key).
+_KEY_MISMATCH = "cannot find server that matches key"
+
+
 def connect(device: DeviceSpec):
     """Open an RPC session to the device (None for local)."""
     from tvm import rpc
@@ -173,11 +212,17 @@ def connect(device: DeviceSpec):
         host, port = parse_address(device.rpc)
         if not daemons.port_open(host, port, timeout=3.0):
             raise WrpnError(f"cannot reach the RPC server at {host}:{port} (is the device running?)")
-        return with_deadline(lambda: _open_session(lambda: rpc.connect(host, port, session_timeout=device.timeout)),
-                             min(device.timeout, 60.0), f"connecting to {device.rpc}")
+        try:
+            return with_deadline(lambda: _open_session(lambda: rpc.connect(host, port, session_timeout=device.timeout)),
+                                 min(device.timeout, 60.0), f"connecting to {device.rpc}")
+        except WrpnError as err:
+            if _KEY_MISMATCH not in str(err):
+                raise
+            raise WrpnError(f"the RPC server at {device.rpc} is registered with an RPC tracker and takes only the "
+                            "clients it sends: use --tracker HOST:PORT --key KEY instead of --rpc "
+                            "(`wrpn-tvm tracker status --port P` lists a tracker's keys)") from None
     host, port = parse_address(device.tracker)
-    if not daemons.port_open(host, port, timeout=3.0):
-        raise WrpnError(f"cannot reach the RPC tracker at {host}:{port}")
+    registered_devices(device)
     # A busy key queues at the tracker: wait as long as the whole call may take.
     return with_deadline(
         lambda: _open_session(lambda: rpc.connect_tracker(host, port).request(device.key, session_timeout=device.timeout)),

@@ -9,7 +9,7 @@
 import functools
 
 from ..errors import WrpnError
-from ..remote.session import DeviceSpec, parse_address, servers_under_key, tracker_summary
+from ..remote.session import DeviceSpec, parse_address, registered_devices
 from ..targets import TargetSpec
 
 
@@ -18,15 +18,6 @@ def connect_direct(host: str, port: int, timeout: float, _config):
     from tvm import rpc
 
     return rpc.connect(host, port, session_timeout=timeout)
-
-
-def tracker_device_count(device: DeviceSpec) -> int:
-    """How many servers are registered under the key (free or busy); WrpnError when none is."""
-    host, port = parse_address(device.tracker)
-    count = len(servers_under_key(tracker_summary(host, port), device.key))
-    if count == 0:
-        raise WrpnError(f"no device is registered under key {device.key!r} at the tracker {host}:{port}")
-    return count
 
 
 def check_device(spec: TargetSpec, device: DeviceSpec) -> None:
@@ -48,7 +39,7 @@ def make_runner(spec: TargetSpec, device: DeviceSpec):
     if device.tracker:
         host, port = parse_address(device.tracker)
         config = RPCConfig(tracker_host=host, tracker_port=port, tracker_key=device.key, session_timeout_sec=timeout)
-        return RPCRunner(config, max_workers=tracker_device_count(device))
+        return RPCRunner(config, max_workers=registered_devices(device))
     host, port = parse_address(device.rpc)
     # RPCRunner insists on tracker fields; with our own f_create_session they are only labels.
     config = RPCConfig(tracker_host=host, tracker_port=port, tracker_key="direct", session_timeout_sec=timeout)
