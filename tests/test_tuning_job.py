@@ -204,6 +204,7 @@ def test_devices_share_the_measurements_and_a_dead_one_does_not_end_the_job(tmp_
     assert len(records) == result.measured == 8  # every candidate is in the log, failed or not
     failed = sum(1 for record in records if float(record.run_secs[0]) >= 1e9)
     assert failed >= 1  # B's candidate in flight
+    assert sum(result.run_errors.values()) == failed  # and the job said so
     assert len(records) - failed >= 5  # device A carried on
     assert logs[0].read_text().count("load_module") >= 5
 

@@ -33,8 +33,14 @@ def handle(args) -> int:
     result = tune(args.model, target=args.target, trials=args.trials, log_dir=args.log_dir, device=device_from_args(args),
                   seed=args.seed, max_minutes=args.max_minutes, **batch)
     for task in result.tasks:
-        best = "no valid trial" if task.best_ms is None else f"best {task.best_ms:.4f} ms"
-        print(f"  {task.name}: {task.recorded + task.measured} trials, {best}")
+        trials = task.recorded + task.measured
+        if not trials:
+            print(f"  {task.name}: not tuned yet (a larger --trials, or the same command again, gets to it)")
+            continue
+        best = "every trial failed" if task.best_ms is None else f"best {task.best_ms:.4f} ms"
+        print(f"  {task.name}: {trials} trials{f' ({task.failed} failed)' if task.failed else ''}, {best}")
+    for message, count in result.run_errors.items():
+        print(f"  {count} candidate(s) failed to run: {message}")
     print(
         f"tuned {result.measured} new trials in {result.seconds:.0f} s into {result.log_dir} "
         f"({result.skipped_recorded} recorded candidates not re-measured)"

@@ -41,6 +41,7 @@ class TuneResult:
     seconds: float
     tasks: list[TaskProgress] = field(default_factory=list)
     stopped: str | None = None  # why the job ended before its trials: "interrupted", "time budget spent"
+    run_errors: dict = field(default_factory=dict)  # first line of a run error -> candidates it failed
 
 
 def tune(
@@ -130,6 +131,7 @@ def tune_tasks(
               f"({already} already in {log_dir})", file=stream, flush=True)
         skip_counts = {"skipped": 0}  # shared by the tasks' search strategies
         stop = StopRequest(None if max_minutes is None else max_minutes * 60)
+        printer = ProgressPrinter(progress, budget, stream)
         with task_loggers(log_dir, [task.task_name for task in tasks]) as loggers, stop_on_interrupt(stop, stream):
             contexts = [
                 ms.TuneContext(
@@ -154,7 +156,7 @@ def tune_tasks(
                 runner=make_runner(spec, device),
                 database=database,
                 cost_model="xgb",
-                measure_callbacks=ms.MeasureCallback.create("default") + [ProgressPrinter(progress, budget, stream)],
+                measure_callbacks=ms.MeasureCallback.create("default") + [printer],
                 # Not "gradient": it holds every measured batch of its first round (one per task,
                 # 29 for ResNet-18) in memory until the round is over, so an interrupt would lose
                 # them; round-robin commits each batch at the next scheduling step.
@@ -163,6 +165,7 @@ def tune_tasks(
         result.measured = sum(task.measured for task in progress)
         result.skipped_recorded = skip_counts["skipped"]
         result.stopped = stop.reason
+        result.run_errors = dict(printer.run_errors)
         result.seconds = time.monotonic() - started
         return result
 

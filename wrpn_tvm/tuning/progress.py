@@ -1,4 +1,6 @@
-"""Progress of a tuning job: one line per measured batch, with the task's best latency so far."""
+"""Progress of a tuning job: one line per measured batch, with the task's best latency so far, and
+one line for each kind of run failure (a device that stopped answering, a timeout) when it first
+shows: failed candidates are recorded as failed runs, so a resumed job does not measure them again."""
 
 import statistics
 import sys
@@ -8,6 +10,7 @@ from dataclasses import dataclass
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
+from ..errors import one_line
 from .search import FAILED_RUN_SECS
 
 
@@ -57,12 +60,15 @@ class ProgressPrinter(PyMeasureCallback):
         self.budget = budget
         self.stream = stream if stream is not None else sys.stdout
         self.started = time.monotonic()
+        self.run_errors: dict = {}  # first line of a run error -> how many candidates it failed
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
         task = self.tasks[task_id]
         failed_before = task.failed
         for built, ran in zip(builder_results, runner_results):
             task.observe(result_seconds(built, ran))
+            if ran.error_msg and not built.error_msg:
+                self._run_error(one_line(RuntimeError(str(ran.error_msg)), limit=200))
         done = sum(t.measured for t in self.tasks)
         best = "none yet" if task.best_ms is None else f"{task.best_ms:.4f} ms"
         failed = task.failed - failed_before
@@ -73,3 +79,9 @@ class ProgressPrinter(PyMeasureCallback):
             file=self.stream,
             flush=True,
         )
+
+    def _run_error(self, message: str) -> None:
+        if message not in self.run_errors:
+            print(f"[tune] a candidate failed to run on the device: {message} (recorded as failed; "
+                  "the job goes on, with the other devices if a tracker has several)", file=self.stream, flush=True)
+        self.run_errors[message] = self.run_errors.get(message, 0) + 1
