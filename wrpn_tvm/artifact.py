@@ -69,8 +69,10 @@ def _sidecar_problem(meta: dict) -> "str | None":
         shape = entry.get("shape")
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 1 << 31 for d in shape):
             return f"input {entry['name']!r} has no valid 'shape'"
-        try:
-            np.dtype(entry.get("dtype"))
+        try:  # np.dtype(None) is float64: a missing dtype must not pass as one
+            if not isinstance(entry.get("dtype"), str):
+                raise TypeError
+            np.dtype(entry["dtype"])
         except (TypeError, ValueError):
             return f"input {entry['name']!r} has no valid 'dtype'"
     target = meta.get("target")
