@@ -1,9 +1,198 @@
-"""aarch64 NEON templates: 4 int32 lanes per q register. LLVM lowers the vector popcount of
-uint32 lanes to `cnt vN.16b` (bytes) followed by pairwise widening adds (`uaddlp` .8h, .4s),
-which is the NEON bit-serial inner loop; the tests read the generated assembly to keep it so."""
+"""aarch64 NEON templates.
 
-from .cpu import Family
+Bit-serial conv2d and dense accumulate in 16-bit count lanes where the layer allows it
+(`neon.narrow_accumulation`: up to 4 plane pairs of 64-bit words, 2 of 32-bit words, and a
+reduction short enough that no lane overflows): the hot loop is `ld1r`/`ldr q`, then per 128 bits
+`and` + `cnt`, with one `addp` fold or `uadalp` per pair on average, at NEON's limit of about
+1.5 cycles per 128-bit AND + popcount + accumulate on two-pipe cores. The register tile is one q
+register per pixel and channel vector, sized so accumulators, weights and broadcast activations
+stay within the 32 q registers. Other layers use the generic CPU template at NEON's width for
+their accumulator type. The tests read the generated assembly to keep it so.
+"""
 
-NEON_LANES = 4
+import tvm
+from tvm.s_tir import Schedule
+from tvm.target import Target
 
-TEMPLATES = Family(lanes=lambda _target: NEON_LANES, tuning_lanes=NEON_LANES)
+from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
+
+from . import cpu
+from .common import (
+    Decisions,
+    attach_epilogue,
+    compute_padding_at,
+    largest_divisor_at_most,
+    loop_extent,
+    try_vectorize,
+)
+from .neon import NarrowAccumulation, narrow_accumulation
+
+NEON_INT32_LANES = 4
+Q_REGISTERS = 32
+SCRATCH_REGISTERS = 6  # and/cnt/addp temporaries in flight (an in-order core's schedule keeps more)
+MAX_CHANNEL_VECTORS = 8
+MAX_PIXELS = 4
+_REDUCE = 2  # tirx.IterVar.CommReduce
+
+
+def _generic_lanes(sch: Schedule, block) -> int:
+    """The generic template's vector width for the block (its default tile is 4 pixels x 4
+    vectors). int32: a q register. int64: one lane, so that the tile (16 accumulators in 8 q
+    registers) leaves room for the temporaries of each count's widening chain."""
+    return NEON_INT32_LANES if tvm.DataType(sch.get(block).writes[0].source.dtype).bits == 32 else 1
+
+
+def _narrow_plan(sch: Schedule, block) -> "NarrowAccumulation | None":
+    """The block's narrow accumulation, when its bits, words and reduction length allow one and
+    its output channels fill whole q registers. Conv and dense both read activations with the
+    planes second to last and weights [..., planes, words, channels]."""
+    info = sch.get(block)
+    channel = [iv for iv in info.iter_vars if int(iv.iter_type) != _REDUCE][-1]
+    weights = [r for r in info.reads if r.region[-1].min.same_as(channel.var)]
+    activations = [r for r in info.reads if not r.region[-1].min.same_as(channel.var)]
+    if len(weights) != 1 or len(activations) != 1:
+        return None
+    plan = narrow_accumulation(int(activations[0].region[-2].extent), int(weights[0].region[-3].extent),
+                               str(weights[0].source.dtype))
+    reduction_words = 1
+    for iv in info.iter_vars:
+        if int(iv.iter_type) == _REDUCE:
+            reduction_words *= int(iv.dom.extent)
+    if plan is None or not plan.fits(reduction_words) or int(channel.dom.extent) % plan.lanes:
+        return None
+    return plan
+
+
+def _default_tile(plan: NarrowAccumulation, pixels: int, vectors: int) -> tuple[int, int]:
+    """(pixels, channel vectors) of the default register tile. The most channel vectors that
+    leave room for two pixels (each broadcast activation feeds more counts, each weight load two
+    pixels), then as many pixels as the q registers hold: accumulators pixels x vectors, weights
+    wbits x vectors, broadcast activations abits x pixels, and scratch."""
+    for limit in (MAX_CHANNEL_VECTORS, 4, 2, 1):
+        vector_tile = largest_divisor_at_most(vectors, limit)
+        pixels_fit = (Q_REGISTERS - SCRATCH_REGISTERS - plan.wbits * vector_tile) // (vector_tile + plan.abits)
+        if pixels_fit >= min(2, pixels):
+            break
+    return largest_divisor_at_most(pixels, max(1, min(MAX_PIXELS, pixels_fit))), vector_tile
+
+
+def _split_channel_vectors(sch: Schedule, decisions: Decisions, loop, plan: NarrowAccumulation, default: int):
+    """Output channels -> [outer, vectors (unrolled), lanes of one q register (tensorized)]."""
+    rest, lanes = sch.split(loop, [None, plan.lanes])
+    extent = loop_extent(sch, rest)
+    outer, vectors = sch.split(rest, decisions.tile(rest, 2, MAX_CHANNEL_VECTORS, [extent // default, default]))
+    return outer, vectors, lanes
+
+
+def _narrow_registers_and_writeback(sch: Schedule, block, plan, outer, register_loops, lanes, first_reduction,
+                                    tuning: bool):
+    """Accumulate the tile in local 16-bit count lanes (the update tensorized per reduction word),
+    decode them while writing back (tensorized per q register), then run the epilogue on the tile.
+    When tuning, both are blockized and annotated for MetaSchedule's RewriteTensorize postproc,
+    which runs after RewriteReductionBlock has split off the init (RewriteParallelVectorizeUnroll,
+    which runs before them, rejects decomposed and tensorized blocks)."""
+    for loop in register_loops:
+        sch.unroll(loop)
+    writeback = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(writeback, outer, preserve_unit_loops=True)
+    attach_epilogue(sch, writeback, outer)
+    sch.split(sch.get_loops(writeback)[-1], [None, plan.lanes])
+    *tile_loops, writeback_lanes = sch.get_loops(writeback)[1:]  # under the parallel loop
+    # Unrolled, the loops around the decoding are no candidates for MetaSchedule's vectorizer.
+    for loop in tile_loops:
+        sch.unroll(loop)
+    if tuning:
+        sch.annotate(sch.blockize(writeback_lanes), "meta_schedule.auto_tensorize", plan.decode_intrin)
+        sch.annotate(sch.blockize(lanes), "meta_schedule.auto_tensorize", plan.update_intrin)
+        # Blocks inside a block are out of RewriteParallelVectorizeUnroll's reach: it would
+        # vectorize the register tile's loops around the tensorized q registers.
+        sch.blockize(tile_loops[0])
+        sch.blockize(register_loops[0])
+        return
+    sch.tensorize(writeback_lanes, plan.decode_intrin)
+    init = sch.decompose_reduction(block, first_reduction)
+    try_vectorize(sch, sch.get_loops(init)[-1])
+    sch.tensorize(lanes, plan.update_intrin)
+
+
+def _conv2d_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool, order: str) -> None:
+    decisions = Decisions(sch, tuning)
+    n, oh, ow, o, kh, kw, cw = sch.get_loops(block)
+    pixels, vectors = _default_tile(plan, loop_extent(sch, ow), loop_extent(sch, o) // plan.lanes)
+    oh_outer, oh_inner = sch.split(oh, decisions.tile(oh, 2, 2, [loop_extent(sch, oh), 1]))
+    ow_outer, ow_inner = sch.split(ow, decisions.tile(ow, 2, MAX_PIXELS, [loop_extent(sch, ow) // pixels, pixels]))
+    o_outer, o_vectors, o_lanes = _split_channel_vectors(sch, decisions, o, plan, vectors)
+    outer = [n, oh_outer, ow_outer, o_outer] if order == "pixels_outer" else [o_outer, n, oh_outer, ow_outer]
+    sch.reorder(*outer, kh, kw, cw, oh_inner, ow_inner, o_vectors, o_lanes)
+    parallel = sch.fuse(*outer)
+    sch.parallel(parallel)
+    cpu.annotate_unroll(sch, parallel, decisions)
+    compute_padding_at(sch, block, parallel)
+    _narrow_registers_and_writeback(sch, block, plan, parallel, [oh_inner, ow_inner, o_vectors], o_lanes, kh,
+                                    tuning)
+
+
+def _dense_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool) -> None:
+    decisions = Decisions(sch, tuning)
+    n, o, k = sch.get_loops(block)
+    rows, vectors = _default_tile(plan, loop_extent(sch, n), loop_extent(sch, o) // plan.lanes)
+    n_outer, n_regs = sch.split(n, decisions.tile(n, 2, MAX_PIXELS, [loop_extent(sch, n) // rows, rows]))
+    o_outer, o_vectors, o_lanes = _split_channel_vectors(sch, decisions, o, plan, vectors)
+    sch.reorder(o_outer, n_outer, k, n_regs, o_vectors, o_lanes)
+    parallel = sch.fuse(o_outer, n_outer)
+    sch.parallel(parallel)
+    cpu.annotate_unroll(sch, parallel, decisions)
+    _narrow_registers_and_writeback(sch, block, plan, parallel, [n_regs, o_vectors], o_lanes, k, tuning)
+
+
+def conv2d(sch: Schedule, block, tuning: bool) -> list[Schedule]:
+    plan = _narrow_plan(sch, block)
+    if plan is None:
+        return cpu.conv2d(sch, block, _generic_lanes(sch, block), tuning)
+    orders = cpu.CONV_LOOP_ORDERS if tuning else cpu.CONV_LOOP_ORDERS[:1]
+    spaces = []
+    for order in orders:
+        space = sch.copy() if len(orders) > 1 else sch
+        _conv2d_narrow(space, block, plan, tuning, order)
+        spaces.append(space)
+    return spaces
+
+
+def dense(sch: Schedule, block, tuning: bool) -> list[Schedule]:
+    plan = _narrow_plan(sch, block)
+    if plan is None:
+        return cpu.dense(sch, block, _generic_lanes(sch, block), tuning)
+    _dense_narrow(sch, block, plan, tuning)
+    return [sch]
+
+
+def _schedule_kernel(sch: Schedule, block, rule: str) -> None:
+    if rule == BITPACK_RULE:
+        cpu.bitpack(sch, block, tuning=False)
+    elif rule == CONV2D_RULE:
+        conv2d(sch, block, tuning=False)
+    else:
+        dense(sch, block, tuning=False)
+
+
+class NeonTemplates:
+    """The arm_cpu entry points (the same as cpu.Family's)."""
+
+    @staticmethod
+    def schedule_function(sch: Schedule, _target: Target) -> None:
+        cpu.schedule_kernels(sch, _schedule_kernel)
+
+    @staticmethod
+    def conv2d_rule(sch: Schedule, block) -> list[Schedule]:
+        return conv2d(sch, block, tuning=True)
+
+    @staticmethod
+    def dense_rule(sch: Schedule, block) -> list[Schedule]:
+        return dense(sch, block, tuning=True)
+
+    @staticmethod
+    def bitpack_rule(sch: Schedule, block) -> list[Schedule]:
+        return cpu.bitpack(sch, block, tuning=True)
+
+
+TEMPLATES = NeonTemplates()

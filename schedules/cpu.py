@@ -41,7 +41,7 @@ def _split_channels(sch: Schedule, decisions: Decisions, loop, lanes: int):
     return outer, registers, vector
 
 
-def _annotate_unroll(sch: Schedule, loop, decisions: Decisions) -> None:
+def annotate_unroll(sch: Schedule, loop, decisions: Decisions) -> None:
     steps = decisions.choice(UNROLL_STEPS, default=0)
     sch.annotate(loop, "pragma_auto_unroll_max_step", steps)
     sch.annotate(loop, "pragma_unroll_explicit", 1)
@@ -73,7 +73,7 @@ def _conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, order: str) 
     sch.reorder(*outer, kh, kw, cw, oh_inner, ow_inner, o_regs, o_vec)
     parallel = sch.fuse(*outer)
     sch.parallel(parallel)
-    _annotate_unroll(sch, parallel, decisions)
+    annotate_unroll(sch, parallel, decisions)
     compute_padding_at(sch, block, parallel)
     _registers_and_writeback(sch, block, parallel, [oh_inner, ow_inner, o_regs], o_vec, kh, tuning)
 
@@ -99,7 +99,7 @@ def dense(sch: Schedule, block, lanes: int, tuning: bool) -> list[Schedule]:
     sch.reorder(o_outer, n_outer, k, n_regs, o_regs, o_vec)
     parallel = sch.fuse(o_outer, n_outer)
     sch.parallel(parallel)
-    _annotate_unroll(sch, parallel, decisions)
+    annotate_unroll(sch, parallel, decisions)
     _registers_and_writeback(sch, block, parallel, [n_regs, o_regs], o_vec, k, tuning)
     return [sch]
 
@@ -111,7 +111,7 @@ def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
     outer = loops[:-2] if len(loops) > 3 else loops[:1]
     parallel = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.parallel(parallel)
-    _annotate_unroll(sch, parallel, Decisions(sch, tuning))
+    annotate_unroll(sch, parallel, Decisions(sch, tuning))
     return [sch]
 
 
@@ -121,19 +121,26 @@ def place_parallel(sch: Schedule, block, spatial_loops) -> None:
     sch.parallel(fused)
 
 
-def schedule_function(sch: Schedule, lanes: int) -> None:
-    """Untuned schedule of a whole PrimFunc: its WRPN kernels at default decisions, the rest
-    inlined or parallelized."""
+def schedule_kernels(sch: Schedule, schedule_kernel: Callable) -> None:
+    """Untuned schedule of a whole PrimFunc: each WRPN kernel block through
+    `schedule_kernel(sch, block, rule)` at default decisions, the rest inlined or parallelized."""
     kernels = kernel_blocks(sch)
     others = inline_other_blocks(sch)
     for block, rule in kernels:
+        schedule_kernel(sch, block, rule)
+    place_remaining_blocks(sch, others, place_parallel)
+
+
+def schedule_function(sch: Schedule, lanes: int) -> None:
+    def schedule_kernel(sch: Schedule, block, rule: str) -> None:
         if rule == BITPACK_RULE:
             bitpack(sch, block, tuning=False)
         elif rule == CONV2D_RULE:
             conv2d(sch, block, lanes, tuning=False)
         else:
             dense(sch, block, lanes, tuning=False)
-    place_remaining_blocks(sch, others, place_parallel)
+
+    schedule_kernels(sch, schedule_kernel)
 
 
 @dataclass(frozen=True)

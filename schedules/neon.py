@@ -1,0 +1,205 @@
+"""NEON popcount-accumulate intrinsics: the aarch64 bit-serial inner loop as `and`, `cnt`, `addp`,
+`uadalp`, with the counts kept in 16-bit lanes until the tile is written back.
+
+LLVM lowers a popcount of 64-bit (32-bit) lanes to `cnt v.16b` and a chain of `uaddlp` (.8h,
+.4s, .2d) per count, then adds at full width: three widening steps per 128-bit AND. Here the
+per-word update of one q register of accumulators (2 output channels of 64-bit words, or 4 of
+32-bit words) is tensorized instead: the bytes of the plane pairs' `cnt` results are folded
+together with `addp` (each fold halves the bytes per pair and channel) and added into 16-bit lanes
+with one `uadalp`. The accumulator's own local slots hold those 16-bit lanes while the reduction
+runs (a q register per pixel and channel vector, whatever the number of plane pairs up to 4); the
+write-back is tensorized to decode them (each pair's lanes times +-2^(i+j), summed per channel).
+
+Correctness rests on every update of the accumulator tile going through the update intrinsic
+and its write-back through the decoding one; the template applies both or neither, and only
+where the 16-bit lanes cannot overflow over the layer's reduction (`NarrowAccumulation.fits`).
+"""
+
+from dataclasses import dataclass
+
+from tvm import tirx
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder.tirx import prim_func as build_prim_func
+
+from wrpn_tvm.ops.bitserial import _plane_dot
+
+Q_BYTES = 16
+COUNT_LANE_BITS = 16
+COUNT_LANES = Q_BYTES * 8 // COUNT_LANE_BITS  # 16-bit count lanes per q register
+COUNT_LANE_MAX = 2**COUNT_LANE_BITS - 1
+ACCUMULATOR = {"uint64": "int64", "uint32": "int32"}  # what the bit-serial computes accumulate in
+# Plane pairs whose folded counts fit one q register of 16-bit lanes for a vector of channels:
+# 64-bit words: 2 channels x 4 lanes; 32-bit words: 4 channels x 2 lanes.
+PLANE_PAIRS = {"uint64": (1, 2, 4), "uint32": (1, 2)}
+
+
+@dataclass(frozen=True)
+class NarrowAccumulation:
+    """How a layer's (abits, wbits, word type) accumulates in 16-bit lanes."""
+
+    abits: int
+    wbits: int
+    word: str
+
+    @property
+    def word_bits(self) -> int:
+        return int(self.word[len("uint"):])
+
+    @property
+    def lanes(self) -> int:
+        """Output channels per q register (one word each)."""
+        return Q_BYTES * 8 // self.word_bits
+
+    @property
+    def accumulator(self) -> str:
+        return ACCUMULATOR[self.word]
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """(activation plane, weight plane) in the order the update folds them."""
+        return [(i, j) for i in range(self.abits) for j in range(self.wbits)]
+
+    @property
+    def lanes_per_count(self) -> int:
+        """16-bit lanes that share one (pair, channel) count after the fold."""
+        return COUNT_LANES // (len(self.pairs) * self.lanes)
+
+    @property
+    def max_words(self) -> int:
+        """Reduction words (kernel window x channel words) before a 16-bit lane could overflow."""
+        return COUNT_LANE_MAX // (self.word_bits // self.lanes_per_count)
+
+    def fits(self, reduction_words: int) -> bool:
+        return reduction_words <= self.max_words
+
+    def coefficient(self, i: int, j: int) -> int:
+        """c_j 2^(i+j): the top weight plane is negative (two's complement) unless wbits is 1."""
+        return -(2 ** (i + j)) if self.wbits > 1 and j == self.wbits - 1 else 2 ** (i + j)
+
+    @property
+    def update_intrin(self) -> str:
+        return f"wrpn_neon_popcount_accumulate_a{self.abits}w{self.wbits}_{self.word}"
+
+    @property
+    def decode_intrin(self) -> str:
+        return f"wrpn_neon_decode_counts_a{self.abits}w{self.wbits}_{self.word}"
+
+
+def narrow_accumulation(abits: int, wbits: int, word: str) -> "NarrowAccumulation | None":
+    """The narrow accumulation for these bits and words, or None where the fold does not fit."""
+    if word not in PLANE_PAIRS or abits * wbits not in PLANE_PAIRS[word]:
+        return None
+    return NarrowAccumulation(abits, wbits, word)
+
+
+def _update_func(plan: NarrowAccumulation, implementation: bool) -> tirx.PrimFunc:
+    """One reduction word for one q register of channels: C += plane_dot(A, W) as the computes
+    write it (description), or folded into the 16-bit count lanes (implementation).
+    A is the activation words of the planes [abits, 1], W the weights [wbits, 1, lanes]."""
+    lanes, acc = plan.lanes, plan.accumulator
+    with IRBuilder() as builder:
+        with build_prim_func():
+            a, w, c = T.arg("a", T.handle()), T.arg("w", T.handle()), T.arg("c", T.handle())
+            # Both inputs are regions of larger buffers (planes are CW words apart).
+            strides = {"strides": [T.int32(), T.int32()]} if implementation else {}
+            w_strides = {"strides": [T.int32(), T.int32(), 1]} if implementation else {}
+            A = T.match_buffer(a, (plan.abits, 1), plan.word, offset_factor=1, **strides)
+            W = T.match_buffer(w, (plan.wbits, 1, lanes), plan.word, offset_factor=1, **w_strides)
+            C = T.match_buffer(c, (lanes,), acc, offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0 : plan.abits, 0:1], W[0 : plan.wbits, 0:1, 0:lanes])
+                T.writes(C[0:lanes])
+                if implementation:
+                    _fold_counts(plan, A, W, C)
+                else:
+                    with T.serial(0, lanes) as o:
+                        with T.sblock("update"):
+                            vo = T.axis.spatial(lanes, o)
+                            T.reads(C[vo], A[0 : plan.abits, 0], W[0 : plan.wbits, 0, vo])
+                            T.writes(C[vo])
+                            activations = [A[i, 0] for i in range(plan.abits)]
+                            weights = [W[j, 0, vo] for j in range(plan.wbits)]
+                            T.buffer_store(C, C[vo] + _plane_dot(activations, weights, plan.wbits, acc), [vo])
+    return builder.get()
+
+
+def _neon(name: str, dtype: str, *args):
+    return T.call_llvm_pure_intrin(dtype, f"llvm.aarch64.neon.{name}", *args)
+
+
+def _fold_counts(plan: NarrowAccumulation, A, W, C) -> None:
+    """cnt per pair, addp folds pairs together (byte k of the result: pair k // (16/pairs)),
+    uadalp into the accumulator's 16-bit lanes. Lane l then counts pair l // (lanes_per_count x
+    lanes) of channel l // lanes_per_count % lanes."""
+    vector = f"{plan.word}x{plan.lanes}"
+    bytes_ = f"uint8x{Q_BYTES}"
+    counts = [
+        tirx.popcount(T.reinterpret(bytes_, T.broadcast(A[i, 0], plan.lanes) & W.vload([j, 0, 0], vector)))
+        for i, j in plan.pairs
+    ]
+    while len(counts) > 1:
+        counts = [_neon("addp", bytes_, counts[k], counts[k + 1]) for k in range(0, len(counts), 2)]
+    lanes16 = f"uint16x{COUNT_LANES}"
+    previous = T.reinterpret(lanes16, C.vload([0], f"{plan.accumulator}x{plan.lanes}"))
+    total = previous + _neon("uaddlp", lanes16, counts[0])  # LLVM selects uadalp
+    T.buffer_store(C, T.reinterpret(f"{plan.accumulator}x{plan.lanes}", total), [T.ramp(0, 1, plan.lanes)])
+
+
+def _decode_func(plan: NarrowAccumulation, implementation: bool) -> tirx.PrimFunc:
+    """The write-back of one q register of accumulators: a copy (description), or the sum per
+    channel of its pairs' 16-bit lanes times their coefficients (implementation)."""
+    lanes, acc = plan.lanes, plan.accumulator
+    with IRBuilder() as builder:
+        with build_prim_func():
+            s, d = T.arg("s", T.handle()), T.arg("d", T.handle())
+            S = T.match_buffer(s, (lanes,), acc, offset_factor=1, scope="local")
+            D = T.match_buffer(d, (lanes,), acc, offset_factor=1)
+            with T.sblock("root"):
+                T.reads(S[0:lanes])
+                T.writes(D[0:lanes])
+                if implementation:
+                    # Unrolled, constant indices: the tile stays promotable to registers.
+                    for o in range(lanes):
+                        T.buffer_store(D, _decoded_channel(plan, S, o), [o])
+                else:
+                    with T.serial(0, lanes) as o:
+                        with T.sblock("writeback"):
+                            vo = T.axis.spatial(lanes, o)
+                            T.reads(S[vo])
+                            T.writes(D[vo])
+                            T.buffer_store(D, S[vo], [vo])
+    return builder.get()
+
+
+def _decoded_channel(plan: NarrowAccumulation, S, channel: int):
+    """Sum over plane pairs of coefficient x the pair's 16-bit lanes for this channel."""
+    acc = plan.accumulator
+    lanes_per_slot = plan.word_bits // COUNT_LANE_BITS
+    total = None
+    for p, (i, j) in enumerate(plan.pairs):
+        for part in range(plan.lanes_per_count):
+            lane = (p * plan.lanes + channel) * plan.lanes_per_count + part
+            shift = tirx.const(lane % lanes_per_slot * COUNT_LANE_BITS, acc)
+            field = (S[lane // lanes_per_slot] >> shift) & tirx.const(COUNT_LANE_MAX, acc)
+            term = field * tirx.const(plan.coefficient(i, j), acc)
+            total = term if total is None else total + term
+    return total
+
+
+def _register_all() -> None:
+    for word, pair_counts in PLANE_PAIRS.items():
+        for abits in range(1, max(pair_counts) + 1):
+            for wbits in range(1, max(pair_counts) + 1):
+                plan = narrow_accumulation(abits, wbits, word)
+                if plan is None:
+                    continue
+                TensorIntrin.register(plan.update_intrin, _update_func(plan, False), _update_func(plan, True),
+                                      override=True)
+                TensorIntrin.register(plan.decode_intrin, _decode_func(plan, False), _decode_func(plan, True),
+                                      override=True)
+
+
+# At import: a tuning record's trace names these intrinsics, and replaying it needs them registered.
+_register_all()
