@@ -5,12 +5,15 @@ to x86-avx2 builds of ResNet-18 (224x224, batch 1) with llvm-mca's znver3 model,
 measured on this machine at 1 TVM thread: per kernel (VM instrumentation) and end to end. The
 x86 clock is measured, not assumed (a chain of dependent adds, 1 cycle each), because this
 machine's turbo clock is unknown; the Pis run at fixed stock clocks.
-This machine is shared: every measurement records the CPU share other processes took while it
-ran, and the figures are medians over rounds that go round-robin over the models.
+This machine is shared: times are the CPU time of the thread that runs the model (at 1 TVM
+thread every kernel runs on the calling thread), so time slices given to other processes do not
+count (their cache traffic still does); wall times are recorded beside them, and every
+measurement records the CPU share other processes took while it ran. Figures are medians over
+rounds that go round-robin over the models.
 Then the ARM estimates of the same four models, each built for its board, on rasp3b, rasp4 and
 rasp5 at 1 and 4 threads, beside peers' published figures on the same boards.
 
-    python benchmarks/arm_estimate.py [--repeat 20] [--rounds 3] [--work DIR] [--out benchmarks/results/arm_estimate]
+    python benchmarks/arm_estimate.py [--repeat 20] [--rounds 5] [--work DIR] [--out benchmarks/results/arm_estimate]
 """
 
 import argparse
@@ -44,11 +47,11 @@ CLOCK_SOURCE = r"""
 int main(void) {
     long n = 100000000, x = 0;
     struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);  /* CPU time: immune to time slicing */
     for (long i = 0; i < n; i++)  /* 8 dependent adds: 8 cycles per iteration on any x86 core */
         __asm__ volatile("add $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\t"
                          "add $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\tadd $1,%0" : "+r"(x));
-    clock_gettime(CLOCK_MONOTONIC, &b);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
     printf("%.4f\n", 8.0 * n / ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9) / 1e9);
     return x == 0;
 }
@@ -89,8 +92,11 @@ class Load:
         import psutil
 
         self._own = psutil.Process()
-        self._start = (time.monotonic(), self._busy(psutil.cpu_times()), sum(self._own.cpu_times()[:2]))
+        self._start = (time.monotonic(), self._busy(psutil.cpu_times()), self._own_cpu())
         return self
+
+    def _own_cpu(self) -> float:
+        return sum(self._own.cpu_times()[:4])  # user, system, and those of waited-for children (the clock probe)
 
     @staticmethod
     def _busy(times) -> float:
@@ -99,7 +105,7 @@ class Load:
     def __exit__(self, *exc):
         import psutil
 
-        wall, busy, own = time.monotonic(), self._busy(psutil.cpu_times()), sum(self._own.cpu_times()[:2])
+        wall, busy, own = time.monotonic(), self._busy(psutil.cpu_times()), self._own_cpu()
         others = (busy - self._start[1]) - (own - self._start[2])
         self.share = round(max(0.0, min(1.0, others / ((wall - self._start[0]) * (psutil.cpu_count() or 1)))), 3)
 
@@ -115,18 +121,19 @@ def measure_child(library: str, repeat: int) -> dict:
     for _ in range(2):
         vm["main"](x)
     with Load() as load:
-        runs = []
+        runs, cpu_runs = [], []
         for _ in range(repeat):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             vm["main"](x)
             runs.append((time.perf_counter() - start) * 1e3)
+            cpu_runs.append((time.thread_time() - cpu_start) * 1e3)
     per_run, started = [], {}
 
     def instrument(func, symbol, before, ret, *args):
         if before:
-            started[symbol] = time.perf_counter()
+            started[symbol] = time.thread_time()
         else:
-            per_run[-1][symbol] = per_run[-1].get(symbol, 0.0) + (time.perf_counter() - started.pop(symbol)) * 1e3
+            per_run[-1][symbol] = per_run[-1].get(symbol, 0.0) + (time.thread_time() - started.pop(symbol)) * 1e3
         return 0
 
     vm.set_instrument(instrument)
@@ -135,7 +142,8 @@ def measure_child(library: str, repeat: int) -> dict:
             per_run.append({})
             vm["main"](x)
     kernels = {symbol: statistics.median(run.get(symbol, 0.0) for run in per_run) for symbol in per_run[0]}
-    return {"runs_ms": runs, "median_ms": statistics.median(runs), "others_cpu_share": load.share,
+    return {"runs_ms": runs, "cpu_runs_ms": cpu_runs, "median_ms": statistics.median(cpu_runs),
+            "median_wall_ms": statistics.median(runs), "others_cpu_share": load.share,
             "kernel_ms": kernels, "kernel_others_cpu_share": kernel_load.share}
 
 
@@ -193,6 +201,7 @@ def calibrate(libraries: dict, repeat: int, rounds: int, probe: Path) -> dict:
         estimated_total = est.total_ms(1)
         report["models"][name] = {
             "measured_ms": measured_total, "estimated_ms": estimated_total,
+            "measured_wall_ms": statistics.median(r["median_wall_ms"] for r in rounds_of),
             "error": (estimated_total - measured_total) / measured_total,
             "measured_kernels_sum_ms": sum(v for k, v in measured_kernels.items() if not k.startswith("vm.builtin")),
             "others_cpu_share": [r["others_cpu_share"] for r in rounds_of],
@@ -257,21 +266,24 @@ def markdown(report: dict) -> str:
         "",
         f"The same method on `{X86_PRESET}` builds (llvm-mca `znver3`, the newest AMD Zen model in LLVM 14; this "
         f"CPU is `{report['machine']['llvm_cpu']}`), against times measured here at 1 TVM thread. Clock: "
-        f"{cal['clock_ghz']:.2f} GHz, measured by a chain of dependent adds (median of {len(cal['clock_probes'])} probes), "
-        "not the nominal clock in /proc/cpuinfo. The machine was shared with another engineer's test runs: "
-        "'others' is the CPU share other processes took while each model was timed (per round); figures are medians "
-        f"over {report['rounds']} rounds of {report['repeat']} runs, round-robin over the models.",
+        f"{cal['clock_ghz']:.2f} GHz, measured by a chain of dependent adds per CPU second (median of "
+        f"{len(cal['clock_probes'])} probes), not the nominal clock in /proc/cpuinfo. The machine was shared with "
+        "another engineer's test runs: measured times are the CPU time of the one thread that runs the model (time "
+        "slices lost to other processes do not count, their cache traffic does), wall medians beside them; 'others' "
+        "is the CPU share other processes took while each model was timed (per round). Figures are medians over "
+        f"{report['rounds']} rounds of {report['repeat']} runs, round-robin over the models.",
         "",
         f"**End to end: {s['end_to_end']}, {verdict}. Per kernel: {s['per_kernel']}.**",
         "",
-        "| model | measured ms | estimated ms | error | others' CPU share (rounds) |",
-        "| --- | --- | --- | --- | --- |",
+        "| model | measured ms (CPU) | estimated ms | error | wall ms | others' CPU share (rounds) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, m in cal["models"].items():
         share = ", ".join(f"{x:.0%}" for x in m["others_cpu_share"])
-        lines.append(f"| {name} | {m['measured_ms']:.1f} | {m['estimated_ms']:.1f} | {m['error']:+.0%} | {share} |")
-    lines += ["", "Per kernel (kernels with at least 1% of their model's measured time; measured: median per-call "
-              "time under VM instrumentation):", ""]
+        lines.append(f"| {name} | {m['measured_ms']:.1f} | {m['estimated_ms']:.1f} | {m['error']:+.0%} | "
+                     f"{m['measured_wall_ms']:.1f} | {share} |")
+    lines += ["", "Per kernel (kernels with at least 1% of their model's measured time; measured: median over runs of "
+              "the kernel's CPU time per inference, summed over its calls, under VM instrumentation):", ""]
     for name, m in cal["models"].items():
         lines += [f"### {name}", "", "| kernel | calls | measured ms | estimated ms | error |", "| --- | --- | --- | --- | --- |"]
         for k in sorted(m["kernels"], key=lambda k: -(k["measured_ms"] or 0)):
@@ -297,7 +309,7 @@ def markdown(report: dict) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "wrpn-arm-estimate"),
                         help="where the models and libraries are built (reused when present)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "arm_estimate"))
