@@ -32,6 +32,9 @@ Q_REGISTERS = 32
 SCRATCH_REGISTERS = 6  # and/cnt/addp temporaries in flight (an in-order core's schedule keeps more)
 MAX_CHANNEL_VECTORS = 8
 MAX_PIXELS = 4
+# q-register counts per iteration of the innermost reduction loop that keep both NEON pipes busy
+# across the load -> and -> cnt -> uadalp latency; smaller tiles take two words per iteration.
+MIN_COUNTS_PER_ITERATION = 16
 _REDUCE = 2  # tirx.IterVar.CommReduce
 
 
@@ -84,6 +87,14 @@ def _split_channel_vectors(sch: Schedule, decisions: Decisions, loop, plan: Narr
     return outer, vectors, lanes
 
 
+def _unroll_small_tiles(sch: Schedule, plan: NarrowAccumulation, word_loop, tile_loops) -> None:
+    counts = len(plan.pairs)
+    for loop in tile_loops:
+        counts *= loop_extent(sch, loop)
+    if counts < MIN_COUNTS_PER_ITERATION and loop_extent(sch, word_loop) % 2 == 0:
+        sch.unroll(sch.split(word_loop, [None, 2])[1])
+
+
 def _narrow_registers_and_writeback(sch: Schedule, block, plan, outer, register_loops, lanes, first_reduction,
                                     tuning: bool):
     """Accumulate the tile in local 16-bit count lanes (the update tensorized per reduction word),
@@ -124,6 +135,7 @@ def _conv2d_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool,
     o_outer, o_vectors, o_lanes = _split_channel_vectors(sch, decisions, o, plan, vectors)
     outer = [n, oh_outer, ow_outer, o_outer] if order == "pixels_outer" else [o_outer, n, oh_outer, ow_outer]
     sch.reorder(*outer, kh, kw, cw, oh_inner, ow_inner, o_vectors, o_lanes)
+    _unroll_small_tiles(sch, plan, cw, [oh_inner, ow_inner, o_vectors])
     parallel = sch.fuse(*outer)
     sch.parallel(parallel)
     cpu.annotate_unroll(sch, parallel, decisions)
@@ -139,6 +151,7 @@ def _dense_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool) 
     n_outer, n_regs = sch.split(n, decisions.tile(n, 2, MAX_PIXELS, [loop_extent(sch, n) // rows, rows]))
     o_outer, o_vectors, o_lanes = _split_channel_vectors(sch, decisions, o, plan, vectors)
     sch.reorder(o_outer, n_outer, k, n_regs, o_vectors, o_lanes)
+    _unroll_small_tiles(sch, plan, k, [n_regs, o_vectors])
     parallel = sch.fuse(o_outer, n_outer)
     sch.parallel(parallel)
     cpu.annotate_unroll(sch, parallel, decisions)
