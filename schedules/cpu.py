@@ -1,7 +1,8 @@
-"""The CPU template family shared by x86 and arm_cpu: register-tiled bit-serial kernels that keep
-int32 accumulators in vector registers, vectorize over output channels (the weight layout puts O
-innermost, so one broadcast activation word meets a vector of weight words), and run the outer
-tiles in parallel. The targets differ only in vector width (`Family`)."""
+"""The generic CPU templates: register-tiled bit-serial kernels that keep their accumulators in
+vector registers, vectorize over output channels (the weight layout puts O innermost, so one
+broadcast activation word meets a vector of weight words), and run the outer tiles in parallel.
+x86 uses them at its vector width (`Family`); arm_cpu for the layers its NEON templates do not
+take, and for bitpack."""
 
 from dataclasses import dataclass
 from typing import Callable
