@@ -100,14 +100,34 @@ def test_unsupported_layers_stay_fp32_and_say_why(kwargs, reason):
     assert reason in str(report)
 
 
-def test_a_quantizer_whose_unscale_does_not_undo_its_scale_is_not_wrpn():
-    class Mismatched(TwoLayer):
+def test_an_unscale_that_differs_from_the_scale_is_a_quantizer_with_another_level_value():
+    """round(clip(x, 0, 1) * 3) / 5 has levels 0..3 worth 1/5 each: 2 bits, the 1/5 folds into the epilogue."""
+
+    class Rescaled(TwoLayer):
         def forward(self, x):
             x = torch.round(torch.clamp(self.bn1(self.first(x)), 0, 1) * 3) / 5
             return self.bn2(self.conv(x))
 
-    report = reports_of(Mismatched())[1]
-    assert not report.is_bitserial and "not a WRPN-quantized activation" in report.reason
+    assert reports_of(Rescaled())[1].lowered_to == "bit-serial conv2d a2/w2"
+
+
+@pytest.mark.parametrize(
+    "quantize,reason",
+    [
+        (lambda x: torch.round(x * 3) / 3, "has no upper clip: its levels are unbounded"),
+        (lambda x: torch.round(torch.clamp(x, max=1) * 3) / 3, "has no lower clip"),
+        (lambda x: torch.round(torch.clamp(x, -1, 1) * 3) / 3, "produces negative values (-1 at its lowest level)"),
+        (lambda x: torch.clamp(x, 0, 1) * 3, "not a WRPN-quantized activation (no clip -> round quantizer"),
+    ],
+    ids=["unclipped", "no-lower-clip", "signed", "no-round"],
+)
+def test_what_is_no_quantizer_says_why(quantize, reason):
+    class Unquantized(TwoLayer):
+        def forward(self, x):
+            return self.bn2(self.conv(quantize(self.bn1(self.first(x)))))
+
+    report = reports_of(Unquantized())[1]
+    assert not report.is_bitserial and reason in report.reason
 
 
 def test_average_pooling_between_quantizer_and_conv_keeps_fp32():
@@ -153,7 +173,8 @@ def test_weight_grid_detection_picks_the_smallest_k(bits):
 
 
 def test_weight_grid_rejects_off_grid_and_degenerate_weights():
-    assert detect_weight_grid(np.array([[0.3, -0.31]], dtype=np.float32)) is None
+    assert detect_weight_grid(np.array([[0.3, -0.31, 0.1234567]], dtype=np.float32)) is None
+    assert detect_weight_grid(np.array([[0.3, -0.31]], dtype=np.float32)).bits == 6  # 30 and -31 hundredths
     assert detect_weight_grid(np.array([[0.5, np.nan]], dtype=np.float32)) is None
     levels_9bit = np.arange(-255, 256, dtype=np.float32).reshape(7, 73) / 255
     assert detect_weight_grid(levels_9bit) is None

@@ -11,6 +11,7 @@ from pathlib import Path
 from .artifact import write_sidecar
 from .errors import WrpnError, one_line
 from .fileio import atomic_path
+from .lowering import program_warnings, summary
 from .pipeline import build_module, prepare_module
 from .targets import TargetSpec, resolve
 
@@ -22,6 +23,12 @@ class CompileResult:
     target: TargetSpec
     inputs: list
     layers: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)  # what makes the compiled model differ from the trained one
+
+    @property
+    def summary(self) -> str:
+        """E.g. "7 of 9 conv/dense layers bit-serial (a2/w2 x6, a4/w2 x1); 2 fp32"."""
+        return summary(self.layers)
 
 
 def export_library(executable, spec: TargetSpec, output: "str | os.PathLike") -> Path:
@@ -60,4 +67,4 @@ def compile_model(
     executable = build_module(mod, spec, database)
     library = export_library(executable, spec, output)
     sidecar = write_sidecar(library, spec, inputs, layers)
-    return CompileResult(library, sidecar, spec, inputs, layers)
+    return CompileResult(library, sidecar, spec, inputs, layers, program_warnings(mod, layers))

@@ -20,11 +20,17 @@ def register(subparsers) -> None:
 
 
 def handle(args) -> int:
+    import sys
+
     from ..build import compile_model
 
     result = compile_model(args.model, args.target, args.output, tuning_log=args.tuning_log, strict_target=args.strict_target)
+    for warning in result.warnings:
+        print(f"wrpn-tvm: warning: {warning}", file=sys.stderr)
     if args.explain:
         for layer in result.layers:
             print(layer)
+    fp32 = any(not layer.is_bitserial for layer in result.layers)
+    print(result.summary + (": --explain gives the reasons" if fp32 and not args.explain else ""))
     print(f"wrote {result.library} and {result.sidecar} for {result.target.name}")
     return 0

@@ -1,25 +1,31 @@
 """WRPN lowering: find the quantized layers of an imported model and run them bit-serially.
 
-`lower_wrpn(mod, spec)` takes the Relax module from `frontend.to_relax` and returns it with every
-conv2d / dense that reads a WRPN activation quantizer and holds on-grid constant weights rewritten
+`lower_wrpn(mod, spec)` takes the Relax module from `frontend.to_relax`, removes training-only
+identities (straight-through estimators), evaluates everything computed from constants alone
+(weights quantized in `forward()`), and returns it with every conv2d / dense that reads an
+activation quantizer and holds on-grid constant weights rewritten
 to bitpack + bit-serial kernel + one folded per-channel epilogue (scale, bias, batch norm), plus
 one LayerReport per conv2d / dense saying what it became and, for FP32 layers, why.
-Modules: graph (binding view), quantizer (activation pattern), weight_grid (numeric grid check),
-epilogue (affine folding), recognize (per-layer decision), rewrite (the Relax rewrite), report.
+Modules: graph (binding view), ste (STE removal), fold (constant evaluation), quantizer (activation
+quantizer analysis), weight_grid (numeric grid check), epilogue (affine folding), recognize
+(per-layer decision), rewrite (the Relax rewrite), report.
 """
 
 from dataclasses import replace
 
+from .fold import fold_constants
 from .graph import BindingGraph
 from .recognize import plan_function
-from .report import FP32, LayerReport
+from .report import FP32, LayerReport, program_warnings, summary
 from .rewrite import rewrite, word_bits_for
+from .ste import remove_straight_through
 
-__all__ = ["FP32", "LayerReport", "lower_wrpn"]
+__all__ = ["FP32", "LayerReport", "lower_wrpn", "program_warnings", "summary"]
 
 
 def lower_wrpn(mod, spec):
     """(lowered module, one LayerReport per conv2d / dense layer of `main`, in program order)."""
+    mod = fold_constants(remove_straight_through(mod))
     graph = BindingGraph(mod["main"])
     reports, plans = plan_function(graph)
     if not plans:

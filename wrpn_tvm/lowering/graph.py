@@ -1,4 +1,5 @@
-"""A read-only view of a Relax function's bindings: who defines a var, who uses it, what constants it holds."""
+"""A view of a Relax function's bindings (who defines a var, who uses it, what constants it holds),
+and the one edit the clean-up passes make: replacing vars by other expressions at their uses."""
 
 import numpy as np
 from tvm import ir, relax
@@ -17,6 +18,13 @@ def prim_value(expr) -> float | None:
     value = getattr(expr, "value", None)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    return None
+
+
+def tensor_constant(expr) -> np.ndarray | None:
+    """The value of a tensor constant (not a number such as an IntImm, also an ir Constant in 0.27)."""
+    if isinstance(expr, ir.expr.Constant) and hasattr(expr.value, "numpy"):
+        return expr.value.numpy()
     return None
 
 
@@ -54,7 +62,7 @@ class BindingGraph:
     def constant(self, expr) -> np.ndarray | None:
         """The value of a constant, seen through the reshapes and transposes the importer wraps around them."""
         if isinstance(expr, ir.expr.Constant):
-            return expr.value.numpy()
+            return tensor_constant(expr)
         value = self.value(expr)
         name = op_name(value)
         if name in ("relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.permute_dims"):
@@ -71,3 +79,32 @@ class BindingGraph:
 def shape_of(expr) -> tuple[int, ...]:
     """The static shape of a tensor-valued var or constant."""
     return tuple(int(d) for d in expr.ty.shape)
+
+
+@relax.expr_functor.mutator
+class _Substitution(relax.PyExprMutator):
+    def __init__(self, mod, replacements: dict):
+        super().__init__(mod)
+        self.replacements = replacements
+
+    def visit_var_(self, var):
+        replacement = self.replacements.get(var)
+        return super().visit_var_(var) if replacement is None else replacement
+
+    def visit_dataflow_var_(self, var):
+        replacement = self.replacements.get(var)
+        return super().visit_dataflow_var_(var) if replacement is None else replacement
+
+    def visit_var_binding_(self, binding):
+        if binding.var not in self.replacements:  # a replaced var's own binding is dropped
+            super().visit_var_binding_(binding)
+
+
+def substitute(mod, replacements: dict):
+    """`main` with each var in `replacements` replaced at its uses (replacements already resolved)."""
+    if not replacements:
+        return mod
+    mutator = _Substitution(mod, replacements)
+    main = mod.get_global_var("main")
+    mutator.builder_.update_func(main, mutator.visit_expr(mod["main"]))
+    return relax.transform.DeadCodeElimination(["main"])(mutator.builder_.get())

@@ -9,7 +9,8 @@ from .graph import BindingGraph, op_name, shape_of
 from .quantizer import ActivationQuantizer, find_input_quantizer
 from .report import FP32, LayerReport
 from ..bits import MAX_BITS
-from .weight_grid import WeightGrid, detect_weight_grid
+from .weight_grid import TOP_LEVEL, WeightGrid, detect_weight_grid
+
 LAYER_OPS = {"relax.nn.conv2d": "conv2d", "relax.matmul": "dense"}
 
 
@@ -62,8 +63,9 @@ def _dense_weight(graph: BindingGraph, call):
     return (None, "weight is not a constant") if weight is None else (np.ascontiguousarray(weight.T), "")
 
 
-def plan_layer(graph: BindingGraph, var, index: int) -> tuple[LayerReport, LayerPlan | None]:
-    """The report for one conv2d / matmul binding, and its lowering plan when it runs bit-serially."""
+def plan_layer(graph: BindingGraph, var, index: int, lowered_outputs: set) -> tuple[LayerReport, LayerPlan | None]:
+    """The report for one conv2d / matmul binding, and its lowering plan when it runs bit-serially
+    (`lowered_outputs`: the epilogue outputs of the bit-serial layers before it)."""
     call = graph.value(var)
     op = LAYER_OPS[op_name(call)]
     data = call.args[0]
@@ -81,15 +83,17 @@ def plan_layer(graph: BindingGraph, var, index: int) -> tuple[LayerReport, Layer
         return report(FP32, reason), None
     if data.ty.dtype != "float32" or var.ty.dtype != "float32":
         return report(FP32, f"dtype {data.ty.dtype} (lowering reads float32 layers)"), None
-    quantizer, direct = find_input_quantizer(graph, data)
+    found = find_input_quantizer(graph, data, op, lowered_outputs)
+    quantizer, direct = found.quantizer, found.direct
     if quantizer is None:
-        return report(FP32, "input is not a WRPN-quantized activation (no clip(0,1) -> round quantizer before it)"), None
+        return report(FP32, found.reason), None
     if quantizer.bits > MAX_BITS:
         return report(FP32, f"activation quantizer has {quantizer.bits} bits (> {MAX_BITS})"), None
     grid = detect_weight_grid(weight)
     if grid is None:
-        return report(FP32, f"weights lie on no WRPN grid with k <= {MAX_BITS} bits"), None
-    scale = grid.scale / (2**quantizer.bits - 1)  # value of one level of A times one level of W
+        return report(FP32, f"weights lie on no WRPN grid with k <= {MAX_BITS} bits (integer levels within "
+                            f"+-{TOP_LEVEL} times one scale per output channel)"), None
+    scale = grid.scale * quantizer.scale  # value of one level of A times one level of W
     epilogue = fold_epilogue(graph, var, scale)
     plan = LayerPlan(op, index, data, quantizer, direct, grid, epilogue)
     if op == "conv2d":
@@ -101,12 +105,13 @@ def plan_layer(graph: BindingGraph, var, index: int) -> tuple[LayerReport, Layer
 
 
 def plan_function(graph: BindingGraph) -> tuple[list[LayerReport], list[LayerPlan]]:
-    reports, plans = [], []
+    reports, plans, lowered_outputs = [], [], set()
     for binding in graph.bindings:
         if op_name(binding.value) not in LAYER_OPS:
             continue
-        report, plan = plan_layer(graph, binding.var, len(reports))
+        report, plan = plan_layer(graph, binding.var, len(reports), lowered_outputs)
         reports.append(report)
         if plan is not None:
             plans.append(plan)
+            lowered_outputs.add(plan.epilogue.output)
     return reports, plans

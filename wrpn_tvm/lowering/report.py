@@ -1,6 +1,10 @@
-"""What the lowering did with each conv2d / dense layer: one line per layer for `compile --explain`."""
+"""What the lowering did with each conv2d / dense layer: one line per layer for `compile --explain`,
+a one-line summary that compile always prints, and warnings about the program itself."""
 
+from collections import Counter
 from dataclasses import dataclass
+
+from .graph import BindingGraph, op_name
 
 FP32 = "fp32"
 
@@ -19,7 +23,37 @@ class LayerReport:
     def is_bitserial(self) -> bool:
         return self.lowered_to != FP32
 
+    @property
+    def bits(self) -> str:
+        """"a2/w2" for a bit-serial layer, FP32 otherwise."""
+        return self.lowered_to.rsplit(" ", 1)[-1]
+
     def __str__(self) -> str:
         shapes = f"{'x'.join(map(str, self.input_shape))} -> {'x'.join(map(str, self.output_shape))}"
         line = f"layer {self.index:>2}  {self.op:<6} {self.detail:<28} {shapes:<28} {self.lowered_to}"
         return f"{line}  ({self.reason})" if self.reason else line
+
+
+def summary(reports: list[LayerReport]) -> str:
+    """E.g. "7 of 9 conv/dense layers bit-serial (a2/w2 x6, a4/w2 x1); 2 fp32"."""
+    bitserial = Counter(report.bits for report in reports if report.is_bitserial)
+    line = f"{sum(bitserial.values())} of {len(reports)} conv/dense layers bit-serial"
+    if bitserial:
+        line += " (" + ", ".join(f"{bits} x{count}" for bits, count in bitserial.most_common()) + ")"
+    fp32 = len(reports) - sum(bitserial.values())
+    return line + (f"; {fp32} fp32" if fp32 else "")
+
+
+def program_warnings(mod, reports: list[LayerReport]) -> list[str]:
+    """What a user should know before trusting the library: it differs from the trained model at
+    inference (train-mode batch norm), or it gains nothing from WRPN (no bit-serial layer)."""
+    warnings = []
+    training = sum(op_name(binding.value) == "relax.nn.batch_norm" and bool(binding.value.attrs.training)
+                   for binding in BindingGraph(mod["main"]).bindings)
+    if training:
+        warnings.append(f"{training} batch norm layer(s) were exported in train mode: they normalize each batch by "
+                        "its own statistics, not the running ones (export after model.eval())")
+    if reports and not any(report.is_bitserial for report in reports):
+        warnings.append("no conv/dense layer runs bit-serially: the library is plain FP32 code, often slower than "
+                        "PyTorch (compile --explain says why for each layer)")
+    return warnings

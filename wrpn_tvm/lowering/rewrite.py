@@ -1,6 +1,8 @@
 """Rewrite planned layers to bitpack -> bit-serial kernel -> folded epilogue, with pre-packed weights.
 
-Each bit-serial layer becomes three TE calls: pack_activation of its input, the bit-serial
+Each bit-serial layer becomes three TE calls: pack_activation of its input's integer levels (the
+quantizer's steps replayed in float32 on its input, or the level of each already-quantized value
+after pooling / flatten), the bit-serial
 conv2d / dense on constant pre-packed weights, and one per-channel float epilogue that reproduces
 the last folded op's value in the original layout, so everything downstream is untouched. When a
 layer's quantizer reads another bit-serial layer's epilogue, directly or through a residual add,
@@ -48,6 +50,11 @@ def _affine(acc: te.Tensor, multiplier: te.Tensor, offset: te.Tensor, op: str) -
                       name="wrpn_epilogue")
 
 
+def _levels(x: te.Tensor, level) -> te.Tensor:
+    """The integer activation levels (as float32) that `level` computes from each element of x."""
+    return te.compute(x.shape, lambda *i: level(x(*i)), name="wrpn_levels")
+
+
 def word_bits_for(spec) -> int:
     """64-bit words on CPUs (one word covers 64 channels), 32 on CUDA (native popcount width)."""
     return 32 if spec.is_cuda else 64
@@ -85,20 +92,25 @@ class _Lowerer(relax.PyExprMutator):
         return self.packed[key]
 
     def _emit_pack(self, plan: LayerPlan) -> relax.Var:
-        bits, word_bits = plan.quantizer.bits, self.word_bits
-        fused = self._glue_from_accumulators(plan.quantizer.source) if plan.reads_quantizer_directly else None
+        quantizer, word_bits = plan.quantizer, self.word_bits
+        fused = self._glue_from_accumulators(quantizer.source) if plan.reads_quantizer_directly else None
         if fused is not None:
             args, build = fused
             self.fused_packs.add(plan.data)
             return self.builder_.emit_te(
-                lambda *tensors: ops.pack_activation(build(list(tensors)), bits, word_bits),
+                lambda *tensors: ops.pack_activation(_levels(build(list(tensors)), quantizer.level_from_source),
+                                                     quantizer.bits, word_bits, quantize=False),
                 *args, primfunc_name_hint="wrpn_epilogue_bitpack",
             )
-        # pack_activation quantizes exactly as the matched quantizer does, so it reads the
-        # quantizer's input when it can: the float quantized map need not be computed for it.
-        source = plan.quantizer.source if plan.reads_quantizer_directly else plan.data
+        # Read the quantizer's input when the layer reads its output directly, and replay its steps:
+        # the float quantized map need not be computed for the pack.
+        if plan.reads_quantizer_directly:
+            source, level = quantizer.source, quantizer.level_from_source
+        else:
+            source, level = plan.data, quantizer.level_from_value
         return self.builder_.emit_te(
-            ops.pack_activation, self.visit_expr(source), bits, word_bits, primfunc_name_hint="wrpn_bitpack"
+            lambda x: ops.pack_activation(_levels(x, level), quantizer.bits, word_bits, quantize=False),
+            self.visit_expr(source), primfunc_name_hint="wrpn_bitpack",
         )
 
     def _glue_from_accumulators(self, var, depth: int = 0):
