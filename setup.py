@@ -28,6 +28,7 @@ setup(
         "mlxtend>=0.23",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100"]},
+    # brevitas: tests import Brevitas-trained models (it leaves torch alone, pins setuptools < 81).
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "brevitas==0.13.4"]},
     entry_points={"console_scripts": ["wrpn-tvm=wrpn_tvm.cli:main"]},
 )

@@ -116,7 +116,7 @@ def test_an_unscale_that_differs_from_the_scale_is_a_quantizer_with_another_leve
     [
         (lambda x: torch.round(x * 3) / 3, "has no upper clip: its levels are unbounded"),
         (lambda x: torch.round(torch.clamp(x, max=1) * 3) / 3, "has no lower clip"),
-        (lambda x: torch.round(torch.clamp(x, -1, 1) * 3) / 3, "produces negative values (-1 at its lowest level)"),
+        (lambda x: torch.round(torch.clamp(x, -1, 1) * 3) / 3, "has a non-zero zero point: 0.0 is level 3 of 0..6"),
         (lambda x: torch.clamp(x, 0, 1) * 3, "not a WRPN-quantized activation (no clip -> round quantizer"),
     ],
     ids=["unclipped", "no-lower-clip", "signed", "no-round"],

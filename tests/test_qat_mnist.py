@@ -68,12 +68,12 @@ class QATNet(nn.Module):
 EXPECTED = ["fp32", "bit-serial conv2d a2/w2", "bit-serial conv2d a4/w2", "bit-serial dense a2/w2", "fp32"]
 
 
-def train_qat(train_images, epochs, seed=0):
+def train(model, train_images, epochs, seed=0):
+    """A few epochs of Adam on MNIST-5k (the first `train_images` of its training split, or all)."""
     torch.manual_seed(seed)
     data = load_dataset("mnist5k", seed=seed)
     if train_images is not None:
         data = dataclasses.replace(data, x_train=data.x_train[:train_images], y_train=data.y_train[:train_images])
-    model = QATNet()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     for _ in range(epochs):
@@ -94,7 +94,7 @@ def export_as_is(model, data, folder):
 @pytest.fixture(scope="module")
 def quick_qat(tmp_path_factory):
     folder = tmp_path_factory.mktemp("qat")
-    model, data = train_qat(train_images=2000, epochs=2)
+    model, data = train(QATNet(), train_images=2000, epochs=2)
     return model, export_as_is(model, data, folder), data
 
 
@@ -116,7 +116,7 @@ def test_plain_pytorch_qat_on_emulated_rasp4_agrees_with_pytorch(quick_qat, emul
 
 @pytest.mark.slow
 def test_plain_pytorch_qat_fully_trained_on_host_agrees_with_pytorch(tmp_path):
-    model, data = train_qat(train_images=None, epochs=6)
+    model, data = train(QATNet(), train_images=None, epochs=6)
     result = build.compile_model(export_as_is(model, data, tmp_path), "host", tmp_path / "qat.so")
     assert [layer.lowered_to for layer in result.layers] == EXPECTED
     agreement, ours, theirs = check_agreement(model, result.library, data)

@@ -38,7 +38,7 @@ def _axes(attrs):
     return None if attrs.axis is None else tuple(int(a) for a in attrs.axis)
 
 
-def _evaluate(call, args: list, out_shape: tuple, out_dtype: str):
+def _evaluate(call, args: list, out_shape: tuple):
     """The numpy value of one Relax call on constant arguments, or None for an op not covered."""
     name = op_name(call)
     if name in _UNARY:
@@ -77,8 +77,35 @@ def _evaluate(call, args: list, out_shape: tuple, out_dtype: str):
     return None
 
 
+def _top_k(call, values: np.ndarray):
+    """relax.topk on a constant: its values and indices, as a tuple of constants or the one asked for."""
+    attrs = call.attrs
+    axis, k = int(attrs.axis), int(attrs.k)
+    order = np.argsort(-values if attrs.largest else values, axis=axis, kind="stable")
+    indices = np.take(order, np.arange(k), axis=axis)
+    top = (relax.const(np.take_along_axis(values, indices, axis=axis)), relax.const(indices.astype(str(attrs.dtype))))
+    return {"both": relax.Tuple(top), "values": top[0], "indices": top[1]}[str(attrs.ret_type)]
+
+
+def _fold_tuple(value, operand):
+    """A tuple of constants (or its item) that replaces a tuple-valued binding, or None."""
+    if isinstance(value, relax.TupleGetItem):
+        packed = operand(value.tuple_value)
+        return operand(packed.fields[value.index]) if isinstance(packed, relax.Tuple) else None
+    if isinstance(value, relax.Tuple):
+        fields = [operand(field) for field in value.fields]
+        return relax.Tuple(fields) if all(tensor_constant(field) is not None for field in fields) else None
+    if op_name(value) == "relax.topk":
+        values = tensor_constant(operand(value.args[0]))
+        return None if values is None else _top_k(value, values)
+    return None
+
+
 def _fold(var, call, operand):
     """What replaces `var = call` when its operands are constants, or None."""
+    tupled = _fold_tuple(call, operand)
+    if tupled is not None:
+        return tupled
     if not isinstance(call, relax.Call) or not isinstance(var.ty, relax.TensorType) or var.ty.shape is None:
         return None
     out_shape, out_dtype = shape_of(var), str(var.ty.dtype)
@@ -91,7 +118,7 @@ def _fold(var, call, operand):
     if any(arg is None for arg in args):
         return None
     with np.errstate(all="ignore"):
-        result = _evaluate(call, args, out_shape, out_dtype)
+        result = _evaluate(call, args, out_shape)
     if result is None:
         return None
     result = np.asarray(result).astype(out_dtype)

@@ -286,15 +286,23 @@ def _analyze(steps: list, source, output) -> "ActivationQuantizer | str":
     distinct = np.unique(values)
     if distinct.size < 2:
         return "the quantizer before it maps every input to one value"
-    if distinct[0] < 0:
-        return (f"the quantizer before it produces negative values ({distinct[0]:g} at its lowest level): a non-zero "
-                "zero point or a signed range; bit-serial layers read levels 0..2^k-1 with 0.0 at level 0")
-    step_size = float(np.diff(distinct.astype(np.float64)).min())
-    top = round(float(distinct[-1]) / step_size)
-    scale = float(distinct[-1]) / top
-    multiples = distinct.astype(np.float64) / scale
+    span = distinct.astype(np.float64)
+    count = round((span[-1] - span[0]) / np.diff(span).min())  # levels - 1
+    scale = (span[-1] - span[0]) / count
+    from_lowest = (span - span[0]) / scale
+    if np.abs(from_lowest - np.rint(from_lowest)).max() > _LEVEL_TOLERANCE:
+        return "the quantizer's output values are not evenly spaced"
+    multiples = span / scale
+    zero_level = -multiples[0]
+    if span[0] < 0:
+        if span[-1] >= 0 and abs(zero_level - round(zero_level)) <= _LEVEL_TOLERANCE:
+            return (f"the quantizer before it has a non-zero zero point: 0.0 is level {round(zero_level)} of 0..{count} "
+                    "(an asymmetric or signed quantizer); bit-serial layers read levels 0..2^k-1 with 0.0 at level 0")
+        return (f"the quantizer before it produces negative values (down to {distinct[0]:g}); bit-serial layers read "
+                "levels 0..2^k-1 with 0.0 at level 0")
     if np.abs(multiples - np.rint(multiples)).max() > _LEVEL_TOLERANCE:
-        return "the quantizer's output values are not evenly spaced multiples of one scale from 0"
+        return "the quantizer's levels are offset from 0.0 by a fraction of a level"
+    top = round(span[-1] / scale)
     levels = np.rint(distinct * np.float32(1 / scale))
     if not np.array_equal(levels, np.rint(multiples)):
         return "the quantizer's levels cannot be recovered exactly from its float32 values"
