@@ -1,7 +1,8 @@
 """WRPN lowering: find the quantized layers of an imported model and run them bit-serially.
 
-`lower_wrpn(mod, spec)` takes the Relax module from `frontend.to_relax`, removes training-only
-identities (straight-through estimators), evaluates everything computed from constants alone
+`lower_wrpn(mod, spec)` takes the Relax module from `frontend.to_relax`, merges repeated
+computations (a PACT clip written as relu(f(x)) - relu(f(x) - α) calls f twice), removes
+training-only identities (straight-through estimators), evaluates everything computed from constants alone
 (weights quantized in `forward()`), and returns it with every conv2d / dense that reads an
 activation quantizer and holds on-grid constant weights rewritten
 to bitpack + bit-serial kernel + one folded per-channel epilogue (scale, bias, batch norm), plus
@@ -12,6 +13,8 @@ quantizer analysis), weight_grid (numeric grid check), epilogue (affine folding)
 """
 
 from dataclasses import replace
+
+from tvm import relax
 
 from .fold import fold_constants
 from .graph import BindingGraph
@@ -25,7 +28,7 @@ __all__ = ["FP32", "LayerReport", "lower_wrpn", "program_warnings", "summary"]
 
 def lower_wrpn(mod, spec):
     """(lowered module, one LayerReport per conv2d / dense layer of `main`, in program order)."""
-    mod = fold_constants(remove_straight_through(mod))
+    mod = fold_constants(remove_straight_through(relax.transform.EliminateCommonSubexpr()(mod)))
     graph = BindingGraph(mod["main"])
     reports, plans = plan_function(graph)
     if not plans:
