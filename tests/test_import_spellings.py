@@ -7,7 +7,9 @@ model has, logits equal to PyTorch's (float32 or float64, see assert_matches_pyt
 """
 
 import os
+import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from wrpn_tvm import build, runtime
+from wrpn_tvm.cli import main as cli_main
 from wrpn_tvm.frontend import to_relax
 from wrpn_tvm.lowering import lower_wrpn
 from wrpn_tvm.targets import resolve
@@ -259,3 +262,50 @@ def test_weights_computed_from_the_input_are_not_constants():
 
     (report,) = _reports(Dynamic(), torch.rand(4, 4, 8, 8))
     assert report.reason == "weight is not a constant"
+
+
+def test_fake_quant_and_reduction_converters_compute_what_pytorch_does(tmp_path):
+    """The ops TVM 0.27 cannot import, in every form an export leaves them, against PyTorch bit for bit."""
+
+    class QuantOps(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("scale", torch.tensor([0.07]))
+            self.register_buffer("zero_point", torch.tensor([3], dtype=torch.int32))
+            self.register_buffer("channel_scales", torch.tensor([0.05, 0.11, 0.2]))
+            self.register_buffer("channel_zero_points", torch.tensor([0, 2, -1], dtype=torch.int32))
+
+        def forward(self, x):
+            tensor_qparams = torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, 15)
+            per_channel = torch.fake_quantize_per_channel_affine(x, self.channel_scales, self.channel_zero_points, 1, -8, 7)
+            per_tensor = torch.fake_quantize_per_tensor_affine(x, 0.1, 1, 0, 7)
+            ranges = torch.amax(x, dim=(2, 3), keepdim=True) - torch.amin(x, dim=(2, 3), keepdim=True)
+            return torch.cat([tensor_qparams, per_channel, per_tensor, ranges.expand_as(x)], dim=1)
+
+    model = QuantOps().eval()
+    x = torch.randn(2, 3, 5, 5)
+    program = tmp_path / "ops.pt2"
+    torch.export.save(torch.export.export(model, (x,)), str(program))
+    library = build.compile_model(program, "host", tmp_path / "ops.so").library
+    (out,) = runtime.run(library, [x.numpy()])
+    with torch.no_grad():
+        np.testing.assert_array_equal(out, model(x).numpy())
+
+
+def test_compile_prints_a_summary_and_warns_about_train_mode_and_no_bit_serial_layer(tmp_path, capsys):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).train()
+    program = tmp_path / "train-mode.pt2"
+    torch.export.save(torch.export.export(model, (torch.rand(2, 1, 8, 8),)), str(program))
+    assert cli_main(["compile", str(program), "--target", "host", "-o", str(tmp_path / "m.so")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == "0 of 1 conv/dense layers bit-serial; 1 fp32: --explain gives the reasons"
+    warnings = captured.err.splitlines()
+    assert warnings[0].startswith("wrpn-tvm: warning: 1 batch norm layer(s) were exported in train mode")
+    assert warnings[1].startswith("wrpn-tvm: warning: no conv/dense layer runs bit-serially")
+
+
+def test_importing_raises_no_deprecation_warning_of_torch():
+    program = torch.export.export(nn.Sequential(nn.Conv2d(1, 2, 3)).eval(), (torch.rand(1, 1, 8, 8),))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        to_relax(program)

@@ -4,8 +4,9 @@ Fake-quant ops become decompositions into plain ATen ops, applied with PyTorch's
 table before import; each computes exactly what PyTorch's CPU kernel does, in float32:
 `levels = clamp(round(x * (1 / scale)) + zero_point, quant_min, quant_max)` (the reciprocal taken
 in float32, round half to even), then `(levels - zero_point) * scale`. The `_cachemask` forms
-return the mask too (unused at inference). Learnable fake-quant rounds and clamps its float zero
-point first, as PyTorch does. Reductions TVM's table misses (amax, amin) are converters.
+return the mask too (unused at inference). Reductions TVM's table misses (amax, amin) are converters.
+(The learnable `_fake_quantize_learnable_*` ops are not covered: torch 2.13 cannot decompose them in
+a program read back from a .pt2, as it has no fake-tensor kernel for them.)
 """
 
 import numpy as np
@@ -38,10 +39,6 @@ def _fake_quantize(x, scale, zero_point, quant_min, quant_max):
     return (levels - zero_point) * _as_float32(scale), (unclamped >= quant_min) & (unclamped <= quant_max)
 
 
-def _learned_zero_point(zero_point, quant_min, quant_max):
-    return torch.clamp(torch.round(zero_point.to(torch.float32)), quant_min, quant_max)
-
-
 def per_tensor(x, scale, zero_point, quant_min, quant_max):
     return _fake_quantize(x, scale, zero_point, quant_min, quant_max)[0]
 
@@ -56,10 +53,6 @@ def per_tensor_cachemask_tensor_qparams(x, scale, zero_point, fake_quant_enabled
     return torch.where(enabled, output, x), torch.where(enabled, mask, torch.ones_like(mask))
 
 
-def learnable_per_tensor(x, scale, zero_point, quant_min, quant_max, grad_factor=1.0):
-    return _fake_quantize(x, scale, _learned_zero_point(zero_point, quant_min, quant_max), quant_min, quant_max)[0]
-
-
 def _per_channel(x, scale, zero_point, axis, quant_min, quant_max):
     return _fake_quantize(x, _along(scale, axis, x.dim()), _along(zero_point, axis, x.dim()), quant_min, quant_max)
 
@@ -72,20 +65,13 @@ def per_channel_cachemask(x, scale, zero_point, axis, quant_min, quant_max):
     return _per_channel(x, scale, zero_point, axis, quant_min, quant_max)
 
 
-def learnable_per_channel(x, scale, zero_point, axis, quant_min, quant_max, grad_factor=1.0):
-    zero_point = _learned_zero_point(zero_point, quant_min, quant_max)
-    return _per_channel(x, scale, zero_point, axis, quant_min, quant_max)[0]
-
-
 DECOMPOSITIONS = {
     aten.fake_quantize_per_tensor_affine.default: per_tensor,
     aten.fake_quantize_per_tensor_affine.tensor_qparams: per_tensor,
     aten.fake_quantize_per_tensor_affine_cachemask.default: per_tensor_cachemask,
     aten._fake_quantize_per_tensor_affine_cachemask_tensor_qparams.default: per_tensor_cachemask_tensor_qparams,
-    aten._fake_quantize_learnable_per_tensor_affine.default: learnable_per_tensor,
     aten.fake_quantize_per_channel_affine.default: per_channel,
     aten.fake_quantize_per_channel_affine_cachemask.default: per_channel_cachemask,
-    aten._fake_quantize_learnable_per_channel_affine.default: learnable_per_channel,
 }
 
 
