@@ -243,7 +243,7 @@ def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     return {"cpu_model": model, "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu(), "cores": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version(), "tvm": tvm.__version__,
-            "llvm_mca": subprocess.run(["llvm-mca", "--version"], capture_output=True, text=True).stdout.split("\n")[1].strip(),
+            "llvm_mca": subprocess.run(["llvm-mca", "--version"], capture_output=True, text=True).stdout.split("\n")[0].strip(),
             "qemu": subprocess.run(["qemu-aarch64", "--version"], capture_output=True, text=True).stdout.split("\n")[0]}
 
 
