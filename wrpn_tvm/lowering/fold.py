@@ -4,8 +4,7 @@ A model trained with quantizers in `forward()` exports its weights as parameters
 quantizer's ops (clamp, round, div, sign, abs, mean, amax, where, fake-quant, ...). This pass
 computes those ops in numpy, in the dtype of each result, and binds the results as constants, so
 the grid check sees the weights the model really uses. A `where` whose condition is a constant
-that is everywhere true (or false) becomes that branch, which is how quantizers spell a clamp
-with a constant switch.
+that is everywhere true (or false) becomes that branch (fake-quant's enabled switch, say).
 Elementwise float32 ops are correctly rounded in numpy as in PyTorch; reductions may sum in
 another order (an ulp of difference in a scale, well inside the epilogue's tolerance).
 """

@@ -99,9 +99,7 @@ class _Clamped:
         return self  # round: monotone, and within half a level of its input
 
     def preimage(self, lo: float, hi: float) -> tuple[float, float]:
-        """The x interval that maps into [lo, hi] before the clamp (the whole line if a == 0)."""
-        if self.a == 0:
-            return -math.inf, math.inf
+        """The x interval that maps into [lo, hi] before the clamp (a is never 0: see then)."""
         ends = sorted(((lo - self.b) / self.a, (hi - self.b) / self.a))
         return ends[0], ends[1]
 
@@ -111,8 +109,7 @@ class ActivationQuantizer:
     bits: int
     scale: float  # the value of one level
     source: object  # the Relax var the quantizer reads (its float input)
-    output: object  # the Relax var holding the quantized value
-    steps: tuple  # Step, from source to output
+    steps: tuple  # Step, from source to the quantized value
 
     def level_from_value(self, value):
         """TE: the integer level (as float32) of a quantized value."""
@@ -250,7 +247,8 @@ def _round_behind(graph: BindingGraph, var, depth: int) -> bool:
 
 
 def _level_window(steps: list) -> tuple[float, float] | None:
-    """The integer levels (right after the round) whose values can differ, or None if unbounded."""
+    """The integer levels (right after the round) whose values can differ (infinite ends where a
+    side is unclipped), or None when a step collapses every value (a scale of 0, PACT with α <= 0)."""
     at = next(i for i, step in enumerate(steps) if step.op == "round")
     before, after = _Clamped(), _Clamped()
     for step in steps[:at]:
@@ -268,16 +266,16 @@ def _level_window(steps: list) -> tuple[float, float] | None:
     return max(float(np.rint(before.lo)), lo), min(float(np.rint(before.hi)), hi)
 
 
-def _analyze(steps: list, source, output) -> "ActivationQuantizer | str":
+def _analyze(steps: list, source) -> "ActivationQuantizer | str":
     """The quantizer these steps define, or the reason they define none."""
     window = _level_window(steps)
     if window is None:
-        return "the activation quantizer multiplies by 0: it has a single level"
+        return "the quantizer before it collapses every input to one value (a scale of 0 or an empty clip)"
     lo, hi = window
     if not math.isfinite(lo) or not math.isfinite(hi):
         side = "upper" if not math.isfinite(hi) else "lower"
         return f"the quantizer before it has no {side} clip: its levels are unbounded"
-    if hi - lo > 4 << 16:
+    if hi - lo > 1 << 20:
         return "the quantizer before it has more than a million levels"
     at = next(i for i, step in enumerate(steps) if step.op == "round")
     values = np.arange(lo, hi + 1, dtype=np.float32)
@@ -306,7 +304,7 @@ def _analyze(steps: list, source, output) -> "ActivationQuantizer | str":
     levels = np.rint(distinct * np.float32(1 / scale))
     if not np.array_equal(levels, np.rint(multiples)):
         return "the quantizer's levels cannot be recovered exactly from its float32 values"
-    return ActivationQuantizer(max(1, top.bit_length()), scale, source, output, tuple(steps))
+    return ActivationQuantizer(max(1, top.bit_length()), scale, source, tuple(steps))
 
 
 def _non_decreasing(steps: list) -> bool:
@@ -347,7 +345,7 @@ def find_input_quantizer(graph: BindingGraph, data, layer_op: str, stop: set = f
     if reason:
         return InputQuantizer(None, direct, reason)
     if any(step.op == "round" for step in steps):
-        found = _analyze(steps, source, data)
+        found = _analyze(steps, source)
         return InputQuantizer(None, direct, found) if isinstance(found, str) else InputQuantizer(found, direct)
     if source not in stop and _round_behind(graph, source, _LOOKBACK_DEPTH):
         return InputQuantizer(None, direct, _describe_blocker(graph, source, layer_op))
