@@ -291,3 +291,28 @@ def test_kills_at_random_moments_lose_no_completed_record(tmp_path):
     reloaded = JSONDatabase(work_dir=str(log_dir), module_equality="structural")  # MetaSchedule's own reader
     hashes = _candidate_hashes(reloaded)
     assert len(hashes) == len(set(hashes)) == len(final)  # every record once
+
+
+class BigAndSmall(torch.nn.Module):
+    """One matmul that dominates the model's time and one that hardly matters."""
+
+    def __init__(self):
+        super().__init__()
+        self.big = torch.nn.Linear(1024, 1024)
+        self.small = torch.nn.Linear(1024, 4)
+
+    def forward(self, x):
+        return self.small(torch.relu(self.big(x)))
+
+
+def test_a_short_budget_goes_to_the_task_that_dominates(tmp_path):
+    program = tmp_path / "big_and_small.pt2"
+    torch.manual_seed(0)
+    torch.export.save(torch.export.export(BigAndSmall().eval(), (torch.randn(8, 1024),)), str(program))
+    spec = resolve("host")
+    mod = pipeline.prepare_module(program, spec)[0]
+    result = tune_module(mod, spec, 14, tmp_path / "log", seed=0, trials_per_batch=4, stream=sys.stderr)
+    assert result.measured == 14  # the budget is spent exactly: no batch is cut past it
+    by_share = sorted(result.tasks, key=lambda task: -(task.best_seconds or 0))
+    assert all(task.measured >= 1 for task in result.tasks)  # every default measured: the shares are known
+    assert by_share[0].measured == max(task.measured for task in result.tasks) > 1

@@ -21,6 +21,7 @@ from ..targets import TargetSpec, resolve
 from .database import open_database
 from .lock import exclusive
 from .progress import ProgressPrinter, TaskProgress, recorded_seconds
+from .scheduler import GainScheduler
 from .builder import make_builder
 from .measure import check_device, make_runner
 from .search import SkipRecordedSearch, recorded_records
@@ -129,9 +130,10 @@ def tune_tasks(
             return result
         print(f"[tune] {len(tasks)} tasks for {spec.name} on {device.describe()}: {budget} trials "
               f"({already} already in {log_dir})", file=stream, flush=True)
-        skip_counts = {"skipped": 0}  # shared by the tasks' search strategies
+        skip_counts = {"skipped": 0, "left": budget}  # shared by the tasks' search strategies
         stop = StopRequest(None if max_minutes is None else max_minutes * 60)
-        printer = ProgressPrinter(progress, budget, stream)
+        weights = [float(task.weight) for task in tasks]
+        printer = ProgressPrinter(progress, weights, budget, stream)
         with task_loggers(log_dir, [task.task_name for task in tasks]) as loggers, stop_on_interrupt(stop, stream):
             contexts = [
                 ms.TuneContext(
@@ -148,7 +150,7 @@ def tune_tasks(
             ]
             ms.tune_tasks(
                 tasks=contexts,
-                task_weights=[float(task.weight) for task in tasks],
+                task_weights=weights,
                 work_dir=str(log_dir),
                 max_trials_global=budget,
                 num_trials_per_iter=min(trials_per_batch, budget),
@@ -157,10 +159,7 @@ def tune_tasks(
                 database=database,
                 cost_model="xgb",
                 measure_callbacks=ms.MeasureCallback.create("default") + [printer],
-                # Not "gradient": it holds every measured batch of its first round (one per task,
-                # 29 for ResNet-18) in memory until the round is over, so an interrupt would lose
-                # them; round-robin commits each batch at the next scheduling step.
-                task_scheduler="round-robin",
+                task_scheduler=GainScheduler(progress, weights, min(trials_per_batch, budget)),
             )
         result.measured = sum(task.measured for task in progress)
         result.skipped_recorded = skip_counts["skipped"]

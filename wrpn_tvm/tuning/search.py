@@ -8,7 +8,8 @@ model with the recorded latencies so a resumed search continues from what it kne
 
 Each task's first batch also carries the schedule an untuned compile would run (the template
 default), so a task's best record is never one that is slower than not tuning at all, and the
-log itself says how much tuning gained.
+log itself says how much tuning gained. A task with nothing in the log measures its default
+alone first: one trial that tells the task scheduler the task's share of the model's time.
 """
 
 from tvm_ffi import structural_hash
@@ -37,11 +38,14 @@ class SkipRecordedSearch(PySearchStrategy):
     def __init__(self, inner=None, counts=None, stop=None):
         self.inner = inner if inner is not None else EvolutionarySearch()
         self.stop = stop  # a StopRequest: when set, the task ends at its next turn
-        # Shared with clones (TuneContext clones its strategy), so the job can report the total.
+        # Shared with clones (TuneContext clones its strategy), so the job can report the total;
+        # "left", where set, is the job's remaining trials: no batch is cut past it.
         self.counts = counts if counts is not None else {"skipped": 0}
         self.context = None
         self.recorded: set[int] = set()
         self.default = None  # the untuned default, until it is sent for measurement
+        self.default_alone = False  # the task has no record: its first batch is the default alone
+        self.inner_batch = False  # whether the batch out for measurement came from the inner search
 
     def _initialize_with_tune_context(self, context) -> None:
         self.context = context
@@ -62,13 +66,19 @@ class SkipRecordedSearch(PySearchStrategy):
         self.default = default_candidate(self.context.mod, self.context.target)
         if self.default is not None and structural_hash(self.default.sch.mod) in self.recorded:
             self.default = None
+        self.default_alone = not self.recorded
 
     def post_tuning(self) -> None:
         self.inner.post_tuning()
 
     def generate_measure_candidates(self):
-        if self.stop is not None and self.stop.requested():
+        if self.stop is not None and self.stop.requested() or self.counts.get("left", 1) <= 0:
             return None
+        if self.default is not None and self.default_alone:
+            self.recorded.add(structural_hash(self.default.sch.mod))
+            alone, self.default, self.inner_batch = [self.default], None, False
+            return self._spend(alone)
+        self.inner_batch = True
         for _ in range(MAX_ALL_RECORDED_ROUNDS):
             batch = self.inner.generate_measure_candidates()
             if batch is None:
@@ -88,11 +98,18 @@ class SkipRecordedSearch(PySearchStrategy):
                     self.recorded.add(key)
                     fresh.append(candidate)
             if fresh:
-                return fresh
+                return self._spend(fresh)
         return None
 
+    def _spend(self, batch: list) -> list:
+        if "left" in self.counts:
+            batch = batch[: self.counts["left"]]
+            self.counts["left"] -= len(batch)
+        return batch
+
     def notify_runner_results(self, measure_candidates, results) -> None:
-        self.inner.notify_runner_results(measure_candidates, results)
+        if self.inner_batch:  # the inner search learns only from batches it proposed
+            self.inner.notify_runner_results(measure_candidates, results)
 
     def clone(self):
         return SkipRecordedSearch(self.inner.clone(), self.counts, self.stop)
