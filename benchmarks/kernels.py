@@ -20,7 +20,6 @@ popcount bit per activation-bit x weight-bit x MAC.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import tempfile
@@ -213,8 +212,7 @@ def main():
         write_reports(json.loads((RESULTS / "kernels.json").read_text()))
         return
     import torch
-    import tvm
-
+    from wrpn_tvm.runtime import machine_info
     from wrpn_tvm.targets import resolve
 
     target = resolve("host").target
@@ -233,8 +231,7 @@ def main():
         name: (None if tuned.get(name) is None else tvm_seconds(tuned[name], run_args, args.repeat))
         for name, (_, run_args) in to_tune.items()}
     result = {
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-                    "tvm": tvm.__version__, "torch": torch.__version__, "target": str(target),
+        "machine": {**machine_info(), "torch": torch.__version__, "target": str(target),
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "trials_per_tuned_kernel": args.trials, "repeat": args.repeat, "word_bits": WORD_BITS,
         "runs": runs, "wall_s": time.time() - started,
@@ -249,7 +246,7 @@ def write_reports(result):
     header = [
         "# Bit-serial conv2d kernels (ResNet-18 3x3 layers, batch 1)",
         "",
-        f"CPU: {result['machine']['cpu']} ({result['machine']['cores']} cores); TVM {result['machine']['tvm']}, "
+        f"CPU: {result['machine']['cpu']} (LLVM CPU {result['machine']['llvm_cpu']}, {result['machine']['cores']} cores); TVM {result['machine']['tvm']}, "
         f"torch {result['machine']['torch']}; word size {result['word_bits']} bits; medians (and minima) of "
         f"{result['repeat']} repeats, ms. Load average before/after the run: "
         f"{_loads(result['machine']['load_average_before'])} / {_loads(result['machine']['load_average_after'])}"
@@ -301,13 +298,6 @@ def _thread_scaling_note(result):
 def _loads(loads):
     return "/".join(f"{value:.1f}" for value in loads)
 
-
-def _cpu_name():
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def _median(values):
