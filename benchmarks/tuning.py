@@ -16,6 +16,15 @@ from the logs: every task's first record is its template default (the tuner meas
 so each kernel's tuned-vs-default gain comes from the same measurement harness.
 
 Writes benchmarks/results/tuning.{json,md,png}.
+
+A third step measures what a short job reaches with the task scheduler (wrpn_tvm/tuning/scheduler.py):
+
+  python benchmarks/tuning.py short --trials 60 --work /var/tmp/wrpn-tuning-short
+
+tunes ResNet-18 2x a2w2 for exactly --trials trials from an empty log, then times untuned, that
+build and the build with the shipped 921-trial log (the full search, 4x the 30-minute budget)
+round-robin, and reports the share of the full search's end-to-end gain the short job reached
+(benchmarks/results/tuning_short.{json,md}).
 """
 
 import argparse
@@ -81,7 +90,7 @@ def task_table(work: Path, spec, budget_records: int) -> tuple[list[dict], list]
     the long log, once every task has a record (None before)."""
     from tvm_ffi import structural_equal, structural_hash
 
-    from wrpn_tvm.build import prepare_module
+    from wrpn_tvm.pipeline import prepare_module
     from wrpn_tvm.tuning.database import read_log
     from wrpn_tvm.tuning.progress import recorded_seconds
     from wrpn_tvm.tuning.search import default_candidate
@@ -122,18 +131,19 @@ def task_table(work: Path, spec, budget_records: int) -> tuple[list[dict], list]
     return rows, curve
 
 
-def time_builds(work: Path, spec, repeat: int) -> dict:
-    """End-to-end medians (ms) of the untuned, budget and long builds, timed round-robin in 3 rounds."""
+def time_builds(work: Path, spec, repeat: int, logs=None) -> dict:
+    """End-to-end medians (ms) of the untuned and tuned builds (name -> log dir), timed round-robin in 3 rounds."""
     import tvm
     from tvm import relax
 
-    from wrpn_tvm.build import build_module, prepare_module
+    from wrpn_tvm.pipeline import build_module, prepare_module
     from wrpn_tvm.tuning import load_database
 
     mod, _layers, inputs = prepare_module(work / PROGRAM, spec)
     data = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(inputs[0].shape).astype("float32"))
     machines = {}
-    for name, log in (("untuned", None), ("budget", work / "budget"), ("long", work / "long")):
+    logs = logs if logs is not None else {"budget": work / "budget", "long": work / "long"}
+    for name, log in (("untuned", None), *logs.items()):
         vm = relax.VirtualMachine(build_module(mod, spec, None if log is None else load_database(log, spec)), tvm.cpu())
         vm.set_input("main", data)
         vm["invoke_stateful"]("main")  # warm-up
@@ -258,6 +268,60 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def short_job(args) -> None:
+    """Tune exactly --trials from an empty log, then compare with untuned and the full shipped search."""
+    from wrpn_tvm.nn import export
+    from wrpn_tvm.runtime import MachineLoad
+    from wrpn_tvm.targets import resolve
+    from wrpn_tvm.tuning import tune
+    from wrpn_tvm.tuning.shipped import resolve_log
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    program = work / PROGRAM
+    if not program.exists():
+        export(output=program, **EXPORT)
+    log_dir = work / f"short-{args.trials}"
+    with MachineLoad() as tuning_load:
+        result = tune(program, "host", trials=args.trials, log_dir=log_dir, seed=0,
+                      trials_per_batch=args.trials_per_batch)
+    full = resolve_log("resnet18-2x-a2w2-x86-avx512")
+    with MachineLoad() as timing_load:
+        timings = time_builds(work, resolve("host"), args.repeat, {"short": log_dir, "full": full})
+    untuned, short, full_ms = (timings[name]["median_ms"] for name in ("untuned", "short", "full"))
+    reached = (untuned - short) / (untuned - full_ms) if untuned > full_ms else None
+    report = {
+        "command": "python benchmarks/tuning.py " + " ".join(sys.argv[1:]),
+        "model": "resnet18 2x a2/w2, 3x224x224, batch 1, target host",
+        "trials": args.trials, "trials_per_batch": args.trials_per_batch, "tuning_seconds": result.seconds,
+        "full_search": f"{full.name} (921 trials, round-robin scheduler, measured on znver4)",
+        "end_to_end": timings, "share_of_full_gain": reached,
+        "tasks": [{"task": t.name, "trials": t.recorded + t.measured, "best_ms": t.best_ms} for t in result.tasks],
+        "load": {"tuning": tuning_load.result, "timing": timing_load.result}, "machine": machine(),
+    }
+    out = RESULTS / "tuning_short"
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    m = report["machine"]
+    lines = [f"# A {args.trials}-trial tuning job against the full search: ResNet-18 2x a2/w2 on the host", "",
+             f"Machine: LLVM CPU {m['cpu']}, {m['cores']} cores; TVM {m['tvm']}; {m['date_utc']} UTC. "
+             f"Command: `{report['command']}`. Other processes' CPU share while tuning "
+             f"{100 * tuning_load.result['others_cpu_share']:.0f}%, while timing {100 * timing_load.result['others_cpu_share']:.0f}%"
+             + (" (a loaded machine: the figures are not clean)." if tuning_load.result["loaded"] or timing_load.result["loaded"] else "."),
+             "", "| build | trials | end-to-end median (ms) |", "| --- | --- | --- |",
+             f"| untuned (template defaults) | 0 | {untuned:.2f} |",
+             f"| this job (gain scheduler) | {args.trials} | {short:.2f} |",
+             f"| full search ({report['full_search']}) | 921 | {full_ms:.2f} |", "",
+             ("Share of the full search's end-to-end gain reached: **" + f"{100 * reached:.0f}%" + "** (target at 60 trials: "
+              f"at least 70%: {'met' if reached >= 0.7 else 'missed'})." if reached is not None else
+              "The full search is not faster than untuned in this run: no gain to share."),
+             f"Tuning took {result.seconds / 60:.1f} min. End-to-end times: medians of {len(timings['short']['ms'])} "
+             "runs per build, the builds timed round-robin in one process.", "",
+             "| task | trials | best (ms) |", "| --- | --- | --- |"]
+    lines += [f"| {t['task']} | {t['trials']} | {_ms(t['best_ms'])} |" for t in report["tasks"]]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(out.with_suffix(".md").read_text())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="step", required=True)
@@ -270,11 +334,13 @@ def main():
     report.add_argument("--work", type=Path, required=True)
     report.add_argument("--repeat", type=int, default=15, help="timed repeats per build")
     report.add_argument("--out", type=Path, default=RESULTS / "tuning")
+    short = sub.add_parser("short", help="a job of exactly --trials against untuned and the shipped full search")
+    short.add_argument("--trials", type=int, default=60)
+    short.add_argument("--trials-per-batch", type=int, default=8)
+    short.add_argument("--repeat", type=int, default=15, help="timed repeats per build")
+    short.add_argument("--work", type=Path, required=True)
     args = parser.parse_args()
-    if args.step == "run":
-        run_phases(args)
-    else:
-        write_report(args)
+    {"run": run_phases, "report": write_report, "short": short_job}[args.step](args)
 
 
 if __name__ == "__main__":
