@@ -55,14 +55,20 @@ def _server_argv(port, tracker=None):
     return rpc_server.command(port, tracker=tracker, key=KEY if tracker else None)
 
 
+def spawn_tracker(port):
+    """TVM's tracker on loopback, once it accepts connections."""
+    tracker = _spawn([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
+                      "--port-end", str(port + 1)])
+    _wait(lambda: daemons.port_open("127.0.0.1", port), "the tracker")
+    return tracker
+
+
 @pytest.fixture
 def tracker_with_one_server():
     tracker_port, server_port = daemons.free_port(), daemons.free_port()
-    tracker = _spawn([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(tracker_port),
-                      "--port-end", str(tracker_port + 1)])
+    tracker = spawn_tracker(tracker_port)
     server = None
     try:
-        _wait(lambda: daemons.port_open("127.0.0.1", tracker_port), "the tracker")
         address = f"127.0.0.1:{tracker_port}"
         server = _spawn(_server_argv(server_port, address))
 

@@ -115,3 +115,37 @@ def test_a_non_editable_install_finds_the_shipped_logs(tmp_path):
     module, log, plot = found.stdout.split()
     assert module.startswith(str(site)) and log.startswith(str(site)) and log.endswith("smallcnn-2x-a2w2-x86-avx512")
     assert plot == "True"
+
+
+def _uncovered_tasks(program, log) -> list:
+    """The tasks of a program that a log holds no record for (they would compile untuned, silently)."""
+    from tvm_ffi import structural_equal
+
+    from wrpn_tvm.pipeline import prepare_module
+    from wrpn_tvm.tuning.database import read_log
+    from wrpn_tvm.tuning.tasks import extract_tasks
+
+    spec = resolve("host")
+    workloads = [workload.mod for workload in read_log(log).workloads]
+    tasks = extract_tasks(prepare_module(program, spec)[0], spec)
+    return [task.task_name for task in tasks if not any(structural_equal(mod, task.dispatched[0]) for mod in workloads)]
+
+
+@pytest.mark.parametrize("preset", ["x86-avx512", "x86-avx2"])
+def test_the_shipped_smallcnn_logs_cover_every_task_of_the_model(tmp_path, preset):
+    """A change to the lowering changes the fused functions MetaSchedule keys its records on; a
+    shipped log must then be re-tuned, or the demo silently compiles those kernels untuned."""
+    from wrpn_tvm.nn import export
+
+    program = tmp_path / "smallcnn.pt2"
+    export("smallcnn", 2.0, 2, 2, program)
+    assert _uncovered_tasks(program, resolve_log(f"smallcnn-2x-a2w2-{preset}")) == []
+
+
+@pytest.mark.slow
+def test_the_shipped_resnet18_log_covers_every_task_of_the_model(tmp_path):
+    from wrpn_tvm.nn import export
+
+    program = tmp_path / "resnet18.pt2"
+    export("resnet18", 2.0, 2, 2, program, in_channels=3, num_classes=1000, seed=0)
+    assert _uncovered_tasks(program, resolve_log("resnet18-2x-a2w2-x86-avx512")) == []

@@ -1,13 +1,12 @@
 """Remote mistakes get a prompt, true, one-line answer; several libraries are compared in one run."""
 
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from test_load import KEY, _server_argv, _spawn, _stop, _wait, tracker_with_one_server  # noqa: F401 (fixture)
+from test_load import KEY, _server_argv, _spawn, _stop, spawn_tracker, tracker_with_one_server  # noqa: F401 (fixture)
 from wrpn_tvm import runtime
 from wrpn_tvm.cli import main
 from wrpn_tvm.errors import WrpnError
@@ -41,11 +40,9 @@ def test_a_tracker_registered_server_reached_directly_says_how_to_reach_it(libra
 
 def test_waiting_for_a_device_under_a_key(tmp_path):
     tracker_port, server_port = daemons.free_port(), daemons.free_port()
-    tracker = _spawn([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(tracker_port),
-                      "--port-end", str(tracker_port + 1)])
+    tracker = spawn_tracker(tracker_port)
     server = None
     try:
-        _wait(lambda: daemons.port_open("127.0.0.1", tracker_port), "the tracker")
         address = f"127.0.0.1:{tracker_port}"
         with pytest.raises(DeviceTimeout, match="no device registered under key"):
             registered_devices(DeviceSpec(tracker=address, key=KEY, timeout=1, wait_for_device=True))
