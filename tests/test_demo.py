@@ -10,11 +10,12 @@ from wrpn_tvm.demo import MODELS, demo
 @pytest.mark.emulator
 def test_demo_at_reduced_size(tmp_path, emulated_pool, monkeypatch, capsys):
     # First as on a CPU that no shipped tuning log applies to: the demo runs untuned and says so.
-    monkeypatch.setattr("wrpn_tvm.tuning.shipped.shipped_logs", lambda prefix="": [])
+    monkeypatch.setattr("wrpn_tvm.tuning.shipped.find_shipped_log", lambda model, spec: None)
     results = demo(tmp_path / "report", epochs=1, host_images=20, pi_images=4, repeat=2, rpc=emulated_pool.direct)
     index = (tmp_path / "report" / "index.md").read_text()
-    assert "untuned (template defaults): no shipped tuning log applies" in capsys.readouterr().out
-    assert "No shipped tuning log applies to this CPU" in index and "none applies: untuned" in index
+    assert "untuned (template defaults): no shipped tuning log applies to this target's CPU" in capsys.readouterr().out
+    assert "Compiled untuned (template defaults) for the host" in index
+    assert "none: no shipped tuning log applies to this target's CPU" in index
     assert (tmp_path / "report" / "latency.png").stat().st_size > 0
     assert json.loads((tmp_path / "report" / "results.json").read_text())["test_images"] == 20
     for model in MODELS:

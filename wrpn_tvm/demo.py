@@ -45,12 +45,17 @@ MODELS = (
 )
 
 
-def shipped_tuning_log(model: DemoModel, target: str) -> "Path | None":
-    """The best shipped MetaSchedule database for this demo model that the target's CPU can use."""
+def shipped_tuning_log(model: DemoModel, target: str) -> "tuple[Path | None, str]":
+    """The best shipped MetaSchedule database for this demo model that the target's CPU can use,
+    or None and why there is none."""
     from .targets import resolve
-    from .tuning.shipped import find_shipped_log
+    from .tuning.shipped import find_shipped_log, shipped_logs
 
-    return find_shipped_log(f"smallcnn-{model.width:g}x-a{model.abits}w{model.wbits}", resolve(target))
+    prefix = f"smallcnn-{model.width:g}x-a{model.abits}w{model.wbits}"
+    if not shipped_logs(f"{prefix}-"):
+        return None, "no tuning log ships for this model"
+    log = find_shipped_log(prefix, resolve(target))
+    return log, "" if log else "no shipped tuning log applies to this target's CPU"
 
 
 def _say(message: str) -> None:
@@ -136,13 +141,13 @@ def demo(out: "str | Path" = "report", epochs: int = 5, host_images: "int | None
     libraries = {}
     for model in MODELS:
         for target in ("host", "rasp4"):
-            log = shipped_tuning_log(model, target)
+            log, untuned_because = shipped_tuning_log(model, target)
             _say(f"compiling {model.name} for {target}" + (f" with the shipped tuning log {log.name}" if log else
-                 " untuned (template defaults): no shipped tuning log applies to this target's CPU"))
+                 f" untuned (template defaults): {untuned_because}"))
             result = build.compile_model(programs[model.name], target, out / "lib" / f"{model.name}-{target}.so", tuning_log=log)
             libraries[model.name, target] = result.library
             results["models"].setdefault(model.name, {"label": model.label, "cost": model.cost, "layers": result.layers and [str(x) for x in result.layers]})
-            results["models"][model.name][f"tuning_log_{target}"] = log and log.name
+            results["models"][model.name][f"tuning_log_{target}"] = log.name if log else f"none: {untuned_because}"
 
     for model in MODELS:
         entry = results["models"][model.name]
@@ -233,15 +238,16 @@ def write_report(out: Path, results: dict) -> Path:
         load = bench["load"]
         speedup = f"{bench['speedup_vs_torch']:.2f}x" + (" (loaded machine: not clean)" if load["loaded"] else "")
         lines.append(f"| {entry['label']} | {bench['tvm']['median_ms']:.3f} | {bench['torch']['median_ms']:.3f} | "
-                     f"{speedup} | {entry['tuning_log_host'] or 'none applies: untuned'} | "
+                     f"{speedup} | {entry['tuning_log_host']} | "
                      f"{100 * load['others_cpu_share']:.0f}%, {load['load_average_1min']:.2f} |")
     if any(entry["bench_host"]["load"]["loaded"] for entry in results["models"].values()):
         lines += ["", f"Other processes used more than {100 * runtime.MachineLoad.LOADED_SHARE:.0f}% of the CPUs while "
                   "timing: these speed-ups are not from a quiet machine. Re-run the demo on an idle one."]
-    untuned = [entry["label"] for entry in results["models"].values() if not entry.get("tuning_log_host")]
+    untuned = [f"{entry['label']} ({entry['tuning_log_host'].removeprefix('none: ')})"
+               for entry in results["models"].values() if entry["tuning_log_host"].startswith("none: ")]
     if untuned:
-        lines += ["", f"Compiled untuned (template defaults) for the host: {', '.join(untuned)}. No shipped tuning log "
-                  f"applies to this CPU ({results['machine'].get('llvm_cpu', 'unknown')}); `wrpn-tvm tune` makes one."]
+        lines += ["", f"Compiled untuned (template defaults) for the host, a {results['machine'].get('llvm_cpu', 'unknown')} "
+                  f"CPU: {'; '.join(untuned)}. `wrpn-tvm tune` makes a log for this CPU."]
     lines += ["", "![latency](latency.png)", ""]
     _plot_latency(results, out / "latency.png")
     if _copy_committed_plot("accuracy_mnist5k", out):
