@@ -109,7 +109,7 @@ def test_a_non_editable_install_finds_the_shipped_logs(tmp_path):
     assert compiled.returncode == 0, compiled.stderr
     assert (tmp_path / "m.so").is_file()
     probe = ("import wrpn_tvm, wrpn_tvm.demo as d; from wrpn_tvm.resources import shipped_dir; "
-             "print(wrpn_tvm.__file__); print(d.shipped_tuning_log(d.MODELS[1], 'x86-avx512')); "
+             "print(wrpn_tvm.__file__); print(d.shipped_tuning_log(d.MODELS[1], 'x86-avx512')[0]); "
              "print((shipped_dir('benchmark_results') / 'accuracy_mnist5k.png').is_file())")
     found = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     module, log, plot = found.stdout.split()
