@@ -17,7 +17,6 @@ from .common import (
     attach_epilogue,
     compute_padding_at,
     inline_other_blocks,
-    inner_tile,
     kernel_blocks,
     largest_divisor_at_most,
     loop_extent,

@@ -8,6 +8,7 @@ as MetaSchedule custom rules: tuning, and replaying tuned records, need them reg
 """
 
 import importlib
+import os
 
 import tvm
 from tvm import relax

@@ -10,8 +10,12 @@ import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from .errors import WrpnError, one_line
+
+if TYPE_CHECKING:  # annotations only: TVM itself is imported on first use
+    import tvm
 
 AARCH64_TRIPLE = "aarch64-linux-gnu"
 AARCH64_CC = "aarch64-linux-gnu-gcc"
