@@ -1,14 +1,204 @@
-"""x86 templates: AVX-512 where the target has it (16 int32 lanes; with avx512vpopcntdq LLVM emits
-VPOPCNTD), AVX2 otherwise (8 lanes; LLVM's nibble-lookup vector popcount)."""
+"""x86 templates.
 
+AVX-512 (with avx512vpopcntdq LLVM emits VPOPCNTQ on zmm registers): the generic CPU templates
+at 16 lanes. AVX2 has no vector popcount: bit-serial conv2d and dense accumulate nibble lookups
+in 16-bit lanes (`avx2.NibbleCounts`) where the layer's bits and reduction allow it, with a
+register tile sized for the 16 ymm registers; other layers use the generic templates at one ymm
+of accumulators per channel vector (wider vectors spill). The tests read the generated assembly.
+
+A MetaSchedule rule has no target at hand, so the tuning rules offer both ways as design spaces
+(the generic templates first, then the nibble counts where they fit): which popcount is faster
+for a layer shape on a CPU is decided by measuring.
+"""
+
+import tvm
+from tvm.s_tir import Schedule
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
-from .cpu import Family
+from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
+
+from . import cpu
+from .avx2 import DECODE_INTRIN, LANES, WORD, NibbleCounts, nibble_counts
+from .common import Decisions, attach_epilogue, compute_padding_at, largest_divisor_at_most, loop_extent, try_vectorize
+
+AVX512_LANES = 16
+YMM_BITS = 256
+MAX_PIXELS = 4
+MAX_CHANNEL_VECTORS = 4
+# The default register tile, pixels x channel vectors of 4 channels: each pixel's broadcast
+# nibbles are reused by every vector, each vector's weight nibbles by every pixel.
+DEFAULT_PIXELS = 2
+DEFAULT_VECTORS = 2
+_REDUCE = 2  # tirx.IterVar.CommReduce
 
 
-def vector_lanes(target: Target) -> int:
-    return 16 if target_has_features("avx512f", target) else 8
+def _has_avx512(target: Target) -> bool:
+    return target_has_features("avx512f", target)
 
 
-TEMPLATES = Family(lanes=vector_lanes, tuning_lanes=16)
+def _generic_avx2_lanes(sch: Schedule, block) -> int:
+    """The generic template's lanes argument that makes its channel vector one ymm register of
+    accumulators (it vectorizes 4 x lanes channels): 4 int64 or 8 int32."""
+    bits = tvm.DataType(sch.get(block).writes[0].source.dtype).bits
+    return YMM_BITS // bits // 4
+
+
+def _plan(sch: Schedule, block) -> "NibbleCounts | None":
+    """The block's nibble-count plan, when its words are 64-bit, its output channels fill whole ymm
+    registers and its reduction fits the 16-bit lanes. Conv and dense both read activations with the
+    planes second to last and weights [..., planes, words, channels]."""
+    info = sch.get(block)
+    channel = [iv for iv in info.iter_vars if int(iv.iter_type) != _REDUCE][-1]
+    weights = [r for r in info.reads if r.region[-1].min.same_as(channel.var)]
+    activations = [r for r in info.reads if not r.region[-1].min.same_as(channel.var)]
+    if len(weights) != 1 or len(activations) != 1 or str(weights[0].source.dtype) != WORD:
+        return None
+    if int(channel.dom.extent) % LANES:
+        return None
+    reductions = [int(iv.dom.extent) for iv in info.iter_vars if int(iv.iter_type) == _REDUCE]
+    reduction_words = 1
+    for extent in reductions:
+        reduction_words *= extent
+    return nibble_counts(int(activations[0].region[-2].extent), int(weights[0].region[-3].extent), reduction_words,
+                         reductions[-1])
+
+
+def _split_tile(sch: Schedule, decisions: Decisions, pixel_loop, channel_loop, word_loop, plan: NibbleCounts):
+    """(pixel outer, pixels), (channel outer, channel vectors, 4 channels of one ymm) and
+    (word outer, words per update)."""
+    pixels = largest_divisor_at_most(loop_extent(sch, pixel_loop), DEFAULT_PIXELS)
+    pixel_outer, pixel_tile = sch.split(
+        pixel_loop, decisions.tile(pixel_loop, 2, MAX_PIXELS, [loop_extent(sch, pixel_loop) // pixels, pixels]))
+    rest, lanes = sch.split(channel_loop, [None, LANES])
+    vectors = largest_divisor_at_most(loop_extent(sch, rest), DEFAULT_VECTORS)
+    channel_outer, vector_tile = sch.split(
+        rest, decisions.tile(rest, 2, MAX_CHANNEL_VECTORS, [loop_extent(sch, rest) // vectors, vectors]))
+    word_outer, words = sch.split(word_loop, [None, plan.words])
+    return (pixel_outer, pixel_tile), (channel_outer, vector_tile, lanes), (word_outer, words)
+
+
+def _update_loop(plan: NibbleCounts, words, lanes):
+    """The loop the update intrinsic replaces: the words it sums, or (one word, a unit loop that
+    is no iterator of the intrinsic) the ymm's 4 channels."""
+    return words if plan.words > 1 else lanes
+
+
+def _nibble_registers_and_writeback(sch: Schedule, block, plan: NibbleCounts, outer, register_loops, update_loop,
+                                    first_reduction, tuning: bool) -> None:
+    """Accumulate the tile in local 16-bit lanes (the update tensorized per `words` words and
+    ymm), decode them while writing back (tensorized per ymm), then run the epilogue on the tile.
+    When tuning, both are blockized and annotated for MetaSchedule's RewriteTensorize postproc,
+    which runs after RewriteReductionBlock has split off the init (RewriteParallelVectorizeUnroll,
+    which runs before them, rejects decomposed and tensorized blocks)."""
+    for loop in register_loops:
+        sch.unroll(loop)
+    writeback = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(writeback, outer, preserve_unit_loops=True)
+    attach_epilogue(sch, writeback, outer)
+    sch.split(sch.get_loops(writeback)[-1], [None, LANES])
+    *tile_loops, writeback_lanes = sch.get_loops(writeback)[1:]  # under the parallel loop
+    # Unrolled, the loops around the decoding are no candidates for MetaSchedule's vectorizer.
+    for loop in tile_loops:
+        sch.unroll(loop)
+    if tuning:
+        sch.annotate(sch.blockize(writeback_lanes), "meta_schedule.auto_tensorize", DECODE_INTRIN)
+        sch.annotate(sch.blockize(update_loop), "meta_schedule.auto_tensorize", plan.update_intrin)
+        # Blocks inside a block are out of RewriteParallelVectorizeUnroll's reach: it would
+        # vectorize the register tile's loops around the tensorized ymm registers.
+        sch.blockize(tile_loops[0])
+        sch.blockize(register_loops[0])
+        return
+    sch.tensorize(writeback_lanes, DECODE_INTRIN)
+    init = sch.decompose_reduction(block, first_reduction)
+    try_vectorize(sch, sch.get_loops(init)[-1])
+    sch.tensorize(update_loop, plan.update_intrin)
+
+
+def _conv2d_nibbles(sch: Schedule, block, plan: NibbleCounts, tuning: bool, order: str) -> None:
+    decisions = Decisions(sch, tuning)
+    n, oh, ow, o, kh, kw, cw = sch.get_loops(block)
+    oh_outer, oh_inner = sch.split(oh, decisions.tile(oh, 2, 2, [loop_extent(sch, oh), 1]))
+    (ow_outer, ow_inner), (o_outer, o_vectors, o_lanes), (cw_outer, cw_words) = _split_tile(
+        sch, decisions, ow, o, cw, plan)
+    outer = [n, oh_outer, ow_outer, o_outer] if order == "pixels_outer" else [o_outer, n, oh_outer, ow_outer]
+    sch.reorder(*outer, kh, kw, cw_outer, oh_inner, ow_inner, o_vectors, cw_words, o_lanes)
+    parallel = sch.fuse(*outer)
+    sch.parallel(parallel)
+    cpu.annotate_unroll(sch, parallel, decisions)
+    compute_padding_at(sch, block, parallel)
+    _nibble_registers_and_writeback(sch, block, plan, parallel, [oh_inner, ow_inner, o_vectors],
+                                    _update_loop(plan, cw_words, o_lanes), kh, tuning)
+
+
+def _dense_nibbles(sch: Schedule, block, plan: NibbleCounts, tuning: bool) -> None:
+    decisions = Decisions(sch, tuning)
+    n, o, k = sch.get_loops(block)
+    (n_outer, n_rows), (o_outer, o_vectors, o_lanes), (k_outer, k_words) = _split_tile(sch, decisions, n, o, k, plan)
+    sch.reorder(o_outer, n_outer, k_outer, n_rows, o_vectors, k_words, o_lanes)
+    parallel = sch.fuse(o_outer, n_outer)
+    sch.parallel(parallel)
+    cpu.annotate_unroll(sch, parallel, decisions)
+    _nibble_registers_and_writeback(sch, block, plan, parallel, [n_rows, o_vectors],
+                                    _update_loop(plan, k_words, o_lanes), k_outer, tuning)
+
+
+def conv2d_nibbles(sch: Schedule, block, plan: NibbleCounts, tuning: bool) -> list[Schedule]:
+    orders = cpu.CONV_LOOP_ORDERS if tuning else cpu.CONV_LOOP_ORDERS[:1]
+    spaces = []
+    for order in orders:
+        space = sch.copy() if len(orders) > 1 else sch
+        _conv2d_nibbles(space, block, plan, tuning, order)
+        spaces.append(space)
+    return spaces
+
+
+def _avx2_kernel(sch: Schedule, block, rule: str) -> None:
+    """The untuned AVX2 schedule of one WRPN block."""
+    if rule == BITPACK_RULE:
+        cpu.bitpack(sch, block, tuning=False)
+        return
+    plan = _plan(sch, block)
+    if rule == CONV2D_RULE:
+        if plan is None:
+            cpu.conv2d(sch, block, _generic_avx2_lanes(sch, block), tuning=False)
+        else:
+            conv2d_nibbles(sch, block, plan, tuning=False)
+    elif plan is None:
+        cpu.dense(sch, block, _generic_avx2_lanes(sch, block), tuning=False)
+    else:
+        _dense_nibbles(sch, block, plan, tuning=False)
+
+
+class X86Templates:
+    """The x86 entry points (the same as cpu.Family's)."""
+
+    @staticmethod
+    def schedule_function(sch: Schedule, target: Target) -> None:
+        if _has_avx512(target):
+            cpu.schedule_function(sch, AVX512_LANES)
+        else:
+            cpu.schedule_kernels(sch, _avx2_kernel)
+
+    @staticmethod
+    def conv2d_rule(sch: Schedule, block) -> list[Schedule]:
+        spaces = cpu.conv2d(sch, block, AVX512_LANES, tuning=True)
+        plan = _plan(sch, block)
+        return spaces + (conv2d_nibbles(sch, block, plan, tuning=True) if plan is not None else [])
+
+    @staticmethod
+    def dense_rule(sch: Schedule, block) -> list[Schedule]:
+        plan = _plan(sch, block)
+        generic = sch.copy() if plan is not None else sch
+        spaces = cpu.dense(generic, block, AVX512_LANES, tuning=True)
+        if plan is not None:
+            _dense_nibbles(sch, block, plan, tuning=True)
+            spaces.append(sch)
+        return spaces
+
+    @staticmethod
+    def bitpack_rule(sch: Schedule, block) -> list[Schedule]:
+        return cpu.bitpack(sch, block, tuning=True)
+
+
+TEMPLATES = X86Templates()
