@@ -1,7 +1,9 @@
 """The compiled-artifact format: a shared library from `export_library` plus a JSON sidecar
 (`LIB.so.json`) recording what a runtime needs without importing the compiler or torch: the
-inputs, the target, the layer report and the versions. Written by `build`, read by `runtime`;
-a sidecar may come from a stranger, so reading checks every field a runtime relies on.
+inputs, the target, the layer report, the activation memory at the compiled batch (`memory`;
+absent from sidecars written before it, null where a shape was not static) and the versions.
+Written by `build`, read by `runtime`; a sidecar may come from a stranger, so reading checks
+every field a runtime relies on.
 """
 
 import json
@@ -13,14 +15,17 @@ from .errors import WrpnError
 from .fileio import write_text_atomic
 
 SIDECAR_FORMAT = "wrpn-tvm-compiled/1"
+# The byte counts and counts of `memory.Footprint`, beside its "batch".
+MEMORY_COUNTS = ("activation_bytes", "kernel_calls", "workspace_bytes", "storages", "output_bytes")
 
 
 def sidecar_path(library: "str | os.PathLike") -> Path:
     return Path(str(library) + ".json")
 
 
-def write_sidecar(library: Path, spec, inputs, layers) -> Path:
-    """Write LIB.so.json for a library compiled for spec (a TargetSpec) with these inputs and layer reports."""
+def write_sidecar(library: Path, spec, inputs, layers, memory=None) -> Path:
+    """Write LIB.so.json for a library compiled for spec (a TargetSpec) with these inputs, layer
+    reports and memory figures (a `memory.Footprint`, or None)."""
     import torch
     import tvm
 
@@ -30,6 +35,7 @@ def write_sidecar(library: Path, spec, inputs, layers) -> Path:
         "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in inputs],
         "target": {"name": spec.name, "json": dict(spec.target.export()), "cross_compiler": spec.cross_compiler},
         "layers": [str(layer) for layer in layers],
+        "memory": None if memory is None else memory.to_json(),
         "versions": {"wrpn_tvm": __version__, "tvm": tvm.__version__, "torch": torch.__version__},
     }
     path = sidecar_path(library)
@@ -80,4 +86,18 @@ def _sidecar_problem(meta: dict) -> "str | None":
         return "'target' must hold a 'name' and a 'json' object"
     if not isinstance(target["json"].get("kind"), str) or not isinstance(target.get("cross_compiler"), (str, type(None))):
         return "'target' has no valid 'kind' or 'cross_compiler'"
+    return _memory_problem(meta.get("memory"))
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _memory_problem(memory) -> "str | None":
+    if memory is None:
+        return None
+    if not isinstance(memory, dict) or not all(_count(memory.get(key)) for key in MEMORY_COUNTS):
+        return f"'memory' must hold non-negative integers {', '.join(MEMORY_COUNTS)}"
+    if memory.get("batch") is not None and not (_count(memory["batch"]) and memory["batch"] > 0):
+        return "'memory' has no valid 'batch'"
     return None

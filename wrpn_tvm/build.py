@@ -12,6 +12,7 @@ from .artifact import write_sidecar
 from .errors import WrpnError, one_line
 from .fileio import atomic_path
 from .lowering import program_warnings, summary
+from .memory import Footprint, recording
 from .pipeline import build_module, prepare_module
 from .targets import TargetSpec, resolve
 
@@ -24,6 +25,7 @@ class CompileResult:
     inputs: list
     layers: list = field(default_factory=list)
     warnings: list = field(default_factory=list)  # what makes the compiled model differ from the trained one
+    memory: "Footprint | None" = None  # activation bytes and planned workspace at the compiled batch
 
     @property
     def summary(self) -> str:
@@ -64,7 +66,9 @@ def compile_model(
 
         database = load_database(resolve_log(tuning_log), spec, strict_target)
     mod, layers, inputs = prepare_module(program_path, spec)
-    executable = build_module(mod, spec, database)
+    with recording(inputs) as memory:  # read off the very pipeline run that compiles the library
+        executable = build_module(mod, spec, database)
+    footprint = memory.footprint()
     library = export_library(executable, spec, output)
-    sidecar = write_sidecar(library, spec, inputs, layers)
-    return CompileResult(library, sidecar, spec, inputs, layers, program_warnings(mod, layers))
+    sidecar = write_sidecar(library, spec, inputs, layers, footprint)
+    return CompileResult(library, sidecar, spec, inputs, layers, program_warnings(mod, layers), footprint)

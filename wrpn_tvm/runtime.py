@@ -204,6 +204,7 @@ class BenchResult:
     threads: dict = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
     load: dict = field(default_factory=dict)  # see MachineLoad
+    memory: "dict | None" = None  # the sidecar's figures (artifact.MEMORY_COUNTS); None for older builds
 
     @property
     def speedup_vs_torch(self) -> "float | None":
@@ -221,10 +222,27 @@ class BenchResult:
         lines += [f"{name:14s} {t.median_ms:10.3f} {t.min_ms:9.3f} {t.max_ms:9.3f} {t.std_ms:8.3f}" for name, t in rows]
         if self.torch:
             lines.append(f"speed-up over PyTorch (median, {self.threads['torch']} threads each): {self.speedup_vs_torch:.2f}x")
+        if self.memory:
+            lines.append(memory_line(self.memory))
         if self.load.get("loaded"):
             lines.append(f"note: other processes used {100 * self.load['others_cpu_share']:.0f}% of the CPUs while timing "
                          f"(load average {self.load['load_average_1min']:.1f}): not a quiet machine, the figures are not clean")
         return "\n".join(lines)
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
+
+
+def memory_line(memory: dict) -> str:
+    """One line of a sidecar's memory figures, e.g. "batch 1: activations written 48.2 MiB ..."."""
+    batch = "" if memory.get("batch") is None else f"batch {memory['batch']}: "
+    return (f"{batch}activations written {_size(memory['activation_bytes'])} per inference "
+            f"({memory['kernel_calls']} kernel calls); planned workspace {_size(memory['workspace_bytes'])} "
+            f"({memory['storages']} storages)")
 
 
 class MachineLoad:
@@ -339,14 +357,14 @@ def bench(library: "str | os.PathLike", device: DeviceSpec = DeviceSpec(), repea
             if number <= 0:
                 number = _auto_number(model, inputs, device.timeout)
             timing = time_loaded(model, inputs, repeat, number, device.timeout)
-            target = model.meta["target"]["name"]
+            target, memory = model.meta["target"]["name"], model.meta.get("memory")
         threads = {}
         torch_timing = None
         if compare_torch is not None:
             threads = {"tvm": tvm_threads(), "torch": tvm_threads()}
             torch_timing = time_torch(compare_torch, inputs, repeat, number, threads["torch"])
     result = BenchResult(str(library), target, device.describe(), repeat, number, timing, torch_timing, threads,
-                         machine_info(), machine_load.result)
+                         machine_info(), machine_load.result, memory)
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(result.to_json(), indent=2) + "\n")
     return result
@@ -363,6 +381,7 @@ class Comparison:
     timings: dict  # library -> Timing
     machine: dict = field(default_factory=dict)
     load: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)  # library -> its sidecar's figures, or None for older builds
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -374,6 +393,13 @@ class Comparison:
         for library in self.libraries:
             t = self.timings[library]
             lines.append(f"{library[-40:]:40s} {t.median_ms:10.3f} {t.min_ms:9.3f} {t.max_ms:9.3f} {t.median_ms / first:8.3g}x")
+        base = self.memory.get(self.libraries[0])
+        for library in self.libraries:
+            if self.memory.get(library):
+                figures = self.memory[library]
+                ratio = f"; {figures['activation_bytes'] / base['activation_bytes']:.3g}x the first's activations" \
+                    if base and base["activation_bytes"] and library != self.libraries[0] else ""
+                lines.append(f"{library[-40:]:40s} {memory_line(figures)}{ratio}")
         if self.load.get("loaded"):
             lines.append(f"note: other processes used {100 * self.load['others_cpu_share']:.0f}% of the CPUs while timing")
         return "\n".join(lines)
@@ -391,8 +417,10 @@ def compare(libraries: list, device: DeviceSpec = DeviceSpec(), repeat: int = 10
         raise WrpnError("each library once, please: the same file twice compares nothing")
     samples = {library: [] for library in libraries}
     numbers: dict = {}
+    memory: dict = {}
 
     def one_round(library, model):
+        memory[library] = model.meta.get("memory")
         inputs = random_inputs(model.meta, seed)
         if library not in numbers:
             numbers[library] = number if number > 0 else _auto_number(model, inputs, device.timeout)
@@ -412,7 +440,7 @@ def compare(libraries: list, device: DeviceSpec = DeviceSpec(), repeat: int = 10
                         one_round(library, model)
     result = Comparison(libraries, device.describe(), repeat, numbers,
                         {library: Timing.from_seconds([ms / 1e3 for ms in runs]) for library, runs in samples.items()},
-                        machine_info(), machine_load.result)
+                        machine_info(), machine_load.result, memory)
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(result.to_json(), indent=2) + "\n")
     return result

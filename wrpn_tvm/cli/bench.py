@@ -8,13 +8,15 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="time compiled models with TVM's time_evaluator",
                                    description="Upload, warm up, and time a compiled model; prints min/median/max/std. "
                                                "Several libraries are timed round-robin in one run, so that a noisy "
-                                               "machine slows them alike (e.g. a tuned and an untuned build).")
+                                               "machine slows them alike (e.g. a tuned and an untuned build). "
+                                               "Each library's activation memory (bytes written per inference, planned "
+                                               "workspace), as its compile recorded it, is printed and in --json.")
     parser.add_argument("library", nargs="+", help="libraries written by `wrpn-tvm compile`")
     parser.add_argument("--repeat", type=int, default=10, help="timed runs (rounds, with several libraries; default %(default)s)")
     parser.add_argument("--number", type=int, default=0, help="calls per timed run (default: about 100 ms worth)")
     parser.add_argument("--compare-torch", metavar="MODEL.pt2",
                         help="also time PyTorch eager on the same input (one host library)")
-    parser.add_argument("--json", metavar="PATH", help="write every timing, the machine and versions as JSON")
+    parser.add_argument("--json", metavar="PATH", help="write every timing, the memory figures, the machine and versions as JSON")
     add_device_arguments(parser)
     parser.set_defaults(func=handle)
 

@@ -23,6 +23,7 @@ def handle(args) -> int:
     import sys
 
     from ..build import compile_model
+    from ..runtime import memory_line
 
     result = compile_model(args.model, args.target, args.output, tuning_log=args.tuning_log, strict_target=args.strict_target)
     for warning in result.warnings:
@@ -32,5 +33,7 @@ def handle(args) -> int:
             print(layer)
     fp32 = any(not layer.is_bitserial for layer in result.layers)
     print(result.summary + (": --explain gives the reasons" if fp32 and not args.explain else ""))
+    if result.memory is not None:
+        print(memory_line(result.memory.to_json()))
     print(f"wrote {result.library} and {result.sidecar} for {result.target.name}")
     return 0
