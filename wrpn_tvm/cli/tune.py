@@ -22,6 +22,10 @@ def register(subparsers) -> None:
     parser.add_argument("--max-minutes", type=float,
                         help="stop after this much tuning time (after the batches in flight), as Ctrl-C does")
     parser.add_argument("--seed", type=int, help="random seed of the search")
+    parser.add_argument("--estimate", action="store_true",
+                        help="no board: rank candidates by their ESTIMATED time on the target's Raspberry Pi "
+                             "(rasp3b, rasp4, rasp5; see `wrpn-tvm estimate`) into a log marked as estimated, "
+                             "which measured jobs never extend")
     add_device_arguments(parser, what="time the candidates on")
     parser.set_defaults(func=handle)
 
@@ -31,20 +35,23 @@ def handle(args) -> int:
 
     batch = {} if args.trials_per_batch is None else {"trials_per_batch": args.trials_per_batch}
     result = tune(args.model, target=args.target, trials=args.trials, log_dir=args.log_dir, device=device_from_args(args),
-                  seed=args.seed, max_minutes=args.max_minutes, **batch)
+                  seed=args.seed, max_minutes=args.max_minutes, estimate=args.estimate, **batch)
     for task in result.tasks:
         trials = task.recorded + task.measured
         if not trials:
             print(f"  {task.name}: not tuned yet (a larger --trials, or the same command again, gets to it)")
             continue
-        best = "every trial failed" if task.best_ms is None else f"best {task.best_ms:.4f} ms"
+        best = ("every trial failed" if task.best_ms is None
+                else f"best {task.best_ms:.4f} ms{' (estimated)' if result.estimated else ''}")
         print(f"  {task.name}: {trials} trials{f' ({task.failed} failed)' if task.failed else ''}, {best}")
     for message, count in result.run_errors.items():
-        print(f"  {count} candidate(s) failed to run: {message}")
+        print(f"  {count} candidate(s) failed to {'be estimated' if result.estimated else 'run'}: {message}")
     print(
         f"tuned {result.measured} new trials in {result.seconds:.0f} s into {result.log_dir} "
         f"({result.skipped_recorded} recorded candidates not re-measured)"
     )
+    if result.estimated:
+        print(f"the run times in {result.log_dir} are ESTIMATES for {result.target} (see its README.md), not measurements")
     if result.stopped:
         print(f"stopped early ({result.stopped}); run the same command again to continue")
     return 130 if result.stopped == "interrupted" else 0

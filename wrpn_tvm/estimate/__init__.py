@@ -136,6 +136,58 @@ def estimate(library: "str | Path", boards: "list[str] | None" = None) -> Estima
     return Estimate(library, meta["name"], [estimate_on(prof, board) for board in chosen], calibration())
 
 
+@dataclass
+class KernelEstimate:
+    """A kernel library's estimated seconds per call on a board, or why there is none."""
+
+    seconds: "float | None"
+    error: "str | None" = None
+
+
+def estimate_kernels(jobs: list, board: Board, threads: int, timeout: float) -> list:
+    """Estimated seconds of one call of each kernel library's entry function on a board's core at
+    `threads` threads: what a tuning job ranks candidates by (tuning/estimate_runner.py).
+
+    `jobs`: (library, MetaSchedule args_info JSON). All of them share one counting run under
+    qemu (its start-up is most of the cost) and one llvm-mca run; a call that fails is that
+    job's error. If the shared counting run fails (a candidate that crashes the process),
+    each job is counted on its own, so only the one that crashes fails."""
+    arm = board.is_arm
+    try:
+        counted, errors = counting.candidate_counts(jobs, arm, timeout)
+    except WrpnError as err:
+        if len(jobs) == 1:
+            return [KernelEstimate(None, str(err))]
+        return [result for job in jobs for result in estimate_kernels([job], board, threads, timeout)]
+    profiles = []
+    for (library, _), blocks_run, error in zip(jobs, counted, errors):
+        if error:
+            profiles.append(None)
+            continue
+        library = Path(library)
+        code = disasm.instructions(library, arm)
+        blocks = disasm.basic_blocks(code, disasm.kernel_library_ranges(library, arm))
+        count_at = dict(zip((insn.address for insn in code), instruction_counts(code, blocks_run)))
+        profiles.append(LibraryProfile(library, board.name, board.triple, blocks,
+                                       [count_at[block.start] for block in blocks]))
+    ran = [(p, i) for p in profiles if p is not None for i, runs in enumerate(p.executions) if runs]
+    result = mca.block_cycles([[insn.text for insn in p.blocks[i].instructions] for p, i in ran],
+                              board.triple, board.mca_cpu) if ran else None
+    cycles = {(id(p), i): per_iteration for (p, i), per_iteration in zip(ran, result.cycles if result else [])}
+    estimates = []
+    for prof, error in zip(profiles, errors):
+        if prof is None:
+            estimates.append(KernelEstimate(None, error))
+            continue
+        kernels = kernel_cycles(prof.blocks, prof.executions,
+                                [cycles.get((id(prof), i), 0.0) for i in range(len(prof.blocks))])
+        # Kernels never called are the library's start-up code (C runtime initialisers).
+        seconds = sum(k.latency_ms(board.clock_ghz, threads) for k in kernels if k.calls) / 1e3
+        estimates.append(KernelEstimate(seconds, None) if seconds > 0
+                         else KernelEstimate(None, "the counting run saw no call of the kernel"))
+    return estimates
+
+
 def estimate_x86(library: "str | Path", clock_ghz: float, cores: int) -> BoardEstimate:
     """The same method on an x86 library, for this machine: what calibrates the ARM figures."""
     board = x86_board(_read_meta(Path(library))["name"], clock_ghz, cores)  # before the slow counting run
@@ -186,4 +238,5 @@ def format_table(result: Estimate, threads=THREADS) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BOARDS", "Estimate", "BoardEstimate", "KernelCycles", "estimate", "estimate_x86", "profile"]
+__all__ = ["BOARDS", "Estimate", "BoardEstimate", "KernelCycles", "KernelEstimate", "estimate", "estimate_kernels",
+           "estimate_x86", "profile"]

@@ -9,6 +9,7 @@ data-dependent control flow.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -90,10 +91,44 @@ GUEST_SCRIPT = """
 import json, sys
 import numpy as np, tvm
 from tvm import relax
-library, maps_out = sys.argv[1], sys.argv[2]
+maps_out, library = sys.argv[1], sys.argv[2]
 inputs = json.load(open(library + ".json"))["inputs"]
 vm = relax.VirtualMachine(tvm.runtime.load_module(library), tvm.cpu())
 vm["main"](*[tvm.runtime.tensor(np.random.rand(*i["shape"]).astype(i["dtype"])) for i in inputs])
+open(maps_out, "w").write(open("/proc/self/maps").read())
+"""
+
+# Calls each candidate kernel once. Only tvm_ffi and the TVM runtime library are loaded, not the
+# `tvm` package (which loads the whole compiler): under qemu that start-up is 10 s, not 25 s.
+# Buffers are 64-byte aligned, as TVM's own allocator makes them.
+CANDIDATE_SCRIPT = """
+import ctypes, json, os, sys
+import numpy as np, tvm_ffi
+ctypes.CDLL(os.path.join(os.path.dirname(os.path.dirname(tvm_ffi.__file__)), "tvm", "lib", "libtvm_runtime.so"),
+            mode=ctypes.RTLD_GLOBAL)
+maps_out, jobs_file, errors_out = sys.argv[1:4]
+rng = np.random.default_rng(0)
+
+def argument(kind, dtype, shape):
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(size + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    array = raw[start:start + size].view(dtype).reshape(shape)
+    array[...] = rng.random(shape) if dtype.kind == "f" else rng.integers(0, 4, shape)
+    return array
+
+errors, alive = [], []
+for library, args_info in json.load(open(jobs_file)):
+    try:
+        module = tvm_ffi.load_module(library)
+        arrays = [argument(*info) for info in args_info]
+        alive.append((module, arrays))  # a library stays mapped until the maps are written
+        module[module.entry_name](*[tvm_ffi.from_dlpack(a) for a in arrays])
+        errors.append(None)
+    except Exception as err:
+        errors.append((type(err).__name__ + ": " + str(err)).strip().splitlines()[0][:300])
+json.dump(errors, open(errors_out, "w"))
 open(maps_out, "w").write(open("/proc/self/maps").read())
 """
 
@@ -139,30 +174,61 @@ def block_counts(library: Path, arm: bool) -> list:
     code that ran during one inference."""
     library = library.resolve()
     with tempfile.TemporaryDirectory(prefix="wrpn-count-") as tmp:
-        counts_file, maps_file = Path(tmp) / "counts", Path(tmp) / "maps"
-        env = dict(os.environ, TVM_NUM_THREADS="1", WRPN_QEMU_CPU="max",
-                   QEMU_PLUGIN=f"file={plugin()},out={counts_file}")
-        try:
-            result = subprocess.run(_guest_command(arm) + ["-c", GUEST_SCRIPT, str(library), str(maps_file)],
-                                    capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise WrpnError(f"the counting run of {library.name} under qemu took over {RUN_TIMEOUT_S} s") from None
-        if result.returncode != 0 or not maps_file.is_file():
-            tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
-            raise WrpnError(f"the counting run of {library.name} under qemu failed: {tail}")
-        base = _load_address(maps_file.read_text(), library)
-        counted = []
-        for line in counts_file.read_text().splitlines():
-            first, last, count = line.split()
-            first, last = int(first, 16) - base, int(last, 16) - base
-            if first >= 0:
-                counted.append((first, last, int(count)))
-        return counted
+        maps, counted = _counting_run(GUEST_SCRIPT, [str(library)], arm, Path(tmp), RUN_TIMEOUT_S, library.name)
+        return _in_library(maps, counted, library)
 
 
-def _load_address(maps: str, library: Path) -> int:
+def candidate_counts(jobs: list, arm: bool, timeout: float) -> tuple:
+    """One counting run of several kernel libraries (MetaSchedule candidates), each entry function
+    called once on random arguments. `jobs`: (library path, MetaSchedule args_info JSON). Returns
+    the blocks of each library as block_counts does, and per library None or the error of its call."""
+    libraries = [Path(library).resolve() for library, _ in jobs]
+    with tempfile.TemporaryDirectory(prefix="wrpn-count-") as tmp:
+        jobs_file, errors_file = Path(tmp) / "jobs.json", Path(tmp) / "errors.json"
+        jobs_file.write_text(json.dumps([[str(library), args] for library, (_, args) in zip(libraries, jobs)]))
+        maps, counted = _counting_run(CANDIDATE_SCRIPT, [str(jobs_file), str(errors_file)], arm, Path(tmp), timeout,
+                                      f"{len(jobs)} candidate kernel(s)")
+        errors = json.loads(errors_file.read_text())
+        return [[] if error else _in_library(maps, counted, library) for library, error in zip(libraries, errors)], errors
+
+
+def _counting_run(script: str, args: list, arm: bool, tmp: Path, timeout: float, what: str) -> tuple:
+    """Run a guest script (its first argument: where to write /proc/self/maps) under qemu with the
+    counting plugin; the maps text and every counted (first, last absolute address, executions)."""
+    counts_file, maps_file = tmp / "counts", tmp / "maps"
+    env = dict(os.environ, TVM_NUM_THREADS="1", WRPN_QEMU_CPU="max",
+               QEMU_PLUGIN=f"file={plugin()},out={counts_file}")
+    try:
+        result = subprocess.run(_guest_command(arm) + ["-c", script, str(maps_file), *args],
+                                capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise WrpnError(f"the counting run of {what} under qemu took over {timeout:.0f} s") from None
+    if result.returncode != 0 or not maps_file.is_file():
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
+        raise WrpnError(f"the counting run of {what} under qemu failed: {tail}")
+    counted = []
+    for line in counts_file.read_text().splitlines():
+        first, last, count = line.split()
+        counted.append((int(first, 16), int(last, 16), int(count)))
+    return maps_file.read_text(), counted
+
+
+def _in_library(maps: str, counted: list, library: Path) -> list:
+    """The counted blocks inside the library's mappings, as offsets from its load address."""
+    base, end = _mapped_range(maps, library)
+    return [(first - base, last - base, count) for first, last, count in counted if base <= first < end]
+
+
+def _mapped_range(maps: str, library: Path) -> tuple:
+    """(load address, end of its last mapping) of the library in a /proc/self/maps text."""
+    base, end = None, None
     for line in maps.splitlines():
         fields = line.split()
-        if len(fields) >= 6 and fields[5] == str(library) and int(fields[2], 16) == 0:
-            return int(fields[0].split("-")[0], 16)
-    raise WrpnError(f"the counting run did not show where {library.name} was loaded")
+        if len(fields) >= 6 and fields[5] == str(library):
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            if int(fields[2], 16) == 0 and base is None:
+                base = low
+            end = high if end is None else max(end, high)
+    if base is None:
+        raise WrpnError(f"the counting run did not show where {library.name} was loaded")
+    return base, end

@@ -109,6 +109,32 @@ def code_ranges(library: Path, arm: bool) -> list:
     return ranges
 
 
+def kernel_library_ranges(library: Path, arm: bool) -> list:
+    """code_ranges of a library holding one kernel (a MetaSchedule candidate, built from one
+    PrimFunc): there LLVM inlines the body into the wrapper, and the parallel loops' outlined code
+    follows whatever symbol comes last, so every gap in the code after the kernel's entry point
+    is its parallel code. (The C runtime's start-up code, which has no symbol sizes, lies before it.)"""
+    ranges = code_ranges(library, arm)
+    entries = [r for r in ranges if r.entry]
+    if len(entries) != 1:
+        raise WrpnError(f"{library.name}: expected one kernel, found {len(entries)}")
+    kernel, filled = entries[0], []
+    for current, following in zip(ranges, ranges[1:] + [None]):
+        filled.append(current)
+        gap_end = following.start if following is not None else _text_end(library, arm)
+        if current.start >= kernel.start and gap_end > current.end:
+            filled.append(CodeRange(current.end, gap_end, kernel.kernel, True))
+    return filled
+
+
+def _text_end(library: Path, arm: bool) -> int:
+    for line in _output([_tool(arm, "objdump"), "-h", str(library)]).splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[1] == ".text":
+            return int(fields[3], 16) + int(fields[2], 16)
+    raise WrpnError(f"{library.name} has no .text section")
+
+
 def basic_blocks(code: list, ranges: list) -> list:
     """Split the code into basic blocks: a block starts at a range's start, at a branch target or
     after a branch, and belongs to the range it starts in (code outside every range is dropped)."""

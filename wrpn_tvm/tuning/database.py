@@ -22,6 +22,7 @@ from pathlib import Path
 from ..errors import WrpnError, one_line
 from ..fileio import write_text_atomic
 from ..targets import TargetSpec, cpu_label, missing_features
+from .estimated_log import check_kind, describe, estimated_info
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -186,6 +187,10 @@ def load_database(log_dir: "str | os.PathLike", spec: TargetSpec, strict_target:
         raise WrpnError(f"{log_dir}: no usable tuning records (expected {RECORD_FILE} written by `wrpn-tvm tune`)")
     for note in check_target(log, spec, strict=strict_target):
         print(f"wrpn-tvm: note: {note}", file=sys.stderr)
+    estimated = estimated_info(log_dir)
+    if estimated is not None:
+        print(f"wrpn-tvm: note: {log_dir} holds ESTIMATED run times ({describe(estimated)}; no board): "
+              "its schedules were ranked by the estimate, not by measurement", file=sys.stderr)
     database = MemoryDatabase()
     workloads = [database.commit_workload(workload.mod) for workload in log.workloads]
     for index, record in log.records:
@@ -195,11 +200,13 @@ def load_database(log_dir: "str | os.PathLike", spec: TargetSpec, strict_target:
     return database
 
 
-def open_database(log_dir: "str | os.PathLike", spec: TargetSpec):
+def open_database(log_dir: "str | os.PathLike", spec: TargetSpec, estimated: bool = False):
     """The log dir's JSONDatabase for a tuning job, which appends to it record by record.
 
-    Corrupt lines are dropped from the files first (atomically), because the JSONDatabase would
-    abort on them and appending after a truncated line would corrupt the next record too.
+    Refuses a log of another target, and a log whose run times are of the other kind (measured
+    or estimated) than the job's. Corrupt lines are dropped from the files first (atomically),
+    because the JSONDatabase would abort on them and appending after a truncated line would
+    corrupt the next record too.
     """
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
@@ -209,6 +216,7 @@ def open_database(log_dir: "str | os.PathLike", spec: TargetSpec):
     if foreign:  # a job appends records measured here: they must not join records of another CPU
         raise WrpnError(f"{log_dir} was tuned for {cpu_label(foreign[0])}, not for {spec.name} ({cpu_label(spec.target)}); "
                         "a tuning job extends a log of its own target only: use another --log-dir")
+    check_kind(log_dir, bool(log.records), estimated)
     if log.skipped_lines or log.blank_lines:
         _rewrite(log_dir / WORKLOAD_FILE, log.workload_lines)
         _rewrite(log_dir / RECORD_FILE, log.record_lines)

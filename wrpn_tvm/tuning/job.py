@@ -4,7 +4,9 @@
 so re-running an interrupted job finishes it, and a larger N tunes further; `max_minutes` ends the
 job earlier, after the batches in flight, as Ctrl-C does (stop.py). Every measured
 candidate is appended to the log soon after its batch is measured (MetaSchedule's JSONDatabase
-writes line by line), so an interrupted job loses at most the batches in flight.
+writes line by line), so an interrupted job loses at most the batches in flight. With `estimate`,
+candidates for a Raspberry Pi are ranked by their estimated time instead (estimate_runner.py),
+into a log marked as estimated (estimated_log.py).
 """
 
 import contextlib
@@ -19,10 +21,13 @@ from ..errors import WrpnError
 from ..remote.session import DeviceSpec
 from ..targets import TargetSpec, resolve
 from .database import open_database
+from .estimated_log import mark_estimated
+from .estimate_runner import EstimateRunner, board_for, check_tools
 from .lock import exclusive
 from .progress import ProgressPrinter, TaskProgress, recorded_seconds
 from .scheduler import GainScheduler
 from .builder import make_builder
+from . import rules  # noqa: F401 - registers rules for TVM's pooling annotations before any design space
 from .measure import check_device, make_runner
 from .search import SkipRecordedSearch, recorded_records
 from .stop import StopRequest, stop_on_interrupt
@@ -41,6 +46,7 @@ class TuneResult:
     skipped_recorded: int  # generated candidates not measured because the log held them
     seconds: float
     tasks: list[TaskProgress] = field(default_factory=list)
+    estimated: bool = False  # run times are estimates (`--estimate`), not measurements
     stopped: str | None = None  # why the job ended before its trials: "interrupted", "time budget spent"
     run_errors: dict = field(default_factory=dict)  # first line of a run error -> candidates it failed
 
@@ -55,17 +61,30 @@ def tune(
     trials_per_batch: int = TRIALS_PER_BATCH,
     max_minutes: float | None = None,
     stream=None,
+    estimate: bool = False,
 ) -> TuneResult:
     """Tune a `.pt2` program's tasks (bit-serial and FP32) for a target into log_dir, timing the
-    candidates on `device` (this machine by default)."""
+    candidates on `device` (this machine by default), or, with `estimate`, ranking them by their
+    estimated time on the target's Raspberry Pi (no device)."""
     from ..pipeline import prepare_module
 
     spec = resolve(target)
     device = device if device is not None else DeviceSpec()
-    check_device(spec, device)  # before the slow import of the model
+    _check_timing(spec, device, estimate)  # before the slow import of the model
     mod, _layers, _inputs = prepare_module(program, spec)
     return tune_module(mod, spec, trials, log_dir, device, seed=seed, trials_per_batch=trials_per_batch,
-                       max_minutes=max_minutes, stream=stream)
+                       max_minutes=max_minutes, stream=stream, estimate=estimate)
+
+
+def _check_timing(spec: TargetSpec, device: DeviceSpec, estimate: bool) -> None:
+    """Refuse what cannot time spec's candidates: a host that cannot run them, an estimate with a device named."""
+    if not estimate:
+        check_device(spec, device)
+        return
+    if not device.is_local:
+        raise WrpnError("--estimate runs nothing on a device: drop --rpc/--tracker, or drop --estimate to measure on it")
+    board_for(spec)
+    check_tools()
 
 
 def tune_module(
@@ -79,10 +98,11 @@ def tune_module(
     trials_per_batch: int = TRIALS_PER_BATCH,
     max_minutes: float | None = None,
     stream=None,
+    estimate: bool = False,
 ) -> TuneResult:
     """Tune a Relax module's tasks; the library function under `tune`."""
     return tune_tasks(extract_tasks(mod, spec), spec, trials, log_dir, device, seed=seed,
-                      trials_per_batch=trials_per_batch, max_minutes=max_minutes, stream=stream)
+                      trials_per_batch=trials_per_batch, max_minutes=max_minutes, stream=stream, estimate=estimate)
 
 
 def tune_tasks(
@@ -96,6 +116,7 @@ def tune_tasks(
     trials_per_batch: int = TRIALS_PER_BATCH,
     max_minutes: float | None = None,
     stream=None,
+    estimate: bool = False,
 ) -> TuneResult:
     """Tune MetaSchedule ExtractedTasks (from tasks.extract_tasks, or a chosen few of them)."""
     from tvm.s_tir import meta_schedule as ms
@@ -108,6 +129,13 @@ def tune_tasks(
     if max_minutes is not None and max_minutes <= 0:
         raise WrpnError(f"--max-minutes must be positive, got {max_minutes}")
     device = device if device is not None else DeviceSpec()
+    _check_timing(spec, device, estimate)
+    if estimate:
+        board = board_for(spec)
+        runner = EstimateRunner(board, board.cores)
+        timed_on = runner.describe()
+    else:
+        runner, timed_on = make_runner(spec, device), device.describe()
     stream = stream if stream is not None else sys.stdout
     log_dir = Path(log_dir)
     try:
@@ -116,24 +144,28 @@ def tune_tasks(
         raise WrpnError(f"cannot create the log dir {log_dir}: {err.strerror}") from None
     started = time.monotonic()
     with exclusive(log_dir):
-        database = open_database(log_dir, spec)
+        database = open_database(log_dir, spec, estimated=estimate)
         if not tasks:
             raise WrpnError("the model has no tunable tasks")
+        if estimate:
+            from ..estimate import calibration, calibration_line
+
+            mark_estimated(log_dir, board, runner.threads, calibration_line(calibration()))
         progress = [_task_progress(task.task_name, recorded_records(database, task.dispatched[0])) for task in tasks]
         already = sum(task.recorded for task in progress)
         budget = trials - already
-        result = TuneResult(log_dir, spec.name, device.describe(), trials, 0, 0, 0.0, progress)
+        result = TuneResult(log_dir, spec.name, timed_on, trials, 0, 0, 0.0, progress, estimated=estimate)
         if budget <= 0:
             print(f"[tune] {log_dir} already holds {already} trials for these {len(tasks)} tasks (asked {trials}); "
                   "nothing to do", file=stream, flush=True)
             result.seconds = time.monotonic() - started
             return result
-        print(f"[tune] {len(tasks)} tasks for {spec.name} on {device.describe()}: {budget} trials "
+        print(f"[tune] {len(tasks)} tasks for {spec.name} on {timed_on}: {budget} trials "
               f"({already} already in {log_dir})", file=stream, flush=True)
         skip_counts = {"skipped": 0, "left": budget}  # shared by the tasks' search strategies
         stop = StopRequest(None if max_minutes is None else max_minutes * 60)
         weights = [float(task.weight) for task in tasks]
-        printer = ProgressPrinter(progress, weights, budget, stream)
+        printer = ProgressPrinter(progress, weights, budget, stream, estimated=estimate)
         with task_loggers(log_dir, [task.task_name for task in tasks]) as loggers, stop_on_interrupt(stop, stream):
             contexts = [
                 ms.TuneContext(
@@ -155,7 +187,7 @@ def tune_tasks(
                 max_trials_global=budget,
                 num_trials_per_iter=min(trials_per_batch, budget),
                 builder=make_builder(spec),
-                runner=make_runner(spec, device),
+                runner=runner,
                 database=database,
                 cost_model="xgb",
                 measure_callbacks=ms.MeasureCallback.create("default") + [printer],

@@ -62,8 +62,9 @@ def time_shares(progress: list[TaskProgress], weights: list[float]) -> list["flo
 class ProgressPrinter(PyMeasureCallback):
     """Prints `[tune] 48/100 trials, 60 s | task 2/5 fused_conv2d (41% of the model): +16 (3 failed), 32 in log, best 0.123 ms`."""
 
-    def __init__(self, tasks: list[TaskProgress], weights: list[float], budget: int, stream=None):
+    def __init__(self, tasks: list[TaskProgress], weights: list[float], budget: int, stream=None, estimated: bool = False):
         self.tasks = tasks
+        self.estimated = estimated  # the times are estimates: every best says so
         self.weights = weights
         self.budget = budget
         self.stream = stream if stream is not None else sys.stdout
@@ -78,7 +79,7 @@ class ProgressPrinter(PyMeasureCallback):
             if ran.error_msg and not built.error_msg:
                 self._run_error(one_line(RuntimeError(str(ran.error_msg)), limit=200))
         done = sum(t.measured for t in self.tasks)
-        best = "none yet" if task.best_ms is None else f"{task.best_ms:.4f} ms"
+        best = "none yet" if task.best_ms is None else f"{task.best_ms:.4f} ms{' (estimated)' if self.estimated else ''}"
         failed = task.failed - failed_before
         share = time_shares(self.tasks, self.weights)[task_id]
         print(
@@ -92,6 +93,8 @@ class ProgressPrinter(PyMeasureCallback):
 
     def _run_error(self, message: str) -> None:
         if message not in self.run_errors:
-            print(f"[tune] a candidate failed to run on the device: {message} (recorded as failed; "
-                  "the job goes on, with the other devices if a tracker has several)", file=self.stream, flush=True)
+            where, goes_on = (("be estimated", "the job goes on") if self.estimated else
+                              ("run on the device", "the job goes on, with the other devices if a tracker has several"))
+            print(f"[tune] a candidate failed to {where}: {message} (recorded as failed; {goes_on})",
+                  file=self.stream, flush=True)
         self.run_errors[message] = self.run_errors.get(message, 0) + 1
