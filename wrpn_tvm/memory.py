@@ -63,9 +63,14 @@ def _tensor_bytes(ty) -> "int | None":
 
 
 def _calls(func, names) -> list:
+    """Every call in func to one of the operators `names`, in program order."""
     found = []
-    relax.analysis.post_order_visit(
-        func, lambda e: found.append(e) if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name in names else None)
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name in names:
+            found.append(expr)
+
+    relax.analysis.post_order_visit(func, visit)
     return found
 
 
@@ -100,6 +105,8 @@ class _Capture:
 
 
 class Recording:
+    """What `recording` captured, and the batch it was compiled for."""
+
     def __init__(self, batch: "int | None"):
         self.batch = batch
         self._capture = _Capture()
