@@ -1,17 +1,16 @@
 """x86 templates.
 
 AVX-512 (with avx512vpopcntdq LLVM emits VPOPCNTQ on zmm registers): the generic CPU templates
-at 16 lanes. AVX2 has no vector popcount: bit-serial conv2d and dense accumulate nibble lookups
-in 16-bit lanes (`avx2.NibbleCounts`) where the layer's bits and reduction allow it, with a
-register tile sized for the 16 ymm registers; other layers use the generic templates at one ymm
-of accumulators per channel vector (wider vectors spill). The tests read the generated assembly.
+at 16 lanes. AVX2 has no vector popcount: bit-serial conv2d and dense with two or more plane
+pairs accumulate nibble lookups in 16-bit lanes (`avx2.NibbleCounts`) where the layer's bits and
+reduction allow it; other layers use the generic templates at 8 lanes (LLVM's nibble-lookup
+popcount per 64-bit lane). The tests read the generated assembly.
 
 A MetaSchedule rule has no target at hand, so the tuning rules offer both ways as design spaces
 (the generic templates first, then the nibble counts where they fit): which popcount is faster
 for a layer shape on a CPU is decided by measuring.
 """
 
-import tvm
 from tvm.s_tir import Schedule
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
@@ -23,25 +22,24 @@ from .avx2 import DECODE_INTRIN, LANES, WORD, NibbleCounts, nibble_counts
 from .common import Decisions, attach_epilogue, compute_padding_at, largest_divisor_at_most, loop_extent, try_vectorize
 
 AVX512_LANES = 16
-YMM_BITS = 256
+AVX2_LANES = 8  # the generic template's lanes as before; its tile spills a little and still measured fastest
 MAX_PIXELS = 4
 MAX_CHANNEL_VECTORS = 4
-# The default register tile, pixels x channel vectors of 4 channels: each pixel's broadcast
-# nibbles are reused by every vector, each vector's weight nibbles by every pixel.
-DEFAULT_PIXELS = 2
-DEFAULT_VECTORS = 2
+# The default register tile, pixels x channel vectors of 4 channels (a pixel's broadcast nibbles
+# are shared by its vectors), and loop order (a tile's weights stay in L1 across the pixels): the
+# fastest of 1x2, 1x4, 2x2, 2x4, 4x1 in both orders on ResNet-18's 2x-wide 2/2 layers (56x56x128,
+# 28x28x256, 7x7x1024; 1 thread, best of 48 runs, znver4 running AVX2 code).
+DEFAULT_PIXELS = 1
+DEFAULT_VECTORS = 4
+DEFAULT_ORDER = "channels_outer"
+# A single plane pair (1/1) shares neither its widening nor its operand split with other pairs, and
+# LLVM's own popcount in the generic template's wider tile measured faster: untuned, it stays there.
+MIN_DEFAULT_PAIRS = 2
 _REDUCE = 2  # tirx.IterVar.CommReduce
 
 
 def _has_avx512(target: Target) -> bool:
     return target_has_features("avx512f", target)
-
-
-def _generic_avx2_lanes(sch: Schedule, block) -> int:
-    """The generic template's lanes argument that makes its channel vector one ymm register of
-    accumulators (it vectorizes 4 x lanes channels): 4 int64 or 8 int32."""
-    bits = tvm.DataType(sch.get(block).writes[0].source.dtype).bits
-    return YMM_BITS // bits // 4
 
 
 def _plan(sch: Schedule, block) -> "NibbleCounts | None":
@@ -56,17 +54,15 @@ def _plan(sch: Schedule, block) -> "NibbleCounts | None":
         return None
     if int(channel.dom.extent) % LANES:
         return None
-    reductions = [int(iv.dom.extent) for iv in info.iter_vars if int(iv.iter_type) == _REDUCE]
     reduction_words = 1
-    for extent in reductions:
-        reduction_words *= extent
-    return nibble_counts(int(activations[0].region[-2].extent), int(weights[0].region[-3].extent), reduction_words,
-                         reductions[-1])
+    for iv in info.iter_vars:
+        if int(iv.iter_type) == _REDUCE:
+            reduction_words *= int(iv.dom.extent)
+    return nibble_counts(int(activations[0].region[-2].extent), int(weights[0].region[-3].extent), reduction_words)
 
 
-def _split_tile(sch: Schedule, decisions: Decisions, pixel_loop, channel_loop, word_loop, plan: NibbleCounts):
-    """(pixel outer, pixels), (channel outer, channel vectors, 4 channels of one ymm) and
-    (word outer, words per update)."""
+def _split_tile(sch: Schedule, decisions: Decisions, pixel_loop, channel_loop):
+    """(pixel outer, pixels) and (channel outer, channel vectors, the 4 channels of one ymm)."""
     pixels = largest_divisor_at_most(loop_extent(sch, pixel_loop), DEFAULT_PIXELS)
     pixel_outer, pixel_tile = sch.split(
         pixel_loop, decisions.tile(pixel_loop, 2, MAX_PIXELS, [loop_extent(sch, pixel_loop) // pixels, pixels]))
@@ -74,20 +70,12 @@ def _split_tile(sch: Schedule, decisions: Decisions, pixel_loop, channel_loop, w
     vectors = largest_divisor_at_most(loop_extent(sch, rest), DEFAULT_VECTORS)
     channel_outer, vector_tile = sch.split(
         rest, decisions.tile(rest, 2, MAX_CHANNEL_VECTORS, [loop_extent(sch, rest) // vectors, vectors]))
-    word_outer, words = sch.split(word_loop, [None, plan.words])
-    return (pixel_outer, pixel_tile), (channel_outer, vector_tile, lanes), (word_outer, words)
+    return (pixel_outer, pixel_tile), (channel_outer, vector_tile, lanes)
 
 
-def _update_loop(plan: NibbleCounts, words, lanes):
-    """The loop the update intrinsic replaces: the words it sums, or (one word, a unit loop that
-    is no iterator of the intrinsic) the ymm's 4 channels."""
-    return words if plan.words > 1 else lanes
-
-
-def _nibble_registers_and_writeback(sch: Schedule, block, plan: NibbleCounts, outer, register_loops, update_loop,
+def _nibble_registers_and_writeback(sch: Schedule, block, plan: NibbleCounts, outer, register_loops, lanes,
                                     first_reduction, tuning: bool) -> None:
-    """Accumulate the tile in local 16-bit lanes (the update tensorized per `words` words and
-    ymm), decode them while writing back (tensorized per ymm), then run the epilogue on the tile.
+    """Accumulate the tile in local 16-bit lanes (the update tensorized per word and ymm), decode them while writing back (tensorized per ymm), then run the epilogue on the tile.
     When tuning, both are blockized and annotated for MetaSchedule's RewriteTensorize postproc,
     which runs after RewriteReductionBlock has split off the init (RewriteParallelVectorizeUnroll,
     which runs before them, rejects decomposed and tensorized blocks)."""
@@ -103,7 +91,7 @@ def _nibble_registers_and_writeback(sch: Schedule, block, plan: NibbleCounts, ou
         sch.unroll(loop)
     if tuning:
         sch.annotate(sch.blockize(writeback_lanes), "meta_schedule.auto_tensorize", DECODE_INTRIN)
-        sch.annotate(sch.blockize(update_loop), "meta_schedule.auto_tensorize", plan.update_intrin)
+        sch.annotate(sch.blockize(lanes), "meta_schedule.auto_tensorize", plan.update_intrin)
         # Blocks inside a block are out of RewriteParallelVectorizeUnroll's reach: it would
         # vectorize the register tile's loops around the tensorized ymm registers.
         sch.blockize(tile_loops[0])
@@ -112,39 +100,37 @@ def _nibble_registers_and_writeback(sch: Schedule, block, plan: NibbleCounts, ou
     sch.tensorize(writeback_lanes, DECODE_INTRIN)
     init = sch.decompose_reduction(block, first_reduction)
     try_vectorize(sch, sch.get_loops(init)[-1])
-    sch.tensorize(update_loop, plan.update_intrin)
+    sch.tensorize(lanes, plan.update_intrin)
 
 
 def _conv2d_nibbles(sch: Schedule, block, plan: NibbleCounts, tuning: bool, order: str) -> None:
     decisions = Decisions(sch, tuning)
     n, oh, ow, o, kh, kw, cw = sch.get_loops(block)
     oh_outer, oh_inner = sch.split(oh, decisions.tile(oh, 2, 2, [loop_extent(sch, oh), 1]))
-    (ow_outer, ow_inner), (o_outer, o_vectors, o_lanes), (cw_outer, cw_words) = _split_tile(
-        sch, decisions, ow, o, cw, plan)
+    (ow_outer, ow_inner), (o_outer, o_vectors, o_lanes) = _split_tile(sch, decisions, ow, o)
     outer = [n, oh_outer, ow_outer, o_outer] if order == "pixels_outer" else [o_outer, n, oh_outer, ow_outer]
-    sch.reorder(*outer, kh, kw, cw_outer, oh_inner, ow_inner, o_vectors, cw_words, o_lanes)
+    sch.reorder(*outer, kh, kw, cw, oh_inner, ow_inner, o_vectors, o_lanes)
     parallel = sch.fuse(*outer)
     sch.parallel(parallel)
     cpu.annotate_unroll(sch, parallel, decisions)
     compute_padding_at(sch, block, parallel)
-    _nibble_registers_and_writeback(sch, block, plan, parallel, [oh_inner, ow_inner, o_vectors],
-                                    _update_loop(plan, cw_words, o_lanes), kh, tuning)
+    _nibble_registers_and_writeback(sch, block, plan, parallel, [oh_inner, ow_inner, o_vectors], o_lanes, kh,
+                                    tuning)
 
 
 def _dense_nibbles(sch: Schedule, block, plan: NibbleCounts, tuning: bool) -> None:
     decisions = Decisions(sch, tuning)
     n, o, k = sch.get_loops(block)
-    (n_outer, n_rows), (o_outer, o_vectors, o_lanes), (k_outer, k_words) = _split_tile(sch, decisions, n, o, k, plan)
-    sch.reorder(o_outer, n_outer, k_outer, n_rows, o_vectors, k_words, o_lanes)
+    (n_outer, n_rows), (o_outer, o_vectors, o_lanes) = _split_tile(sch, decisions, n, o)
+    sch.reorder(o_outer, n_outer, k, n_rows, o_vectors, o_lanes)
     parallel = sch.fuse(o_outer, n_outer)
     sch.parallel(parallel)
     cpu.annotate_unroll(sch, parallel, decisions)
-    _nibble_registers_and_writeback(sch, block, plan, parallel, [n_rows, o_vectors],
-                                    _update_loop(plan, k_words, o_lanes), k_outer, tuning)
+    _nibble_registers_and_writeback(sch, block, plan, parallel, [n_rows, o_vectors], o_lanes, k, tuning)
 
 
 def conv2d_nibbles(sch: Schedule, block, plan: NibbleCounts, tuning: bool) -> list[Schedule]:
-    orders = cpu.CONV_LOOP_ORDERS if tuning else cpu.CONV_LOOP_ORDERS[:1]
+    orders = cpu.CONV_LOOP_ORDERS if tuning else (DEFAULT_ORDER,)
     spaces = []
     for order in orders:
         space = sch.copy() if len(orders) > 1 else sch
@@ -159,13 +145,15 @@ def _avx2_kernel(sch: Schedule, block, rule: str) -> None:
         cpu.bitpack(sch, block, tuning=False)
         return
     plan = _plan(sch, block)
+    if plan is not None and len(plan.pairs) < MIN_DEFAULT_PAIRS:
+        plan = None
     if rule == CONV2D_RULE:
         if plan is None:
-            cpu.conv2d(sch, block, _generic_avx2_lanes(sch, block), tuning=False)
+            cpu.conv2d(sch, block, AVX2_LANES, tuning=False)
         else:
             conv2d_nibbles(sch, block, plan, tuning=False)
     elif plan is None:
-        cpu.dense(sch, block, _generic_avx2_lanes(sch, block), tuning=False)
+        cpu.dense(sch, block, AVX2_LANES, tuning=False)
     else:
         _dense_nibbles(sch, block, plan, tuning=False)
 
