@@ -1,5 +1,10 @@
 """End-to-end ResNet-18 (224x224, batch 1, 2 threads) on the host: WRPN models compiled by wrpn-tvm
-against the FP32 1x ResNet-18 in PyTorch eager and compiled by TVM, all measured in one run.
+against the FP32 1x ResNet-18 in PyTorch eager and compiled by TVM, and against what a user would
+deploy instead (the peers, benchmarks/peers.py): ONNX Runtime FP32 and static int8 and OpenVINO on
+the same FP32 ResNet-18 (the TVM FP32 row's program, same weights, exported with torch's ONNX
+exporter), and Larq Compute Engine on larq_zoo's binary QuickNet, all measured in one run.
+The peers run in their own venvs under benchmarks/.peers, made by benchmarks/peers_env.sh (run
+here first; quick when they exist); a peer that cannot be installed or run is reported as missing.
 
 Every model is measured in its own fresh process (so peak RSS belongs to that model alone): the
 TVM ones load the compiled library with the TVM runtime only; PyTorch runs the eager nn.Module.
@@ -11,7 +16,7 @@ peak RSS (VmHWM) and its growth over the RSS measured after imports. For the tar
 (WRPN 2x 2/2) and every TVM model slower than PyTorch FP32 1x, a per-call profile (VM
 instrumentation, one run) says where the time goes.
 
-    python benchmarks/end_to_end.py [--repeat 30] [--rounds 3] [--out benchmarks/results/end_to_end]
+    python benchmarks/end_to_end.py [--repeat 30] [--rounds 3] [--no-peers] [--out benchmarks/results/end_to_end]
 """
 
 import argparse
@@ -32,6 +37,15 @@ TARGET_VARIANT = "wrpn 2x a2/w2"
 TUNED_VARIANT = "wrpn 2x a2/w2 tuned"  # compiled with the shipped tuning log, as `compile --tuning-log` does
 TUNED_LOG = Path(__file__).resolve().parent.parent / "tuning_logs" / "resnet18-2x-a2w2-x86-avx512"
 BASELINE = "pytorch fp32 1x"
+HERE = Path(__file__).resolve().parent
+PEERS_VENVS = HERE / ".peers"
+# name -> (venv under PEERS_VENVS, peers.py peer, which prepared model it runs)
+PEERS = {
+    "onnxruntime fp32": ("ort", "ort-fp32", "fp32"),
+    "onnxruntime int8 (static, QDQ)": ("ort", "ort-int8", "int8"),
+    "openvino (default precision)": ("ort", "openvino", "fp32"),
+    "lce binary quicknet": ("lce", "lce", "lce"),
+}
 TIME_BUDGET_S = 60  # per model: unscheduled FP32 TVM runs take seconds each
 MIN_REPEAT = 3
 
@@ -118,13 +132,43 @@ def measure_torch(repeat: int) -> dict:
     return {"runs_ms": runs, "peak_rss_mib": _peak_mib(), "rss_after_imports_mib": base}
 
 
-def _child(kind: str, arg: str, repeat: int) -> dict:
-    env = {**os.environ, "TVM_NUM_THREADS": str(THREADS), "OMP_NUM_THREADS": str(THREADS)}
-    command = [sys.executable, __file__, "--child", kind, "--child-arg", arg, "--repeat", str(repeat)]
+def _run_json(command: list) -> dict:
+    env = {**os.environ, "TVM_NUM_THREADS": str(THREADS), "OMP_NUM_THREADS": str(THREADS), "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"{kind} {arg} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(command[1:4])} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _child(kind: str, arg: str, repeat: int) -> dict:
+    return _run_json([sys.executable, __file__, "--child", kind, "--child-arg", arg, "--repeat", str(repeat)])
+
+
+def _peer_command(venv: str, *args) -> list:
+    return [str(PEERS_VENVS / venv / "bin" / "python"), str(HERE / "peers.py"), *args]
+
+
+def prepare_peers(folder: Path, fp32_program: Path) -> tuple[dict, dict]:
+    """(name -> command that times it, name -> why it is missing): venvs, ONNX models, QuickNet."""
+    ready, missing, models = {}, {}, {}
+    for venv in sorted({venv for venv, _, _ in PEERS.values()}):
+        print(f"[{time.strftime('%H:%M:%S')}] peers: venv {venv}", flush=True)
+        done = subprocess.run(["bash", str(HERE / "peers_env.sh"), venv], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            reason = f"benchmarks/peers_env.sh {venv} failed: {done.stderr.strip().splitlines()[-1:]}"
+            missing.update({name: reason for name, (v, _, _) in PEERS.items() if v == venv})
+            continue
+        try:
+            if venv == "ort":
+                models.update(_run_json(_peer_command("ort", "prepare-onnx", str(fp32_program), str(folder / "onnx"))))
+            else:
+                models.update(_run_json(_peer_command("lce", "prepare-lce", str(folder / "lce"))))
+        except RuntimeError as error:
+            missing.update({name: str(error).splitlines()[0] for name, (v, _, _) in PEERS.items() if v == venv})
+    for name, (venv, peer, model) in PEERS.items():
+        if name not in missing:
+            ready[name] = _peer_command(venv, "time", peer, models[model])
+    return ready, missing
 
 
 def compile_variant(folder: Path, name: str, width: float, abits: int, wbits: int,
@@ -164,12 +208,13 @@ def _merge(rounds: list[dict]) -> dict:
     return merged
 
 
-def run(repeat: int, rounds: int, out: Path) -> dict:
+def run(repeat: int, rounds: int, out: Path, with_peers: bool = True) -> dict:
     import torch
 
     from wrpn_tvm.runtime import machine_info
 
     load_before = os.getloadavg()
+    load_per_round = []
     variants = [("tvm fp32 1x", 1.0, 32, 32, None)] + [(f"wrpn {w:g}x a{a}/w{b}", w, a, b, None) for w, a, b in WRPN_VARIANTS]
     variants.append((TUNED_VARIANT, 2.0, 2, 2, TUNED_LOG))
     compiled = {}
@@ -178,18 +223,31 @@ def run(repeat: int, rounds: int, out: Path) -> dict:
         for name, width, abits, wbits, log in variants:
             print(f"[{time.strftime('%H:%M:%S')}] compiling {name}", flush=True)
             compiled[name] = compile_variant(folder, name, width, abits, wbits, log)
+        peers, peers_missing = {}, {}
+        if with_peers:
+            peers, peers_missing = prepare_peers(folder, Path(compiled["tvm fp32 1x"][0]).with_suffix(".pt2"))
         # Round-robin over the models, so load from other jobs on a shared machine hits them alike.
         measured = collections.defaultdict(list)
         per_round = max(1, repeat // rounds)
         for index in range(rounds):
             print(f"[{time.strftime('%H:%M:%S')}] round {index + 1}/{rounds}", flush=True)
+            load_per_round.append(os.getloadavg())
             measured[BASELINE].append(_child("torch", "", per_round))
             for name, (library, _, _) in compiled.items():
                 measured[name].append(_child("tvm", library, per_round))
+            for name, command in list(peers.items()):
+                try:
+                    measured[name].append(_run_json(command + ["--repeat", str(per_round)]))
+                except RuntimeError as error:
+                    peers_missing[name] = str(error).splitlines()[0]
+                    del peers[name]
+                    measured.pop(name, None)
     results = {name: _merge(rounds_of) for name, rounds_of in measured.items()}
     for name, (_, seconds, layers) in compiled.items():
         results[name].update(compile_s=seconds, layers=layers)
     baseline_ms = _median(results[BASELINE]["runs_ms"])
+    for name in peers:
+        results[name]["peer"] = True
     for entry in results.values():
         entry["median_ms"] = _median(entry["runs_ms"])
         entry["speedup_vs_pytorch_fp32_1x"] = baseline_ms / entry["median_ms"]
@@ -199,7 +257,14 @@ def run(repeat: int, rounds: int, out: Path) -> dict:
         "benchmark": "end_to_end",
         "model": "resnet18", "image": IMAGE, "batch": 1, "threads": THREADS, "repeat": repeat, "rounds": rounds,
         "machine": {**machine_info(), "platform": platform.platform(), "torch": torch.__version__},
-        "load_average_1_5_15min": {"start": load_before, "end": os.getloadavg()},
+        "load_average_1_5_15min": {"start": load_before, "end": os.getloadavg(), "per_round": load_per_round},
+        "git": subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"], capture_output=True,
+                              text=True, check=False).stdout.strip(),
+        "command": "python benchmarks/end_to_end.py" + (f" --repeat {repeat}" if repeat != 30 else "")
+                   + (f" --rounds {rounds}" if rounds != 3 else "") + ("" if with_peers else " --no-peers"),
+        "peers": {name: {"what": PEERS[name][1], "versions": results[name]["versions"],
+                         "settings": results[name]["settings"]} for name in peers},
+        "peers_missing": peers_missing,
         "note": "untuned compile: bit-serial templates at their default decisions, other TIR under the build's generic "
                 f"parallel fallback schedule; '{TUNED_VARIANT}': compiled with {TUNED_LOG.relative_to(TUNED_LOG.parent.parent)}",
         "target": f"{TARGET_VARIANT} no slower than {BASELINE}",
@@ -237,7 +302,15 @@ def markdown(report: dict) -> str:
             "Other jobs were running: every model got a fraction of the CPU, and absolute times are several "
             "times what a quiet machine gives (PyTorch's OpenMP threads suffer most from oversubscription). "
             "Compare rows with each other, and the min column as well as the median." if _loaded(report) else
-            "The machine was otherwise idle."),
+            "The machine was otherwise idle.") + (
+            " Load average (1 min) at the start of each round: " + ", ".join(
+                f"{load[0]:.1f}" for load in report["load_average_1_5_15min"]["per_round"]) + "."
+            if report["load_average_1_5_15min"].get("per_round") else ""),
+        "",
+        f"Rerun (one command; the first run also makes the peers' venvs): "
+        f"`{report.get('command', 'python benchmarks/end_to_end.py')}`." + (
+            f" Code: `{report['git']}`" + (" (the working tree had uncommitted changes)" if report["git"].endswith(
+                "-dirty") else "") + "." if "git" in report else ""),
         "",
         "| model | median ms | min ms | runs | vs PyTorch FP32 1x (median) | peak RSS MiB | RSS growth MiB | compile s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -248,6 +321,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {r['median_ms']:.1f} | {min(r['runs_ms']):.1f} | {len(r['runs_ms'])} | "
                      f"{r['speedup_vs_pytorch_fp32_1x']:.2f}x | "
                      f"{r['peak_rss_mib']:.0f} | {growth:.0f} | {compile_s} |")
+    lines += _peer_lines(report)
     target = results[TARGET_VARIANT]
     verdict = "met" if report["target_met"] else (
         f"missed: {target['median_ms']:.1f} ms vs {baseline:.1f} ms, {target['median_ms'] / baseline:.2f}x slower")
@@ -272,6 +346,32 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _peer_lines(report: dict) -> list:
+    """Ratios of every compiled model to PyTorch and to each peer, from the same run's medians."""
+    results = report["results"]
+    peers = list(report.get("peers", {}))
+    lines = []
+    if peers:
+        references = [BASELINE] + peers
+        ours = [name for name, r in results.items() if name != BASELINE and not r.get("peer")]
+        lines += ["", "## Against what a user would deploy instead (same run, round-robin)", "",
+                  "Each cell: the other's median / ours, so above 1 means ours is faster. The ONNX Runtime and "
+                  "OpenVINO rows run the TVM FP32 row's ResNet-18 (same weights, torch's ONNX exporter); LCE runs "
+                  "larq_zoo's binary QuickNet (random weights), a different network of ResNet-18's size class "
+                  "(63.3% ImageNet top-1 trained): compare it with the 1x 1/1 row.", "",
+                  "| model | " + " | ".join(f"vs {name}" for name in references) + " |",
+                  "| --- |" + " ---: |" * len(references)]
+        for name in ours:
+            lines.append(f"| {name} | " + " | ".join(
+                f"{results[ref]['median_ms'] / results[name]['median_ms']:.2f}" for ref in references) + " |")
+        lines += ["", "Peers: " + "; ".join(
+            f"{name}: " + ", ".join(f"{k} {v}" for k, v in {**info['versions'], **info['settings']}.items())
+            for name, info in report["peers"].items()) + "."]
+    for name, reason in report.get("peers_missing", {}).items():
+        lines += ["", f"Missing peer {name}: {reason}"]
+    return lines
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -281,7 +381,8 @@ def plot(report: dict, path: Path) -> None:
     names = list(report["results"])
     medians = [report["results"][n]["median_ms"] for n in names]
     fig, ax = plt.subplots(figsize=(8, 4))
-    colors = ["tab:gray" if not n.startswith("wrpn") else "tab:blue" for n in names]
+    colors = ["tab:orange" if report["results"][n].get("peer") else "tab:blue" if n.startswith("wrpn") else "tab:gray"
+              for n in names]
     ax.barh(names, medians, color=colors, label="median")
     ax.scatter([min(report["results"][n]["runs_ms"]) for n in names], names, color="black", marker="D", s=18,
                zorder=3, label="fastest run")
@@ -300,6 +401,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "end_to_end")
+    parser.add_argument("--no-peers", action="store_true", help="leave out ONNX Runtime, OpenVINO and LCE")
     parser.add_argument("--render", action="store_true", help="rebuild OUT.md and OUT.png from OUT.json")
     parser.add_argument("--child", choices=["tvm", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--child-arg", default="", help=argparse.SUPPRESS)
@@ -313,7 +415,7 @@ def main():
         args.out.with_suffix(".md").write_text(markdown(report))
         plot(report, args.out.with_suffix(".png"))
     else:
-        report = run(args.repeat, args.rounds, args.out)
+        report = run(args.repeat, args.rounds, args.out, with_peers=not args.no_peers)
         print(args.out.with_suffix(".md").read_text())
         print("target met" if report["target_met"] else "target missed")
 
