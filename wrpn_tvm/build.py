@@ -57,7 +57,8 @@ def compile_model(
     """Compile a torch.export program (`.pt2`) into `output` (a shared library) plus `output.json`.
 
     `tuning_log` is a log dir or the name of a shipped one; it applies when the target's CPU has
-    every feature of the CPU it was tuned for (only an exact match with `strict_target`)."""
+    every feature of the CPU it was tuned for (only an exact match with `strict_target`). The
+    sidecar records the compiled batch's activation memory (`memory.Footprint`)."""
     spec = resolve(target)
     database = None
     if tuning_log is not None:  # checked before the slow import, so a wrong log fails fast
@@ -66,9 +67,9 @@ def compile_model(
 
         database = load_database(resolve_log(tuning_log), spec, strict_target)
     mod, layers, inputs = prepare_module(program_path, spec)
-    with recording(inputs) as memory:  # read off the very pipeline run that compiles the library
+    with recording(inputs) as recorded:  # read off the very pipeline run that compiles the library
         executable = build_module(mod, spec, database)
-    footprint = memory.footprint()
+    footprint = recorded.footprint()
     library = export_library(executable, spec, output)
     sidecar = write_sidecar(library, spec, inputs, layers, footprint)
     return CompileResult(library, sidecar, spec, inputs, layers, program_warnings(mod, layers), footprint)
