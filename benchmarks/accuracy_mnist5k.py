@@ -1,169 +1,491 @@
 """The WRPN accuracy experiment on MNIST-5k: does widening buy back what low precision costs?
 
-Trains the zoo's smallcnn from scratch (wrpn_tvm.train.train) for every configuration below and
-3 seeds (each seed: its own stratified 80/20 split, init and shuffling), and reports held-out
-top-1 accuracy, mean and std over seeds, against the paper's compute cost
-sum over layers of FMAs x (activation bits + weight bits) (full-precision layers count 32 + 32).
+Paired design: seed s fixes the stratified 80/20 split, the validation split held out of the
+training part, the initialisation and the data order, for every configuration. Each run keeps
+the epoch with the best validation accuracy (early stopping; the test split chooses nothing).
 
-    python benchmarks/accuracy_mnist5k.py [--epochs 8] [--seeds 0 1 2] [--workers 2]
+1. FP32 1x per seed with random-shift augmentation: the reference, and the teacher and starting
+   point of that seed's WRPN runs.
+2. 1x 2/2, 2x 4/2, 2x 2/2, 2x 1/1 and 3x 1/1 for every seed, with every training option on
+   (distillation from the teacher, init-from it, shifts, warm-up).
+3. Each configuration (--compiled-seeds) compiled for the host with TVM, the whole test split run
+   through the compiled library, beside PyTorch's accuracy on the same images.
+4. What each option did: on 2x 2/2 (--ablation-seeds), each option off in turn, and all off; and
+   FP32 1x without augmentation. The variant with the best mean validation accuracy is named as
+   the recipe to keep; the test split decides nothing.
 
-Raw per-run results are appended to a log (--runs-log) as they finish, so an interrupted
-experiment continues where it stopped; everything, raw runs included, goes to
-benchmarks/results/accuracy_mnist5k.{json,md,png}. Target (issue 3): 2x at 4/2 and 2/2 within
-0.5 points of FP32 1x.
+Runs go in that order, seed by seed, so a stopped experiment still holds complete paired seeds.
+Reported: per configuration the mean test accuracy, and against FP32 1x the mean paired difference
+with its 95% Student-t interval, against the paper's compute cost (wrpn_tvm.nn.cost).
+
+    python benchmarks/accuracy_mnist5k.py [--seeds 0 1 2 3 4] [--workers 2] [--workdir DIR]
+
+Every finished run is appended to benchmarks/results/accuracy_mnist5k.runs.jsonl at once, and the
+models stay in --workdir, so the same command resumes after a stop (an interrupted run continues
+from its last epoch checkpoint); the tables are rewritten after every run. Targets (issue 17):
+2x 4/2 and 2x 2/2 within 0.5 points of FP32 1x, 3x 1/1 within 1 point, the upper end of the 95%
+interval of the gap included.
 """
 
 import argparse
 import json
+import math
+import multiprocessing
+import os
 import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-
-import torch
-
-from wrpn_tvm.nn.cost import compute_cost
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "accuracy_mnist5k"
 # (label, width, activation bits, weight bits)
-CONFIGS = [("FP32 1x", 1.0, 32, 32)] + [
-    (f"{a}/{w} {width}x", float(width), a, w) for width in (1, 2) for a, w in ((4, 4), (4, 2), (2, 2), (1, 1))
-] + [("1/1 3x", 3.0, 1, 1)]
+CONFIGS = [("FP32 1x", 1.0, 32, 32), ("1x 2/2", 1.0, 2, 2), ("2x 4/2", 2.0, 4, 2), ("2x 2/2", 2.0, 2, 2),
+           ("2x 1/1", 2.0, 1, 1), ("3x 1/1", 3.0, 1, 1)]
+TARGETS = {"2x 4/2": 0.5, "2x 2/2": 0.5, "3x 1/1": 1.0}  # largest allowed gap to FP32 1x, in points
+ABLATION_CONFIG = "2x 2/2"
+RECIPE = "all options"
+REFERENCE = ("FP32 1x", "augmented")
+ALL_ON = {"kd": True, "init": True, "shift": 2, "warmup": 1}
+VARIANTS = {  # name -> training options of a WRPN run
+    "all options": ALL_ON,
+    "no distillation": {**ALL_ON, "kd": False},
+    "no init-from": {**ALL_ON, "init": False},
+    "no augmentation": {**ALL_ON, "shift": 0},
+    "no warm-up": {**ALL_ON, "warmup": 0},
+    "none (from scratch)": {"kd": False, "init": False, "shift": 0, "warmup": 0},
+}
+FP32_VARIANTS = {"augmented": {"shift": 2}, "plain": {"shift": 0}}
+VAL_FRACTION = 0.1
+# Relative cost of a 1x-wide epoch, to run the longest jobs first (the workers then end together).
+WIDTH_COST = {1.0: 1, 2.0: 3, 3.0: 6}
 
 
-def run_one(job):
-    """Train one (configuration, seed) in a worker process with one thread."""
-    label, width, abits, wbits, seed, epochs = job
+def slug(label: str) -> str:
+    return label.lower().replace(" ", "-").replace("/", "")
+
+
+def model_path(workdir: Path, label: str, variant: str, seed: int) -> Path:
+    return workdir / f"{slug(label)}-{slug(variant).strip('()')}-s{seed}.pt2"
+
+
+def run_training(job: dict) -> dict:
+    """Train one (configuration, variant, seed) in a worker process with one thread."""
+    import torch
+
     torch.set_num_threads(1)
     from wrpn_tvm.train import train
 
     start = time.time()
-    with tempfile.TemporaryDirectory() as folder:
-        result = train("smallcnn", width, abits, wbits, "mnist5k", epochs, Path(folder) / "model.pt2", seed=seed,
-                       progress=False)
-    return {"label": label, "width": width, "abits": abits, "wbits": wbits, "seed": seed, "epochs": epochs,
-            "test_accuracy": result["test_accuracy"], "history": result["history"], "seconds": time.time() - start}
+    options = job["options"]
+    teacher = job.get("teacher")
+    result = train("smallcnn", job["width"], job["abits"], job["wbits"], "mnist5k", job["epochs"], job["output"],
+                   seed=job["seed"], resume=True, progress=False, val_fraction=VAL_FRACTION, patience=job["patience"],
+                   teacher=teacher if options.get("kd") else None, init_from=teacher if options.get("init") else None,
+                   augment_shift=options["shift"], warmup_epochs=options.get("warmup", 0))
+    keep = ("test_accuracy", "val_accuracy", "exported_epoch", "epochs_trained", "history")
+    return {"kind": "train", **{k: job[k] for k in ("label", "variant", "width", "abits", "wbits", "seed", "epochs",
+                                                     "patience", "options")},
+            **{k: result[k] for k in keep}, "seconds": time.time() - start}
 
 
-def machine():
-    import mlxtend
-    import numpy
+def run_compiled(job: dict) -> dict:
+    """Compile one trained model for the host and run the whole test split through it and through PyTorch."""
+    import numpy as np
+    import torch
 
-    from wrpn_tvm.runtime import machine_info
+    torch.set_num_threads(1)
+    from wrpn_tvm import runtime
+    from wrpn_tvm.build import compile_model
+    from wrpn_tvm.data import load_dataset
+    from wrpn_tvm.pt2 import load_program
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {**machine_info(), "torch": torch.__version__, "numpy": numpy.__version__, "mlxtend": mlxtend.__version__,
-            "platform": platform.platform(), "commit": commit}
+    start = time.time()
+    program = Path(job["program"])
+    library = program.with_suffix(".so")
+    compile_model(program, target="host", output=library)
+    compile_seconds = time.time() - start
+    data = load_dataset("mnist5k", seed=job["seed"])
+    module = load_program(program).module()
+    with runtime.load(library) as loaded, torch.inference_mode():
+        tvm_top1, torch_top1 = [], []
+        for image in data.x_test:
+            batch = image[None]
+            tvm_top1.append(int(np.argmax(runtime.run_loaded(loaded, [batch], 60.0)[0])))
+            torch_top1.append(int(module(torch.from_numpy(batch)).argmax()))
+    tvm_top1, torch_top1 = np.array(tvm_top1), np.array(torch_top1)
+    return {"kind": "compiled", "label": job["label"], "variant": job["variant"], "seed": job["seed"],
+            "images": len(data.y_test), "tvm_accuracy": float((tvm_top1 == data.y_test).mean()),
+            "torch_accuracy": float((torch_top1 == data.y_test).mean()),
+            "top1_agreement": float((tvm_top1 == torch_top1).mean()), "compile_seconds": compile_seconds,
+            "seconds": time.time() - start}
 
 
-def summarize(runs, epochs, seeds):
+# ---------------------------------------------------------------------------------------------- statistics
+
+def t_interval(values: list) -> "tuple[float, float, float]":
+    """(mean, lower, upper) of a 95% Student-t interval for the mean."""
+    from scipy import stats
+
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def train_runs(runs: list) -> dict:
+    """(label, variant, seed) -> test accuracy in points."""
+    return {(r["label"], r["variant"], r["seed"]): 100 * r["test_accuracy"] for r in runs if r["kind"] == "train"}
+
+
+def paired(acc: dict, a: tuple, b: tuple) -> dict:
+    """a - b over the seeds both (label, variant) pairs have: mean, 95% interval, n."""
+    seeds = sorted({s for (l, v, s) in acc if (l, v) == a} & {s for (l, v, s) in acc if (l, v) == b})
+    diffs = [acc[(*a, s)] - acc[(*b, s)] for s in seeds]
+    if not diffs:
+        return {"n": 0}
+    mean, low, high = t_interval(diffs)
+    return {"n": len(diffs), "seeds": seeds, "mean": mean, "low": low, "high": high, "diffs": diffs}
+
+
+def best_variant(runs: list, seeds: list) -> "str | None":
+    """The ablation variant with the best mean validation accuracy, once every ablation run is in."""
+    val = {(r["variant"], r["seed"]): r["val_accuracy"] for r in runs
+           if r["kind"] == "train" and r["label"] == ABLATION_CONFIG and r["variant"] in VARIANTS}
+    if any((v, s) not in val for v in VARIANTS for s in seeds):
+        return None
+    return max(VARIANTS, key=lambda v: (statistics.mean(val[(v, s)] for s in seeds), v == RECIPE))
+
+
+def summarize(runs: list, args) -> dict:
+    from wrpn_tvm.nn.cost import compute_cost
+
+    acc = train_runs(runs)
+    reference = REFERENCE
     rows = []
     for label, width, abits, wbits in CONFIGS:
-        accs = [r["test_accuracy"] * 100 for r in runs if r["label"] == label and r["epochs"] == epochs]
-        if not accs:
+        variant = reference[1] if label == "FP32 1x" else RECIPE
+        values = [acc[(label, variant, s)] for s in args.seeds if (label, variant, s) in acc]
+        if not values:
             continue
         fmas, bit_fmas = compute_cost("smallcnn", width, abits, wbits)
-        rows.append({"label": label, "width": width, "abits": abits, "wbits": wbits, "runs": len(accs),
-                     "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                     "median": statistics.median(accs), "accuracies": accs, "fmas": fmas, "bit_fmas": bit_fmas})
-    baseline = next(row for row in rows if row["label"] == "FP32 1x")
+        mean, low, high = t_interval(values)
+        rows.append({"label": label, "variant": variant, "width": width, "abits": abits, "wbits": wbits,
+                     "runs": len(values), "accuracies": values, "mean": mean, "low": low, "high": high,
+                     "std": statistics.stdev(values) if len(values) > 1 else 0.0, "fmas": fmas, "bit_fmas": bit_fmas,
+                     "vs_fp32": paired(acc, (label, variant), reference)})
+    targets = {}
     for row in rows:
-        row["delta_vs_fp32"] = row["mean"] - baseline["mean"]
-    targets = {label: next((r["delta_vs_fp32"] >= -0.5 for r in rows if r["label"] == label), None)
-               for label in ("4/2 2x", "2/2 2x")}
-    return {"experiment": NAME, "model": "smallcnn", "dataset": "mnist5k (4000 train / 1000 test per seed)",
-            "epochs": epochs, "seeds": seeds, "rows": rows, "target_within_0.5_points": targets}
+        if row["label"] in TARGETS and row["vs_fp32"]["n"] >= 2:
+            worst_gap = -row["vs_fp32"]["low"]  # the upper end of the interval of FP32 1x minus this configuration
+            limit = TARGETS[row["label"]]
+            targets[row["label"]] = {"limit": limit, "gap": -row["vs_fp32"]["mean"], "gap_upper": worst_gap,
+                                     "met": worst_gap <= limit, "missed_by": max(0.0, worst_gap - limit)}
+    ablation = []
+    for variant in VARIANTS:
+        values = [acc[(ABLATION_CONFIG, variant, s)] for s in args.ablation_seeds
+                  if (ABLATION_CONFIG, variant, s) in acc]
+        if values:
+            ablation.append({"variant": variant, "options": VARIANTS[variant], "runs": len(values),
+                             "mean": statistics.mean(values),
+                             "val_mean": statistics.mean(100 * r["val_accuracy"] for r in runs if r["kind"] == "train"
+                                                         and r["label"] == ABLATION_CONFIG and r["variant"] == variant
+                                                         and r["seed"] in args.ablation_seeds),
+                             "vs_all": paired(acc, (ABLATION_CONFIG, variant), (ABLATION_CONFIG, "all options")),
+                             "vs_fp32": paired(acc, (ABLATION_CONFIG, variant), reference)})
+    fp32 = {"augmented": paired(acc, REFERENCE, ("FP32 1x", "plain"))}
+    compiled = [r for r in runs if r["kind"] == "compiled"]
+    return {"experiment": NAME, "model": "smallcnn",
+            "dataset": "mnist5k: per seed a stratified 4000/1000 train/test split, 10% of train held out for validation",
+            "seeds": args.seeds, "ablation_seeds": args.ablation_seeds, "epochs": {"fp32": args.fp32_epochs,
+                                                                                   "wrpn": args.epochs},
+            "patience": args.patience, "recipe": RECIPE, "best_by_validation": best_variant(runs, args.ablation_seeds),
+            "reference": list(reference), "rows": rows,
+            "targets": targets, "ablation": ablation, "fp32_augmentation": fp32["augmented"], "compiled": compiled}
 
 
-def write_markdown(summary, meta, path):
-    lines = [f"# WRPN accuracy on MNIST-5k (smallcnn, {summary['epochs']} epochs, seeds {summary['seeds']})", "",
-             f"Held-out top-1 accuracy (%), mean and std over seeds. Cost = FMAs x (activation bits + weight bits) "
-             f"per image, full-precision first/last layers counted at 32+32. Command: `{meta['command']}`", "",
-             "| config | width | a/w bits | mean | std | delta vs FP32 1x | runs | MFMAs | cost (Gbit-FMAs) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in summary["rows"]:
-        lines.append(f"| {row['label']} | {row['width']:g}x | {row['abits']}/{row['wbits']} | {row['mean']:.2f} | "
-                     f"{row['std']:.2f} | {row['delta_vs_fp32']:+.2f} | {row['runs']} | {row['fmas'] / 1e6:.2f} | "
-                     f"{row['bit_fmas'] / 1e9:.3f} |")
-    by_label = {row["label"]: row for row in summary["rows"]}
-    gains = [f"{bits}: {by_label[f'{bits} 2x']['mean'] - by_label[f'{bits} 1x']['mean']:+.2f}"
-             for bits in ("4/4", "4/2", "2/2", "1/1") if f"{bits} 1x" in by_label and f"{bits} 2x" in by_label]
-    lines += ["", "Widening 1x -> 2x changes mean accuracy by (points) " + ", ".join(gains) + "."]
-    lines += ["", "Target (2x within 0.5 points of FP32 1x): "
-              + ", ".join(f"{k}: {'met' if v else 'not met'}" for k, v in summary["target_within_0.5_points"].items()),
-              "", f"Machine: {meta['machine']['cpu']} (LLVM CPU {meta['machine'].get('llvm_cpu', 'not recorded')}), torch {meta['machine']['torch']}, "
-              f"python {meta['machine']['python']}, commit {meta['machine']['commit']}; "
-              f"{meta['train_seconds_all_runs'] / 60:.0f} min of training in all, {meta['workers']} worker processes "
-              f"with one thread each, on a machine shared with other jobs.", ""]
+# ---------------------------------------------------------------------------------------------- report
+
+def _ci(p: dict) -> str:
+    if not p or p.get("n", 0) == 0:
+        return "-"
+    if p["n"] < 2:
+        return f"{p['mean']:+.2f} (n=1)"
+    return f"{p['mean']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}]"
+
+
+def write_markdown(summary: dict, meta: dict, path: Path) -> None:
+    s = summary
+    rows = {row["label"]: row for row in s["rows"]}
+    complete = meta["complete"]
+    lines = [f"# WRPN accuracy on MNIST-5k (smallcnn), paired seeds{'' if complete else ' -- PARTIAL'}", ""]
+    if not complete:
+        lines += [f"**Partial result**: {meta['missing']}. Resume with `{meta['command']}` (the same command).", ""]
+    lines += [
+        f"Command: `{meta['command']}`. {s['dataset']}. Seeds {s['seeds']} (ablation: {s['ablation_seeds']}); each "
+        "seed fixes the split, the initialisation and the data order for every configuration. Up to "
+        f"{s['epochs']['fp32']} epochs (FP32) / {s['epochs']['wrpn']} (WRPN), cosine learning rate, Adam 0.03, batch 64; "
+        f"each run exports the epoch with the best validation accuracy and stops after {s['patience']} epochs without "
+        "a better one. Test accuracy in %; intervals are 95% Student-t over seeds. Cost = FMAs x (activation bits + "
+        "weight bits) per image (wrpn_tvm.nn.cost), full-precision first/last layers at 32+32.", "",
+        f"WRPN runs: {_options(VARIANTS[s['recipe']])}, from the same seed's FP32 1x (augmented), which is also the "
+        "reference. Best ablation variant by mean validation accuracy (what to keep as the default): "
+        f"**{s['best_by_validation'] or 'not known yet (ablation incomplete)'}**.", "",
+        "## Accuracy and the paired difference to FP32 1x", "",
+        "| config | training | seeds | mean test acc [95% CI] | std | paired diff vs FP32 1x [95% CI] | MFMAs | cost (Gbit-FMAs) | relative cost |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    base_cost = rows["FP32 1x"]["bit_fmas"] if "FP32 1x" in rows else None
+    for row in s["rows"]:
+        ci = f"{row['mean']:.2f} [{row['low']:.2f}, {row['high']:.2f}]" if row["runs"] > 1 else f"{row['mean']:.2f}"
+        rel = f"{row['bit_fmas'] / base_cost:.3f}x" if base_cost else "-"
+        lines.append(f"| {row['label']} | {row['variant']} | {row['runs']} | {ci} | {row['std']:.2f} | "
+                     f"{_ci(row['vs_fp32']) if row['label'] != 'FP32 1x' else '(reference)'} | {row['fmas'] / 1e6:.2f} | "
+                     f"{row['bit_fmas'] / 1e9:.3f} | {rel} |")
+    lines += ["", "Targets (gap = FP32 1x minus the configuration; met when the upper end of its 95% interval is "
+              "within the limit):", ""]
+    for label, t in s["targets"].items():
+        verdict = "met" if t["met"] else f"missed by {t['missed_by']:.2f} points"
+        lines.append(f"- {label}: gap {t['gap']:+.2f} points, 95% interval upper end {t['gap_upper']:+.2f} "
+                     f"(limit {t['limit']}): **{verdict}**")
+    if s["fp32_augmentation"].get("n"):
+        lines += ["", f"FP32 1x, augmented minus plain (paired): {_ci(s['fp32_augmentation'])} points."]
+    lines += ["", f"## What each training option did ({ABLATION_CONFIG}, seeds {s['ablation_seeds']})", "",
+              "| variant | options | runs | mean test acc | mean val acc | paired diff vs all options [95% CI] | paired diff vs FP32 1x [95% CI] |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for a in s["ablation"]:
+        lines.append(f"| {a['variant']} | {_options(a['options'])} | {a['runs']} | {a['mean']:.2f} | "
+                     f"{a['val_mean']:.2f} | {_ci(a['vs_all']) if a['variant'] != 'all options' else '-'} | "
+                     f"{_ci(a['vs_fp32'])} |")
+    lines += ["", "A negative difference against \"all options\" means that switching the option off cost accuracy.",
+              "", "## The compiled library on the host (whole test split, batch 1)", "",
+              "| config | training | seed | images | TVM accuracy | PyTorch accuracy | top-1 agreement | compile s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in s["compiled"]:
+        lines.append(f"| {c['label']} | {c['variant']} | {c['seed']} | {c['images']} | {100 * c['tvm_accuracy']:.2f} | "
+                     f"{100 * c['torch_accuracy']:.2f} | {100 * c['top1_agreement']:.2f}% | {c['compile_seconds']:.0f} |")
+    m = meta["machine"]
+    lines += ["", "## Training curves", "", f"![accuracy and curves]({NAME}.png)", "",
+              f"Machine: {m['cpu']} (LLVM CPU {m.get('llvm_cpu', '?')}), torch {m['torch']}, python {m['python']}, "
+              f"commit {m['commit']}. {meta['train_seconds'] / 60:.0f} min of training in {meta['train_runs']} runs "
+              f"and {meta['compile_seconds'] / 60:.1f} min compiling and running compiled models, on {meta['workers']} "
+              f"worker processes with one thread each under nice, on a 2-core machine shared with other jobs; "
+              f"wall clock of the session(s): {meta['wall_minutes']:.0f} min.", ""]
     path.write_text("\n".join(lines))
 
 
-def write_plot(summary, path):
+def _options(o: dict) -> str:
+    parts = [name for name, on in (("distillation", o["kd"]), ("init-from FP32", o["init"])) if on]
+    if o["shift"]:
+        parts.append(f"shift +-{o['shift']} px")
+    if o.get("warmup"):
+        parts.append(f"warm-up {o['warmup']} epoch")
+    return ", ".join(parts) or "none"
+
+
+def write_plot(summary: dict, runs: list, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    styles = {1.0: ("o", "tab:blue"), 2.0: ("s", "tab:orange"), 3.0: ("^", "tab:green")}
-    labelled = set()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    colors = dict(zip([c[0] for c in CONFIGS], ["black", "tab:blue", "tab:orange", "tab:red", "tab:purple",
+                                                 "tab:green"]))
     for row in summary["rows"]:
-        marker, color = styles[row["width"]]
-        group = "FP32" if row["abits"] == 32 else f"WRPN {row['width']:g}x"
-        ax.errorbar(row["bit_fmas"] / 1e9, row["mean"], yerr=row["std"], fmt=marker, capsize=3,
-                    color="black" if group == "FP32" else color, label=None if group in labelled else group)
-        labelled.add(group)
-        ax.annotate(row["label"], (row["bit_fmas"] / 1e9, row["mean"]), textcoords="offset points", xytext=(5, -3),
-                    fontsize=8)
-    baseline = next(row for row in summary["rows"] if row["label"] == "FP32 1x")
-    ax.axhline(baseline["mean"] - 0.5, color="grey", linestyle=":", linewidth=1, label="FP32 1x - 0.5 points")
-    ax.set_xscale("log")
-    ax.set_xlabel("compute cost per image: FMAs x (activation bits + weight bits), Gbit-FMAs (log)")
-    ax.set_ylabel("held-out top-1 accuracy (%)")
-    ax.set_title(f"WRPN smallcnn on MNIST-5k, {summary['epochs']} epochs, mean +- std over {len(summary['seeds'])} seeds")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
+        if row["runs"] < 2:
+            continue
+        x = row["bit_fmas"] / 1e9
+        left.errorbar(x, row["mean"], yerr=[[row["mean"] - row["low"]], [row["high"] - row["mean"]]], fmt="o",
+                      capsize=4, color=colors[row["label"]], label=f"{row['label']} ({row['runs']} seeds)")
+        left.annotate(row["label"], (x, row["mean"]), textcoords="offset points", xytext=(6, -3), fontsize=8)
+    base = next((row for row in summary["rows"] if row["label"] == "FP32 1x"), None)
+    if base:
+        left.axhline(base["mean"] - 0.5, color="grey", linestyle=":", linewidth=1, label="FP32 1x mean - 0.5")
+        left.axhline(base["mean"] - 1.0, color="grey", linestyle="--", linewidth=1, label="FP32 1x mean - 1")
+    left.set_xscale("log")
+    left.set_xlabel("compute cost per image: FMAs x (act bits + weight bits), Gbit-FMAs (log)")
+    left.set_ylabel("test top-1 accuracy (%), mean and 95% CI over seeds")
+    left.set_title("accuracy against the paper's compute cost")
+    left.legend(fontsize=7, loc="lower right")
+    left.grid(True, which="both", alpha=0.3)
+    # Curves: mean validation accuracy per epoch over seeds, for each configuration as reported.
+    for row in summary["rows"]:
+        histories = [r["history"] for r in runs if r["kind"] == "train" and r["label"] == row["label"]
+                     and r["variant"] == row["variant"] and r["seed"] in summary["seeds"]]
+        if not histories:
+            continue
+        length = max(len(h) for h in histories)
+        mean = [statistics.mean(100 * h[e]["val_accuracy"] for h in histories if len(h) > e) for e in range(length)]
+        right.plot(range(1, length + 1), mean, color=colors[row["label"]], label=f"{row['label']} ({row['variant']})")
+    for variant, style in (("none (from scratch)", ":"),):
+        histories = [r["history"] for r in runs if r["kind"] == "train" and r["label"] == ABLATION_CONFIG
+                     and r["variant"] == variant]
+        if histories:
+            length = max(len(h) for h in histories)
+            right.plot(range(1, length + 1), [statistics.mean(100 * h[e]["val_accuracy"] for h in histories
+                                                              if len(h) > e) for e in range(length)],
+                       color=colors[ABLATION_CONFIG], linestyle=style, label=f"{ABLATION_CONFIG} ({variant})")
+    right.set_ylim(90, 100)
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation accuracy (%), mean over seeds")
+    right.set_title("training curves")
+    right.legend(fontsize=7, loc="lower right")
+    right.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def machine() -> dict:
+    import torch
+
+    from wrpn_tvm.runtime import machine_info
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {**machine_info(), "torch": torch.__version__, "platform": platform.platform(), "commit": commit}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+class Plan:
+    """The jobs still to run, given what the runs log already holds; new ones appear as their inputs finish."""
+
+    def __init__(self, args, runs: list):
+        self.args, self.runs = args, runs
+
+    def _done(self, kind: str, label: str, variant: str, seed: int) -> bool:
+        return any(r["kind"] == kind and r["label"] == label and r["variant"] == variant and r["seed"] == seed
+                   for r in self.runs)
+
+    def _teacher(self, seed: int) -> "Path | None":
+        path = model_path(self.args.workdir, "FP32 1x", "augmented", seed)
+        return path if self._done("train", "FP32 1x", "augmented", seed) and path.is_file() else None
+
+    def _train_job(self, label, width, abits, wbits, variant, options, seed, epochs) -> dict:
+        return {"fn": "train", "label": label, "variant": variant, "width": width, "abits": abits, "wbits": wbits,
+                "seed": seed, "epochs": epochs, "patience": self.args.patience, "options": options,
+                "output": str(model_path(self.args.workdir, label, variant, seed)), "teacher": None}
+
+    def ready(self, blocked: bool = False) -> list:
+        """Every job not done whose inputs exist (a model whose file is gone counts as not done); with
+        `blocked`, also those still waiting for their teacher (for the report of what is missing)."""
+        args, jobs = self.args, []
+        for seed in sorted(set(args.seeds) | set(args.ablation_seeds)):
+            for variant, options in FP32_VARIANTS.items():
+                if variant == "plain" and seed not in args.seeds:
+                    continue
+                path = model_path(args.workdir, "FP32 1x", variant, seed)
+                if not (self._done("train", "FP32 1x", variant, seed) and (path.is_file() or variant == "plain")):
+                    job = self._train_job("FP32 1x", 1.0, 32, 32, variant, options, seed, args.fp32_epochs)
+                    jobs.append({**job, "priority": (0, seed) if variant == "augmented" else (2, seed)})
+        specs = {label: (w, a, b) for label, w, a, b in CONFIGS}
+        wanted = [(label, RECIPE, seed, (1, seed, -WIDTH_COST[specs[label][0]])) for seed in args.seeds
+                  for label, *_ in CONFIGS[1:]]
+        wanted += [(ABLATION_CONFIG, variant, seed, (3, seed)) for seed in args.ablation_seeds for variant in VARIANTS]
+        seen = set()
+        for label, variant, seed, priority in wanted:
+            teacher = self._teacher(seed)
+            if (label, variant, seed) in seen or self._done("train", label, variant, seed) or (
+                    teacher is None and not blocked):
+                continue
+            seen.add((label, variant, seed))
+            job = self._train_job(label, *specs[label], variant, VARIANTS[variant], seed, args.epochs)
+            jobs.append({**job, "teacher": str(teacher), "priority": priority})
+        for label, *_ in CONFIGS:
+            variant = REFERENCE[1] if label == "FP32 1x" else RECIPE
+            for seed in args.compiled_seeds:
+                program = model_path(args.workdir, label, variant, seed)
+                if (self._done("train", label, variant, seed) and program.is_file()
+                        and not self._done("compiled", label, variant, seed)):
+                    jobs.append({"fn": "compiled", "label": label, "variant": variant, "seed": seed,
+                                 "program": str(program), "priority": (1, seed + 0.5, 0)})
+        return sorted(jobs, key=lambda job: job["priority"])
+
+
+def _key(job: dict) -> tuple:
+    return job["fn"], job["label"], job["variant"], job["seed"]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--compiled-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=int, default=16, help="most epochs of a WRPN run")
+    parser.add_argument("--fp32-epochs", type=int, default=24, help="most epochs of an FP32 run")
+    parser.add_argument("--patience", type=int, default=6, help="early stopping on the validation split")
     parser.add_argument("--workers", type=int, default=2, help="worker processes, one thread each")
-    parser.add_argument("--runs-log", type=Path, default=Path(tempfile.gettempdir()) / f"{NAME}.runs.jsonl")
+    parser.add_argument("--workdir", type=Path, default=Path("build") / NAME, help="trained models (for resuming)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the runs log and the results")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the results from the runs log; train nothing")
     args = parser.parse_args()
+    os.environ.setdefault("TVM_NUM_THREADS", "1")  # the compiled models' runtime, in the workers
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    raw = args.runs_log
-    done = [json.loads(line) for line in raw.read_text().splitlines()] if raw.exists() else []
-    finished = {(r["label"], r["seed"], r["epochs"]) for r in done}
-    # biggest first, so the two workers end at about the same time
-    jobs = sorted(((label, width, a, w, seed, args.epochs) for label, width, a, w in CONFIGS for seed in args.seeds
-                   if (label, seed, args.epochs) not in finished), key=lambda job: -job[1])
-    start = time.time()
-    with ProcessPoolExecutor(args.workers) as pool, raw.open("a") as log:
-        for future in as_completed([pool.submit(run_one, job) for job in jobs]):
-            result = future.result()
-            done.append(result)
-            log.write(json.dumps(result) + "\n")
-            log.flush()
-            print(f"{result['label']:>8} seed {result['seed']}: {100 * result['test_accuracy']:.2f}% "
-                  f"({result['seconds']:.0f}s, {(time.time() - start) / 60:.1f} min so far)", flush=True)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs_log = args.out / f"{NAME}.runs.jsonl"
+    runs = [json.loads(line) for line in runs_log.read_text().splitlines()] if runs_log.exists() else []
+    plan = Plan(args, runs)
+    command = " ".join(["python", "benchmarks/accuracy_mnist5k.py"] + [a for a in sys.argv[1:] if a != "--report-only"])
+    session = time.time()
 
-    summary = summarize(done, args.epochs, args.seeds)
-    meta = {"machine": machine(), "command": " ".join(["python", "benchmarks/accuracy_mnist5k.py"] + sys.argv[1:]),
-            "workers": args.workers, "train_seconds_all_runs": sum(r["seconds"] for r in done if r["epochs"] == args.epochs)}
-    (RESULTS / f"{NAME}.json").write_text(json.dumps({**summary, **meta, "runs": done}, indent=2) + "\n")
-    write_markdown(summary, meta, RESULTS / f"{NAME}.md")
-    write_plot(summary, RESULTS / f"{NAME}.png")
-    print((RESULTS / f"{NAME}.md").read_text())
+    def report() -> None:
+        pending = plan.ready(blocked=True)
+        missing = [f"{job['label']} {job['variant']} seed {job['seed']} ({job['fn']})" for job in pending]
+        # Wall clock: from each invocation's start to its last finished run, summed over invocations.
+        sessions = {}
+        for r in runs:
+            sessions[r["session"]] = max(sessions.get(r["session"], 0), r["finished"] - r["session"])
+        meta = {"machine": machine(), "command": command, "workers": args.workers, "complete": not missing,
+                "missing": "not yet run: " + "; ".join(missing) if missing else "",
+                "train_runs": sum(r["kind"] == "train" for r in runs),
+                "train_seconds": sum(r["seconds"] for r in runs if r["kind"] == "train"),
+                "compile_seconds": sum(r["seconds"] for r in runs if r["kind"] == "compiled"),
+                "wall_minutes": sum(sessions.values()) / 60}
+        summary = summarize(runs, args)
+        (args.out / f"{NAME}.json").write_text(json.dumps({**summary, **meta, "runs_log": runs_log.name}, indent=1) + "\n")
+        write_markdown(summary, meta, args.out / f"{NAME}.md")
+        write_plot(summary, runs, args.out / f"{NAME}.png")
+
+    if args.report_only:
+        report()
+        return
+    running, failed = {}, set()
+    # spawn: the parent imports torch and matplotlib for the reports, which a forked worker must not inherit
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while True:
+            in_flight = {_key(job) for job in running.values()}
+            for job in plan.ready():
+                if len(running) >= args.workers:
+                    break
+                if _key(job) not in in_flight | failed:
+                    fn = run_training if job["fn"] == "train" else run_compiled
+                    running[pool.submit(fn, job)] = job
+                    in_flight.add(_key(job))
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = running.pop(future)
+                try:
+                    result = {**future.result(), "session": session, "finished": time.time()}
+                except Exception as err:  # noqa: BLE001 - one failed job must not stop the others; it stays missing
+                    failed.add(_key(job))
+                    print(f"{job['fn']} {job['label']} {job['variant']} seed {job['seed']} failed: {err!r}", flush=True)
+                    continue
+                runs.append(result)
+                with runs_log.open("a") as log:
+                    log.write(json.dumps(result) + "\n")
+                accuracy = result.get("test_accuracy", result.get("tvm_accuracy"))
+                print(f"{time.strftime('%H:%M:%S')} {job['fn']:>8} {job['label']:>7} {job['variant']:<20} "
+                      f"seed {job['seed']}: {100 * accuracy:.2f}% ({result['seconds']:.0f}s)", flush=True)
+            report()
+    report()
+    print((args.out / f"{NAME}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -148,3 +148,37 @@ def load_dataset(name_or_path, seed: int = 0, test_fraction: float = 0.2) -> Dat
         raise WrpnError(f"dataset {name_or_path} has too few images ({len(y)}) to split into train and test")
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=n_test, random_state=seed, stratify=y)
     return Dataset(str(name_or_path), x_train, y_train, x_test, y_test, classes)
+
+
+def split_validation(data: Dataset, fraction: float, seed: int = 0) -> "tuple[Dataset, np.ndarray, np.ndarray]":
+    """Hold out a stratified `fraction` of the training split for validation (model selection, early stopping).
+
+    Returns the dataset with the smaller training split (the test split untouched), x_val, y_val.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise WrpnError(f"validation fraction must lie strictly between 0 and 1, got {fraction}")
+    n_val = max(data.num_classes, int(round(fraction * len(data.y_train))))
+    counts = np.bincount(data.y_train, minlength=data.num_classes)
+    if counts.min() < 2 or len(data.y_train) - n_val < data.num_classes:
+        raise WrpnError(f"the training split of {data.name} is too small to hold out a validation split")
+    x_train, x_val, y_train, y_val = train_test_split(data.x_train, data.y_train, test_size=n_val,
+                                                      random_state=seed, stratify=data.y_train)
+    return Dataset(data.name, x_train, y_train, data.x_test, data.y_test, data.classes), x_val, y_val
+
+
+def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Shift every image by its own random (dy, dx) in [-max_shift, max_shift] pixels, filling with zeros.
+
+    Light augmentation for MNIST-sized images, whose background is 0 (black).
+    """
+    if max_shift <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (max_shift, max_shift), (max_shift, max_shift)))
+    offsets = rng.integers(0, 2 * max_shift + 1, size=(n, 2))
+    out = np.empty_like(x)
+    for i, (dy, dx) in enumerate(offsets):
+        out[i] = padded[i, :, dy:dy + h, dx:dx + w]
+    return out
