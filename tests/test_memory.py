@@ -90,6 +90,7 @@ def test_bench_json_includes_them_and_reads_older_sidecars(compiled, tmp_path, c
     assert runtime.bench(old, repeat=1, number=1).memory is None
     compared = runtime.compare([compiled.library, old], repeat=1, number=1)
     assert compared.memory == {str(compiled.library): compiled.memory.to_json(), str(old): None}
+    assert compared.table().count("activations written") == 1
 
     meta["memory"] = {"activation_bytes": "lots"}
     artifact.sidecar_path(old).write_text(json.dumps(meta))

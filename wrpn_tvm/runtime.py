@@ -395,11 +395,14 @@ class Comparison:
             lines.append(f"{library[-40:]:40s} {t.median_ms:10.3f} {t.min_ms:9.3f} {t.max_ms:9.3f} {t.median_ms / first:8.3g}x")
         base = self.memory.get(self.libraries[0])
         for library in self.libraries:
-            if self.memory.get(library):
-                figures = self.memory[library]
-                ratio = f"; {figures['activation_bytes'] / base['activation_bytes']:.3g}x the first's activations" \
-                    if base and base["activation_bytes"] and library != self.libraries[0] else ""
-                lines.append(f"{library[-40:]:40s} {memory_line(figures)}{ratio}")
+            figures = self.memory.get(library)
+            if not figures:
+                continue
+            line = f"{library[-40:]:40s} {memory_line(figures)}"
+            if library != self.libraries[0] and base and base["activation_bytes"] and base["workspace_bytes"]:
+                line += (f"; {figures['activation_bytes'] / base['activation_bytes']:.3g}x the first's activations, "
+                         f"{figures['workspace_bytes'] / base['workspace_bytes']:.3g}x its workspace")
+            lines.append(line)
         if self.load.get("loaded"):
             lines.append(f"note: other processes used {100 * self.load['others_cpu_share']:.0f}% of the CPUs while timing")
         return "\n".join(lines)
