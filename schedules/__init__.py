@@ -1,15 +1,18 @@
-"""Per-target TIR schedule templates for the WRPN bit-serial ops (x86, arm_cpu, cuda).
+"""Per-target TIR schedule templates for the WRPN bit-serial ops (x86, arm_cpu, cuda), and the CPU
+template of the blocked FP32 conv that the layers left in full precision run on (fp32_conv).
 
 Two ways in:
 
 * ``apply_default_schedules(mod, target)`` schedules every PrimFunc of ``mod`` that holds a WRPN
   block (bit-serial conv2d/dense or bitpack) with the target's template at default decisions, for
-  an untuned compile; other functions are left as they are. It works on PrimFuncs from
+  an untuned compile, and on CPUs every PrimFunc holding a blocked FP32 conv; other functions are
+  left as they are. It works on PrimFuncs from
   ``relax.BlockBuilder.emit_te`` and after FuseOps/FuseTIR (padding and elementwise epilogues are
   inlined, leftover blocks parallelized or bound to GPU threads).
 
 * MetaSchedule custom rules. The compute blocks carry ``attrs={"schedule_rule": NAME}`` with NAME
-  one of ``wrpn_bitserial_conv2d``, ``wrpn_bitserial_dense``, ``wrpn_bitpack``; importing this
+  one of ``wrpn_bitserial_conv2d``, ``wrpn_bitserial_dense``, ``wrpn_bitpack`` (and
+  ``wrpn_fp32_conv2d`` for the keys ``cpu`` and ``arm_cpu``); importing this
   package registers ``s_tir.meta_schedule.<key>.<NAME>`` for the target keys ``cpu`` (x86),
   ``arm_cpu`` (aarch64 targets have keys ``arm_cpu, cpu``; the first registered key wins) and
   ``cuda``. MetaSchedule's ApplyCustomRule (in the default rule set of every target) then calls
@@ -25,9 +28,9 @@ from tvm.s_tir import Schedule
 from tvm.target import Target
 
 from wrpn_tvm.errors import WrpnError
-from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE
+from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE, FP32_CONV2D_RULE
 
-from . import arm_cpu, cuda, x86
+from . import arm_cpu, cuda, fp32_conv, x86
 from .common import SCHEDULED_ATTR, has_wrpn_block, is_scheduled, with_scheduled
 
 _FAMILIES = {"cpu": x86.TEMPLATES, "arm_cpu": arm_cpu.TEMPLATES, "cuda": cuda}
@@ -45,18 +48,29 @@ def rule_name(key: str, rule: str) -> str:
     return f"s_tir.meta_schedule.{key}.{rule}"
 
 
+def _schedule_with_template(sch: Schedule, target: Target) -> bool:
+    """Schedule sch's "main" with our template for it (bit-serial, or the blocked FP32 conv on a
+    CPU) at default decisions; False when none applies."""
+    if has_wrpn_block(sch.mod["main"]):
+        family(target).schedule_function(sch, target)
+        return True
+    if "cpu" in target.keys and fp32_conv.has_fp32_conv(sch):
+        fp32_conv.schedule_function(sch, target)
+        return True
+    return False
+
+
 def apply_default_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
-    """A copy of mod with every not-yet-scheduled PrimFunc that holds a WRPN block scheduled and
-    marked (mod itself is left as it is)."""
+    """A copy of mod with every not-yet-scheduled PrimFunc that holds a WRPN block or a blocked
+    FP32 conv scheduled and marked (mod itself is left as it is)."""
     target = target if isinstance(target, Target) else Target(target)
-    templates = family(target)
     updated = {}
     for global_var, func in mod.functions.items():
-        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func) or not has_wrpn_block(func):
+        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
             continue
         sch = Schedule(func)
-        templates.schedule_function(sch, target)
-        updated[global_var] = sch.mod["main"]
+        if _schedule_with_template(sch, target):
+            updated[global_var] = sch.mod["main"]
     return with_scheduled(mod, updated)
 
 
@@ -68,8 +82,7 @@ def default_schedule(mod: tvm.IRModule, target: Target) -> "Schedule | None":
 
     target = target if isinstance(target, Target) else Target(target)
     sch = Schedule(mod)
-    if has_wrpn_block(mod["main"]):
-        family(target).schedule_function(sch, target)
+    if _schedule_with_template(sch, target):
         return sch
     if "cpu" in target.keys and fallback_cpu.schedule_in_place(sch):
         return sch
@@ -84,6 +97,8 @@ def _register_rules() -> None:
             (BITPACK_RULE, templates.bitpack_rule),
         ):
             tvm.register_global_func(rule_name(key, rule), template, override=True)
+    for key, registers in (("cpu", fp32_conv.X86_TUNING_REGISTERS), ("arm_cpu", fp32_conv.ARM_REGISTERS)):
+        tvm.register_global_func(rule_name(key, FP32_CONV2D_RULE), fp32_conv.rule(registers), override=True)
 
 
 _register_rules()

@@ -6,10 +6,11 @@ training-only identities (straight-through estimators), evaluates everything com
 (weights quantized in `forward()`), and returns it with every conv2d / dense that reads an
 activation quantizer and holds on-grid constant weights rewritten
 to bitpack + bit-serial kernel + one folded per-channel epilogue (scale, bias, batch norm), plus
-one LayerReport per conv2d / dense saying what it became and, for FP32 layers, why.
+one LayerReport per conv2d / dense saying what it became and, for FP32 layers, why. On CPUs the
+convs that stay FP32 become the blocked FP32 conv, their bias / batch norm folded in.
 Modules: graph (binding view), ste (STE removal), fold (constant evaluation), quantizer (activation
 quantizer analysis), weight_grid (numeric grid check), epilogue (affine folding), recognize
-(per-layer decision), rewrite (the Relax rewrite), report.
+(per-layer decision), rewrite (the Relax rewrite), fp32 (the FP32 conv rewrite), report.
 """
 
 from dataclasses import replace
@@ -17,6 +18,7 @@ from dataclasses import replace
 from tvm import relax
 
 from .fold import fold_constants
+from .fp32 import lower_fp32_convs
 from .graph import BindingGraph
 from .recognize import plan_function
 from .report import FP32, LayerReport, program_warnings, summary
@@ -31,11 +33,12 @@ def lower_wrpn(mod, spec):
     mod = fold_constants(remove_straight_through(relax.transform.EliminateCommonSubexpr()(mod)))
     graph = BindingGraph(mod["main"])
     reports, plans = plan_function(graph)
-    if not plans:
-        return mod, reports
-    lowered, fused_inputs = rewrite(mod, plans, word_bits_for(spec))
-    for plan, fused in zip(plans, fused_inputs):
-        if fused:
-            report = reports[plan.report_index]
-            reports[plan.report_index] = replace(report, reason=f"{report.reason}; input packed in its producer's epilogue")
-    return lowered, reports
+    if plans:
+        mod, fused_inputs = rewrite(mod, plans, word_bits_for(spec))
+        for plan, fused in zip(plans, fused_inputs):
+            if fused:
+                report = reports[plan.report_index]
+                reports[plan.report_index] = replace(report, reason=f"{report.reason}; input packed in its producer's epilogue")
+    if not spec.is_cuda:
+        mod = lower_fp32_convs(mod)
+    return mod, reports

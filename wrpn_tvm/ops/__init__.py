@@ -1,10 +1,13 @@
-"""Bit-serial WRPN operators: TE computes, weight pre-packing, their schedule-rule names and numpy
-references. A leaf of the package: it imports nothing of wrpn_tvm but its errors (`kernels`
-compiles and runs them one at a time)."""
+"""WRPN operators (bit-serial kernels, and the blocked FP32 conv for the layers left in full
+precision): TE computes, weight pre-packing, their schedule-rule names and numpy references.
+A leaf of the package: it imports nothing of wrpn_tvm but its errors (`kernels` compiles and
+runs them one at a time)."""
 
 from .bitpack import BITPACK_RULE, pack_activation, pack_weight
 from .bitserial import CONV2D_RULE, DENSE_RULE, bitserial_conv2d, bitserial_dense
+from .blocked_conv2d import CHANNEL_BLOCK, FP32_CONV2D_RULE, block_weight, blocked_conv2d
 from .reference import (
+    conv2d_float_reference,
     conv2d_levels_reference,
     dense_levels_reference,
     pack_activation_reference,
@@ -13,10 +16,15 @@ from .reference import (
 
 __all__ = [
     "BITPACK_RULE",
+    "CHANNEL_BLOCK",
     "CONV2D_RULE",
     "DENSE_RULE",
+    "FP32_CONV2D_RULE",
+    "block_weight",
+    "blocked_conv2d",
     "bitserial_conv2d",
     "bitserial_dense",
+    "conv2d_float_reference",
     "conv2d_levels_reference",
     "dense_levels_reference",
     "pack_activation",

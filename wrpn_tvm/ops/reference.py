@@ -52,3 +52,24 @@ def dense_levels_reference(x, w, abits, wbits) -> np.ndarray:
     x = check_activation_levels(x, abits)
     w = check_weight_levels(w, wbits)
     return (x @ w.T).astype(np.int32)
+
+
+def conv2d_float_reference(x, w, bias=None, stride=1, padding=0, dilation=1) -> np.ndarray:
+    """float64 NCHW conv of x (NCHW) with w (OIHW) plus bias [O], zero padding."""
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    stride_h, stride_w = as_pair(stride, "stride")
+    dilation_h, dilation_w = as_pair(dilation, "dilation")
+    top, left, bottom, right = as_padding4(padding)
+    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    batch, _, height, width = x.shape
+    out_c, _, kernel_h, kernel_w = w.shape
+    out_h = (height - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
+    out_w = (width - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    out = np.zeros((batch, out_c, out_h, out_w))
+    for kh in range(kernel_h):
+        for kw in range(kernel_w):
+            y0, x0 = kh * dilation_h, kw * dilation_w
+            window = x[:, :, y0 : y0 + stride_h * out_h : stride_h, x0 : x0 + stride_w * out_w : stride_w]
+            out += np.einsum("nchw,oc->nohw", window, w[:, :, kh, kw])
+    return out if bias is None else out + np.asarray(bias, dtype=np.float64).reshape(1, -1, 1, 1)
