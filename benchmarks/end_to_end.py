@@ -148,14 +148,19 @@ def _peer_command(venv: str, *args) -> list:
     return [str(PEERS_VENVS / venv / "bin" / "python"), str(HERE / "peers.py"), *args]
 
 
+def peers_env(venv: str) -> str | None:
+    """Make (or find) a peers venv with benchmarks/peers_env.sh; None, or why it could not."""
+    print(f"[{time.strftime('%H:%M:%S')}] peers: venv {venv}", flush=True)
+    done = subprocess.run(["bash", str(HERE / "peers_env.sh"), venv], capture_output=True, text=True, check=False)
+    return None if done.returncode == 0 else f"benchmarks/peers_env.sh {venv} failed: {done.stderr.strip()[-500:]}"
+
+
 def prepare_peers(folder: Path, fp32_program: Path) -> tuple[dict, dict]:
     """(name -> command that times it, name -> why it is missing): venvs, ONNX models, QuickNet."""
     ready, missing, models = {}, {}, {}
     for venv in sorted({venv for venv, _, _ in PEERS.values()}):
-        print(f"[{time.strftime('%H:%M:%S')}] peers: venv {venv}", flush=True)
-        done = subprocess.run(["bash", str(HERE / "peers_env.sh"), venv], capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            reason = f"benchmarks/peers_env.sh {venv} failed: {done.stderr.strip().splitlines()[-1:]}"
+        reason = peers_env(venv)
+        if reason:
             missing.update({name: reason for name, (v, _, _) in PEERS.items() if v == venv})
             continue
         try:

@@ -8,6 +8,9 @@ at width 1x and 2x, activation/weight bits 1/1, 2/2, 4/2, 4/4, each timed as:
   * the activation bitpack (quantize + pack, float NCHW in) of its input, timed separately;
   * PyTorch FP32 conv (1x and 2x), PyTorch int8 quantized conv (x86 engine, 1x), and TVM FP32
     conv tuned by MetaSchedule with the same --trials budget (1x);
+  * the peers (benchmarks/peers.py, in their own venvs; --no-peers leaves them out): the same conv
+    (1x) in ONNX Runtime FP32 and static int8 (QDQ, per-channel weights) and OpenVINO, and a binary
+    conv (larq QuantConv2D, 1-bit input and weights) in Larq Compute Engine;
   * the roofline: benchmarks/popcount_roofline.c (gcc -O3 -march=native, OpenMP, same thread
     count): an upper bound on binary MAC/s from the CPU's documented per-instruction throughput
     (AND + VPOPCNTQ + ADD, or Harley-Seal VPTERNLOG adders) at its measured clock, with the loops
@@ -39,6 +42,9 @@ TUNED_CONFIGS = {(1, 1, 1), (2, 2, 2)}  # (width, abits, wbits) tuned by MetaSch
 THREADS = 2
 WORD_BITS = 32
 ROOFLINE_REPEAT = 5  # each run is the best of many short windows already
+# column -> (peers venv, peers.py peer): the same 1x conv layers, or for LCE a binary one
+LAYER_PEERS = {"ORT FP32 1x": ("ort", "ort-fp32"), "ORT int8 1x": ("ort", "ort-int8"),
+               "OpenVINO 1x": ("ort", "openvino"), "LCE 1-bit 1x": ("lce", "lce")}
 
 
 def tvm_seconds(executable, args, repeat):
@@ -168,6 +174,44 @@ def _roof(run):
                         "not a true bound, from before popcount_roofline.c derived one")
 
 
+def prepare_layer_peers(folder: Path) -> tuple[dict, dict]:
+    """(venv -> JSON map of its per-layer models, column -> why it is missing)."""
+    from end_to_end import _peer_command, _run_json, peers_env
+
+    maps, missing = {}, {}
+    for venv, command in (("ort", "prepare-layers"), ("lce", "prepare-lce-layers")):
+        reason = peers_env(venv)
+        if reason is None:
+            try:
+                path = folder / f"{venv}.json"
+                path.write_text(json.dumps(_run_json(_peer_command(venv, command, str(folder / venv)))))
+                maps[venv] = path
+            except RuntimeError as error:
+                reason = str(error).splitlines()[0]
+        if reason:
+            missing.update({name: reason for name, (v, _) in LAYER_PEERS.items() if v == venv})
+    return maps, missing
+
+
+def time_layer_peers(maps: dict, threads: int, repeat: int, missing: dict) -> dict:
+    """column -> {"s": {layer: seconds per run}, "versions", "settings"}; failures go to `missing`."""
+    from end_to_end import _peer_command, _run_json
+
+    timed = {}
+    for name, (venv, peer) in LAYER_PEERS.items():
+        if venv not in maps or name in missing:
+            continue
+        try:
+            out = _run_json(_peer_command(venv, "time-layers", peer, str(maps[venv]), "--repeat", str(repeat),
+                                          "--threads", str(threads)))
+        except RuntimeError as error:
+            missing[name] = str(error).splitlines()[0]
+            continue
+        timed[name] = {"s": {layer: [ms / 1e3 for ms in runs] for layer, runs in out["runs_ms"].items()},
+                       "versions": out["versions"], "settings": out["settings"]}
+    return timed
+
+
 def torch_baselines(size, channels, rng, repeat, with_int8):
     import torch
 
@@ -224,6 +268,7 @@ def main():
                         help="MetaSchedule trials per tuned kernel, at the last thread count (0: no tuning)")
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, THREADS])
+    parser.add_argument("--no-peers", action="store_true", help="leave out ONNX Runtime, OpenVINO and LCE")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md/.png from results/kernels.json")
     parser.add_argument("--roofline", action="store_true",
                         help="only the roofline, at each --threads: results/popcount_roofline.{json,md}")
@@ -242,10 +287,15 @@ def main():
     rng = np.random.default_rng(0)
     started = time.time()
     load_before = os.getloadavg()
-    runs, to_tune = {}, {}
-    for threads in args.threads:
-        runs[str(threads)], to_tune = measure(threads, target, rng, args.repeat)
-        print(f"{threads} thread(s) measured ({time.time() - started:.0f} s)", flush=True)
+    runs, to_tune, peers_missing = {}, {}, {}
+    with tempfile.TemporaryDirectory(prefix="wrpn-kernels-peers-") as peer_dir:
+        maps = {}
+        if not args.no_peers:
+            maps, peers_missing = prepare_layer_peers(Path(peer_dir))
+        for threads in args.threads:
+            runs[str(threads)], to_tune = measure(threads, target, rng, args.repeat)
+            runs[str(threads)]["peers"] = time_layer_peers(maps, threads, args.repeat, peers_missing)
+            print(f"{threads} thread(s) measured ({time.time() - started:.0f} s)", flush=True)
     tuned = {}
     if args.trials > 0:
         with tempfile.TemporaryDirectory() as work_dir:
@@ -257,7 +307,7 @@ def main():
         "machine": {**machine_info(), "torch": torch.__version__, "target": str(target),
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "trials_per_tuned_kernel": args.trials, "repeat": args.repeat, "word_bits": WORD_BITS,
-        "runs": runs, "wall_s": time.time() - started,
+        "runs": runs, "peers_missing": peers_missing, "wall_s": time.time() - started,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "kernels.json").write_text(json.dumps(result, indent=1))
@@ -401,19 +451,21 @@ def summarize(result, threads):
     int8_1x = {layer: _median(r["torch_int8"]) for (layer, width), r in torch_rows.items() if width == 1}
     tvm_fp32 = {r["layer"]: tuned.get(f"fp32_{r['layer'].split('x')[0]}x{r['channels']}")
                 for r in torch_rows.values() if r["width"] == 1}
+    peers = run.get("peers", {})
     lines = [
         f"## {threads} thread(s)",
         "",
         f"Roofline at {threads} thread(s): {roof / 1e12:.3f} T binary MAC/s, {roof_what}.",
         "",
-        "| layer | PyTorch FP32 1x | PyTorch FP32 2x | PyTorch int8 1x | TVM FP32 1x (tuned) |",
-        "| --- | --- | --- | --- | --- |",
+        "| layer | PyTorch FP32 1x | PyTorch FP32 2x | PyTorch int8 1x | TVM FP32 1x (tuned) | "
+        + "".join(f"{name} | " for name in peers),
+        "| --- | --- | --- | --- | --- |" + " --- |" * len(peers),
     ]
     for size, base in LAYERS:
         layer = f"{size}x{size}x{base}"
         lines.append(f"| {layer} | {_ms(torch_rows[(layer, 1)]['torch_fp32'])} | "
                      f"{_ms(torch_rows[(layer, 2)]['torch_fp32'])} | {_ms(torch_rows[(layer, 1)]['torch_int8'])} | "
-                     f"{_fmt_ms(tvm_fp32[layer])} |")
+                     f"{_fmt_ms(tvm_fp32[layer])} | " + "".join(f"{_ms(p['s'][layer])} | " for p in peers.values()))
     lines += ["",
               "| layer | width | a/w bits | bit-serial ms | tuned ms | bitpack ms | T binary MAC/s | % roofline | "
               "x PyTorch FP32 1x | x PyTorch int8 1x | x TVM FP32 1x |",
@@ -435,7 +487,7 @@ def summarize(result, threads):
     def pick(width, abits, wbits):
         return [e for e in table if (e["width"], e["abits"], e["wbits"]) == (width, abits, wbits)]
 
-    geo_2x22 = float(np.exp(np.mean([np.log(e["vs_fp32"]) for e in pick(2, 2, 2)])))
+    geo_2x22 = _geomean([e["vs_fp32"] for e in pick(2, 2, 2)])
     int8_11 = [e["vs_int8"] for e in pick(1, 1, 1)]
     largest = [e for e in pick(2, 2, 2) if e["layer"] in ("56x56x64", "28x28x128")]
     lines += [
@@ -447,10 +499,25 @@ def summarize(result, threads):
         f"({sum(v >= 2 for v in int8_11)}/4 layers meet the target >= 2x).",
         f"* Two largest layers (56x56x64, 28x28x128), 2x-wide 2/2, share of the roofline: "
         f"{_percentages(largest)} (target >= 85% of a true bound); 1x 1/1: {_percentages(pick(1, 1, 1)[:2])}.",
-        "",
     ]
+    if peers:
+        def against(config):
+            return ", ".join(f"{name} {_geomean([_median(p['s'][e['layer']]) / e['best_s'] for e in pick(*config)]):.2f}x"
+                             for name, p in peers.items())
+        lines += [f"* Against the peers (their median / ours, geometric mean over the four layers; above 1: ours "
+                  f"faster): 2x-wide 2/2: {against((2, 2, 2))}; 1x-wide 1/1: {against((1, 1, 1))}. The peers run "
+                  "a standalone layer: ORT int8 includes quantizing its float input and dequantizing its output, "
+                  "LCE binarizing its input (as the bit-serial rows' bitpack column does).",
+                  "* Peers: " + "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in {**p["versions"],
+                                                                                       **p['settings']}.items())
+                                        for name, p in peers.items()) + "."]
+    lines += [f"* Missing peer {name}: {reason}" for name, reason in result.get("peers_missing", {}).items()] + [""]
     return {"markdown": "\n".join(lines), "table": table, "fp32_1x": fp32_1x, "int8_1x": int8_1x,
             "threads": threads}
+
+
+def _geomean(values):
+    return float(np.exp(np.mean(np.log(values))))
 
 
 def _ms(times):
