@@ -51,12 +51,18 @@ def programs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def footprints(programs):
+    return {"fp32": memory.program_footprints(programs["fp32"], batches=(1,)),
+            "wrpn": memory.program_footprints(programs["wrpn"], batches=(1, 32))}
+
+
+@pytest.fixture(scope="module")
 def compiled(programs):
     return build.compile_model(programs["wrpn"], "host", programs["wrpn"].with_suffix(".so"))
 
 
-def test_bytes_written_are_the_kernel_outputs(programs):
-    figures = {name: memory.program_footprints(path, batches=(1,))[1] for name, path in programs.items()}
+def test_bytes_written_are_the_kernel_outputs(footprints):
+    figures = {name: by_batch[1] for name, by_batch in footprints.items()}
     assert figures["fp32"].activation_bytes == sum(FP32_WRITES) and figures["fp32"].kernel_calls == len(FP32_WRITES)
     assert figures["wrpn"].activation_bytes == sum(WRPN_WRITES) and figures["wrpn"].kernel_calls == len(WRPN_WRITES)
     # The bit-packed activation the quantized conv reads is 1/2 of its float32 form here (8 of 64 bits
@@ -69,9 +75,9 @@ def test_bytes_written_are_the_kernel_outputs(programs):
     assert (figures["wrpn"].workspace_bytes, figures["wrpn"].storages) == (sum(WRPN_WRITES[:3]), 3)
 
 
-def test_the_sidecar_carries_the_builds_own_figures(programs, compiled):
+def test_the_sidecar_carries_the_builds_own_figures(compiled, footprints):
     recorded = artifact.read_sidecar(compiled.library)["memory"]
-    assert recorded == compiled.memory.to_json() == memory.program_footprints(programs["wrpn"], batches=(1,))[1].to_json()
+    assert recorded == compiled.memory.to_json() == footprints["wrpn"][1].to_json()  # the build's = the analysis'
     assert recorded["batch"] == 1 and recorded["activation_bytes"] == sum(WRPN_WRITES)
     assert set(recorded) == {"batch", *artifact.MEMORY_COUNTS}
 
@@ -98,8 +104,8 @@ def test_bench_json_includes_them_and_reads_older_sidecars(compiled, tmp_path, c
         artifact.read_sidecar(old)
 
 
-def test_batch_32_traces_the_program_again(programs):
-    figures = memory.program_footprints(programs["wrpn"], batches=(1, 32))
+def test_batch_32_traces_the_program_again(footprints):
+    figures = footprints["wrpn"]
     assert figures[32].batch == 32 and figures[32].kernel_calls == figures[1].kernel_calls
     assert figures[32].activation_bytes == 32 * figures[1].activation_bytes  # every tensor here is batch-leading
 
