@@ -331,6 +331,11 @@ int main(int argc, char **argv) {
   printf("{\"threads\": %d, \"physical_cores\": %d, \"llvm_cpu\": \"%s\", \"table_entry\": %s, ", threads, cores,
          cpu, uarch ? "true" : "false");
   printf("\"source\": \"%s\", ", uarch ? uarch->source : "");
+  printf("\"table\": [");
+  for (size_t i = 0; i < sizeof(TABLE) / sizeof(TABLE[0]); i++)
+    printf("%s{\"cpu\": \"%s\", \"simple_zmm\": %.2f, \"vpopcntq_zmm\": %.2f, \"dispatch\": %.2f}", i ? ", " : "",
+           TABLE[i].cpu, TABLE[i].simple, TABLE[i].popcnt, TABLE[i].dispatch);
+  printf("], ");
   printf("\"clock_hz_mean\": %.6e, ", hz_sum / threads);
   printf("\"table_per_cycle\": {\"simple_zmm\": %.2f, \"vpopcntq_zmm\": %.2f, \"dispatch\": %.2f}, ",
          uarch ? uarch->simple : 0, uarch ? uarch->popcnt : 0, uarch ? uarch->dispatch : 0);
