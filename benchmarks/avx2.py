@@ -1,5 +1,5 @@
-"""ResNet-18 (224x224, batch 1, 2 threads) built for `--target x86-avx2` against PyTorch FP32 1x
-restricted to AVX2, all measured in one run.
+"""ResNet-18 (224x224, batch 1, 1 and 2 threads) built for `--target x86-avx2` against PyTorch FP32
+1x restricted to AVX2, all measured in one run.
 
 An AVX2-only machine is emulated on this AVX-512 one: the WRPN models are compiled for the
 `x86-avx2` preset (LLVM x86-64-v3: AVX2, FMA, BMI2, no AVX-512 instruction; the tests read the
@@ -14,11 +14,13 @@ Models (untuned: the templates at their default decisions):
   * wrpn 2x a2/w2 x86-avx2, LLVM popcount: the same model with the nibble-count templates switched
     off (the generic templates, as x86-avx2 builds were before them), to show what they change;
   * wrpn 2x a2/w2 x86-avx512: for reference, what the AVX-512 VPOPCNTQ build takes here.
-Each model is timed in its own fresh process, round-robin over ROUNDS rounds so a busy spell on a
-shared machine hits every model alike; latency is the median (and min) of single-inference runs
-after warm-up. The load average before and after goes into the results.
+Each model is timed in its own fresh process per thread count, round-robin over ROUNDS rounds so a
+busy spell on a shared machine hits every model alike; latency is the median (and min) of
+single-inference runs after warm-up. The load average before and after goes into the results.
+(On a loaded machine the 1-thread rows are the fairer comparison: an OpenMP or TVM thread pool
+whose second thread is descheduled waits for it at every barrier.)
 
-    python benchmarks/avx2.py [--repeat 30] [--rounds 3] [--out benchmarks/results/avx2]
+    python benchmarks/avx2.py [--repeat 30] [--rounds 3] [--threads 1 2] [--out benchmarks/results/avx2]
 """
 
 import argparse
@@ -31,7 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-THREADS = 2
 IMAGE = 224
 AVX2_TORCH_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 BASELINE = "pytorch fp32 1x (avx2)"
@@ -71,13 +72,13 @@ def measure_tvm(library: str, repeat: int) -> dict:
     return {"runs_ms": _timed(lambda: vm["main"](x), repeat)}
 
 
-def measure_torch(repeat: int) -> dict:
+def measure_torch(repeat: int, threads: int) -> dict:
     """Runs in a child process started with AVX2_TORCH_ENV."""
     import torch
 
     from wrpn_tvm.nn import build_model
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     model = build_model("resnet18", 1.0, 32, 32, num_classes=1000, in_channels=3, image_size=IMAGE).eval()
     x = torch.rand(1, 3, IMAGE, IMAGE)
     with torch.inference_mode():
@@ -85,11 +86,12 @@ def measure_torch(repeat: int) -> dict:
     return {"runs_ms": runs, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def _child(kind: str, arg: str, repeat: int) -> dict:
-    env = {**os.environ, "TVM_NUM_THREADS": str(THREADS), "OMP_NUM_THREADS": str(THREADS)}
+def _child(kind: str, arg: str, repeat: int, threads: int) -> dict:
+    env = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     if kind == "torch":
         env.update(AVX2_TORCH_ENV)
-    command = [sys.executable, __file__, "--child", kind, "--child-arg", arg, "--repeat", str(repeat)]
+    command = [sys.executable, __file__, "--child", kind, "--child-arg", arg, "--repeat", str(repeat),
+               "--threads", str(threads)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} {arg} failed:\n{done.stderr[-3000:]}")
@@ -125,14 +127,14 @@ def _median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
-def run(repeat: int, rounds: int, out: Path) -> dict:
+def run(repeat: int, rounds: int, thread_counts: list[int], out: Path) -> dict:
     import torch
 
     from wrpn_tvm.runtime import machine_info
 
     load_before = os.getloadavg()
     libraries, compile_s = {}, {}
-    measured = {name: [] for name in [BASELINE, *WRPN_MODELS]}
+    measured = {threads: {name: [] for name in [BASELINE, *WRPN_MODELS]} for threads in thread_counts}
     capability = None
     with tempfile.TemporaryDirectory(prefix="wrpn-avx2-") as tmp:
         for name, (width, abits, wbits, target, nibbles) in WRPN_MODELS.items():
@@ -141,29 +143,31 @@ def run(repeat: int, rounds: int, out: Path) -> dict:
         per_round = max(1, repeat // rounds)
         for index in range(rounds):
             print(f"[{time.strftime('%H:%M:%S')}] round {index + 1}/{rounds}", flush=True)
-            torch_result = _child("torch", "", per_round)
-            capability = torch_result["cpu_capability"]
-            measured[BASELINE] += torch_result["runs_ms"]
-            for name, library in libraries.items():
-                measured[name] += _child("tvm", library, per_round)["runs_ms"]
-    baseline = _median(measured[BASELINE])
+            for threads in thread_counts:
+                torch_result = _child("torch", "", per_round, threads)
+                capability = torch_result["cpu_capability"]
+                measured[threads][BASELINE] += torch_result["runs_ms"]
+                for name, library in libraries.items():
+                    measured[threads][name] += _child("tvm", library, per_round, threads)["runs_ms"]
     results = {}
-    for name, runs in measured.items():
-        results[name] = {"runs_ms": runs, "median_ms": _median(runs), "min_ms": min(runs),
-                         "speedup_vs_baseline": baseline / _median(runs)}
-        if name in compile_s:
-            results[name]["compile_s"] = compile_s[name]
-            results[name]["target"] = WRPN_MODELS[name][3]
+    for threads, by_model in measured.items():
+        baseline = _median(by_model[BASELINE])
+        results[str(threads)] = {name: {"runs_ms": runs, "median_ms": _median(runs), "min_ms": min(runs),
+                                        "speedup_vs_baseline": baseline / _median(runs)}
+                                 for name, runs in by_model.items()}
     report = {
         "benchmark": "avx2",
-        "model": "resnet18", "image": IMAGE, "batch": 1, "threads": THREADS, "repeat": repeat, "rounds": rounds,
+        "model": "resnet18", "image": IMAGE, "batch": 1, "threads": thread_counts, "repeat": repeat,
+        "rounds": rounds,
         "machine": {**machine_info(), "platform": platform.platform(), "torch": torch.__version__},
         "emulation": {"tvm_target": "x86-avx2 (LLVM x86-64-v3)", "torch_env": AVX2_TORCH_ENV,
                       "torch_cpu_capability": capability},
         "load_average_1_5_15min": {"start": load_before, "end": os.getloadavg()},
-        "targets": {name: {"speedup_at_least": factor, "speedup": results[name]["speedup_vs_baseline"],
-                           "met": results[name]["speedup_vs_baseline"] >= factor}
-                    for name, factor in TARGETS.items()},
+        "compile_s": compile_s,
+        "targets": {threads: {name: {"speedup_at_least": factor, "speedup": by_model[name]["speedup_vs_baseline"],
+                                     "met": by_model[name]["speedup_vs_baseline"] >= factor}
+                              for name, factor in TARGETS.items()}
+                    for threads, by_model in results.items()},
         "results": results,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -172,11 +176,17 @@ def run(repeat: int, rounds: int, out: Path) -> dict:
     return report
 
 
+def _loaded(report: dict) -> bool:
+    """Whether other jobs shared the CPUs: a 1-minute load above one core's worth at either end."""
+    load = report["load_average_1_5_15min"]
+    return max(load["start"][0], load["end"][0]) > 1.5
+
+
 def markdown(report: dict) -> str:
     m, load = report["machine"], report["load_average_1_5_15min"]
     results = report["results"]
     lines = [
-        "# ResNet-18 built for x86-avx2 vs PyTorch FP32 1x restricted to AVX2 (224x224, batch 1, 2 threads)",
+        "# ResNet-18 built for x86-avx2 vs PyTorch FP32 1x restricted to AVX2 (224x224, batch 1)",
         "",
         f"Machine: {m['cpu']} ({m['cores']} cores, LLVM cpu {m['llvm_cpu']}, AVX-512 VPOPCNTDQ), Python "
         f"{m['python']}, TVM {m['tvm']}, PyTorch {m['torch']}. An AVX2 machine is emulated on this AVX-512 one: "
@@ -188,20 +198,25 @@ def markdown(report: dict) -> str:
         f"Medians (and minima) of {report['repeat']} single-inference runs per model, each model in a fresh process "
         f"per round, {report['rounds']} round-robin rounds. Load average (1/5/15 min) at start "
         f"{'/'.join(f'{v:.1f}' for v in load['start'])}, at end {'/'.join(f'{v:.1f}' for v in load['end'])} on "
-        "2 cores: the machine was shared with other engineers' jobs (tuning, tests, benchmarks), so absolute times "
-        "are inflated; the models were measured under the same load, round-robin.",
+        f"{m['cores']} cores: " + (
+            "the machine was shared with other jobs, so absolute times are inflated (PyTorch's OpenMP threads "
+            "suffer most from oversubscription); the models were measured under the same load, round-robin."
+            if _loaded(report) else "the machine was otherwise idle."),
         "",
-        "| model | median ms | min ms | runs | speed vs PyTorch FP32 1x AVX2 (medians) | compile s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, r in results.items():
-        compile_s = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
-        lines.append(f"| {name} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {len(r['runs_ms'])} | "
-                     f"{r['speedup_vs_baseline']:.2f}x | {compile_s} |")
-    lines += ["", "Targets (by the medians):"]
-    for name, target in report["targets"].items():
-        lines.append(f"* {name} at least {target['speedup_at_least']:g}x PyTorch FP32 1x AVX2: "
-                     f"**{'met' if target['met'] else 'missed'}** ({target['speedup']:.2f}x).")
+    for threads, by_model in results.items():
+        lines += [f"## {threads} thread{'s' if threads != '1' else ''}", "",
+                  "| model | median ms | min ms | runs | speed vs PyTorch FP32 1x AVX2 (medians) |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for name, r in by_model.items():
+            lines.append(f"| {name} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {len(r['runs_ms'])} | "
+                         f"{r['speedup_vs_baseline']:.2f}x |")
+        lines += ["", "Targets (by the medians):"]
+        for name, target in report["targets"][threads].items():
+            lines.append(f"* {name} at least {target['speedup_at_least']:g}x PyTorch FP32 1x AVX2: "
+                         f"**{'met' if target['met'] else 'missed'}** ({target['speedup']:.2f}x).")
+        lines.append("")
+    lines.append("Compile seconds: " + ", ".join(f"{name} {s:.0f}" for name, s in report["compile_s"].items()) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -209,6 +224,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "avx2")
     parser.add_argument("--render", action="store_true", help="rebuild OUT.md from OUT.json")
     parser.add_argument("--child", choices=["tvm", "torch"], help=argparse.SUPPRESS)
@@ -217,11 +233,11 @@ def main():
     if args.child == "tvm":
         print(json.dumps(measure_tvm(args.child_arg, args.repeat)))
     elif args.child == "torch":
-        print(json.dumps(measure_torch(args.repeat)))
+        print(json.dumps(measure_torch(args.repeat, args.threads[0])))
     elif args.render:
         args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.with_suffix(".json").read_text())))
     else:
-        run(args.repeat, args.rounds, args.out)
+        run(args.repeat, args.rounds, args.threads, args.out)
         print(args.out.with_suffix(".md").read_text())
 
 
