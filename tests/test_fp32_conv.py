@@ -144,6 +144,8 @@ def test_plain_model_convs_fold_their_batch_norms_and_match_torch(tmp_path):
     with torch.no_grad():
         want = model(x).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert [layer.kernel for layer in result.layers if layer.op == "conv2d"] == [
+        "blocked conv (bias + batch_norm folded)", "blocked conv (batch_norm folded)", "blocked conv"]
 
     from wrpn_tvm import pipeline
 

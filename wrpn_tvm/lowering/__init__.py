@@ -18,6 +18,7 @@ from dataclasses import replace
 from tvm import relax
 
 from .fold import fold_constants
+from .fp32 import describe as describe_fp32
 from .fp32 import lower_fp32_convs
 from .graph import BindingGraph
 from .recognize import plan_function
@@ -40,5 +41,9 @@ def lower_wrpn(mod, spec):
                 report = reports[plan.report_index]
                 reports[plan.report_index] = replace(report, reason=f"{report.reason}; input packed in its producer's epilogue")
     if not spec.is_cuda:
-        mod = lower_fp32_convs(mod)
+        mod, outcomes = lower_fp32_convs(mod)
+        # The convs left after the rewrite are the FP32 conv reports, in the same program order.
+        fp32_convs = [i for i, report in enumerate(reports) if report.op == "conv2d" and not report.is_bitserial]
+        for index, epilogue in zip(fp32_convs, outcomes, strict=True):
+            reports[index] = replace(reports[index], kernel=describe_fp32(epilogue))
     return mod, reports

@@ -62,18 +62,28 @@ class _Fp32ConvLowerer(relax.PyExprMutator):
         )
 
 
+def describe(epilogue: "Epilogue | None") -> str:
+    """What became of an FP32 conv, for its layer report."""
+    if epilogue is None:
+        return "TVM's generic conv2d (the blocked conv takes groups=1, NCHW and constant weights)"
+    return "blocked conv" + (f" ({' + '.join(epilogue.folded)} folded)" if epilogue.folded else "")
+
+
 def lower_fp32_convs(mod):
-    """mod with every foldable FP32 conv2d of `main` (and its per-channel epilogue) rewritten."""
+    """(mod with every foldable FP32 conv2d of `main` and its per-channel epilogue rewritten, one
+    Epilogue or None per conv2d of `main` in program order: what was folded, or left alone)."""
     graph = BindingGraph(mod["main"])
-    layers = {}
+    layers, outcomes = {}, []
     for binding in graph.bindings:
         if op_name(binding.value) != "relax.nn.conv2d":
             continue
         weight = _foldable_conv(graph, binding.var)
         if weight is None:
+            outcomes.append(None)
             continue
         epilogue = fold_epilogue(graph, binding.var, np.ones(shape_of(binding.var)[1]))
         layers[epilogue.output] = (binding.var, weight, epilogue)
+        outcomes.append(epilogue)
     if not layers:
-        return mod
-    return relax.transform.DeadCodeElimination(["main"])(_Fp32ConvLowerer(mod, layers).lower())
+        return mod, outcomes
+    return relax.transform.DeadCodeElimination(["main"])(_Fp32ConvLowerer(mod, layers).lower()), outcomes

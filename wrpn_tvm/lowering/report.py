@@ -18,6 +18,7 @@ class LayerReport:
     output_shape: tuple[int, ...]
     lowered_to: str  # "bit-serial conv2d a2/w2" or FP32
     reason: str = ""  # why the layer stayed FP32; what was folded for a bit-serial layer
+    kernel: str = ""  # for an FP32 layer, the kernel it runs as (and what was folded into it)
 
     @property
     def is_bitserial(self) -> bool:
@@ -31,6 +32,8 @@ class LayerReport:
     def __str__(self) -> str:
         shapes = f"{'x'.join(map(str, self.input_shape))} -> {'x'.join(map(str, self.output_shape))}"
         line = f"layer {self.index:>2}  {self.op:<6} {self.detail:<28} {shapes:<28} {self.lowered_to}"
+        if self.kernel:
+            line += f" as {self.kernel}"
         return f"{line}  ({self.reason})" if self.reason else line
 
 
