@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates the benchmark-only environments for the peers that benchmarks/peers.py times
 # (nothing in wrpn_tvm imports them). Two venvs, because Larq Compute Engine 0.16 needs
-# TensorFlow 2.15 (numpy < 2), which onnxruntime 1.32 / openvino 2026.4 no longer accept:
+# TensorFlow 2.15, which pins protobuf < 5 and numpy < 2, and onnx 1.23 needs protobuf >= 6.31:
 #   benchmarks/.peers/ort  torch (the CPU wheel, for torch.onnx.export), onnx, onnxruntime, openvino
 #   benchmarks/.peers/lce  tensorflow-cpu, larq, larq-zoo, larq-compute-engine
 # Re-running is cheap: a venv whose stamp matches this file's pins is kept.
