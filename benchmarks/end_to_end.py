@@ -393,6 +393,7 @@ def plot(report: dict, path: Path) -> None:
                zorder=3, label="fastest run")
     ax.axvline(report["results"][BASELINE]["median_ms"], color="tab:red", linestyle="--", label=BASELINE)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short decade
     ax.set_xlabel("latency, ms (log scale)")
     ax.set_title("ResNet-18 224x224, batch 1, 2 threads")
     ax.invert_yaxis()
