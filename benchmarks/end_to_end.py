@@ -169,7 +169,7 @@ def prepare_peers(folder: Path, fp32_program: Path) -> tuple[dict, dict]:
             else:
                 models.update(_run_json(_peer_command("lce", "prepare-lce", str(folder / "lce"))))
         except RuntimeError as error:
-            missing.update({name: str(error).splitlines()[0] for name, (v, _, _) in PEERS.items() if v == venv})
+            missing.update({name: str(error).strip().splitlines()[-1] for name, (v, _, _) in PEERS.items() if v == venv})
     for name, (venv, peer, model) in PEERS.items():
         if name not in missing:
             ready[name] = _peer_command(venv, "time", peer, models[model])
@@ -244,7 +244,7 @@ def run(repeat: int, rounds: int, out: Path, with_peers: bool = True) -> dict:
                 try:
                     measured[name].append(_run_json(command + ["--repeat", str(per_round)]))
                 except RuntimeError as error:
-                    peers_missing[name] = str(error).splitlines()[0]
+                    peers_missing[name] = str(error).strip().splitlines()[-1]
                     del peers[name]
                     measured.pop(name, None)
     results = {name: _merge(rounds_of) for name, rounds_of in measured.items()}

@@ -187,7 +187,7 @@ def prepare_layer_peers(folder: Path) -> tuple[dict, dict]:
                 path.write_text(json.dumps(_run_json(_peer_command(venv, command, str(folder / venv)))))
                 maps[venv] = path
             except RuntimeError as error:
-                reason = str(error).splitlines()[0]
+                reason = str(error).strip().splitlines()[-1]
         if reason:
             missing.update({name: reason for name, (v, _) in LAYER_PEERS.items() if v == venv})
     return maps, missing
@@ -205,7 +205,7 @@ def time_layer_peers(maps: dict, threads: int, repeat: int, missing: dict) -> di
             out = _run_json(_peer_command(venv, "time-layers", peer, str(maps[venv]), "--repeat", str(repeat),
                                           "--threads", str(threads)))
         except RuntimeError as error:
-            missing[name] = str(error).splitlines()[0]
+            missing[name] = str(error).strip().splitlines()[-1]
             continue
         timed[name] = {"s": {layer: [ms / 1e3 for ms in runs] for layer, runs in out["runs_ms"].items()},
                        "versions": out["versions"], "settings": out["settings"]}
