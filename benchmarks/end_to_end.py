@@ -169,7 +169,8 @@ def prepare_peers(folder: Path, fp32_program: Path) -> tuple[dict, dict]:
             else:
                 models.update(_run_json(_peer_command("lce", "prepare-lce", str(folder / "lce"))))
         except RuntimeError as error:
-            missing.update({name: str(error).strip().splitlines()[-1] for name, (v, _, _) in PEERS.items() if v == venv})
+            reason = str(error).strip().splitlines()[-1]
+            missing.update({name: reason for name, (v, _, _) in PEERS.items() if v == venv})
     for name, (venv, peer, model) in PEERS.items():
         if name not in missing:
             ready[name] = _peer_command(venv, "time", peer, models[model])

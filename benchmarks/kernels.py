@@ -363,7 +363,8 @@ def roofline_markdown(result):
         "",
         "Measured here:",
         "",
-        "| threads | cores | clock GHz | measured per cycle: VPANDQ / VPADDQ / VPTERNLOGQ / VPOPCNTQ | cycles per 512 MACs "
+        "| threads | cores | clock GHz | measured per cycle: VPANDQ / VPADDQ / VPTERNLOGQ / VPOPCNTQ | "
+        "cycles per 512 MACs "
         "(plain / Harley-Seal) | bound T binary MAC/s | fastest loop T | % of bound |",
         "| ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |",
     ]
@@ -515,8 +516,9 @@ def summarize(result, threads):
     ]
     if peers:
         def against(config):
-            return ", ".join(f"{name} {_geomean([_median(p['s'][e['layer']]) / e['best_s'] for e in pick(*config)]):.2f}x"
-                             for name, p in peers.items())
+            return ", ".join(
+                f"{name} {_geomean([_median(p['s'][e['layer']]) / e['best_s'] for e in pick(*config)]):.2f}x"
+                for name, p in peers.items())
         lines += [f"* Against the peers (their median / ours, geometric mean over the four layers; above 1: ours "
                   f"faster): 2x-wide 2/2: {against((2, 2, 2))}; 1x-wide 1/1: {against((1, 1, 1))}. The peers run "
                   "a standalone layer: ORT int8 includes quantizing its float input and dequantizing its output, "
