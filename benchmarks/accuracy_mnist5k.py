@@ -14,7 +14,8 @@ the epoch with the best validation accuracy (early stopping; the test split choo
    FP32 1x without augmentation. The variant with the best mean validation accuracy is named as
    the recipe to keep; the test split decides nothing.
 
-Runs go in that order, seed by seed, so a stopped experiment still holds complete paired seeds.
+Runs go in that order, except that 2x 4/2 and 2x 2/2 (the targets) run for every seed before 3x 1/1,
+and that before the rest; a compiled model as soon as it is trained.
 Reported: per configuration the mean test accuracy, and against FP32 1x the mean paired difference
 with its 95% Student-t interval, against the paper's compute cost (wrpn_tvm.nn.cost).
 
@@ -381,11 +382,12 @@ class Plan:
                 path = model_path(args.workdir, "FP32 1x", variant, seed)
                 if not (self._done("train", "FP32 1x", variant, seed) and (path.is_file() or variant == "plain")):
                     job = self._train_job("FP32 1x", 1.0, 32, 32, variant, options, seed, args.fp32_epochs)
-                    jobs.append({**job, "priority": (0, seed) if variant == "augmented" else (2, seed)})
+                    jobs.append({**job, "priority": (0, seed) if variant == "augmented" else (4, seed)})
         specs = {label: (w, a, b) for label, w, a, b in CONFIGS}
-        wanted = [(label, RECIPE, seed, (1, seed, -WIDTH_COST[specs[label][0]])) for seed in args.seeds
-                  for label, *_ in CONFIGS[1:]]
-        wanted += [(ABLATION_CONFIG, variant, seed, (3, seed)) for seed in args.ablation_seeds for variant in VARIANTS]
+        # The targets' configurations first, for every seed; then 3x 1/1, then the rest, then the ablation.
+        rank = {"2x 4/2": 1, "2x 2/2": 1, "3x 1/1": 2}
+        wanted = [(label, RECIPE, seed, (rank.get(label, 3), seed)) for seed in args.seeds for label, *_ in CONFIGS[1:]]
+        wanted += [(ABLATION_CONFIG, variant, seed, (5, seed)) for seed in args.ablation_seeds for variant in VARIANTS]
         seen = set()
         for label, variant, seed, priority in wanted:
             teacher = self._teacher(seed)
@@ -402,7 +404,7 @@ class Plan:
                 if (self._done("train", label, variant, seed) and program.is_file()
                         and not self._done("compiled", label, variant, seed)):
                     jobs.append({"fn": "compiled", "label": label, "variant": variant, "seed": seed,
-                                 "program": str(program), "priority": (1, seed + 0.5, 0)})
+                                 "program": str(program), "priority": (0.5, seed)})
         return sorted(jobs, key=lambda job: job["priority"])
 
 
