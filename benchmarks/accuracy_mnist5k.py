@@ -14,8 +14,8 @@ the epoch with the best validation accuracy (early stopping; the test split choo
    FP32 1x without augmentation. The variant with the best mean validation accuracy is named as
    the recipe to keep; the test split decides nothing.
 
-Runs go in that order, except that 2x 4/2 and 2x 2/2 (the targets) run for every seed before 3x 1/1,
-and that before the rest; a compiled model as soon as it is trained.
+Runs go in that order, except that 2x 4/2 and 2x 2/2 (the targets) run for every seed first, then
+2x 2/2 with every option off, then 3x 1/1, then the rest; a compiled model as soon as it is trained.
 Reported: per configuration the mean test accuracy, and against FP32 1x the mean paired difference
 with its 95% Student-t interval, against the paper's compute cost (wrpn_tvm.nn.cost).
 
@@ -59,6 +59,7 @@ VARIANTS = {  # name -> training options of a WRPN run
     "no warm-up": {**ALL_ON, "warmup": 0},
     "none (from scratch)": {"kd": False, "init": False, "shift": 0, "warmup": 0},
 }
+SCRATCH = "none (from scratch)"
 FP32_VARIANTS = {"augmented": {"shift": 2}, "plain": {"shift": 0}}
 VAL_FRACTION = 0.1
 # Relative cost of a 1x-wide epoch, to run the longest jobs first (the workers then end together).
@@ -384,10 +385,12 @@ class Plan:
                     job = self._train_job("FP32 1x", 1.0, 32, 32, variant, options, seed, args.fp32_epochs)
                     jobs.append({**job, "priority": (0, seed) if variant == "augmented" else (4, seed)})
         specs = {label: (w, a, b) for label, w, a, b in CONFIGS}
-        # The targets' configurations first, for every seed; then 3x 1/1, then the rest, then the ablation.
+        # The targets' configurations first, for every seed; then what the whole recipe did (all options off);
+        # then 3x 1/1, the other configurations, and each option off in turn.
         rank = {"2x 4/2": 1, "2x 2/2": 1, "3x 1/1": 2}
         wanted = [(label, RECIPE, seed, (rank.get(label, 3), seed)) for seed in args.seeds for label, *_ in CONFIGS[1:]]
-        wanted += [(ABLATION_CONFIG, variant, seed, (5, seed)) for seed in args.ablation_seeds for variant in VARIANTS]
+        wanted += [(ABLATION_CONFIG, variant, seed, (1.5 if variant == SCRATCH else 5, seed))
+                   for seed in args.ablation_seeds for variant in VARIANTS]
         seen = set()
         for label, variant, seed, priority in wanted:
             teacher = self._teacher(seed)
