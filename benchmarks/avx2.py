@@ -21,6 +21,13 @@ single-inference runs after warm-up. The load average before and after goes into
 whose second thread is descheduled waits for it at every barrier.)
 
     python benchmarks/avx2.py [--repeat 30] [--rounds 3] [--threads 1 2] [--out benchmarks/results/avx2]
+    python benchmarks/avx2.py --kernels   # then the per-layer kernels (1 thread, CPU time, llvm-mca), same files
+
+Per-layer kernels: ResNet-18's 3x3 convs at 2x 2/2 and 1x 1/1, each built three ways (x86-avx2 with
+the nibble counts forced, x86-avx2 with LLVM's popcount only, x86-avx512), timed as CPU time per
+call at 1 thread (what other jobs take from this core does not count), and for the 2/2 AVX2
+builds llvm-mca's cycles per 256-bit AND + popcount + accumulate in the hot loop on Haswell,
+Skylake and Zen 3 models (no load, no memory effects).
 """
 
 import argparse
@@ -121,6 +128,147 @@ def compile_model(folder: Path, name: str, width: float, abits: int, wbits: int,
         schedules.x86.MIN_DEFAULT_PAIRS = default_pairs
 
 
+# Per-layer kernels: load-robust numbers (CPU time at 1 thread, and llvm-mca's static cycle counts).
+KERNEL_LAYERS = [(56, 64), (28, 128), (14, 256), (7, 512)]  # ResNet-18's 3x3 convs at 1x width: (image, channels)
+KERNEL_CONFIGS = [(2, 2, 2), (1, 1, 1)]  # (width, abits, wbits)
+# name: (target, minimum plane pairs for the nibble counts: 1 forces them, sys.maxsize switches them off)
+KERNEL_BUILDS = {
+    "x86-avx2 nibble counts": ("x86-avx2", 1),
+    "x86-avx2 LLVM popcount": ("x86-avx2", sys.maxsize),
+    "x86-avx512 VPOPCNTQ": ("x86-avx512", 1),
+}
+MCA_CPUS = ("haswell", "skylake", "znver3")  # the x86 models LLVM 14's llvm-mca has (no znver4)
+KERNEL_CALLS, KERNEL_BATCHES = 5, 5
+
+
+def conv_kernel(size: int, channels: int, abits: int, wbits: int, target: str, min_pairs: int):
+    """The compiled bit-serial conv (packed input, 3x3, stride 1, padding 1) and random arguments."""
+    import numpy as np
+    import tvm
+    from tvm import te
+
+    import schedules.x86
+    from wrpn_tvm import ops
+    from wrpn_tvm.pipeline import compile_prim_func
+    from wrpn_tvm.targets import resolve
+
+    words = -(-channels // 64)
+    data = te.placeholder((1, size, size, abits, words), "uint64", name="data")
+    weight = te.placeholder((3, 3, wbits, words, channels), "uint64", name="weight")
+    func = te.create_prim_func([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, 1, 1)])
+    default_pairs = schedules.x86.MIN_DEFAULT_PAIRS
+    schedules.x86.MIN_DEFAULT_PAIRS = min_pairs
+    try:
+        executable = compile_prim_func(func, resolve(target))
+    finally:
+        schedules.x86.MIN_DEFAULT_PAIRS = default_pairs
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.integers(0, 2**63, [int(d) for d in t.shape], dtype=np.uint64)) for t in (data, weight)]
+    args.append(tvm.runtime.tensor(np.zeros((1, size, size, channels), np.int32)))
+    return executable, args
+
+
+def cpu_ms(executable, args) -> float:
+    """CPU milliseconds per call, best of KERNEL_BATCHES batches (1 thread: time other jobs take from
+    this process's core does not count)."""
+    main = executable["main"]
+    main(*args)
+    best = float("inf")
+    for _ in range(KERNEL_BATCHES):
+        start = time.process_time()
+        for _ in range(KERNEL_CALLS):
+            main(*args)
+        best = min(best, (time.process_time() - start) / KERNEL_CALLS * 1e3)
+    return best
+
+
+def innermost_loops(asm: str) -> list[list[str]]:
+    """The instructions of each loop of an assembly listing (a label, then a backward jump to it)
+    that holds no other label."""
+    import re
+
+    lines, labels, loops = asm.splitlines(), {}, []
+    for number, line in enumerate(lines):
+        label = re.match(r"^(\.LBB\d+_\d+):", line)
+        if label:
+            labels[label.group(1)] = number
+        jump = re.match(r"^\s+j\w+\s+(\.LBB\d+_\d+)", line)
+        if jump and labels.get(jump.group(1), number) < number:
+            body = lines[labels[jump.group(1)] + 1 : number + 1]
+            if not any(re.match(r"^\.LBB\d+_\d+:", text) for text in body):
+                loops.append([t.strip() for t in body if t.strip() and not t.strip().startswith((".", "#"))])
+    return loops
+
+
+def mca_cycles_per_and(asm: str, cpu: str) -> float:
+    """llvm-mca's cycles per 256-bit AND + popcount + accumulate in the loop with the most nibble
+    lookups (two vpshufb per 256-bit popcount in both AVX2 ways)."""
+    import re
+
+    hot = max(innermost_loops(asm), key=lambda loop: sum(i.startswith("vpshufb") for i in loop))
+    iterations = 200
+    done = subprocess.run(["llvm-mca", "-mtriple=x86_64-linux-gnu", f"-mcpu={cpu}", f"-iterations={iterations}"],
+                          input="\n".join(i for i in hot if not i.startswith("j")), capture_output=True, text=True,
+                          check=True)
+    cycles = int(re.search(r"Total Cycles:\s+(\d+)", done.stdout).group(1)) / iterations
+    return cycles / (sum(i.startswith("vpshufb") for i in hot) / 2)
+
+
+def kernels() -> dict:
+    """CPU ms per call at 1 thread for every layer, config and build; llvm-mca cycles per 256-bit
+    AND for the AVX2 builds of the 2/2 layers (1-bit weights add a level-sum loop of lookups)."""
+    import shutil
+
+    rows = []
+    for width, abits, wbits in KERNEL_CONFIGS:
+        for size, channels in KERNEL_LAYERS:
+            row = {"layer": f"{size}x{size}x{int(channels * width)}", "width": width, "abits": abits, "wbits": wbits,
+                   "cpu_ms": {}, "mca_cycles_per_256_bit_and": {}}
+            for name, (target, min_pairs) in KERNEL_BUILDS.items():
+                executable, args = conv_kernel(size, int(channels * width), abits, wbits, target, min_pairs)
+                row["cpu_ms"][name] = cpu_ms(executable, args)
+                if target == "x86-avx2" and wbits > 1 and shutil.which("llvm-mca"):
+                    asm = executable.mod.inspect_source("asm")
+                    row["mca_cycles_per_256_bit_and"][name] = {cpu: mca_cycles_per_and(asm, cpu) for cpu in MCA_CPUS}
+            print(f"[{time.strftime('%H:%M:%S')}] {row['layer']} {abits}/{wbits}: "
+                  + ", ".join(f"{n} {ms:.2f} ms" for n, ms in row["cpu_ms"].items()), flush=True)
+            rows.append(row)
+    return {"threads": 1, "calls": KERNEL_CALLS, "batches": KERNEL_BATCHES, "load_average_1_5_15min": os.getloadavg(),
+            "rows": rows}
+
+
+def kernels_markdown(section: dict) -> list[str]:
+    builds = list(KERNEL_BUILDS)
+    lines = [
+        "## Per-layer kernels (ResNet-18 3x3 convs, 1 thread, CPU time)", "",
+        "The bit-serial conv alone (packed input, padding 1, stride 1), for each way to count bits: CPU "
+        f"milliseconds per call, best of {section['batches']} batches of {section['calls']} calls in one process "
+        "(CPU time leaves out what other jobs take from this core; their cache and memory traffic stays in). "
+        "The x86-avx2 build uses the nibble counts where a layer has two or more plane pairs (2/2 here), LLVM's "
+        f"popcount otherwise (1/1 here). Load average (1/5/15 min) at the end of this part: "
+        f"{'/'.join(f'{v:.1f}' for v in section['load_average_1_5_15min'])}.", "",
+        "| layer | a/w bits | " + " | ".join(f"{b} ms" for b in builds) + " | nibble vs LLVM | AVX2 nibble vs AVX-512 |",
+        "| --- | --- | " + " | ".join("---:" for _ in builds) + " | ---: | ---: |",
+    ]
+    for row in section["rows"]:
+        ms = row["cpu_ms"]
+        nibble, llvm, avx512 = (ms[b] for b in builds)
+        lines.append(f"| {row['layer']} | {row['abits']}/{row['wbits']} | " + " | ".join(f"{ms[b]:.2f}" for b in builds)
+                     + f" | {llvm / nibble:.2f}x faster | {nibble / avx512:.2f}x slower |")
+    mca_rows = [row for row in section["rows"] if row["mca_cycles_per_256_bit_and"]]
+    if mca_rows:
+        avx2_builds = [b for b in builds if KERNEL_BUILDS[b][0] == "x86-avx2"]
+        lines += ["", "llvm-mca (LLVM 14) cycles per 256-bit AND + popcount + accumulate in the hot loop, by the "
+                  "scheduling model of an Intel Haswell, Skylake and AMD Zen 3 (static: no load, no memory):", "",
+                  "| layer | a/w bits | " + " | ".join(f"{b} {cpu}" for b in avx2_builds for cpu in MCA_CPUS) + " |",
+                  "| --- | --- | " + " | ".join("---:" for _ in avx2_builds for _ in MCA_CPUS) + " |"]
+        for row in mca_rows:
+            cycles = row["mca_cycles_per_256_bit_and"]
+            lines.append(f"| {row['layer']} | {row['abits']}/{row['wbits']} | "
+                         + " | ".join(f"{cycles[b][cpu]:.2f}" for b in avx2_builds for cpu in MCA_CPUS) + " |")
+    return lines + [""]
+
+
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -216,7 +364,9 @@ def markdown(report: dict) -> str:
             lines.append(f"* {name} at least {target['speedup_at_least']:g}x PyTorch FP32 1x AVX2: "
                          f"**{'met' if target['met'] else 'missed'}** ({target['speedup']:.2f}x).")
         lines.append("")
-    lines.append("Compile seconds: " + ", ".join(f"{name} {s:.0f}" for name, s in report["compile_s"].items()) + ".")
+    lines += ["Compile seconds: " + ", ".join(f"{name} {s:.0f}" for name, s in report["compile_s"].items()) + ".", ""]
+    if "kernels" in report:
+        lines += kernels_markdown(report["kernels"])
     return "\n".join(lines) + "\n"
 
 
@@ -227,6 +377,8 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "avx2")
     parser.add_argument("--render", action="store_true", help="rebuild OUT.md from OUT.json")
+    parser.add_argument("--kernels", action="store_true",
+                        help="time the per-layer kernels (1 thread, CPU time) into OUT.json, then rebuild OUT.md")
     parser.add_argument("--child", choices=["tvm", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--child-arg", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -234,8 +386,12 @@ def main():
         print(json.dumps(measure_tvm(args.child_arg, args.repeat)))
     elif args.child == "torch":
         print(json.dumps(measure_torch(args.repeat, args.threads[0])))
-    elif args.render:
-        args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.with_suffix(".json").read_text())))
+    elif args.render or args.kernels:
+        report = json.loads(args.out.with_suffix(".json").read_text())
+        if args.kernels:
+            report["kernels"] = kernels()
+            args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(report))
     else:
         run(args.repeat, args.rounds, args.threads, args.out)
         print(args.out.with_suffix(".md").read_text())

@@ -75,7 +75,8 @@ def _split_tile(sch: Schedule, decisions: Decisions, pixel_loop, channel_loop):
 
 def _nibble_registers_and_writeback(sch: Schedule, block, plan: NibbleCounts, outer, register_loops, lanes,
                                     first_reduction, tuning: bool) -> None:
-    """Accumulate the tile in local 16-bit lanes (the update tensorized per word and ymm), decode them while writing back (tensorized per ymm), then run the epilogue on the tile.
+    """Accumulate the tile in local 16-bit lanes (the update tensorized per word and ymm), decode
+    them while writing back (tensorized per ymm), then run the epilogue on the tile.
     When tuning, both are blockized and annotated for MetaSchedule's RewriteTensorize postproc,
     which runs after RewriteReductionBlock has split off the init (RewriteParallelVectorizeUnroll,
     which runs before them, rejects decomposed and tensorized blocks)."""
