@@ -3,7 +3,9 @@ layers that keep the generic template, awkward shapes throughout), the generated
 AVX-512 instructions, the hot loop's nibble lookups with one widening per word, and the
 MetaSchedule design spaces (both popcounts) exact after MetaSchedule's own postprocs."""
 
+import importlib.util
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,10 @@ from schedules.avx2 import NibbleCounts
 from wrpn_tvm import kernels, ops
 from wrpn_tvm.ops.bitpack import pack_weight
 from wrpn_tvm.targets import resolve
+
+_spec = importlib.util.spec_from_file_location("avx2_bench", Path(__file__).resolve().parent.parent / "benchmarks" / "avx2.py")
+avx2_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(avx2_bench)
 
 TARGET = "x86-avx2"
 # What only AVX-512 (EVEX) code can contain: zmm registers, the upper 16 xmm/ymm registers, mask
@@ -92,27 +98,12 @@ def test_16_bit_lanes_hold_the_longest_reduction_they_take(extra_words):
     assert _uses_nibble_counts(executable.mod.inspect_source("asm")) == (extra_words == 0)
 
 
-def _innermost_loops(asm: str) -> list[list[str]]:
-    """The instructions of each loop (a label, then a backward jump to it) with no label inside."""
-    lines, labels, loops = asm.splitlines(), {}, []
-    for number, line in enumerate(lines):
-        label = re.match(r"^(\.LBB\d+_\d+):", line)
-        if label:
-            labels[label.group(1)] = number
-        jump = re.match(r"^\s+j\w+\s+(\.LBB\d+_\d+)", line)
-        if jump and labels.get(jump.group(1), number) < number:
-            body = lines[labels[jump.group(1)] + 1 : number + 1]
-            if not any(re.match(r"^\.LBB\d+_\d+:", text) for text in body):
-                loops.append([text.strip() for text in body if text.strip() and not text.strip().startswith((".", "#"))])
-    return loops
-
-
 def test_hot_loop_looks_up_nibbles_and_widens_once_per_word():
     """ResNet-18's 2x 28x28x256 2/2 conv: per word and ymm of 4 channels, 2 ANDs and 2 vpshufb per
     plane pair (4 pairs) and one vpmaddubsw; no vpsadbw widening per count, no stack traffic."""
     executable = kernels.compile_conv2d((1, 256, 28, 28), (256, 256, 3, 3), 2, 2, 1, 1, TARGET, 64)
     asm = executable.mod.inspect_source("asm")
-    hot = [loop for loop in _innermost_loops(asm) if any(i.startswith("vpmaddubsw") for i in loop)]
+    hot = [loop for loop in avx2_bench.innermost_loops(asm) if any(i.startswith("vpmaddubsw") for i in loop)]
     assert len(hot) == 1
     mnemonics = [insn.split()[0] for insn in hot[0]]
     widenings = mnemonics.count("vpmaddubsw")
