@@ -1,8 +1,10 @@
 """A generic default schedule for the FP32 CPU functions nobody tuned (first/last layers, glue).
 
 TVM's CPU pipeline leaves such functions as they were legalized: one thread, scalar loops.
-This gives each block what any sensible CPU schedule has: the leading spatial loops fused and
-run in parallel, and the innermost spatial loop moved inside the reduction (then split and
+This first inlines the elementwise blocks a fused function chains together (a quantizer's clip,
+multiply, round and divide after a residual add would otherwise each write a full intermediate
+map in a parallel pass of their own), then gives each remaining block what any sensible CPU
+schedule has: the leading spatial loops fused and run in parallel, and the innermost spatial loop moved inside the reduction (then split and
 unrolled, or vectorized when there is no reduction), so LLVM turns a conv's inner loop into
 vector code over a row of outputs. Padding stays a separate, parallel block: inlined, it would
 put a bounds check in that inner loop. A function the rules do not fit is left as it was; a tuning database wins over this.
@@ -12,10 +14,13 @@ import numpy as np
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import try_inline
 
 from .common import is_scheduled, with_scheduled
 
 VECTOR_LANES = 16  # float32 lanes of an AVX-512 register; LLVM narrows this for NEON/AVX2
+# TOPI's and our padding stages (kept apart from the conv's inner loop, see above).
+PADDING_PREFIXES = ("pad", "wrpn_pad")
 # Below this many loop iterations a parallel region costs more than it saves.
 MIN_PARALLEL_WORK = 1 << 15
 
@@ -60,12 +65,17 @@ def _schedule_block(sch: s_tir.Schedule, info) -> None:
         sch.vectorize(inner)
 
 
+def _is_padding(sch: s_tir.Schedule, info) -> bool:
+    return sch.get(info.block_rv).name_hint.startswith(PADDING_PREFIXES)
+
+
 def schedule_in_place(sch: s_tir.Schedule) -> bool:
     """Apply the generic rules to sch's "main"; False (sch untouched) when they do not apply."""
     infos = normalize_prim_func(sch)
     if infos is None:
         return False
-    for info in infos:
+    padding = [info for info in infos if _is_padding(sch, info)]
+    for info in try_inline(sch, [info for info in infos if not _is_padding(sch, info)]) + padding:
         _schedule_block(sch, info)
     return True
 
