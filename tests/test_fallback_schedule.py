@@ -49,8 +49,9 @@ def test_large_work_runs_in_parallel():
 def test_an_elementwise_chain_becomes_one_parallel_pass():
     """A quantizer after a residual add (clip, multiply, round, divide) as FuseOps hands it over:
     one block left, no intermediate map written, same numbers."""
-    a = te.placeholder((1, 64, 28, 28), name="a")
-    b = te.placeholder((1, 64, 28, 28), name="b")
+    shape = (1, 64, 28, 28)
+    a = te.placeholder(shape, name="a")
+    b = te.placeholder(shape, name="b")
     added = te.compute(a.shape, lambda *i: a(*i) + b(*i), name="add")
     clipped = te.compute(a.shape, lambda *i: tvm.tirx.max(tvm.tirx.min(added(*i), 1.0), 0.0), name="clip")
     scaled = te.compute(a.shape, lambda *i: clipped(*i) * 3.0, name="multiply")
@@ -61,8 +62,8 @@ def test_an_elementwise_chain_becomes_one_parallel_pass():
     sch = tvm.s_tir.Schedule(scheduled)
     assert len(sch.get_child_blocks(sch.get_sblock("root"))) == 1 and "T.parallel" in scheduled.script()
     rng = np.random.default_rng(0)
-    x, y = (rng.standard_normal(a.shape).astype("float32") for _ in range(2))
+    x, y = (rng.standard_normal(shape).astype("float32") for _ in range(2))
     lib = tvm.compile(tvm.IRModule({"main": scheduled}), target=resolve("host").target)
-    got = tvm.runtime.tensor(np.zeros(a.shape, "float32"))
+    got = tvm.runtime.tensor(np.zeros(shape, "float32"))
     lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(y), got)
     np.testing.assert_array_equal(got.numpy(), np.rint(np.clip(x + y, 0, 1) * np.float32(3)) / np.float32(3))
