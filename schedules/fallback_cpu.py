@@ -41,6 +41,12 @@ def _schedule_block(sch: s_tir.Schedule, info) -> None:
         return
     spatial = [loop for loop, kind in zip(loops, kinds) if kind == "S"]
     reduction = [loop for loop, kind in zip(loops, kinds) if kind == "R"]
+    if len(spatial) == 1 and reduction and _reads_along_spatial_axis(sch, block):
+        # A matrix-vector product (a classifier at batch 1): a vector of outputs per step of the
+        # reduction, over contiguous weight rows, instead of one strided column per output.
+        lanes = next((n for n in (VECTOR_LANES, 8, 4) if extents[0] % n == 0 and extents[0] > n), None)
+        if lanes is not None:
+            spatial = list(sch.split(spatial[0], [None, lanes]))
     inner = spatial[-1] if len(spatial) > 1 else None
     outer = spatial[:-1] if inner is not None else spatial
     if inner is not None:
@@ -63,6 +69,15 @@ def _schedule_block(sch: s_tir.Schedule, info) -> None:
         sch.unroll(inner)
     else:
         sch.vectorize(inner)
+
+
+def _reads_along_spatial_axis(sch: s_tir.Schedule, block) -> bool:
+    """Whether the block's one spatial axis is the last (contiguous) index of a buffer it reads."""
+    stmt = sch.get(block)
+    spatial = [iv.var for iv in stmt.iter_vars if int(iv.iter_type) == 0]  # 0: tirx.IterVar.DataPar
+    if len(spatial) != 1:
+        return False
+    return any(region.region and region.region[-1].min.same_as(spatial[0]) for region in stmt.reads)
 
 
 def _is_padding(sch: s_tir.Schedule, info) -> bool:

@@ -67,3 +67,20 @@ def test_an_elementwise_chain_becomes_one_parallel_pass():
     got = tvm.runtime.tensor(np.zeros(shape, "float32"))
     lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(y), got)
     np.testing.assert_array_equal(got.numpy(), np.rint(np.clip(x + y, 0, 1) * np.float32(3)) / np.float32(3))
+
+
+def test_a_matrix_vector_product_runs_along_contiguous_weight_rows():
+    """A batch-1 classifier x[1, K] @ W[K, N]: outputs split into vectors, the reduction outside them."""
+    x = te.placeholder((1, 200), name="x")
+    w = te.placeholder((200, 120), name="w")
+    k = te.reduce_axis((0, 200), name="k")
+    out = te.compute((1, 120), lambda i, j: te.sum(x[i, k] * w[k, j], axis=k), name="matmul")
+    scheduled = schedule_function(te.create_prim_func([x, w, out]))
+    loops = [line.strip() for line in scheduled.script().splitlines() if line.strip().startswith("for ")]
+    assert any("T.unroll(16)" in line or "T.unroll(8)" in line for line in loops)
+    rng = np.random.default_rng(0)
+    xv, wv = rng.standard_normal((1, 200)).astype("float32"), rng.standard_normal((200, 120)).astype("float32")
+    lib = tvm.compile(tvm.IRModule({"main": scheduled}), target=resolve("host").target)
+    got = tvm.runtime.tensor(np.zeros((1, 120), "float32"))
+    lib["main"](tvm.runtime.tensor(xv), tvm.runtime.tensor(wv), got)
+    np.testing.assert_allclose(got.numpy(), xv @ wv, rtol=1e-5, atol=1e-4)
