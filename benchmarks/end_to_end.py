@@ -14,7 +14,8 @@ Latency: median of REPEAT single-inference timings after warm-up (at least 3, fe
 only for a model whose runs would exceed a minute in all). Peak memory: the process's
 peak RSS (VmHWM) and its growth over the RSS measured after imports. For the target model
 (WRPN 2x 2/2) and every TVM model slower than PyTorch FP32 1x, a per-call profile (VM
-instrumentation, one run) says where the time goes.
+instrumentation, one run) says where the time goes. Activation memory (bytes written per inference
+and the planned workspace, batch 1 and 32) is read off each compiled program (wrpn_tvm.memory).
 
     python benchmarks/end_to_end.py [--repeat 30] [--rounds 3] [--no-peers] [--out benchmarks/results/end_to_end]
 """
@@ -46,6 +47,8 @@ PEERS = {
     "openvino (default precision)": ("ort", "openvino", "fp32"),
     "lce binary quicknet": ("lce", "lce", "lce"),
 }
+MEMORY_BATCHES = (1, 32)
+MEMORY_BASELINE = "tvm fp32 1x"
 TIME_BUDGET_S = 60  # per model: unscheduled FP32 TVM runs take seconds each
 MIN_REPEAT = 3
 
@@ -178,10 +181,13 @@ def prepare_peers(folder: Path, fp32_program: Path) -> tuple[dict, dict]:
 
 
 def compile_variant(folder: Path, name: str, width: float, abits: int, wbits: int,
-                    tuning_log: Path | None = None) -> tuple[str, float, list]:
+                    tuning_log: Path | None = None) -> tuple[str, float, list, dict]:
+    """(library, compile seconds, layer reports, activation memory at MEMORY_BATCHES read off the
+    compiled program: bytes written per inference and planned workspace)."""
     import torch
 
     from wrpn_tvm import build
+    from wrpn_tvm.memory import program_footprints
     from wrpn_tvm.nn import build_model, export_model
 
     torch.manual_seed(0)
@@ -190,7 +196,11 @@ def compile_variant(folder: Path, name: str, width: float, abits: int, wbits: in
     torch.export.save(export_model(model, torch.rand(1, 3, IMAGE, IMAGE)), str(program))
     start = time.perf_counter()
     result = build.compile_model(program, "host", program.with_suffix(".so"), tuning_log=tuning_log)
-    return str(result.library), time.perf_counter() - start, [str(layer) for layer in result.layers]
+    seconds = time.perf_counter() - start
+    memory = {str(batch): footprint.to_json()
+              for batch, footprint in program_footprints(program, batches=MEMORY_BATCHES, target="host").items()
+              if footprint is not None}  # None: a shape that is not static
+    return str(result.library), seconds, [str(layer) for layer in result.layers], memory
 
 
 def _median(values):
@@ -239,7 +249,7 @@ def run(repeat: int, rounds: int, out: Path, with_peers: bool = True) -> dict:
             print(f"[{time.strftime('%H:%M:%S')}] round {index + 1}/{rounds}", flush=True)
             load_per_round.append(os.getloadavg())
             measured[BASELINE].append(_child("torch", "", per_round))
-            for name, (library, _, _) in compiled.items():
+            for name, (library, _, _, _) in compiled.items():
                 measured[name].append(_child("tvm", library, per_round))
             for name, command in list(peers.items()):
                 try:
@@ -249,8 +259,8 @@ def run(repeat: int, rounds: int, out: Path, with_peers: bool = True) -> dict:
                     del peers[name]
                     measured.pop(name, None)
     results = {name: _merge(rounds_of) for name, rounds_of in measured.items()}
-    for name, (_, seconds, layers) in compiled.items():
-        results[name].update(compile_s=seconds, layers=layers)
+    for name, (_, seconds, layers, memory) in compiled.items():
+        results[name].update(compile_s=seconds, layers=layers, memory=memory)
     baseline_ms = _median(results[BASELINE]["runs_ms"])
     for name in peers:
         results[name]["peer"] = True
@@ -328,6 +338,7 @@ def markdown(report: dict) -> str:
                      f"{r['speedup_vs_pytorch_fp32_1x']:.2f}x | "
                      f"{r['peak_rss_mib']:.0f} | {growth:.0f} | {compile_s} |")
     lines += _peer_lines(report)
+    lines += _memory_lines(results)
     target = results[TARGET_VARIANT]
     verdict = "met" if report["target_met"] else (
         f"missed: {target['median_ms']:.1f} ms vs {baseline:.1f} ms, {target['median_ms'] / baseline:.2f}x slower")
@@ -350,6 +361,30 @@ def markdown(report: dict) -> str:
         top = sorted(r["profile_ms"].items(), key=lambda kv: -kv[1])[:8]
         lines += ["", "Slowest calls: " + ", ".join(f"`{sym}` {ms:.1f} ms" for sym, ms in top), ""]
     return "\n".join(lines) + "\n"
+
+
+def _memory_lines(results: dict) -> list:
+    """Activation bytes written per inference and planned workspace per compiled model, against TVM FP32 1x."""
+    compiled = {name: r["memory"] for name, r in results.items() if "memory" in r}
+    if MEMORY_BASELINE not in compiled:
+        return []
+    mib = 1 << 20
+    header = " | ".join(f"{what} b{batch} MiB | vs FP32 1x" for batch in MEMORY_BATCHES
+                        for what in ("written", "workspace"))
+    lines = ["", "## Activation memory (read off each compiled program: `wrpn_tvm.memory`)", "",
+             "Written: the output tensors of every kernel call per inference (not inputs, weights or constants). "
+             "Workspace: what Relax's memory planner allocates for intermediates (reused storage counted once; "
+             "the model's outputs apart). Batch 32 is the same program traced again at that batch.", "",
+             f"| model | {header} |", "| --- |" + " ---: | ---: |" * 2 * len(MEMORY_BATCHES)]
+    base = compiled[MEMORY_BASELINE]
+    for name, memory in compiled.items():
+        cells = []
+        for batch in MEMORY_BATCHES:
+            for key in ("activation_bytes", "workspace_bytes"):
+                value, reference = memory.get(str(batch), {}).get(key), base.get(str(batch), {}).get(key)
+                cells += ["-", "-"] if value is None or not reference else [f"{value / mib:.1f}", f"{value / reference:.2f}x"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _peer_lines(report: dict) -> list:
