@@ -20,7 +20,8 @@ from wrpn_tvm import kernels, ops
 from wrpn_tvm.ops.bitpack import pack_weight
 from wrpn_tvm.targets import resolve
 
-_spec = importlib.util.spec_from_file_location("avx2_bench", Path(__file__).resolve().parent.parent / "benchmarks" / "avx2.py")
+REPO = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("avx2_bench", REPO / "benchmarks" / "avx2.py")
 avx2_bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(avx2_bench)
 
@@ -42,9 +43,10 @@ def _uses_nibble_counts(asm: str) -> bool:
 
 
 # (abits, wbits, channels, out_channels, kernel, stride, padding, batch, image, nibble counts):
-# 2, 4 and 8 plane pairs... that fit a signed byte (2/2, 2/1, 1/2, 3/1, 1/3), and layers that keep
-# the generic template (1/1: one pair; 4/2: byte sums beyond a signed byte; out channels that are
-# no multiple of 4), with channels off every word boundary, stride 2, odd images, 1x1, batch 2.
+# bit widths whose byte sums fit a signed byte (2/2, 2/1, 1/2, 3/1, 1/3: 2 to 4 plane pairs), and
+# layers that keep the generic template (1/1: one pair; 4/2: byte sums beyond a signed byte; out
+# channels that are no multiple of 4), with channels off every word boundary, stride 2, odd
+# images, 1x1, batch 2.
 CONV_CASES = [
     (2, 2, 100, 32, 3, 1, 1, 1, 7, True),
     (2, 2, 17, 16, 3, 2, (0, 1, 2, 1), 2, 9, True),
@@ -79,7 +81,8 @@ def test_dense_is_exact(case):
     rng = np.random.default_rng(features)
     x = rng.integers(0, 2**abits, (batch, features))
     w = random_weights(rng, wbits, (out_features, features))
-    assert np.array_equal(kernels.dense_levels(x, w, abits, wbits, TARGET, 64), ops.dense_levels_reference(x, w, abits, wbits))
+    got = kernels.dense_levels(x, w, abits, wbits, TARGET, 64)
+    assert np.array_equal(got, ops.dense_levels_reference(x, w, abits, wbits))
     executable = kernels.compile_dense(x.shape, w.shape, abits, wbits, TARGET, 64)
     assert _uses_nibble_counts(executable.mod.inspect_source("asm")) == nibbles
 
