@@ -164,7 +164,8 @@ def conv_kernel(size: int, channels: int, abits: int, wbits: int, target: str, m
     finally:
         schedules.x86.MIN_DEFAULT_PAIRS = default_pairs
     rng = np.random.default_rng(0)
-    args = [tvm.runtime.tensor(rng.integers(0, 2**63, [int(d) for d in t.shape], dtype=np.uint64)) for t in (data, weight)]
+    args = [tvm.runtime.tensor(rng.integers(0, 2**63, [int(d) for d in t.shape], dtype=np.uint64))
+            for t in (data, weight)]
     args.append(tvm.runtime.tensor(np.zeros((1, size, size, channels), np.int32)))
     return executable, args
 
@@ -248,7 +249,8 @@ def kernels_markdown(section: dict) -> list[str]:
         "The x86-avx2 build uses the nibble counts where a layer has two or more plane pairs (2/2 here), LLVM's "
         f"popcount otherwise (1/1 here). Load average (1/5/15 min) at the end of this part: "
         f"{'/'.join(f'{v:.1f}' for v in section['load_average_1_5_15min'])}.", "",
-        "| layer | a/w bits | " + " | ".join(f"{b} ms" for b in builds) + " | LLVM / nibble time | nibble / AVX-512 time |",
+        "| layer | a/w bits | " + " | ".join(f"{b} ms" for b in builds)
+        + " | LLVM / nibble time | nibble / AVX-512 time |",
         "| --- | --- | " + " | ".join("---:" for _ in builds) + " | ---: | ---: |",
     ]
     for row in section["rows"]:
