@@ -16,7 +16,8 @@ output channels (64-bit words):
     wrapping bytes: each byte's final value, the byte's share of sum(A * W), fits a signed byte
     (`fits`), so intermediate wrap-around cancels;
   * `vpmaddubsw` of +1 bytes with that signed byte sum adds neighbouring bytes into signed 16-bit
-    lanes, added to the accumulator.
+    lanes, added to the accumulator. Where a word's sum can leave a signed byte (4/2, 2/4, 3/3),
+    the positive and the negative pairs are summed apart in unsigned bytes and widened apart.
 That is two ANDs, two lookups and two byte adds per pair, and one widening and one 16-bit add per
 word and vector: 25 operations for 2/2 instead of 36, one accumulator register instead of four.
 (Summing several words in bytes before widening was measured too: the extra live operands spill
@@ -46,7 +47,7 @@ NIBBLE_BITS = 4
 COUNT_LANE_BITS = 16
 COUNT_LANES_PER_CHANNEL = 64 // COUNT_LANE_BITS
 COUNT_LANE_MAX = 2 ** (COUNT_LANE_BITS - 1) - 1
-SIGNED_BYTE_MIN, SIGNED_BYTE_MAX = -128, 127
+SIGNED_BYTE_MIN, SIGNED_BYTE_MAX, UNSIGNED_BYTE_MAX = -128, 127, 255
 LOW_NIBBLES = 0x0F0F0F0F0F0F0F0F
 DECODE_INTRIN = "wrpn_avx2_decode_counts"
 _BYTES = f"uint8x{YMM_BYTES}"
@@ -84,9 +85,16 @@ class NibbleCounts:
         low, high = self._byte_range()
         return COUNT_LANE_MAX // (2 * max(-low, high))
 
+    @property
+    def signed_bytes(self) -> bool:
+        """Whether one word's byte sum over all pairs fits a signed byte; otherwise the positive and
+        the negative pairs are summed apart, each in unsigned bytes, and widened apart."""
+        low, high = self._byte_range()
+        return SIGNED_BYTE_MIN <= low and high <= SIGNED_BYTE_MAX
+
     def fits(self, reduction_words: int) -> bool:
         low, high = self._byte_range()
-        return SIGNED_BYTE_MIN <= low and high <= SIGNED_BYTE_MAX and reduction_words <= self.max_words
+        return max(-low, high) <= UNSIGNED_BYTE_MAX and reduction_words <= self.max_words
 
     @property
     def update_intrin(self) -> str:
@@ -146,29 +154,36 @@ def _count_table(multiplier: int):
 
 
 def _accumulate_nibble_counts(plan: NibbleCounts, A, W, C) -> None:
-    """Split the operands into nibbles, look up |c| x popcount per pair, add or subtract it in
-    bytes, widen the bytes once and add them into C's 16-bit lanes."""
+    """Split the operands into nibbles, look up |c| x popcount per pair, sum the lookups in bytes,
+    widen each byte sum once and add or subtract it in C's 16-bit lanes."""
     low = tirx.const(LOW_NIBBLES, WORD)
     shift = tirx.const(NIBBLE_BITS, WORD)
     a_low = [T.broadcast(A[i, 0] & low, LANES) for i in range(plan.abits)]
     a_high = [T.broadcast((A[i, 0] >> shift) & low, LANES) for i in range(plan.abits)]
     weights = [W.vload([j, 0, 0], _WORDS) for j in range(plan.wbits)]
     weights_high = [weight >> T.broadcast(shift, LANES) for weight in weights]
-    # Positive pairs first: the sum starts from a lookup rather than from zero.
-    pairs = sorted(plan.pairs, key=lambda pair: plan.coefficient(*pair) < 0)
-    byte_sum = None
-    for i, j in pairs:
+    # Byte sums by whether they are subtracted once widened: one signed sum (negative pairs
+    # subtracted in bytes), or an unsigned sum per sign. Positive pairs come first, so that a sum
+    # starts from a lookup rather than from zero.
+    sums = {}
+    for i, j in sorted(plan.pairs, key=lambda pair: plan.coefficient(*pair) < 0):
         coefficient = plan.coefficient(i, j)
-        tables = _count_table(abs(coefficient))
+        widened_negative = coefficient < 0 and not plan.signed_bytes
         for nibbles in (a_low[i] & weights[j], a_high[i] & weights_high[j]):
-            count = _avx2("pshuf.b", _BYTES, tables, T.reinterpret(_BYTES, nibbles))
-            if byte_sum is None:
-                byte_sum = count
+            count = _avx2("pshuf.b", _BYTES, _count_table(abs(coefficient)), T.reinterpret(_BYTES, nibbles))
+            if widened_negative not in sums:
+                sums[widened_negative] = count
+            elif coefficient < 0 and plan.signed_bytes:
+                sums[widened_negative] = sums[widened_negative] - count
             else:
-                byte_sum = byte_sum - count if coefficient < 0 else byte_sum + count
-    # vpmaddubsw: unsigned bytes (the +1s) times signed bytes (the sums), neighbours added.
-    widened = _avx2("pmadd.ub.sw", _COUNTS, _bytes(1), byte_sum)
-    total = T.reinterpret(_COUNTS, C.vload([0], _ACCUMULATORS)) + widened
+                sums[widened_negative] = sums[widened_negative] + count
+    # vpmaddubsw: unsigned bytes times signed bytes, neighbours added: the +1s times a signed sum,
+    # or an unsigned sum times the +1s.
+    total = T.reinterpret(_COUNTS, C.vload([0], _ACCUMULATORS))
+    for widened_negative, byte_sum in sums.items():
+        operands = (_bytes(1), byte_sum) if plan.signed_bytes else (byte_sum, _bytes(1))
+        widened = _avx2("pmadd.ub.sw", _COUNTS, *operands)
+        total = total - widened if widened_negative else total + widened
     T.buffer_store(C, T.reinterpret(_ACCUMULATORS, total), [T.ramp(0, 1, LANES)])
 
 

@@ -43,10 +43,10 @@ def _uses_nibble_counts(asm: str) -> bool:
 
 
 # (abits, wbits, channels, out_channels, kernel, stride, padding, batch, image, nibble counts):
-# bit widths whose byte sums fit a signed byte (2/2, 2/1, 1/2, 3/1, 1/3: 2 to 4 plane pairs), and
-# layers that keep the generic template (1/1: one pair; 4/2: byte sums beyond a signed byte; out
-# channels that are no multiple of 4), with channels off every word boundary, stride 2, odd
-# images, 1x1, batch 2.
+# bit widths whose word sums fit a signed byte (2/2, 2/1, 1/2, 3/1, 1/3) or an unsigned byte per
+# sign (4/2, 2/4, 3/3), and layers that keep the generic template (1/1: one pair; 4/2 over more
+# words than its 16-bit lanes take; 4/4: byte sums beyond a byte; out channels that are no
+# multiple of 4), with channels off every word boundary, stride 2, odd images, 1x1, batch 2.
 CONV_CASES = [
     (2, 2, 100, 32, 3, 1, 1, 1, 7, True),
     (2, 2, 17, 16, 3, 2, (0, 1, 2, 1), 2, 9, True),
@@ -55,12 +55,17 @@ CONV_CASES = [
     (1, 2, 40, 20, 5, 2, 2, 1, 9, True),
     (3, 1, 65, 4, 3, 1, 1, 2, 5, True),
     (1, 3, 33, 8, 3, 1, 0, 1, 6, True),
+    (4, 2, 70, 8, 3, 1, 1, 1, 7, True),
+    (2, 4, 100, 12, 3, 2, 1, 1, 7, True),
+    (3, 3, 65, 8, 1, 1, 0, 2, 5, True),
     (1, 1, 130, 24, 3, 2, 1, 1, 7, False),
-    (4, 2, 70, 8, 3, 1, 1, 1, 7, False),
+    (4, 2, 520, 4, 3, 1, 1, 1, 3, False),
+    (4, 4, 70, 8, 3, 1, 1, 1, 5, False),
     (2, 2, 20, 6, 3, 1, 1, 1, 7, False),
 ]
 # (abits, wbits, features, out_features, batch, nibble counts)
-DENSE_CASES = [(2, 2, 300, 12, 3, True), (2, 1, 77, 8, 2, True), (1, 1, 130, 6, 1, False), (4, 4, 100, 8, 2, False)]
+DENSE_CASES = [(2, 2, 300, 12, 3, True), (2, 1, 77, 8, 2, True), (4, 2, 1000, 8, 2, True), (1, 1, 130, 6, 1, False),
+               (4, 4, 100, 8, 2, False)]
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
@@ -189,8 +194,11 @@ def test_tuning_offers_both_popcounts_and_every_candidate_is_exact(abits, wbits,
 
 
 def test_byte_and_lane_bounds():
-    """The plans that fit: a word's signed byte sum within [-128, 127] and 16-bit lanes over the
-    reduction; ResNet-18's longest 2x 2/2 reduction (3x3 x 16 words) fits."""
-    assert NibbleCounts(2, 2).fits(9 * 16) and NibbleCounts(2, 2).max_words == 32767 // 96
-    assert not NibbleCounts(4, 2).fits(1) and not NibbleCounts(4, 4).fits(1)
-    assert NibbleCounts(1, 4).fits(1) and NibbleCounts(4, 1).fits(1)
+    """The plans that fit: a word's byte sums within a signed byte (one sum) or an unsigned byte
+    (a sum per sign), and 16-bit lanes over the reduction; ResNet-18's longest 2x 2/2 reduction
+    (3x3 x 16 words) fits."""
+    assert NibbleCounts(2, 2).signed_bytes and NibbleCounts(2, 2).fits(9 * 16)
+    assert NibbleCounts(2, 2).max_words == 32767 // 96
+    assert not NibbleCounts(4, 2).signed_bytes and NibbleCounts(4, 2).fits(9 * 4) and not NibbleCounts(4, 2).fits(72)
+    assert not NibbleCounts(4, 4).fits(1)
+    assert NibbleCounts(1, 4).signed_bytes and NibbleCounts(4, 1).signed_bytes
