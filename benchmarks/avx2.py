@@ -23,11 +23,11 @@ whose second thread is descheduled waits for it at every barrier.)
     python benchmarks/avx2.py [--repeat 30] [--rounds 3] [--threads 1 2] [--out benchmarks/results/avx2]
     python benchmarks/avx2.py --kernels   # then the per-layer kernels (1 thread, CPU time, llvm-mca), same files
 
-Per-layer kernels: ResNet-18's 3x3 convs at 2x 2/2 and 1x 1/1, each built three ways (x86-avx2 with
-the nibble counts forced, x86-avx2 with LLVM's popcount only, x86-avx512), timed as CPU time per
-call at 1 thread (what other jobs take from this core does not count), and for the 2/2 AVX2
-builds llvm-mca's cycles per 256-bit AND + popcount + accumulate in the hot loop on Haswell,
-Skylake and Zen 3 models (no load, no memory effects).
+Per-layer kernels: ResNet-18's 3x3 convs at 2x 2/2, 2x 4/2 and 1x 1/1, each built three ways
+(x86-avx2 with the nibble counts forced, x86-avx2 with LLVM's popcount only, x86-avx512), timed as
+CPU time per call at 1 thread (what other jobs take from this core does not count); for the AVX2
+builds with multi-bit weights also llvm-mca's cycles per 256-bit AND + popcount + accumulate in
+the hot loop on Haswell, Skylake and Zen 3 models (no load, no memory effects).
 """
 
 import argparse
@@ -131,7 +131,7 @@ def compile_model(folder: Path, name: str, width: float, abits: int, wbits: int,
 
 # Per-layer kernels: load-robust numbers (CPU time at 1 thread, and llvm-mca's static cycle counts).
 KERNEL_LAYERS = [(56, 64), (28, 128), (14, 256), (7, 512)]  # ResNet-18's 3x3 convs at 1x width: (image, channels)
-KERNEL_CONFIGS = [(2, 2, 2), (1, 1, 1)]  # (width, abits, wbits)
+KERNEL_CONFIGS = [(2, 2, 2), (2, 4, 2), (1, 1, 1)]  # (width, abits, wbits)
 # name: (target, minimum plane pairs for the nibble counts: 1 forces them, sys.maxsize switches them off)
 KERNEL_BUILDS = {
     "x86-avx2 nibble counts": ("x86-avx2", 1),
@@ -246,8 +246,9 @@ def kernels_markdown(section: dict) -> list[str]:
         "The bit-serial conv alone (packed input, padding 1, stride 1), for each way to count bits: CPU "
         f"milliseconds per call, best of {section['batches']} batches of {section['calls']} calls in one process "
         "(CPU time leaves out what other jobs take from this core; their cache and memory traffic stays in). "
-        "The x86-avx2 build uses the nibble counts where a layer has two or more plane pairs (2/2 here), LLVM's "
-        f"popcount otherwise (1/1 here). Load average (1/5/15 min) at the end of this part: "
+        "The x86-avx2 build uses the nibble counts where a layer has two or more plane pairs and its 16-bit lanes "
+        "hold the reduction (2/2; 4/2 up to 68 words, so not at 14x14x512 and 7x7x1024, where both AVX2 columns "
+        f"are LLVM's popcount), LLVM's popcount otherwise (1/1). Load average (1/5/15 min) at the end of this part: "
         f"{'/'.join(f'{v:.1f}' for v in section['load_average_1_5_15min'])}.", "",
         "| layer | a/w bits | " + " | ".join(f"{b} ms" for b in builds)
         + " | LLVM / nibble time | nibble / AVX-512 time |",
