@@ -141,6 +141,11 @@ def _lines(path: Path):
         yield number, raw.decode("utf-8", errors="replace").strip()
 
 
+def has_records(log_dir: "str | os.PathLike") -> bool:
+    """Whether the log dir's record file has a line (a quick look, before the log is read in full)."""
+    return any(line for _, line in _lines(Path(log_dir) / RECORD_FILE))
+
+
 def check_target(log: TuningLog, spec: TargetSpec, strict: bool = False) -> list[str]:
     """Refuse a log with records that spec's target may not run; return one note per CPU the log
     was tuned on that differs from spec's but has no feature spec's lacks. `strict` refuses

@@ -20,8 +20,8 @@ from pathlib import Path
 from ..errors import WrpnError
 from ..remote.session import DeviceSpec
 from ..targets import TargetSpec, resolve
-from .database import open_database
-from .estimated_log import mark_estimated
+from .database import has_records, open_database
+from .estimated_log import check_kind, mark_estimated
 from .estimate_runner import EstimateRunner, board_for, check_tools
 from .lock import exclusive
 from .progress import ProgressPrinter, TaskProgress, recorded_seconds
@@ -70,7 +70,8 @@ def tune(
 
     spec = resolve(target)
     device = device if device is not None else DeviceSpec()
-    _check_timing(spec, device, estimate)  # before the slow import of the model
+    check_kind(Path(log_dir), has_records(log_dir), estimate)  # these two before the slow import of the model
+    _check_timing(spec, device, estimate)
     mod, _layers, _inputs = prepare_module(program, spec)
     return tune_module(mod, spec, trials, log_dir, device, seed=seed, trials_per_batch=trials_per_batch,
                        max_minutes=max_minutes, stream=stream, estimate=estimate)
