@@ -21,7 +21,7 @@ from .common import (
     Decisions,
     attach_epilogue,
     compute_padding_at,
-    largest_divisor_at_most,
+    divisors,
     loop_extent,
     try_vectorize,
 )
@@ -66,17 +66,34 @@ def _narrow_plan(sch: Schedule, block) -> "NarrowAccumulation | None":
     return plan
 
 
-def _default_tile(plan: NarrowAccumulation, pixels: int, vectors: int) -> tuple[int, int]:
-    """(pixels, channel vectors) of the default register tile. The most channel vectors that
-    leave room for two pixels (each broadcast activation feeds more counts, each weight load two
-    pixels), then as many pixels as the q registers hold: accumulators pixels x vectors, weights
-    wbits x vectors, broadcast activations abits x pixels, and scratch."""
-    for limit in (MAX_CHANNEL_VECTORS, 4, 2, 1):
-        vector_tile = largest_divisor_at_most(vectors, limit)
-        pixels_fit = (Q_REGISTERS - SCRATCH_REGISTERS - plan.wbits * vector_tile) // (vector_tile + plan.abits)
-        if pixels_fit >= min(2, pixels):
-            break
-    return largest_divisor_at_most(pixels, max(1, min(MAX_PIXELS, pixels_fit))), vector_tile
+def _cycles_per_count(plan: NarrowAccumulation, pixels: int, vectors: int) -> float:
+    """A two-pipe core's cycles per 128-bit count for a register tile (Cortex-A72 in LLVM's model):
+    and, cnt and the folds/uadalp are 3 NEON ops per count on 2 pipes, each broadcast (`ld1r`)
+    one more NEON op and a load; every q register of weights and every broadcast is a load on the
+    one load pipe; 3 ops issue per cycle."""
+    counts = len(plan.pairs) * pixels * vectors
+    broadcasts, weight_loads = plan.abits * pixels, plan.wbits * vectors
+    neon = 3 * counts + broadcasts
+    return max(neon / 2, broadcasts + weight_loads, (neon + broadcasts + weight_loads) / 3) / counts
+
+
+def _default_tile(plan: NarrowAccumulation, pixels: int, vectors: int, words: int) -> tuple[int, int]:
+    """(pixels, channel vectors) of the default register tile: the cheapest per count by
+    `_cycles_per_count` among those whose accumulators (pixels x vectors q registers), weights
+    (wbits x vectors), broadcast activations (abits x pixels) and scratch fit the q registers,
+    preferring tiles whose innermost iteration (two words where `words` is even) holds enough
+    counts to hide the latencies; on a tie, the fewest registers (LLVM unrolls short word loops,
+    and a full tile spills then)."""
+    unrolled = 2 if words % 2 == 0 else 1
+
+    def key(p: int, v: int):
+        short = len(plan.pairs) * p * v * unrolled < MIN_COUNTS_PER_ITERATION
+        return short, _cycles_per_count(plan, p, v), p * v
+
+    candidates = [(p, v) for p in divisors(pixels) if p <= MAX_PIXELS
+                  for v in divisors(vectors) if v <= MAX_CHANNEL_VECTORS
+                  and p * v + plan.wbits * v + plan.abits * p + SCRATCH_REGISTERS <= Q_REGISTERS]
+    return min(candidates, key=lambda tile: key(*tile))
 
 
 def _split_channel_vectors(sch: Schedule, decisions: Decisions, loop, plan: NarrowAccumulation, default: int):
@@ -129,25 +146,30 @@ def _narrow_registers_and_writeback(sch: Schedule, block, plan, outer, register_
 def _conv2d_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool, order: str) -> None:
     decisions = Decisions(sch, tuning)
     n, oh, ow, o, kh, kw, cw = sch.get_loops(block)
-    pixels, vectors = _default_tile(plan, loop_extent(sch, ow), loop_extent(sch, o) // plan.lanes)
+    pixels, vectors = _default_tile(plan, loop_extent(sch, ow), loop_extent(sch, o) // plan.lanes,
+                                    loop_extent(sch, cw))
     oh_outer, oh_inner = sch.split(oh, decisions.tile(oh, 2, 2, [loop_extent(sch, oh), 1]))
     ow_outer, ow_inner = sch.split(ow, decisions.tile(ow, 2, MAX_PIXELS, [loop_extent(sch, ow) // pixels, pixels]))
     o_outer, o_vectors, o_lanes = _split_channel_vectors(sch, decisions, o, plan, vectors)
     outer = [n, oh_outer, ow_outer, o_outer] if order == "pixels_outer" else [o_outer, n, oh_outer, ow_outer]
     sch.reorder(*outer, kh, kw, cw, oh_inner, ow_inner, o_vectors, o_lanes)
+    # One loop over the kernel window: LLVM unrolls a 3-trip kw loop into a copy of the hot loop
+    # per column, and where a column's weight offset passes ldr's immediate range (64 KiB: kw = 2
+    # at 7x7x512 1/1) that copy loads with register offsets, two ops per load on Cortex-A72.
+    window = sch.fuse(kh, kw)
     _unroll_small_tiles(sch, plan, cw, [oh_inner, ow_inner, o_vectors])
     parallel = sch.fuse(*outer)
     sch.parallel(parallel)
     cpu.annotate_unroll(sch, parallel, decisions)
     compute_padding_at(sch, block, parallel)
-    _narrow_registers_and_writeback(sch, block, plan, parallel, [oh_inner, ow_inner, o_vectors], o_lanes, kh,
+    _narrow_registers_and_writeback(sch, block, plan, parallel, [oh_inner, ow_inner, o_vectors], o_lanes, window,
                                     tuning)
 
 
 def _dense_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool) -> None:
     decisions = Decisions(sch, tuning)
     n, o, k = sch.get_loops(block)
-    rows, vectors = _default_tile(plan, loop_extent(sch, n), loop_extent(sch, o) // plan.lanes)
+    rows, vectors = _default_tile(plan, loop_extent(sch, n), loop_extent(sch, o) // plan.lanes, loop_extent(sch, k))
     n_outer, n_regs = sch.split(n, decisions.tile(n, 2, MAX_PIXELS, [loop_extent(sch, n) // rows, rows]))
     o_outer, o_vectors, o_lanes = _split_channel_vectors(sch, decisions, o, plan, vectors)
     sch.reorder(o_outer, n_outer, k, n_regs, o_vectors, o_lanes)
