@@ -70,29 +70,34 @@ def _cycles_per_count(plan: NarrowAccumulation, pixels: int, vectors: int) -> fl
     """A two-pipe core's cycles per 128-bit count for a register tile (Cortex-A72 in LLVM's model):
     and, cnt and the folds/uadalp are 3 NEON ops per count on 2 pipes, each broadcast (`ld1r`)
     one more NEON op and a load; every q register of weights and every broadcast is a load on the
-    one load pipe; 3 ops issue per cycle."""
+    one load pipe; 3 ops issue per cycle, a broadcast taking 2 and a q register of weights 1.5
+    (LLVM pairs them into `ldp q`, 3 ops)."""
     counts = len(plan.pairs) * pixels * vectors
     broadcasts, weight_loads = plan.abits * pixels, plan.wbits * vectors
     neon = 3 * counts + broadcasts
-    return max(neon / 2, broadcasts + weight_loads, (neon + broadcasts + weight_loads) / 3) / counts
+    return max(neon / 2, broadcasts + weight_loads, (3 * counts + 2 * broadcasts + 1.5 * weight_loads) / 3) / counts
 
 
 def _default_tile(plan: NarrowAccumulation, pixels: int, vectors: int, words: int) -> tuple[int, int]:
     """(pixels, channel vectors) of the default register tile: the cheapest per count by
     `_cycles_per_count` among those whose accumulators (pixels x vectors q registers), weights
-    (wbits x vectors), broadcast activations (abits x pixels) and scratch fit the q registers,
-    preferring tiles whose innermost iteration (two words where `words` is even) holds enough
-    counts to hide the latencies; on a tie, the fewest registers (LLVM unrolls short word loops,
-    and a full tile spills then)."""
-    unrolled = 2 if words % 2 == 0 else 1
+    (wbits x vectors per word in flight), broadcast activations (abits x pixels) and scratch fit
+    the q registers, preferring tiles whose innermost iteration (two words where `words` is even)
+    holds enough counts to hide the latencies; on a tie, the fewest registers."""
+
+    def words_in_flight(p: int, v: int) -> int:
+        # Two where the template unrolls two words, or LLVM unrolls a 2-trip word loop itself.
+        short = len(plan.pairs) * p * v < MIN_COUNTS_PER_ITERATION
+        return 2 if words == 2 or (short and words % 2 == 0) else 1
 
     def key(p: int, v: int):
-        short = len(plan.pairs) * p * v * unrolled < MIN_COUNTS_PER_ITERATION
+        short = len(plan.pairs) * p * v * words_in_flight(p, v) < MIN_COUNTS_PER_ITERATION
         return short, _cycles_per_count(plan, p, v), p * v
 
     candidates = [(p, v) for p in divisors(pixels) if p <= MAX_PIXELS
                   for v in divisors(vectors) if v <= MAX_CHANNEL_VECTORS
-                  and p * v + plan.wbits * v + plan.abits * p + SCRATCH_REGISTERS <= Q_REGISTERS]
+                  and p * v + plan.wbits * v * words_in_flight(p, v) + plan.abits * p + SCRATCH_REGISTERS
+                  <= Q_REGISTERS]
     return min(candidates, key=lambda tile: key(*tile))
 
 
