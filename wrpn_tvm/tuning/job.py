@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import WrpnError
+from ..estimate import calibration, calibration_line
 from ..remote.session import DeviceSpec
 from ..targets import TargetSpec, resolve
 from .database import has_records, open_database
@@ -130,8 +131,8 @@ def tune_tasks(
     if max_minutes is not None and max_minutes <= 0:
         raise WrpnError(f"--max-minutes must be positive, got {max_minutes}")
     device = device if device is not None else DeviceSpec()
-    _check_timing(spec, device, estimate)
-    if estimate:
+    if estimate:  # (make_runner checks a device itself)
+        _check_timing(spec, device, estimate)
         board = board_for(spec)
         runner = EstimateRunner(board, board.cores)
         timed_on = runner.describe()
@@ -149,8 +150,6 @@ def tune_tasks(
         if not tasks:
             raise WrpnError("the model has no tunable tasks")
         if estimate:
-            from ..estimate import calibration, calibration_line
-
             mark_estimated(log_dir, board, runner.threads, calibration_line(calibration()))
         progress = [_task_progress(task.task_name, recorded_records(database, task.dispatched[0])) for task in tasks]
         already = sum(task.recorded for task in progress)
