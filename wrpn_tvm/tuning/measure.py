@@ -11,6 +11,7 @@ import functools
 from ..errors import WrpnError
 from ..remote.session import DeviceSpec, parse_address, registered_devices
 from ..targets import TargetSpec
+from ..estimate import BOARDS as ESTIMATED_BOARDS
 
 
 def connect_direct(host: str, port: int, timeout: float, _config):
@@ -26,6 +27,7 @@ def check_device(spec: TargetSpec, device: DeviceSpec) -> None:
         raise WrpnError(
             f"target {spec.name} does not run on this host: time its candidates on a device "
             "with --rpc HOST:PORT or --tracker HOST:PORT --key KEY"
+            + (", or rank them by their estimated time with --estimate" if spec.name in ESTIMATED_BOARDS else "")
         )
 
 
