@@ -20,9 +20,9 @@ from . import cpu
 from .common import (
     Decisions,
     attach_epilogue,
-    compute_padding_at,
     divisors,
     loop_extent,
+    padding_block,
     try_vectorize,
 )
 from .neon import NarrowAccumulation, narrow_accumulation
@@ -148,6 +148,15 @@ def _narrow_registers_and_writeback(sch: Schedule, block, plan, outer, register_
     sch.tensorize(lanes, plan.update_intrin)
 
 
+def _pad_whole_input(sch: Schedule, block) -> None:
+    """Materialize the zero-padded input once, in parallel over rows, before the kernel: a copy
+    per tile repeats the halo for every channel tile, and its loop state beside the kernel's
+    spilled to the stack on Cortex-A53 (7x7x1024)."""
+    pad = padding_block(sch, block)
+    if pad is not None:
+        sch.parallel(sch.fuse(*sch.get_loops(pad)[:2]))
+
+
 def _conv2d_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool, order: str) -> None:
     decisions = Decisions(sch, tuning)
     n, oh, ow, o, kh, kw, cw = sch.get_loops(block)
@@ -160,13 +169,15 @@ def _conv2d_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool,
     sch.reorder(*outer, kh, kw, cw, oh_inner, ow_inner, o_vectors, o_lanes)
     # One loop over the kernel window: LLVM unrolls a 3-trip kw loop into a copy of the hot loop
     # per column, and where a column's weight offset passes ldr's immediate range (64 KiB: kw = 2
-    # at 7x7x512 1/1) that copy loads with register offsets, two ops per load on Cortex-A72.
-    window = sch.fuse(kh, kw)
+    # at 7x7x512 1/1) that copy loads with register offsets, two ops per load on Cortex-A72. Not
+    # where LLVM unrolls the word loop itself (2 words): the window loop is then the innermost one,
+    # and its row and column (a division by 3) would be computed in it.
+    window = sch.fuse(kh, kw) if loop_extent(sch, cw) > 2 else kh
     _unroll_small_tiles(sch, plan, cw, [oh_inner, ow_inner, o_vectors])
     parallel = sch.fuse(*outer)
     sch.parallel(parallel)
     cpu.annotate_unroll(sch, parallel, decisions)
-    compute_padding_at(sch, block, parallel)
+    _pad_whole_input(sch, block)
     _narrow_registers_and_writeback(sch, block, plan, parallel, [oh_inner, ow_inner, o_vectors], o_lanes, window,
                                     tuning)
 
