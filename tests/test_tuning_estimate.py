@@ -168,11 +168,28 @@ def test_estimate_refuses_what_it_cannot_estimate(argv, message, tmp_path, capsy
     assert message in capsys.readouterr().err
 
 
+def test_every_pooling_annotation_has_a_rule_that_leaves_the_block_to_the_default_rules(program):
+    import tvm
+    from tvm import s_tir
+
+    from wrpn_tvm.tuning.rules import POOL_RULES
+
+    for key in ("cpu", "cuda"):  # x86 and aarch64 targets (keys arm_cpu, cpu) find the cpu rule
+        for rule in POOL_RULES:
+            assert tvm.get_global_func(f"s_tir.meta_schedule.{key}.meta_schedule.{rule}", allow_missing=True)
+    _spec, tasks = tasks_of(program, "rasp4")
+    pool = next(task for task in tasks if "pool" in task.task_name).dispatched[0]
+    assert '"schedule_rule": "meta_schedule.pool_max"' in pool.script()
+    sch = s_tir.Schedule(pool)
+    apply = tvm.get_global_func("s_tir.meta_schedule.cpu.meta_schedule.pool_max")
+    (scheduled,) = apply(sch, sch.get_sblock("pool_max"))
+    assert '"schedule_rule"' not in scheduled.mod.script()
+
+
+@pytest.mark.slow  # the first TuneContext of a process imports TVM's tensor intrinsics: 30 s to 2 minutes here
 def test_max_pool_design_spaces_come_without_the_unknown_schedule_rule_warning(program, capfd):
     """Where a tune printed `Unknown schedule rule "meta_schedule.pool_max"`: generating the task's
-    design spaces, now with the rule tuning registers, which does what MetaSchedule did after warning.
-    (The first TuneContext of a process imports TVM's tensor intrinsics: 30 s to 2 minutes here,
-    paid once per test session by whichever tuning test comes first.)"""
+    design spaces, now with the rule tuning registers, which does what MetaSchedule did after warning."""
     from tvm.s_tir import meta_schedule as ms
 
     spec, tasks = tasks_of(program, "host")  # importing wrpn_tvm.tuning registered the rules
