@@ -77,7 +77,7 @@ def test_every_shipped_log_is_for_an_isa_preset_and_applies_here():
 @pytest.mark.parametrize("cpu,expected", [
     ("znver5", "smallcnn-2x-a2w2-x86-avx512"),
     ("sapphirerapids", "smallcnn-2x-a2w2-x86-avx512"),
-    ("haswell", "smallcnn-2x-a2w2-x86-avx2"),
+    ("haswell", None),  # no AVX2 log ships (see tuning_logs/README.md)
     ("core2", None),
 ])
 def test_host_picks_the_best_shipped_log_that_applies(cpu, expected):
@@ -131,7 +131,7 @@ def _uncovered_tasks(program, log) -> list:
     return [task.task_name for task in tasks if not any(structural_equal(mod, task.dispatched[0]) for mod in workloads)]
 
 
-@pytest.mark.parametrize("preset", ["x86-avx512", "x86-avx2"])
+@pytest.mark.parametrize("preset", ["x86-avx512"])
 def test_the_shipped_smallcnn_logs_cover_every_task_of_the_model(tmp_path, preset):
     """A change to the lowering changes the fused functions MetaSchedule keys its records on; a
     shipped log must then be re-tuned, or the demo silently compiles those kernels untuned."""
