@@ -68,14 +68,15 @@ def _narrow_plan(sch: Schedule, block) -> "NarrowAccumulation | None":
 
 def _cycles_per_count(plan: NarrowAccumulation, pixels: int, vectors: int) -> float:
     """A two-pipe core's cycles per 128-bit count for a register tile (Cortex-A72 in LLVM's model):
-    and, cnt and the folds/uadalp are 3 NEON ops per count on 2 pipes, each broadcast (`ld1r`)
-    one more NEON op and a load; every q register of weights and every broadcast is a load on the
+    the updates' NEON ops (and, cnt, Horner adds, folds, uadalp: 3 per count without Horner) on 2
+    pipes, each broadcast (`ld1r`) one more NEON op and a load; every q register of weights and every broadcast is a load on the
     one load pipe; 3 ops issue per cycle, a broadcast taking 2 and a q register of weights 1.5
     (LLVM pairs them into `ldp q`, 3 ops)."""
     counts = len(plan.pairs) * pixels * vectors
     broadcasts, weight_loads = plan.abits * pixels, plan.wbits * vectors
-    neon = 3 * counts + broadcasts
-    return max(neon / 2, broadcasts + weight_loads, (3 * counts + 2 * broadcasts + 1.5 * weight_loads) / 3) / counts
+    updates = plan.neon_ops_per_vector * pixels * vectors
+    return max((updates + broadcasts) / 2, broadcasts + weight_loads,
+               (updates + 2 * broadcasts + 1.5 * weight_loads) / 3) / counts
 
 
 def _default_tile(plan: NarrowAccumulation, pixels: int, vectors: int, words: int) -> tuple[int, int]:
@@ -109,12 +110,15 @@ def _split_channel_vectors(sch: Schedule, decisions: Decisions, loop, plan: Narr
     return outer, vectors, lanes
 
 
-def _unroll_small_tiles(sch: Schedule, plan: NarrowAccumulation, word_loop, tile_loops) -> None:
+def _unroll_small_tiles(sch: Schedule, plan: NarrowAccumulation, word_loop, tile_loops):
+    """Two words per iteration for a tile of few counts; returns the word loop's outer part."""
     counts = len(plan.pairs)
     for loop in tile_loops:
         counts *= loop_extent(sch, loop)
     if counts < MIN_COUNTS_PER_ITERATION and loop_extent(sch, word_loop) % 2 == 0:
-        sch.unroll(sch.split(word_loop, [None, 2])[1])
+        word_loop, pair = sch.split(word_loop, [None, 2])
+        sch.unroll(pair)
+    return word_loop
 
 
 def _narrow_registers_and_writeback(sch: Schedule, block, plan, outer, register_loops, lanes, first_reduction,
@@ -189,7 +193,7 @@ def _dense_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool) 
     n_outer, n_regs = sch.split(n, decisions.tile(n, 2, MAX_PIXELS, [loop_extent(sch, n) // rows, rows]))
     o_outer, o_vectors, o_lanes = _split_channel_vectors(sch, decisions, o, plan, vectors)
     sch.reorder(o_outer, n_outer, k, n_regs, o_vectors, o_lanes)
-    _unroll_small_tiles(sch, plan, k, [n_regs, o_vectors])
+    k = _unroll_small_tiles(sch, plan, k, [n_regs, o_vectors])
     parallel = sch.fuse(o_outer, n_outer)
     sch.parallel(parallel)
     cpu.annotate_unroll(sch, parallel, decisions)

@@ -33,6 +33,8 @@ ACCUMULATOR = {"uint64": "int64", "uint32": "int32"}  # what the bit-serial comp
 # Plane pairs whose folded counts fit one q register of 16-bit lanes for a vector of channels:
 # 64-bit words: 2 channels x 4 lanes; 32-bit words: 4 channels x 2 lanes.
 PLANE_PAIRS = {"uint64": (1, 2, 4), "uint32": (1, 2)}
+BYTE_MAX = 255
+MAX_BITS = 8
 
 
 @dataclass(frozen=True)
@@ -58,18 +60,42 @@ class NarrowAccumulation:
 
     @property
     def pairs(self) -> list[tuple[int, int]]:
-        """(activation plane, weight plane) in the order the update folds them."""
+        """(activation plane, weight plane) pairs."""
         return [(i, j) for i in range(self.abits) for j in range(self.wbits)]
 
     @property
+    def weighs_activation_planes(self) -> bool:
+        """Too many pairs for a 16-bit lane each per channel (4/2, 3/2, 3/1): each weight plane's
+        counts are summed over the activation planes in bytes first, times 2^i (Horner: add a
+        byte vector to itself to double it), so that a class is a weight plane, not a pair."""
+        return self.abits * self.wbits not in PLANE_PAIRS[self.word]
+
+    @property
+    def classes(self) -> list[tuple[int, int]]:
+        """What the update folds together, as (activation plane, weight plane) of its coefficient:
+        the pairs, or one per weight plane (activation planes weighed in bytes: plane 0)."""
+        return [(0, j) for j in range(self.wbits)] if self.weighs_activation_planes else self.pairs
+
+    @property
+    def level_max(self) -> int:
+        """The most one bit of a class's byte counts: 1, or 2^abits - 1 with weighed planes."""
+        return 2**self.abits - 1 if self.weighs_activation_planes else 1
+
+    @property
     def lanes_per_count(self) -> int:
-        """16-bit lanes that share one (pair, channel) count after the fold."""
-        return COUNT_LANES // (len(self.pairs) * self.lanes)
+        """16-bit lanes that share one (class, channel) count after the fold."""
+        return COUNT_LANES // (len(self.classes) * self.lanes)
 
     @property
     def max_words(self) -> int:
         """Reduction words (kernel window x channel words) before a 16-bit lane could overflow."""
-        return COUNT_LANE_MAX // (self.word_bits // self.lanes_per_count)
+        return COUNT_LANE_MAX // (self.word_bits // self.lanes_per_count * self.level_max)
+
+    @property
+    def neon_ops_per_vector(self) -> int:
+        """NEON ops of one update (and + cnt per pair, two per Horner step, folds, uadalp)."""
+        horner = 2 * (self.abits - 1) * self.wbits if self.weighs_activation_planes else 0
+        return 2 * len(self.pairs) + horner + len(self.classes)
 
     def fits(self, reduction_words: int) -> bool:
         return reduction_words <= self.max_words
@@ -88,10 +114,16 @@ class NarrowAccumulation:
 
 
 def narrow_accumulation(abits: int, wbits: int, word: str) -> "NarrowAccumulation | None":
-    """The narrow accumulation for these bits and words, or None where the fold does not fit."""
-    if word not in PLANE_PAIRS or abits * wbits not in PLANE_PAIRS[word]:
+    """The narrow accumulation for these bits and words, or None where the fold does not fit:
+    its classes must fill the q register's 16-bit lanes evenly, and a byte, after the Horner sum
+    (up to 8 x (2^abits - 1)) and the addp folds (doubling it per level), must stay a byte."""
+    if word not in PLANE_PAIRS:
         return None
-    return NarrowAccumulation(abits, wbits, word)
+    plan = NarrowAccumulation(abits, wbits, word)
+    classes = len(plan.classes)
+    if classes & (classes - 1) or classes * plan.lanes > COUNT_LANES:
+        return None
+    return None if MAX_BITS * plan.level_max * classes > BYTE_MAX else plan
 
 
 def _update_func(plan: NarrowAccumulation, implementation: bool) -> tirx.PrimFunc:
@@ -130,15 +162,24 @@ def _neon(name: str, dtype: str, *args):
 
 
 def _fold_counts(plan: NarrowAccumulation, A, W, C) -> None:
-    """cnt per pair, addp folds pairs together (byte k of the result: pair k // (16/pairs)),
-    uadalp into the accumulator's 16-bit lanes. Lane l then counts pair l // (lanes_per_count x
-    lanes) of channel l // lanes_per_count % lanes."""
+    """cnt per pair (weighed over the activation planes per weight plane where the plan says so),
+    addp folds the classes together (byte k of the result: class k // (16/classes)), uadalp into
+    the accumulator's 16-bit lanes. Lane l then counts class l // (lanes_per_count x lanes) of
+    channel l // lanes_per_count % lanes."""
     vector = f"{plan.word}x{plan.lanes}"
     bytes_ = f"uint8x{Q_BYTES}"
-    counts = [
-        tirx.popcount(T.reinterpret(bytes_, T.broadcast(A[i, 0], plan.lanes) & W.vload([j, 0, 0], vector)))
-        for i, j in plan.pairs
-    ]
+    def count(i: int, j: int):
+        return tirx.popcount(T.reinterpret(bytes_, T.broadcast(A[i, 0], plan.lanes) & W.vload([j, 0, 0], vector)))
+
+    if plan.weighs_activation_planes:
+        counts = []
+        for j in range(plan.wbits):
+            weighed = count(plan.abits - 1, j)
+            for i in reversed(range(plan.abits - 1)):
+                weighed = weighed + weighed + count(i, j)
+            counts.append(weighed)
+    else:
+        counts = [count(i, j) for i, j in plan.pairs]
     while len(counts) > 1:
         counts = [_neon("addp", bytes_, counts[k], counts[k + 1]) for k in range(0, len(counts), 2)]
     lanes16 = f"uint16x{COUNT_LANES}"
@@ -174,11 +215,11 @@ def _decode_func(plan: NarrowAccumulation, implementation: bool) -> tirx.PrimFun
 
 
 def _decoded_channel(plan: NarrowAccumulation, S, channel: int):
-    """Sum over plane pairs of coefficient x the pair's 16-bit lanes for this channel."""
+    """Sum over classes of coefficient x the class's 16-bit lanes for this channel."""
     acc = plan.accumulator
     lanes_per_slot = plan.word_bits // COUNT_LANE_BITS
     total = None
-    for p, (i, j) in enumerate(plan.pairs):
+    for p, (i, j) in enumerate(plan.classes):
         for part in range(plan.lanes_per_count):
             lane = (p * plan.lanes + channel) * plan.lanes_per_count + part
             shift = tirx.const(lane % lanes_per_slot * COUNT_LANE_BITS, acc)
@@ -189,9 +230,9 @@ def _decoded_channel(plan: NarrowAccumulation, S, channel: int):
 
 
 def _register_all() -> None:
-    for word, pair_counts in PLANE_PAIRS.items():
-        for abits in range(1, max(pair_counts) + 1):
-            for wbits in range(1, max(pair_counts) + 1):
+    for word in PLANE_PAIRS:
+        for abits in range(1, MAX_BITS + 1):
+            for wbits in range(1, MAX_BITS + 1):
                 plan = narrow_accumulation(abits, wbits, word)
                 if plan is None:
                     continue
