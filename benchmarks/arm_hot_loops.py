@@ -2,7 +2,7 @@
 by llvm-mca (LLVM 14) on cortex-a53 (rasp3b), cortex-a72 (rasp4) and cortex-a76 (rasp5).
 
 Kernels: ResNet-18's 3x3 stride-1 convs (56x56x64, 28x28x128, 14x14x256, 7x7x512 at 1x width;
-batch 1) at 2x width 2/2 and 1x width 1/1, and 2x 4/2 (the generic template's case), with the
+batch 1) at 2x width 2/2 and 1x width 1/1, and 2x 4/2 (activation planes weighed in bytes), with the
 64-bit words models use on ARM. Each is compiled for each board twice: with the generic CPU
 template at NEON's int32 width (what rasp* compiled with before issue 21: `before`) and with the
 aarch64 templates (`after`). The hot loop is the innermost loop (a backward branch with no other

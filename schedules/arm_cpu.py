@@ -1,13 +1,14 @@
 """aarch64 NEON templates.
 
 Bit-serial conv2d and dense accumulate in 16-bit count lanes where the layer allows it
-(`neon.narrow_accumulation`: up to 4 plane pairs of 64-bit words, 2 of 32-bit words, and a
-reduction short enough that no lane overflows): the hot loop is `ld1r`/`ldr q`, then per 128 bits
-`and` + `cnt`, with one `addp` fold or `uadalp` per pair on average, at NEON's limit of about
-1.5 cycles per 128-bit AND + popcount + accumulate on two-pipe cores. The register tile is one q
-register per pixel and channel vector, sized so accumulators, weights and broadcast activations
-stay within the 32 q registers. Other layers use the generic CPU template at NEON's width for
-their accumulator type. The tests read the generated assembly to keep it so.
+(`neon.narrow_accumulation`: up to 4 plane pairs of 64-bit words, 2 of 32-bit words, 4/2-like
+layers with their activation planes weighed in bytes, and a reduction short enough that no lane
+overflows): the hot loop is `ld1r`/`ldr q`, then per 128 bits `and` + `cnt`, with one `addp` fold
+or `uadalp` per pair on average, at NEON's limit of about 1.5 cycles per 128-bit AND + popcount +
+accumulate on two-pipe cores. The register tile is one q register per pixel and channel vector,
+the cheapest by a model of those pipes among the tiles whose accumulators, weights and broadcast
+activations stay within the 32 q registers. Other layers use the generic CPU template at NEON's
+width for their accumulator type. The tests read the generated assembly to keep it so.
 """
 
 import tvm
@@ -69,9 +70,9 @@ def _narrow_plan(sch: Schedule, block) -> "NarrowAccumulation | None":
 def _cycles_per_count(plan: NarrowAccumulation, pixels: int, vectors: int) -> float:
     """A two-pipe core's cycles per 128-bit count for a register tile (Cortex-A72 in LLVM's model):
     the updates' NEON ops (and, cnt, Horner adds, folds, uadalp: 3 per count without Horner) on 2
-    pipes, each broadcast (`ld1r`) one more NEON op and a load; every q register of weights and every broadcast is a load on the
-    one load pipe; 3 ops issue per cycle, a broadcast taking 2 and a q register of weights 1.5
-    (LLVM pairs them into `ldp q`, 3 ops)."""
+    pipes, each broadcast (`ld1r`) one more NEON op; every q register of weights and every
+    broadcast a load on the one load pipe; 3 ops issue per cycle, a broadcast taking 2 and a q
+    register of weights 1.5 (LLVM pairs them into `ldp q`, 3 ops)."""
     counts = len(plan.pairs) * pixels * vectors
     broadcasts, weight_loads = plan.abits * pixels, plan.wbits * vectors
     updates = plan.neon_ops_per_vector * pixels * vectors

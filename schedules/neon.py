@@ -6,9 +6,12 @@ LLVM lowers a popcount of 64-bit (32-bit) lanes to `cnt v.16b` and a chain of `u
 per-word update of one q register of accumulators (2 output channels of 64-bit words, or 4 of
 32-bit words) is tensorized instead: the bytes of the plane pairs' `cnt` results are folded
 together with `addp` (each fold halves the bytes per pair and channel) and added into 16-bit lanes
-with one `uadalp`. The accumulator's own local slots hold those 16-bit lanes while the reduction
-runs (a q register per pixel and channel vector, whatever the number of plane pairs up to 4); the
-write-back is tensorized to decode them (each pair's lanes times +-2^(i+j), summed per channel).
+with one `uadalp`. Where the pairs outnumber what a channel's 16-bit lanes can keep apart (4/2,
+3/2, 3/1), each weight plane's counts are first summed over the activation planes in bytes, times
+2^i (Horner: two adds per plane), and those sums are folded instead. The accumulator's own local
+slots hold the 16-bit lanes while the reduction runs (a q register per pixel and channel vector);
+the write-back is tensorized to decode them (each class's lanes times +-2^(i+j), summed per
+channel).
 
 Correctness rests on every update of the accumulator tile going through the update intrinsic
 and its write-back through the decoding one; the template applies both or neither, and only
