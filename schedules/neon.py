@@ -7,11 +7,11 @@ per-word update of one q register of accumulators (2 output channels of 64-bit w
 32-bit words) is tensorized instead: the bytes of the plane pairs' `cnt` results are folded
 together with `addp` (each fold halves the bytes per pair and channel) and added into 16-bit lanes
 with one `uadalp`. Where the pairs outnumber what a channel's 16-bit lanes can keep apart (4/2,
-3/2, 3/1), each weight plane's counts are first summed over the activation planes in bytes, times
-2^i (Horner: two adds per plane), and those sums are folded instead. The accumulator's own local
-slots hold the 16-bit lanes while the reduction runs (a q register per pixel and channel vector);
-the write-back is tensorized to decode them (each class's lanes times +-2^(i+j), summed per
-channel).
+3/2, 3/1 of 64-bit words), each weight plane's counts are first summed over the activation planes
+in bytes, times 2^i (Horner: two adds per plane), and those sums are folded instead. The
+accumulator's own local slots hold the 16-bit lanes while the reduction runs (a q register per
+pixel and channel vector); the write-back is tensorized to decode them (each class's lanes times
++-2^(i+j), summed per channel).
 
 Correctness rests on every update of the accumulator tile going through the update intrinsic
 and its write-back through the decoding one; the template applies both or neither, and only
@@ -36,6 +36,9 @@ ACCUMULATOR = {"uint64": "int64", "uint32": "int32"}  # what the bit-serial comp
 # Plane pairs whose folded counts fit one q register of 16-bit lanes for a vector of channels:
 # 64-bit words: 2 channels x 4 lanes; 32-bit words: 4 channels x 2 lanes.
 PLANE_PAIRS = {"uint64": (1, 2, 4), "uint32": (1, 2)}
+# Words whose layers may weigh activation planes in bytes: the 64-bit words models use on ARM
+# (32-bit words keep the generic template's int32 lanes beyond PLANE_PAIRS).
+WEIGHED_WORDS = ("uint64",)
 BYTE_MAX = 255
 MAX_BITS = 8
 
@@ -123,6 +126,8 @@ def narrow_accumulation(abits: int, wbits: int, word: str) -> "NarrowAccumulatio
     if word not in PLANE_PAIRS:
         return None
     plan = NarrowAccumulation(abits, wbits, word)
+    if plan.weighs_activation_planes and word not in WEIGHED_WORDS:
+        return None
     classes = len(plan.classes)
     if classes & (classes - 1) or classes * plan.lanes > COUNT_LANES:
         return None

@@ -87,9 +87,9 @@ def _run_remote(session, executable, folder: Path, name: str, out_shape, *arrays
 
 
 # (abits, wbits, word_bits, channels, out_channels, kernel, stride, padding, batch, image, target):
-# narrow accumulation (1, 2 and 4 plane pairs; activation planes weighed in bytes at 4/2, 3/1 and
-# 2/2 of 32-bit words; 32- and 64-bit words) and its fallbacks (4/4, channels that do not fill a q
-# register), awkward shapes throughout.
+# narrow accumulation (1, 2 and 4 plane pairs; activation planes weighed in bytes at 4/2 and 3/1;
+# 32- and 64-bit words) and its fallbacks (4/4, 4 pairs of 32-bit words, channels that do not fill
+# a q register), awkward shapes throughout.
 # The emulated Pi is a cortex-a72: rasp5 code (cortex-a76, ARMv8.2) would not run on it.
 CONV_CASES = [
     (2, 2, 64, 100, 32, 3, 1, 1, 1, 7, "rasp4"),
@@ -107,7 +107,7 @@ CONV_CASES = [
 ]
 # (abits, wbits, word_bits, features, out_features, batch)
 DENSE_CASES = [(1, 1, 64, 300, 10, 3), (2, 2, 64, 130, 6, 1), (4, 2, 32, 100, 7, 2), (2, 1, 32, 77, 8, 2),
-               (4, 2, 32, 100, 8, 2), (2, 2, 32, 70, 12, 1)]
+               (4, 2, 64, 100, 8, 2), (2, 2, 32, 70, 12, 1)]
 
 
 @pytest.mark.emulator
