@@ -23,7 +23,7 @@ from .common import (
     attach_epilogue,
     divisors,
     loop_extent,
-    padding_block,
+    pad_whole_input,
     try_vectorize,
 )
 from .neon import NarrowAccumulation, narrow_accumulation
@@ -153,15 +153,6 @@ def _narrow_registers_and_writeback(sch: Schedule, block, plan, outer, register_
     sch.tensorize(lanes, plan.update_intrin)
 
 
-def _pad_whole_input(sch: Schedule, block) -> None:
-    """Materialize the zero-padded input once, in parallel over rows, before the kernel: a copy
-    per tile repeats the halo for every channel tile, and its loop state beside the kernel's
-    spilled to the stack on Cortex-A53 (7x7x1024)."""
-    pad = padding_block(sch, block)
-    if pad is not None:
-        sch.parallel(sch.fuse(*sch.get_loops(pad)[:2]))
-
-
 def _conv2d_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool, order: str) -> None:
     decisions = Decisions(sch, tuning)
     n, oh, ow, o, kh, kw, cw = sch.get_loops(block)
@@ -182,7 +173,7 @@ def _conv2d_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool,
     parallel = sch.fuse(*outer)
     sch.parallel(parallel)
     cpu.annotate_unroll(sch, parallel, decisions)
-    _pad_whole_input(sch, block)
+    pad_whole_input(sch, block)
     _narrow_registers_and_writeback(sch, block, plan, parallel, [oh_inner, ow_inner, o_vectors], o_lanes, window,
                                     tuning)
 

@@ -117,6 +117,15 @@ def compute_padding_at(sch: Schedule, block, loop) -> None:
         sch.compute_at(pad, loop, preserve_unit_loops=True)
 
 
+def pad_whole_input(sch: Schedule, block) -> None:
+    """Materialize the zero-padded input once, in parallel over rows, before the kernel: a copy per
+    tile of one to four pixels repeats a halo several times its size for every channel tile, and its
+    loop state beside the kernel's spilled to the stack on Cortex-A53 (7x7x1024)."""
+    pad = padding_block(sch, block)
+    if pad is not None:
+        sch.parallel(sch.fuse(*sch.get_loops(pad)[:2]))
+
+
 def attach_epilogue(sch: Schedule, writeback, loop, vectorize: bool = True) -> None:
     """Move the elementwise consumers of the kernel's write-back (the +-1 weight correction, a
     fused scale/bias/ReLU) under the kernel's tile loop, so they run on the tile while it is still

@@ -19,7 +19,8 @@ from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
 
 from . import cpu
 from .avx2 import DECODE_INTRIN, LANES, WORD, NibbleCounts, nibble_counts
-from .common import Decisions, attach_epilogue, largest_divisor_at_most, loop_extent, padding_block, try_vectorize
+from .common import (Decisions, attach_epilogue, largest_divisor_at_most, loop_extent, pad_whole_input,
+                     try_vectorize)
 
 AVX512_LANES = 16
 AVX2_LANES = 8  # the generic template's lanes as before; its tile spills a little and still measured fastest
@@ -104,14 +105,6 @@ def _nibble_registers_and_writeback(sch: Schedule, block, plan: NibbleCounts, ou
     sch.tensorize(lanes, plan.update_intrin)
 
 
-def _pad_whole_input(sch: Schedule, block) -> None:
-    """Materialize the zero-padded input once, in parallel over rows, before the kernel: a tile of
-    one to four pixels would copy a halo several times its own size (and once more per channel tile)."""
-    pad = padding_block(sch, block)
-    if pad is not None:
-        sch.parallel(sch.fuse(*sch.get_loops(pad)[:2]))
-
-
 def _conv2d_nibbles(sch: Schedule, block, plan: NibbleCounts, tuning: bool, order: str) -> None:
     decisions = Decisions(sch, tuning)
     n, oh, ow, o, kh, kw, cw = sch.get_loops(block)
@@ -122,7 +115,7 @@ def _conv2d_nibbles(sch: Schedule, block, plan: NibbleCounts, tuning: bool, orde
     parallel = sch.fuse(*outer)
     sch.parallel(parallel)
     cpu.annotate_unroll(sch, parallel, decisions)
-    _pad_whole_input(sch, block)
+    pad_whole_input(sch, block)
     _nibble_registers_and_writeback(sch, block, plan, parallel, [oh_inner, ow_inner, o_vectors], o_lanes, kh,
                                     tuning)
 
