@@ -147,9 +147,10 @@ def train_runs(runs: list, last_epoch: bool = False) -> dict:
             for r in runs if r["kind"] == "train"}
 
 
-def paired(acc: dict, a: tuple, b: tuple) -> dict:
-    """a - b over the seeds both (label, variant) pairs have: mean, 95% interval, n."""
+def paired(acc: dict, a: tuple, b: tuple, among=None) -> dict:
+    """a - b over the seeds (of `among`, if given) both (label, variant) pairs have: mean, 95% interval, n."""
     seeds = sorted({s for (l, v, s) in acc if (l, v) == a} & {s for (l, v, s) in acc if (l, v) == b})
+    seeds = [s for s in seeds if among is None or s in among]
     diffs = [acc[(*a, s)] - acc[(*b, s)] for s in seeds]
     if not diffs:
         return {"n": 0}
@@ -200,8 +201,9 @@ def summarize(runs: list, args) -> dict:
                              "val_mean": statistics.mean(100 * r["val_accuracy"] for r in runs if r["kind"] == "train"
                                                          and r["label"] == ABLATION_CONFIG and r["variant"] == variant
                                                          and r["seed"] in args.ablation_seeds),
-                             "vs_all": paired(acc, (ABLATION_CONFIG, variant), (ABLATION_CONFIG, "all options")),
-                             "vs_fp32": paired(acc, (ABLATION_CONFIG, variant), reference)})
+                             "vs_all": paired(acc, (ABLATION_CONFIG, variant), (ABLATION_CONFIG, RECIPE),
+                                              args.ablation_seeds),
+                             "vs_fp32": paired(acc, (ABLATION_CONFIG, variant), reference, args.ablation_seeds)})
     fp32 = {"augmented": paired(acc, REFERENCE, ("FP32 1x", "plain"))}
     # The same comparison on the last trained epoch instead of the best one on the (400-image) validation split.
     last = train_runs(runs, last_epoch=True)
