@@ -150,7 +150,7 @@ def test_compile_explain_lists_every_layer(tmp_path, capsys):
     torch.export.save(export_model(randomize_batch_norm(HandWritten()), torch.rand(1, 1, 12, 12)), str(path))
     assert cli_main(["compile", str(path), "--target", "host", "-o", str(tmp_path / "hand.so"), "--explain"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("layer  0  conv2d 3x3/1 pad 1, 1->16") and "fp32  (input is not a WRPN" in lines[0]
+    assert lines[0].startswith("layer  0  conv2d 3x3/1 pad 1, 1->16") and "fp32 as blocked conv (bias + batch_norm folded)  (input is not a WRPN" in lines[0]
     assert "bit-serial conv2d a2/w2  (epilogue: scale + bias + batch_norm)" in lines[1]
     assert "bit-serial conv2d a1/w1" in lines[2] and "input packed in its producer's epilogue" in lines[2]
     assert "bit-serial dense a2/w3" in lines[3] and "producer" not in lines[3]  # max pool + flatten in between
