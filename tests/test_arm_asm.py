@@ -11,6 +11,7 @@ import pytest
 import tvm
 from tvm.support import cc
 
+from kernel_cases import bitserial_conv_tuning_spaces, random_weights
 from wrpn_tvm import kernels, ops
 from wrpn_tvm.ops.bitpack import pack_weight
 from wrpn_tvm.targets import resolve
@@ -27,13 +28,6 @@ def _library(executable, folder: Path, name: str) -> Path:
     path = folder / f"{name}.so"
     executable.export_library(str(path), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
     return path
-
-
-def random_weights(rng, wbits, shape):
-    if wbits == 1:
-        return rng.choice([-1, 1], shape)
-    top = 2 ** (wbits - 1) - 1
-    return rng.integers(-top, top + 1, shape)
 
 
 @pytest.mark.parametrize("board", BOARDS)
@@ -159,30 +153,6 @@ def test_16_bit_lanes_hold_the_longest_reduction_they_take(emulated_pool, tmp_pa
     assert got[0, 0] == (2**abits - 1) * weight * features
 
 
-def _tuning_candidates(abits: int, wbits: int, seed: int) -> list:
-    """The conv rule's design spaces, sampled, after the postprocs MetaSchedule runs on aarch64."""
-    from tvm import te
-    from tvm.s_tir import Schedule
-    from tvm.s_tir import meta_schedule as ms
-
-    import schedules
-
-    data = te.placeholder((1, 7, 7, abits, 2), "uint64", name="data")
-    weight = te.placeholder((3, 3, wbits, 2, 32), "uint64", name="weight")
-    func = te.create_prim_func([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, 1, 1)])
-    rule = tvm.get_global_func(schedules.rule_name("arm_cpu", ops.CONV2D_RULE))
-    sch = Schedule(func, seed=seed)
-    spaces = rule(sch, sch.get_sblock("wrpn_bitserial_conv2d"))
-    for space in spaces:
-        root = space.get_sblock("root")
-        for annotation, value in (("parallel", 32), ("vectorize", 64), ("unroll_explicit", 512)):
-            space.annotate(root, f"meta_schedule.{annotation}", value)
-        for postproc in (ms.postproc.RewriteParallelVectorizeUnroll(), ms.postproc.RewriteReductionBlock(),
-                         ms.postproc.RewriteTensorize()):
-            assert postproc.apply(space)
-    return spaces
-
-
 @pytest.mark.emulator
 def test_tuning_candidates_are_exact_on_the_emulated_pi(emulated_pool, tmp_path):
     """Sampled tiles of both loop orders, tensorized by MetaSchedule's own postprocs."""
@@ -194,7 +164,7 @@ def test_tuning_candidates_are_exact_on_the_emulated_pi(emulated_pool, tmp_path)
         x = rng.integers(0, 2**abits, (1, 100, 7, 7))
         w = random_weights(rng, wbits, (32, 100, 3, 3))
         want = ops.conv2d_levels_reference(x, w, abits, wbits, 1, 1)
-        for number, space in enumerate(_tuning_candidates(abits, wbits, seed)):
+        for number, space in enumerate(bitserial_conv_tuning_spaces("arm_cpu", abits, wbits, seed)):
             executable = tvm.compile(space.mod, target=resolve("rasp4").target)
             assert "uadalp" in executable.mod.inspect_source("asm")
             got = _run_remote(session, executable, tmp_path, f"tuned{abits}{wbits}{number}", (1, 7, 7, 32),

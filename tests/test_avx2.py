@@ -10,11 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tvm
-from tvm import te
-from tvm.s_tir import Schedule
-from tvm.s_tir import meta_schedule as ms
 
-import schedules
+from kernel_cases import bitserial_conv_tuning_spaces, random_weights
 from schedules.avx2 import NibbleCounts
 from wrpn_tvm import kernels, ops
 from wrpn_tvm.ops.bitpack import pack_weight
@@ -29,13 +26,6 @@ TARGET = "x86-avx2"
 # What only AVX-512 (EVEX) code can contain: zmm registers, the upper 16 xmm/ymm registers, mask
 # registers and masking, embedded broadcasts, and the AVX-512-only popcount/logic instructions.
 AVX512_ONLY = re.compile(r"%zmm|%[xy]mm(1[6-9]|2\d|3[01])\b|%k[0-7]\b|\{%k|\{1to\d+\}|\bvpopcnt|\bvpternlog|\bkmov")
-
-
-def random_weights(rng, wbits, shape):
-    if wbits == 1:
-        return rng.choice([-1, 1], shape)
-    top = 2 ** (wbits - 1) - 1
-    return rng.integers(-top, top + 1, shape)
 
 
 def _uses_nibble_counts(asm: str) -> bool:
@@ -154,24 +144,6 @@ def test_kernels_have_no_avx512_instruction(abits, wbits):
     assert not [line for line in asm.splitlines() if AVX512_ONLY.search(line)]
 
 
-def _tuning_spaces(abits: int, wbits: int, seed: int) -> list:
-    """The x86 conv rule's design spaces, sampled, after the postprocs MetaSchedule runs on CPUs."""
-    data = te.placeholder((1, 7, 7, abits, 2), "uint64", name="data")
-    weight = te.placeholder((3, 3, wbits, 2, 32), "uint64", name="weight")
-    func = te.create_prim_func([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, 1, 1)])
-    rule = tvm.get_global_func(schedules.rule_name("cpu", ops.CONV2D_RULE))
-    sch = Schedule(func, seed=seed)
-    spaces = rule(sch, sch.get_sblock("wrpn_bitserial_conv2d"))
-    for space in spaces:
-        root = space.get_sblock("root")
-        for annotation, value in (("parallel", 32), ("vectorize", 64), ("unroll_explicit", 512)):
-            space.annotate(root, f"meta_schedule.{annotation}", value)
-        for postproc in (ms.postproc.RewriteParallelVectorizeUnroll(), ms.postproc.RewriteReductionBlock(),
-                         ms.postproc.RewriteTensorize()):
-            assert postproc.apply(space)
-    return spaces
-
-
 @pytest.mark.parametrize("abits, wbits, seed", [(2, 2, 1), (2, 1, 2), (1, 1, 3)])
 def test_tuning_offers_both_popcounts_and_every_candidate_is_exact(abits, wbits, seed):
     """Generic (LLVM popcount) and nibble-count spaces in both loop orders; sampled tiles,
@@ -180,7 +152,7 @@ def test_tuning_offers_both_popcounts_and_every_candidate_is_exact(abits, wbits,
     x = rng.integers(0, 2**abits, (1, 100, 7, 7))
     w = random_weights(rng, wbits, (32, 100, 3, 3))
     want = ops.conv2d_levels_reference(x, w, abits, wbits, 1, 1)
-    spaces = _tuning_spaces(abits, wbits, seed)
+    spaces = bitserial_conv_tuning_spaces("cpu", abits, wbits, seed)
     nibble_spaces = 0
     for space in spaces:
         assert "sample_perfect_tile" in str(space.trace)

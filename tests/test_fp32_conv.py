@@ -12,10 +12,9 @@ import pytest
 import torch
 import tvm
 from tvm import te
-from tvm.s_tir import Schedule
-from tvm.s_tir import meta_schedule as ms
 
 import schedules
+from kernel_cases import tuning_spaces
 from schedules import fp32_conv
 from wrpn_tvm import ops
 from wrpn_tvm.targets import resolve
@@ -64,24 +63,10 @@ def test_default_schedule_matches_reference(shape, target):
     _run(scheduled, target, args, want)
 
 
-def _tuning_candidates(func, seed: int) -> list:
-    """The rule's design space, sampled, after the postprocs MetaSchedule runs on x86."""
-    rule = tvm.get_global_func(schedules.rule_name("cpu", ops.FP32_CONV2D_RULE))
-    sch = Schedule(func, seed=seed)
-    spaces = rule(sch, sch.get_sblock("wrpn_fp32_conv2d"))
-    for space in spaces:
-        root = space.get_sblock("root")
-        for annotation, value in (("parallel", 32), ("vectorize", 64), ("unroll_explicit", 512)):
-            space.annotate(root, f"meta_schedule.{annotation}", value)
-        for postproc in (ms.postproc.RewriteParallelVectorizeUnroll(), ms.postproc.RewriteReductionBlock()):
-            assert postproc.apply(space)
-    return spaces
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_tuning_candidates_match_reference(seed):
     func, args, want = _conv_with_relu(SHAPES[1 + seed])
-    for space in _tuning_candidates(func, seed):
+    for space in tuning_spaces(func, "cpu", ops.FP32_CONV2D_RULE, "wrpn_fp32_conv2d", seed):
         _run(space.mod, "host", args, want)
 
 

@@ -8,6 +8,7 @@ import torch
 import tvm
 from tvm import te
 
+from kernel_cases import random_weights
 from wrpn_tvm import kernels, ops
 from wrpn_tvm.errors import WrpnError
 
@@ -23,13 +24,6 @@ CONV_SHAPES = [
     (100, 3, 5, 1, (2, 1), 2, 6),
     (33, 48, 3, 2, 0, 1, 7),
 ]
-
-
-def random_weights(rng, wbits, shape):
-    if wbits == 1:
-        return rng.choice([-1, 1], shape)
-    top = 2 ** (wbits - 1) - 1
-    return rng.integers(-top, top + 1, shape)
 
 
 @pytest.mark.parametrize("case", range(len(BIT_PAIRS)))

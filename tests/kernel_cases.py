@@ -1,0 +1,41 @@
+"""What the kernel tests share: random weights on a WRPN grid, and a template's MetaSchedule design
+spaces as a search would build them (sampled, then rewritten by the postprocs it runs on CPUs)."""
+
+import tvm
+from tvm import te
+from tvm.s_tir import Schedule
+from tvm.s_tir import meta_schedule as ms
+
+import schedules
+from wrpn_tvm import ops
+
+
+def random_weights(rng, wbits, shape):
+    """Integer weight levels: +-1 at 1 bit, else symmetric within +-(2^(wbits-1) - 1)."""
+    if wbits == 1:
+        return rng.choice([-1, 1], shape)
+    top = 2 ** (wbits - 1) - 1
+    return rng.integers(-top, top + 1, shape)
+
+
+def tuning_spaces(func, key: str, rule: str, block: str, seed: int) -> list:
+    """The custom rule's design spaces for `block` of func, sampled with `seed`, after the postprocs
+    MetaSchedule applies before building a candidate (each must accept the space)."""
+    sch = Schedule(func, seed=seed)
+    spaces = tvm.get_global_func(schedules.rule_name(key, rule))(sch, sch.get_sblock(block))
+    for space in spaces:
+        root = space.get_sblock("root")
+        for annotation, value in (("parallel", 32), ("vectorize", 64), ("unroll_explicit", 512)):
+            space.annotate(root, f"meta_schedule.{annotation}", value)
+        for postproc in (ms.postproc.RewriteParallelVectorizeUnroll(), ms.postproc.RewriteReductionBlock(),
+                         ms.postproc.RewriteTensorize()):
+            assert postproc.apply(space)
+    return spaces
+
+
+def bitserial_conv_tuning_spaces(key: str, abits: int, wbits: int, seed: int) -> list:
+    """tuning_spaces of a 3x3 bit-serial conv on a 7x7 input of two 64-bit channel words."""
+    data = te.placeholder((1, 7, 7, abits, 2), "uint64", name="data")
+    weight = te.placeholder((3, 3, wbits, 2, 32), "uint64", name="weight")
+    func = te.create_prim_func([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, 1, 1)])
+    return tuning_spaces(func, key, ops.CONV2D_RULE, "wrpn_bitserial_conv2d", seed)
