@@ -146,6 +146,23 @@ def attach_epilogue(sch: Schedule, writeback, loop, vectorize: bool = True) -> N
             frontier.append(consumer)
 
 
+def registers_and_writeback(sch: Schedule, block, outer, register_loops, vector_loop, first_reduction,
+                            tuning: bool) -> None:
+    """Accumulate in a local tile (register loops unrolled, the vector loop vectorized), written
+    back under `outer` after the reduction, where the epilogue then runs on the tile. When tuning,
+    MetaSchedule's RewriteReductionBlock postproc splits off the init (its
+    RewriteParallelVectorizeUnroll postproc, which runs first, rejects decomposed blocks)."""
+    for loop in register_loops:
+        sch.unroll(loop)
+    sch.vectorize(vector_loop)
+    writeback = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(writeback, outer, preserve_unit_loops=True)
+    try_vectorize(sch, sch.get_loops(writeback)[-1])
+    attach_epilogue(sch, writeback, outer)
+    if not tuning:
+        sch.decompose_reduction(block, first_reduction)
+
+
 def try_vectorize(sch: Schedule, loop) -> None:
     try:
         sch.vectorize(loop)

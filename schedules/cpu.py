@@ -14,14 +14,13 @@ from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
 
 from .common import (
     Decisions,
-    attach_epilogue,
     compute_padding_at,
     inline_other_blocks,
     kernel_blocks,
     largest_divisor_at_most,
     loop_extent,
     place_remaining_blocks,
-    try_vectorize,
+    registers_and_writeback,
 )
 
 UNROLL_STEPS = [0, 4, 16]  # the register tile is unrolled already; more only bloats code
@@ -47,21 +46,6 @@ def annotate_unroll(sch: Schedule, loop, decisions: Decisions) -> None:
     sch.annotate(loop, "pragma_unroll_explicit", 1)
 
 
-def _registers_and_writeback(sch: Schedule, block, outer, register_loops, vector_loop, first_reduction, tuning):
-    """Accumulate in a local tile, written back (then the epilogue runs) after the reduction.
-    When tuning, MetaSchedule's RewriteReductionBlock postproc splits off the init (its
-    RewriteParallelVectorizeUnroll postproc, which runs first, rejects decomposed blocks)."""
-    for loop in register_loops:
-        sch.unroll(loop)
-    sch.vectorize(vector_loop)
-    writeback = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(writeback, outer, preserve_unit_loops=True)
-    try_vectorize(sch, sch.get_loops(writeback)[-1])
-    attach_epilogue(sch, writeback, outer)
-    if not tuning:
-        sch.decompose_reduction(block, first_reduction)
-
-
 def _conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, order: str) -> None:
     decisions = Decisions(sch, tuning)
     n, oh, ow, o, kh, kw, cw = sch.get_loops(block)
@@ -75,7 +59,7 @@ def _conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, order: str) 
     sch.parallel(parallel)
     annotate_unroll(sch, parallel, decisions)
     compute_padding_at(sch, block, parallel)
-    _registers_and_writeback(sch, block, parallel, [oh_inner, ow_inner, o_regs], o_vec, kh, tuning)
+    registers_and_writeback(sch, block, parallel, [oh_inner, ow_inner, o_regs], o_vec, kh, tuning)
 
 
 def conv2d(sch: Schedule, block, lanes: int, tuning: bool) -> list[Schedule]:
@@ -100,7 +84,7 @@ def dense(sch: Schedule, block, lanes: int, tuning: bool) -> list[Schedule]:
     parallel = sch.fuse(o_outer, n_outer)
     sch.parallel(parallel)
     annotate_unroll(sch, parallel, decisions)
-    _registers_and_writeback(sch, block, parallel, [n_regs, o_regs], o_vec, k, tuning)
+    registers_and_writeback(sch, block, parallel, [n_regs, o_regs], o_vec, k, tuning)
     return [sch]
 
 

@@ -21,12 +21,12 @@ from wrpn_tvm.ops.blocked_conv2d import PAD_NAME
 
 from .common import (
     Decisions,
-    attach_epilogue,
     block_rule,
     divisors,
     inline_other_blocks,
     loop_extent,
     place_remaining_blocks,
+    registers_and_writeback,
     root_blocks,
     try_vectorize,
 )
@@ -96,15 +96,7 @@ def conv2d(sch: Schedule, block, registers: RegisterFile, tuning: bool) -> list[
     sch.parallel(tile)
     sch.annotate(tile, "pragma_auto_unroll_max_step", decisions.choice(UNROLL_STEPS, default=0))
     sch.annotate(tile, "pragma_unroll_explicit", 1)
-    for loop in (ob_inner, oh_inner, ow_inner):
-        sch.unroll(loop)
-    sch.vectorize(oi)
-    writeback = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(writeback, tile, preserve_unit_loops=True)
-    try_vectorize(sch, sch.get_loops(writeback)[-1])
-    attach_epilogue(sch, writeback, tile)
-    if not tuning:  # MetaSchedule's RewriteReductionBlock postproc splits off the init when tuning
-        sch.decompose_reduction(block, rc)
+    registers_and_writeback(sch, block, tile, [ob_inner, oh_inner, ow_inner], oi, rc, tuning)
     return [sch]
 
 
