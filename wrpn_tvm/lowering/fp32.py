@@ -28,11 +28,11 @@ def _foldable_conv(graph: BindingGraph, var) -> "np.ndarray | None":
 
 @relax.expr_functor.mutator
 class _Fp32ConvLowerer(relax.PyExprMutator):
-    def __init__(self, mod, layers: dict):
+    def __init__(self, mod, graph: BindingGraph, layers: dict):
         super().__init__(mod)
         self.mod = mod
+        self.graph = graph
         self.layers = layers  # epilogue output var -> (conv var, weight, epilogue)
-        self.graph = BindingGraph(mod["main"])
 
     def lower(self):
         main = self.mod.get_global_var("main")
@@ -86,4 +86,4 @@ def lower_fp32_convs(mod):
         outcomes.append(epilogue)
     if not layers:
         return mod, outcomes
-    return relax.transform.DeadCodeElimination(["main"])(_Fp32ConvLowerer(mod, layers).lower()), outcomes
+    return relax.transform.DeadCodeElimination(["main"])(_Fp32ConvLowerer(mod, graph, layers).lower()), outcomes
