@@ -197,8 +197,11 @@ def compile_variant(folder: Path, name: str, width: float, abits: int, wbits: in
     start = time.perf_counter()
     result = build.compile_model(program, "host", program.with_suffix(".so"), tuning_log=tuning_log)
     seconds = time.perf_counter() - start
-    memory = {str(batch): footprint.to_json()
-              for batch, footprint in program_footprints(program, batches=MEMORY_BATCHES, target="host").items()
+    # The build recorded its own batch (the program is exported at batch 1); the others are the
+    # program traced again at that batch.
+    others = tuple(batch for batch in MEMORY_BATCHES if batch != 1)
+    footprints = {1: result.memory, **program_footprints(program, batches=others, target="host")}
+    memory = {str(batch): footprint.to_json() for batch, footprint in footprints.items()
               if footprint is not None}  # None: a shape that is not static
     return str(result.library), seconds, [str(layer) for layer in result.layers], memory
 
