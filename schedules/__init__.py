@@ -12,7 +12,7 @@ Two ways in:
 
 * MetaSchedule custom rules. The compute blocks carry ``attrs={"schedule_rule": NAME}`` with NAME
   one of ``wrpn_bitserial_conv2d``, ``wrpn_bitserial_dense``, ``wrpn_bitpack`` (and
-  ``wrpn_fp32_conv2d`` for the keys ``cpu`` and ``arm_cpu``); importing this
+  ``wrpn_fp32_conv2d`` and ``wrpn_int8_conv2d`` for the keys ``cpu`` and ``arm_cpu``); importing this
   package registers ``s_tir.meta_schedule.<key>.<NAME>`` for the target keys ``cpu`` (x86),
   ``arm_cpu`` (aarch64 targets have keys ``arm_cpu, cpu``; the first registered key wins) and
   ``cuda``. MetaSchedule's ApplyCustomRule (in the default rule set of every target) then calls
@@ -28,9 +28,9 @@ from tvm.s_tir import Schedule
 from tvm.target import Target
 
 from wrpn_tvm.errors import WrpnError
-from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE, FP32_CONV2D_RULE
+from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE, FP32_CONV2D_RULE, INT8_CONV2D_RULE
 
-from . import arm_cpu, cuda, fp32_conv, x86
+from . import arm_cpu, cuda, fp32_conv, int8_dot, x86
 from .common import SCHEDULED_ATTR, has_wrpn_block, is_scheduled, with_scheduled
 
 _FAMILIES = {"cpu": x86.TEMPLATES, "arm_cpu": arm_cpu.TEMPLATES, "cuda": cuda}
@@ -50,9 +50,12 @@ def rule_name(key: str, rule: str) -> str:
 
 def _schedule_with_template(sch: Schedule, target: Target) -> bool:
     """Schedule sch's "main" with our template for it (bit-serial, or the blocked FP32 conv on a
-    CPU) at default decisions; False when none applies."""
+    CPU, or the int8-dot conv) at default decisions; False when none applies."""
     if has_wrpn_block(sch.mod["main"]):
         family(target).schedule_function(sch, target)
+        return True
+    if "cpu" in target.keys and int8_dot.has_int8_conv(sch):
+        int8_dot.schedule_function(sch, target)
         return True
     if "cpu" in target.keys and fp32_conv.has_fp32_conv(sch):
         fp32_conv.schedule_function(sch, target)
@@ -99,6 +102,7 @@ def _register_rules() -> None:
             tvm.register_global_func(rule_name(key, rule), template, override=True)
     for key, registers in (("cpu", fp32_conv.X86_TUNING_REGISTERS), ("arm_cpu", fp32_conv.ARM_REGISTERS)):
         tvm.register_global_func(rule_name(key, FP32_CONV2D_RULE), fp32_conv.rule(registers), override=True)
+        tvm.register_global_func(rule_name(key, INT8_CONV2D_RULE), int8_dot.conv2d_rule, override=True)
 
 
 _register_rules()

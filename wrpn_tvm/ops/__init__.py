@@ -6,6 +6,7 @@ runs them one at a time)."""
 from .bitpack import BITPACK_RULE, pack_activation, pack_weight
 from .bitserial import CONV2D_RULE, DENSE_RULE, bitserial_conv2d, bitserial_dense
 from .blocked_conv2d import CHANNEL_BLOCK, FP32_CONV2D_RULE, block_weight, blocked_conv2d
+from .int8_dot import INT8_CONV2D_RULE, Int8Layout, int8_conv2d, int8_fits, int8_layout, int8_levels, prepack_int8_weight
 from .reference import (
     conv2d_float_reference,
     conv2d_levels_reference,
@@ -20,6 +21,8 @@ __all__ = [
     "CONV2D_RULE",
     "DENSE_RULE",
     "FP32_CONV2D_RULE",
+    "INT8_CONV2D_RULE",
+    "Int8Layout",
     "block_weight",
     "blocked_conv2d",
     "bitserial_conv2d",
@@ -27,8 +30,13 @@ __all__ = [
     "conv2d_float_reference",
     "conv2d_levels_reference",
     "dense_levels_reference",
+    "int8_conv2d",
+    "int8_fits",
+    "int8_layout",
+    "int8_levels",
     "pack_activation",
     "pack_activation_reference",
     "pack_weight",
+    "prepack_int8_weight",
     "quantize_activation_reference",
 ]

@@ -1,0 +1,260 @@
+"""CPU template for the int8-dot conv (`wrpn_tvm.ops.int8_dot`): x86 (VNNI, AVX-512BW, AVX2) and
+aarch64 dotprod.
+
+The register tile is (output pixels) x (weight blocks of ob output channels): per step of the
+reduction (kh, kw, 4 input channels) it loads one [ob, 4] weight vector per block, broadcasts 4
+activation bytes per pixel, and does one dot instruction (tensorized) per pixel and block into an
+int32 accumulator register that stays there until the reduction ends. Tiles run in parallel; the
+zero padding is one parallel pass over the input before the kernel (as for the blocked FP32 conv);
+the write-back drops padded output channels and runs the fused epilogue on the tile.
+MetaSchedule samples the tile (blocks x rows x columns), the loop order and the unroll depth.
+
+The dot instruction follows from the layout the function was built with (ob = 16: AVX-512, 8:
+AVX2, int8 activations: sdot), so tuning for an AVX-512 target never samples AVX2 designs; only
+VNNI against AVX-512BW needs the target, which a rule takes from `Target.current()` or, outside
+one, this machine (x86 candidates are built and timed on the host).
+"""
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from tvm import s_tir, tirx
+from tvm.s_tir import Schedule, TensorIntrin
+from tvm.script import tirx as T
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder.tirx import prim_func as build_prim_func
+from tvm.target import Target
+from tvm.target.codegen import llvm_get_system_cpu, target_has_features
+
+from wrpn_tvm.errors import WrpnError
+from wrpn_tvm.ops.int8_dot import INT8_CONV2D_RULE, PAD_NAME, REDUCE_BLOCK
+
+from .common import (
+    Decisions,
+    attach_epilogue,
+    block_rule,
+    divisors,
+    loop_extent,
+    pad_whole_input,
+    place_remaining_blocks,
+    root_blocks,
+    try_vectorize,
+)
+
+UNROLL_STEPS = [0, 16, 64]
+LOOP_ORDERS = ("blocks_outer", "pixels_outer")
+MAX_TILE_BLOCKS = 4
+MAX_TILE_ROWS = 4
+
+
+def _vnni(a_i32, B, c):
+    # The byte operands as <64 x i8>: the signature of LLVM 20 and later (TVM's own VNNI intrinsic
+    # passes <16 x i32>, which this TVM's LLVM rejects).
+    activations = T.reinterpret("uint8x64", T.broadcast(a_i32, 16))
+    return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", c, activations,
+                                   B.vload([0, 0], "int8x64"))
+
+
+# vpmaddubsw multiplies u8 x s8 and adds neighbouring products in a saturating int16 (exact for the
+# levels int8_fits accepts); vpmaddwd with ones adds the int16 pairs into the int32 lanes.
+def _avx512bw(a_i32, B, c):
+    pairs = T.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512.pmaddubs.w.512",
+                                    T.reinterpret("uint8x64", T.broadcast(a_i32, 16)), B.vload([0, 0], "int8x64"))
+    ones = T.broadcast(tirx.const(1, "int16"), 32)
+    return c + T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.pmaddw.d.512", pairs, ones)
+
+
+def _avx2(a_i32, B, c):
+    pairs = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw",
+                                    T.reinterpret("uint8x32", T.broadcast(a_i32, 8)), B.vload([0, 0], "int8x32"))
+    ones = T.broadcast(tirx.const(1, "int16"), 16)
+    return c + T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs, ones)
+
+
+def _sdot(a_i32, B, c):
+    activations = T.reinterpret("int8x16", T.broadcast(a_i32, 4))
+    return T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", c, activations,
+                                   B.vload([0, 0], "int8x16"))
+
+
+def _dot_func(lanes: int, activation_dtype: str, implementation) -> tirx.PrimFunc:
+    """C[i] += sum_k A[k] * B[i, k] for `lanes` int32 outputs of 4 products each: as the conv
+    block writes it (description, implementation None), or as one dot instruction. C is the
+    local accumulator tile the template keeps in registers."""
+    with IRBuilder() as builder:
+        with build_prim_func():
+            a, b, c = T.arg("a", T.handle()), T.arg("b", T.handle()), T.arg("c", T.handle())
+            A = T.match_buffer(a, (REDUCE_BLOCK,), activation_dtype, offset_factor=1)
+            B = T.match_buffer(b, (lanes, REDUCE_BLOCK), "int8", offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:REDUCE_BLOCK], B[0:lanes, 0:REDUCE_BLOCK])
+                T.writes(C[0:lanes])
+                if implementation is not None:
+                    a_i32 = T.reinterpret("int32", A.vload([0], f"{activation_dtype}x{REDUCE_BLOCK}"))
+                    value = implementation(a_i32, B, C.vload([0], f"int32x{lanes}"))
+                    T.buffer_store(C, value, [T.ramp(0, 1, lanes)])
+                else:
+                    with T.grid(lanes, REDUCE_BLOCK) as (i, k):
+                        with T.sblock("update"):
+                            vi, vk = T.axis.remap("SR", [i, k])
+                            T.reads(C[vi], A[vk], B[vi, vk])
+                            T.writes(C[vi])
+                            T.buffer_store(C, C[vi] + A[vk].astype("int32") * B[vi, vk].astype("int32"), [vi])
+    return builder.get()
+
+
+def _register(name: str, lanes: int, activation_dtype: str, implementation) -> str:
+    TensorIntrin.register(name, _dot_func(lanes, activation_dtype, None),
+                          _dot_func(lanes, activation_dtype, implementation), override=True)
+    return name
+
+
+@dataclass(frozen=True)
+class DotKernel:
+    """One dot instruction and the register file around it: `accumulators` registers are left for
+    the tile after the weight vectors (one per block, counted by the tile) and the temporaries."""
+
+    intrin: str
+    registers: int
+
+    def fits(self, blocks: int, pixels: int) -> bool:
+        return blocks * pixels + blocks <= self.registers
+
+
+# 32 zmm: vpdpbusd broadcasts its activation operand from memory.
+VNNI = DotKernel(_register("wrpn_vnni_dot_16x4", 16, "uint8", _vnni), 31)
+# 32 zmm less a broadcast, the int16 pairs and the ones of vpmaddwd.
+AVX512BW = DotKernel(_register("wrpn_avx512bw_dot_16x4", 16, "uint8", _avx512bw), 29)
+# 16 ymm, the same three temporaries.
+AVX2 = DotKernel(_register("wrpn_avx2_dot_8x4", 8, "uint8", _avx2), 13)
+# 32 q registers less the broadcast activation.
+SDOT = DotKernel(_register("wrpn_sdot_4x4", 4, "int8", _sdot), 31)
+
+
+@lru_cache(maxsize=1)
+def _host_target() -> Target:
+    return Target({"kind": "llvm", "mcpu": llvm_get_system_cpu()})
+
+
+def dot_kernel(ob: int, activation_dtype: str, target: "Target | None") -> DotKernel:
+    """The dot instruction for a block of ob output channels (what the layout was built for)."""
+    if activation_dtype == "int8" and ob == 4:
+        return SDOT
+    if activation_dtype == "uint8" and ob == 8:
+        return AVX2
+    if activation_dtype == "uint8" and ob == 16:
+        target = target if target is not None else _host_target()
+        return VNNI if target_has_features("avx512vnni", target) else AVX512BW
+    raise WrpnError(f"no int8 dot kernel for blocks of {ob} output channels of {activation_dtype} activations")
+
+
+def _layout_of(sch: Schedule, block) -> tuple[int, str]:
+    """(ob, activation dtype) of an int8 conv block: its accumulator's last extent, its data's dtype."""
+    info = sch.get(block)
+    ob = int(info.writes[0].source.shape[-1])
+    data = [r.source for r in info.reads if len(r.source.shape) == 4]
+    return ob, str(data[0].dtype)
+
+
+def has_int8_conv(sch: Schedule) -> bool:
+    return any(block_rule(sch, block) == INT8_CONV2D_RULE for block in root_blocks(sch))
+
+
+def default_tile(blocks: int, rows: int, columns: int, kernel: DotKernel) -> tuple[int, int, int]:
+    """(weight blocks, rows, columns) per tile, each dividing its extent, whose accumulators fit:
+    the most dot instructions per load (a weight vector per block, a broadcast per pixel), then
+    the most accumulators (more independent chains hide the dot latency)."""
+
+    def score(tile):
+        b, r, c = tile
+        return b * r * c / (b + r * c), b * r * c, -r
+
+    tiles = [(b, r, c) for b in divisors(blocks) if b <= MAX_TILE_BLOCKS
+             for r in divisors(rows) if r <= 2 for c in divisors(columns) if kernel.fits(b, r * c)]
+    return max(tiles, key=score)
+
+
+def conv2d(sch: Schedule, block, kernel: DotKernel, tuning: bool, order: str = LOOP_ORDERS[0]) -> None:
+    decisions = Decisions(sch, tuning)
+    n, oh, ow, ob, oi, kh, kw, c4, ci = sch.get_loops(block)
+    extents = [loop_extent(sch, loop) for loop in (ob, oh, ow)]
+    blocks, rows, columns = default_tile(*extents, kernel)
+    ob_outer, ob_inner = sch.split(ob, decisions.tile(ob, 2, MAX_TILE_BLOCKS, [extents[0] // blocks, blocks]))
+    oh_outer, oh_inner = sch.split(oh, decisions.tile(oh, 2, MAX_TILE_ROWS, [extents[1] // rows, rows]))
+    ow_outer, ow_inner = sch.split(ow, decisions.tile(ow, 2, kernel.registers, [extents[2] // columns, columns]))
+    pixels = [n, oh_outer, ow_outer]
+    outer = [ob_outer, *pixels] if order == "blocks_outer" else [*pixels, ob_outer]
+    register_loops = [ob_inner, oh_inner, ow_inner]
+    sch.reorder(*outer, kh, kw, c4, *register_loops, oi, ci)
+    tile = sch.fuse(*outer)
+    sch.parallel(tile)
+    sch.annotate(tile, "pragma_auto_unroll_max_step", decisions.choice(UNROLL_STEPS, default=0))
+    sch.annotate(tile, "pragma_unroll_explicit", 1)
+    pad_whole_input(sch, block)
+    for loop in register_loops:
+        sch.unroll(loop)
+    writeback = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(writeback, tile, preserve_unit_loops=True)
+    try_vectorize(sch, sch.get_loops(writeback)[-1])
+    attach_epilogue(sch, writeback, tile)
+    if tuning:
+        # MetaSchedule's RewriteReductionBlock splits off the init and RewriteTensorize then
+        # tensorizes; the register tile goes into a block of its own, out of the reach of
+        # RewriteParallelVectorizeUnroll (which runs first and would vectorize around the dot).
+        sch.annotate(sch.blockize(oi), "meta_schedule.auto_tensorize", kernel.intrin)
+        sch.blockize(register_loops[0])
+        return
+    init = sch.decompose_reduction(block, kh)
+    try_vectorize(sch, sch.get_loops(init)[-1])
+    sch.tensorize(oi, kernel.intrin)
+
+
+def _schedule_padding(sch: Schedule) -> None:
+    for block in root_blocks(sch):
+        if sch.get(block).name_hint.startswith(PAD_NAME):
+            try_vectorize(sch, sch.get_loops(block)[-1])
+
+
+def _inline_neighbours(sch: Schedule, kernels: list) -> list[str]:
+    """Inline the injective blocks other than the padding and the kernels' direct inputs (the dot
+    intrinsic reads int8 buffers, not an expression); return the names of the blocks left."""
+    inputs = {sch.get(p).name_hint for k in kernels for p in sch.get_producers(k)}
+    remaining = []
+    for block in root_blocks(sch):
+        name = sch.get(block).name_hint
+        if block_rule(sch, block) == INT8_CONV2D_RULE or name.startswith(PAD_NAME):
+            continue
+        if name in inputs:
+            remaining.append(name)
+            continue
+        try:
+            sch.compute_inline(block)
+        except s_tir.ScheduleError:
+            remaining.append(name)
+    return remaining
+
+
+def _place_parallel(sch: Schedule, block, spatial_loops) -> None:
+    sch.parallel(sch.fuse(*spatial_loops) if len(spatial_loops) > 1 else spatial_loops[0])
+
+
+def schedule_function(sch: Schedule, target: Target) -> None:
+    """Untuned schedule of a PrimFunc holding int8 conv(s) and their fused neighbours."""
+    kernels = [b for b in root_blocks(sch) if block_rule(sch, b) == INT8_CONV2D_RULE]
+    others = _inline_neighbours(sch, kernels)
+    for block in [b for b in root_blocks(sch) if block_rule(sch, b) == INT8_CONV2D_RULE]:
+        conv2d(sch, block, dot_kernel(*_layout_of(sch, block), target), tuning=False)
+    _schedule_padding(sch)
+    place_remaining_blocks(sch, others, _place_parallel)
+
+
+def conv2d_rule(sch: Schedule, block) -> list[Schedule]:
+    """The MetaSchedule custom rule: one design space per loop order."""
+    kernel = dot_kernel(*_layout_of(sch, block), Target.current(allow_none=True))
+    spaces = []
+    for order in LOOP_ORDERS:
+        space = sch.copy()
+        conv2d(space, block, kernel, tuning=True, order=order)
+        spaces.append(space)
+    return spaces

@@ -1,0 +1,161 @@
+"""WRPN conv2d as an int8 dot product over the integer levels: the alternative to bit-serial on CPUs
+with fast int8 dot instructions, exact in integers like it.
+
+A layer of abits/wbits bits costs abits * wbits AND + popcount plane pairs bit-serially; as int8 it
+costs one multiply-accumulate per level pair, whatever the bits, at 4 MACs per 32-bit lane:
+  x86 AVX-512 VNNI   vpdpbusd (u8 x s8 -> i32), 16 output channels per zmm
+  x86 AVX-512BW      vpmaddubsw + vpmaddwd, 16 per zmm
+  x86 AVX2           vpmaddubsw + vpmaddwd, 8 per ymm
+  aarch64 dotprod    sdot (s8 x s8 -> i32), 4 per q register
+vpmaddubsw adds two u8 x s8 products in a saturating int16: exact while 2 * A * |W| <= 32767, which
+every layer `int8_fits` accepts does (4/4: 2 * 15 * 7 = 210).
+
+Layouts (`Int8Layout`: ob output channels per dot instruction, 4 channels per lane):
+  activations  NHWC [N, H, W, Cp] of uint8 (x86) or int8 (sdot), Cp = C rounded up to 4, padded 0
+  weights      int8 [ceil(O / ob), KH, KW, Cp / 4, ob, 4] (padded outputs and channels 0)
+so one dot instruction reads 4 consecutive channels of one pixel (broadcast to every lane) and the
+contiguous [ob, 4] weight block. The conv accumulates [N, OH, OW, ceil(O / ob), ob] int32, which
+the template keeps in registers; one elementwise stage drops the padded outputs and writes
+[N, OH, OW, O] (the template runs it, and any fused epilogue, on the tile as it is written back).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import te, tirx
+
+from .bitserial import as_padding4, as_pair
+from .grid import check_bits, check_weight_levels
+from ..errors import WrpnError
+
+INT8_CONV2D_RULE = "wrpn_int8_conv2d"
+PAD_NAME = "wrpn_pad"  # the name the CPU templates look for (schedules.common.PAD_BLOCK)
+REDUCE_BLOCK = 4
+PAIR_SUM_MAX = 2**15 - 1  # vpmaddubsw's int16 pair sum
+
+
+@dataclass(frozen=True)
+class Int8Layout:
+    """ob output channels per dot instruction, reduce_block input channels per 32-bit lane, and
+    the activations' dtype (what the instruction multiplies: uint8 on x86, int8 for sdot)."""
+
+    out_block: int
+    reduce_block: int = REDUCE_BLOCK
+    activation_dtype: str = "uint8"
+
+
+def int8_layout(target) -> "Int8Layout | None":
+    """The int8 layout a target's dot instruction wants, or None where it has none worth taking
+    (aarch64 without dotprod, CUDA, other CPUs)."""
+    from tvm.target import Target
+    from tvm.target.codegen import target_has_features
+
+    target = target if isinstance(target, Target) else Target(target)
+    if target.kind.name != "llvm":
+        return None
+    triple = str(target.attrs.get("mtriple", ""))
+    if triple.startswith("aarch64"):
+        return Int8Layout(4, REDUCE_BLOCK, "int8") if target_has_features("dotprod", target) else None
+    if target_has_features("avx512bw", target):  # with or without VNNI: 16 int32 lanes per zmm
+        return Int8Layout(16, REDUCE_BLOCK, "uint8")
+    if target_has_features("avx2", target):
+        return Int8Layout(8, REDUCE_BLOCK, "uint8")
+    return None
+
+
+def int8_fits(abits: int, wbits: int) -> bool:
+    """Whether levels of these widths are exact in every int8 kernel: activations in int8 (sdot)
+    and a pair of products in vpmaddubsw's int16."""
+    check_bits(abits, wbits)
+    top_activation, top_weight = 2**abits - 1, max(1, 2 ** (wbits - 1) - 1)
+    return top_activation <= 127 and 2 * top_activation * top_weight <= PAIR_SUM_MAX
+
+
+def padded_channels(channels: int, layout: Int8Layout) -> int:
+    return -(-channels // layout.reduce_block) * layout.reduce_block
+
+
+def int8_levels(x: te.Tensor, layout: Int8Layout) -> te.Tensor:
+    """NCHW integer levels (any dtype, e.g. float32 from an epilogue) -> NHWC [N, H, W, Cp] of the
+    layout's activation dtype, channels past C zero. One injective compute, fusable after the
+    epilogue that produces x."""
+    if len(x.shape) != 4:
+        raise WrpnError(f"int8_levels expects NCHW data, got shape {tuple(x.shape)}")
+    batch, channels, height, width = x.shape
+    channels = int(channels)
+    dtype = layout.activation_dtype
+    zero = tirx.const(0, dtype)
+
+    def level(n, h, w, c):
+        if channels % layout.reduce_block == 0:
+            return x[n, c, h, w].astype(dtype)
+        # min() keeps the load in bounds where a vectorized select evaluates both sides.
+        return tirx.if_then_else(c < channels, x[n, tirx.min(c, channels - 1), h, w].astype(dtype), zero)
+
+    return te.compute((batch, height, width, padded_channels(channels, layout)), level, name="wrpn_int8_levels")
+
+
+def prepack_int8_weight(w_levels: np.ndarray, layout: Int8Layout) -> np.ndarray:
+    """OIHW integer weight levels -> int8 [ceil(O / ob), KH, KW, Cp / 4, ob, 4], zero-padded."""
+    levels = np.asarray(w_levels)
+    if levels.ndim != 4:
+        raise WrpnError(f"prepack_int8_weight expects OIHW weights, got shape {levels.shape}")
+    levels = check_weight_levels(levels, 8)  # the int8 range, excluding -128 (symmetric grids only)
+    out_channels, channels, kernel_h, kernel_w = levels.shape
+    ob, lane = layout.out_block, layout.reduce_block
+    blocks = -(-out_channels // ob)
+    cp = padded_channels(channels, layout)
+    padded = np.zeros((blocks * ob, cp, kernel_h, kernel_w), dtype=np.int8)
+    padded[:out_channels, :channels] = levels
+    # [OB, ob, C4, lane, KH, KW] -> [OB, KH, KW, C4, ob, lane]
+    blocked = padded.reshape(blocks, ob, cp // lane, lane, kernel_h, kernel_w)
+    return np.ascontiguousarray(blocked.transpose(0, 4, 5, 2, 1, 3))
+
+
+def int8_conv2d(data, weight, out_channels: int, stride=1, padding=0) -> te.Tensor:
+    """int32 NHWC [N, OH, OW, out_channels] conv of int8_levels data [N, H, W, Cp] with
+    prepack_int8_weight weights [OB, KH, KW, Cp / 4, ob, 4]; zero padding is level 0."""
+    batch, height, width, channels = (int(d) for d in data.shape)
+    blocks, kernel_h, kernel_w, lanes_c, ob, lane = (int(d) for d in weight.shape)
+    if str(weight.dtype) != "int8" or str(data.dtype) not in ("uint8", "int8"):
+        raise WrpnError(f"int8 conv2d takes uint8/int8 data and int8 weights, got {data.dtype} and {weight.dtype}")
+    if lanes_c * lane != channels:
+        raise WrpnError(f"int8 conv2d data has {channels} channels but the weight expects {lanes_c * lane}")
+    if not (blocks - 1) * ob < int(out_channels) <= blocks * ob:
+        raise WrpnError(f"{int(out_channels)} output channels do not fit {blocks} weight blocks of {ob}")
+    stride_h, stride_w = as_pair(stride, "stride")
+    top, left, bottom, right = as_padding4(padding)
+    out_h = (height + top + bottom - kernel_h) // stride_h + 1
+    out_w = (width + left + right - kernel_w) // stride_w + 1
+
+    if top or left or bottom or right:
+        zero = tirx.const(0, data.dtype)
+
+        def padded_value(n, h, w, c):
+            inside = tirx.all(h >= top, h < height + top, w >= left, w < width + left)
+            return tirx.if_then_else(inside, data[n, h - top, w - left, c], zero)
+
+        padded = te.compute((batch, height + top + bottom, width + left + right, channels), padded_value,
+                            name=PAD_NAME)
+    else:
+        padded = data
+
+    kh = te.reduce_axis((0, kernel_h), name="kh")
+    kw = te.reduce_axis((0, kernel_w), name="kw")
+    c4 = te.reduce_axis((0, lanes_c), name="c4")
+    ci = te.reduce_axis((0, lane), name="ci")
+    acc = te.compute(
+        (batch, out_h, out_w, blocks, ob),
+        lambda n, oh, ow, b, oi: te.sum(
+            padded[n, oh * stride_h + kh, ow * stride_w + kw, c4 * lane + ci].astype("int32")
+            * weight[b, kh, kw, c4, oi, ci].astype("int32"),
+            axis=[kh, kw, c4, ci],
+        ),
+        name="wrpn_int8_conv2d",
+        attrs={"schedule_rule": INT8_CONV2D_RULE},
+    )
+    return te.compute(
+        (batch, out_h, out_w, int(out_channels)),
+        lambda n, oh, ow, o: acc[n, oh, ow, o // ob, o % ob],
+        name="wrpn_int8_conv2d_output",
+    )
