@@ -8,7 +8,7 @@ costs one multiply-accumulate per level pair, whatever the bits, at 4 MACs per 3
   x86 AVX2           vpmaddubsw + vpmaddwd, 8 per ymm
   aarch64 dotprod    sdot (s8 x s8 -> i32), 4 per q register
 vpmaddubsw adds two u8 x s8 products in a saturating int16: exact while 2 * A * |W| <= 32767, which
-every layer `int8_fits` accepts does (4/4: 2 * 15 * 7 = 210).
+holds for every layer `int8_fits` accepts (at most 2 * 127 * 127; 4/4: 2 * 15 * 7 = 210).
 
 Layouts (`Int8Layout`: ob output channels per dot instruction, 4 channels per lane):
   activations  NHWC [N, H, W, Cp] of uint8 (x86) or int8 (sdot), Cp = C rounded up to 4, padded 0
@@ -31,7 +31,6 @@ from ..errors import WrpnError
 INT8_CONV2D_RULE = "wrpn_int8_conv2d"
 PAD_NAME = "wrpn_pad"  # the name the CPU templates look for (schedules.common.PAD_BLOCK)
 REDUCE_BLOCK = 4
-PAIR_SUM_MAX = 2**15 - 1  # vpmaddubsw's int16 pair sum
 
 
 @dataclass(frozen=True)
@@ -64,11 +63,10 @@ def int8_layout(target) -> "Int8Layout | None":
 
 
 def int8_fits(abits: int, wbits: int) -> bool:
-    """Whether levels of these widths are exact in every int8 kernel: activations in int8 (sdot)
-    and a pair of products in vpmaddubsw's int16."""
+    """Whether levels of these widths are exact in every int8 kernel: weights (at most 8 bits) are
+    within +-127 always; activations must fit sdot's signed bytes."""
     check_bits(abits, wbits)
-    top_activation, top_weight = 2**abits - 1, max(1, 2 ** (wbits - 1) - 1)
-    return top_activation <= 127 and 2 * top_activation * top_weight <= PAIR_SUM_MAX
+    return 2**abits - 1 <= 127
 
 
 def padded_channels(channels: int, layout: Int8Layout) -> int:

@@ -1,0 +1,188 @@
+"""int8-dot conv2d (the alternative to bit-serial over the same integer levels): bit-exact against the
+numpy reference on awkward shapes for every x86 dot kernel (VNNI, AVX-512BW, AVX2) at default
+decisions and in sampled MetaSchedule candidates, the dot instruction in the generated code (and
+no AVX-512 in the AVX2 build), sdot in the cross-compiled rasp5 build, and the layouts."""
+
+import re
+import subprocess
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+from tvm.support import cc
+from tvm.target.codegen import target_has_features
+
+from kernel_cases import random_weights, tuning_spaces
+from test_avx2 import AVX512_ONLY
+from wrpn_tvm import ops
+from wrpn_tvm.errors import WrpnError
+from wrpn_tvm.pipeline import compile_prim_func
+from wrpn_tvm.targets import resolve
+
+# An AVX-512BW CPU without VNNI (vpmaddubsw + vpmaddwd on zmm); runs on this AVX-512 machine.
+SKYLAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"}
+X86_TARGETS = {"host": "host", "x86-avx2": "x86-avx2", "avx512bw": SKYLAKE}
+
+# (abits, wbits, channels, out_channels, kernel, stride, padding, batch, image): channels off every
+# multiple of 4/8/16/64 and out channels off 16 and 8, stride 2, odd images, 1x1 (the ResNet
+# downsample), pad 0/1/asymmetric, batch 2, +-1 weights, the widest levels vpmaddubsw takes (4/4).
+CONV_CASES = [
+    (2, 2, 37, 13, 3, 1, 1, 1, 9),
+    (4, 4, 130, 40, 3, 2, 1, 1, 11),
+    (4, 2, 20, 24, 3, 1, 0, 2, 7),
+    (2, 4, 66, 17, 1, 2, 0, 1, 9),
+    (1, 1, 70, 32, 3, 2, (0, 1, 2, 1), 1, 8),
+    (2, 1, 64, 5, 1, 1, 0, 1, 5),
+    (4, 4, 3, 8, 3, 1, 1, 2, 6),
+]
+
+
+def _layout(target):
+    return ops.int8_layout(resolve(target).target)
+
+
+def _conv_func(layout, x_shape, out_channels, channels, kernel, stride, padding):
+    """int8_levels (float32 NCHW levels in) + int8_conv2d as one PrimFunc."""
+    x = te.placeholder(x_shape, "float32", name="x")
+    w_shape = ops.prepack_int8_weight(np.zeros((out_channels, channels, kernel, kernel), np.int64), layout).shape
+    w = te.placeholder(w_shape, "int8", name="w")
+    out = ops.int8_conv2d(ops.int8_levels(x, layout), w, out_channels, stride, padding)
+    return te.create_prim_func([x, w, out])
+
+
+def _run(executable, x, w_packed, out_shape) -> np.ndarray:
+    device = tvm.cpu(0)
+    out = tvm.runtime.tensor(np.zeros(out_shape, np.int32), device)
+    executable["main"](tvm.runtime.tensor(x.astype(np.float32), device), tvm.runtime.tensor(w_packed, device), out)
+    return out.numpy().transpose(0, 3, 1, 2)
+
+
+def _case_data(case, seed):
+    abits, wbits, channels, out_channels, kernel, stride, padding, batch, image = case
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2**abits, (batch, channels, image, image))
+    w = random_weights(rng, wbits, (out_channels, channels, kernel, kernel))
+    return x, w, ops.conv2d_levels_reference(x, w, abits, wbits, stride, padding)
+
+
+@pytest.mark.parametrize("target", X86_TARGETS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv2d_is_exact(target, case):
+    abits, wbits, channels, out_channels, kernel, stride, padding, batch, image = case
+    x, w, want = _case_data(case, CONV_CASES.index(case))
+    spec = resolve(X86_TARGETS[target])
+    layout = ops.int8_layout(spec.target)
+    executable = compile_prim_func(_conv_func(layout, x.shape, out_channels, channels, kernel, stride, padding), spec)
+    got = _run(executable, x, ops.prepack_int8_weight(w, layout), (batch, *want.shape[2:], out_channels))
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("target", ["host", "x86-avx2"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_tuning_candidates_are_exact(target, seed):
+    """Sampled design spaces of both loop orders, after MetaSchedule's postprocs, built and run."""
+    case = CONV_CASES[seed]
+    abits, wbits, channels, out_channels, kernel, stride, padding, batch, image = case
+    x, w, want = _case_data(case, seed)
+    spec = resolve(target)
+    layout = ops.int8_layout(spec.target)
+    func = _conv_func(layout, x.shape, out_channels, channels, kernel, stride, padding)
+    with spec.target:
+        spaces = tuning_spaces(func, "cpu", ops.INT8_CONV2D_RULE, "wrpn_int8_conv2d", seed)
+    assert len(spaces) == 2
+    for space in spaces:
+        got = _run(tvm.compile(space.mod, target=spec.target), x, ops.prepack_int8_weight(w, layout),
+                   (batch, *want.shape[2:], out_channels))
+        assert np.array_equal(got, want), space.trace
+
+
+def _asm(target, channels=64, out_channels=64) -> str:
+    spec = resolve(target)
+    func = _conv_func(ops.int8_layout(spec.target), (1, channels, 14, 14), out_channels, channels, 3, 1, 1)
+    return compile_prim_func(func, spec).mod.inspect_source("asm")
+
+
+def test_host_uses_its_dot_instruction():
+    asm = _asm("host")
+    if target_has_features("avx512vnni", resolve("host").target):
+        assert re.search(r"\bvpdpbusd\t.*%zmm", asm)
+        assert not re.search(r"\bvpmaddubsw\b", asm)
+    else:
+        assert re.search(r"\bvpmaddubsw\t.*%zmm", asm)
+
+
+def test_avx512bw_without_vnni_uses_pmaddubsw_on_zmm():
+    asm = _asm(SKYLAKE)
+    assert re.search(r"\bvpmaddubsw\t.*%zmm", asm) and re.search(r"\bvpmaddwd\t.*%zmm", asm)
+    assert not re.search(r"\bvpdpbusd\b", asm)
+
+
+def test_avx2_build_has_no_avx512():
+    asm = _asm("x86-avx2")
+    assert re.search(r"\bvpmaddubsw\t.*%ymm", asm) and re.search(r"\bvpmaddwd\t.*%ymm", asm)
+    assert not AVX512_ONLY.search(asm)
+
+
+def test_rasp5_uses_sdot(tmp_path):
+    spec = resolve("rasp5")
+    func = _conv_func(ops.int8_layout(spec.target), (1, 64, 14, 14), 64, 64, 3, 1, 1)
+    path = tmp_path / "conv.so"
+    compile_prim_func(func, spec).export_library(str(path), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
+    disassembly = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(path)], capture_output=True, text=True,
+                                 check=True).stdout
+    # 64 output channels = 16 blocks of 4; every (block, pixel) of the tile is one sdot.
+    assert len(re.findall(r"\tsdot\tv\d+\.4s, v\d+\.16b, v\d+\.16b", disassembly)) >= 16
+
+
+@pytest.mark.parametrize("target, expected", [
+    ("x86-avx512", ops.Int8Layout(16, 4, "uint8")),
+    (SKYLAKE, ops.Int8Layout(16, 4, "uint8")),
+    ("x86-avx2", ops.Int8Layout(8, 4, "uint8")),
+    ("rasp5", ops.Int8Layout(4, 4, "int8")),
+    ("rasp4", None),
+    ("rasp3b", None),
+    ("aarch64", None),
+    ("cuda", None),
+    ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"}, None),  # SSE2 only
+], ids=str)
+def test_layout_per_target(target, expected):
+    assert ops.int8_layout(resolve(target).target) == expected
+
+
+def test_int8_fits():
+    assert all(ops.int8_fits(a, w) for a in range(1, 5) for w in range(1, 5))
+    # sdot's activations are signed bytes; a pair of products 2 * 127 * 127 still fits vpmaddubsw's int16.
+    assert ops.int8_fits(7, 8) and not ops.int8_fits(8, 1)
+
+
+def test_levels_and_weights_layout():
+    layout = ops.Int8Layout(8, 4, "uint8")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 16, (2, 6, 3, 5))
+    xt = te.placeholder(x.shape, "float32", name="x")
+    levels = ops.int8_levels(xt, layout)
+    executable = tvm.compile(te.create_prim_func([xt, levels]), target="llvm")
+    out = tvm.runtime.tensor(np.zeros((2, 3, 5, 8), np.uint8))
+    executable["main"](tvm.runtime.tensor(x.astype(np.float32)), out)
+    want = np.zeros((2, 3, 5, 8), np.uint8)
+    want[..., :6] = x.transpose(0, 2, 3, 1)
+    assert np.array_equal(out.numpy(), want)
+
+    w = random_weights(rng, 4, (11, 6, 3, 1))
+    packed = ops.prepack_int8_weight(w, layout)
+    assert packed.shape == (2, 3, 1, 2, 8, 4) and packed.dtype == np.int8
+    o, c, kh = 9, 5, 2
+    assert packed[o // 8, kh, 0, c // 4, o % 8, c % 4] == w[o, c, kh, 0]
+    assert not packed[1, :, :, :, 3:].any() and not packed[:, :, :, 1, :, 2:].any()  # padding is 0
+
+
+def test_mismatched_shapes_are_refused():
+    layout = ops.Int8Layout(16)
+    data = te.placeholder((1, 8, 8, 16), "uint8", name="data")
+    with pytest.raises(WrpnError, match="channels"):
+        ops.int8_conv2d(data, te.placeholder((1, 3, 3, 5, 16, 4), "int8", name="w"), 16)
+    with pytest.raises(WrpnError, match="weight blocks"):
+        ops.int8_conv2d(data, te.placeholder((2, 3, 3, 4, 16, 4), "int8", name="w"), 16)
+    with pytest.raises(WrpnError, match="levels"):
+        ops.prepack_int8_weight(np.full((1, 1, 1, 1), 200), layout)
