@@ -58,13 +58,19 @@ def _narrow_plan(sch: Schedule, block) -> "NarrowAccumulation | None":
         return None
     plan = narrow_accumulation(int(activations[0].region[-2].extent), int(weights[0].region[-3].extent),
                                str(weights[0].source.dtype))
-    reduction_words = 1
-    for iv in info.iter_vars:
-        if int(iv.iter_type) == _REDUCE:
-            reduction_words *= int(iv.dom.extent)
-    if plan is None or not plan.fits(reduction_words) or int(channel.dom.extent) % plan.lanes:
+    if plan is None or _chunk_words(plan, info.iter_vars) is None or int(channel.dom.extent) % plan.lanes:
         return None
     return plan
+
+
+def _chunk_words(plan: NarrowAccumulation, iter_vars) -> "int | None":
+    """`plan.chunk_words` of the block's reduction: the word loop is its last axis (cw, k), the
+    kernel window the others."""
+    reduction = [int(iv.dom.extent) for iv in iter_vars if int(iv.iter_type) == _REDUCE]
+    window = 1
+    for extent in reduction[:-1]:
+        window *= extent
+    return plan.chunk_words(window, reduction[-1])
 
 
 def _cycles_per_count(plan: NarrowAccumulation, pixels: int, vectors: int) -> float:
@@ -139,57 +145,101 @@ def _narrow_registers_and_writeback(sch: Schedule, block, plan, outer, register_
     # Unrolled, the loops around the decoding are no candidates for MetaSchedule's vectorizer.
     for loop in tile_loops:
         sch.unroll(loop)
+    _tensorize(sch, block, plan, writeback_lanes, plan.decode_intrin, tile_loops, register_loops, lanes,
+               first_reduction, tuning)
+
+
+def _tensorize(sch: Schedule, block, plan, writeback_lanes, writeback_intrin, tile_loops, register_loops, lanes,
+               first_reduction, tuning: bool):
+    """The write-back's q registers decoded by `writeback_intrin`, the update's by the plan's
+    update intrinsic (when tuning: blockized and annotated for RewriteTensorize)."""
     if tuning:
-        sch.annotate(sch.blockize(writeback_lanes), "meta_schedule.auto_tensorize", plan.decode_intrin)
+        sch.annotate(sch.blockize(writeback_lanes), "meta_schedule.auto_tensorize", writeback_intrin)
         sch.annotate(sch.blockize(lanes), "meta_schedule.auto_tensorize", plan.update_intrin)
         # Blocks inside a block are out of RewriteParallelVectorizeUnroll's reach: it would
         # vectorize the register tile's loops around the tensorized q registers.
         sch.blockize(tile_loops[0])
         sch.blockize(register_loops[0])
         return
-    sch.tensorize(writeback_lanes, plan.decode_intrin)
+    sch.tensorize(writeback_lanes, writeback_intrin)
     init = sch.decompose_reduction(block, first_reduction)
     try_vectorize(sch, sch.get_loops(init)[-1])
     sch.tensorize(lanes, plan.update_intrin)
 
 
+def _narrow_chunks_and_widening(sch: Schedule, block, plan, chunks, register_loops, tuning: bool):
+    """Periodic widening, for a reduction longer than the 16-bit lanes hold: rfactor over the
+    chunk loop gives a block that accumulates one chunk in local 16-bit lanes (zeroed per
+    chunk, updates tensorized as in `_narrow_registers_and_writeback`), and the original block
+    becomes their widening, tensorized to add each chunk's decoded counts into the layer's
+    accumulator in memory (a load and store per chunk: no registers taken from the hot loop)."""
+    depth = len(register_loops) + 1  # the tile's loops, innermost in both nests
+    narrow = sch.rfactor(chunks, factor_axis=0)
+    sch.set_scope(narrow, 0, "local")
+    # rfactor gave the narrow block a copy of the loop nest: the widening goes under its chunk loop.
+    outer, chunks, first_reduction, *_ = sch.get_loops(narrow)
+    *register_loops, lanes = sch.get_loops(narrow)[-depth:]
+    for loop in register_loops:
+        sch.unroll(loop)
+    sch.reverse_compute_at(block, chunks, preserve_unit_loops=True)
+    attach_epilogue(sch, block, outer)
+    sch.split(sch.get_loops(block)[-1], [None, plan.lanes])
+    *tile_loops, widen_lanes = sch.get_loops(block)[2:]  # under the parallel and chunk loops
+    for loop in tile_loops:
+        sch.unroll(loop)
+    if not tuning:
+        init = sch.decompose_reduction(block, chunks)
+        try_vectorize(sch, sch.get_loops(init)[-1])
+    _tensorize(sch, narrow, plan, widen_lanes, plan.widen_intrin, tile_loops, register_loops, lanes, first_reduction,
+               tuning)
+
+
 def _conv2d_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool, order: str) -> None:
     decisions = Decisions(sch, tuning)
     n, oh, ow, o, kh, kw, cw = sch.get_loops(block)
-    pixels, vectors = _default_tile(plan, loop_extent(sch, ow), loop_extent(sch, o) // plan.lanes,
-                                    loop_extent(sch, cw))
+    words = _chunk_words(plan, sch.get(block).iter_vars)
+    pixels, vectors = _default_tile(plan, loop_extent(sch, ow), loop_extent(sch, o) // plan.lanes, words)
     oh_outer, oh_inner = sch.split(oh, decisions.tile(oh, 2, 2, [loop_extent(sch, oh), 1]))
     ow_outer, ow_inner = sch.split(ow, decisions.tile(ow, 2, MAX_PIXELS, [loop_extent(sch, ow) // pixels, pixels]))
     o_outer, o_vectors, o_lanes = _split_channel_vectors(sch, decisions, o, plan, vectors)
     outer = [n, oh_outer, ow_outer, o_outer] if order == "pixels_outer" else [o_outer, n, oh_outer, ow_outer]
-    sch.reorder(*outer, kh, kw, cw, oh_inner, ow_inner, o_vectors, o_lanes)
+    chunks, cw = sch.split(cw, [None, words]) if words < loop_extent(sch, cw) else (None, cw)
+    sch.reorder(*outer, *([chunks] if chunks else []), kh, kw, cw, oh_inner, ow_inner, o_vectors, o_lanes)
     # One loop over the kernel window: LLVM unrolls a 3-trip kw loop into a copy of the hot loop
     # per column, and where a column's weight offset passes ldr's immediate range (64 KiB: kw = 2
     # at 7x7x512 1/1) that copy loads with register offsets, two ops per load on Cortex-A72. Not
     # where LLVM unrolls the word loop itself (2 words): the window loop is then the innermost one,
     # and its row and column (a division by 3) would be computed in it.
-    window = sch.fuse(kh, kw) if loop_extent(sch, cw) > 2 else kh
+    window = sch.fuse(kh, kw) if words > 2 else kh
     _unroll_small_tiles(sch, plan, cw, [oh_inner, ow_inner, o_vectors])
     parallel = sch.fuse(*outer)
     sch.parallel(parallel)
     cpu.annotate_unroll(sch, parallel, decisions)
     pad_whole_input(sch, block)
-    _narrow_registers_and_writeback(sch, block, plan, parallel, [oh_inner, ow_inner, o_vectors], o_lanes, window,
-                                    tuning)
+    if chunks is None:
+        _narrow_registers_and_writeback(sch, block, plan, parallel, [oh_inner, ow_inner, o_vectors], o_lanes, window,
+                                        tuning)
+    else:
+        _narrow_chunks_and_widening(sch, block, plan, chunks, [oh_inner, ow_inner, o_vectors], tuning)
 
 
 def _dense_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool) -> None:
     decisions = Decisions(sch, tuning)
     n, o, k = sch.get_loops(block)
-    rows, vectors = _default_tile(plan, loop_extent(sch, n), loop_extent(sch, o) // plan.lanes, loop_extent(sch, k))
+    words = _chunk_words(plan, sch.get(block).iter_vars)
+    rows, vectors = _default_tile(plan, loop_extent(sch, n), loop_extent(sch, o) // plan.lanes, words)
     n_outer, n_regs = sch.split(n, decisions.tile(n, 2, MAX_PIXELS, [loop_extent(sch, n) // rows, rows]))
     o_outer, o_vectors, o_lanes = _split_channel_vectors(sch, decisions, o, plan, vectors)
-    sch.reorder(o_outer, n_outer, k, n_regs, o_vectors, o_lanes)
+    chunks, k = sch.split(k, [None, words]) if words < loop_extent(sch, k) else (None, k)
+    sch.reorder(o_outer, n_outer, *([chunks] if chunks else []), k, n_regs, o_vectors, o_lanes)
     k = _unroll_small_tiles(sch, plan, k, [n_regs, o_vectors])
     parallel = sch.fuse(o_outer, n_outer)
     sch.parallel(parallel)
     cpu.annotate_unroll(sch, parallel, decisions)
-    _narrow_registers_and_writeback(sch, block, plan, parallel, [n_regs, o_vectors], o_lanes, k, tuning)
+    if chunks is None:
+        _narrow_registers_and_writeback(sch, block, plan, parallel, [n_regs, o_vectors], o_lanes, k, tuning)
+    else:
+        _narrow_chunks_and_widening(sch, block, plan, chunks, [n_regs, o_vectors], tuning)
 
 
 def conv2d(sch: Schedule, block, tuning: bool) -> list[Schedule]:

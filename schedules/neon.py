@@ -41,6 +41,8 @@ PLANE_PAIRS = {"uint64": (1, 2, 4), "uint32": (1, 2)}
 WEIGHED_WORDS = ("uint64",)
 BYTE_MAX = 255
 MAX_BITS = 8
+# A chunk's widening (decode and add per q register of the tile) costs about one word's updates.
+MIN_CHUNK_WORDS = 16
 
 
 @dataclass(frozen=True)
@@ -98,13 +100,37 @@ class NarrowAccumulation:
         return COUNT_LANE_MAX // (self.word_bits // self.lanes_per_count * self.level_max)
 
     @property
+    def byte_folds(self) -> int:
+        """addp levels done in bytes: each doubles a byte's most (8 x level_max after the Horner
+        sum), which must stay <= 255; the remaining levels fold 16-bit lanes (4/4: 8 x 15 x 4
+        would not fit a byte)."""
+        levels = 0
+        while 2**levels < len(self.classes) and MAX_BITS * self.level_max * 2 ** (levels + 1) <= BYTE_MAX:
+            levels += 1
+        return levels
+
+    @property
     def neon_ops_per_vector(self) -> int:
-        """NEON ops of one update (and + cnt per pair, two per Horner step, folds, uadalp)."""
+        """NEON ops of one update: and + cnt per pair, two per Horner step, then the folds: byte
+        addp levels and one uadalp, or where bytes would overflow, uaddlp per remaining vector,
+        addp .8h levels and an add."""
         horner = 2 * (self.abits - 1) * self.wbits if self.weighs_activation_planes else 0
-        return 2 * len(self.pairs) + horner + len(self.classes)
+        classes, vectors = len(self.classes), len(self.classes) >> self.byte_folds
+        fold = classes - vectors + (1 if vectors == 1 else 2 * vectors)
+        return 2 * len(self.pairs) + horner + fold
 
     def fits(self, reduction_words: int) -> bool:
         return reduction_words <= self.max_words
+
+    def chunk_words(self, window: int, words: int) -> "int | None":
+        """Words of the word loop per chunk of the reduction (the kernel window x those words):
+        all of them where the 16-bit lanes hold the whole reduction; else the largest divisor
+        whose chunk they hold, widened after each chunk (`widen_intrin`); None where that chunk
+        would be too short to repay its widening."""
+        if self.fits(window * words):
+            return words
+        chunk = max((d for d in range(1, words + 1) if words % d == 0 and self.fits(window * d)), default=0)
+        return chunk if window * chunk >= MIN_CHUNK_WORDS else None
 
     def coefficient(self, i: int, j: int) -> int:
         """c_j 2^(i+j): the top weight plane is negative (two's complement) unless wbits is 1."""
@@ -118,11 +144,16 @@ class NarrowAccumulation:
     def decode_intrin(self) -> str:
         return f"wrpn_neon_decode_counts_a{self.abits}w{self.wbits}_{self.word}"
 
+    @property
+    def widen_intrin(self) -> str:
+        return f"wrpn_neon_widen_counts_a{self.abits}w{self.wbits}_{self.word}"
+
 
 def narrow_accumulation(abits: int, wbits: int, word: str) -> "NarrowAccumulation | None":
     """The narrow accumulation for these bits and words, or None where the fold does not fit:
-    its classes must fill the q register's 16-bit lanes evenly, and a byte, after the Horner sum
-    (up to 8 x (2^abits - 1)) and the addp folds (doubling it per level), must stay a byte."""
+    its classes must fill the q register's 16-bit lanes evenly, and a byte after the Horner sum
+    (up to 8 x (2^abits - 1)) must stay a byte (the folds go on in 16-bit lanes where a byte
+    could not take another doubling: `byte_folds`)."""
     if word not in PLANE_PAIRS:
         return None
     plan = NarrowAccumulation(abits, wbits, word)
@@ -131,7 +162,7 @@ def narrow_accumulation(abits: int, wbits: int, word: str) -> "NarrowAccumulatio
     classes = len(plan.classes)
     if classes & (classes - 1) or classes * plan.lanes > COUNT_LANES:
         return None
-    return None if MAX_BITS * plan.level_max * classes > BYTE_MAX else plan
+    return None if MAX_BITS * plan.level_max > BYTE_MAX else plan
 
 
 def _update_func(plan: NarrowAccumulation, implementation: bool) -> tirx.PrimFunc:
@@ -188,17 +219,24 @@ def _fold_counts(plan: NarrowAccumulation, A, W, C) -> None:
             counts.append(weighed)
     else:
         counts = [count(i, j) for i, j in plan.pairs]
-    while len(counts) > 1:
-        counts = [_neon("addp", bytes_, counts[k], counts[k + 1]) for k in range(0, len(counts), 2)]
     lanes16 = f"uint16x{COUNT_LANES}"
+    for _ in range(plan.byte_folds):
+        counts = [_neon("addp", bytes_, counts[k], counts[k + 1]) for k in range(0, len(counts), 2)]
     previous = T.reinterpret(lanes16, C.vload([0], f"{plan.accumulator}x{plan.lanes}"))
-    total = previous + _neon("uaddlp", lanes16, counts[0])  # LLVM selects uadalp
+    if len(counts) == 1:
+        total = previous + _neon("uaddlp", lanes16, counts[0])  # LLVM selects uadalp
+    else:  # the last levels in 16-bit lanes: same lane order as byte folds would give
+        counts = [_neon("uaddlp", lanes16, count) for count in counts]
+        while len(counts) > 1:
+            counts = [_neon("addp", lanes16, counts[k], counts[k + 1]) for k in range(0, len(counts), 2)]
+        total = previous + counts[0]
     T.buffer_store(C, T.reinterpret(f"{plan.accumulator}x{plan.lanes}", total), [T.ramp(0, 1, plan.lanes)])
 
 
-def _decode_func(plan: NarrowAccumulation, implementation: bool) -> tirx.PrimFunc:
+def _decode_func(plan: NarrowAccumulation, implementation: bool, accumulate: bool = False) -> tirx.PrimFunc:
     """The write-back of one q register of accumulators: a copy (description), or the sum per
-    channel of its pairs' 16-bit lanes times their coefficients (implementation)."""
+    channel of its pairs' 16-bit lanes times their coefficients (implementation). `accumulate`:
+    a chunk's widening, D += S (rfactor's write-back block), decoded the same way."""
     lanes, acc = plan.lanes, plan.accumulator
     with IRBuilder() as builder:
         with build_prim_func():
@@ -206,19 +244,20 @@ def _decode_func(plan: NarrowAccumulation, implementation: bool) -> tirx.PrimFun
             S = T.match_buffer(s, (lanes,), acc, offset_factor=1, scope="local")
             D = T.match_buffer(d, (lanes,), acc, offset_factor=1)
             with T.sblock("root"):
-                T.reads(S[0:lanes])
+                T.reads(*([D[0:lanes]] if accumulate else []), S[0:lanes])
                 T.writes(D[0:lanes])
                 if implementation:
                     # Unrolled, constant indices: the tile stays promotable to registers.
                     for o in range(lanes):
-                        T.buffer_store(D, _decoded_channel(plan, S, o), [o])
+                        decoded = _decoded_channel(plan, S, o)
+                        T.buffer_store(D, D[o] + decoded if accumulate else decoded, [o])
                 else:
                     with T.serial(0, lanes) as o:
                         with T.sblock("writeback"):
                             vo = T.axis.spatial(lanes, o)
-                            T.reads(S[vo])
+                            T.reads(*([D[vo]] if accumulate else []), S[vo])
                             T.writes(D[vo])
-                            T.buffer_store(D, S[vo], [vo])
+                            T.buffer_store(D, D[vo] + S[vo] if accumulate else S[vo], [vo])
     return builder.get()
 
 
@@ -248,6 +287,8 @@ def _register_all() -> None:
                                       override=True)
                 TensorIntrin.register(plan.decode_intrin, _decode_func(plan, False), _decode_func(plan, True),
                                       override=True)
+                TensorIntrin.register(plan.widen_intrin, _decode_func(plan, False, True),
+                                      _decode_func(plan, True, True), override=True)
 
 
 # At import: a tuning record's trace names these intrinsics, and replaying it needs them registered.

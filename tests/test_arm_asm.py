@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tvm
+from tvm import te
 from tvm.support import cc
 
-from kernel_cases import bitserial_conv_tuning_spaces, random_weights
+from kernel_cases import bitserial_conv_tuning_spaces, random_weights, tuning_spaces
+from schedules.neon import narrow_accumulation
 from wrpn_tvm import kernels, ops
 from wrpn_tvm.ops.bitpack import pack_weight
 from wrpn_tvm.targets import resolve
@@ -31,11 +33,13 @@ def _library(executable, folder: Path, name: str) -> Path:
 
 
 @pytest.mark.parametrize("board", BOARDS)
-@pytest.mark.parametrize("abits, wbits, channels", [(2, 2, 256), (1, 1, 128), (2, 1, 192), (4, 2, 128)])
+@pytest.mark.parametrize("abits, wbits, channels", [(2, 2, 256), (1, 1, 128), (2, 1, 192), (4, 2, 128),
+                                                    (4, 2, 1024), (4, 4, 128)])
 def test_hot_loop_accumulates_counts_in_16_bit_lanes(tmp_path, board, abits, wbits, channels):
-    """The conv's hottest loop: and + cnt per 128 bits, uadalp into .8h lanes (one per word and
-    channel vector: 4/2 weighs its activation planes in bytes), no uaddlp widening to .4s/.2d per
-    count, and every innermost loop free of stack stores."""
+    """The conv's hottest loop: and + cnt per 128 bits, one accumulate into .8h lanes per word and
+    channel vector (uadalp; at 4/4, whose weighed bytes would overflow a second byte fold, uaddlp
+    .8h + addp .8h + add), no widening to .4s/.2d per count, and every innermost loop free of
+    stack stores. 1024 channels at 4/2 (144 words) widen after each chunk of 72 words."""
     executable = kernels.compile_conv2d((1, channels, 14, 14), (channels, channels, 3, 3), abits, wbits, 1, 1,
                                         target=board, word_bits=64)
     loops = arm_hot_loops.innermost_loops(_library(executable, tmp_path, "conv"))
@@ -44,28 +48,12 @@ def test_hot_loop_accumulates_counts_in_16_bit_lanes(tmp_path, board, abits, wbi
     counts = mnemonics.count("cnt")
     assert counts >= 8 and all(re.match(r"cnt v\d+\.16b", insn) for insn in hot if insn.startswith("cnt"))
     assert mnemonics.count("and") == counts
-    assert sum(bool(re.match(r"uadalp v\d+\.8h", insn)) for insn in hot) == counts // (abits * wbits)
-    assert not [insn for insn in hot if re.match(r"uaddl", insn)]
+    accumulates = sum(bool(re.match(r"(uadalp|add) v\d+\.8h", insn)) for insn in hot)
+    assert accumulates == counts // (abits * wbits)
+    assert not [insn for insn in hot if re.match(r"(uaddlp|uadalp) v\d+\.(4s|2d)", insn)]
     # The 4-plane bitpack before the product still spills on cortex-a72/a76: its loops go unchecked.
     checked = loops if abits <= 2 else [loop for loop in loops if arm_hot_loops.vector_counts(loop)]
     for loop in checked:
-        assert not arm_hot_loops.stack_stores(loop), f"stack stores in an innermost loop: {loop}"
-
-
-# The generic template's default tile (schedules/cpu.py: 4 pixels x 4 channels) does not count
-# planes: at 4/4 its broadcast activations and weights overflow the q registers on cortex-a72.
-_GENERIC_TILE_SPILLS = pytest.mark.xfail(strict=True, reason="generic 4x4 tile at 4/4 planes spills")
-
-
-@pytest.mark.parametrize("board", ["rasp3b", pytest.param("rasp4", marks=_GENERIC_TILE_SPILLS), "rasp5"])
-def test_fallback_layers_do_not_spill_either(tmp_path, board):
-    """4/4 (its weighed bytes would overflow the folds) keeps the generic template, with one int64
-    lane per vector so that its tile fits the registers. (The 4-plane bitpack beside it still
-    spills on cortex-a72/a76: not covered here.)"""
-    executable = kernels.compile_conv2d((1, 128, 14, 14), (64, 128, 3, 3), 4, 4, 1, 1, target=board, word_bits=64)
-    assert not re.search(r"uadalp\tv\d+\.8h", executable.mod.inspect_source("asm"))
-    loops = arm_hot_loops.innermost_loops(_library(executable, tmp_path, "conv44"))
-    for loop in [loop for loop in loops if arm_hot_loops.vector_counts(loop)]:
         assert not arm_hot_loops.stack_stores(loop), f"stack stores in an innermost loop: {loop}"
 
 
@@ -81,9 +69,10 @@ def _run_remote(session, executable, folder: Path, name: str, out_shape, *arrays
 
 
 # (abits, wbits, word_bits, channels, out_channels, kernel, stride, padding, batch, image, target):
-# narrow accumulation (1, 2 and 4 plane pairs; activation planes weighed in bytes at 4/2 and 3/1;
-# 32- and 64-bit words) and its fallbacks (4/4, 4 pairs of 32-bit words, channels that do not fill
-# a q register), awkward shapes throughout.
+# narrow accumulation (1, 2 and 4 plane pairs; activation planes weighed in bytes at 4/2, 3/1 and
+# 4/4; 32- and 64-bit words; reductions widened per chunk: 4/2 in 2 chunks of 72 words, 4/4 in 3 of
+# 27) and its fallbacks (4 pairs of 32-bit words, channels that do not fill a q register), awkward
+# shapes throughout.
 # The emulated Pi is a cortex-a72: rasp5 code (cortex-a76, ARMv8.2) would not run on it.
 CONV_CASES = [
     (2, 2, 64, 100, 32, 3, 1, 1, 1, 7, "rasp4"),
@@ -98,10 +87,13 @@ CONV_CASES = [
     (2, 2, 64, 20, 5, 3, 1, 1, 1, 7, "rasp4"),
     (3, 1, 64, 90, 6, 3, 1, 1, 1, 6, "rasp4"),
     (4, 4, 64, 40, 6, 3, 1, 1, 1, 5, "rasp4"),
+    (4, 2, 64, 1000, 4, 3, 1, 1, 1, 3, "rasp4"),
+    (4, 4, 64, 520, 6, 3, 1, 1, 1, 4, "rasp3b"),
 ]
-# (abits, wbits, word_bits, features, out_features, batch)
+# (abits, wbits, word_bits, features, out_features, batch); the last two widen per chunk (150
+# words at 4/2: 2 of 75; 100 at 4/4: 2 of 50).
 DENSE_CASES = [(1, 1, 64, 300, 10, 3), (2, 2, 64, 130, 6, 1), (4, 2, 32, 100, 7, 2), (2, 1, 32, 77, 8, 2),
-               (4, 2, 64, 100, 8, 2), (2, 2, 32, 70, 12, 1)]
+               (4, 2, 64, 100, 8, 2), (2, 2, 32, 70, 12, 1), (4, 2, 64, 9600, 4, 2), (4, 4, 64, 6400, 6, 1)]
 
 
 @pytest.mark.emulator
@@ -130,43 +122,57 @@ def test_kernels_are_exact_on_the_emulated_pi(emulated_pool, tmp_path):
 
 
 @pytest.mark.emulator
-@pytest.mark.parametrize("abits, weight, most_words", [(2, -1, 1023), (4, -1, 136)])
-@pytest.mark.parametrize("over", [0, 1])
-def test_16_bit_lanes_hold_the_longest_reduction_they_take(emulated_pool, tmp_path, abits, weight, most_words, over):
-    """Every activation and weight bit set (-1 is both weight planes): at 2/2 each 16-bit lane
-    gains 64 per 64-bit word, so 1023 words is the most the narrow accumulation takes (65472); at 4/2 (bytes
-    weighed over the activation planes) 480, so 136 words (65280). One word more must go the
-    generic way. All exact."""
+@pytest.mark.parametrize("abits, wbits, most_words", [(2, 2, 1023), (4, 2, 136), (4, 4, 68)])
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_16_bit_lanes_hold_the_longest_reduction_they_take(emulated_pool, tmp_path, abits, wbits, most_words,
+                                                           chunks):
+    """Every activation and weight bit set (-1 is every weight plane): at 2/2 each 16-bit lane
+    gains 64 per 64-bit word, so 1023 words is the most it takes (65472); at 4/2 (bytes weighed
+    over the activation planes, 2 lanes per class and channel) 480, so 136 words (65280); at 4/4
+    (one lane per class and channel) 960, so 68 (65280). Twice as many words run as two chunks of
+    that most, widened in between. All exact."""
     from wrpn_tvm.remote.session import DeviceSpec, connect
 
     session = connect(DeviceSpec(rpc=emulated_pool.direct, timeout=600))
-    words = most_words + over
-    features = words * 64
+    plan = narrow_accumulation(abits, wbits, "uint64")
+    assert plan.max_words == most_words and plan.chunk_words(1, chunks * most_words) == most_words
+    features = chunks * most_words * 64
     x = np.full((1, features), 2**abits - 1)
-    w = np.full((2, features), weight)
-    executable = kernels.compile_dense(x.shape, w.shape, abits, 2, "rasp4", 64)
-    folds_counts = re.search(r"\buadalp\tv\d+\.8h", executable.mod.inspect_source("asm")) is not None
-    assert folds_counts == (not over)
-    got = _run_remote(session, executable, tmp_path, f"dense{abits}{words}", (1, 2), x.astype(np.int32),
-                      pack_weight(w, 2, 64))
-    assert np.array_equal(got, ops.dense_levels_reference(x, w, abits, 2))
-    assert got[0, 0] == (2**abits - 1) * weight * features
+    w = np.full((2, features), -1)
+    executable = kernels.compile_dense(x.shape, w.shape, abits, wbits, "rasp4", 64)
+    assert re.search(r"\b(uadalp|add)\tv\d+\.8h", executable.mod.inspect_source("asm"))
+    got = _run_remote(session, executable, tmp_path, f"dense{abits}{wbits}{chunks}", (1, 2), x.astype(np.int32),
+                      pack_weight(w, wbits, 64))
+    assert np.array_equal(got, ops.dense_levels_reference(x, w, abits, wbits))
+    assert got[0, 0] == -(2**abits - 1) * features
+
+
+def _chunked_conv_tuning_spaces(abits: int, wbits: int, words: int, seed: int) -> list:
+    """A 3x3 conv on 7x7 whose reduction (9 x words) the template widens per chunk."""
+    data = te.placeholder((1, 7, 7, abits, words), "uint64", name="data")
+    weight = te.placeholder((3, 3, wbits, words, 32), "uint64", name="weight")
+    func = te.create_prim_func([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, 1, 1)])
+    return tuning_spaces(func, "arm_cpu", ops.CONV2D_RULE, "wrpn_bitserial_conv2d", seed)
 
 
 @pytest.mark.emulator
 def test_tuning_candidates_are_exact_on_the_emulated_pi(emulated_pool, tmp_path):
-    """Sampled tiles of both loop orders, tensorized by MetaSchedule's own postprocs."""
+    """Sampled tiles of both loop orders, tensorized by MetaSchedule's own postprocs; 4/2 at 16
+    words (144 in the reduction) and 4/4 at 9 (81) widened per chunk."""
     from wrpn_tvm.remote.session import DeviceSpec, connect
 
     session = connect(DeviceSpec(rpc=emulated_pool.direct, timeout=600))
     rng = np.random.default_rng(5)
-    for abits, wbits, seed in [(2, 2, 1), (1, 1, 2), (4, 2, 3)]:
-        x = rng.integers(0, 2**abits, (1, 100, 7, 7))
-        w = random_weights(rng, wbits, (32, 100, 3, 3))
+    for abits, wbits, words, seed in [(2, 2, 2, 1), (1, 1, 2, 2), (4, 2, 2, 3), (4, 2, 16, 4), (4, 4, 9, 5)]:
+        channels = words * 64 - 28  # the last word part padding
+        x = rng.integers(0, 2**abits, (1, channels, 7, 7))
+        w = random_weights(rng, wbits, (32, channels, 3, 3))
         want = ops.conv2d_levels_reference(x, w, abits, wbits, 1, 1)
-        for number, space in enumerate(bitserial_conv_tuning_spaces("arm_cpu", abits, wbits, seed)):
+        spaces = bitserial_conv_tuning_spaces("arm_cpu", abits, wbits, seed) if words == 2 else \
+            _chunked_conv_tuning_spaces(abits, wbits, words, seed)
+        for number, space in enumerate(spaces):
             executable = tvm.compile(space.mod, target=resolve("rasp4").target)
-            assert "uadalp" in executable.mod.inspect_source("asm")
-            got = _run_remote(session, executable, tmp_path, f"tuned{abits}{wbits}{number}", (1, 7, 7, 32),
+            assert re.search(r"\b(uadalp|add)\tv\d+\.8h", executable.mod.inspect_source("asm"))
+            got = _run_remote(session, executable, tmp_path, f"tuned{abits}{wbits}{words}{number}", (1, 7, 7, 32),
                               ops.pack_activation_reference(x, abits, 64), pack_weight(w, wbits, 64))
             assert np.array_equal(got.transpose(0, 3, 1, 2), want)
