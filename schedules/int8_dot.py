@@ -16,6 +16,7 @@ one, this machine (x86 candidates are built and timed on the host).
 """
 
 from dataclasses import dataclass
+from typing import Callable
 from functools import lru_cache
 
 from tvm import s_tir, tirx
@@ -27,7 +28,7 @@ from tvm.target import Target
 from tvm.target.codegen import llvm_get_system_cpu, target_has_features
 
 from wrpn_tvm.errors import WrpnError
-from wrpn_tvm.ops.int8_dot import INT8_CONV2D_RULE, PAD_NAME, REDUCE_BLOCK
+from wrpn_tvm.ops.int8_dot import INT8_CONV2D_RULE, PAD_NAME, PAIR_SUM_ATTR, REDUCE_BLOCK
 
 from .common import (
     Decisions,
@@ -45,55 +46,76 @@ UNROLL_STEPS = [0, 16, 64]
 LOOP_ORDERS = ("blocks_outer", "pixels_outer")
 MAX_TILE_BLOCKS = 4
 MAX_TILE_ROWS = 4
+INT16_MAX = 2**15 - 1
 
 
-def _vnni(a_i32, B, c):
+def _broadcast_bytes(A, step: int, lanes: int, dtype: str):
+    """The 4 activation bytes of reduction step `step`, in every 32-bit lane of a vector."""
+    word = T.reinterpret("int32", A.vload([step * REDUCE_BLOCK], f"{dtype}x{REDUCE_BLOCK}"))
+    return T.reinterpret(f"{dtype}x{lanes * REDUCE_BLOCK}", T.broadcast(word, lanes))
+
+
+def _weights(B, step: int, steps: int, lanes: int):
+    return B.vload([step, 0, 0] if steps > 1 else [0, 0], f"int8x{lanes * REDUCE_BLOCK}")
+
+
+def _vnni(A, B, c, steps):
     # The byte operands as <64 x i8>: the signature of LLVM 20 and later (TVM's own VNNI intrinsic
     # passes <16 x i32>, which this TVM's LLVM rejects).
-    activations = T.reinterpret("uint8x64", T.broadcast(a_i32, 16))
-    return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", c, activations,
-                                   B.vload([0, 0], "int8x64"))
+    return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", c,
+                                   _broadcast_bytes(A, 0, 16, "uint8"), _weights(B, 0, steps, 16))
 
 
-# vpmaddubsw multiplies u8 x s8 and adds neighbouring products in a saturating int16 (exact for the
-# levels int8_fits accepts); vpmaddwd with ones adds the int16 pairs into the int32 lanes.
-def _avx512bw(a_i32, B, c):
-    pairs = T.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512.pmaddubs.w.512",
-                                    T.reinterpret("uint8x64", T.broadcast(a_i32, 16)), B.vload([0, 0], "int8x64"))
-    ones = T.broadcast(tirx.const(1, "int16"), 32)
-    return c + T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.pmaddw.d.512", pairs, ones)
+def _sdot(A, B, c, steps):
+    return T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", c,
+                                   _broadcast_bytes(A, 0, 4, "int8"), _weights(B, 0, steps, 4))
 
 
-def _avx2(a_i32, B, c):
-    pairs = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw",
-                                    T.reinterpret("uint8x32", T.broadcast(a_i32, 8)), B.vload([0, 0], "int8x32"))
-    ones = T.broadcast(tirx.const(1, "int16"), 16)
-    return c + T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs, ones)
+def _widening(multiply_bytes: str, multiply_words: str, lanes: int):
+    """vpmaddubsw (u8 x s8, neighbouring products added in a saturating int16) per step, the steps'
+    int16 pair sums added (`pair_sum_steps` bounds them), then one vpmaddwd with ones into int32.
+    Per 4 steps: 5 multiplies for 128 MACs per 32-bit lane group, against 8 one step at a time."""
+
+    def implementation(A, B, c, steps):
+        pairs = None
+        for step in range(steps):
+            product = T.call_llvm_pure_intrin(f"int16x{2 * lanes}", multiply_bytes,
+                                              _broadcast_bytes(A, step, lanes, "uint8"),
+                                              _weights(B, step, steps, lanes))
+            pairs = product if pairs is None else pairs + product
+        ones = T.broadcast(tirx.const(1, "int16"), 2 * lanes)
+        return c + T.call_llvm_pure_intrin(f"int32x{lanes}", multiply_words, pairs, ones)
+
+    return implementation
 
 
-def _sdot(a_i32, B, c):
-    activations = T.reinterpret("int8x16", T.broadcast(a_i32, 4))
-    return T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", c, activations,
-                                   B.vload([0, 0], "int8x16"))
-
-
-def _dot_func(lanes: int, activation_dtype: str, implementation) -> tirx.PrimFunc:
-    """C[i] += sum_k A[k] * B[i, k] for `lanes` int32 outputs of 4 products each: as the conv
-    block writes it (description, implementation None), or as one dot instruction. C is the
-    local accumulator tile the template keeps in registers."""
+def _dot_func(lanes: int, steps: int, activation_dtype: str, implementation) -> tirx.PrimFunc:
+    """C[i] += sum_s sum_k A[4 s + k] * B[s, i, k] for `lanes` int32 outputs over `steps` of 4
+    channels (B is [lanes, 4] at one step): as the conv block writes it (description,
+    implementation None), or as dot instructions. C is the local accumulator tile the template
+    keeps in registers."""
+    width = steps * REDUCE_BLOCK
+    b_shape = (steps, lanes, REDUCE_BLOCK) if steps > 1 else (lanes, REDUCE_BLOCK)
     with IRBuilder() as builder:
         with build_prim_func():
             a, b, c = T.arg("a", T.handle()), T.arg("b", T.handle()), T.arg("c", T.handle())
-            A = T.match_buffer(a, (REDUCE_BLOCK,), activation_dtype, offset_factor=1)
-            B = T.match_buffer(b, (lanes, REDUCE_BLOCK), "int8", offset_factor=1)
+            A = T.match_buffer(a, (width,), activation_dtype, offset_factor=1)
+            B = T.match_buffer(b, b_shape, "int8", offset_factor=1)
             C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
             with T.sblock("root"):
-                T.reads(C[0:lanes], A[0:REDUCE_BLOCK], B[0:lanes, 0:REDUCE_BLOCK])
+                T.reads(C[0:lanes], A[0:width], B[tuple(slice(0, d) for d in b_shape)])
                 T.writes(C[0:lanes])
                 if implementation is not None:
-                    a_i32 = T.reinterpret("int32", A.vload([0], f"{activation_dtype}x{REDUCE_BLOCK}"))
-                    value = implementation(a_i32, B, C.vload([0], f"int32x{lanes}"))
-                    T.buffer_store(C, value, [T.ramp(0, 1, lanes)])
+                    T.buffer_store(C, implementation(A, B, C.vload([0], f"int32x{lanes}"), steps),
+                                   [T.ramp(0, 1, lanes)])
+                elif steps > 1:
+                    with T.grid(lanes, steps, REDUCE_BLOCK) as (i, s, k):
+                        with T.sblock("update"):
+                            vi, vs, vk = T.axis.remap("SRR", [i, s, k])
+                            T.reads(C[vi], A[vs * REDUCE_BLOCK + vk], B[vs, vi, vk])
+                            T.writes(C[vi])
+                            product = A[vs * REDUCE_BLOCK + vk].astype("int32") * B[vs, vi, vk].astype("int32")
+                            T.buffer_store(C, C[vi] + product, [vi])
                 else:
                     with T.grid(lanes, REDUCE_BLOCK) as (i, k):
                         with T.sblock("update"):
@@ -104,32 +126,47 @@ def _dot_func(lanes: int, activation_dtype: str, implementation) -> tirx.PrimFun
     return builder.get()
 
 
-def _register(name: str, lanes: int, activation_dtype: str, implementation) -> str:
-    TensorIntrin.register(name, _dot_func(lanes, activation_dtype, None),
-                          _dot_func(lanes, activation_dtype, implementation), override=True)
-    return name
-
-
 @dataclass(frozen=True)
 class DotKernel:
-    """One dot instruction and the register file around it: `accumulators` registers are left for
-    the tile after the weight vectors (one per block, counted by the tile) and the temporaries."""
+    """A dot instruction (sequence) for blocks of `lanes` outputs and the register file around it:
+    `registers` are left for the tile's accumulators and weight vectors after the temporaries
+    (measured: fewer than the register file's count less temporaries, or LLVM spills). `steps`: the 4-channel reduction steps one tensorized call may cover (more than
+    one only where int16 pair sums are added before widening)."""
 
-    intrin: str
+    name: str
+    lanes: int
+    activation_dtype: str
     registers: int
+    implementation: Callable
+    steps: tuple = (1,)
 
-    def fits(self, blocks: int, pixels: int) -> bool:
-        return blocks * pixels + blocks <= self.registers
+    def intrin(self, steps: int) -> str:
+        return f"{self.name}_x{steps}"
+
+    def fits(self, blocks: int, pixels: int, steps: int) -> bool:
+        """Accumulators, and the weight vectors of a call's steps (LLVM loads them all up front)."""
+        return blocks * pixels + blocks * steps <= self.registers
+
+    def register(self) -> "DotKernel":
+        for steps in self.steps:
+            TensorIntrin.register(self.intrin(steps), _dot_func(self.lanes, steps, self.activation_dtype, None),
+                                  _dot_func(self.lanes, steps, self.activation_dtype, self.implementation),
+                                  override=True)
+        return self
 
 
-# 32 zmm: vpdpbusd broadcasts its activation operand from memory.
-VNNI = DotKernel(_register("wrpn_vnni_dot_16x4", 16, "uint8", _vnni), 31)
+WIDENING_STEPS = (1, 2, 4)
+# 32 zmm (a 2x14 tile of 16-lane vpdpbusd spilled on znver4, 1x28 did not).
+VNNI = DotKernel("wrpn_vnni_dot_16x4", 16, "uint8", 29, _vnni).register()
 # 32 zmm less a broadcast, the int16 pairs and the ones of vpmaddwd.
-AVX512BW = DotKernel(_register("wrpn_avx512bw_dot_16x4", 16, "uint8", _avx512bw), 29)
+AVX512BW = DotKernel("wrpn_avx512bw_dot_16x4", 16, "uint8", 27,
+                     _widening("llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512", 16),
+                     WIDENING_STEPS).register()
 # 16 ymm, the same three temporaries.
-AVX2 = DotKernel(_register("wrpn_avx2_dot_8x4", 8, "uint8", _avx2), 13)
-# 32 q registers less the broadcast activation.
-SDOT = DotKernel(_register("wrpn_sdot_4x4", 4, "int8", _sdot), 31)
+AVX2 = DotKernel("wrpn_avx2_dot_8x4", 8, "uint8", 13,
+                 _widening("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd", 8), WIDENING_STEPS).register()
+# 32 q registers less the broadcast activation and slack as for VNNI.
+SDOT = DotKernel("wrpn_sdot_4x4", 4, "int8", 29, _sdot).register()
 
 
 @lru_cache(maxsize=1)
@@ -157,36 +194,51 @@ def _layout_of(sch: Schedule, block) -> tuple[int, str]:
     return ob, str(data[0].dtype)
 
 
+def reduction_steps(sch: Schedule, block, kernel: DotKernel, channel_steps: int) -> int:
+    """4-channel steps per tensorized call: the most the kernel offers that divide the layer's and
+    whose int16 pair sums cannot overflow (one step where the block does not bound its levels)."""
+    bound = sch.get(block).annotations.get(PAIR_SUM_ATTR)
+    return max(s for s in kernel.steps
+               if channel_steps % s == 0 and (s == 1 or (bound is not None and s * int(bound) <= INT16_MAX)))
+
+
 def has_int8_conv(sch: Schedule) -> bool:
     return any(block_rule(sch, block) == INT8_CONV2D_RULE for block in root_blocks(sch))
 
 
-def default_tile(blocks: int, rows: int, columns: int, kernel: DotKernel) -> tuple[int, int, int]:
-    """(weight blocks, rows, columns) per tile, each dividing its extent, whose accumulators fit:
-    the most dot instructions per load (a weight vector per block, a broadcast per pixel), then
-    the most accumulators (more independent chains hide the dot latency)."""
+def default_tile(blocks: int, rows: int, columns: int, kernel: DotKernel, steps: int) -> tuple[int, int, int]:
+    """(weight blocks, rows, columns) per tile, each dividing its extent, whose registers fit: the
+    most accumulators (independent chains that hide the dot latency; the multiplies, not the loads,
+    bound these kernels), then the most dot instructions per load (a weight vector per block, a
+    broadcast per pixel). Measured on znver4 (CPU time, 1 thread): VNNI 1x28 / 4x4 / 2x7 within 2%
+    of each other; AVX2 at 4 steps 1x8 (2 rows of 4) 145 GMAC/s, 2x2 135, 2x4 (spilling) 116."""
 
     def score(tile):
         b, r, c = tile
-        return b * r * c / (b + r * c), b * r * c, -r
+        return b * r * c, b * r * c / (b + r * c), r
 
     tiles = [(b, r, c) for b in divisors(blocks) if b <= MAX_TILE_BLOCKS
-             for r in divisors(rows) if r <= 2 for c in divisors(columns) if kernel.fits(b, r * c)]
+             for r in divisors(rows) if r <= 2 for c in divisors(columns) if kernel.fits(b, r * c, steps)]
     return max(tiles, key=score)
 
 
 def conv2d(sch: Schedule, block, kernel: DotKernel, tuning: bool, order: str = LOOP_ORDERS[0]) -> None:
     decisions = Decisions(sch, tuning)
     n, oh, ow, ob, oi, kh, kw, c4, ci = sch.get_loops(block)
+    steps = reduction_steps(sch, block, kernel, loop_extent(sch, c4))
+    inner = [oi, ci]
+    if steps > 1:
+        c4, step = sch.split(c4, [None, steps])
+        inner = [oi, step, ci]
     extents = [loop_extent(sch, loop) for loop in (ob, oh, ow)]
-    blocks, rows, columns = default_tile(*extents, kernel)
+    blocks, rows, columns = default_tile(*extents, kernel, steps)
     ob_outer, ob_inner = sch.split(ob, decisions.tile(ob, 2, MAX_TILE_BLOCKS, [extents[0] // blocks, blocks]))
     oh_outer, oh_inner = sch.split(oh, decisions.tile(oh, 2, MAX_TILE_ROWS, [extents[1] // rows, rows]))
     ow_outer, ow_inner = sch.split(ow, decisions.tile(ow, 2, kernel.registers, [extents[2] // columns, columns]))
     pixels = [n, oh_outer, ow_outer]
     outer = [ob_outer, *pixels] if order == "blocks_outer" else [*pixels, ob_outer]
     register_loops = [ob_inner, oh_inner, ow_inner]
-    sch.reorder(*outer, kh, kw, c4, *register_loops, oi, ci)
+    sch.reorder(*outer, kh, kw, c4, *register_loops, *inner)
     tile = sch.fuse(*outer)
     sch.parallel(tile)
     sch.annotate(tile, "pragma_auto_unroll_max_step", decisions.choice(UNROLL_STEPS, default=0))
@@ -202,12 +254,12 @@ def conv2d(sch: Schedule, block, kernel: DotKernel, tuning: bool, order: str = L
         # MetaSchedule's RewriteReductionBlock splits off the init and RewriteTensorize then
         # tensorizes; the register tile goes into a block of its own, out of the reach of
         # RewriteParallelVectorizeUnroll (which runs first and would vectorize around the dot).
-        sch.annotate(sch.blockize(oi), "meta_schedule.auto_tensorize", kernel.intrin)
+        sch.annotate(sch.blockize(oi), "meta_schedule.auto_tensorize", kernel.intrin(steps))
         sch.blockize(register_loops[0])
         return
     init = sch.decompose_reduction(block, kh)
     try_vectorize(sch, sch.get_loops(init)[-1])
-    sch.tensorize(oi, kernel.intrin)
+    sch.tensorize(oi, kernel.intrin(steps))
 
 
 def _schedule_padding(sch: Schedule) -> None:

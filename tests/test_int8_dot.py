@@ -42,12 +42,12 @@ def _layout(target):
     return ops.int8_layout(resolve(target).target)
 
 
-def _conv_func(layout, x_shape, out_channels, channels, kernel, stride, padding):
+def _conv_func(layout, x_shape, out_channels, channels, kernel, stride, padding, bits=None):
     """int8_levels (float32 NCHW levels in) + int8_conv2d as one PrimFunc."""
     x = te.placeholder(x_shape, "float32", name="x")
     w_shape = ops.prepack_int8_weight(np.zeros((out_channels, channels, kernel, kernel), np.int64), layout).shape
     w = te.placeholder(w_shape, "int8", name="w")
-    out = ops.int8_conv2d(ops.int8_levels(x, layout), w, out_channels, stride, padding)
+    out = ops.int8_conv2d(ops.int8_levels(x, layout), w, out_channels, stride, padding, bits)
     return te.create_prim_func([x, w, out])
 
 
@@ -66,16 +66,36 @@ def _case_data(case, seed):
     return x, w, ops.conv2d_levels_reference(x, w, abits, wbits, stride, padding)
 
 
+def _exact(target, x, w, want, case, bits) -> bool:
+    abits, wbits, channels, out_channels, kernel, stride, padding, batch, image = case
+    spec = resolve(target)
+    layout = ops.int8_layout(spec.target)
+    func = _conv_func(layout, x.shape, out_channels, channels, kernel, stride, padding, bits)
+    got = _run(compile_prim_func(func, spec), x, ops.prepack_int8_weight(w, layout),
+               (batch, *want.shape[2:], out_channels))
+    return np.array_equal(got, want)
+
+
 @pytest.mark.parametrize("target", X86_TARGETS)
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
-def test_conv2d_is_exact(target, case):
-    abits, wbits, channels, out_channels, kernel, stride, padding, batch, image = case
+@pytest.mark.parametrize("told_bits", [True, False], ids=["bits", "no-bits"])
+def test_conv2d_is_exact(target, case, told_bits):
+    """Told the layer's bits, the vpmaddubsw kernels add int16 pair sums over several steps."""
     x, w, want = _case_data(case, CONV_CASES.index(case))
-    spec = resolve(X86_TARGETS[target])
-    layout = ops.int8_layout(spec.target)
-    executable = compile_prim_func(_conv_func(layout, x.shape, out_channels, channels, kernel, stride, padding), spec)
-    got = _run(executable, x, ops.prepack_int8_weight(w, layout), (batch, *want.shape[2:], out_channels))
-    assert np.array_equal(got, want)
+    assert _exact(X86_TARGETS[target], x, w, want, case, case[:2] if told_bits else None)
+
+
+@pytest.mark.parametrize("target", X86_TARGETS)
+@pytest.mark.parametrize("abits, wbits", [(4, 4), (2, 4), (4, 2)])
+def test_extreme_levels_are_exact(target, abits, wbits):
+    """Every activation at its top level and every weight at its most negative one (and a second
+    output channel at the most positive): the largest int16 pair sums the steps add."""
+    case = (abits, wbits, 260, 2, 3, 1, 1, 1, 5)
+    top = 2 ** (wbits - 1) - 1
+    x = np.full((1, 260, 5, 5), 2**abits - 1)
+    w = np.concatenate([np.full((1, 260, 3, 3), -top), np.full((1, 260, 3, 3), top)])
+    assert _exact(X86_TARGETS[target], x, w, ops.conv2d_levels_reference(x, w, abits, wbits, 1, 1), case,
+                  (abits, wbits))
 
 
 @pytest.mark.parametrize("target", ["host", "x86-avx2"])
@@ -97,10 +117,14 @@ def test_tuning_candidates_are_exact(target, seed):
         assert np.array_equal(got, want), space.trace
 
 
-def _asm(target, channels=64, out_channels=64) -> str:
+def _asm(target, channels=64, out_channels=64, bits=(4, 4)) -> str:
     spec = resolve(target)
-    func = _conv_func(ops.int8_layout(spec.target), (1, channels, 14, 14), out_channels, channels, 3, 1, 1)
+    func = _conv_func(ops.int8_layout(spec.target), (1, channels, 14, 14), out_channels, channels, 3, 1, 1, bits)
     return compile_prim_func(func, spec).mod.inspect_source("asm")
+
+
+def _count(pattern: str, asm: str) -> int:
+    return len(re.findall(pattern, asm))
 
 
 def test_host_uses_its_dot_instruction():
@@ -118,9 +142,12 @@ def test_avx512bw_without_vnni_uses_pmaddubsw_on_zmm():
     assert not re.search(r"\bvpdpbusd\b", asm)
 
 
-def test_avx2_build_has_no_avx512():
-    asm = _asm("x86-avx2")
-    assert re.search(r"\bvpmaddubsw\t.*%ymm", asm) and re.search(r"\bvpmaddwd\t.*%ymm", asm)
+@pytest.mark.parametrize("bits, steps", [((4, 4), 4), ((1, 1), 4), (None, 1)])
+def test_avx2_build_has_no_avx512(bits, steps):
+    """vpmaddubsw + vpmaddwd on ymm only; told the bits, one widening vpmaddwd per 4 steps."""
+    asm = _asm("x86-avx2", bits=bits)
+    multiplies, widenings = _count(r"\bvpmaddubsw\t.*%ymm", asm), _count(r"\bvpmaddwd\t.*%ymm", asm)
+    assert widenings and multiplies == steps * widenings
     assert not AVX512_ONLY.search(asm)
 
 

@@ -31,6 +31,7 @@ from ..errors import WrpnError
 INT8_CONV2D_RULE = "wrpn_int8_conv2d"
 PAD_NAME = "wrpn_pad"  # the name the CPU templates look for (schedules.common.PAD_BLOCK)
 REDUCE_BLOCK = 4
+PAIR_SUM_ATTR = "wrpn_int8_pair_sum_max"  # block annotation: pair_sum_max of the layer's bits
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,19 @@ def prepack_int8_weight(w_levels: np.ndarray, layout: Int8Layout) -> np.ndarray:
     return np.ascontiguousarray(blocked.transpose(0, 4, 5, 2, 1, 3))
 
 
-def int8_conv2d(data, weight, out_channels: int, stride=1, padding=0) -> te.Tensor:
+def pair_sum_max(abits: int, wbits: int) -> int:
+    """The largest |A1 W1 + A2 W2| of two level products (what vpmaddubsw puts in an int16)."""
+    check_bits(abits, wbits)
+    return 2 * (2**abits - 1) * max(1, 2 ** (wbits - 1) - 1)
+
+
+def int8_conv2d(data, weight, out_channels: int, stride=1, padding=0, bits=None) -> te.Tensor:
     """int32 NHWC [N, OH, OW, out_channels] conv of int8_levels data [N, H, W, Cp] with
-    prepack_int8_weight weights [OB, KH, KW, Cp / 4, ob, 4]; zero padding is level 0."""
+    prepack_int8_weight weights [OB, KH, KW, Cp / 4, ob, 4]; zero padding is level 0.
+
+    bits: the layer's (abits, wbits), optional. The result is the same either way; knowing how
+    small the levels are lets the vpmaddubsw kernels (AVX2, AVX-512BW) add several int16 pair
+    sums before each widening (the block records `pair_sum_max`)."""
     batch, height, width, channels = (int(d) for d in data.shape)
     blocks, kernel_h, kernel_w, lanes_c, ob, lane = (int(d) for d in weight.shape)
     if str(weight.dtype) != "int8" or str(data.dtype) not in ("uint8", "int8"):
@@ -150,7 +161,8 @@ def int8_conv2d(data, weight, out_channels: int, stride=1, padding=0) -> te.Tens
             axis=[kh, kw, c4, ci],
         ),
         name="wrpn_int8_conv2d",
-        attrs={"schedule_rule": INT8_CONV2D_RULE},
+        attrs={"schedule_rule": INT8_CONV2D_RULE,
+               **({PAIR_SUM_ATTR: pair_sum_max(*bits)} if bits is not None else {})},
     )
     return te.compute(
         (batch, out_h, out_w, int(out_channels)),
