@@ -14,6 +14,7 @@ width for their accumulator type. The tests read the generated assembly to keep 
 import tvm
 from tvm.s_tir import Schedule
 from tvm.target import Target
+from tvm.target.codegen import target_has_features
 
 from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
 
@@ -31,6 +32,9 @@ from .neon import NarrowAccumulation, narrow_accumulation
 NEON_INT32_LANES = 4
 Q_REGISTERS = 32
 SCRATCH_REGISTERS = 6  # and/cnt/addp temporaries in flight (an in-order core's schedule keeps more)
+# udot's ones vector: live across the loop, and where registers ran short LLVM rematerialized it
+# in the loop and spilled (7x7x512 1/1 at the tile uadalp fits): counted twice.
+ONES_REGISTERS = 2
 MAX_CHANNEL_VECTORS = 8
 MAX_PIXELS = 4
 # q-register counts per iteration of the innermost reduction loop that keep both NEON pipes busy
@@ -46,21 +50,41 @@ def _generic_lanes(sch: Schedule, block) -> int:
     return NEON_INT32_LANES if tvm.DataType(sch.get(block).writes[0].source.dtype).bits == 32 else 1
 
 
-def _narrow_plan(sch: Schedule, block) -> "NarrowAccumulation | None":
-    """The block's narrow accumulation, when its bits, words and reduction length allow one and
-    its output channels fill whole q registers. Conv and dense both read activations with the
-    planes second to last and weights [..., planes, words, channels]."""
+def has_dotprod(target: "Target | None") -> bool:
+    """udot may be used: only where the target says so (a MetaSchedule rule outside a target
+    scope has none, and takes uadalp, which every aarch64 core runs)."""
+    return target is not None and bool(target_has_features("dotprod", target))
+
+
+def _narrow_plans(sch: Schedule, block, dotprod: bool) -> list[NarrowAccumulation]:
+    """The block's narrow accumulations (udot first, where the target has dotprod), those that its
+    bits, words and reduction length allow and whose q registers its output channels fill. Conv
+    and dense both read activations with the planes second to last and weights [..., planes,
+    words, channels]."""
     info = sch.get(block)
     channel = [iv for iv in info.iter_vars if int(iv.iter_type) != _REDUCE][-1]
     weights = [r for r in info.reads if r.region[-1].min.same_as(channel.var)]
     activations = [r for r in info.reads if not r.region[-1].min.same_as(channel.var)]
     if len(weights) != 1 or len(activations) != 1:
-        return None
-    plan = narrow_accumulation(int(activations[0].region[-2].extent), int(weights[0].region[-3].extent),
-                               str(weights[0].source.dtype))
-    if plan is None or _chunk_words(plan, info.iter_vars) is None or int(channel.dom.extent) % plan.lanes:
-        return None
-    return plan
+        return []
+    plans = [narrow_accumulation(int(activations[0].region[-2].extent), int(weights[0].region[-3].extent),
+                                 str(weights[0].source.dtype), dot) for dot in ((True, False) if dotprod else (False,))]
+    return [plan for plan in plans if plan is not None and _chunk_words(plan, info.iter_vars) is not None
+            and int(channel.dom.extent) % plan.lanes == 0]
+
+
+def _plan_and_tile(sch: Schedule, block, plans: list[NarrowAccumulation], pixels: int, channels: int):
+    """(plan, (pixels, channel vectors), words per chunk): the plan whose default tile
+    `_cycles_per_count` rates cheapest; a tie keeps the first (udot: either NEON pipe takes it,
+    uadalp only one on Cortex-A76). udot holds its ones vector in a register, so where the tile is
+    register-bound it may lose (2/2 loses anyway: its 4 lanes make it weigh the planes)."""
+    choices = []
+    for plan in plans:
+        words = _chunk_words(plan, sch.get(block).iter_vars)
+        tile = _default_tile(plan, pixels, channels // plan.lanes, words)
+        choices.append((_cycles_per_count(plan, *tile), plan, tile, words))
+    _, plan, tile, words = min(choices, key=lambda choice: choice[0])
+    return plan, tile, words
 
 
 def _chunk_words(plan: NarrowAccumulation, iter_vars) -> "int | None":
@@ -105,7 +129,7 @@ def _default_tile(plan: NarrowAccumulation, pixels: int, vectors: int, words: in
     candidates = [(p, v) for p in divisors(pixels) if p <= MAX_PIXELS
                   for v in divisors(vectors) if v <= MAX_CHANNEL_VECTORS
                   and p * v + plan.wbits * v * words_in_flight(p, v) + plan.abits * p + SCRATCH_REGISTERS
-                  <= Q_REGISTERS]
+                  + ONES_REGISTERS * plan.dot <= Q_REGISTERS]
     return min(candidates, key=lambda tile: key(*tile))
 
 
@@ -194,11 +218,10 @@ def _narrow_chunks_and_widening(sch: Schedule, block, plan, chunks, register_loo
                tuning)
 
 
-def _conv2d_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool, order: str) -> None:
+def _conv2d_narrow(sch: Schedule, block, plans: list[NarrowAccumulation], tuning: bool, order: str) -> None:
     decisions = Decisions(sch, tuning)
     n, oh, ow, o, kh, kw, cw = sch.get_loops(block)
-    words = _chunk_words(plan, sch.get(block).iter_vars)
-    pixels, vectors = _default_tile(plan, loop_extent(sch, ow), loop_extent(sch, o) // plan.lanes, words)
+    plan, (pixels, vectors), words = _plan_and_tile(sch, block, plans, loop_extent(sch, ow), loop_extent(sch, o))
     oh_outer, oh_inner = sch.split(oh, decisions.tile(oh, 2, 2, [loop_extent(sch, oh), 1]))
     ow_outer, ow_inner = sch.split(ow, decisions.tile(ow, 2, MAX_PIXELS, [loop_extent(sch, ow) // pixels, pixels]))
     o_outer, o_vectors, o_lanes = _split_channel_vectors(sch, decisions, o, plan, vectors)
@@ -223,11 +246,10 @@ def _conv2d_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool,
         _narrow_chunks_and_widening(sch, block, plan, chunks, [oh_inner, ow_inner, o_vectors], tuning)
 
 
-def _dense_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool) -> None:
+def _dense_narrow(sch: Schedule, block, plans: list[NarrowAccumulation], tuning: bool) -> None:
     decisions = Decisions(sch, tuning)
     n, o, k = sch.get_loops(block)
-    words = _chunk_words(plan, sch.get(block).iter_vars)
-    rows, vectors = _default_tile(plan, loop_extent(sch, n), loop_extent(sch, o) // plan.lanes, words)
+    plan, (rows, vectors), words = _plan_and_tile(sch, block, plans, loop_extent(sch, n), loop_extent(sch, o))
     n_outer, n_regs = sch.split(n, decisions.tile(n, 2, MAX_PIXELS, [loop_extent(sch, n) // rows, rows]))
     o_outer, o_vectors, o_lanes = _split_channel_vectors(sch, decisions, o, plan, vectors)
     chunks, k = sch.split(k, [None, words]) if words < loop_extent(sch, k) else (None, k)
@@ -242,50 +264,52 @@ def _dense_narrow(sch: Schedule, block, plan: NarrowAccumulation, tuning: bool) 
         _narrow_chunks_and_widening(sch, block, plan, chunks, [n_regs, o_vectors], tuning)
 
 
-def conv2d(sch: Schedule, block, tuning: bool) -> list[Schedule]:
-    plan = _narrow_plan(sch, block)
-    if plan is None:
+def conv2d(sch: Schedule, block, tuning: bool, dotprod: bool) -> list[Schedule]:
+    plans = _narrow_plans(sch, block, dotprod)
+    if not plans:
         return cpu.conv2d(sch, block, _generic_lanes(sch, block), tuning)
     orders = cpu.CONV_LOOP_ORDERS if tuning else cpu.CONV_LOOP_ORDERS[:1]
     spaces = []
     for order in orders:
         space = sch.copy() if len(orders) > 1 else sch
-        _conv2d_narrow(space, block, plan, tuning, order)
+        _conv2d_narrow(space, block, plans, tuning, order)
         spaces.append(space)
     return spaces
 
 
-def dense(sch: Schedule, block, tuning: bool) -> list[Schedule]:
-    plan = _narrow_plan(sch, block)
-    if plan is None:
+def dense(sch: Schedule, block, tuning: bool, dotprod: bool) -> list[Schedule]:
+    plans = _narrow_plans(sch, block, dotprod)
+    if not plans:
         return cpu.dense(sch, block, _generic_lanes(sch, block), tuning)
-    _dense_narrow(sch, block, plan, tuning)
+    _dense_narrow(sch, block, plans, tuning)
     return [sch]
 
 
-def _schedule_kernel(sch: Schedule, block, rule: str) -> None:
-    if rule == BITPACK_RULE:
-        cpu.bitpack(sch, block, tuning=False)
-    elif rule == CONV2D_RULE:
-        conv2d(sch, block, tuning=False)
-    else:
-        dense(sch, block, tuning=False)
-
-
 class NeonTemplates:
-    """The arm_cpu entry points (the same as cpu.Family's)."""
+    """The arm_cpu entry points (the same as cpu.Family's). A rule takes dotprod from
+    `Target.current()`, where the tuning runs under one."""
 
     @staticmethod
-    def schedule_function(sch: Schedule, _target: Target) -> None:
-        cpu.schedule_kernels(sch, _schedule_kernel)
+    def schedule_function(sch: Schedule, target: Target) -> None:
+        dotprod = has_dotprod(target)
+
+        def schedule_kernel(sch: Schedule, block, rule: str) -> None:
+            if rule == BITPACK_RULE:
+                cpu.bitpack(sch, block, tuning=False)
+            elif rule == CONV2D_RULE:
+                conv2d(sch, block, tuning=False, dotprod=dotprod)
+            else:
+                dense(sch, block, tuning=False, dotprod=dotprod)
+
+        cpu.schedule_kernels(sch, schedule_kernel)
 
     @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:
-        return conv2d(sch, block, tuning=True)
+        return conv2d(sch, block, tuning=True, dotprod=has_dotprod(Target.current(allow_none=True)))
 
     @staticmethod
     def dense_rule(sch: Schedule, block) -> list[Schedule]:
-        return dense(sch, block, tuning=True)
+        return dense(sch, block, tuning=True, dotprod=has_dotprod(Target.current(allow_none=True)))
 
     @staticmethod
     def bitpack_rule(sch: Schedule, block) -> list[Schedule]:

@@ -13,9 +13,16 @@ accumulator's own local slots hold the 16-bit lanes while the reduction runs (a 
 pixel and channel vector); the write-back is tensorized to decode them (each class's lanes times
 +-2^(i+j), summed per channel).
 
+On cores with dotprod (Cortex-A76: rasp5) a plan may accumulate with `udot vAcc.4s, vCnt.16b,
+vOnes.16b` instead: the folds go on in bytes until each class and channel owns whole 4-byte groups,
+and udot adds each group into a 32-bit lane (an op either NEON pipe takes, where uadalp takes one;
+and lanes that hold any reduction a model has). The layout, and so the decoding, is the same with
+32-bit lanes; a layer takes it where its update needs no more NEON ops than with uadalp.
+
 Correctness rests on every update of the accumulator tile going through the update intrinsic
 and its write-back through the decoding one; the template applies both or neither, and only
-where the 16-bit lanes cannot overflow over the layer's reduction (`NarrowAccumulation.fits`).
+where the lanes cannot overflow over the layer's reduction or, with periodic widening, over each
+chunk of it (`NarrowAccumulation.fits`, `chunk_words`).
 """
 
 from dataclasses import dataclass
@@ -29,15 +36,12 @@ from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 from wrpn_tvm.ops.bitserial import _plane_dot
 
 Q_BYTES = 16
-COUNT_LANE_BITS = 16
-COUNT_LANES = Q_BYTES * 8 // COUNT_LANE_BITS  # 16-bit count lanes per q register
-COUNT_LANE_MAX = 2**COUNT_LANE_BITS - 1
+UADALP_LANE_BITS = 16  # uadalp .8h: pairs of bytes
+UDOT_LANE_BITS = 32  # udot .4s: groups of 4 bytes
 ACCUMULATOR = {"uint64": "int64", "uint32": "int32"}  # what the bit-serial computes accumulate in
-# Plane pairs whose folded counts fit one q register of 16-bit lanes for a vector of channels:
-# 64-bit words: 2 channels x 4 lanes; 32-bit words: 4 channels x 2 lanes.
-PLANE_PAIRS = {"uint64": (1, 2, 4), "uint32": (1, 2)}
-# Words whose layers may weigh activation planes in bytes: the 64-bit words models use on ARM
-# (32-bit words keep the generic template's int32 lanes beyond PLANE_PAIRS).
+# Words whose layers may weigh activation planes in bytes, or accumulate with udot: the 64-bit
+# words models use on ARM (32-bit words keep the generic template's int32 lanes beyond 2 pairs;
+# their int32 slots could not hold a 32-bit lane unsigned).
 WEIGHED_WORDS = ("uint64",)
 BYTE_MAX = 255
 MAX_BITS = 8
@@ -47,11 +51,26 @@ MIN_CHUNK_WORDS = 16
 
 @dataclass(frozen=True)
 class NarrowAccumulation:
-    """How a layer's (abits, wbits, word type) accumulates in 16-bit lanes."""
+    """How a layer's (abits, wbits, word type) accumulates in 16-bit lanes (uadalp), or with
+    `dot` in 32-bit lanes (udot with a ones vector)."""
 
     abits: int
     wbits: int
     word: str
+    dot: bool = False
+
+    @property
+    def lane_bits(self) -> int:
+        return UDOT_LANE_BITS if self.dot else UADALP_LANE_BITS
+
+    @property
+    def count_lanes(self) -> int:
+        """Count lanes per q register."""
+        return Q_BYTES * 8 // self.lane_bits
+
+    @property
+    def lane_max(self) -> int:
+        return 2**self.lane_bits - 1
 
     @property
     def word_bits(self) -> int:
@@ -73,10 +92,12 @@ class NarrowAccumulation:
 
     @property
     def weighs_activation_planes(self) -> bool:
-        """Too many pairs for a 16-bit lane each per channel (4/2, 3/2, 3/1): each weight plane's
-        counts are summed over the activation planes in bytes first, times 2^i (Horner: add a
-        byte vector to itself to double it), so that a class is a weight plane, not a pair."""
-        return self.abits * self.wbits not in PLANE_PAIRS[self.word]
+        """Too many pairs for a lane each per channel, or a count that is no power of two (4/2,
+        3/2, 3/1 of 64-bit words; with udot also 2/2): each weight plane's counts are summed over
+        the activation planes in bytes first, times 2^i (Horner: add a byte vector to itself to
+        double it), so that a class is a weight plane, not a pair."""
+        pairs = self.abits * self.wbits
+        return pairs & (pairs - 1) != 0 or pairs * self.lanes > self.count_lanes
 
     @property
     def classes(self) -> list[tuple[int, int]]:
@@ -91,13 +112,13 @@ class NarrowAccumulation:
 
     @property
     def lanes_per_count(self) -> int:
-        """16-bit lanes that share one (class, channel) count after the fold."""
-        return COUNT_LANES // (len(self.classes) * self.lanes)
+        """Lanes that share one (class, channel) count after the fold."""
+        return self.count_lanes // (len(self.classes) * self.lanes)
 
     @property
     def max_words(self) -> int:
-        """Reduction words (kernel window x channel words) before a 16-bit lane could overflow."""
-        return COUNT_LANE_MAX // (self.word_bits // self.lanes_per_count * self.level_max)
+        """Reduction words (kernel window x channel words) before a lane could overflow."""
+        return self.lane_max // (self.word_bits // self.lanes_per_count * self.level_max)
 
     @property
     def byte_folds(self) -> int:
@@ -105,9 +126,9 @@ class NarrowAccumulation:
         sum), which must stay <= 255; the remaining levels fold 16-bit lanes (4/4: 8 x 15 x 4
         would not fit a byte)."""
         levels = 0
-        while 2**levels < len(self.classes) and MAX_BITS * self.level_max * 2 ** (levels + 1) <= BYTE_MAX:
+        while 2**levels < len(self.classes) and (self.dot or MAX_BITS * self.level_max * 2 ** (levels + 1) <= BYTE_MAX):
             levels += 1
-        return levels
+        return levels  # udot adds bytes: every level is a byte fold (narrow_accumulation checks them)
 
     @property
     def neon_ops_per_vector(self) -> int:
@@ -137,32 +158,36 @@ class NarrowAccumulation:
         return -(2 ** (i + j)) if self.wbits > 1 and j == self.wbits - 1 else 2 ** (i + j)
 
     @property
+    def _suffix(self) -> str:
+        return f"a{self.abits}w{self.wbits}_{self.word}" + ("_udot" if self.dot else "")
+
+    @property
     def update_intrin(self) -> str:
-        return f"wrpn_neon_popcount_accumulate_a{self.abits}w{self.wbits}_{self.word}"
+        return f"wrpn_neon_popcount_accumulate_{self._suffix}"
 
     @property
     def decode_intrin(self) -> str:
-        return f"wrpn_neon_decode_counts_a{self.abits}w{self.wbits}_{self.word}"
+        return f"wrpn_neon_decode_counts_{self._suffix}"
 
     @property
     def widen_intrin(self) -> str:
-        return f"wrpn_neon_widen_counts_a{self.abits}w{self.wbits}_{self.word}"
+        return f"wrpn_neon_widen_counts_{self._suffix}"
 
 
-def narrow_accumulation(abits: int, wbits: int, word: str) -> "NarrowAccumulation | None":
+def narrow_accumulation(abits: int, wbits: int, word: str, dot: bool = False) -> "NarrowAccumulation | None":
     """The narrow accumulation for these bits and words, or None where the fold does not fit:
-    its classes must fill the q register's 16-bit lanes evenly, and a byte after the Horner sum
-    (up to 8 x (2^abits - 1)) must stay a byte (the folds go on in 16-bit lanes where a byte
-    could not take another doubling: `byte_folds`)."""
-    if word not in PLANE_PAIRS:
+    its classes must fill the q register's lanes evenly, and a byte after the Horner sum (up to
+    8 x (2^abits - 1)) must stay a byte (the uadalp folds go on in 16-bit lanes where a byte could
+    not take another doubling: `byte_folds`; udot's folds must all stay bytes)."""
+    if word not in ACCUMULATOR or (dot and word not in WEIGHED_WORDS):
         return None
-    plan = NarrowAccumulation(abits, wbits, word)
+    plan = NarrowAccumulation(abits, wbits, word, dot)
     if plan.weighs_activation_planes and word not in WEIGHED_WORDS:
         return None
     classes = len(plan.classes)
-    if classes & (classes - 1) or classes * plan.lanes > COUNT_LANES:
+    if classes & (classes - 1) or classes * plan.lanes > plan.count_lanes:
         return None
-    return None if MAX_BITS * plan.level_max > BYTE_MAX else plan
+    return None if MAX_BITS * plan.level_max * 2**plan.byte_folds > BYTE_MAX else plan
 
 
 def _update_func(plan: NarrowAccumulation, implementation: bool) -> tirx.PrimFunc:
@@ -219,9 +244,15 @@ def _fold_counts(plan: NarrowAccumulation, A, W, C) -> None:
             counts.append(weighed)
     else:
         counts = [count(i, j) for i, j in plan.pairs]
-    lanes16 = f"uint16x{COUNT_LANES}"
+    lanes16 = f"uint16x{plan.count_lanes}"
     for _ in range(plan.byte_folds):
         counts = [_neon("addp", bytes_, counts[k], counts[k + 1]) for k in range(0, len(counts), 2)]
+    if plan.dot:
+        lanes32 = f"uint32x{plan.count_lanes}"
+        previous = T.reinterpret(lanes32, C.vload([0], f"{plan.accumulator}x{plan.lanes}"))
+        total = _neon("udot", lanes32, previous, counts[0], T.broadcast(T.uint8(1), Q_BYTES))
+        T.buffer_store(C, T.reinterpret(f"{plan.accumulator}x{plan.lanes}", total), [T.ramp(0, 1, plan.lanes)])
+        return
     previous = T.reinterpret(lanes16, C.vload([0], f"{plan.accumulator}x{plan.lanes}"))
     if len(counts) == 1:
         total = previous + _neon("uaddlp", lanes16, counts[0])  # LLVM selects uadalp
@@ -264,31 +295,32 @@ def _decode_func(plan: NarrowAccumulation, implementation: bool, accumulate: boo
 def _decoded_channel(plan: NarrowAccumulation, S, channel: int):
     """Sum over classes of coefficient x the class's 16-bit lanes for this channel."""
     acc = plan.accumulator
-    lanes_per_slot = plan.word_bits // COUNT_LANE_BITS
+    lanes_per_slot = plan.word_bits // plan.lane_bits
     total = None
     for p, (i, j) in enumerate(plan.classes):
         for part in range(plan.lanes_per_count):
             lane = (p * plan.lanes + channel) * plan.lanes_per_count + part
-            shift = tirx.const(lane % lanes_per_slot * COUNT_LANE_BITS, acc)
-            field = (S[lane // lanes_per_slot] >> shift) & tirx.const(COUNT_LANE_MAX, acc)
+            shift = tirx.const(lane % lanes_per_slot * plan.lane_bits, acc)
+            field = (S[lane // lanes_per_slot] >> shift) & tirx.const(plan.lane_max, acc)
             term = field * tirx.const(plan.coefficient(i, j), acc)
             total = term if total is None else total + term
     return total
 
 
 def _register_all() -> None:
-    for word in PLANE_PAIRS:
+    for word in ACCUMULATOR:
         for abits in range(1, MAX_BITS + 1):
             for wbits in range(1, MAX_BITS + 1):
-                plan = narrow_accumulation(abits, wbits, word)
-                if plan is None:
-                    continue
-                TensorIntrin.register(plan.update_intrin, _update_func(plan, False), _update_func(plan, True),
-                                      override=True)
-                TensorIntrin.register(plan.decode_intrin, _decode_func(plan, False), _decode_func(plan, True),
-                                      override=True)
-                TensorIntrin.register(plan.widen_intrin, _decode_func(plan, False, True),
-                                      _decode_func(plan, True, True), override=True)
+                for dot in (False, True):
+                    plan = narrow_accumulation(abits, wbits, word, dot)
+                    if plan is None:
+                        continue
+                    TensorIntrin.register(plan.update_intrin, _update_func(plan, False), _update_func(plan, True),
+                                          override=True)
+                    TensorIntrin.register(plan.decode_intrin, _decode_func(plan, False), _decode_func(plan, True),
+                                          override=True)
+                    TensorIntrin.register(plan.widen_intrin, _decode_func(plan, False, True),
+                                          _decode_func(plan, True, True), override=True)
 
 
 # At import: a tuning record's trace names these intrinsics, and replaying it needs them registered.

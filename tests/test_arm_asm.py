@@ -3,6 +3,7 @@ lanes, no per-count widening, no spills), and bit-exact results on the emulated 
 accumulation and for the layers that fall back to the generic template."""
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -24,6 +25,8 @@ arm_hot_loops = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(arm_hot_loops)
 
 BOARDS = ("rasp3b", "rasp4", "rasp5")
+# Bits whose rasp5 convs in these tests accumulate with udot (schedules/arm_cpu.py, `_plan_and_tile`).
+UDOT_BITS = {(2, 1), (4, 2)}
 
 
 def _library(executable, folder: Path, name: str) -> Path:
@@ -35,11 +38,13 @@ def _library(executable, folder: Path, name: str) -> Path:
 @pytest.mark.parametrize("board", BOARDS)
 @pytest.mark.parametrize("abits, wbits, channels", [(2, 2, 256), (1, 1, 128), (2, 1, 192), (4, 2, 128),
                                                     (4, 2, 1024), (4, 4, 128)])
-def test_hot_loop_accumulates_counts_in_16_bit_lanes(tmp_path, board, abits, wbits, channels):
-    """The conv's hottest loop: and + cnt per 128 bits, one accumulate into .8h lanes per word and
-    channel vector (uadalp; at 4/4, whose weighed bytes would overflow a second byte fold, uaddlp
-    .8h + addp .8h + add), no widening to .4s/.2d per count, and every innermost loop free of
-    stack stores. 1024 channels at 4/2 (144 words) widen after each chunk of 72 words."""
+def test_hot_loop_accumulates_counts_in_narrow_lanes(tmp_path, board, abits, wbits, channels):
+    """The conv's hottest loop: and + cnt per 128 bits, one accumulate per word and channel vector:
+    into .8h lanes (uadalp; at 4/4, whose weighed bytes would overflow a second byte fold, uaddlp
+    .8h + addp .8h + add), or on rasp5 (dotprod) for 2/1 and 4/2 into .4s lanes with udot and a
+    ones vector (where its tile loses nothing by the register it holds); no uaddlp widening chain
+    per count, and every innermost loop free of stack stores. 1024 channels at 4/2 (144 words)
+    widen after each chunk of 72 words with uadalp."""
     executable = kernels.compile_conv2d((1, channels, 14, 14), (channels, channels, 3, 3), abits, wbits, 1, 1,
                                         target=board, word_bits=64)
     loops = arm_hot_loops.innermost_loops(_library(executable, tmp_path, "conv"))
@@ -48,7 +53,9 @@ def test_hot_loop_accumulates_counts_in_16_bit_lanes(tmp_path, board, abits, wbi
     counts = mnemonics.count("cnt")
     assert counts >= 8 and all(re.match(r"cnt v\d+\.16b", insn) for insn in hot if insn.startswith("cnt"))
     assert mnemonics.count("and") == counts
-    accumulates = sum(bool(re.match(r"(uadalp|add) v\d+\.8h", insn)) for insn in hot)
+    udot = [insn for insn in hot if re.match(r"udot v\d+\.4s, v\d+\.16b, v\d+\.16b", insn)]
+    assert bool(udot) == (board == "rasp5" and (abits, wbits) in UDOT_BITS)
+    accumulates = sum(bool(re.match(r"(uadalp|add) v\d+\.8h", insn)) for insn in hot) + len(udot)
     assert accumulates == counts // (abits * wbits)
     assert not [insn for insn in hot if re.match(r"(uaddlp|uadalp) v\d+\.(4s|2d)", insn)]
     # The 4-plane bitpack before the product still spills on cortex-a72/a76: its loops go unchecked.
@@ -119,6 +126,57 @@ def test_kernels_are_exact_on_the_emulated_pi(emulated_pool, tmp_path):
         got = _run_remote(session, executable, tmp_path, f"dense{case}", (batch, out_features), x.astype(np.int32),
                           pack_weight(w, wbits, word_bits))
         assert np.array_equal(got, ops.dense_levels_reference(x, w, abits, wbits)), DENSE_CASES[case]
+
+
+@pytest.fixture(scope="module")
+def emulated_rasp5(isolated_state):
+    """An emulated rasp5 (qemu's cortex-a76 model: ARMv8.2 with dotprod) for the udot kernels."""
+    if os.environ.get("WRPN_TVM_SKIP_EMULATOR") == "1":
+        pytest.skip("WRPN_TVM_SKIP_EMULATOR=1")
+    from wrpn_tvm.remote import daemons, emulator
+
+    port = daemons.free_port()
+    emulator.start(port, "rasp5", timeout=600)
+    yield f"127.0.0.1:{port}"
+    emulator.stop(port)
+
+
+# (abits, wbits, channels, out_channels, kernel, stride, padding, image, features, out_features, batch,
+# conv uses udot): udot's layers (2/1; 4/2, also over 136 words where uadalp widens per chunk; 1/1
+# where its tile has a register to spare) and the layers rasp5 keeps on uadalp (2/2: 4 pairs would
+# weigh their planes for udot's 4 lanes; 1/1 where its tile takes every register; 4/4).
+RASP5_CASES = [(2, 1, 70, 6, 3, 1, 1, 6, 150, 6, 2, True), (4, 2, 1000, 4, 3, 1, 1, 3, 9600, 4, 1, True),
+               (4, 2, 130, 10, 3, 2, 1, 7, 100, 8, 2, True), (1, 1, 130, 24, 3, 2, 1, 7, 300, 10, 3, True),
+               (1, 1, 512, 512, 3, 1, 1, 7, 640, 16, 1, False), (2, 2, 100, 32, 3, 1, 1, 7, 130, 6, 1, False),
+               (4, 4, 200, 8, 3, 1, 1, 5, 500, 6, 1, False)]
+
+
+@pytest.mark.emulator
+def test_udot_kernels_are_exact_on_an_emulated_rasp5(emulated_rasp5, tmp_path):
+    from wrpn_tvm.remote.session import DeviceSpec, connect
+
+    session = connect(DeviceSpec(rpc=emulated_rasp5, timeout=600))
+    rng = np.random.default_rng(76)
+    for case, (abits, wbits, channels, out_channels, kernel, stride, padding, image, features, out_features,
+               batch, udot) in enumerate(RASP5_CASES):
+        x = rng.integers(0, 2**abits, (1, channels, image, image))
+        w = random_weights(rng, wbits, (out_channels, channels, kernel, kernel))
+        want = ops.conv2d_levels_reference(x, w, abits, wbits, stride, padding)
+        executable = kernels.compile_conv2d(x.shape, w.shape, abits, wbits, stride, padding, "rasp5", 64)
+        # LLVM itself may widen a plain popcount with udot (the 1-bit activation level sums): the
+        # product's hot loop tells.
+        hot = arm_hot_loops.hot_loops(arm_hot_loops.innermost_loops(_library(executable, tmp_path, f"asm5_{case}")))
+        assert any(insn.startswith("udot") for insn in hot[0]) == udot, RASP5_CASES[case]
+        got = _run_remote(session, executable, tmp_path, f"conv5_{case}", (1, want.shape[2], want.shape[3],
+                                                                          out_channels),
+                          x.astype(np.int32), pack_weight(w, wbits, 64))
+        assert np.array_equal(got.transpose(0, 3, 1, 2), want), RASP5_CASES[case]
+        x = rng.integers(0, 2**abits, (batch, features))
+        w = random_weights(rng, wbits, (out_features, features))
+        executable = kernels.compile_dense(x.shape, w.shape, abits, wbits, "rasp5", 64)
+        got = _run_remote(session, executable, tmp_path, f"dense5_{case}", (batch, out_features), x.astype(np.int32),
+                          pack_weight(w, wbits, 64))
+        assert np.array_equal(got, ops.dense_levels_reference(x, w, abits, wbits)), RASP5_CASES[case]
 
 
 @pytest.mark.emulator
