@@ -2,8 +2,8 @@
 by llvm-mca (LLVM 14) on cortex-a53 (rasp3b), cortex-a72 (rasp4) and cortex-a76 (rasp5).
 
 Kernels: ResNet-18's 3x3 stride-1 convs (56x56x64, 28x28x128, 14x14x256, 7x7x512 at 1x width;
-batch 1) at 2x width 2/2 and 1x width 1/1, and 2x 4/2 (activation planes weighed in bytes), with the
-64-bit words models use on ARM. Each is compiled for each board twice: with the generic CPU
+batch 1) at 2x width 2/2 and 1x width 1/1, and 2x 4/2 and 4/4 (activation planes weighed in bytes),
+with the 64-bit words models use on ARM. Each is compiled for each board twice: with the generic CPU
 template at NEON's int32 width (what rasp* compiled with before issue 21: `before`) and with the
 aarch64 templates (`after`). The hot loop is the innermost loop (a backward branch with no other
 inside it) with the most `and v.16b` (the slowest of them where LLVM made several copies); each
@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BOARDS = {"rasp3b": "cortex-a53", "rasp4": "cortex-a72", "rasp5": "cortex-a76"}
 LAYERS = [(56, 64), (28, 128), (14, 256), (7, 512)]  # (image size, channels) at 1x width
-CONFIGS = [(2, 2, 2), (1, 1, 1), (2, 4, 2)]  # (width, abits, wbits)
+CONFIGS = [(2, 2, 2), (1, 1, 1), (2, 4, 2), (2, 4, 4)]  # (width, abits, wbits)
 WORD_BITS = 64
 MCA_ITERATIONS = 200
 
@@ -142,6 +142,7 @@ def measure(folder: Path) -> list[dict]:
                         "hot_loop_copies": len(copies),
                         "cnt": counts,
                         "uadalp_8h": sum(bool(re.match(r"uadalp v\d+\.8h", i)) for i in hot),
+                        "udot_4s": sum(bool(re.match(r"udot v\d+\.4s", i)) for i in hot),
                         "uaddlp": sum(i.startswith("uaddlp") for i in hot),
                         "uaddlp_2d": sum(bool(re.match(r"uaddlp v\d+\.2d", i)) for i in hot),
                         "hot_loop_stack_stores": len(stack_stores(hot)),
@@ -164,13 +165,15 @@ def markdown(rows: list[dict], versions: str) -> str:
         "int32 width (what rasp* used before issue 21); `after`: the aarch64 templates (schedules/arm_cpu.py,",
         "schedules/neon.py). Cycles are llvm-mca 14's steady state for the hottest innermost loop (the slowest copy",
         "where LLVM made several) divided by",
-        "its `cnt v.16b` count; `widen` is `uaddlp` per `cnt` in that loop; `spills` counts innermost loops",
-        "with stack stores in the kernel. In-L1 figures: llvm-mca models pipes, not caches. LLVM 14 models",
-        "cortex-a76 much like cortex-a72 (same NEON pipes), so their columns agree; on cortex-a53 (in-order,",
-        "one 128-bit NEON op per cycle) the floor for and + cnt + accumulate is 3 cycles.",
+        "its `cnt v.16b` count; `widen` is `uaddlp` per `cnt` in that loop (at 4/4, 2 of .8h per 16 `cnt`: the",
+        "last fold in 16-bit lanes); `uadalp` and `udot` are those accumulates per `cnt` (udot .4s with a",
+        "ones vector: cortex-a76, rasp5's dotprod); `spills` counts innermost loops with stack stores in the",
+        "kernel. In-L1 figures: llvm-mca models pipes, not caches. LLVM 14 models cortex-a76 much like",
+        "cortex-a72 (same NEON pipes), so their columns agree; on cortex-a53 (in-order, one 128-bit NEON",
+        "op per cycle) the floor for and + cnt + accumulate is 3 cycles.",
         "",
-        "| layer | bits | core | before cycles | after cycles | before widen | after widen | after uadalp per cnt | before spills | after spills |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| layer | bits | core | before cycles | after cycles | before widen | after widen | after uadalp per cnt | after udot per cnt | before spills | after spills |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         before, after = row["before"], row["after"]
@@ -178,7 +181,7 @@ def markdown(rows: list[dict], versions: str) -> str:
             f"| {row['layer']} | {row['width']}x {row['abits']}/{row['wbits']} | {row['cpu']} "
             f"| {before['cycles_per_128_bits']:.2f} | {after['cycles_per_128_bits']:.2f} "
             f"| {before['uaddlp'] / before['cnt']:.2f} | {after['uaddlp'] / after['cnt']:.2f} "
-            f"| {after['uadalp_8h'] / after['cnt']:.2f} "
+            f"| {after['uadalp_8h'] / after['cnt']:.2f} | {after['udot_4s'] / after['cnt']:.2f} "
             f"| {before['innermost_loops_with_stack_stores']} | {after['innermost_loops_with_stack_stores']} |")
     return "\n".join(lines) + "\n"
 
