@@ -13,7 +13,7 @@ import tvm
 from tvm import te
 from tvm.support import cc
 
-from kernel_cases import bitserial_conv_tuning_spaces, random_weights, tuning_spaces
+from kernel_cases import random_weights, tuning_spaces
 from schedules.neon import narrow_accumulation
 from wrpn_tvm import kernels, ops
 from wrpn_tvm.ops.bitpack import pack_weight
@@ -177,6 +177,20 @@ def test_udot_kernels_are_exact_on_an_emulated_rasp5(emulated_rasp5, tmp_path):
         got = _run_remote(session, executable, tmp_path, f"dense5_{case}", (batch, out_features), x.astype(np.int32),
                           pack_weight(w, wbits, 64))
         assert np.array_equal(got, ops.dense_levels_reference(x, w, abits, wbits)), RASP5_CASES[case]
+    # Tuning candidates: a rule takes dotprod from the target it runs under.
+    for abits, wbits, words, seed in [(2, 1, 2, 6), (4, 2, 3, 7)]:
+        channels = words * 64 - 28
+        x = rng.integers(0, 2**abits, (1, channels, 7, 7))
+        w = random_weights(rng, wbits, (32, channels, 3, 3))
+        want = ops.conv2d_levels_reference(x, w, abits, wbits, 1, 1)
+        with resolve("rasp5").target:
+            spaces = _conv_tuning_spaces(abits, wbits, words, seed)
+        for number, space in enumerate(spaces):
+            executable = tvm.compile(space.mod, target=resolve("rasp5").target)
+            assert re.search(r"\budot\tv\d+\.4s", executable.mod.inspect_source("asm"))
+            got = _run_remote(session, executable, tmp_path, f"tuned5_{abits}{wbits}{number}", (1, 7, 7, 32),
+                              ops.pack_activation_reference(x, abits, 64), pack_weight(w, wbits, 64))
+            assert np.array_equal(got.transpose(0, 3, 1, 2), want)
 
 
 @pytest.mark.emulator
@@ -205,8 +219,8 @@ def test_16_bit_lanes_hold_the_longest_reduction_they_take(emulated_pool, tmp_pa
     assert got[0, 0] == -(2**abits - 1) * features
 
 
-def _chunked_conv_tuning_spaces(abits: int, wbits: int, words: int, seed: int) -> list:
-    """A 3x3 conv on 7x7 whose reduction (9 x words) the template widens per chunk."""
+def _conv_tuning_spaces(abits: int, wbits: int, words: int, seed: int) -> list:
+    """tuning_spaces of a 3x3 conv on 7x7 of `words` 64-bit channel words."""
     data = te.placeholder((1, 7, 7, abits, words), "uint64", name="data")
     weight = te.placeholder((3, 3, wbits, words, 32), "uint64", name="weight")
     func = te.create_prim_func([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, 1, 1)])
@@ -222,13 +236,11 @@ def test_tuning_candidates_are_exact_on_the_emulated_pi(emulated_pool, tmp_path)
     session = connect(DeviceSpec(rpc=emulated_pool.direct, timeout=600))
     rng = np.random.default_rng(5)
     for abits, wbits, words, seed in [(2, 2, 2, 1), (1, 1, 2, 2), (4, 2, 2, 3), (4, 2, 16, 4), (4, 4, 9, 5)]:
-        channels = words * 64 - 28  # the last word part padding
+        channels = words * 64 - 28  # the last word partly padding
         x = rng.integers(0, 2**abits, (1, channels, 7, 7))
         w = random_weights(rng, wbits, (32, channels, 3, 3))
         want = ops.conv2d_levels_reference(x, w, abits, wbits, 1, 1)
-        spaces = bitserial_conv_tuning_spaces("arm_cpu", abits, wbits, seed) if words == 2 else \
-            _chunked_conv_tuning_spaces(abits, wbits, words, seed)
-        for number, space in enumerate(spaces):
+        for number, space in enumerate(_conv_tuning_spaces(abits, wbits, words, seed)):
             executable = tvm.compile(space.mod, target=resolve("rasp4").target)
             assert re.search(r"\b(uadalp|add)\tv\d+\.8h", executable.mod.inspect_source("asm"))
             got = _run_remote(session, executable, tmp_path, f"tuned{abits}{wbits}{words}{number}", (1, 7, 7, 32),
