@@ -27,7 +27,7 @@ from .common import (
     pad_whole_input,
     try_vectorize,
 )
-from .neon import NarrowAccumulation, narrow_accumulation
+from .neon import Q_BYTES, NarrowAccumulation, narrow_accumulation
 
 NEON_INT32_LANES = 4
 Q_REGISTERS = 32
@@ -285,6 +285,33 @@ def dense(sch: Schedule, block, tuning: bool, dotprod: bool) -> list[Schedule]:
     return [sch]
 
 
+def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
+    """Conv activations read with the output column fastest (NCHW: the first quantized layer, and
+    the single kernels): a q register of words for 2 (64-bit words) or 4 (32-bit) pixels of a row,
+    each bit of them one contiguous load, shifted and or-ed in lanes. Scalar, LLVM kept a word's 64
+    strided loads in flight at once and, at 4 planes, spilled them on Cortex-A72. Other layouts (a
+    fused NHWC epilogue reads channels fastest; dense) and odd rows keep the generic schedule."""
+    loops = sch.get_loops(block)
+    info = sch.get(block)
+    lanes = Q_BYTES * 8 // tvm.DataType(info.writes[0].source.dtype).bits
+    if len(loops) != 5 or loop_extent(sch, loops[2]) % lanes:
+        return cpu.bitpack(sch, block, tuning)
+    column = info.iter_vars[2].var
+    # Per-channel vectors (a fused scale or bias) are 1-D; every other read must be a column's.
+    for read in info.reads:
+        last = read.region[-1]
+        if len(read.region) > 1 and not (int(last.extent) == 1 and last.min.same_as(column)):
+            return cpu.bitpack(sch, block, tuning)
+    n, h, w, plane, cw = loops
+    w_outer, w_lanes = sch.split(w, [None, lanes])
+    sch.reorder(n, h, w_outer, plane, cw, w_lanes)
+    parallel = sch.fuse(n, h, w_outer)
+    sch.parallel(parallel)
+    cpu.annotate_unroll(sch, parallel, Decisions(sch, tuning))
+    sch.vectorize(w_lanes)
+    return [sch]
+
+
 class NeonTemplates:
     """The arm_cpu entry points (the same as cpu.Family's). A rule takes dotprod from
     `Target.current()`, where the tuning runs under one."""
@@ -295,7 +322,7 @@ class NeonTemplates:
 
         def schedule_kernel(sch: Schedule, block, rule: str) -> None:
             if rule == BITPACK_RULE:
-                cpu.bitpack(sch, block, tuning=False)
+                bitpack(sch, block, tuning=False)
             elif rule == CONV2D_RULE:
                 conv2d(sch, block, tuning=False, dotprod=dotprod)
             else:
@@ -313,7 +340,7 @@ class NeonTemplates:
 
     @staticmethod
     def bitpack_rule(sch: Schedule, block) -> list[Schedule]:
-        return cpu.bitpack(sch, block, tuning=True)
+        return bitpack(sch, block, tuning=True)
 
 
 TEMPLATES = NeonTemplates()
