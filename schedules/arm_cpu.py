@@ -1,14 +1,17 @@
 """aarch64 NEON templates.
 
-Bit-serial conv2d and dense accumulate in 16-bit count lanes where the layer allows it
-(`neon.narrow_accumulation`: up to 4 plane pairs of 64-bit words, 2 of 32-bit words, 4/2-like
-layers with their activation planes weighed in bytes, and a reduction short enough that no lane
-overflows): the hot loop is `ld1r`/`ldr q`, then per 128 bits `and` + `cnt`, with one `addp` fold
-or `uadalp` per pair on average, at NEON's limit of about 1.5 cycles per 128-bit AND + popcount +
-accumulate on two-pipe cores. The register tile is one q register per pixel and channel vector,
-the cheapest by a model of those pipes among the tiles whose accumulators, weights and broadcast
-activations stay within the 32 q registers. Other layers use the generic CPU template at NEON's
-width for their accumulator type. The tests read the generated assembly to keep it so.
+Bit-serial conv2d and dense accumulate in narrow count lanes where the layer allows it
+(`neon.narrow_accumulation`: up to 4 plane pairs of 64-bit words, 2 of 32-bit words, layers with
+more pairs (4/2, 4/4, 3/1) with their activation planes weighed in bytes): the hot loop is
+`ld1r`/`ldr q`, then per 128 bits `and` + `cnt`, with one `addp` fold or `uadalp` per pair on
+average, at NEON's limit of about 1.5 cycles per 128-bit AND + popcount + accumulate on two-pipe
+cores. On dotprod targets (rasp5) `udot` with a ones vector into 32-bit lanes replaces `uadalp`
+where the tile model rates it no dearer. A reduction longer than the 16-bit lanes hold runs in
+chunks they hold, each widened into the layer's accumulator (rfactor). The register tile is one q
+register per pixel and channel vector, the cheapest by a model of those pipes among the tiles whose
+accumulators, weights and broadcast activations stay within the 32 q registers. Other layers use
+the generic CPU template at NEON's width for their accumulator type; bitpack vectorizes over pixels
+where they are contiguous. The tests read the generated assembly to keep it so.
 """
 
 import tvm

@@ -17,7 +17,7 @@ On cores with dotprod (Cortex-A76: rasp5) a plan may accumulate with `udot vAcc.
 vOnes.16b` instead: the folds go on in bytes until each class and channel owns whole 4-byte groups,
 and udot adds each group into a 32-bit lane (an op either NEON pipe takes, where uadalp takes one;
 and lanes that hold any reduction a model has). The layout, and so the decoding, is the same with
-32-bit lanes; a layer takes it where its update needs no more NEON ops than with uadalp.
+32-bit lanes; the templates take it where their tile model rates it no dearer than uadalp.
 
 Correctness rests on every update of the accumulator tile going through the update intrinsic
 and its write-back through the decoding one; the template applies both or neither, and only
@@ -126,9 +126,10 @@ class NarrowAccumulation:
         sum), which must stay <= 255; the remaining levels fold 16-bit lanes (4/4: 8 x 15 x 4
         would not fit a byte)."""
         levels = 0
+        # udot adds bytes: all its levels are byte folds (narrow_accumulation checks that they fit).
         while 2**levels < len(self.classes) and (self.dot or MAX_BITS * self.level_max * 2 ** (levels + 1) <= BYTE_MAX):
             levels += 1
-        return levels  # udot adds bytes: every level is a byte fold (narrow_accumulation checks them)
+        return levels
 
     @property
     def neon_ops_per_vector(self) -> int:
@@ -145,7 +146,7 @@ class NarrowAccumulation:
 
     def chunk_words(self, window: int, words: int) -> "int | None":
         """Words of the word loop per chunk of the reduction (the kernel window x those words):
-        all of them where the 16-bit lanes hold the whole reduction; else the largest divisor
+        all of them where the lanes hold the whole reduction; else the largest divisor
         whose chunk they hold, widened after each chunk (`widen_intrin`); None where that chunk
         would be too short to repay its widening."""
         if self.fits(window * words):
@@ -228,8 +229,8 @@ def _neon(name: str, dtype: str, *args):
 def _fold_counts(plan: NarrowAccumulation, A, W, C) -> None:
     """cnt per pair (weighed over the activation planes per weight plane where the plan says so),
     addp folds the classes together (byte k of the result: class k // (16/classes)), uadalp into
-    the accumulator's 16-bit lanes. Lane l then counts class l // (lanes_per_count x lanes) of
-    channel l // lanes_per_count % lanes."""
+    the accumulator's 16-bit lanes (udot into its 32-bit lanes). Lane l then counts class
+    l // (lanes_per_count x lanes) of channel l // lanes_per_count % lanes."""
     vector = f"{plan.word}x{plan.lanes}"
     bytes_ = f"uint8x{Q_BYTES}"
     def count(i: int, j: int):
@@ -244,7 +245,6 @@ def _fold_counts(plan: NarrowAccumulation, A, W, C) -> None:
             counts.append(weighed)
     else:
         counts = [count(i, j) for i, j in plan.pairs]
-    lanes16 = f"uint16x{plan.count_lanes}"
     for _ in range(plan.byte_folds):
         counts = [_neon("addp", bytes_, counts[k], counts[k + 1]) for k in range(0, len(counts), 2)]
     if plan.dot:
@@ -253,6 +253,7 @@ def _fold_counts(plan: NarrowAccumulation, A, W, C) -> None:
         total = _neon("udot", lanes32, previous, counts[0], T.broadcast(T.uint8(1), Q_BYTES))
         T.buffer_store(C, T.reinterpret(f"{plan.accumulator}x{plan.lanes}", total), [T.ramp(0, 1, plan.lanes)])
         return
+    lanes16 = f"uint16x{plan.count_lanes}"
     previous = T.reinterpret(lanes16, C.vload([0], f"{plan.accumulator}x{plan.lanes}"))
     if len(counts) == 1:
         total = previous + _neon("uaddlp", lanes16, counts[0])  # LLVM selects uadalp
@@ -266,7 +267,7 @@ def _fold_counts(plan: NarrowAccumulation, A, W, C) -> None:
 
 def _decode_func(plan: NarrowAccumulation, implementation: bool, accumulate: bool = False) -> tirx.PrimFunc:
     """The write-back of one q register of accumulators: a copy (description), or the sum per
-    channel of its pairs' 16-bit lanes times their coefficients (implementation). `accumulate`:
+    channel of its classes' lanes times their coefficients (implementation). `accumulate`:
     a chunk's widening, D += S (rfactor's write-back block), decoded the same way."""
     lanes, acc = plan.lanes, plan.accumulator
     with IRBuilder() as builder:
@@ -293,7 +294,7 @@ def _decode_func(plan: NarrowAccumulation, implementation: bool, accumulate: boo
 
 
 def _decoded_channel(plan: NarrowAccumulation, S, channel: int):
-    """Sum over classes of coefficient x the class's 16-bit lanes for this channel."""
+    """Sum over classes of coefficient x the class's lanes for this channel."""
     acc = plan.accumulator
     lanes_per_slot = plan.word_bits // plan.lane_bits
     total = None
