@@ -229,7 +229,8 @@ def _conv_tuning_spaces(abits: int, wbits: int, words: int, seed: int) -> list:
 @pytest.mark.emulator
 def test_tuning_candidates_are_exact_on_the_emulated_pi(emulated_pool, tmp_path):
     """Sampled tiles of both loop orders, tensorized by MetaSchedule's own postprocs; 4/2 at 16
-    words (144 in the reduction) and 4/4 at 9 (81) widened per chunk."""
+    words (144 in the reduction) and 4/4 at 9 (81) widened per chunk, and a dense 4/2 of 150 words
+    (2 chunks of 75)."""
     from wrpn_tvm.remote.session import DeviceSpec, connect
 
     session = connect(DeviceSpec(rpc=emulated_pool.direct, timeout=600))
@@ -245,3 +246,13 @@ def test_tuning_candidates_are_exact_on_the_emulated_pi(emulated_pool, tmp_path)
             got = _run_remote(session, executable, tmp_path, f"tuned{abits}{wbits}{words}{number}", (1, 7, 7, 32),
                               ops.pack_activation_reference(x, abits, 64), pack_weight(w, wbits, 64))
             assert np.array_equal(got.transpose(0, 3, 1, 2), want)
+    x = rng.integers(0, 2**4, (2, 150 * 64 - 20))
+    w = random_weights(rng, 2, (8, x.shape[1]))
+    data = te.placeholder((2, 4, 150), "uint64", name="data")
+    weight = te.placeholder((2, 150, 8), "uint64", name="weight")
+    func = te.create_prim_func([data, weight, ops.bitserial_dense(data, weight, 4, 2)])
+    for number, space in enumerate(tuning_spaces(func, "arm_cpu", ops.DENSE_RULE, "wrpn_bitserial_dense", 8)):
+        executable = tvm.compile(space.mod, target=resolve("rasp4").target)
+        got = _run_remote(session, executable, tmp_path, f"tuned_dense{number}", (2, 8),
+                          ops.pack_activation_reference(x, 4, 64), pack_weight(w, 2, 64))
+        assert np.array_equal(got, ops.dense_levels_reference(x, w, 4, 2))
