@@ -8,9 +8,10 @@ template at NEON's int32 width (what rasp* compiled with before issue 21: `befor
 aarch64 templates (`after`). The hot loop is the innermost loop (a backward branch with no other
 inside it) with the most `and v.16b` (the slowest of them where LLVM made several copies); each
 `cnt` is one 128-bit AND + popcount, so cycles per 128 bits = llvm-mca's cycles per iteration / its
-`cnt` count. llvm-mca models the core's pipes,
-not its caches: these are in-L1 figures. LLVM 14's cortex-a76 model is close to its cortex-a72
-one (same dispatch width and NEON pipes), so those two columns agree.
+`cnt` count; the accumulates per `cnt` are counted too (uadalp .8h, or udot .4s where rasp5's
+dotprod takes it). llvm-mca models the core's pipes, not its caches: these are in-L1 figures. LLVM
+14's cortex-a76 model is close to its cortex-a72 one (same dispatch width and NEON pipes), so those
+two columns agree.
 
   python benchmarks/arm_hot_loops.py      # writes benchmarks/results/arm_hot_loops.{json,md}
 """
