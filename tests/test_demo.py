@@ -24,7 +24,7 @@ def test_demo_at_reduced_size(tmp_path, emulated_pool, monkeypatch, capsys):
         assert entry["rasp4_remote"]["images"] == 4
         assert entry["bench_host"]["tvm"]["median_ms"] > 0 and entry["bench_host"]["torch"]["median_ms"] > 0
         assert model.label in index
-    assert "bit-serial conv2d a2/w2" in index  # the per-layer report of the WRPN model
+    assert "conv2d a2/w2" in index  # the per-layer report of the WRPN model
     assert "other processes' CPU share, load average" in index  # timings say how quiet the machine was
     # A second run reuses the trained models instead of training again.
     programs = sorted((tmp_path / "report" / "models").glob("*.pt2"))

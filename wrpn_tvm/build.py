@@ -29,7 +29,7 @@ class CompileResult:
 
     @property
     def summary(self) -> str:
-        """E.g. "7 of 9 conv/dense layers bit-serial (a2/w2 x6, a4/w2 x1); 2 fp32"."""
+        """E.g. "7 of 9 conv/dense layers quantized (a2/w2 x6, a4/w2 x1; bit-serial x7); 2 fp32"."""
         return summary(self.layers)
 
 
@@ -53,12 +53,15 @@ def compile_model(
     output: "str | os.PathLike" = "model.so",
     tuning_log: "str | os.PathLike | None" = None,
     strict_target: bool = False,
+    kernels: str = "auto",
 ) -> CompileResult:
     """Compile a torch.export program (`.pt2`) into `output` (a shared library) plus `output.json`.
 
     `tuning_log` is a log dir or the name of a shipped one; it applies when the target's CPU has
     every feature of the CPU it was tuned for (only an exact match with `strict_target`). The
-    sidecar records the compiled batch's activation memory (`memory.Footprint`)."""
+    sidecar records the compiled batch's activation memory (`memory.Footprint`). `kernels`: "auto"
+    runs each quantized conv on the faster of bit-serial and int8 dot (by the log's records of both,
+    else by the cost model); "bit-serial" or "int8-dot" asks for one wherever it applies."""
     spec = resolve(target)
     database = None
     if tuning_log is not None:  # checked before the slow import, so a wrong log fails fast
@@ -66,7 +69,7 @@ def compile_model(
         from .tuning.shipped import resolve_log
 
         database = load_database(resolve_log(tuning_log), spec, strict_target)
-    mod, layers, inputs = prepare_module(program_path, spec)
+    mod, layers, inputs = prepare_module(program_path, spec, kernels, database)
     with recording(inputs) as recorded:  # read off the very pipeline run that compiles the library
         executable = build_module(mod, spec, database)
     footprint = recorded.footprint()

@@ -9,16 +9,18 @@ as MetaSchedule custom rules: tuning, and replaying tuned records, need them reg
 
 import importlib
 import os
+import re
 
 import tvm
-from tvm import relax
+from tvm import relax, tirx
 
 import schedules
 from schedules.fallback_cpu import apply_fallback_schedules
 
-from . import frontend, pt2
+from . import frontend, ops, pt2
 from .errors import WrpnError, one_line
 from .lowering import lower_wrpn
+from .lowering.kernel_choice import AUTO, BITSERIAL, INT8_DOT
 from .targets import TargetSpec
 
 
@@ -28,13 +30,47 @@ default_schedule = schedules.default_schedule
 SCHEDULED_ATTR = schedules.SCHEDULED_ATTR
 
 
-def prepare_module(program_path: "str | os.PathLike", spec: TargetSpec):
-    """Load and import a program, then rewrite its WRPN layers: (Relax module, layer reports, input specs)."""
+def prepare_module(program_path: "str | os.PathLike", spec: TargetSpec, kernels: str = AUTO, database=None):
+    """Load and import a program, then rewrite its WRPN layers: (Relax module, layer reports, input specs).
+
+    `kernels`: AUTO picks bit-serial or int8 dot per layer (by `database`'s records where it holds
+    both kernels' for a layer, else by the cost model); BITSERIAL or INT8_DOT asks for one."""
     program = pt2.load_program(program_path)
     inputs = pt2.input_specs(program)
     mod = frontend.to_relax(program)
-    mod, reports = lower_wrpn(mod, spec)
+    measured = tuned_kernel_seconds(mod, spec, database) if database is not None and kernels == AUTO else None
+    mod, reports = lower_wrpn(mod, spec, kernels, measured)
     return mod, reports, inputs
+
+
+def kernel_variants(spec: TargetSpec) -> tuple[str, ...]:
+    """The kernels a quantized conv can run as on this target (the int8 dot product needs one in the ISA)."""
+    return (BITSERIAL,) if spec.is_cuda or ops.int8_layout(spec.target) is None else (BITSERIAL, INT8_DOT)
+
+
+_LAYER_IN_NAME = re.compile(r"_layer(\d+)_")
+
+
+def tuned_kernel_seconds(imported, spec: TargetSpec, database) -> dict:
+    """Layer index -> best tuned seconds of its (bit-serial, int8-dot) kernels, for the quantized
+    convs whose kernels both have records in the database. `imported`: the module before lowering."""
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+
+    if len(kernel_variants(spec)) < 2:
+        return {}
+    best: dict = {}
+    for kernel in (BITSERIAL, INT8_DOT):
+        lowered, _ = lower_wrpn(imported, spec, kernel)
+        for global_var, func in fuse_module(lowered, spec).functions.items():
+            layer = _LAYER_IN_NAME.search(global_var.name_hint)
+            if layer is None or not isinstance(func, tirx.PrimFunc):
+                continue
+            record = database.query_tuning_record(_normalize_mod(func), spec.target, global_var.name_hint)
+            if record is not None and record.run_secs:
+                seconds = sum(float(x) for x in record.run_secs) / len(record.run_secs)
+                best.setdefault(int(layer.group(1)), {})[kernel] = seconds
+    return {index: (by_kernel[BITSERIAL], by_kernel[INT8_DOT]) for index, by_kernel in best.items()
+            if len(by_kernel) == 2}
 
 
 def _backend_pipeline(spec: TargetSpec):

@@ -1,12 +1,13 @@
 """`wrpn-tvm compile MODEL.pt2 --target T -o OUT.so`."""
 
+from ..lowering.kernel_choice import MODES
 from .common import add_target_argument
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("compile", help="compile a torch.export program (.pt2) into a shared library",
                                    description="Compile a torch.export program into a deployable shared library "
-                                               "(plus OUT.so.json), running WRPN layers as bit-serial kernels.")
+                                               "(plus OUT.so.json), running WRPN layers as bit-serial or int8-dot kernels.")
     parser.add_argument("model", help="a program saved with torch.export.save (.pt2)")
     add_target_argument(parser)
     parser.add_argument("-o", "--output", required=True, help="the shared library to write (e.g. model.so)")
@@ -15,6 +16,9 @@ def register(subparsers) -> None:
                              "(e.g. resnet18-2x-a2w2-x86-avx512); it applies to any CPU with every feature of the CPU it was tuned for")
     parser.add_argument("--strict-target", action="store_true",
                         help="apply the tuning log only if it was tuned for exactly this target")
+    parser.add_argument("--kernels", choices=MODES, default="auto",
+                        help="the kernel of the quantized convs: auto (default) picks bit-serial or int8 dot per layer, "
+                             "by the tuning log's records of both or else by a cost model")
     parser.add_argument("--explain", action="store_true", help="list each layer, what it became, and why")
     parser.set_defaults(func=handle)
 
@@ -25,7 +29,8 @@ def handle(args) -> int:
     from ..build import compile_model
     from ..runtime import memory_line
 
-    result = compile_model(args.model, args.target, args.output, tuning_log=args.tuning_log, strict_target=args.strict_target)
+    result = compile_model(args.model, args.target, args.output, tuning_log=args.tuning_log, strict_target=args.strict_target,
+                           kernels=args.kernels)
     for warning in result.warnings:
         print(f"wrpn-tvm: warning: {warning}", file=sys.stderr)
     if args.explain:

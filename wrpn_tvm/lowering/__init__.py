@@ -10,36 +10,51 @@ one LayerReport per conv2d / dense saying what it became and, for FP32 layers, w
 convs that stay FP32 become the blocked FP32 conv, their bias / batch norm folded in.
 Modules: graph (binding view), ste (STE removal), fold (constant evaluation), quantizer (activation
 quantizer analysis), weight_grid (numeric grid check), epilogue (affine folding), recognize
-(per-layer decision), rewrite (the Relax rewrite), fp32 (the FP32 conv rewrite), report.
+(per-layer decision), kernel_choice (bit-serial or int8 dot per layer), rewrite (the Relax
+rewrite), fp32 (the FP32 conv rewrite), report.
 """
 
 from dataclasses import replace
 
 from tvm import relax
 
+from .. import ops
 from .fold import fold_constants
 from .fp32 import describe as describe_fp32
 from .fp32 import lower_fp32_convs
 from .graph import BindingGraph
+from .kernel_choice import AUTO, MODES, choose
 from .recognize import plan_function
 from .report import FP32, LayerReport, program_warnings, summary
-from .rewrite import rewrite, word_bits_for
+from .rewrite import layer_tag, rewrite, word_bits_for
 from .ste import remove_straight_through
 
-__all__ = ["FP32", "LayerReport", "lower_wrpn", "program_warnings", "summary"]
+__all__ = ["FP32", "MODES", "LayerReport", "layer_tag", "lower_wrpn", "program_warnings", "summary"]
 
 
-def lower_wrpn(mod, spec):
-    """(lowered module, one LayerReport per conv2d / dense layer of `main`, in program order)."""
+def lower_wrpn(mod, spec, kernels: str = AUTO, measured: "dict | None" = None):
+    """(lowered module, one LayerReport per conv2d / dense layer of `main`, in program order).
+
+    `kernels`: AUTO chooses bit-serial or int8 dot per layer (from `measured`, layer index ->
+    best tuned seconds of (bit-serial, int8-dot), where a database has both, else the cost model);
+    "bit-serial" or "int8-dot" asks for that kernel wherever it applies."""
     mod = fold_constants(remove_straight_through(relax.transform.EliminateCommonSubexpr()(mod)))
     graph = BindingGraph(mod["main"])
     reports, plans = plan_function(graph)
     if plans:
-        mod, fused_inputs = rewrite(mod, plans, word_bits_for(spec))
-        for plan, fused in zip(plans, fused_inputs):
-            if fused:
-                report = reports[plan.report_index]
-                reports[plan.report_index] = replace(report, reason=f"{report.reason}; input packed in its producer's epilogue")
+        layout = None if spec.is_cuda else ops.int8_layout(spec.target)
+        choices = []
+        for plan in plans:
+            report = reports[plan.report_index]
+            choices.append(choose(plan, spec.target, layout, kernels, report.input_shape, report.output_shape,
+                                  (measured or {}).get(plan.report_index)))
+        mod, fused_inputs = rewrite(mod, plans, word_bits_for(spec), choices, layout)
+        for plan, choice, fused in zip(plans, choices, fused_inputs):
+            report = reports[plan.report_index]
+            reason = report.reason + ("; input packed in its producer's epilogue" if fused else "")
+            reason += f"; {choice.why}" if choice.why else ""
+            reports[plan.report_index] = replace(report, reason=reason,
+                                                 lowered_to=report.lowered_to.replace("bit-serial", choice.kernel, 1))
     if not spec.is_cuda:
         mod, outcomes = lower_fp32_convs(mod)
         # The convs left after the rewrite are the FP32 conv reports, in the same program order.

@@ -16,12 +16,13 @@ class LayerReport:
     detail: str  # e.g. "3x3/1 pad 1, 64->128 channels"
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
-    lowered_to: str  # "bit-serial conv2d a2/w2" or FP32
+    lowered_to: str  # "bit-serial conv2d a2/w2", "int8-dot conv2d a2/w2" or FP32
     reason: str = ""  # why the layer stayed FP32; what was folded for a bit-serial layer
     kernel: str = ""  # for an FP32 layer, the kernel it runs as (and what was folded into it)
 
     @property
     def is_bitserial(self) -> bool:
+        """True for a quantized layer, whichever integer kernel runs it (bit-serial or int8 dot)."""
         return self.lowered_to != FP32
 
     @property
@@ -38,12 +39,15 @@ class LayerReport:
 
 
 def summary(reports: list[LayerReport]) -> str:
-    """E.g. "7 of 9 conv/dense layers bit-serial (a2/w2 x6, a4/w2 x1); 2 fp32"."""
-    bitserial = Counter(report.bits for report in reports if report.is_bitserial)
-    line = f"{sum(bitserial.values())} of {len(reports)} conv/dense layers bit-serial"
-    if bitserial:
-        line += " (" + ", ".join(f"{bits} x{count}" for bits, count in bitserial.most_common()) + ")"
-    fp32 = len(reports) - sum(bitserial.values())
+    """E.g. "7 of 9 conv/dense layers quantized (a2/w2 x6, a4/w2 x1; bit-serial x5, int8-dot x2); 2 fp32"."""
+    quantized = [report for report in reports if report.is_bitserial]
+    line = f"{len(quantized)} of {len(reports)} conv/dense layers quantized"
+    if quantized:
+        bits = Counter(report.bits for report in quantized)
+        kernels = Counter(report.lowered_to.split(" ", 1)[0] for report in quantized)
+        line += (" (" + ", ".join(f"{b} x{count}" for b, count in bits.most_common()) + "; "
+                 + ", ".join(f"{kernel} x{count}" for kernel, count in kernels.most_common()) + ")")
+    fp32 = len(reports) - len(quantized)
     return line + (f"; {fp32} fp32" if fp32 else "")
 
 

@@ -10,6 +10,10 @@ its pack is computed from the int32 accumulator(s) in one kernel (epilogue + glu
 bitpack): no float activation map is written for it. (A float map is still written where a float
 consumer needs it, e.g. the identity shortcut of a residual block.) The FP32 ops left behind become
 dead and are removed.
+
+A conv whose kernel choice (kernel_choice.py) is the int8 dot product gets the same structure with
+the levels as int8 bytes (`ops.int8_levels`) in place of the bit-planes and `ops.int8_conv2d` in
+place of the bit-serial conv; its accumulator and epilogue are the same.
 """
 
 from dataclasses import dataclass
@@ -19,6 +23,7 @@ from tvm import relax, te
 
 from .. import ops
 from .graph import BindingGraph, op_name, shape_of
+from .kernel_choice import INT8_DOT, Choice
 from .recognize import LayerPlan
 
 _ELEMENTWISE = {
@@ -62,13 +67,15 @@ def word_bits_for(spec) -> int:
 
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
-    def __init__(self, mod, plans: list[LayerPlan], word_bits: int):
+    def __init__(self, mod, plans: list[LayerPlan], word_bits: int, choices: list[Choice], int8_layout):
         super().__init__(mod)
         self.mod = mod
         self.word_bits = word_bits
+        self.int8_layout = int8_layout
         self.plan_at = {plan.epilogue.output: plan for plan in plans}
+        self.kernel_of = {plan.report_index: choice.kernel for plan, choice in zip(plans, choices, strict=True)}
         self.emitted: dict = {}  # original epilogue output var -> _Emitted
-        self.packed: dict = {}  # (original input var, bits) -> packed var
+        self.packed: dict = {}  # (original input var, bits, kernel) -> packed var
         self.fused_packs: set = set()  # input vars whose pack is computed from accumulators
         self.graph = BindingGraph(mod["main"])
 
@@ -86,21 +93,32 @@ class _Lowerer(relax.PyExprMutator):
         return None
 
     def _pack(self, plan: LayerPlan) -> relax.Var:
-        key = (plan.data, plan.quantizer.bits)  # a residual block's conv and its shortcut conv share it
+        # A residual block's conv and its shortcut conv share it when they run the same kernel.
+        key = (plan.data, plan.quantizer.bits, self.kernel_of[plan.report_index])
         if key not in self.packed:
-            self.packed[key] = self._emit_pack(plan)
+            self.packed[key] = self._emit_pack(plan, key[2])
         return self.packed[key]
 
-    def _emit_pack(self, plan: LayerPlan) -> relax.Var:
-        quantizer, word_bits = plan.quantizer, self.word_bits
+    def _emit_pack(self, plan: LayerPlan, kernel: str) -> relax.Var:
+        quantizer, word_bits, layout = plan.quantizer, self.word_bits, self.int8_layout
+        if kernel == INT8_DOT:
+            name = "int8_levels"
+
+            def pack(levels):
+                return ops.int8_levels(levels, layout)
+        else:
+            name = "bitpack"
+
+            def pack(levels):
+                return ops.pack_activation(levels, quantizer.bits, word_bits, quantize=False)
+
         fused = self._glue_from_accumulators(quantizer.source) if plan.reads_quantizer_directly else None
         if fused is not None:
             args, build = fused
             self.fused_packs.add(plan.data)
             return self.builder_.emit_te(
-                lambda *tensors: ops.pack_activation(_levels(build(list(tensors)), quantizer.level_from_source),
-                                                     quantizer.bits, word_bits, quantize=False),
-                *args, primfunc_name_hint="wrpn_epilogue_bitpack",
+                lambda *tensors: pack(_levels(build(list(tensors)), quantizer.level_from_source)),
+                *args, primfunc_name_hint=f"wrpn_epilogue_{name}",
             )
         # Read the quantizer's input when the layer reads its output directly, and replay its steps:
         # the float quantized map need not be computed for the pack.
@@ -108,10 +126,8 @@ class _Lowerer(relax.PyExprMutator):
             source, level = quantizer.source, quantizer.level_from_source
         else:
             source, level = plan.data, quantizer.level_from_value
-        return self.builder_.emit_te(
-            lambda x: ops.pack_activation(_levels(x, level), quantizer.bits, word_bits, quantize=False),
-            self.visit_expr(source), primfunc_name_hint="wrpn_bitpack",
-        )
+        return self.builder_.emit_te(lambda x: pack(_levels(x, level)), self.visit_expr(source),
+                                     primfunc_name_hint=f"wrpn_{name}")
 
     def _glue_from_accumulators(self, var, depth: int = 0):
         """(Relax args, TE builder) recomputing `var` elementwise from bit-serial accumulators, or None.
@@ -152,15 +168,24 @@ class _Lowerer(relax.PyExprMutator):
     def _emit_layer(self, plan: LayerPlan, output_var) -> relax.Var:
         abits, wbits = plan.quantizer.bits, plan.grid.bits
         packed = self._pack(plan)
-        weight = relax.const(ops.pack_weight(plan.grid.levels, wbits, self.word_bits))
-        if plan.op == "conv2d":
+        # The layer's index in the kernel's name lets the kernel choice find its tuning records.
+        tag = f"a{abits}w{wbits}_{layer_tag(plan.report_index)}"
+        if self.kernel_of[plan.report_index] == INT8_DOT:
+            weight = relax.const(ops.prepack_int8_weight(plan.grid.levels, self.int8_layout))
+            acc = self.builder_.emit_te(
+                ops.int8_conv2d, packed, weight, int(plan.grid.levels.shape[0]), plan.stride, plan.padding,
+                (abits, wbits), primfunc_name_hint=f"wrpn_int8_conv2d_{tag}",
+            )
+        elif plan.op == "conv2d":
+            weight = relax.const(ops.pack_weight(plan.grid.levels, wbits, self.word_bits))
             acc = self.builder_.emit_te(
                 ops.bitserial_conv2d, packed, weight, abits, wbits, plan.stride, plan.padding,
-                primfunc_name_hint=f"wrpn_conv2d_a{abits}w{wbits}",
+                primfunc_name_hint=f"wrpn_conv2d_{tag}",
             )
         else:
+            weight = relax.const(ops.pack_weight(plan.grid.levels, wbits, self.word_bits))
             acc = self.builder_.emit_te(
-                ops.bitserial_dense, packed, weight, abits, wbits, primfunc_name_hint=f"wrpn_dense_a{abits}w{wbits}"
+                ops.bitserial_dense, packed, weight, abits, wbits, primfunc_name_hint=f"wrpn_dense_{tag}"
             )
         multiplier = relax.const(plan.epilogue.multiplier.astype(np.float32))
         offset = relax.const(plan.epilogue.offset.astype(np.float32))
@@ -170,9 +195,14 @@ class _Lowerer(relax.PyExprMutator):
         )
 
 
-def rewrite(mod, plans: list[LayerPlan], word_bits: int):
-    """(The module with every planned layer lowered and dead FP32 leftovers removed, and for each
-    plan whether its input is packed straight from accumulators in the producers' epilogue.)"""
-    lowerer = _Lowerer(mod, plans, word_bits)
+def layer_tag(index: int) -> str:
+    return f"layer{index}_"
+
+
+def rewrite(mod, plans: list[LayerPlan], word_bits: int, choices: list[Choice], int8_layout=None):
+    """(The module with every planned layer lowered by its chosen kernel and dead FP32 leftovers
+    removed, and for each plan whether its input is packed straight from accumulators in the
+    producers' epilogue.)"""
+    lowerer = _Lowerer(mod, plans, word_bits, choices, int8_layout)
     lowered = relax.transform.DeadCodeElimination(["main"])(lowerer.lower())
     return lowered, [plan.data in lowerer.fused_packs for plan in plans]

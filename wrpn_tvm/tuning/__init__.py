@@ -10,6 +10,6 @@ TVM's own pooling annotations), job (the `tune` entry point).
 """
 
 from .database import load_database
-from .job import TuneResult, tune, tune_module
+from .job import TuneResult, tune, tune_module, tune_tasks
 
-__all__ = ["load_database", "tune", "tune_module", "TuneResult"]
+__all__ = ["load_database", "tune", "tune_module", "tune_tasks", "TuneResult"]

@@ -64,17 +64,19 @@ def tune(
     stream=None,
     estimate: bool = False,
 ) -> TuneResult:
-    """Tune a `.pt2` program's tasks (bit-serial and FP32) for a target into log_dir, timing the
-    candidates on `device` (this machine by default), or, with `estimate`, ranking them by their
-    estimated time on the target's Raspberry Pi (no device)."""
-    from ..pipeline import prepare_module
+    """Tune a `.pt2` program's tasks (bit-serial, int8-dot where the target has an int8 dot
+    product, and FP32) for a target into log_dir, timing the candidates on `device` (this machine
+    by default), or, with `estimate`, ranking them by their estimated time on the target's
+    Raspberry Pi (no device). Both kernels of a quantized conv are tuned, so that a build with the
+    log runs each layer on the faster one."""
+    from ..pipeline import kernel_variants, prepare_module
 
     spec = resolve(target)
     device = device if device is not None else DeviceSpec()
     check_kind(Path(log_dir), has_records(log_dir), estimate)  # these two before the slow import of the model
     _check_timing(spec, device, estimate)
-    mod, _layers, _inputs = prepare_module(program, spec)
-    return tune_module(mod, spec, trials, log_dir, device, seed=seed, trials_per_batch=trials_per_batch,
+    mods = [prepare_module(program, spec, kernels)[0] for kernels in kernel_variants(spec)]
+    return tune_module(mods, spec, trials, log_dir, device, seed=seed, trials_per_batch=trials_per_batch,
                        max_minutes=max_minutes, stream=stream, estimate=estimate)
 
 
@@ -102,7 +104,7 @@ def tune_module(
     stream=None,
     estimate: bool = False,
 ) -> TuneResult:
-    """Tune a Relax module's tasks; the library function under `tune`."""
+    """Tune the tasks of a Relax module (or of several lowerings of one model); the library function under `tune`."""
     return tune_tasks(extract_tasks(mod, spec), spec, trials, log_dir, device, seed=seed,
                       trials_per_batch=trials_per_batch, max_minutes=max_minutes, stream=stream, estimate=estimate)
 
@@ -166,7 +168,10 @@ def tune_tasks(
         stop = StopRequest(None if max_minutes is None else max_minutes * 60)
         weights = [float(task.weight) for task in tasks]
         printer = ProgressPrinter(progress, weights, budget, stream, estimated=estimate)
-        with task_loggers(log_dir, [task.task_name for task in tasks]) as loggers, stop_on_interrupt(stop, stream):
+        # Under the target, so that a template's tuning rule (which MetaSchedule hands only a schedule
+        # and a block) can read the ISA off Target.current().
+        with spec.target, task_loggers(log_dir, [task.task_name for task in tasks]) as loggers, \
+                stop_on_interrupt(stop, stream):
             contexts = [
                 ms.TuneContext(
                     mod=task.dispatched[0],

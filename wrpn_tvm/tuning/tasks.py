@@ -6,11 +6,20 @@ be extracted from exactly the module that the build hands to MetaScheduleApplyDa
 """
 
 
-def extract_tasks(mod, spec) -> list:
-    """MetaSchedule's ExtractedTasks of the module (bit-serial and FP32 alike), already-scheduled ones left out."""
+def extract_tasks(mods, spec) -> list:
+    """MetaSchedule's ExtractedTasks of a module, or of several lowerings of one model (one per
+    kernel choice) with the tasks they share listed once; bit-serial, int8-dot and FP32 alike,
+    already-scheduled ones left out."""
     from tvm.s_tir import meta_schedule as ms
+    from tvm_ffi import structural_hash
 
     from ..pipeline import SCHEDULED_ATTR, fuse_module  # the pipeline registers the templates as custom rules
 
-    tasks = ms.relax_integration.extract_tasks(fuse_module(mod, spec), spec.target)
-    return [task for task in tasks if not task.mod.attrs.get(SCHEDULED_ATTR, False)]
+    tasks, seen = [], set()
+    for mod in mods if isinstance(mods, (list, tuple)) else [mods]:
+        for task in ms.relax_integration.extract_tasks(fuse_module(mod, spec), spec.target):
+            key = structural_hash(task.dispatched[0])
+            if key not in seen and not task.mod.attrs.get(SCHEDULED_ATTR, False):
+                seen.add(key)
+                tasks.append(task)
+    return tasks

@@ -1,0 +1,108 @@
+"""Per-layer kernel choice between bit-serial and the int8 dot product: both exact, so a model gives
+the same output bit for bit whichever runs each layer; the cost model's shape; tuning measures both
+and a build with the log runs each layer on the faster one."""
+
+import numpy as np
+import pytest
+import torch
+
+from wrpn_tvm import build, pipeline, runtime
+from wrpn_tvm.cli import main as cli_main
+from wrpn_tvm.frontend import to_relax
+from wrpn_tvm.lowering import lower_wrpn
+from wrpn_tvm.lowering.kernel_choice import BITSERIAL, INT8_DOT, cpu_kind, estimated_ratio, layer_work
+from wrpn_tvm.nn import export_model
+from wrpn_tvm.ops import int8_layout
+from wrpn_tvm.targets import resolve
+from wrpn_tvm.tuning import load_database, tune_tasks
+from wrpn_tvm.tuning.tasks import extract_tasks
+from test_lowering_models import HandWritten, randomize_batch_norm
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    torch.manual_seed(0)
+    model = randomize_batch_norm(HandWritten())
+    x = torch.rand(4, 1, 12, 12)
+    path = tmp_path_factory.mktemp("choice") / "hand.pt2"
+    torch.export.save(export_model(model, x), str(path))
+    return path, x.numpy()
+
+
+def kernels_of(layers) -> list[str]:
+    return [layer.lowered_to.split(" ", 1)[0] for layer in layers]
+
+
+def test_every_kernel_choice_gives_the_same_output_bit_for_bit(program, tmp_path):
+    path, x = program
+    outputs = {}
+    for kernels in ("bit-serial", "int8-dot", "auto"):
+        result = build.compile_model(path, "host", tmp_path / f"{kernels}.so", kernels=kernels)
+        (outputs[kernels],) = runtime.run(result.library, [x])
+        if kernels != "auto":
+            # The convs run the kernel asked for; the quantized dense stays bit-serial (int8-dot is conv only).
+            assert kernels_of(result.layers) == ["fp32", kernels, kernels, BITSERIAL, "fp32"]
+            assert f"{kernels} asked for" in result.layers[1].reason
+    assert np.array_equal(outputs["int8-dot"], outputs["bit-serial"])
+    assert np.array_equal(outputs["auto"], outputs["bit-serial"])
+
+
+def test_a_target_without_int8_dot_keeps_bit_serial_and_says_why(program):
+    path, _ = program
+    mod = to_relax(torch.export.load(str(path)))
+    _, reports = lower_wrpn(mod, resolve("rasp4"), INT8_DOT)
+    assert kernels_of(reports)[1:3] == [BITSERIAL, BITSERIAL]
+    assert "int8-dot asked for, but this target has no int8 dot product" in reports[1].reason
+    _, reports = lower_wrpn(mod, resolve("rasp4"))
+    assert "kernel by" not in reports[1].reason  # no choice to explain where there is one kernel
+
+
+def test_int8_dot_is_offered_where_the_isa_has_a_dot_product():
+    assert int8_layout(resolve("rasp4").target) is None
+    assert int8_layout(resolve("rasp5").target).out_block == 4
+    assert int8_layout(resolve("x86-avx2").target).out_block == 8
+    assert int8_layout(resolve("x86-avx512").target).out_block == 16
+    assert pipeline.kernel_variants(resolve("rasp4")) == (BITSERIAL,)
+    assert pipeline.kernel_variants(resolve("host")) == (BITSERIAL, INT8_DOT)
+
+
+@pytest.mark.parametrize("target", ["x86-avx512", "x86-avx2", "rasp5"])
+def test_cost_model_follows_the_work_of_each_kernel(target):
+    layout = int8_layout(resolve(target).target)
+    kind = cpu_kind(resolve(target).target)
+
+    def ratio(abits, wbits, channels, out_channels=256):
+        work = layer_work(abits, wbits, (3, 3), (1, channels, 28, 28), (1, out_channels, 28, 28), layout)
+        return estimated_ratio(work, kind)
+
+    # More plane pairs make bit-serial slower and leave int8 as it is.
+    assert ratio(4, 4, 256) < ratio(4, 2, 256) < ratio(2, 2, 256) < ratio(1, 1, 256)
+    assert ratio(4, 2, 256) == pytest.approx(ratio(2, 2, 256) / 2)
+    # Bit-serial pads channels to 64-bit words, int8 to 4: narrow layers favour int8.
+    assert ratio(2, 2, 20) < ratio(2, 2, 256)
+    assert ratio(2, 2, 20) == pytest.approx(ratio(2, 2, 64) * (20 / 64))
+
+
+def test_tuning_measures_both_kernels_and_the_build_runs_the_faster(program, tmp_path, capsys):
+    """A tuning job's first trial of a task measures its template default: tuning the conv tasks
+    of both lowerings for one trial each records both kernels of every quantized conv, and the
+    build with that log runs each conv on the kernel whose record is faster."""
+    path, x = program
+    spec = resolve("host")
+    mods = [pipeline.prepare_module(path, spec, kernels)[0] for kernels in pipeline.kernel_variants(spec)]
+    convs = [task for task in extract_tasks(mods, spec) if "conv2d_a" in task.task_name]
+    assert sorted(task.task_name.split("_a")[0] for task in convs) == ["wrpn_conv2d"] * 2 + ["wrpn_int8_conv2d"] * 2
+    log = tmp_path / "log"
+    tune_tasks(convs, spec, len(convs), log, seed=0)
+    measured = pipeline.tuned_kernel_seconds(to_relax(torch.export.load(str(path))), spec, load_database(log, spec))
+    assert sorted(measured) == [1, 2]  # both quantized convs have both kernels' records
+    capsys.readouterr()
+    assert cli_main(["compile", str(path), "-o", str(tmp_path / "tuned.so"), "--tuning-log", str(log),
+                     "--explain"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for index, (bitserial, int8) in measured.items():
+        faster = INT8_DOT if int8 < bitserial else BITSERIAL
+        assert f" {faster} conv2d" in lines[index] and "kernel by tuning" in lines[index], lines[index]
+    (out,) = runtime.run(tmp_path / "tuned.so", [x])
+    (reference,) = runtime.run(build.compile_model(path, "host", tmp_path / "ref.so", kernels="bit-serial").library, [x])
+    assert np.array_equal(out, reference)

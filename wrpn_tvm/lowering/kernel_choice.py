@@ -1,0 +1,100 @@
+"""Which kernel runs each quantized conv: bit-serial (AND + popcount over every pair of bit-planes)
+or an int8 dot product over the integer levels (VNNI / pmaddubsw / sdot), both exact in integers.
+
+Bit-serial work grows with abits x wbits plane pairs and pads channels to 64-bit words; the int8 dot
+product costs the same at every width up to 4 bits and pads channels to 4. Which is faster depends on
+the layer and the CPU, so the choice is per layer:
+
+* with a tuning database that holds records of both kernels for the layer, the faster tuned record
+  (the tuner extracts both kernels' tasks, so a log tuned since they exist has both);
+* otherwise a cost model: each kernel's inner-loop operations for the layer divided by its rate
+  on this kind of CPU, the rates fitted to default-schedule timings (benchmarks/int8_dot.py).
+"""
+
+from dataclasses import dataclass
+
+from .. import ops
+from .recognize import LayerPlan
+
+BITSERIAL = "bit-serial"
+INT8_DOT = "int8-dot"
+AUTO = "auto"
+MODES = (AUTO, BITSERIAL, INT8_DOT)
+WORD_BITS = 64  # channels per bit-serial word on CPUs
+
+
+@dataclass(frozen=True)
+class Choice:
+    kernel: str  # BITSERIAL or INT8_DOT
+    why: str  # e.g. "cost model: int8-dot 0.41x bit-serial's time"
+
+
+@dataclass(frozen=True)
+class LayerWork:
+    """Inner-loop operations of one conv for each kernel: bit-serial word AND+popcount+accumulate
+    steps (one per plane pair and 64-channel word), and int8 dot steps (one per output block and
+    4-channel group)."""
+
+    bitserial_words: int
+    int8_dots: int
+
+
+def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, layout: "ops.Int8Layout") -> LayerWork:
+    """The work of an NCHW conv with these bits, (KH, KW) kernel and shapes."""
+    _, channels, _, _ = input_shape
+    batch, out_channels, out_h, out_w = output_shape
+    kernel_h, kernel_w = kernel_size
+    window = kernel_h * kernel_w * batch * out_h * out_w
+    pairs = abits * wbits
+    words = -(-channels // WORD_BITS)
+    groups = -(-channels // layout.reduce_block)
+    blocks = -(-out_channels // layout.out_block)
+    return LayerWork(bitserial_words=window * out_channels * pairs * words, int8_dots=window * blocks * groups)
+
+
+# Relative speed of the two inner loops per CPU kind: bit-serial word steps per int8 dot step in
+# the same time, fitted to default-schedule layer timings (benchmarks/results/int8_dot.md).
+_WORDS_PER_DOT = {
+    "avx512-vnni": 1.0,
+    "avx512bw": 1.0,
+    "avx2": 1.0,
+    "neon-sdot": 1.0,
+}
+
+
+def cpu_kind(target) -> str:
+    """The int8 dot instruction family of a CPU target with an int8 layout (ops.int8_layout)."""
+    from tvm.target.codegen import target_has_features
+
+    if "aarch64" in str(target.attrs.get("mtriple", "")):
+        return "neon-sdot"
+    if target_has_features("avx512vnni", target):
+        return "avx512-vnni"
+    return "avx512bw" if target_has_features("avx512bw", target) else "avx2"
+
+
+def estimated_ratio(work: LayerWork, kind: str) -> float:
+    """int8-dot time / bit-serial time predicted for a layer on a CPU of this kind."""
+    return work.int8_dots * _WORDS_PER_DOT[kind] / work.bitserial_words
+
+
+def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, input_shape, output_shape,
+           measured: "tuple[float, float] | None" = None) -> Choice:
+    """The kernel for one quantized layer. `mode`: AUTO, or the kernel asked for; `measured`: the
+    best tuned seconds of (bit-serial, int8-dot) for this layer."""
+    if plan.op != "conv2d" or layout is None or not ops.int8_fits(plan.quantizer.bits, plan.grid.bits):
+        if mode != INT8_DOT:
+            return Choice(BITSERIAL, "")  # the only kernel there is: nothing to explain
+        why = ("this target has no int8 dot product" if layout is None else
+               "int8-dot covers conv2d only" if plan.op != "conv2d" else "its levels do not fit int8 products")
+        return Choice(BITSERIAL, f"int8-dot asked for, but {why}")
+    if mode != AUTO:
+        return Choice(mode, f"{mode} asked for")
+    if measured is not None:
+        bitserial, int8 = measured
+        kernel = INT8_DOT if int8 < bitserial else BITSERIAL
+        return Choice(kernel, f"kernel by tuning: int8-dot {int8 * 1e3:.3f} ms, bit-serial {bitserial * 1e3:.3f} ms")
+    work = layer_work(plan.quantizer.bits, plan.grid.bits, plan.grid.levels.shape[2:], input_shape, output_shape, layout)
+    ratio = estimated_ratio(work, cpu_kind(target))
+    kernel = INT8_DOT if ratio < 1 else BITSERIAL
+    return Choice(kernel, f"kernel by cost model: int8-dot {ratio:.2f}x bit-serial's time")
