@@ -6,9 +6,11 @@ pairs accumulate nibble lookups in 16-bit lanes (`avx2.NibbleCounts`) where the 
 reduction allow it; other layers use the generic templates at 8 lanes (LLVM's nibble-lookup
 popcount per 64-bit lane). The tests read the generated assembly.
 
-A MetaSchedule rule has no target at hand, so the tuning rules offer both ways as design spaces
-(the generic templates first, then the nibble counts where they fit): which popcount is faster
-for a layer shape on a CPU is decided by measuring.
+A MetaSchedule rule is handed no target; `tune` runs under its target, so the rules read the ISA
+off `Target.current()`: AVX-512 tunes the generic templates at 16 lanes; AVX2 offers both ways as
+design spaces (the generic templates at 8 lanes first, then the nibble counts where they fit), and
+which popcount is faster for a layer shape is decided by measuring. Under no target (a caller
+outside `tune`), a rule offers every space.
 """
 
 from tvm.s_tir import Schedule
@@ -160,6 +162,21 @@ def _avx2_kernel(sch: Schedule, block, rule: str) -> None:
         _dense_nibbles(sch, block, plan, tuning=False)
 
 
+def _rule_target() -> "Target | None":
+    return Target.current(allow_none=True)
+
+
+def _rule_lanes() -> int:
+    target = _rule_target()
+    return AVX2_LANES if target is not None and not _has_avx512(target) else AVX512_LANES
+
+
+def _nibble_plan_for_rule(sch: Schedule, block) -> "NibbleCounts | None":
+    """The nibble-count plan a tuning rule offers: none on AVX-512, where VPOPCNTQ counts whole words."""
+    target = _rule_target()
+    return None if target is not None and _has_avx512(target) else _plan(sch, block)
+
+
 class X86Templates:
     """The x86 entry points (the same as cpu.Family's)."""
 
@@ -172,15 +189,15 @@ class X86Templates:
 
     @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:
-        spaces = cpu.conv2d(sch, block, AVX512_LANES, tuning=True)
-        plan = _plan(sch, block)
+        spaces = cpu.conv2d(sch, block, _rule_lanes(), tuning=True)  # copies: sch stays as it is
+        plan = _nibble_plan_for_rule(sch, block)
         return spaces + (conv2d_nibbles(sch, block, plan, tuning=True) if plan is not None else [])
 
     @staticmethod
     def dense_rule(sch: Schedule, block) -> list[Schedule]:
-        plan = _plan(sch, block)
+        plan = _nibble_plan_for_rule(sch, block)
         generic = sch.copy() if plan is not None else sch
-        spaces = cpu.dense(generic, block, AVX512_LANES, tuning=True)
+        spaces = cpu.dense(generic, block, _rule_lanes(), tuning=True)
         if plan is not None:
             _dense_nibbles(sch, block, plan, tuning=True)
             spaces.append(sch)

@@ -165,6 +165,20 @@ def test_tuning_offers_both_popcounts_and_every_candidate_is_exact(abits, wbits,
     assert len(spaces) == 4 and nibble_spaces == 2
 
 
+def test_tuning_under_a_target_offers_only_its_popcounts():
+    """`tune` runs under its target: AVX-512 tunes VPOPCNTQ at 16 lanes with no nibble space (its
+    tensorize would fail there), AVX2 the generic template at its 8 lanes beside the nibble counts."""
+    with resolve("x86-avx512").target:
+        avx512 = bitserial_conv_tuning_spaces("cpu", 2, 2, 1)
+    with resolve(TARGET).target:
+        avx2 = bitserial_conv_tuning_spaces("cpu", 2, 2, 1)
+    def nibble_spaces(spaces):
+        return sum("auto_tensorize" in str(space.trace) for space in spaces)
+
+    assert (len(avx512), nibble_spaces(avx512)) == (2, 0)
+    assert (len(avx2), nibble_spaces(avx2)) == (4, 2)
+
+
 def test_byte_and_lane_bounds():
     """The plans that fit: a word's byte sums within a signed byte (one sum) or an unsigned byte
     (a sum per sign), and 16-bit lanes over the reduction; ResNet-18's longest 2x 2/2 reduction
