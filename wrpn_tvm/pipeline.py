@@ -20,7 +20,7 @@ from schedules.fallback_cpu import apply_fallback_schedules
 from . import frontend, ops, pt2
 from .errors import WrpnError, one_line
 from .lowering import lower_wrpn
-from .lowering.kernel_choice import AUTO, BITSERIAL, INT8_DOT
+from .kernel_kinds import AUTO, BITSERIAL, INT8_DOT
 from .targets import TargetSpec
 
 

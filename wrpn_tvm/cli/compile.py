@@ -1,6 +1,6 @@
 """`wrpn-tvm compile MODEL.pt2 --target T -o OUT.so`."""
 
-from ..lowering.kernel_choice import MODES
+from ..kernel_kinds import MODES
 from .common import add_target_argument
 
 

@@ -1,12 +1,13 @@
 """`wrpn-tvm tune`: tune a model's kernels with MetaSchedule into a resumable log dir."""
 
+from ..kernel_kinds import MODES
 from .common import add_device_arguments, add_target_argument, device_from_args
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "tune",
-        help="tune a model's kernels (bit-serial and FP32) with MetaSchedule and XGBoost",
+        help="tune a model's kernels (bit-serial, int8-dot and FP32) with MetaSchedule and XGBoost",
         description=(
             "Tune the model's tasks and write MetaSchedule's JSON database into --log-dir. "
             "Re-running with the same --log-dir continues the job: recorded trials count toward "
@@ -22,6 +23,10 @@ def register(subparsers) -> None:
     parser.add_argument("--max-minutes", type=float,
                         help="stop after this much tuning time (after the batches in flight), as Ctrl-C does")
     parser.add_argument("--seed", type=int, help="random seed of the search")
+    parser.add_argument("--kernels", choices=MODES, default="auto",
+                        help="auto (default) tunes both kernels of every quantized conv (bit-serial and, where the "
+                             "target has one, the int8 dot product), so a build with the log runs each conv on the "
+                             "faster; bit-serial or int8-dot tunes that kernel only")
     parser.add_argument("--estimate", action="store_true",
                         help="no board: rank candidates by their ESTIMATED time on the target's Raspberry Pi "
                              "(rasp3b, rasp4, rasp5; see `wrpn-tvm estimate`) into a log marked as estimated, "
@@ -35,7 +40,7 @@ def handle(args) -> int:
 
     batch = {} if args.trials_per_batch is None else {"trials_per_batch": args.trials_per_batch}
     result = tune(args.model, target=args.target, trials=args.trials, log_dir=args.log_dir, device=device_from_args(args),
-                  seed=args.seed, max_minutes=args.max_minutes, estimate=args.estimate, **batch)
+                  seed=args.seed, max_minutes=args.max_minutes, estimate=args.estimate, kernels=args.kernels, **batch)
     for task in result.tasks:
         trials = task.recorded + task.measured
         if not trials:

@@ -14,12 +14,8 @@ the layer and the CPU, so the choice is per layer:
 from dataclasses import dataclass
 
 from .. import ops
+from ..kernel_kinds import AUTO, BITSERIAL, INT8_DOT, MODES  # noqa: F401 (MODES: re-exported)
 from .recognize import LayerPlan
-
-BITSERIAL = "bit-serial"
-INT8_DOT = "int8-dot"
-AUTO = "auto"
-MODES = (AUTO, BITSERIAL, INT8_DOT)
 WORD_BITS = 64  # channels per bit-serial word on CPUs
 
 

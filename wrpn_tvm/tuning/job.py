@@ -63,19 +63,22 @@ def tune(
     max_minutes: float | None = None,
     stream=None,
     estimate: bool = False,
+    kernels: str = "auto",
 ) -> TuneResult:
     """Tune a `.pt2` program's tasks (bit-serial, int8-dot where the target has an int8 dot
     product, and FP32) for a target into log_dir, timing the candidates on `device` (this machine
     by default), or, with `estimate`, ranking them by their estimated time on the target's
-    Raspberry Pi (no device). Both kernels of a quantized conv are tuned, so that a build with the
-    log runs each layer on the faster one."""
+    Raspberry Pi (no device). With `kernels` "auto" both kernels of a quantized conv are tuned, so
+    that a build with the log runs each layer on the faster one; "bit-serial" or "int8-dot" tunes
+    the lowering with that kernel wherever it applies."""
     from ..pipeline import kernel_variants, prepare_module
 
     spec = resolve(target)
     device = device if device is not None else DeviceSpec()
     check_kind(Path(log_dir), has_records(log_dir), estimate)  # these two before the slow import of the model
     _check_timing(spec, device, estimate)
-    mods = [prepare_module(program, spec, kernels)[0] for kernels in kernel_variants(spec)]
+    variants = kernel_variants(spec) if kernels == "auto" else (kernels,)
+    mods = [prepare_module(program, spec, variant)[0] for variant in variants]
     return tune_module(mods, spec, trials, log_dir, device, seed=seed, trials_per_batch=trials_per_batch,
                        max_minutes=max_minutes, stream=stream, estimate=estimate)
 
