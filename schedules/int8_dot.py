@@ -35,6 +35,7 @@ from .common import (
     attach_epilogue,
     block_rule,
     divisors,
+    largest_divisor_at_most,
     loop_extent,
     pad_whole_input,
     place_remaining_blocks,
@@ -47,6 +48,7 @@ LOOP_ORDERS = ("blocks_outer", "pixels_outer")
 MAX_TILE_BLOCKS = 4
 MAX_TILE_ROWS = 4
 INT16_MAX = 2**15 - 1
+PAD_VECTOR_BYTES = 64
 
 
 def _broadcast_bytes(A, step: int, lanes: int, dtype: str):
@@ -165,8 +167,8 @@ AVX512BW = DotKernel("wrpn_avx512bw_dot_16x4", 16, "uint8", 27,
 # 16 ymm, the same three temporaries.
 AVX2 = DotKernel("wrpn_avx2_dot_8x4", 8, "uint8", 13,
                  _widening("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd", 8), WIDENING_STEPS).register()
-# 32 q registers less the broadcast activation and slack as for VNNI.
-SDOT = DotKernel("wrpn_sdot_4x4", 4, "int8", 29, _sdot).register()
+# 32 q registers less broadcast activations (ld1r into registers): a 1x28 tile spilled (cortex-a76).
+SDOT = DotKernel("wrpn_sdot_4x4", 4, "int8", 24, _sdot).register()
 
 
 @lru_cache(maxsize=1)
@@ -217,7 +219,10 @@ def default_tile(blocks: int, rows: int, columns: int, kernel: DotKernel, steps:
         b, r, c = tile
         return b * r * c, b * r * c / (b + r * c), r
 
-    tiles = [(b, r, c) for b in divisors(blocks) if b <= MAX_TILE_BLOCKS
+    # Over several steps LLVM hoists every step's broadcasts to share them between blocks, and a
+    # tile of two blocks spilled (AVX-512BW 2x(2x4)); one block keeps only its steps' weights live.
+    most_blocks = 1 if steps > 1 else MAX_TILE_BLOCKS
+    tiles = [(b, r, c) for b in divisors(blocks) if b <= most_blocks
              for r in divisors(rows) if r <= 2 for c in divisors(columns) if kernel.fits(b, r * c, steps)]
     return max(tiles, key=score)
 
@@ -263,9 +268,13 @@ def conv2d(sch: Schedule, block, kernel: DotKernel, tuning: bool, order: str = L
 
 
 def _schedule_padding(sch: Schedule) -> None:
+    """Vectorize the padded copy over channels, a zmm of bytes at a time (LLVM does not finish
+    on a 1024-lane vector when the copy also transposes NCHW levels)."""
     for block in root_blocks(sch):
         if sch.get(block).name_hint.startswith(PAD_NAME):
-            try_vectorize(sch, sch.get_loops(block)[-1])
+            channels = sch.get_loops(block)[-1]
+            lanes = largest_divisor_at_most(loop_extent(sch, channels), PAD_VECTOR_BYTES)
+            try_vectorize(sch, sch.split(channels, [None, lanes])[1])
 
 
 def _inline_neighbours(sch: Schedule, kernels: list) -> list[str]:

@@ -1,10 +1,13 @@
 """int8-dot conv2d (the alternative to bit-serial over the same integer levels): bit-exact against the
 numpy reference on awkward shapes for every x86 dot kernel (VNNI, AVX-512BW, AVX2) at default
 decisions and in sampled MetaSchedule candidates, the dot instruction in the generated code (and
-no AVX-512 in the AVX2 build), sdot in the cross-compiled rasp5 build, and the layouts."""
+no AVX-512 in the AVX2 build), sdot in the cross-compiled rasp5 build and exact results on an
+emulated rasp5, and the layouts."""
 
+import importlib.util
+import os
 import re
-import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +22,11 @@ from wrpn_tvm import ops
 from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.pipeline import compile_prim_func
 from wrpn_tvm.targets import resolve
+
+REPO = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("arm_hot_loops", REPO / "benchmarks" / "arm_hot_loops.py")
+arm_hot_loops = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(arm_hot_loops)
 
 # An AVX-512BW CPU without VNNI (vpmaddubsw + vpmaddwd on zmm); runs on this AVX-512 machine.
 SKYLAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"}
@@ -127,6 +135,32 @@ def _count(pattern: str, asm: str) -> int:
     return len(re.findall(pattern, asm))
 
 
+def _self_loops(asm: str) -> list[list[str]]:
+    """The innermost x86 loops: from a label to a branch back to it (straight-line code after the
+    branch, falling through, is not the loop's)."""
+    loops = []
+    for block in re.split(r"\n(?=\.LBB\d+_\d+:)", asm):
+        label = re.match(r"(\.LBB\d+_\d+):", block)
+        lines = [line.strip() for line in block.splitlines()[1:] if line.startswith("\t") and not line.startswith("\t.")]
+        back = [i for i, line in enumerate(lines) if label and re.match(rf"j\w+\s+{re.escape(label.group(1))}$", line)]
+        if back:
+            loops.append(lines[: back[0]])
+    return loops
+
+
+@pytest.mark.parametrize("target", X86_TARGETS)
+@pytest.mark.parametrize("size, channels", [(56, 128), (28, 256), (7, 1024)])
+def test_x86_dot_loops_do_not_spill(target, size, channels):
+    """The default register tile fits: no dot loop stores a vector register to the stack."""
+    spec = resolve(X86_TARGETS[target])
+    func = _conv_func(ops.int8_layout(spec.target), (1, channels, size, size), channels, channels, 3, 1, 1, (4, 4))
+    asm = compile_prim_func(func, spec).mod.inspect_source("asm")
+    dot_loops = [loop for loop in _self_loops(asm) if any(re.match(r"vp(dpbusd|maddubsw)", i) for i in loop)]
+    assert dot_loops
+    for loop in dot_loops:
+        assert not [i for i in loop if re.match(r"vmov\w*\s+%[xyz]mm\d+, -?\d*\(%rsp\)", i)], loop
+
+
 def test_host_uses_its_dot_instruction():
     asm = _asm("host")
     if target_has_features("avx512vnni", resolve("host").target):
@@ -151,15 +185,55 @@ def test_avx2_build_has_no_avx512(bits, steps):
     assert not AVX512_ONLY.search(asm)
 
 
-def test_rasp5_uses_sdot(tmp_path):
+@pytest.mark.parametrize("size, channels", [(28, 256), (14, 512), (7, 1024)])
+def test_rasp5_hot_loop_is_sdot_without_spills(tmp_path, size, channels):
+    """The cross-compiled rasp5 conv's dot loops: sdot per (block, pixel) of the register tile (at
+    least 8 in the hottest), none storing to the stack."""
     spec = resolve("rasp5")
-    func = _conv_func(ops.int8_layout(spec.target), (1, 64, 14, 14), 64, 64, 3, 1, 1)
+    func = _conv_func(ops.int8_layout(spec.target), (1, channels, size, size), channels, channels, 3, 1, 1, (4, 4))
     path = tmp_path / "conv.so"
     compile_prim_func(func, spec).export_library(str(path), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
-    disassembly = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(path)], capture_output=True, text=True,
-                                 check=True).stdout
-    # 64 output channels = 16 blocks of 4; every (block, pixel) of the tile is one sdot.
-    assert len(re.findall(r"\tsdot\tv\d+\.4s, v\d+\.16b, v\d+\.16b", disassembly)) >= 16
+    loops = arm_hot_loops.innermost_loops(path)
+    sdots = [sum(bool(re.match(r"sdot v\d+\.4s, v\d+\.16b, v\d+\.16b", insn)) for insn in loop) for loop in loops]
+    assert max(sdots) >= 8
+    for loop, count in zip(loops, sdots):
+        assert not (count and arm_hot_loops.stack_stores(loop)), f"stack stores in a dot loop: {loop}"
+
+
+@pytest.fixture(scope="module")
+def rasp5_device():
+    """An emulated rasp5 (qemu's cortex-a76: dotprod) of its own: the shared pool emulates rasp4."""
+    from wrpn_tvm.remote import daemons, emulator
+
+    if os.environ.get("WRPN_TVM_SKIP_EMULATOR") == "1":
+        pytest.skip("WRPN_TVM_SKIP_EMULATOR=1")
+    if not emulator.is_prepared():
+        pytest.fail("the emulated Raspberry Pi is not prepared: run scripts/setup.sh")
+    port = daemons.free_port()
+    emulator.start(port, "rasp5", timeout=600)
+    yield f"127.0.0.1:{port}"
+    emulator.stop(port)
+
+
+@pytest.mark.emulator
+def test_sdot_kernels_are_exact_on_the_emulated_rasp5(rasp5_device, tmp_path):
+    from wrpn_tvm.remote.session import DeviceSpec, connect
+
+    session = connect(DeviceSpec(rpc=rasp5_device, timeout=600))
+    spec = resolve("rasp5")
+    layout = ops.int8_layout(spec.target)
+    for index, case in enumerate(CONV_CASES[:5]):
+        abits, wbits, channels, out_channels, kernel, stride, padding, batch, image = case
+        x, w, want = _case_data(case, index)
+        func = _conv_func(layout, x.shape, out_channels, channels, kernel, stride, padding, case[:2])
+        path = tmp_path / f"conv{index}.so"
+        compile_prim_func(func, spec).export_library(str(path), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
+        session.upload(str(path))
+        device = session.cpu()
+        out = tvm.runtime.tensor(np.zeros((batch, *want.shape[2:], out_channels), np.int32), device)
+        session.load_module(path.name)["main"](tvm.runtime.tensor(x.astype(np.float32), device),
+                                               tvm.runtime.tensor(ops.prepack_int8_weight(w, layout), device), out)
+        assert np.array_equal(out.numpy().transpose(0, 3, 1, 2), want), case
 
 
 @pytest.mark.parametrize("target, expected", [
