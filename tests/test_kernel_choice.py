@@ -10,7 +10,8 @@ from wrpn_tvm import build, pipeline, runtime
 from wrpn_tvm.cli import main as cli_main
 from wrpn_tvm.frontend import to_relax
 from wrpn_tvm.lowering import lower_wrpn
-from wrpn_tvm.lowering.kernel_choice import BITSERIAL, INT8_DOT, cpu_kind, estimated_ratio, layer_work
+from wrpn_tvm.kernel_kinds import BITSERIAL, INT8_DOT
+from wrpn_tvm.lowering.kernel_choice import cpu_kind, estimated_ratio, layer_work
 from wrpn_tvm.nn import export_model
 from wrpn_tvm.ops import int8_layout
 from wrpn_tvm.targets import resolve

@@ -23,7 +23,8 @@ from .fold import fold_constants
 from .fp32 import describe as describe_fp32
 from .fp32 import lower_fp32_convs
 from .graph import BindingGraph
-from .kernel_choice import AUTO, MODES, choose
+from ..kernel_kinds import AUTO, MODES
+from .kernel_choice import choose
 from .recognize import plan_function
 from .report import FP32, LayerReport, program_warnings, summary
 from .rewrite import layer_tag, rewrite, word_bits_for

@@ -14,15 +14,16 @@ the layer and the CPU, so the choice is per layer:
 from dataclasses import dataclass
 
 from .. import ops
-from ..kernel_kinds import AUTO, BITSERIAL, INT8_DOT, MODES  # noqa: F401 (MODES: re-exported)
+from ..kernel_kinds import AUTO, BITSERIAL, INT8_DOT
 from .recognize import LayerPlan
+
 WORD_BITS = 64  # channels per bit-serial word on CPUs
 
 
 @dataclass(frozen=True)
 class Choice:
     kernel: str  # BITSERIAL or INT8_DOT
-    why: str  # e.g. "cost model: int8-dot 0.41x bit-serial's time"
+    why: str  # e.g. "kernel by cost model: int8-dot 0.41x bit-serial's time"; "" where there was no choice
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ from tvm import relax, te
 
 from .. import ops
 from .graph import BindingGraph, op_name, shape_of
-from .kernel_choice import INT8_DOT, Choice
+from ..kernel_kinds import INT8_DOT
+from .kernel_choice import Choice
 from .recognize import LayerPlan
 
 _ELEMENTWISE = {
