@@ -23,14 +23,21 @@ from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
 
 from . import cpu
 from .common import (
+    PAD_BLOCK,
+    WRPN_RULES,
     Decisions,
     attach_epilogue,
+    block_rule,
     divisors,
+    inline_other_blocks,
+    kernel_blocks,
     loop_extent,
     pad_whole_input,
+    place_remaining_blocks,
+    root_blocks,
     try_vectorize,
 )
-from .neon import Q_BYTES, NarrowAccumulation, narrow_accumulation
+from .neon import BITPACK_GROUP, Q_BYTES, NarrowAccumulation, bitpack_intrin, narrow_accumulation
 
 NEON_INT32_LANES = 4
 Q_REGISTERS = 32
@@ -288,25 +295,38 @@ def dense(sch: Schedule, block, tuning: bool, dotprod: bool) -> list[Schedule]:
     return [sch]
 
 
-def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
-    """Conv activations read with the output column fastest (NCHW: the first quantized layer, and
-    the single kernels): a q register of words for 2 (64-bit words) or 4 (32-bit) pixels of a row,
-    each bit of them one contiguous load, shifted and or-ed in lanes. Scalar, LLVM kept a word's 64
-    strided loads in flight at once and, at 4 planes, spilled them on Cortex-A72. Other layouts (a
-    fused NHWC epilogue reads channels fastest; dense) and odd rows keep the generic schedule."""
+def _word_lanes(sch: Schedule, block) -> int:
+    """A bitpack's words in a q register."""
+    return Q_BYTES * 8 // tvm.DataType(sch.get(block).writes[0].source.dtype).bits
+
+
+def _reads_columns(sch: Schedule, block) -> bool:
+    """Whether a conv bitpack reads its activations with the output column fastest (NCHW), a q
+    register of words to as many columns."""
     loops = sch.get_loops(block)
+    if len(loops) != 5 or loop_extent(sch, loops[2]) % _word_lanes(sch, block):
+        return False
     info = sch.get(block)
-    lanes = Q_BYTES * 8 // tvm.DataType(info.writes[0].source.dtype).bits
-    if len(loops) != 5 or loop_extent(sch, loops[2]) % lanes:
-        return cpu.bitpack(sch, block, tuning)
     column = info.iter_vars[2].var
     # Per-channel vectors (a fused scale or bias) are 1-D; every other read must be a column's.
     for read in info.reads:
         last = read.region[-1]
         if len(read.region) > 1 and not (int(last.extent) == 1 and last.min.same_as(column)):
-            return cpu.bitpack(sch, block, tuning)
-    n, h, w, plane, cw = loops
-    w_outer, w_lanes = sch.split(w, [None, lanes])
+            return False
+    return True
+
+
+def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
+    """Conv activations read with the output column fastest (NCHW: the first quantized layer, and
+    the single kernels): a q register of words for 2 (64-bit words) or 4 (32-bit) pixels of a row,
+    each bit of them one contiguous load, shifted and or-ed in lanes. Scalar, LLVM kept a word's 64
+    strided loads in flight at once and, at 4 planes, spilled them on Cortex-A72. Other layouts
+    (dense; a fused NHWC epilogue whose levels `schedule_function` did not stage) keep the generic
+    schedule."""
+    if not _reads_columns(sch, block):
+        return cpu.bitpack(sch, block, tuning)
+    n, h, w, plane, cw = sch.get_loops(block)
+    w_outer, w_lanes = sch.split(w, [None, _word_lanes(sch, block)])
     sch.reorder(n, h, w_outer, plane, cw, w_lanes)
     parallel = sch.fuse(n, h, w_outer)
     sch.parallel(parallel)
@@ -315,23 +335,78 @@ def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
     return [sch]
 
 
+def _levels_to_stage(sch: Schedule, block):
+    """The levels block of a conv bitpack of 64-bit words that reads channels fastest (a fused
+    NHWC epilogue), or None. Inlined, each bit of each plane's word recomputes its channel's
+    epilogue, and any form LLVM vectorizes that expression in spills: its 64 bit positions want 64
+    vector masks, or the 64 channels' values are held at once."""
+    producers = sch.get_producers(block)
+    if (len(sch.get_loops(block)) != 5 or sch.get(block).writes[0].source.dtype != "uint64"
+            or len(producers) != 1 or block_rule(sch, producers[0]) is not None):
+        return None
+    # Whole words of 2+ planes: a unit word or plane loop leaves a unit iter var in the blockized
+    # pack (in the guard of a partial word, in the plane shift) that the intrinsic's description
+    # cannot keep (TVM folds its unit vars), so tensorize would not match.
+    levels = sch.get(producers[0]).writes[0].source
+    if (len(levels.shape) != 4 or int(levels.shape[1]) % 64 or levels.dtype not in ("float32", "int32")
+            or loop_extent(sch, sch.get_loops(block)[3]) < 2):
+        return None
+    trial = sch.copy()
+    inline_other_blocks(trial)
+    if _reads_columns(trial, trial.get_sblock(sch.get(block).name_hint)):
+        return None
+    return producers[0]
+
+
+def _bitpack_from_levels(sch: Schedule, block, levels) -> None:
+    """Each pixel's levels computed once into a local buffer (vectorized over its channels), then
+    packed by `neon.bitpack_intrin`: all its planes and words from q registers of level bytes."""
+    n, h, w, plane, _ = sch.get_loops(block)
+    parallel = sch.fuse(n, h)
+    sch.parallel(parallel)
+    sch.compute_at(levels, w)
+    sch.set_scope(levels, 0, "local")
+    channels = [loop for loop in sch.get_loops(levels)[2:] if loop_extent(sch, loop) > 1]
+    try_vectorize(sch, channels[0])
+    buffer = sch.get(levels).writes[0].source
+    intrin = bitpack_intrin(buffer.dtype, int(buffer.shape[1]), loop_extent(sch, plane))
+    sch.tensorize(sch.blockize(plane), intrin)
+
+
 class NeonTemplates:
     """The arm_cpu entry points (the same as cpu.Family's). A rule takes dotprod from
     `Target.current()`, where the tuning runs under one."""
 
     @staticmethod
     def schedule_function(sch: Schedule, target: Target) -> None:
+        """cpu.schedule_kernels, except that a conv bitpack's levels may stay a stage of their own
+        (`_levels_to_stage`)."""
         dotprod = has_dotprod(target)
-
-        def schedule_kernel(sch: Schedule, block, rule: str) -> None:
+        kernels = kernel_blocks(sch)
+        staged = {sch.get(block).name_hint: _levels_to_stage(sch, block) for block, rule in kernels
+                  if rule == BITPACK_RULE}
+        kept = {sch.get(levels).name_hint for levels in staged.values() if levels is not None}
+        others = []
+        for block in root_blocks(sch):
+            name = sch.get(block).name_hint
+            if block_rule(sch, block) in WRPN_RULES or name.startswith(PAD_BLOCK) or name in kept:
+                continue
+            try:
+                sch.compute_inline(block)
+            except tvm.s_tir.ScheduleError:
+                others.append(name)
+        for block, rule in kernels:
             if rule == BITPACK_RULE:
-                bitpack(sch, block, tuning=False)
+                levels = staged[sch.get(block).name_hint]
+                if levels is None:
+                    bitpack(sch, block, tuning=False)
+                else:
+                    _bitpack_from_levels(sch, block, sch.get_sblock(sch.get(levels).name_hint))
             elif rule == CONV2D_RULE:
                 conv2d(sch, block, tuning=False, dotprod=dotprod)
             else:
                 dense(sch, block, tuning=False, dotprod=dotprod)
-
-        cpu.schedule_kernels(sch, schedule_kernel)
+        place_remaining_blocks(sch, others, cpu.place_parallel)
 
     @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:

@@ -25,6 +25,7 @@ where the lanes cannot overflow over the layer's reduction or, with periodic wid
 chunk of it (`NarrowAccumulation.fits`, `chunk_words`).
 """
 
+import re
 from dataclasses import dataclass
 
 from tvm import tirx
@@ -326,3 +327,80 @@ def _register_all() -> None:
 
 # At import: a tuning record's trace names these intrinsics, and replaying it needs them registered.
 _register_all()
+
+
+# Bitpack of a pixel's levels (a conv's activations, channels fastest): description and
+# implementation per (levels dtype, channels, planes), registered on first use.
+BITPACK_GROUP = 16  # channels per q register of level bytes
+
+
+def bitpack_intrin(dtype: str, channels: int, planes: int) -> str:
+    """The intrinsic that packs one pixel's `channels` levels (a local [1, C, 1, 1] buffer) into
+    its [planes, words] 64-bit words: levels narrowed to bytes 16 at a time (`fcvtzs`, `xtn`), then
+    per plane `ushr`, `and`, and `ushl` each byte's bit to its place in the byte (channel % 8), and
+    three `addp` gather a word's 64 bytes into its 8. Channels must fill q registers of bytes."""
+    name = f"wrpn_neon_bitpack_{dtype}_{channels}_{planes}"
+    if TensorIntrin.get(name, allow_missing=True) is None:
+        TensorIntrin.register(name, _bitpack_description(dtype, channels, planes),
+                              _bitpack_implementation(dtype, channels, planes))
+    return name
+
+
+def _bitpack_description(dtype: str, channels: int, planes: int) -> tirx.PrimFunc:
+    """ops.pack_activation's own compute on a 1x1 image, blockized at the plane loop as the
+    template blockizes a model's pack, so that it is the very expression tensorize compares. The
+    blockized outer block's unit iter vars become zeros and the block the root (through the
+    printed script: Python has no TIR substitution)."""
+    from tvm import te
+    from tvm.s_tir import Schedule
+    from tvm.script import from_source
+
+    from wrpn_tvm.ops.bitpack import num_words, pack_activation
+
+    one, words = tirx.IntImm("int64", 1), num_words(channels, 64)
+    levels = te.placeholder((one, tirx.IntImm("int64", channels), one, one), dtype, name="levels")
+    sch = Schedule(te.create_prim_func([levels, pack_activation(levels, planes, 64, quantize=False)],
+                                       index_dtype_override="int64"))
+    sch.blockize(sch.get_loops(sch.get_sblock("wrpn_bitpack"))[3])
+    lines = []
+    for line in sch.mod["main"].script().splitlines():
+        if line.startswith("def main"):
+            lines += ["def main(l: T.handle, o: T.handle):",
+                      f"    levels = T.match_buffer(l, (1, {channels}, 1, 1), '{dtype}', offset_factor=1, scope='local')",
+                      f"    wrpn_bitpack = T.match_buffer(o, (1, 1, 1, {planes}, {words}), 'uint64', offset_factor=1,"
+                      " strides=(T.int64(), T.int64(), T.int64(), T.int64(), T.int64()))"]
+        elif not (line.lstrip().startswith(("T.func_attr", "# ", "for i0, i1, i2 in"))
+                  or re.search(r"v_i\d_o.*T\.axis", line)):
+            line = re.sub(r"\bv_i\d_o\b", "T.int64(0)", line.replace('"wrpn_bitpack_o"', '"root"'))
+            lines.append(line[4:] if line.startswith(" " * 8) else line)
+    return from_source("\n".join(lines))
+
+
+def _bitpack_implementation(dtype: str, channels: int, planes: int) -> tirx.PrimFunc:
+    bytes_ = f"uint8x{Q_BYTES}"
+    words = -(-channels // 64)
+    with IRBuilder() as builder:
+        with build_prim_func():
+            l, o = T.arg("l", T.handle()), T.arg("o", T.handle())
+            L = T.match_buffer(l, (1, channels, 1, 1), dtype, offset_factor=1, scope="local")
+            O = T.match_buffer(o, (1, 1, 1, planes, words), "uint64", offset_factor=1,
+                               strides=[T.int64(), T.int64(), T.int64(), T.int64(), T.int64()])
+            with T.sblock("root"):
+                T.reads(L[0, 0:channels, 0, 0])
+                T.writes(O[0, 0, 0, 0:planes, 0:words])
+                # Compact (its region is the whole local buffer): channels are contiguous.
+                flat = T.decl_buffer((channels,), dtype, data=L.data, elem_offset=L.elem_offset, scope="local")
+                position = T.ramp(T.uint8(0), T.uint8(1), Q_BYTES) & T.broadcast(T.uint8(7), Q_BYTES)
+                for word in range(words):
+                    groups = [T.Cast(bytes_, T.Cast(f"int32x{Q_BYTES}", flat[T.ramp(first, 1, Q_BYTES)]))
+                              if first < channels else T.broadcast(T.uint8(0), Q_BYTES)
+                              for first in range(word * 64, word * 64 + 64, BITPACK_GROUP)]
+                    for plane in range(planes):
+                        bits = [((group >> T.broadcast(T.uint8(plane), Q_BYTES)) & T.broadcast(T.uint8(1), Q_BYTES))
+                                << position for group in groups]
+                        # byte k of the folds: the sum (here the or) of bytes 8k..8k+7 of the 64.
+                        fold = _neon("addp", bytes_, _neon("addp", bytes_, bits[0], bits[1]),
+                                     _neon("addp", bytes_, bits[2], bits[3]))
+                        fold = _neon("addp", bytes_, fold, fold)
+                        T.buffer_store(O, tirx.Shuffle([T.reinterpret("uint64x2", fold)], [0]), [0, 0, 0, plane, word])
+    return builder.get()

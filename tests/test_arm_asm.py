@@ -5,18 +5,20 @@ accumulation and for the layers that fall back to the generic template."""
 import importlib.util
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tvm
-from tvm import te
+from tvm import te, tirx
 from tvm.support import cc
 
 from kernel_cases import random_weights, tuning_spaces
 from schedules.neon import narrow_accumulation
 from wrpn_tvm import kernels, ops
 from wrpn_tvm.ops.bitpack import pack_weight
+from wrpn_tvm.pipeline import compile_prim_func
 from wrpn_tvm.targets import resolve
 
 REPO = Path(__file__).resolve().parent.parent
@@ -256,3 +258,67 @@ def test_tuning_candidates_are_exact_on_the_emulated_pi(emulated_pool, tmp_path)
         got = _run_remote(session, executable, tmp_path, f"tuned_dense{number}", (2, 8),
                           ops.pack_activation_reference(x, 4, 64), pack_weight(w, 2, 64))
         assert np.array_equal(got, ops.dense_levels_reference(x, w, 4, 2))
+
+
+def _epilogue_bitpack(size: int, channels: int, abits: int) -> tirx.PrimFunc:
+    """A fused epilogue bitpack as the model lowering emits it (wrpn_tvm/lowering/rewrite.py):
+    a conv's NHWC int32 accumulator, its per-channel affine, the levels (NCHW, float) and the pack
+    of 64-bit words; int64 indices, as Relax's emit_te gives them."""
+    acc = te.placeholder((1, size, size, channels), "int32", name="acc")
+    scale = te.placeholder((channels,), "float32", name="scale")
+    offset = te.placeholder((channels,), "float32", name="offset")
+    affine = te.compute((1, channels, size, size),
+                        lambda n, c, h, w: acc[n, h, w, c].astype("float32") * scale[c] + offset[c], name="wrpn_epilogue")
+    top = tirx.const(2**abits - 1, "float32")
+    levels = te.compute(affine.shape, lambda *i: tirx.nearbyint(
+        tirx.min(tirx.max(affine(*i), tirx.const(0.0, "float32")), tirx.const(1.0, "float32")) * top), name="wrpn_levels")
+    pack = ops.pack_activation(levels, abits, 64, quantize=False)
+    return te.create_prim_func([acc, scale, offset, pack], index_dtype_override="int64")
+
+
+# (image size, channels, abits): ResNet-18's fused packs at 2x width (128 to 1024 channels: 2 to 16
+# words) and one word of 3 planes on an odd row (7 columns).
+EPILOGUE_BITPACKS = [(56, 128, 2), (28, 256, 4), (7, 1024, 2), (14, 512, 4), (7, 64, 3)]
+
+
+@pytest.mark.parametrize("board", BOARDS)
+@pytest.mark.parametrize("size, channels, abits", EPILOGUE_BITPACKS)
+def test_fused_bitpack_gathers_bits_with_neon_and_does_not_spill(tmp_path, board, size, channels, abits):
+    """A fused epilogue's pack: the levels of a pixel computed once (vectorized over channels),
+    each word gathered from bytes of levels by addp (four per word and plane); no innermost loop
+    stores to the stack (the generic schedule spilled in every one of these)."""
+    library = tmp_path / "pack.so"
+    compile_prim_func(_epilogue_bitpack(size, channels, abits), resolve(board)).export_library(
+        str(library), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
+    listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(library)],
+                             capture_output=True, text=True, check=True).stdout
+    gathers = len(re.findall(r"\baddp\s+v\d+\.16b", listing))
+    assert gathers and gathers % (4 * (channels // 64) * abits) == 0  # LLVM may make copies of the pixel's code
+    for loop in arm_hot_loops.innermost_loops(library):
+        assert not arm_hot_loops.stack_stores(loop), f"stack stores in an innermost loop: {loop}"
+
+
+@pytest.mark.emulator
+def test_fused_bitpacks_are_exact_on_the_emulated_pi(emulated_pool, tmp_path):
+    """Against pack_activation_reference of the numpy levels (round half to even, as nearbyint),
+    accumulators spread over every level and past both clips."""
+    from wrpn_tvm.remote.session import DeviceSpec, connect
+
+    session = connect(DeviceSpec(rpc=emulated_pool.direct, timeout=600))
+    rng = np.random.default_rng(64)
+    for size, channels, abits in EPILOGUE_BITPACKS:
+        acc = rng.integers(-300, 300, (1, size, size, channels)).astype(np.int32)
+        scale = rng.uniform(0.001, 0.01, channels).astype(np.float32)
+        offset = rng.uniform(-0.5, 1.0, channels).astype(np.float32)
+        affine = acc.transpose(0, 3, 1, 2).astype(np.float32) * scale[:, None, None] + offset[:, None, None]
+        levels = np.rint(np.clip(affine, 0, 1) * np.float32(2**abits - 1)).astype(np.int64)
+        want = ops.pack_activation_reference(levels, abits, 64)
+        executable = compile_prim_func(_epilogue_bitpack(size, channels, abits), resolve("rasp4"))
+        path = _library(executable, tmp_path, f"pack{size}_{channels}")
+        session.upload(str(path))
+        module = session.load_module(path.name)
+        device = session.cpu()
+        args = [tvm.runtime.tensor(a, device) for a in (acc, scale, offset)]
+        out = tvm.runtime.tensor(np.zeros(want.shape, dtype=np.uint64), device)
+        module["main"](*args, out)
+        assert np.array_equal(out.numpy(), want), (size, channels, abits)
