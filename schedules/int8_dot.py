@@ -7,7 +7,8 @@ activation bytes per pixel, and does one dot instruction (tensorized) per pixel 
 int32 accumulator register that stays there until the reduction ends. Tiles run in parallel; the
 zero padding is one parallel pass over the input before the kernel (as for the blocked FP32 conv);
 the write-back drops padded output channels and runs the fused epilogue on the tile.
-MetaSchedule samples the tile (blocks x rows x columns), the loop order and the unroll depth.
+MetaSchedule samples the tile (blocks x rows x columns), the loop order and the unroll depth; the
+rule tensorizes its candidates itself.
 
 The dot instruction follows from the layout the function was built with (ob = 16: AVX-512, 8:
 AVX2, int8 activations: sdot), so tuning for an AVX-512 target never samples AVX2 designs; only
@@ -255,16 +256,17 @@ def conv2d(sch: Schedule, block, kernel: DotKernel, tuning: bool, order: str = L
     sch.reverse_compute_at(writeback, tile, preserve_unit_loops=True)
     try_vectorize(sch, sch.get_loops(writeback)[-1])
     attach_epilogue(sch, writeback, tile)
-    if tuning:
-        # MetaSchedule's RewriteReductionBlock splits off the init and RewriteTensorize then
-        # tensorizes; the register tile goes into a block of its own, out of the reach of
-        # RewriteParallelVectorizeUnroll (which runs first and would vectorize around the dot).
-        sch.annotate(sch.blockize(oi), "meta_schedule.auto_tensorize", kernel.intrin(steps))
-        sch.blockize(register_loops[0])
-        return
     init = sch.decompose_reduction(block, kh)
     try_vectorize(sch, sch.get_loops(init)[-1])
+    init_loops = sch.get_loops(init)
     sch.tensorize(oi, kernel.intrin(steps))
+    if tuning:
+        # Tensorized here, not left to MetaSchedule's RewriteTensorize postproc: x86 targets
+        # without VNNI do not run it. RewriteParallelVectorizeUnroll (it runs on every candidate)
+        # rejects decomposed and tensorized blocks at the top level: blocks inside a block are out
+        # of its reach.
+        sch.blockize(register_loops[0])
+        sch.blockize(init_loops[1])
 
 
 def _schedule_padding(sch: Schedule) -> None:
