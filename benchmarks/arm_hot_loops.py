@@ -13,6 +13,9 @@ dotprod takes it). llvm-mca models the core's pipes, not its caches: these are i
 14's cortex-a76 model is close to its cortex-a72 one (same dispatch width and NEON pipes), so those
 two columns agree.
 
+Also ResNet-18's fused epilogue bitpacks at 2x width (`measure_bitpacks`): llvm-mca cycles per 64-bit
+word before (the generic template) and after (levels staged per pixel, words gathered by NEON).
+
   python benchmarks/arm_hot_loops.py      # writes benchmarks/results/arm_hot_loops.{json,md}
 """
 
@@ -38,10 +41,8 @@ _TARGET = re.compile(r"\b([0-9a-f]+) <[^>]*>")
 _SYMBOL = re.compile(r"^([0-9a-f]+) <[^>]*>:$")
 
 
-def innermost_loops(library: Path) -> list[list[str]]:
-    """The instruction texts (as llvm-mca reads them) of each innermost compute loop of the
-    library: the span from a backward branch's target to the branch, with no other such span
-    inside and no call or return."""
+def _listing_loops(library: Path) -> tuple[list, list]:
+    """(code as (address, instruction text), loop spans (start, end)) of the library's .text."""
     listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", "-j", ".text", str(library)],
                              capture_output=True, text=True, check=True).stdout
     code, backward, symbol_start = [], [], 0
@@ -58,6 +59,14 @@ def innermost_loops(library: Path) -> list[list[str]]:
         if target and _BRANCH.match(mnemonic) and symbol_start <= int(target[1], 16) <= address:
             backward.append((int(target[1], 16), address))
         code.append((address, f"{mnemonic} {_TARGET.sub('wrpn_target', operands)}".strip()))
+    return code, backward
+
+
+def innermost_loops(library: Path) -> list[list[str]]:
+    """The instruction texts (as llvm-mca reads them) of each innermost compute loop of the
+    library: the span from a backward branch's target to the branch, with no other such span
+    inside and no call or return."""
+    code, backward = _listing_loops(library)
     spans = [(start, end) for start, end in backward
              if not any(start <= s and e <= end and (s, e) != (start, end) for s, e in backward)]
     loops = [[text for address, text in code if start <= address <= end] for start, end in spans]
@@ -156,6 +165,79 @@ def measure(folder: Path) -> list[dict]:
     return rows
 
 
+def epilogue_bitpack(size: int, channels: int, abits: int):
+    """A fused epilogue bitpack as the model lowering emits it (wrpn_tvm/lowering/rewrite.py):
+    a conv's NHWC int32 accumulator, its per-channel affine, the levels (NCHW, float) and the pack
+    of 64-bit words; int64 indices, as Relax's emit_te gives them."""
+    from tvm import te, tirx
+
+    from wrpn_tvm import ops
+
+    acc = te.placeholder((1, size, size, channels), "int32", name="acc")
+    scale = te.placeholder((channels,), "float32", name="scale")
+    offset = te.placeholder((channels,), "float32", name="offset")
+    affine = te.compute((1, channels, size, size),
+                        lambda n, c, h, w: acc[n, h, w, c].astype("float32") * scale[c] + offset[c], name="wrpn_epilogue")
+    top = tirx.const(2**abits - 1, "float32")
+    levels = te.compute(affine.shape, lambda *i: tirx.nearbyint(
+        tirx.min(tirx.max(affine(*i), tirx.const(0.0, "float32")), tirx.const(1.0, "float32")) * top), name="wrpn_levels")
+    pack = ops.pack_activation(levels, abits, 64, quantize=False)
+    return te.create_prim_func([acc, scale, offset, pack], index_dtype_override="int64")
+
+
+_WORD_STORE = re.compile(r"(str|stp|stur) ([xqd])\d+.*\[x")  # output words: not the stack's
+
+
+def _stored_words(code: list[str]) -> int:
+    per_register = {"x": 1, "d": 1, "q": 2}
+    return sum(per_register[m[2]] * (2 if m[1] == "stp" else 1) for m in map(_WORD_STORE.match, code) if m)
+
+
+def bitpack_cycles_per_word(library: Path, channels: int, cpu: str) -> float:
+    """llvm-mca cycles per 64-bit word of a fused bitpack: per iteration of each innermost loop
+    around word stores (the slowest copy), over the words it stores. A loop nested in it (the
+    staged levels, 4 channels per `scvtf v.4s`) counts once per trip, channels / its channels."""
+    code, spans = _listing_loops(library)
+    text = lambda start, end: [insn for address, insn in code if start <= address <= end]
+    worst = 0.0
+    for start, end in spans:
+        nested = [(s, e) for s, e in spans if start <= s and e <= end and (s, e) != (start, end)]
+        own = [insn for address, insn in code if start <= address <= end
+               and not any(s <= address <= e for s, e in nested)]
+        words = _stored_words(own)
+        if not words or any(re.match(r"(bl|blr|ret)\b", insn) for insn in own) or \
+                any(any(s2 <= s and e <= e2 and (s, e) != (s2, e2) for s2, e2 in nested) for s, e in nested):
+            continue
+        cycles = mca_cycles(own, cpu)
+        for s, e in nested:
+            loop = text(s, e)
+            converts = sum(bool(re.match(r"scvtf v\d+\.4s", insn)) for insn in loop)
+            cycles += mca_cycles(loop, cpu) * channels / (4 * converts)
+        worst = max(worst, cycles / words)
+    return worst
+
+
+def measure_bitpacks(folder: Path) -> list[dict]:
+    """ResNet-18's fused epilogue bitpacks at 2x width, 2 and 4 bits, before and after."""
+    rows = []
+    for abits in (2, 4):
+        for size, channels in LAYERS:
+            for board, cpu_name in BOARDS.items():
+                row = {"layer": f"{size}x{size}x{channels * 2}", "abits": abits, "board": board, "cpu": cpu_name}
+                for schedule in ("before", "after"):
+                    library = compile_library(epilogue_bitpack(size, channels * 2, abits), board, schedule,
+                                              folder / f"pack-{size}-{channels}-{abits}-{board}-{schedule}.so")
+                    row[schedule] = {
+                        "cycles_per_word": round(bitpack_cycles_per_word(library, channels * 2, cpu_name), 2),
+                        "innermost_loops_with_stack_stores": sum(bool(stack_stores(loop))
+                                                                 for loop in innermost_loops(library)),
+                    }
+                print(f"pack {row['layer']:>14} a{abits} {cpu_name:>10}: {row['before']['cycles_per_word']:.1f} -> "
+                      f"{row['after']['cycles_per_word']:.1f}", file=sys.stderr, flush=True)
+                rows.append(row)
+    return rows
+
+
 def markdown(rows: list[dict], versions: str) -> str:
     lines = [
         "# ARM bit-serial hot loops: llvm-mca cycles per 128-bit AND + popcount + accumulate",
@@ -176,7 +258,7 @@ def markdown(rows: list[dict], versions: str) -> str:
         "| layer | bits | core | before cycles | after cycles | before widen | after widen | after uadalp per cnt | after udot per cnt | before spills | after spills |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row in rows:
+    for row in rows["convs"]:
         before, after = row["before"], row["after"]
         lines.append(
             f"| {row['layer']} | {row['width']}x {row['abits']}/{row['wbits']} | {row['cpu']} "
@@ -184,6 +266,25 @@ def markdown(rows: list[dict], versions: str) -> str:
             f"| {before['uaddlp'] / before['cnt']:.2f} | {after['uaddlp'] / after['cnt']:.2f} "
             f"| {after['uadalp_8h'] / after['cnt']:.2f} | {after['udot_4s'] / after['cnt']:.2f} "
             f"| {before['innermost_loops_with_stack_stores']} | {after['innermost_loops_with_stack_stores']} |")
+    lines += [
+        "",
+        "## Fused bitpacks: llvm-mca cycles per 64-bit word",
+        "",
+        "ResNet-18's fused epilogue bitpacks at 2x width (a conv's NHWC int32 accumulator, per-channel affine,",
+        "levels, pack; `epilogue_bitpack`), 64-bit words. `before`: the generic CPU template (each plane's word",
+        "recomputes its 64 channels' levels inline); `after`: each pixel's levels once into a local buffer,",
+        "the words gathered from level bytes by `neon.bitpack_intrin`. Cycles per iteration of the loop",
+        "around the word stores (a nested loop, the staged levels, once per trip) over the words it stores",
+        "(`bitpack_cycles_per_word`); `spills` counts innermost loops with stack stores.",
+        "",
+        "| layer | abits | core | before cycles per word | after cycles per word | before spills | after spills |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows["bitpacks"]:
+        before, after = row["before"], row["after"]
+        lines.append(f"| {row['layer']} | {row['abits']} | {row['cpu']} | {before['cycles_per_word']:.1f} "
+                     f"| {after['cycles_per_word']:.1f} | {before['innermost_loops_with_stack_stores']} "
+                     f"| {after['innermost_loops_with_stack_stores']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -197,8 +298,9 @@ def main() -> None:
                                                                 text=True).stdout)[0]
     versions = f"TVM {tvm.__version__}; {mca_version}."
     with tempfile.TemporaryDirectory(prefix="arm-hot-loops-") as folder:
-        rows = measure(Path(folder))
-    args.out.with_suffix(".json").write_text(json.dumps({"versions": versions, "rows": rows}, indent=1) + "\n")
+        rows = {"convs": measure(Path(folder)), "bitpacks": measure_bitpacks(Path(folder))}
+    args.out.with_suffix(".json").write_text(json.dumps({"versions": versions, "rows": rows["convs"],
+                                                         "bitpacks": rows["bitpacks"]}, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(rows, versions))
 
 
