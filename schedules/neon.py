@@ -346,9 +346,19 @@ def bitpack_intrin(dtype: str, channels: int, planes: int) -> str:
     return name
 
 
+def drop_unit_word(sch, block) -> None:
+    """Merge a pack's single word into its plane axis. Blockized, a unit word loop's iter var would
+    stay in the pack's guards (`channel < channels`, bits past a partial word) as a variable of the
+    outer block, where the description has zero; merged, both hold a constant 0."""
+    sch.transform_block_layout(block, lambda n, h, w, plane, word: (n, h, w, plane + word))
+
+
+_OUTER_VAR = r"\bv(?:_i)?\d_o\b"  # the blockized pack's outer iter vars, as TVM names them
+
+
 def _bitpack_description(dtype: str, channels: int, planes: int) -> tirx.PrimFunc:
     """ops.pack_activation's own compute on a 1x1 image, blockized at the plane loop as the
-    template blockizes a model's pack, so that it is the very expression tensorize compares. The
+    template blockizes a model's pack (one word merged into the planes as there), so that it is the very expression tensorize compares. The
     blockized outer block's unit iter vars become zeros and the block the root (through the
     printed script: Python has no TIR substitution)."""
     from tvm import te
@@ -361,7 +371,10 @@ def _bitpack_description(dtype: str, channels: int, planes: int) -> tirx.PrimFun
     levels = te.placeholder((one, tirx.IntImm("int64", channels), one, one), dtype, name="levels")
     sch = Schedule(te.create_prim_func([levels, pack_activation(levels, planes, 64, quantize=False)],
                                        index_dtype_override="int64"))
-    sch.blockize(sch.get_loops(sch.get_sblock("wrpn_bitpack"))[3])
+    block = sch.get_sblock("wrpn_bitpack")
+    if words == 1:
+        drop_unit_word(sch, block)
+    sch.blockize(sch.get_loops(block)[3])
     lines = []
     for line in sch.mod["main"].script().splitlines():
         if line.startswith("def main"):
@@ -369,9 +382,9 @@ def _bitpack_description(dtype: str, channels: int, planes: int) -> tirx.PrimFun
                       f"    levels = T.match_buffer(l, (1, {channels}, 1, 1), '{dtype}', offset_factor=1, scope='local')",
                       f"    wrpn_bitpack = T.match_buffer(o, (1, 1, 1, {planes}, {words}), 'uint64', offset_factor=1,"
                       " strides=(T.int64(), T.int64(), T.int64(), T.int64(), T.int64()))"]
-        elif not (line.lstrip().startswith(("T.func_attr", "# ", "for i0, i1, i2 in"))
-                  or re.search(r"v_i\d_o.*T\.axis", line)):
-            line = re.sub(r"\bv_i\d_o\b", "T.int64(0)", line.replace('"wrpn_bitpack_o"', '"root"'))
+        elif not (line.lstrip().startswith(("T.func_attr", "# ")) or re.match(r" {4}for ", line)
+                  or re.search(_OUTER_VAR + r".*T\.axis", line)):
+            line = re.sub(_OUTER_VAR, "T.int64(0)", line.replace('"wrpn_bitpack_o"', '"root"'))
             lines.append(line[4:] if line.startswith(" " * 8) else line)
     return from_source("\n".join(lines))
 

@@ -2,6 +2,7 @@
 lanes, no per-count widening, no spills), and bit-exact results on the emulated Pi for the narrow
 accumulation and for the layers that fall back to the generic template."""
 
+import functools
 import importlib.util
 import os
 import re
@@ -261,15 +262,15 @@ def test_tuning_candidates_are_exact_on_the_emulated_pi(emulated_pool, tmp_path)
 
 
 # (image size, channels, abits): ResNet-18's fused packs at 2x width (128 to 1024 channels: 2 to 16
-# words) and one word of 3 planes on an odd row (7 columns).
-EPILOGUE_BITPACKS = [(56, 128, 2), (28, 256, 4), (7, 1024, 2), (14, 512, 4), (7, 64, 3)]
+# words), one word of 3 planes on an odd row (7 columns), and partial words (16 and 48 channels).
+EPILOGUE_BITPACKS = [(56, 128, 2), (28, 256, 4), (7, 1024, 2), (14, 512, 4), (7, 64, 3), (9, 16, 4), (5, 48, 2)]
 
 
 @pytest.mark.parametrize("board", BOARDS)
 @pytest.mark.parametrize("size, channels, abits", EPILOGUE_BITPACKS)
 def test_fused_bitpack_gathers_bits_with_neon_and_does_not_spill(tmp_path, board, size, channels, abits):
     """A fused epilogue's pack: the levels of a pixel computed once (vectorized over channels),
-    each word gathered from bytes of levels by addp (four per word and plane); no innermost loop
+    each word gathered from bytes of levels by addp; no innermost loop
     stores to the stack (the generic schedule spilled in every one of these)."""
     library = tmp_path / "pack.so"
     compile_prim_func(arm_hot_loops.epilogue_bitpack(size, channels, abits), resolve(board)).export_library(
@@ -277,7 +278,8 @@ def test_fused_bitpack_gathers_bits_with_neon_and_does_not_spill(tmp_path, board
     listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(library)],
                              capture_output=True, text=True, check=True).stdout
     gathers = len(re.findall(r"\baddp\s+v\d+\.16b", listing))
-    assert gathers and gathers % (4 * (channels // 64) * abits) == 0  # LLVM may make copies of the pixel's code
+    # Four per word and plane; LLVM may copy the pixel's code, and fold the gathers of zero bytes.
+    assert gathers >= 3 * -(-channels // 64) * abits
     for loop in arm_hot_loops.innermost_loops(library):
         assert not arm_hot_loops.stack_stores(loop), f"stack stores in an innermost loop: {loop}"
 
@@ -308,7 +310,8 @@ def test_fused_bitpacks_are_exact_on_the_emulated_pi(emulated_pool, tmp_path):
         assert np.array_equal(out.numpy(), want), (size, channels, abits)
 
 
-def _fused_bitpacks(tmp_path, width: float, abits: int, wbits: int) -> dict:
+@functools.lru_cache(maxsize=None)
+def _fused_bitpacks(folder: Path, width: float, abits: int, wbits: int) -> dict:
     """name -> PrimFunc of the fused epilogue bitpacks of ResNet-18 (224x224) lowered bit-serial."""
     import torch
 
@@ -318,7 +321,7 @@ def _fused_bitpacks(tmp_path, width: float, abits: int, wbits: int) -> dict:
 
     torch.manual_seed(0)
     model = build_model("resnet18", width, abits, wbits, num_classes=1000, in_channels=3, image_size=224).eval()
-    program = tmp_path / "resnet18.pt2"
+    program = folder / f"resnet18-{width}-{abits}{wbits}.pt2"
     torch.export.save(export_model(model, torch.rand(1, 3, 224, 224)), str(program))
     spec = resolve("rasp4")  # the lowering and fusion are the same for every board
     mod, _, _ = prepare_module(program, spec, BITSERIAL)
@@ -326,21 +329,21 @@ def _fused_bitpacks(tmp_path, width: float, abits: int, wbits: int) -> dict:
             if isinstance(func, tvm.tirx.PrimFunc) and "epilogue_bitpack" in gv.name_hint}
 
 
-@pytest.mark.parametrize("width, abits, wbits", [
-    (2.0, 2, 2), (2.0, 4, 4),
-    # 16 and 32 channels (one partial word) keep the generic schedule, which spills
-    # (`_levels_to_stage`: the intrinsic's description cannot keep the word's guard).
-    pytest.param(0.25, 4, 4, marks=pytest.mark.xfail(strict=True, reason="partial words spill")),
-])
-def test_resnet18_fused_bitpacks_do_not_spill(tmp_path, width, abits, wbits):
-    funcs = _fused_bitpacks(tmp_path, width, abits, wbits)
+@pytest.mark.parametrize("board", BOARDS)
+@pytest.mark.parametrize("width, abits, wbits", [(2.0, 2, 2), (2.0, 4, 4), (0.25, 4, 4)])
+def test_resnet18_fused_bitpacks_do_not_spill(request, tmp_path_factory, board, width, abits, wbits):
+    """Every fused epilogue bitpack of the model, 16 to 1024 channels, residual glue included."""
+    if (width, board) == (0.25, "rasp3b"):
+        # Its 16-channel pack after a residual add (whose float shortcut is read channel-strided):
+        # Cortex-A53's schedule of the pixel loop spills address registers.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="one 16-channel residual pack spills on rasp3b"))
+    funcs = _fused_bitpacks(tmp_path_factory.getbasetemp(), width, abits, wbits)
     assert len(funcs) == 11
+    folder = tmp_path_factory.mktemp("packs")
     spilling = []
-    for board in BOARDS:
-        for name, func in funcs.items():
-            library = tmp_path / f"{board}-{name}.so"
-            compile_prim_func(func, resolve(board)).export_library(
-                str(library), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
-            spilling += [(board, name) for loop in arm_hot_loops.innermost_loops(library)
-                         if arm_hot_loops.stack_stores(loop)]
+    for name, func in funcs.items():
+        library = folder / f"{name}.so"
+        compile_prim_func(func, resolve(board)).export_library(
+            str(library), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
+        spilling += [name for loop in arm_hot_loops.innermost_loops(library) if arm_hot_loops.stack_stores(loop)]
     assert not spilling
