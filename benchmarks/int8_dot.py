@@ -212,6 +212,7 @@ def _loads(values) -> str:
 
 
 def markdown(result) -> str:
+    """The report; `python benchmarks/int8_dot.py --markdown-only` rewrites it from the JSON."""
     m = result["machine"]
     lines = [
         "# Bit-serial against int8-dot conv2d per layer (ResNet-18 2x, batch 1, untuned)", "",
@@ -219,7 +220,12 @@ def markdown(result) -> str:
         f"`{result['command']}`. Medians (minima) of {result['rounds']} rounds x {result['repeat']} timings "
         f"(each at least {result['min_repeat_ms']} ms of calls), in ms; kernels of a layer timed round-robin. "
         f"Load average before/after: {_loads(result['load_average_before'])} / "
-        f"{_loads(result['load_average_after'])}; per layer in the JSON.", "",
+        f"{_loads(result['load_average_after'])}; per layer in the JSON and the `load` column (1-minute load "
+        "average as the layer started)"
+        + (": other jobs shared this 2-core machine during the run, so rows with a load above 1.5 read slow, the "
+           "2-thread ones most (a TVM pool thread descheduled holds up the whole kernel); the kernels of one layer "
+           "were timed round-robin, so their ratios suffer less." if max(r["load_average"][0] for r in result["runs"])
+           > 1.5 else "."), "",
         "Bit-serial: packed activations in (64-bit words), int32 NHWC out. int8: uint8 NHWC levels in, int32 "
         "NHWC out; one kernel for every bit width (vpdpbusd for host with VNNI, vpmaddubsw + vpmaddwd for "
         "x86-avx2). `int8 / best`: the int8 kernel's time over the faster bit-serial one at that width, "
@@ -261,9 +267,13 @@ def main():
     parser.add_argument("--layers", type=int, default=len(LAYERS), help="only the first N layers")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--out", default=str(RESULTS / "int8_dot"), help="path without extension")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite OUT.md from OUT.json")
     args = parser.parse_args()
-    result = run(args.threads, LAYERS[: args.layers], args.rounds)
     out = Path(args.out)
+    if args.markdown_only:
+        out.with_suffix(".md").write_text(markdown(json.loads(out.with_suffix(".json").read_text())))
+        return
+    result = run(args.threads, LAYERS[: args.layers], args.rounds)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     text = markdown(result)
