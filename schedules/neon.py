@@ -336,9 +336,10 @@ BITPACK_GROUP = 16  # channels per q register of level bytes
 
 def bitpack_intrin(dtype: str, channels: int, planes: int) -> str:
     """The intrinsic that packs one pixel's `channels` levels (a local [1, C, 1, 1] buffer) into
-    its [planes, words] 64-bit words: levels narrowed to bytes 16 at a time (`fcvtzs`, `xtn`), then
+    its [planes, words] 64-bit words: levels narrowed to bytes 16 at a time (`fcvtzs`, `uzp1`), then
     per plane `ushr`, `and`, and `ushl` each byte's bit to its place in the byte (channel % 8), and
-    three `addp` gather a word's 64 bytes into its 8. Channels must fill q registers of bytes."""
+    three levels of `addp` (four ops) gather a word's 64 bytes into its 8. Levels fit a byte (at
+    most 8 bits); channels must fill q registers of bytes (`BITPACK_GROUP`)."""
     name = f"wrpn_neon_bitpack_{dtype}_{channels}_{planes}"
     if TensorIntrin.get(name, allow_missing=True) is None:
         TensorIntrin.register(name, _bitpack_description(dtype, channels, planes),
@@ -358,9 +359,9 @@ _OUTER_VAR = r"\bv(?:_i)?\d_o\b"  # the blockized pack's outer iter vars, as TVM
 
 def _bitpack_description(dtype: str, channels: int, planes: int) -> tirx.PrimFunc:
     """ops.pack_activation's own compute on a 1x1 image, blockized at the plane loop as the
-    template blockizes a model's pack (one word merged into the planes as there), so that it is the very expression tensorize compares. The
-    blockized outer block's unit iter vars become zeros and the block the root (through the
-    printed script: Python has no TIR substitution)."""
+    template blockizes a model's pack (a single word merged into the planes as there): the very
+    expression tensorize compares. The outer block's unit iter vars become zeros and the block the
+    root, through the printed script (TVM's Python API has no TIR substitution)."""
     from tvm import te
     from tvm.s_tir import Schedule
     from tvm.script import from_source
