@@ -221,11 +221,11 @@ def markdown(result) -> str:
         f"(each at least {result['min_repeat_ms']} ms of calls), in ms; kernels of a layer timed round-robin. "
         f"Load average before/after: {_loads(result['load_average_before'])} / "
         f"{_loads(result['load_average_after'])}; per layer in the JSON and the `load` column (1-minute load "
-        "average as the layer started)"
-        + (": other jobs shared this 2-core machine during the run, so rows with a load above 1.5 read slow, the "
-           "2-thread ones most (a TVM pool thread descheduled holds up the whole kernel); the kernels of one layer "
-           "were timed round-robin, so their ratios suffer less." if max(r["load_average"][0] for r in result["runs"])
-           > 1.5 else "."), "",
+        "average as the layer started, which counts this benchmark's own threads)"
+        + (": other jobs shared this 2-core machine during the run, so rows whose load exceeds their thread count "
+           "by more than 0.5 read slow, the 2-thread ones most (a TVM pool thread descheduled holds up the whole "
+           "kernel); the kernels of one layer were timed round-robin, so their ratios suffer less."
+           if max(r["load_average"][0] - r["threads"] for r in result["runs"]) > 0.5 else "."), "",
         "Bit-serial: packed activations in (64-bit words), int32 NHWC out. int8: uint8 NHWC levels in, int32 "
         "NHWC out; one kernel for every bit width (vpdpbusd for host with VNNI, vpmaddubsw + vpmaddwd for "
         "x86-avx2). `int8 / best`: the int8 kernel's time over the faster bit-serial one at that width, "
