@@ -49,12 +49,20 @@ def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, l
     return LayerWork(bitserial_words=window * out_channels * pairs * words, int8_dots=window * blocks * groups)
 
 
-# Relative speed of the two inner loops per CPU kind: bit-serial word steps per int8 dot step in
-# the same time, fitted to default-schedule layer timings (benchmarks/results/int8_dot.md).
+# The cost of one int8 dot step in bit-serial word steps, per CPU kind: a layer's predicted time
+# ratio is int8_dots * this / bitserial_words.
 _WORDS_PER_DOT = {
-    "avx512-vnni": 1.0,
-    "avx512bw": 1.0,
-    "avx2": 1.0,
+    # Fitted to the 3x3 layers of benchmarks/results/int8_dot.md (znver4, default schedules, 1 thread):
+    # int8 / bit-serial measured 0.93-1.06 at 2/2, 0.52-0.55 at 4/2, 0.46-0.52 at 2/4, 0.27-0.29 at
+    # 4/4, which give 4.0-4.5; ties at 2/2 go to bit-serial (its kernels scale better to 2 threads).
+    "avx512-vnni": 4.2,
+    # x86-avx2 on the same CPU: 0.66-0.84 at 2/2, 0.22-0.34 at 4/2 and 2/4, 0.11-0.16 at 4/4: 1.1-1.4.
+    "avx2": 1.3,
+    # Not measured: the same vpmaddubsw + vpmaddwd sequence as AVX2 on twice the lanes, against a
+    # bit-serial loop without VPOPCNTDQ (LLVM's nibble-lookup popcount), as on AVX2.
+    "avx512bw": 1.3,
+    # Not timed on a board: llvm-mca on cortex-a76 puts the sdot loop at 0.76 cycles per dot step
+    # (21 MAC/cycle) and the 2/2 bit-serial loop at 0.77 cycles per word step (1.53 per 128 bits).
     "neon-sdot": 1.0,
 }
 
