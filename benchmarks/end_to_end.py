@@ -207,7 +207,8 @@ def compile_variant(folder: Path, name: str, width: float, abits: int, wbits: in
     # The build recorded its own batch (the program is exported at batch 1); the others are the
     # program traced again at that batch.
     others = tuple(batch for batch in MEMORY_BATCHES if batch != 1)
-    footprints = {1: result.memory, **program_footprints(program, batches=others, target="host")}
+    footprints = {1: result.memory, **program_footprints(program, batches=others, target="host",
+                                                               kernels=kernels)}
     memory = {str(batch): footprint.to_json() for batch, footprint in footprints.items()
               if footprint is not None}  # None: a shape that is not static
     return str(result.library), seconds, [str(layer) for layer in result.layers], memory

@@ -5,6 +5,7 @@ and a build with the log runs each layer on the faster one."""
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from wrpn_tvm import build, pipeline, runtime
 from wrpn_tvm.cli import main as cli_main
@@ -18,6 +19,7 @@ from wrpn_tvm.targets import resolve
 from wrpn_tvm.tuning import load_database, tune_tasks
 from wrpn_tvm.tuning.tasks import extract_tasks
 from test_lowering_models import HandWritten, randomize_batch_norm
+from test_lowering_recognition import _quantize, on_grid
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +109,36 @@ def test_tuning_measures_both_kernels_and_the_build_runs_the_faster(program, tmp
     (out,) = runtime.run(tmp_path / "tuned.so", [x])
     (reference,) = runtime.run(build.compile_model(path, "host", tmp_path / "ref.so", kernels="bit-serial").library, [x])
     assert np.array_equal(out, reference)
+
+
+class TwinConvs(nn.Module):
+    """Two 2-bit convs of one geometry: the lowering shares one kernel function between them."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        self.stem, self.bn0 = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.conv_a, self.bn_a = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv_b, self.bn_b = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        with torch.no_grad():
+            for layer in (self.conv_a, self.conv_b):
+                layer.weight.copy_(on_grid(layer.weight.shape, 2, g))
+
+    def forward(self, x):
+        x = _quantize(self.bn0(self.stem(x)), 2)
+        x = _quantize(self.bn_a(self.conv_a(x)), 2)
+        return self.bn_b(self.conv_b(x))
+
+
+def test_layers_sharing_a_kernel_function_share_its_records(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "twins.pt2"
+    torch.export.save(export_model(randomize_batch_norm(TwinConvs()).eval(), torch.rand(1, 1, 8, 8)), str(path))
+    spec = resolve("host")
+    mods = [pipeline.prepare_module(path, spec, kernels)[0] for kernels in pipeline.kernel_variants(spec)]
+    convs = [task for task in extract_tasks(mods, spec) if "conv2d_a" in task.task_name]
+    assert len(convs) == 2  # one function per kernel, named after layer 1
+    log = tmp_path / "log"
+    tune_tasks(convs, spec, len(convs), log, seed=0)
+    measured = pipeline.tuned_kernel_seconds(to_relax(torch.export.load(str(path))), spec, load_database(log, spec))
+    assert sorted(measured) == [1, 2] and measured[1] == measured[2]

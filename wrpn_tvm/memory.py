@@ -26,6 +26,7 @@ from tvm import relax
 
 from . import pt2
 from .errors import WrpnError, one_line
+from .kernel_kinds import AUTO
 from .pipeline import prepare_module, relax_pipeline
 from .targets import TargetSpec, resolve
 
@@ -176,10 +177,11 @@ def module_footprint(mod, spec: TargetSpec, inputs: list) -> "Footprint | None":
     return rec.footprint()
 
 
-def program_footprints(program_path: "str | os.PathLike", batches=(1, 32),
-                       target: "str | TargetSpec" = "host") -> "dict[int, Footprint | None]":
-    """Per batch, the memory figures of a `.pt2` program compiled for `target` (no code generation):
-    the exported batch as it is, any other traced again at that batch (`rebatched`)."""
+def program_footprints(program_path: "str | os.PathLike", batches=(1, 32), target: "str | TargetSpec" = "host",
+                       kernels: str = AUTO) -> "dict[int, Footprint | None]":
+    """Per batch, the memory figures of a `.pt2` program compiled for `target` with `kernels` (as
+    `build.compile_model` takes it; no code generation): the exported batch as it is, any other
+    traced again at that batch (`rebatched`)."""
     import torch
 
     spec = resolve(target)
@@ -192,6 +194,6 @@ def program_footprints(program_path: "str | os.PathLike", batches=(1, 32),
             if batch != exported:
                 path = Path(tmp) / f"batch{batch}.pt2"
                 torch.export.save(rebatched(program, batch, str(program_path)), str(path))
-            mod, _, inputs = prepare_module(path, spec)
+            mod, _, inputs = prepare_module(path, spec, kernels)
             results[batch] = module_footprint(mod, spec, inputs)
     return results

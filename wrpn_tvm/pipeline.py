@@ -58,19 +58,24 @@ def tuned_kernel_seconds(imported, spec: TargetSpec, database) -> dict:
 
     if len(kernel_variants(spec)) < 2:
         return {}
-    best: dict = {}
+    # Layers of one geometry share one kernel function (the block builder dedups structurally equal
+    # functions), named after the first of them: its records time all of them.
+    geometry: dict = {}
+    seconds: dict = {}
     for kernel in (BITSERIAL, INT8_DOT):
-        lowered, _ = lower_wrpn(imported, spec, kernel)
+        lowered, reports = lower_wrpn(imported, spec, kernel)
+        geometry = {report.index: (report.op, report.detail, report.input_shape, report.output_shape, report.bits)
+                    for report in reports if report.is_bitserial}
         for global_var, func in fuse_module(lowered, spec).functions.items():
             layer = _LAYER_IN_NAME.search(global_var.name_hint)
             if layer is None or not isinstance(func, tirx.PrimFunc):
                 continue
             record = database.query_tuning_record(_normalize_mod(func), spec.target, global_var.name_hint)
             if record is not None and record.run_secs:
-                seconds = sum(float(x) for x in record.run_secs) / len(record.run_secs)
-                best.setdefault(int(layer.group(1)), {})[kernel] = seconds
-    return {index: (by_kernel[BITSERIAL], by_kernel[INT8_DOT]) for index, by_kernel in best.items()
-            if len(by_kernel) == 2}
+                mean = sum(float(x) for x in record.run_secs) / len(record.run_secs)
+                seconds.setdefault(geometry[int(layer.group(1))], {})[kernel] = mean
+    return {index: (seconds[shape][BITSERIAL], seconds[shape][INT8_DOT]) for index, shape in geometry.items()
+            if len(seconds.get(shape, {})) == 2}
 
 
 def _backend_pipeline(spec: TargetSpec):
