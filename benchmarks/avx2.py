@@ -10,8 +10,10 @@ machine's.
 
 Models (untuned: the templates at their default decisions):
   * pytorch fp32 1x (avx2): the baseline; the WRPN zoo's ResNet-18 at full precision, eager;
-  * wrpn 2x a2/w2 and wrpn 1x a1/w1 for x86-avx2: the targets;
-  * wrpn 2x a2/w2 x86-avx2, LLVM popcount: the same model with the nibble-count templates switched
+  * wrpn 2x a2/w2 and wrpn 1x a1/w1 for x86-avx2: the targets, each layer on the kernel the cost
+    model picks (`--kernels auto`: int8 dot products at 2/2 on AVX2, bit-serial at 1/1);
+  * wrpn 2x a2/w2 x86-avx2, bit-serial: every quantized layer bit-serial (nibble counts);
+  * wrpn 2x a2/w2 x86-avx2, LLVM popcount: bit-serial with the nibble-count templates switched
     off (the generic templates, as x86-avx2 builds were before them), to show what they change;
   * wrpn 2x a2/w2 x86-avx512: for reference, what the AVX-512 VPOPCNTQ build takes here.
 Each model is timed in its own fresh process per thread count, round-robin over ROUNDS rounds so a
@@ -43,12 +45,13 @@ from pathlib import Path
 IMAGE = 224
 AVX2_TORCH_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 BASELINE = "pytorch fp32 1x (avx2)"
-# name: (width, abits, wbits, target, nibble counts on)
+# name: (width, abits, wbits, target, kernels, nibble counts on)
 WRPN_MODELS = {
-    "wrpn 2x a2/w2 x86-avx2": (2.0, 2, 2, "x86-avx2", True),
-    "wrpn 1x a1/w1 x86-avx2": (1.0, 1, 1, "x86-avx2", True),
-    "wrpn 2x a2/w2 x86-avx2, LLVM popcount": (2.0, 2, 2, "x86-avx2", False),
-    "wrpn 2x a2/w2 x86-avx512": (2.0, 2, 2, "x86-avx512", True),
+    "wrpn 2x a2/w2 x86-avx2": (2.0, 2, 2, "x86-avx2", "auto", True),
+    "wrpn 1x a1/w1 x86-avx2": (1.0, 1, 1, "x86-avx2", "auto", True),
+    "wrpn 2x a2/w2 x86-avx2, bit-serial": (2.0, 2, 2, "x86-avx2", "bit-serial", True),
+    "wrpn 2x a2/w2 x86-avx2, LLVM popcount": (2.0, 2, 2, "x86-avx2", "bit-serial", False),
+    "wrpn 2x a2/w2 x86-avx512": (2.0, 2, 2, "x86-avx512", "auto", True),
 }
 TARGETS = {  # model: (how much faster than the baseline it must be, by the medians)
     "wrpn 2x a2/w2 x86-avx2": 1.0,
@@ -106,12 +109,14 @@ def _child(kind: str, arg: str, repeat: int, threads: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def compile_model(folder: Path, name: str, width: float, abits: int, wbits: int, target: str,
-                  nibble_counts: bool) -> tuple[str, float]:
+def compile_model(folder: Path, name: str, width: float, abits: int, wbits: int, target: str, kernel_mode: str,
+                  nibble_counts: bool) -> tuple[str, float, str]:
+    """(library, compile seconds, the lowering's summary: which kernel runs how many layers)."""
     import torch
 
     import schedules.x86
     from wrpn_tvm import build
+    from wrpn_tvm.lowering import summary
     from wrpn_tvm.nn import build_model, export_model
 
     torch.manual_seed(0)
@@ -123,8 +128,8 @@ def compile_model(folder: Path, name: str, width: float, abits: int, wbits: int,
     schedules.x86.MIN_DEFAULT_PAIRS = default_pairs if nibble_counts else sys.maxsize
     try:
         start = time.perf_counter()
-        result = build.compile_model(program, target, program.with_suffix(".so"))
-        return str(result.library), time.perf_counter() - start
+        result = build.compile_model(program, target, program.with_suffix(".so"), kernels=kernel_mode)
+        return str(result.library), time.perf_counter() - start, summary(result.layers)
     finally:
         schedules.x86.MIN_DEFAULT_PAIRS = default_pairs
 
@@ -285,13 +290,14 @@ def run(repeat: int, rounds: int, thread_counts: list[int], out: Path) -> dict:
     from wrpn_tvm.runtime import machine_info
 
     load_before = os.getloadavg()
-    libraries, compile_s = {}, {}
+    libraries, compile_s, lowering = {}, {}, {}
     measured = {threads: {name: [] for name in [BASELINE, *WRPN_MODELS]} for threads in thread_counts}
     capability = None
     with tempfile.TemporaryDirectory(prefix="wrpn-avx2-") as tmp:
-        for name, (width, abits, wbits, target, nibbles) in WRPN_MODELS.items():
+        for name, (width, abits, wbits, target, kernels_mode, nibbles) in WRPN_MODELS.items():
             print(f"[{time.strftime('%H:%M:%S')}] compiling {name}", flush=True)
-            libraries[name], compile_s[name] = compile_model(Path(tmp), name, width, abits, wbits, target, nibbles)
+            libraries[name], compile_s[name], lowering[name] = compile_model(
+                Path(tmp), name, width, abits, wbits, target, kernels_mode, nibbles)
         per_round = max(1, repeat // rounds)
         for index in range(rounds):
             print(f"[{time.strftime('%H:%M:%S')}] round {index + 1}/{rounds}", flush=True)
@@ -316,6 +322,7 @@ def run(repeat: int, rounds: int, thread_counts: list[int], out: Path) -> dict:
                       "torch_cpu_capability": capability},
         "load_average_1_5_15min": {"start": load_before, "end": os.getloadavg()},
         "compile_s": compile_s,
+        "lowering": lowering,
         "targets": {threads: {name: {"speedup_at_least": factor, "speedup": by_model[name]["speedup_vs_baseline"],
                                      "met": by_model[name]["speedup_vs_baseline"] >= factor}
                               for name, factor in TARGETS.items()}
@@ -375,6 +382,9 @@ def markdown(report: dict) -> str:
                          + (f"({verdict}, {target['speedup']:.2f}x)" if stalled else
                             f"**{verdict}** ({target['speedup']:.2f}x)") + ".")
         lines.append("")
+    if "lowering" in report:
+        lines += ["Kernels per model (the compile's summary):", ""]
+        lines += [f"* {name}: {line}" for name, line in report["lowering"].items()] + [""]
     lines += ["Compile seconds: " + ", ".join(f"{name} {s:.0f}" for name, s in report["compile_s"].items()) + ".", ""]
     if "kernels" in report:
         lines += kernels_markdown(report["kernels"])
