@@ -366,6 +366,7 @@ def markdown(report: dict) -> str:
     lines += [f"With the shipped tuning log ({TUNED_VARIANT}): {tuned['median_ms']:.1f} ms, "
               f"{baseline / tuned['median_ms']:.2f}x PyTorch FP32 1x's speed: target "
               f"**{'met' if report['target_met_tuned'] else 'missed'}** tuned.", ""]
+    lines += _peer_target_lines(results)
     for name, r in results.items():
         if "profile_grouped_ms" not in r or (r["median_ms"] <= baseline and name != TARGET_VARIANT):
             continue
@@ -376,6 +377,30 @@ def markdown(report: dict) -> str:
         top = sorted(r["profile_ms"].items(), key=lambda kv: -kv[1])[:8]
         lines += ["", "Slowest calls: " + ", ".join(f"`{sym}` {ms:.1f} ms" for sym, ms in top), ""]
     return "\n".join(lines) + "\n"
+
+
+# (model, reference, at most this many times the reference's median)
+PEER_TARGETS = [
+    (TARGET_VARIANT, "onnxruntime fp32", 1.0),
+    (TUNED_VARIANT, "onnxruntime fp32", 1.0),
+    ("wrpn 1x a1/w1", "onnxruntime int8 (static, QDQ)", 1.0),
+    ("wrpn 2x a4/w2", BASELINE, 0.6),
+    (MEMORY_BASELINE, "onnxruntime fp32", 1.3),
+]
+
+
+def _peer_target_lines(results: dict) -> list:
+    """The latency targets against the peers, as ratios of medians from this run."""
+    rows = [(model, reference, bound, results[model]["median_ms"] / results[reference]["median_ms"])
+            for model, reference, bound in PEER_TARGETS if model in results and reference in results]
+    if not rows:
+        return []
+    lines = ["Latency targets against the peers (this run's medians; ratio = model / reference):", "",
+             "| model | reference | ratio | at most | verdict |", "| --- | --- | ---: | ---: | --- |"]
+    for model, reference, bound, ratio in rows:
+        verdict = "met" if ratio <= bound else f"missed by {100 * (ratio / bound - 1):.0f}%"
+        lines.append(f"| {model} | {reference} | {ratio:.2f} | {bound:g} | {verdict} |")
+    return lines + [""]
 
 
 def _memory_lines(results: dict) -> list:
