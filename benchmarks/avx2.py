@@ -294,10 +294,10 @@ def run(repeat: int, rounds: int, thread_counts: list[int], out: Path) -> dict:
     measured = {threads: {name: [] for name in [BASELINE, *WRPN_MODELS]} for threads in thread_counts}
     capability = None
     with tempfile.TemporaryDirectory(prefix="wrpn-avx2-") as tmp:
-        for name, (width, abits, wbits, target, kernels_mode, nibbles) in WRPN_MODELS.items():
+        for name, (width, abits, wbits, target, kernel_mode, nibbles) in WRPN_MODELS.items():
             print(f"[{time.strftime('%H:%M:%S')}] compiling {name}", flush=True)
             libraries[name], compile_s[name], lowering[name] = compile_model(
-                Path(tmp), name, width, abits, wbits, target, kernels_mode, nibbles)
+                Path(tmp), name, width, abits, wbits, target, kernel_mode, nibbles)
         per_round = max(1, repeat // rounds)
         for index in range(rounds):
             print(f"[{time.strftime('%H:%M:%S')}] round {index + 1}/{rounds}", flush=True)

@@ -58,14 +58,13 @@ def tuned_kernel_seconds(imported, spec: TargetSpec, database) -> dict:
 
     if len(kernel_variants(spec)) < 2:
         return {}
+    lowerings = {kernel: lower_wrpn(imported, spec, kernel) for kernel in (BITSERIAL, INT8_DOT)}
     # Layers of one geometry share one kernel function (the block builder dedups structurally equal
     # functions), named after the first of them: its records time all of them.
-    geometry: dict = {}
+    geometry = {report.index: (report.op, report.detail, report.input_shape, report.output_shape, report.bits)
+                for report in lowerings[BITSERIAL][1] if report.is_bitserial}
     seconds: dict = {}
-    for kernel in (BITSERIAL, INT8_DOT):
-        lowered, reports = lower_wrpn(imported, spec, kernel)
-        geometry = {report.index: (report.op, report.detail, report.input_shape, report.output_shape, report.bits)
-                    for report in reports if report.is_bitserial}
+    for kernel, (lowered, _) in lowerings.items():
         for global_var, func in fuse_module(lowered, spec).functions.items():
             layer = _LAYER_IN_NAME.search(global_var.name_hint)
             if layer is None or not isinstance(func, tirx.PrimFunc):
