@@ -13,7 +13,7 @@ dotprod takes it). llvm-mca models the core's pipes, not its caches: these are i
 14's cortex-a76 model is close to its cortex-a72 one (same dispatch width and NEON pipes), so those
 two columns agree.
 
-Also ResNet-18's fused epilogue bitpacks at 2x width (`measure_bitpacks`): llvm-mca cycles per 64-bit
+Also ResNet-18's fused epilogue bitpacks at 2x width, and 1x at 1 bit (`measure_bitpacks`): llvm-mca cycles per 64-bit
 word before (the generic template) and after (levels staged per pixel, words gathered by NEON).
 
   python benchmarks/arm_hot_loops.py      # writes benchmarks/results/arm_hot_loops.{json,md}
@@ -32,6 +32,7 @@ RESULTS = HERE / "results"
 BOARDS = {"rasp3b": "cortex-a53", "rasp4": "cortex-a72", "rasp5": "cortex-a76"}
 LAYERS = [(56, 64), (28, 128), (14, 256), (7, 512)]  # (image size, channels) at 1x width
 CONFIGS = [(2, 2, 2), (1, 1, 1), (2, 4, 2), (2, 4, 4)]  # (width, abits, wbits)
+PACK_CONFIGS = [(2, 2), (2, 4), (1, 1)]  # (width, abits)
 WORD_BITS = 64
 MCA_ITERATIONS = 200
 
@@ -218,17 +219,19 @@ def bitpack_cycles_per_word(library: Path, channels: int, cpu: str) -> float:
 
 
 def measure_bitpacks(folder: Path) -> list[dict]:
-    """ResNet-18's fused epilogue bitpacks at 2x width, 2 and 4 bits, before and after."""
+    """ResNet-18's fused epilogue bitpacks at 2x width, 2 and 4 bits, and at 1x width, 1 bit (the
+    1x 1/1 model's), before and after."""
     rows = []
-    for abits in (2, 4):
+    for width, abits in PACK_CONFIGS:
         for size, channels in LAYERS:
+            channels = int(channels * width)
             for board, cpu_name in BOARDS.items():
-                row = {"layer": f"{size}x{size}x{channels * 2}", "abits": abits, "board": board, "cpu": cpu_name}
+                row = {"layer": f"{size}x{size}x{channels}", "abits": abits, "board": board, "cpu": cpu_name}
                 for schedule in ("before", "after"):
-                    library = compile_library(epilogue_bitpack(size, channels * 2, abits), board, schedule,
+                    library = compile_library(epilogue_bitpack(size, channels, abits), board, schedule,
                                               folder / f"pack-{size}-{channels}-{abits}-{board}-{schedule}.so")
                     row[schedule] = {
-                        "cycles_per_word": round(bitpack_cycles_per_word(library, channels * 2, cpu_name), 2),
+                        "cycles_per_word": round(bitpack_cycles_per_word(library, channels, cpu_name), 2),
                         "innermost_loops_with_stack_stores": sum(bool(stack_stores(loop))
                                                                  for loop in innermost_loops(library)),
                     }
@@ -270,9 +273,9 @@ def markdown(rows: list[dict], versions: str) -> str:
         "",
         "## Fused bitpacks: llvm-mca cycles per 64-bit word",
         "",
-        "ResNet-18's fused epilogue bitpacks at 2x width (a conv's NHWC int32 accumulator, per-channel affine,",
-        "levels, pack; `epilogue_bitpack`), 64-bit words. `before`: the generic CPU template (each plane's word",
-        "recomputes its 64 channels' levels inline); `after`: each pixel's levels once into a local buffer,",
+        "ResNet-18's fused epilogue bitpacks at 2x width (1x at 1 bit: the 1x 1/1 model's; a conv's NHWC int32",
+        "accumulator, per-channel affine, levels, pack; `epilogue_bitpack`), 64-bit words. `before`: the generic",
+        "CPU template (each plane's word recomputes its 64 channels' levels inline); `after`: each pixel's levels once into a local buffer,",
         "the words gathered from level bytes by `neon.bitpack_intrin`. Cycles per iteration of the loop",
         "around the word stores (a nested loop, the staged levels, once per trip) over the words it stores",
         "(`bitpack_cycles_per_word`); `spills` counts innermost loops with stack stores.",

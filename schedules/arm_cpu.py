@@ -37,7 +37,7 @@ from .common import (
     root_blocks,
     try_vectorize,
 )
-from .neon import BITPACK_GROUP, Q_BYTES, NarrowAccumulation, bitpack_intrin, drop_unit_word, narrow_accumulation
+from .neon import BITPACK_GROUP, Q_BYTES, NarrowAccumulation, bitpack_intrin, merge_unit_axis, narrow_accumulation
 
 NEON_INT32_LANES = 4
 Q_REGISTERS = 32
@@ -344,11 +344,13 @@ def _levels_to_stage(sch: Schedule, block):
     if (len(sch.get_loops(block)) != 5 or sch.get(block).writes[0].source.dtype != "uint64"
             or len(producers) != 1 or block_rule(sch, producers[0]) is not None):
         return None
-    # 2+ planes: a unit plane loop leaves a unit iter var in the blockized pack's shifts that the
-    # intrinsic's description cannot keep (TVM folds its unit vars), so tensorize would not match.
     levels = sch.get(producers[0]).writes[0].source
-    if (len(levels.shape) != 4 or int(levels.shape[1]) % BITPACK_GROUP or levels.dtype not in ("float32", "int32")
-            or loop_extent(sch, sch.get_loops(block)[3]) < 2):
+    if len(levels.shape) != 4 or int(levels.shape[1]) % BITPACK_GROUP or levels.dtype not in ("float32", "int32"):
+        return None
+    # One plane of one partial word: blockized, its only unit iter var stays in the guard of the
+    # channels past the word's end, where the intrinsic's description has a constant.
+    planes, words = (int(extent) for extent in sch.get(block).writes[0].source.shape[-2:])
+    if planes == words == 1 and int(levels.shape[1]) < 64:
         return None
     trial = sch.copy()
     inline_other_blocks(trial)
@@ -362,17 +364,16 @@ def _bitpack_from_levels(sch: Schedule, block, levels) -> None:
     packed by `neon.bitpack_intrin`: all its planes and words from q registers of level bytes."""
     buffer = sch.get(levels).writes[0].source
     channels = int(buffer.shape[1])
-    if channels <= 64:
-        drop_unit_word(sch, block)
-    n, h, w, plane = sch.get_loops(block)[:4]
+    planes = int(sch.get(block).writes[0].source.shape[-2])
+    merge_unit_axis(sch, block)
+    n, h, w, plane_and_word = sch.get_loops(block)[:4]
     parallel = sch.fuse(n, h)
     sch.parallel(parallel)
     sch.compute_at(levels, w)
     sch.set_scope(levels, 0, "local")
     channel_loop = [loop for loop in sch.get_loops(levels)[2:] if loop_extent(sch, loop) > 1][0]
     try_vectorize(sch, channel_loop)
-    intrin = bitpack_intrin(buffer.dtype, channels, loop_extent(sch, plane))
-    sch.tensorize(sch.blockize(plane), intrin)
+    sch.tensorize(sch.blockize(plane_and_word), bitpack_intrin(buffer.dtype, channels, planes))
 
 
 class NeonTemplates:

@@ -347,11 +347,16 @@ def bitpack_intrin(dtype: str, channels: int, planes: int) -> str:
     return name
 
 
-def drop_unit_word(sch, block) -> None:
-    """Merge a pack's single word into its plane axis. Blockized, a unit word loop's iter var would
-    stay in the pack's guards (`channel < channels`, bits past a partial word) as a variable of the
-    outer block, where the description has zero; merged, both hold a constant 0."""
-    sch.transform_block_layout(block, lambda n, h, w, plane, word: (n, h, w, plane + word))
+def merge_unit_axis(sch, block) -> None:
+    """Merge a pack's plane and word axes where either has extent 1 (a single word: up to 64
+    channels; a single plane: 1-bit activations). Blockized, a unit loop's iter var would stay in
+    the pack's guards (`channel < channels`, bits past a partial word) or its plane shift as a
+    variable of the outer block, where the description has zero; merged, it is a constant 0."""
+    planes, words = (int(extent) for extent in sch.get(block).writes[0].source.shape[-2:])
+    if planes == 1:
+        sch.transform_block_layout(block, lambda n, h, w, plane, word: (n, h, w, word))
+    elif words == 1:
+        sch.transform_block_layout(block, lambda n, h, w, plane, word: (n, h, w, plane + word))
 
 
 _OUTER_VAR = r"\bv(?:_i)?\d_o\b"  # the blockized pack's outer iter vars, as TVM names them
@@ -373,8 +378,7 @@ def _bitpack_description(dtype: str, channels: int, planes: int) -> tirx.PrimFun
     sch = Schedule(te.create_prim_func([levels, pack_activation(levels, planes, 64, quantize=False)],
                                        index_dtype_override="int64"))
     block = sch.get_sblock("wrpn_bitpack")
-    if words == 1:
-        drop_unit_word(sch, block)
+    merge_unit_axis(sch, block)
     sch.blockize(sch.get_loops(block)[3])
     lines = []
     for line in sch.mod["main"].script().splitlines():

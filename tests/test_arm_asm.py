@@ -263,7 +263,8 @@ def test_tuning_candidates_are_exact_on_the_emulated_pi(emulated_pool, tmp_path)
 
 # (image size, channels, abits): ResNet-18's fused packs at 2x width (128 to 1024 channels: 2 to 16
 # words), one word of 3 planes on an odd row (7 columns), and partial words (16 and 48 channels).
-EPILOGUE_BITPACKS = [(56, 128, 2), (28, 256, 4), (7, 1024, 2), (14, 512, 4), (7, 64, 3), (9, 16, 4), (5, 48, 2)]
+EPILOGUE_BITPACKS = [(56, 128, 2), (28, 256, 4), (7, 1024, 2), (14, 512, 4), (7, 64, 3), (9, 16, 4), (5, 48, 2),
+                     (28, 128, 1), (7, 64, 1)]
 
 
 @pytest.mark.parametrize("board", BOARDS)
@@ -300,7 +301,7 @@ def test_fused_bitpacks_are_exact_on_the_emulated_pi(emulated_pool, tmp_path):
         levels = np.rint(np.clip(affine, 0, 1) * np.float32(2**abits - 1)).astype(np.int64)
         want = ops.pack_activation_reference(levels, abits, 64)
         executable = compile_prim_func(arm_hot_loops.epilogue_bitpack(size, channels, abits), resolve("rasp4"))
-        path = _library(executable, tmp_path, f"pack{size}_{channels}")
+        path = _library(executable, tmp_path, f"pack{size}_{channels}_{abits}")
         session.upload(str(path))
         module = session.load_module(path.name)
         device = session.cpu()
@@ -330,7 +331,7 @@ def _fused_bitpacks(folder: Path, width: float, abits: int, wbits: int) -> dict:
 
 
 @pytest.mark.parametrize("board", BOARDS)
-@pytest.mark.parametrize("width, abits, wbits", [(2.0, 2, 2), (2.0, 4, 4), (0.25, 4, 4)])
+@pytest.mark.parametrize("width, abits, wbits", [(2.0, 2, 2), (2.0, 4, 4), (0.25, 4, 4), (1.0, 1, 1)])
 def test_resnet18_fused_bitpacks_do_not_spill(request, tmp_path_factory, board, width, abits, wbits):
     """Every fused epilogue bitpack of the model, 16 to 1024 channels, residual glue included."""
     if (width, board) == (0.25, "rasp3b"):
