@@ -186,12 +186,17 @@ def epilogue_bitpack(size: int, channels: int, abits: int):
     return te.create_prim_func([acc, scale, offset, pack], index_dtype_override="int64")
 
 
-_WORD_STORE = re.compile(r"(str|stp|stur) ([xqd])\d+.*\[x")  # output words: not the stack's
+_WORD_STORE = re.compile(r"(str|stp|stur) ([xqd])\d+.*\[(x\d+)")  # output words: not the stack's
+_LOAD_BASE = re.compile(r"ld\S* .*\[(x\d+)")
 
 
 def _stored_words(code: list[str]) -> int:
+    """64-bit words stored through a pointer the code never loads through: the output, not a
+    staging buffer (a pixel's levels held in memory that the pack reads back)."""
     per_register = {"x": 1, "d": 1, "q": 2}
-    return sum(per_register[m[2]] * (2 if m[1] == "stp" else 1) for m in map(_WORD_STORE.match, code) if m)
+    read_bases = {m[1] for m in map(_LOAD_BASE.match, code) if m}
+    return sum(per_register[m[2]] * (2 if m[1] == "stp" else 1) for m in map(_WORD_STORE.match, code)
+               if m and m[3] not in read_bases)
 
 
 def bitpack_cycles_per_word(library: Path, channels: int, cpu: str) -> float:

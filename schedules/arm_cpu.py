@@ -47,6 +47,7 @@ SCRATCH_REGISTERS = 6  # and/cnt/addp temporaries in flight (an in-order core's 
 ONES_REGISTERS = 2
 MAX_CHANNEL_VECTORS = 8
 MAX_PIXELS = 4
+IN_ORDER_CPU = "cortex-a53"  # rasp3b
 # q-register counts per iteration of the innermost reduction loop that keep both NEON pipes busy
 # across the load -> and -> cnt -> uadalp latency; smaller tiles take two words per iteration.
 MIN_COUNTS_PER_ITERATION = 16
@@ -335,7 +336,7 @@ def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
     return [sch]
 
 
-def _levels_to_stage(sch: Schedule, block):
+def _levels_to_stage(sch: Schedule, block, target: "Target | None"):
     """The levels block of a conv bitpack of 64-bit words that reads channels fastest (a fused
     NHWC epilogue), or None. Inlined, each bit of each plane's word recomputes its channel's
     epilogue, and any form LLVM vectorizes that expression in spills: its 64 bit positions want 64
@@ -351,6 +352,11 @@ def _levels_to_stage(sch: Schedule, block):
     # channels past the word's end, where the intrinsic's description has a constant.
     planes, words = (int(extent) for extent in sch.get(block).writes[0].source.shape[-2:])
     if planes == words == 1 and int(levels.shape[1]) < 64:
+        return None
+    # One plane recomputes nothing inlined; on the in-order Cortex-A53, storing and reloading the
+    # staged levels of more than a word costs more than the inlined code's spills (llvm-mca:
+    # 430 against 350 cycles per word; benchmarks/results/arm_hot_loops.md).
+    if planes == 1 and words > 1 and target is not None and str(target.attrs.get("mcpu", "")) == IN_ORDER_CPU:
         return None
     trial = sch.copy()
     inline_other_blocks(trial)
@@ -386,7 +392,7 @@ class NeonTemplates:
         (`_levels_to_stage`)."""
         dotprod = has_dotprod(target)
         kernels = kernel_blocks(sch)
-        staged = {sch.get(block).name_hint: _levels_to_stage(sch, block) for block, rule in kernels
+        staged = {sch.get(block).name_hint: _levels_to_stage(sch, block, target) for block, rule in kernels
                   if rule == BITPACK_RULE}
         kept = {sch.get(levels).name_hint for levels in staged.values() if levels is not None}
         others = []

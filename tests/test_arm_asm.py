@@ -279,6 +279,10 @@ def test_fused_bitpack_gathers_bits_with_neon_and_does_not_spill(tmp_path, board
     listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(library)],
                              capture_output=True, text=True, check=True).stdout
     gathers = len(re.findall(r"\baddp\s+v\d+\.16b", listing))
+    if board == "rasp3b" and abits == 1 and channels > 64:
+        # Cortex-A53 keeps a 1-bit pack of several words inlined: faster by llvm-mca, though it spills.
+        assert gathers == 0
+        return
     # Four per word and plane; LLVM may copy the pixel's code, and fold the gathers of zero bytes.
     assert gathers >= 3 * -(-channels // 64) * abits
     for loop in arm_hot_loops.innermost_loops(library):
@@ -338,6 +342,9 @@ def test_resnet18_fused_bitpacks_do_not_spill(request, tmp_path_factory, board, 
         # Its 16-channel pack after a residual add (whose float shortcut is read channel-strided):
         # Cortex-A53's schedule of the pixel loop spills address registers.
         request.applymarker(pytest.mark.xfail(strict=True, reason="one 16-channel residual pack spills on rasp3b"))
+    if (abits, board) == (1, "rasp3b"):
+        request.applymarker(pytest.mark.xfail(strict=True, reason="rasp3b keeps 1-bit packs of 128+ channels "
+                                              "inlined: they spill, and are faster by llvm-mca than staged"))
     funcs = _fused_bitpacks(tmp_path_factory.getbasetemp(), width, abits, wbits)
     assert len(funcs) == 11
     folder = tmp_path_factory.mktemp("packs")
