@@ -13,8 +13,10 @@ dotprod takes it). llvm-mca models the core's pipes, not its caches: these are i
 14's cortex-a76 model is close to its cortex-a72 one (same dispatch width and NEON pipes), so those
 two columns agree.
 
-Also ResNet-18's fused epilogue bitpacks at 2x width, and 1x at 1 bit (`measure_bitpacks`): llvm-mca cycles per 64-bit
-word before (the generic template) and after (levels staged per pixel, words gathered by NEON).
+Also ResNet-18's fused epilogue bitpacks at 2x width, and 1x at 1 bit (`measure_bitpacks`): llvm-mca
+cycles per 64-bit word before (the generic template) and after (levels staged per pixel, words gathered
+by NEON); and the 2x 2/2 model's own fused bitpacks as the lowering emits them, after
+(`measure_model_bitpacks`).
 
   python benchmarks/arm_hot_loops.py      # writes benchmarks/results/arm_hot_loops.{json,md}
 """
@@ -246,6 +248,49 @@ def measure_bitpacks(folder: Path) -> list[dict]:
     return rows
 
 
+def model_bitpacks(width: float, abits: int, wbits: int) -> dict:
+    """name -> PrimFunc of ResNet-18's (224x224) fused epilogue bitpacks as the lowering emits them
+    (bit-serial; the same for every board), residual glue and quantizer steps included."""
+    import torch
+    import tvm
+
+    from wrpn_tvm.kernel_kinds import BITSERIAL
+    from wrpn_tvm.nn import build_model, export_model
+    from wrpn_tvm.pipeline import fuse_module, prepare_module
+    from wrpn_tvm.targets import resolve
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", width, abits, wbits, num_classes=1000, in_channels=3, image_size=224).eval()
+    with tempfile.TemporaryDirectory(prefix="arm-hot-loops-model-") as folder:
+        program = Path(folder) / "model.pt2"
+        torch.export.save(export_model(model, torch.rand(1, 3, 224, 224)), str(program))
+        mod, _, _ = prepare_module(program, resolve("rasp4"), BITSERIAL)
+    return {gv.name_hint: func.with_attr("global_symbol", "main")
+            for gv, func in fuse_module(mod, resolve("rasp4")).functions.items()
+            if isinstance(func, tvm.tirx.PrimFunc) and "epilogue_bitpack" in gv.name_hint}
+
+
+def measure_model_bitpacks(folder: Path) -> list[dict]:
+    """ResNet-18 2x 2/2's own fused bitpacks (the aarch64 templates), per board: what a model runs,
+    where `measure_bitpacks` times a hand-written epilogue of one shape."""
+    from tvm.s_tir import Schedule
+
+    rows = []
+    for name, func in sorted(model_bitpacks(2.0, 2, 2).items()):
+        sch = Schedule(func)
+        planes, words = (int(d) for d in sch.get(sch.get_sblock("wrpn_bitpack")).writes[0].source.shape[-2:])
+        for board, cpu_name in BOARDS.items():
+            library = compile_library(func, board, "after", folder / f"model-{name[-40:]}-{board}.so")
+            rows.append({"function": name, "channels": words * WORD_BITS, "planes": planes, "board": board,
+                         "cpu": cpu_name,
+                         "cycles_per_word": round(bitpack_cycles_per_word(library, words * WORD_BITS, cpu_name), 2),
+                         "innermost_loops_with_stack_stores": sum(bool(stack_stores(loop))
+                                                                  for loop in innermost_loops(library))})
+            print(f"model pack {name[-40:]:>40} {cpu_name:>10}: {rows[-1]['cycles_per_word']:.1f}",
+                  file=sys.stderr, flush=True)
+    return rows
+
+
 def markdown(rows: list[dict], versions: str) -> str:
     lines = [
         "# ARM bit-serial hot loops: llvm-mca cycles per 128-bit AND + popcount + accumulate",
@@ -293,6 +338,19 @@ def markdown(rows: list[dict], versions: str) -> str:
         lines.append(f"| {row['layer']} | {row['abits']} | {row['cpu']} | {before['cycles_per_word']:.1f} "
                      f"| {after['cycles_per_word']:.1f} | {before['innermost_loops_with_stack_stores']} "
                      f"| {after['innermost_loops_with_stack_stores']} |")
+    lines += [
+        "",
+        "## ResNet-18 2x 2/2's own fused bitpacks",
+        "",
+        "The model's 11 `*wrpn_epilogue_bitpack*` functions as the lowering emits them (the quantizer's",
+        "steps and the residual glue included; `model_bitpacks`), aarch64 templates: llvm-mca cycles per",
+        "64-bit word as above, and innermost loops with stack stores.",
+        "",
+        "| function | channels | planes | core | cycles per word | spills |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {row['function']} | {row['channels']} | {row['planes']} | {row['cpu']} | {row['cycles_per_word']:.1f} "
+              f"| {row['innermost_loops_with_stack_stores']} |" for row in rows["model_bitpacks"]]
     return "\n".join(lines) + "\n"
 
 
@@ -306,9 +364,11 @@ def main() -> None:
                                                                 text=True).stdout)[0]
     versions = f"TVM {tvm.__version__}; {mca_version}."
     with tempfile.TemporaryDirectory(prefix="arm-hot-loops-") as folder:
-        rows = {"convs": measure(Path(folder)), "bitpacks": measure_bitpacks(Path(folder))}
+        rows = {"convs": measure(Path(folder)), "bitpacks": measure_bitpacks(Path(folder)),
+                "model_bitpacks": measure_model_bitpacks(Path(folder))}
     args.out.with_suffix(".json").write_text(json.dumps({"versions": versions, "rows": rows["convs"],
-                                                         "bitpacks": rows["bitpacks"]}, indent=1) + "\n")
+                                                         "bitpacks": rows["bitpacks"],
+                                                         "model_bitpacks": rows["model_bitpacks"]}, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(rows, versions))
 
 

@@ -179,3 +179,41 @@ def test_weight_grid_rejects_off_grid_and_degenerate_weights():
     assert detect_weight_grid(np.array([[0.5, np.nan]], dtype=np.float32)) is None
     levels_9bit = np.arange(-255, 256, dtype=np.float32).reshape(7, 73) / 255
     assert detect_weight_grid(levels_9bit) is None
+
+
+@pytest.mark.parametrize(
+    "steps,round_is_level",
+    [
+        ([("maximum", 0.0), ("minimum", 1.0), ("multiply", 3.0), ("round", 0.0), ("divide", 3.0)], True),
+        ([("maximum", 0.0), ("minimum", 1.0), ("multiply", 15.0), ("round", 0.0), ("multiply", 1 / 15)], True),
+        ([("maximum", 0.0), ("minimum", 1.0), ("multiply", 3.0), ("round", 0.0), ("divide", 5.0)], True),
+        # fake_quantize: the clamp after the round decides the level of what rounds past 0..3.
+        ([("multiply", 3.0), ("round", 0.0), ("maximum", 0.0), ("minimum", 3.0), ("divide", 3.0)], False),
+    ],
+    ids=["wrpn-divide", "wrpn-multiply", "rescaled", "clamp-after-round"],
+)
+def test_the_level_is_the_round_where_the_unscale_gives_it_back(steps, round_is_level):
+    """The packed level skips the steps after the round (a divide and a second round per element of
+    every pack) exactly when that is the same level on every input, ties and clip edges included."""
+    from tvm import te
+
+    from wrpn_tvm.lowering.quantizer import Step, _analyze
+
+    steps = [Step(op, constant) for op, constant in steps]
+    quantizer = _analyze(steps, source=None)
+    assert quantizer.round_is_level is round_is_level
+    x = np.concatenate([np.linspace(-0.7, 1.7, 40001, dtype=np.float32),
+                        (np.arange(-3, 8, dtype=np.float32) + np.float32(0.5)) / np.float32(3.0)])
+    values = x
+    for step in steps:
+        values = step.numpy(values)
+    want = np.rint(values * np.float32(1 / quantizer.scale))
+    data = te.placeholder((x.size,), "float32")
+    expr = str(quantizer.level_from_source(data[0]))
+    assert (" / " in expr) is not round_is_level, expr
+    at = next(i for i, step in enumerate(steps) if step.op == "round")
+    got = x
+    for step in steps[:at + 1] if round_is_level else steps:
+        got = step.numpy(got)
+    got = got if round_is_level else np.rint(got * np.float32(1 / quantizer.scale))
+    np.testing.assert_array_equal(got, want)

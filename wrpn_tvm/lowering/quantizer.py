@@ -110,16 +110,21 @@ class ActivationQuantizer:
     scale: float  # the value of one level
     source: object  # the Relax var the quantizer reads (its float input)
     steps: tuple  # Step, from source to the quantized value
+    # The steps after the round give every level back unchanged through level_from_value (WRPN's
+    # round(.) / n, read back as rint(value * n)): checked in float32 on every reachable level.
+    round_is_level: bool = False
 
     def level_from_value(self, value):
         """TE: the integer level (as float32) of a quantized value."""
         return tirx.nearbyint(value * tirx.const(float(np.float32(1 / self.scale)), "float32"))
 
     def level_from_source(self, value):
-        """TE: the quantizer's steps replayed on its float input, then its level."""
-        for step in self.steps:
+        """TE: the quantizer's steps replayed on its float input, then its level; the round itself
+        where that is the level (no divide and second round per element of every pack)."""
+        at = next(i for i, step in enumerate(self.steps) if step.op == "round")
+        for step in self.steps[:at + 1] if self.round_is_level else self.steps:
             value = step.te(value)
-        return self.level_from_value(value)
+        return value if self.round_is_level else self.level_from_value(value)
 
 
 @dataclass(frozen=True)
@@ -304,7 +309,9 @@ def _analyze(steps: list, source) -> "ActivationQuantizer | str":
     levels = np.rint(distinct * np.float32(1 / scale))
     if not np.array_equal(levels, np.rint(multiples)):
         return "the quantizer's levels cannot be recovered exactly from its float32 values"
-    return ActivationQuantizer(max(1, top.bit_length()), scale, source, tuple(steps))
+    rounded = np.arange(lo, hi + 1, dtype=np.float32)
+    round_is_level = bool(np.array_equal(np.rint(values * np.float32(1 / scale)), rounded))
+    return ActivationQuantizer(max(1, top.bit_length()), scale, source, tuple(steps), round_is_level)
 
 
 def _non_decreasing(steps: list) -> bool:
