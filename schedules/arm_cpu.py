@@ -10,8 +10,9 @@ where the tile model rates it no dearer. A reduction longer than the 16-bit lane
 chunks they hold, each widened into the layer's accumulator (rfactor). The register tile is one q
 register per pixel and channel vector, the cheapest by a model of those pipes among the tiles whose
 accumulators, weights and broadcast activations stay within the 32 q registers. Other layers use
-the generic CPU template at NEON's width for their accumulator type; bitpack vectorizes over pixels
-where they are contiguous. The tests read the generated assembly to keep it so.
+the generic CPU template at NEON's width for their accumulator type. A fused epilogue's bitpack packs
+staged levels with NEON (`staged_bitpack`, `neon.bitpack_implementation`); a bitpack of NCHW input
+vectorizes over pixels where they are contiguous. The tests read the generated assembly to keep it so.
 """
 
 import tvm
@@ -21,23 +22,9 @@ from tvm.target.codegen import target_has_features
 
 from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
 
-from . import cpu
-from .common import (
-    PAD_BLOCK,
-    WRPN_RULES,
-    Decisions,
-    attach_epilogue,
-    block_rule,
-    divisors,
-    inline_other_blocks,
-    kernel_blocks,
-    loop_extent,
-    pad_whole_input,
-    place_remaining_blocks,
-    root_blocks,
-    try_vectorize,
-)
-from .neon import BITPACK_GROUP, Q_BYTES, NarrowAccumulation, bitpack_intrin, merge_unit_axis, narrow_accumulation
+from . import cpu, staged_bitpack
+from .common import Decisions, attach_epilogue, divisors, loop_extent, pad_whole_input, try_vectorize
+from .neon import Q_BYTES, NarrowAccumulation, bitpack_implementation, narrow_accumulation
 
 NEON_INT32_LANES = 4
 Q_REGISTERS = 32
@@ -307,14 +294,7 @@ def _reads_columns(sch: Schedule, block) -> bool:
     loops = sch.get_loops(block)
     if len(loops) != 5 or loop_extent(sch, loops[2]) % _word_lanes(sch, block):
         return False
-    info = sch.get(block)
-    column = info.iter_vars[2].var
-    # Per-channel vectors (a fused scale or bias) are 1-D; every other read must be a column's.
-    for read in info.reads:
-        last = read.region[-1]
-        if len(read.region) > 1 and not (int(last.extent) == 1 and last.min.same_as(column)):
-            return False
-    return True
+    return staged_bitpack.reads_columns_only(sch, block)
 
 
 def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
@@ -337,49 +317,16 @@ def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
 
 
 def _levels_to_stage(sch: Schedule, block, target: "Target | None"):
-    """The levels block of a conv bitpack of 64-bit words that reads channels fastest (a fused
-    NHWC epilogue), or None. Inlined, each bit of each plane's word recomputes its channel's
-    epilogue, and any form LLVM vectorizes that expression in spills: its 64 bit positions want 64
-    vector masks, or the 64 channels' values are held at once."""
-    producers = sch.get_producers(block)
-    if (len(sch.get_loops(block)) != 5 or sch.get(block).writes[0].source.dtype != "uint64"
-            or len(producers) != 1 or block_rule(sch, producers[0]) is not None):
+    """staged_bitpack.levels_to_stage, but for one plane on the in-order Cortex-A53: the inlined
+    code recomputes nothing there, and storing and reloading the staged levels of more than a word
+    costs more than its spills (llvm-mca: 430 against 350 cycles per word;
+    benchmarks/results/arm_hot_loops.md)."""
+    levels = staged_bitpack.levels_to_stage(sch, block)
+    planes, words = staged_bitpack.pack_shape(sch, block)
+    if (levels is not None and planes == 1 and words > 1 and target is not None
+            and str(target.attrs.get("mcpu", "")) == IN_ORDER_CPU):
         return None
-    levels = sch.get(producers[0]).writes[0].source
-    if len(levels.shape) != 4 or int(levels.shape[1]) % BITPACK_GROUP or levels.dtype not in ("float32", "int32"):
-        return None
-    # One plane of one partial word: blockized, its only unit iter var stays in the guard of the
-    # channels past the word's end, where the intrinsic's description has a constant.
-    planes, words = (int(extent) for extent in sch.get(block).writes[0].source.shape[-2:])
-    if planes == words == 1 and int(levels.shape[1]) < 64:
-        return None
-    # One plane recomputes nothing inlined; on the in-order Cortex-A53, storing and reloading the
-    # staged levels of more than a word costs more than the inlined code's spills (llvm-mca:
-    # 430 against 350 cycles per word; benchmarks/results/arm_hot_loops.md).
-    if planes == 1 and words > 1 and target is not None and str(target.attrs.get("mcpu", "")) == IN_ORDER_CPU:
-        return None
-    trial = sch.copy()
-    inline_other_blocks(trial)
-    if _reads_columns(trial, trial.get_sblock(sch.get(block).name_hint)):
-        return None
-    return producers[0]
-
-
-def _bitpack_from_levels(sch: Schedule, block, levels) -> None:
-    """Each pixel's levels computed once into a local buffer (vectorized over its channels), then
-    packed by `neon.bitpack_intrin`: all its planes and words from q registers of level bytes."""
-    buffer = sch.get(levels).writes[0].source
-    channels = int(buffer.shape[1])
-    planes = int(sch.get(block).writes[0].source.shape[-2])
-    merge_unit_axis(sch, block)
-    n, h, w, plane_and_word = sch.get_loops(block)[:4]
-    parallel = sch.fuse(n, h)
-    sch.parallel(parallel)
-    sch.compute_at(levels, w)
-    sch.set_scope(levels, 0, "local")
-    channel_loop = [loop for loop in sch.get_loops(levels)[2:] if loop_extent(sch, loop) > 1][0]
-    try_vectorize(sch, channel_loop)
-    sch.tensorize(sch.blockize(plane_and_word), bitpack_intrin(buffer.dtype, channels, planes))
+    return levels
 
 
 class NeonTemplates:
@@ -389,33 +336,19 @@ class NeonTemplates:
     @staticmethod
     def schedule_function(sch: Schedule, target: Target) -> None:
         """cpu.schedule_kernels, except that a conv bitpack's levels may stay a stage of their own
-        (`_levels_to_stage`)."""
+        (`_levels_to_stage`), packed by NEON (`neon.bitpack_implementation`)."""
         dotprod = has_dotprod(target)
-        kernels = kernel_blocks(sch)
-        staged = {sch.get(block).name_hint: _levels_to_stage(sch, block, target) for block, rule in kernels
-                  if rule == BITPACK_RULE}
-        kept = {sch.get(levels).name_hint for levels in staged.values() if levels is not None}
-        others = []
-        for block in root_blocks(sch):
-            name = sch.get(block).name_hint
-            if block_rule(sch, block) in WRPN_RULES or name.startswith(PAD_BLOCK) or name in kept:
-                continue
-            try:
-                sch.compute_inline(block)
-            except tvm.s_tir.ScheduleError:
-                others.append(name)
-        for block, rule in kernels:
+
+        def schedule_kernel(sch: Schedule, block, rule: str) -> None:
             if rule == BITPACK_RULE:
-                levels = staged[sch.get(block).name_hint]
-                if levels is None:
-                    bitpack(sch, block, tuning=False)
-                else:
-                    _bitpack_from_levels(sch, block, sch.get_sblock(sch.get(levels).name_hint))
+                bitpack(sch, block, tuning=False)
             elif rule == CONV2D_RULE:
                 conv2d(sch, block, tuning=False, dotprod=dotprod)
             else:
                 dense(sch, block, tuning=False, dotprod=dotprod)
-        place_remaining_blocks(sch, others, cpu.place_parallel)
+
+        staged_bitpack.schedule_kernels(sch, schedule_kernel, lambda sch, block: _levels_to_stage(sch, block, target),
+                                        bitpack_implementation, cpu.place_parallel)
 
     @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:

@@ -181,13 +181,14 @@ def leading_spatial_loops(sch: Schedule, block) -> list:
     return spatial
 
 
-def inline_other_blocks(sch: Schedule) -> list[str]:
-    """Inline the injective blocks that are neither WRPN kernels nor padding (fused producers and
-    epilogues); return the names of the other blocks that remain (outputs, reductions)."""
+def inline_other_blocks(sch: Schedule, kept: frozenset = frozenset()) -> list[str]:
+    """Inline the injective blocks that are neither WRPN kernels nor padding nor `kept` (names):
+    fused producers and epilogues; return the names of the other blocks that remain (outputs,
+    reductions)."""
     remaining = []
     for block in root_blocks(sch):
         name = sch.get(block).name_hint
-        if block_rule(sch, block) in WRPN_RULES or name.startswith(PAD_BLOCK):
+        if block_rule(sch, block) in WRPN_RULES or name.startswith(PAD_BLOCK) or name in kept:
             continue
         try:
             sch.compute_inline(block)

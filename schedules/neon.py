@@ -25,7 +25,6 @@ where the lanes cannot overflow over the layer's reduction or, with periodic wid
 chunk of it (`NarrowAccumulation.fits`, `chunk_words`).
 """
 
-import re
 from dataclasses import dataclass
 
 from tvm import tirx
@@ -329,72 +328,11 @@ def _register_all() -> None:
 _register_all()
 
 
-# Bitpack of a pixel's levels (a conv's activations, channels fastest): description and
-# implementation per (levels dtype, channels, planes), registered on first use.
-BITPACK_GROUP = 16  # channels per q register of level bytes
-
-
-def bitpack_intrin(dtype: str, channels: int, planes: int) -> str:
-    """The intrinsic that packs one pixel's `channels` levels (a local [1, C, 1, 1] buffer) into
-    its [planes, words] 64-bit words: levels narrowed to bytes 16 at a time (`fcvtzs`, `uzp1`), then
-    per plane `ushr`, `and`, and `ushl` each byte's bit to its place in the byte (channel % 8), and
-    three levels of `addp` (four ops) gather a word's 64 bytes into its 8. Levels fit a byte (at
-    most 8 bits); channels must fill q registers of bytes (`BITPACK_GROUP`)."""
-    name = f"wrpn_neon_bitpack_{dtype}_{channels}_{planes}"
-    if TensorIntrin.get(name, allow_missing=True) is None:
-        TensorIntrin.register(name, _bitpack_description(dtype, channels, planes),
-                              _bitpack_implementation(dtype, channels, planes))
-    return name
-
-
-def merge_unit_axis(sch, block) -> None:
-    """Merge a pack's plane and word axes where either has extent 1 (a single word: up to 64
-    channels; a single plane: 1-bit activations). Blockized, a unit loop's iter var would stay in
-    the pack's guards (`channel < channels`, bits past a partial word) or its plane shift as a
-    variable of the outer block, where the description has zero; merged, it is a constant 0."""
-    planes, words = (int(extent) for extent in sch.get(block).writes[0].source.shape[-2:])
-    if planes == 1:
-        sch.transform_block_layout(block, lambda n, h, w, plane, word: (n, h, w, word))
-    elif words == 1:
-        sch.transform_block_layout(block, lambda n, h, w, plane, word: (n, h, w, plane + word))
-
-
-_OUTER_VAR = r"\bv(?:_i)?\d_o\b"  # the blockized pack's outer iter vars, as TVM names them
-
-
-def _bitpack_description(dtype: str, channels: int, planes: int) -> tirx.PrimFunc:
-    """ops.pack_activation's own compute on a 1x1 image, blockized at the plane loop as the
-    template blockizes a model's pack (a single word merged into the planes as there): the very
-    expression tensorize compares. The outer block's unit iter vars become zeros and the block the
-    root, through the printed script (TVM's Python API has no TIR substitution)."""
-    from tvm import te
-    from tvm.s_tir import Schedule
-    from tvm.script import from_source
-
-    from wrpn_tvm.ops.bitpack import num_words, pack_activation
-
-    one, words = tirx.IntImm("int64", 1), num_words(channels, 64)
-    levels = te.placeholder((one, tirx.IntImm("int64", channels), one, one), dtype, name="levels")
-    sch = Schedule(te.create_prim_func([levels, pack_activation(levels, planes, 64, quantize=False)],
-                                       index_dtype_override="int64"))
-    block = sch.get_sblock("wrpn_bitpack")
-    merge_unit_axis(sch, block)
-    sch.blockize(sch.get_loops(block)[3])
-    lines = []
-    for line in sch.mod["main"].script().splitlines():
-        if line.startswith("def main"):
-            lines += ["def main(l: T.handle, o: T.handle):",
-                      f"    levels = T.match_buffer(l, (1, {channels}, 1, 1), '{dtype}', offset_factor=1, scope='local')",
-                      f"    wrpn_bitpack = T.match_buffer(o, (1, 1, 1, {planes}, {words}), 'uint64', offset_factor=1,"
-                      " strides=(T.int64(), T.int64(), T.int64(), T.int64(), T.int64()))"]
-        elif not (line.lstrip().startswith(("T.func_attr", "# ")) or re.match(r" {4}for ", line)
-                  or re.search(_OUTER_VAR + r".*T\.axis", line)):
-            line = re.sub(_OUTER_VAR, "T.int64(0)", line.replace('"wrpn_bitpack_o"', '"root"'))
-            lines.append(line[4:] if line.startswith(" " * 8) else line)
-    return from_source("\n".join(lines))
-
-
-def _bitpack_implementation(dtype: str, channels: int, planes: int) -> tirx.PrimFunc:
+# Bitpack of a pixel's levels (a conv's activations, channels fastest), for staged_bitpack.
+def bitpack_implementation(dtype: str, channels: int, planes: int) -> tirx.PrimFunc:
+    """Levels narrowed to bytes 16 at a time (`fcvtzs`, `uzp1`), then per plane `ushr`, `and`, and
+    `ushl` each byte's bit to its place in the byte (channel % 8), and three levels of `addp` (four
+    ops) gather a word's 64 bytes into its 8. Levels fit a byte (at most 8 bits)."""
     bytes_ = f"uint8x{Q_BYTES}"
     words = -(-channels // 64)
     with IRBuilder() as builder:
@@ -412,7 +350,7 @@ def _bitpack_implementation(dtype: str, channels: int, planes: int) -> tirx.Prim
                 for word in range(words):
                     groups = [T.Cast(bytes_, T.Cast(f"int32x{Q_BYTES}", flat[T.ramp(first, 1, Q_BYTES)]))
                               if first < channels else T.broadcast(T.uint8(0), Q_BYTES)
-                              for first in range(word * 64, word * 64 + 64, BITPACK_GROUP)]
+                              for first in range(word * 64, word * 64 + 64, Q_BYTES)]
                     for plane in range(planes):
                         bits = [((group >> T.broadcast(T.uint8(plane), Q_BYTES)) & T.broadcast(T.uint8(1), Q_BYTES))
                                 << position for group in groups]

@@ -338,10 +338,6 @@ def _fused_bitpacks(folder: Path, width: float, abits: int, wbits: int) -> dict:
 @pytest.mark.parametrize("width, abits, wbits", [(2.0, 2, 2), (2.0, 4, 4), (0.25, 4, 4), (1.0, 1, 1)])
 def test_resnet18_fused_bitpacks_do_not_spill(request, tmp_path_factory, board, width, abits, wbits):
     """Every fused epilogue bitpack of the model, 16 to 1024 channels, residual glue included."""
-    if (width, board) == (0.25, "rasp3b"):
-        # Its 16-channel pack after a residual add (whose float shortcut is read channel-strided):
-        # Cortex-A53's schedule of the pixel loop spills address registers.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="one 16-channel residual pack spills on rasp3b"))
     if (abits, board) == (1, "rasp3b"):
         request.applymarker(pytest.mark.xfail(strict=True, reason="rasp3b keeps 1-bit packs of 128+ channels "
                                               "inlined: they spill, and are faster by llvm-mca than staged"))

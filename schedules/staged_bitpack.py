@@ -1,0 +1,157 @@
+"""A conv bitpack from staged levels, shared by the CPU families.
+
+Inlined (the generic template), a fused epilogue's pack recomputes each channel's epilogue and level
+once per plane inside a 64-term bit expression, and whatever LLVM makes of that expression is slow
+or spills (vectorized over bits or pixels it needs a vector mask per bit position; scalar, SLP
+gathers all 64 levels at once). Staged, each pixel's levels are computed once into a local buffer,
+vectorized over its channels, and the pack is tensorized: the levels narrowed to bytes, and each
+plane's word gathered from them by a per-ISA implementation (`neon.bitpack_implementation`,
+`x86.bitpack_implementation`). The intrinsic's description is ops.pack_activation's own compute,
+so tensorize checks that the two agree.
+
+Where it applies (`levels_to_stage`): a pack of 64-bit words whose single producer is its levels
+block, read channels fastest (an NHWC accumulator: a fused epilogue), channels a multiple of
+BITPACK_GROUP. Packs read with the column fastest (NCHW float input: the first quantized layer)
+keep their family's template.
+"""
+
+import re
+from typing import Callable
+
+from tvm import tirx
+from tvm.s_tir import Schedule, TensorIntrin
+
+from wrpn_tvm.ops import BITPACK_RULE
+
+from .common import (block_rule, inline_other_blocks, kernel_blocks, loop_extent, place_remaining_blocks,
+                     try_vectorize)
+
+BITPACK_GROUP = 16  # channels per vector of level bytes the implementations narrow at a time
+WORD = "uint64"
+WORD_BITS = 64
+_OUTER_VAR = r"\bv(?:_i)?\d_o\b"  # the blockized pack's outer iter vars, as TVM names them
+
+
+def merge_unit_axis(sch: Schedule, block) -> None:
+    """Merge a pack's plane and word axes where either has extent 1 (a single word: up to 64
+    channels; a single plane: 1-bit activations). Blockized, a unit loop's iter var would stay in
+    the pack's guards (`channel < channels`, bits past a partial word) or its plane shift as a
+    variable of the outer block, where the description has zero; merged, it is a constant 0."""
+    planes, words = (int(extent) for extent in sch.get(block).writes[0].source.shape[-2:])
+    if planes == 1:
+        sch.transform_block_layout(block, lambda n, h, w, plane, word: (n, h, w, word))
+    elif words == 1:
+        sch.transform_block_layout(block, lambda n, h, w, plane, word: (n, h, w, plane + word))
+
+
+def reads_columns_only(sch: Schedule, block) -> bool:
+    """Whether every image a conv bitpack reads is read with the output column fastest (NCHW);
+    per-channel vectors (a fused scale or bias) are 1-D and do not count."""
+    info = sch.get(block)
+    column = info.iter_vars[2].var
+    for read in info.reads:
+        last = read.region[-1]
+        if len(read.region) > 1 and not (int(last.extent) == 1 and last.min.same_as(column)):
+            return False
+    return True
+
+
+def pack_shape(sch: Schedule, block) -> tuple[int, int]:
+    """(planes, words) of a conv bitpack."""
+    planes, words = (int(extent) for extent in sch.get(block).writes[0].source.shape[-2:])
+    return planes, words
+
+
+def levels_to_stage(sch: Schedule, block):
+    """The levels block of a conv bitpack that can be staged (see the module docstring), or None."""
+    producers = sch.get_producers(block)
+    if (len(sch.get_loops(block)) != 5 or sch.get(block).writes[0].source.dtype != WORD
+            or len(producers) != 1 or block_rule(sch, producers[0]) is not None):
+        return None
+    levels = sch.get(producers[0]).writes[0].source
+    if len(levels.shape) != 4 or int(levels.shape[1]) % BITPACK_GROUP or levels.dtype not in ("float32", "int32"):
+        return None
+    # One plane of one partial word: blockized, its only unit iter var stays in the guard of the
+    # channels past the word's end, where the intrinsic's description has a constant.
+    planes, words = pack_shape(sch, block)
+    if planes == words == 1 and int(levels.shape[1]) < WORD_BITS:
+        return None
+    trial = sch.copy()
+    inline_other_blocks(trial)
+    if reads_columns_only(trial, trial.get_sblock(sch.get(block).name_hint)):
+        return None
+    return producers[0]
+
+
+def pack_from_levels(sch: Schedule, block, levels, implementation: Callable) -> None:
+    """Each pixel's levels computed once into a local buffer (vectorized over its channels), then
+    packed by the intrinsic `implementation(dtype, channels, planes)` implements."""
+    buffer = sch.get(levels).writes[0].source
+    channels = int(buffer.shape[1])
+    planes, _ = pack_shape(sch, block)
+    merge_unit_axis(sch, block)
+    n, h, w, plane_and_word = sch.get_loops(block)[:4]
+    sch.parallel(sch.fuse(n, h))
+    sch.compute_at(levels, w)
+    sch.set_scope(levels, 0, "local")
+    channel_loop = [loop for loop in sch.get_loops(levels)[2:] if loop_extent(sch, loop) > 1][0]
+    try_vectorize(sch, channel_loop)
+    sch.tensorize(sch.blockize(plane_and_word), intrin(implementation, str(buffer.dtype), channels, planes))
+
+
+def schedule_kernels(sch: Schedule, schedule_kernel: Callable, stage: Callable, implementation: Callable,
+                     place: Callable) -> list[str]:
+    """cpu.schedule_kernels, except that a conv bitpack's levels stay a stage of their own where
+    `stage(sch, block)` names them, and that pack is staged (`pack_from_levels`)."""
+    kernels = kernel_blocks(sch)
+    staged = {sch.get(block).name_hint: stage(sch, block) for block, rule in kernels if rule == BITPACK_RULE}
+    kept = {sch.get(levels).name_hint for levels in staged.values() if levels is not None}
+    others = inline_other_blocks(sch, frozenset(kept))
+    for block, rule in kernels:
+        levels = staged.get(sch.get(block).name_hint)
+        if levels is None:
+            schedule_kernel(sch, block, rule)
+        else:
+            pack_from_levels(sch, block, sch.get_sblock(sch.get(levels).name_hint), implementation)
+    place_remaining_blocks(sch, others, place)
+    return others
+
+
+def intrin(implementation: Callable, dtype: str, channels: int, planes: int) -> str:
+    """The registered intrinsic that packs one pixel's `channels` levels of `dtype` (a local
+    [1, C, 1, 1] buffer) into its [planes, words] 64-bit words, `implementation`'s way."""
+    name = f"wrpn_{implementation.__module__.rsplit('.', 1)[-1]}_bitpack_{dtype}_{channels}_{planes}"
+    if TensorIntrin.get(name, allow_missing=True) is None:
+        TensorIntrin.register(name, _description(dtype, channels, planes), implementation(dtype, channels, planes))
+    return name
+
+
+def _description(dtype: str, channels: int, planes: int) -> tirx.PrimFunc:
+    """ops.pack_activation's own compute on a 1x1 image, blockized at the plane loop as the
+    template blockizes a model's pack (a unit plane or word axis merged as there): the very
+    expression tensorize compares. The outer block's unit iter vars become zeros and the block the
+    root, through the printed script (TVM's Python API has no TIR substitution)."""
+    from tvm import te
+    from tvm.script import from_source
+
+    from wrpn_tvm.ops.bitpack import num_words, pack_activation
+
+    one, words = tirx.IntImm("int64", 1), num_words(channels, WORD_BITS)
+    levels = te.placeholder((one, tirx.IntImm("int64", channels), one, one), dtype, name="levels")
+    sch = Schedule(te.create_prim_func([levels, pack_activation(levels, planes, WORD_BITS, quantize=False)],
+                                       index_dtype_override="int64"))
+    block = sch.get_sblock("wrpn_bitpack")
+    merge_unit_axis(sch, block)
+    sch.blockize(sch.get_loops(block)[3])
+    lines = []
+    for line in sch.mod["main"].script().splitlines():
+        if line.startswith("def main"):
+            lines += ["def main(l: T.handle, o: T.handle):",
+                      f"    levels = T.match_buffer(l, (1, {channels}, 1, 1), '{dtype}', offset_factor=1, scope='local')",
+                      f"    wrpn_bitpack = T.match_buffer(o, (1, 1, 1, {planes}, {words}), '{WORD}', offset_factor=1,"
+                      " strides=(T.int64(), T.int64(), T.int64(), T.int64(), T.int64()))"]
+        elif not (line.lstrip().startswith(("T.func_attr", "# ")) or re.match(r" {4}for ", line)
+                  or re.search(_OUTER_VAR + r".*T\.axis", line)):
+            line = re.sub(_OUTER_VAR, "T.int64(0)", line.replace('"wrpn_bitpack_o"', '"root"'))
+            lines.append(line[4:] if line.startswith(" " * 8) else line)
+    return from_source("\n".join(lines))
