@@ -115,7 +115,9 @@ def schedule_kernels(sch: Schedule, schedule_kernel: Callable) -> None:
     place_remaining_blocks(sch, others, place_parallel)
 
 
-def schedule_function(sch: Schedule, lanes: int) -> None:
+def kernel_scheduler(lanes: int) -> Callable:
+    """`schedule_kernel(sch, block, rule)`: the untuned generic template of one WRPN block."""
+
     def schedule_kernel(sch: Schedule, block, rule: str) -> None:
         if rule == BITPACK_RULE:
             bitpack(sch, block, tuning=False)
@@ -124,7 +126,11 @@ def schedule_function(sch: Schedule, lanes: int) -> None:
         else:
             dense(sch, block, lanes, tuning=False)
 
-    schedule_kernels(sch, schedule_kernel)
+    return schedule_kernel
+
+
+def schedule_function(sch: Schedule, lanes: int) -> None:
+    schedule_kernels(sch, kernel_scheduler(lanes))
 
 
 @dataclass(frozen=True)

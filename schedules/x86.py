@@ -4,7 +4,9 @@ AVX-512 (with avx512vpopcntdq LLVM emits VPOPCNTQ on zmm registers): the generic
 at 16 lanes. AVX2 has no vector popcount: bit-serial conv2d and dense with two or more plane
 pairs accumulate nibble lookups in 16-bit lanes (`avx2.NibbleCounts`) where the layer's bits and
 reduction allow it; other layers use the generic templates at 8 lanes (LLVM's nibble-lookup
-popcount per 64-bit lane). The tests read the generated assembly.
+popcount per 64-bit lane). A fused epilogue's bitpack packs staged levels (`staged_bitpack`):
+each plane's word from two `vpmovmskb` of the level bytes (`bitpack_implementation`). The tests
+read the generated assembly.
 
 A MetaSchedule rule is handed no target; `tune` runs under its target, so the rules read the ISA
 off `Target.current()`: AVX-512 tunes the generic templates at 16 lanes; AVX2 offers both ways as
@@ -13,13 +15,17 @@ which popcount is faster for a layer shape is decided by measuring. Under no tar
 outside `tune`), a rule offers every space.
 """
 
+from tvm import tirx
 from tvm.s_tir import Schedule
+from tvm.script import tirx as T
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
 from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
 
-from . import cpu
+from . import cpu, staged_bitpack
 from .avx2 import DECODE_INTRIN, LANES, WORD, NibbleCounts, nibble_counts
 from .common import (Decisions, attach_epilogue, largest_divisor_at_most, loop_extent, pad_whole_input,
                      try_vectorize)
@@ -39,6 +45,7 @@ DEFAULT_ORDER = "channels_outer"
 # LLVM's own popcount in the generic template's wider tile measured faster: untuned, it stays there.
 MIN_DEFAULT_PAIRS = 2
 _REDUCE = 2  # tirx.IterVar.CommReduce
+MOVEMASK_BYTES = 32  # vpmovmskb ymm: the top bit of each of 32 bytes
 
 
 def _has_avx512(target: Target) -> bool:
@@ -177,15 +184,48 @@ def _nibble_plan_for_rule(sch: Schedule, block) -> "NibbleCounts | None":
     return None if target is not None and _has_avx512(target) else _plan(sch, block)
 
 
+def bitpack_implementation(dtype: str, channels: int, planes: int) -> tirx.PrimFunc:
+    """A word's 64 levels narrowed to bytes (16 at a time: `vcvttps2dq`, `vpmovdb` or packs), then
+    per plane each byte shifted so that the plane's bit is its top bit, and two `vpmovmskb` gather
+    the 64 top bits. AVX2 and AVX-512 alike (LLVM may fold the shift and mask into a mask register on
+    AVX-512). Levels fit a byte (at most 8 bits)."""
+    group = staged_bitpack.BITPACK_GROUP
+    words = -(-channels // staged_bitpack.WORD_BITS)
+    with IRBuilder() as builder:
+        with build_prim_func():
+            l, o = T.arg("l", T.handle()), T.arg("o", T.handle())
+            L = T.match_buffer(l, (1, channels, 1, 1), dtype, offset_factor=1, scope="local")
+            O = T.match_buffer(o, (1, 1, 1, planes, words), staged_bitpack.WORD, offset_factor=1,
+                               strides=[T.int64(), T.int64(), T.int64(), T.int64(), T.int64()])
+            with T.sblock("root"):
+                T.reads(L[0, 0:channels, 0, 0])
+                T.writes(O[0, 0, 0, 0:planes, 0:words])
+                # Compact (its region is the whole local buffer): channels are contiguous.
+                flat = T.decl_buffer((channels,), dtype, data=L.data, elem_offset=L.elem_offset, scope="local")
+                for word in range(words):
+                    first = word * staged_bitpack.WORD_BITS
+                    groups = [T.Cast(f"uint8x{group}", T.Cast(f"int32x{group}", flat[T.ramp(start, 1, group)]))
+                              if start < channels else T.broadcast(T.uint8(0), group)
+                              for start in range(first, first + staged_bitpack.WORD_BITS, group)]
+                    levels = tirx.Shuffle(groups, list(range(staged_bitpack.WORD_BITS)))
+                    for plane in range(planes):
+                        top = levels << T.broadcast(T.uint8(7 - plane), staged_bitpack.WORD_BITS)
+                        halves = [T.Cast("uint64", T.Cast("uint32", T.call_llvm_pure_intrin(
+                            "int32", "llvm.x86.avx2.pmovmskb",
+                            tirx.Shuffle([top], list(range(start, start + MOVEMASK_BYTES))))))
+                            for start in (0, MOVEMASK_BYTES)]
+                        T.buffer_store(O, halves[0] | (halves[1] << T.uint64(MOVEMASK_BYTES)), [0, 0, 0, plane, word])
+    return builder.get()
+
+
 class X86Templates:
     """The x86 entry points (the same as cpu.Family's)."""
 
     @staticmethod
     def schedule_function(sch: Schedule, target: Target) -> None:
-        if _has_avx512(target):
-            cpu.schedule_function(sch, AVX512_LANES)
-        else:
-            cpu.schedule_kernels(sch, _avx2_kernel)
+        kernel = cpu.kernel_scheduler(AVX512_LANES) if _has_avx512(target) else _avx2_kernel
+        staged_bitpack.schedule_kernels(sch, kernel, staged_bitpack.levels_to_stage, bitpack_implementation,
+                                        cpu.place_parallel)
 
     @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:

@@ -1,0 +1,65 @@
+"""The staged conv bitpack on x86 (schedules/staged_bitpack.py, x86.bitpack_implementation): a fused
+epilogue's levels computed once per pixel, each plane's word gathered by vpmovmskb. Bit-exact against
+the numpy reference on awkward shapes, for AVX-512 and AVX2 code; staged exactly where it applies.
+(The NEON implementation's tests read aarch64 code: tests/test_arm_asm.py.)"""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+
+import schedules
+from wrpn_tvm import ops
+from wrpn_tvm.pipeline import compile_prim_func
+from wrpn_tvm.targets import resolve
+
+REPO = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("arm_hot_loops", REPO / "benchmarks" / "arm_hot_loops.py")
+arm_hot_loops = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(arm_hot_loops)
+
+TARGETS = ("x86-avx512", "x86-avx2")
+# (image, channels, activation bits): full and partial words, 1 to 8 planes, 16-channel groups
+# past the last channel, odd images.
+STAGED = [(56, 128, 2), (28, 256, 4), (7, 1024, 2), (7, 64, 3), (9, 16, 4), (5, 48, 2), (6, 96, 1), (7, 64, 1),
+          (3, 32, 8), (5, 80, 2)]
+# Not staged: channels off the 16-channel groups, and one plane of one partial word.
+UNSTAGED = [(5, 24, 2), (5, 48, 1)]
+
+
+def _exact(target: str, size: int, channels: int, abits: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    acc = rng.integers(-300, 300, (1, size, size, channels)).astype(np.int32)
+    scale = rng.uniform(0.001, 0.01, channels).astype(np.float32)
+    offset = rng.uniform(-0.5, 1.0, channels).astype(np.float32)
+    affine = acc.transpose(0, 3, 1, 2).astype(np.float32) * scale[:, None, None] + offset[:, None, None]
+    levels = np.rint(np.clip(affine, 0, 1) * np.float32(2**abits - 1)).astype(np.int64)
+    want = ops.pack_activation_reference(levels, abits, 64)
+    executable = compile_prim_func(arm_hot_loops.epilogue_bitpack(size, channels, abits), resolve(target))
+    out = tvm.runtime.tensor(np.zeros(want.shape, dtype=np.uint64))
+    executable.mod["main"](*(tvm.runtime.tensor(a) for a in (acc, scale, offset)), out)
+    np.testing.assert_array_equal(out.numpy(), want)
+
+
+def _scheduled_script(target: str, size: int, channels: int, abits: int) -> str:
+    mod = tvm.IRModule({"main": arm_hot_loops.epilogue_bitpack(size, channels, abits)})
+    return schedules.apply_default_schedules(mod, resolve(target).target)["main"].script()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("size, channels, abits", STAGED + UNSTAGED)
+def test_fused_bitpack_is_exact(target, size, channels, abits):
+    _exact(target, size, channels, abits, seed=size * channels + abits)
+
+
+@pytest.mark.parametrize("size, channels, abits", STAGED)
+def test_fused_bitpack_is_staged_and_gathered_by_movemask(size, channels, abits):
+    script = _scheduled_script("x86-avx2", size, channels, abits)
+    assert "wrpn_levels_local" in script and script.count("llvm.x86.avx2.pmovmskb") >= 2
+
+
+@pytest.mark.parametrize("size, channels, abits", UNSTAGED)
+def test_other_packs_keep_the_generic_template(size, channels, abits):
+    assert "pmovmskb" not in _scheduled_script("x86-avx2", size, channels, abits)
