@@ -224,8 +224,9 @@ class X86Templates:
     @staticmethod
     def schedule_function(sch: Schedule, target: Target) -> None:
         kernel = cpu.kernel_scheduler(AVX512_LANES) if _has_avx512(target) else _avx2_kernel
-        staged_bitpack.schedule_kernels(sch, kernel, staged_bitpack.levels_to_stage, bitpack_implementation,
-                                        cpu.place_parallel)
+        # vpmovmskb ymm needs AVX2: other "cpu" targets (older x86, other ISAs) keep the generic pack.
+        stage = staged_bitpack.levels_to_stage if target_has_features("avx2", target) else (lambda sch, block: None)
+        staged_bitpack.schedule_kernels(sch, kernel, stage, bitpack_implementation, cpu.place_parallel)
 
     @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:

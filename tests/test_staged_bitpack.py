@@ -63,3 +63,9 @@ def test_fused_bitpack_is_staged_and_gathered_by_movemask(size, channels, abits)
 @pytest.mark.parametrize("size, channels, abits", UNSTAGED)
 def test_other_packs_keep_the_generic_template(size, channels, abits):
     assert "pmovmskb" not in _scheduled_script("x86-avx2", size, channels, abits)
+
+
+@pytest.mark.parametrize("target", ['{"kind": "llvm", "mcpu": "x86-64"}', '{"kind": "llvm", "mtriple": "aarch64-linux-gnu"}'])
+def test_cpu_targets_without_avx2_keep_the_generic_pack(target):
+    """vpmovmskb ymm is AVX2: an x86-64 baseline or a non-x86 "cpu" target must not get it."""
+    assert "pmovmskb" not in _scheduled_script(target, 28, 128, 2)
