@@ -326,7 +326,7 @@ def markdown(rows: list[dict], versions: str) -> str:
         "ResNet-18's fused epilogue bitpacks at 2x width (1x at 1 bit: the 1x 1/1 model's; a conv's NHWC int32",
         "accumulator, per-channel affine, levels, pack; `epilogue_bitpack`), 64-bit words. `before`: the generic",
         "CPU template (each plane's word recomputes its 64 channels' levels inline); `after`: each pixel's levels once into a local buffer,",
-        "the words gathered from level bytes by `neon.bitpack_intrin`. Cycles per iteration of the loop",
+        "the words gathered from level bytes by `neon.pack_word`. Cycles per iteration of the loop",
         "around the word stores (a nested loop, the staged levels, once per trip) over the words it stores",
         "(`bitpack_cycles_per_word`); `spills` counts innermost loops with stack stores.",
         "",

@@ -11,7 +11,7 @@ chunks they hold, each widened into the layer's accumulator (rfactor). The regis
 register per pixel and channel vector, the cheapest by a model of those pipes among the tiles whose
 accumulators, weights and broadcast activations stay within the 32 q registers. Other layers use
 the generic CPU template at NEON's width for their accumulator type. A fused epilogue's bitpack packs
-staged levels with NEON (`staged_bitpack`, `neon.bitpack_implementation`); a bitpack of NCHW input
+staged levels with NEON (`staged_bitpack`, `neon.pack_word`); a bitpack of NCHW input
 vectorizes over pixels where they are contiguous. The tests read the generated assembly to keep it so.
 """
 
@@ -24,7 +24,7 @@ from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
 
 from . import cpu, staged_bitpack
 from .common import Decisions, attach_epilogue, divisors, loop_extent, pad_whole_input, try_vectorize
-from .neon import Q_BYTES, NarrowAccumulation, bitpack_implementation, narrow_accumulation
+from .neon import Q_BYTES, NarrowAccumulation, narrow_accumulation, pack_word
 
 NEON_INT32_LANES = 4
 Q_REGISTERS = 32
@@ -336,7 +336,7 @@ class NeonTemplates:
     @staticmethod
     def schedule_function(sch: Schedule, target: Target) -> None:
         """cpu.schedule_kernels, except that a conv bitpack's levels may stay a stage of their own
-        (`_levels_to_stage`), packed by NEON (`neon.bitpack_implementation`)."""
+        (`_levels_to_stage`), packed by NEON (`neon.pack_word`)."""
         dotprod = has_dotprod(target)
 
         def schedule_kernel(sch: Schedule, block, rule: str) -> None:
@@ -348,7 +348,7 @@ class NeonTemplates:
                 dense(sch, block, tuning=False, dotprod=dotprod)
 
         staged_bitpack.schedule_kernels(sch, schedule_kernel, lambda sch, block: _levels_to_stage(sch, block, target),
-                                        bitpack_implementation, cpu.place_parallel)
+                                        pack_word)
 
     @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:

@@ -105,11 +105,12 @@ def place_parallel(sch: Schedule, block, spatial_loops) -> None:
     sch.parallel(fused)
 
 
-def schedule_kernels(sch: Schedule, schedule_kernel: Callable) -> None:
+def schedule_kernels(sch: Schedule, schedule_kernel: Callable, kept: frozenset = frozenset()) -> None:
     """Untuned schedule of a whole PrimFunc: each WRPN kernel block through
-    `schedule_kernel(sch, block, rule)` at default decisions, the rest inlined or parallelized."""
+    `schedule_kernel(sch, block, rule)` at default decisions, the rest inlined (but `kept`, names
+    the kernels place themselves) or parallelized."""
     kernels = kernel_blocks(sch)
-    others = inline_other_blocks(sch)
+    others = inline_other_blocks(sch, kept)
     for block, rule in kernels:
         schedule_kernel(sch, block, rule)
     place_remaining_blocks(sch, others, place_parallel)

@@ -328,35 +328,16 @@ def _register_all() -> None:
 _register_all()
 
 
-# Bitpack of a pixel's levels (a conv's activations, channels fastest), for staged_bitpack.
-def bitpack_implementation(dtype: str, channels: int, planes: int) -> tirx.PrimFunc:
-    """Levels narrowed to bytes 16 at a time (`fcvtzs`, `uzp1`), then per plane `ushr`, `and`, and
-    `ushl` each byte's bit to its place in the byte (channel % 8), and three levels of `addp` (four
-    ops) gather a word's 64 bytes into its 8. Levels fit a byte (at most 8 bits)."""
+def pack_word(groups: list, plane: int):
+    """staged_bitpack's word of one plane from its 64 level bytes (`groups`, q registers: the
+    levels were narrowed by `fcvtzs`, `uzp1`): `ushr`, `and`, and `ushl` each byte's bit to its
+    place in the byte (channel % 8), and three levels of `addp` (four ops) gather the 64 bytes into
+    the word's 8."""
     bytes_ = f"uint8x{Q_BYTES}"
-    words = -(-channels // 64)
-    with IRBuilder() as builder:
-        with build_prim_func():
-            l, o = T.arg("l", T.handle()), T.arg("o", T.handle())
-            L = T.match_buffer(l, (1, channels, 1, 1), dtype, offset_factor=1, scope="local")
-            O = T.match_buffer(o, (1, 1, 1, planes, words), "uint64", offset_factor=1,
-                               strides=[T.int64(), T.int64(), T.int64(), T.int64(), T.int64()])
-            with T.sblock("root"):
-                T.reads(L[0, 0:channels, 0, 0])
-                T.writes(O[0, 0, 0, 0:planes, 0:words])
-                # Compact (its region is the whole local buffer): channels are contiguous.
-                flat = T.decl_buffer((channels,), dtype, data=L.data, elem_offset=L.elem_offset, scope="local")
-                position = T.ramp(T.uint8(0), T.uint8(1), Q_BYTES) & T.broadcast(T.uint8(7), Q_BYTES)
-                for word in range(words):
-                    groups = [T.Cast(bytes_, T.Cast(f"int32x{Q_BYTES}", flat[T.ramp(first, 1, Q_BYTES)]))
-                              if first < channels else T.broadcast(T.uint8(0), Q_BYTES)
-                              for first in range(word * 64, word * 64 + 64, Q_BYTES)]
-                    for plane in range(planes):
-                        bits = [((group >> T.broadcast(T.uint8(plane), Q_BYTES)) & T.broadcast(T.uint8(1), Q_BYTES))
-                                << position for group in groups]
-                        # byte k of the folds: the sum (here the or) of bytes 8k..8k+7 of the 64.
-                        fold = _neon("addp", bytes_, _neon("addp", bytes_, bits[0], bits[1]),
-                                     _neon("addp", bytes_, bits[2], bits[3]))
-                        fold = _neon("addp", bytes_, fold, fold)
-                        T.buffer_store(O, tirx.Shuffle([T.reinterpret("uint64x2", fold)], [0]), [0, 0, 0, plane, word])
-    return builder.get()
+    position = T.ramp(T.uint8(0), T.uint8(1), Q_BYTES) & T.broadcast(T.uint8(7), Q_BYTES)
+    bits = [((group >> T.broadcast(T.uint8(plane), Q_BYTES)) & T.broadcast(T.uint8(1), Q_BYTES)) << position
+            for group in groups]
+    # byte k of the folds: the sum (here the or) of bytes 8k..8k+7 of the 64.
+    fold = _neon("addp", bytes_, _neon("addp", bytes_, bits[0], bits[1]), _neon("addp", bytes_, bits[2], bits[3]))
+    fold = _neon("addp", bytes_, fold, fold)
+    return tirx.Shuffle([T.reinterpret("uint64x2", fold)], [0])

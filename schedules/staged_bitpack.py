@@ -5,8 +5,7 @@ once per plane inside a 64-term bit expression, and whatever LLVM makes of that 
 or spills (vectorized over bits or pixels it needs a vector mask per bit position; scalar, SLP
 gathers all 64 levels at once). Staged, each pixel's levels are computed once into a local buffer,
 vectorized over its channels, and the pack is tensorized: the levels narrowed to bytes, and each
-plane's word gathered from them by a per-ISA implementation (`neon.bitpack_implementation`,
-`x86.bitpack_implementation`). The intrinsic's description is ops.pack_activation's own compute,
+plane's word gathered from them by a per-ISA `pack_word` (`neon.pack_word`, `x86.pack_word`). The intrinsic's description is ops.pack_activation's own compute,
 so tensorize checks that the two agree.
 
 Where it applies (`levels_to_stage`): a pack of 64-bit words whose single producer is its levels
@@ -20,11 +19,14 @@ from typing import Callable
 
 from tvm import tirx
 from tvm.s_tir import Schedule, TensorIntrin
+from tvm.script import tirx as T
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 
 from wrpn_tvm.ops import BITPACK_RULE
 
-from .common import (block_rule, inline_other_blocks, kernel_blocks, loop_extent, place_remaining_blocks,
-                     try_vectorize)
+from . import cpu
+from .common import block_rule, inline_other_blocks, kernel_blocks, loop_extent, try_vectorize
 
 BITPACK_GROUP = 16  # channels per vector of level bytes the implementations narrow at a time
 WORD = "uint64"
@@ -37,7 +39,7 @@ def merge_unit_axis(sch: Schedule, block) -> None:
     channels; a single plane: 1-bit activations). Blockized, a unit loop's iter var would stay in
     the pack's guards (`channel < channels`, bits past a partial word) or its plane shift as a
     variable of the outer block, where the description has zero; merged, it is a constant 0."""
-    planes, words = (int(extent) for extent in sch.get(block).writes[0].source.shape[-2:])
+    planes, words = pack_shape(sch, block)
     if planes == 1:
         sch.transform_block_layout(block, lambda n, h, w, plane, word: (n, h, w, word))
     elif words == 1:
@@ -83,9 +85,9 @@ def levels_to_stage(sch: Schedule, block):
     return producers[0]
 
 
-def pack_from_levels(sch: Schedule, block, levels, implementation: Callable) -> None:
+def pack_from_levels(sch: Schedule, block, levels, pack_word: Callable) -> None:
     """Each pixel's levels computed once into a local buffer (vectorized over its channels), then
-    packed by the intrinsic `implementation(dtype, channels, planes)` implements."""
+    packed by the intrinsic whose words `pack_word` computes (`intrin`)."""
     buffer = sch.get(levels).writes[0].source
     channels = int(buffer.shape[1])
     planes, _ = pack_shape(sch, block)
@@ -96,34 +98,61 @@ def pack_from_levels(sch: Schedule, block, levels, implementation: Callable) -> 
     sch.set_scope(levels, 0, "local")
     channel_loop = [loop for loop in sch.get_loops(levels)[2:] if loop_extent(sch, loop) > 1][0]
     try_vectorize(sch, channel_loop)
-    sch.tensorize(sch.blockize(plane_and_word), intrin(implementation, str(buffer.dtype), channels, planes))
+    sch.tensorize(sch.blockize(plane_and_word), intrin(pack_word, str(buffer.dtype), channels, planes))
 
 
-def schedule_kernels(sch: Schedule, schedule_kernel: Callable, stage: Callable, implementation: Callable,
-                     place: Callable) -> list[str]:
+def schedule_kernels(sch: Schedule, schedule_kernel: Callable, stage: Callable, pack_word: Callable) -> None:
     """cpu.schedule_kernels, except that a conv bitpack's levels stay a stage of their own where
     `stage(sch, block)` names them, and that pack is staged (`pack_from_levels`)."""
-    kernels = kernel_blocks(sch)
-    staged = {sch.get(block).name_hint: stage(sch, block) for block, rule in kernels if rule == BITPACK_RULE}
-    kept = {sch.get(levels).name_hint for levels in staged.values() if levels is not None}
-    others = inline_other_blocks(sch, frozenset(kept))
-    for block, rule in kernels:
+    staged = {sch.get(block).name_hint: stage(sch, block) for block, rule in kernel_blocks(sch)
+              if rule == BITPACK_RULE}
+    kept = frozenset(sch.get(levels).name_hint for levels in staged.values() if levels is not None)
+
+    def schedule_kernel_or_stage(sch: Schedule, block, rule: str) -> None:
         levels = staged.get(sch.get(block).name_hint)
         if levels is None:
             schedule_kernel(sch, block, rule)
         else:
-            pack_from_levels(sch, block, sch.get_sblock(sch.get(levels).name_hint), implementation)
-    place_remaining_blocks(sch, others, place)
-    return others
+            pack_from_levels(sch, block, sch.get_sblock(sch.get(levels).name_hint), pack_word)
+
+    cpu.schedule_kernels(sch, schedule_kernel_or_stage, kept)
 
 
-def intrin(implementation: Callable, dtype: str, channels: int, planes: int) -> str:
+def intrin(pack_word: Callable, dtype: str, channels: int, planes: int) -> str:
     """The registered intrinsic that packs one pixel's `channels` levels of `dtype` (a local
-    [1, C, 1, 1] buffer) into its [planes, words] 64-bit words, `implementation`'s way."""
-    name = f"wrpn_{implementation.__module__.rsplit('.', 1)[-1]}_bitpack_{dtype}_{channels}_{planes}"
+    [1, C, 1, 1] buffer) into its [planes, words] 64-bit words, each computed by `pack_word`."""
+    name = f"wrpn_{pack_word.__module__.rsplit('.', 1)[-1]}_bitpack_{dtype}_{channels}_{planes}"
     if TensorIntrin.get(name, allow_missing=True) is None:
-        TensorIntrin.register(name, _description(dtype, channels, planes), implementation(dtype, channels, planes))
+        TensorIntrin.register(name, _description(dtype, channels, planes),
+                              _implementation(dtype, channels, planes, pack_word))
     return name
+
+
+def _implementation(dtype: str, channels: int, planes: int, pack_word: Callable) -> tirx.PrimFunc:
+    """Per word: its 64 levels narrowed to BITPACK_GROUP bytes at a time (zeros past the last
+    channel), then each plane's word `pack_word(groups, plane)` stored. Levels fit a byte (at most
+    8 bits)."""
+    words = -(-channels // WORD_BITS)
+    with IRBuilder() as builder:
+        with build_prim_func():
+            l, o = T.arg("l", T.handle()), T.arg("o", T.handle())
+            L = T.match_buffer(l, (1, channels, 1, 1), dtype, offset_factor=1, scope="local")
+            O = T.match_buffer(o, (1, 1, 1, planes, words), WORD, offset_factor=1,
+                               strides=[T.int64(), T.int64(), T.int64(), T.int64(), T.int64()])
+            with T.sblock("root"):
+                T.reads(L[0, 0:channels, 0, 0])
+                T.writes(O[0, 0, 0, 0:planes, 0:words])
+                # Compact (its region is the whole local buffer): channels are contiguous.
+                flat = T.decl_buffer((channels,), dtype, data=L.data, elem_offset=L.elem_offset, scope="local")
+                for word in range(words):
+                    first = word * WORD_BITS
+                    groups = [T.Cast(f"uint8x{BITPACK_GROUP}",
+                                     T.Cast(f"int32x{BITPACK_GROUP}", flat[T.ramp(start, 1, BITPACK_GROUP)]))
+                              if start < channels else T.broadcast(T.uint8(0), BITPACK_GROUP)
+                              for start in range(first, first + WORD_BITS, BITPACK_GROUP)]
+                    for plane in range(planes):
+                        T.buffer_store(O, pack_word(groups, plane), [0, 0, 0, plane, word])
+    return builder.get()
 
 
 def _description(dtype: str, channels: int, planes: int) -> tirx.PrimFunc:

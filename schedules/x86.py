@@ -5,7 +5,7 @@ at 16 lanes. AVX2 has no vector popcount: bit-serial conv2d and dense with two o
 pairs accumulate nibble lookups in 16-bit lanes (`avx2.NibbleCounts`) where the layer's bits and
 reduction allow it; other layers use the generic templates at 8 lanes (LLVM's nibble-lookup
 popcount per 64-bit lane). A fused epilogue's bitpack packs staged levels (`staged_bitpack`):
-each plane's word from two `vpmovmskb` of the level bytes (`bitpack_implementation`). The tests
+each plane's word from two `vpmovmskb` of the level bytes (`pack_word`). The tests
 read the generated assembly.
 
 A MetaSchedule rule is handed no target; `tune` runs under its target, so the rules read the ISA
@@ -18,8 +18,6 @@ outside `tune`), a rule offers every space.
 from tvm import tirx
 from tvm.s_tir import Schedule
 from tvm.script import tirx as T
-from tvm.script.ir_builder import IRBuilder
-from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
@@ -184,38 +182,17 @@ def _nibble_plan_for_rule(sch: Schedule, block) -> "NibbleCounts | None":
     return None if target is not None and _has_avx512(target) else _plan(sch, block)
 
 
-def bitpack_implementation(dtype: str, channels: int, planes: int) -> tirx.PrimFunc:
-    """A word's 64 levels narrowed to bytes (16 at a time: `vcvttps2dq`, `vpmovdb` or packs), then
-    per plane each byte shifted so that the plane's bit is its top bit, and two `vpmovmskb` gather
-    the 64 top bits. AVX2 and AVX-512 alike (LLVM may fold the shift and mask into a mask register on
-    AVX-512). Levels fit a byte (at most 8 bits)."""
-    group = staged_bitpack.BITPACK_GROUP
-    words = -(-channels // staged_bitpack.WORD_BITS)
-    with IRBuilder() as builder:
-        with build_prim_func():
-            l, o = T.arg("l", T.handle()), T.arg("o", T.handle())
-            L = T.match_buffer(l, (1, channels, 1, 1), dtype, offset_factor=1, scope="local")
-            O = T.match_buffer(o, (1, 1, 1, planes, words), staged_bitpack.WORD, offset_factor=1,
-                               strides=[T.int64(), T.int64(), T.int64(), T.int64(), T.int64()])
-            with T.sblock("root"):
-                T.reads(L[0, 0:channels, 0, 0])
-                T.writes(O[0, 0, 0, 0:planes, 0:words])
-                # Compact (its region is the whole local buffer): channels are contiguous.
-                flat = T.decl_buffer((channels,), dtype, data=L.data, elem_offset=L.elem_offset, scope="local")
-                for word in range(words):
-                    first = word * staged_bitpack.WORD_BITS
-                    groups = [T.Cast(f"uint8x{group}", T.Cast(f"int32x{group}", flat[T.ramp(start, 1, group)]))
-                              if start < channels else T.broadcast(T.uint8(0), group)
-                              for start in range(first, first + staged_bitpack.WORD_BITS, group)]
-                    levels = tirx.Shuffle(groups, list(range(staged_bitpack.WORD_BITS)))
-                    for plane in range(planes):
-                        top = levels << T.broadcast(T.uint8(7 - plane), staged_bitpack.WORD_BITS)
-                        halves = [T.Cast("uint64", T.Cast("uint32", T.call_llvm_pure_intrin(
-                            "int32", "llvm.x86.avx2.pmovmskb",
-                            tirx.Shuffle([top], list(range(start, start + MOVEMASK_BYTES))))))
-                            for start in (0, MOVEMASK_BYTES)]
-                        T.buffer_store(O, halves[0] | (halves[1] << T.uint64(MOVEMASK_BYTES)), [0, 0, 0, plane, word])
-    return builder.get()
+def pack_word(groups: list, plane: int):
+    """staged_bitpack's word of one plane from its 64 level bytes (`groups`; the levels narrowed
+    by `vcvttps2dq`, `vpmovdb` or packs): each byte shifted so that the plane's bit is its top bit,
+    and two `vpmovmskb` gather the 64 top bits. AVX2 and AVX-512 alike (LLVM may fold the shift and
+    mask into a mask register on AVX-512)."""
+    levels = tirx.Shuffle(groups, list(range(staged_bitpack.WORD_BITS)))
+    top = levels << T.broadcast(T.uint8(7 - plane), staged_bitpack.WORD_BITS)
+    halves = [T.Cast("uint64", T.Cast("uint32", T.call_llvm_pure_intrin(
+        "int32", "llvm.x86.avx2.pmovmskb", tirx.Shuffle([top], list(range(start, start + MOVEMASK_BYTES))))))
+        for start in (0, MOVEMASK_BYTES)]
+    return halves[0] | (halves[1] << T.uint64(MOVEMASK_BYTES))
 
 
 class X86Templates:
@@ -226,7 +203,7 @@ class X86Templates:
         kernel = cpu.kernel_scheduler(AVX512_LANES) if _has_avx512(target) else _avx2_kernel
         # vpmovmskb ymm needs AVX2: other "cpu" targets (older x86, other ISAs) keep the generic pack.
         stage = staged_bitpack.levels_to_stage if target_has_features("avx2", target) else (lambda sch, block: None)
-        staged_bitpack.schedule_kernels(sch, kernel, stage, bitpack_implementation, cpu.place_parallel)
+        staged_bitpack.schedule_kernels(sch, kernel, stage, pack_word)
 
     @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:

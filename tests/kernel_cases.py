@@ -1,6 +1,7 @@
 """What the kernel tests share: random weights on a WRPN grid, and a template's MetaSchedule design
 spaces as a search would build them (sampled, then rewritten by the postprocs it runs on CPUs)."""
 
+import numpy as np
 import tvm
 from tvm import te
 from tvm.s_tir import Schedule
@@ -16,6 +17,18 @@ def random_weights(rng, wbits, shape):
         return rng.choice([-1, 1], shape)
     top = 2 ** (wbits - 1) - 1
     return rng.integers(-top, top + 1, shape)
+
+
+def epilogue_bitpack_case(rng, size: int, channels: int, abits: int) -> tuple:
+    """((acc, scale, offset), the packed words the numpy reference wants) for the fused epilogue
+    bitpack of benchmarks/arm_hot_loops.epilogue_bitpack: accumulators spread over every level and
+    past both clips, levels rounded half to even (as nearbyint)."""
+    acc = rng.integers(-300, 300, (1, size, size, channels)).astype(np.int32)
+    scale = rng.uniform(0.001, 0.01, channels).astype(np.float32)
+    offset = rng.uniform(-0.5, 1.0, channels).astype(np.float32)
+    affine = acc.transpose(0, 3, 1, 2).astype(np.float32) * scale[:, None, None] + offset[:, None, None]
+    levels = np.rint(np.clip(affine, 0, 1) * np.float32(2**abits - 1)).astype(np.int64)
+    return (acc, scale, offset), ops.pack_activation_reference(levels, abits, 64)
 
 
 def tuning_spaces(func, key: str, rule: str, block: str, seed: int) -> list:

@@ -15,7 +15,7 @@ import tvm
 from tvm import te
 from tvm.support import cc
 
-from kernel_cases import random_weights, tuning_spaces
+from kernel_cases import epilogue_bitpack_case, random_weights, tuning_spaces
 from schedules.neon import narrow_accumulation
 from wrpn_tvm import kernels, ops
 from wrpn_tvm.ops.bitpack import pack_weight
@@ -298,18 +298,13 @@ def test_fused_bitpacks_are_exact_on_the_emulated_pi(emulated_pool, tmp_path):
     session = connect(DeviceSpec(rpc=emulated_pool.direct, timeout=600))
     rng = np.random.default_rng(64)
     for size, channels, abits in EPILOGUE_BITPACKS:
-        acc = rng.integers(-300, 300, (1, size, size, channels)).astype(np.int32)
-        scale = rng.uniform(0.001, 0.01, channels).astype(np.float32)
-        offset = rng.uniform(-0.5, 1.0, channels).astype(np.float32)
-        affine = acc.transpose(0, 3, 1, 2).astype(np.float32) * scale[:, None, None] + offset[:, None, None]
-        levels = np.rint(np.clip(affine, 0, 1) * np.float32(2**abits - 1)).astype(np.int64)
-        want = ops.pack_activation_reference(levels, abits, 64)
+        arrays, want = epilogue_bitpack_case(rng, size, channels, abits)
         executable = compile_prim_func(arm_hot_loops.epilogue_bitpack(size, channels, abits), resolve("rasp4"))
         path = _library(executable, tmp_path, f"pack{size}_{channels}_{abits}")
         session.upload(str(path))
         module = session.load_module(path.name)
         device = session.cpu()
-        args = [tvm.runtime.tensor(a, device) for a in (acc, scale, offset)]
+        args = [tvm.runtime.tensor(a, device) for a in arrays]
         out = tvm.runtime.tensor(np.zeros(want.shape, dtype=np.uint64), device)
         module["main"](*args, out)
         assert np.array_equal(out.numpy(), want), (size, channels, abits)

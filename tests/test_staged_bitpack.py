@@ -1,4 +1,4 @@
-"""The staged conv bitpack on x86 (schedules/staged_bitpack.py, x86.bitpack_implementation): a fused
+"""The staged conv bitpack on x86 (schedules/staged_bitpack.py, x86.pack_word): a fused
 epilogue's levels computed once per pixel, each plane's word gathered by vpmovmskb. Bit-exact against
 the numpy reference on awkward shapes, for the host's code (AVX-512 here) and AVX2 code; staged exactly
 where it applies.
@@ -12,7 +12,7 @@ import pytest
 import tvm
 
 import schedules
-from wrpn_tvm import ops
+from kernel_cases import epilogue_bitpack_case
 from wrpn_tvm.pipeline import compile_prim_func
 from wrpn_tvm.targets import resolve
 
@@ -32,16 +32,10 @@ UNSTAGED = [(5, 24, 2), (5, 48, 1)]
 
 
 def _exact(target: str, size: int, channels: int, abits: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    acc = rng.integers(-300, 300, (1, size, size, channels)).astype(np.int32)
-    scale = rng.uniform(0.001, 0.01, channels).astype(np.float32)
-    offset = rng.uniform(-0.5, 1.0, channels).astype(np.float32)
-    affine = acc.transpose(0, 3, 1, 2).astype(np.float32) * scale[:, None, None] + offset[:, None, None]
-    levels = np.rint(np.clip(affine, 0, 1) * np.float32(2**abits - 1)).astype(np.int64)
-    want = ops.pack_activation_reference(levels, abits, 64)
+    args, want = epilogue_bitpack_case(np.random.default_rng(seed), size, channels, abits)
     executable = compile_prim_func(arm_hot_loops.epilogue_bitpack(size, channels, abits), resolve(target))
     out = tvm.runtime.tensor(np.zeros(want.shape, dtype=np.uint64))
-    executable.mod["main"](*(tvm.runtime.tensor(a) for a in (acc, scale, offset)), out)
+    executable.mod["main"](*(tvm.runtime.tensor(a) for a in args), out)
     np.testing.assert_array_equal(out.numpy(), want)
 
 
