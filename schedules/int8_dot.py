@@ -10,6 +10,11 @@ the write-back drops padded output channels and runs the fused epilogue on the t
 MetaSchedule samples the tile (blocks x rows x columns), the loop order and the unroll depth; the
 rule tensorizes its candidates itself.
 
+On the vpmaddubsw CPUs (AVX2, AVX-512BW), the int16 pair sums of a layer told its bits are added
+to the accumulators in int16 until the write-back widens them, where the whole reduction's bound
+fits int16 (2/2 up to 3x3x2424 channels, 4/2 up to 3x3x484); elsewhere several steps' pair sums are
+added, then widened into int32 (vpmaddwd with ones) at every tensorized call.
+
 The dot instruction follows from the layout the function was built with (ob = 16: AVX-512, 8:
 AVX2, int8 activations: sdot), so tuning for an AVX-512 target never samples AVX2 designs; only
 VNNI against AVX-512BW needs the target, which a rule takes from `Target.current()` or, outside
@@ -29,7 +34,7 @@ from tvm.target import Target
 from tvm.target.codegen import llvm_get_system_cpu, target_has_features
 
 from wrpn_tvm.errors import WrpnError
-from wrpn_tvm.ops.int8_dot import INT8_CONV2D_RULE, PAD_NAME, PAIR_SUM_ATTR, REDUCE_BLOCK
+from wrpn_tvm.ops.int8_dot import INT8_CONV2D_RULE, PAD_NAME, PAIR_SUM_ATTR, REDUCE_BLOCK, pair_sums_fit_int16
 
 from .common import (
     Decisions,
@@ -48,7 +53,6 @@ UNROLL_STEPS = [0, 16, 64]
 LOOP_ORDERS = ("blocks_outer", "pixels_outer")
 MAX_TILE_BLOCKS = 4
 MAX_TILE_ROWS = 4
-INT16_MAX = 2**15 - 1
 PAD_VECTOR_BYTES = 64
 
 
@@ -90,6 +94,49 @@ def _widening(multiply_bytes: str, multiply_words: str, lanes: int):
         return c + T.call_llvm_pure_intrin(f"int32x{lanes}", multiply_words, pairs, ones)
 
     return implementation
+
+
+def _int16_accumulating(multiply_bytes: str, lanes: int):
+    """vpmaddubsw per step, its pair sums added to the accumulator's int16 lanes: two operations
+    per step where widening every few steps takes two and a quarter, of which one and a quarter are
+    multiplies (vpmaddwd is one). The accumulator's 32-bit lane of an output holds two int16 pair
+    sums until `_decode_func` adds them on write-back."""
+
+    def implementation(A, B, c, steps):
+        pairs = T.reinterpret(f"int16x{2 * lanes}", c)
+        for step in range(steps):
+            pairs = pairs + T.call_llvm_pure_intrin(f"int16x{2 * lanes}", multiply_bytes,
+                                                    _broadcast_bytes(A, step, lanes, "uint8"),
+                                                    _weights(B, step, steps, lanes))
+        return T.reinterpret(f"int32x{lanes}", pairs)
+
+    return implementation
+
+
+def _decode_func(lanes: int, multiply_words: str, implementation: bool) -> tirx.PrimFunc:
+    """The write-back of one block of accumulators: a copy (description), or each output's two
+    int16 pair sums added into int32 by vpmaddwd with ones (implementation)."""
+    with IRBuilder() as builder:
+        with build_prim_func():
+            s, d = T.arg("s", T.handle()), T.arg("d", T.handle())
+            S = T.match_buffer(s, (lanes,), "int32", offset_factor=1, scope="local")
+            D = T.match_buffer(d, (lanes,), "int32", offset_factor=1)
+            with T.sblock("root"):
+                T.reads(S[0:lanes])
+                T.writes(D[0:lanes])
+                if implementation:
+                    ones = T.broadcast(tirx.const(1, "int16"), 2 * lanes)
+                    pairs = T.reinterpret(f"int16x{2 * lanes}", S.vload([0], f"int32x{lanes}"))
+                    T.buffer_store(D, T.call_llvm_pure_intrin(f"int32x{lanes}", multiply_words, pairs, ones),
+                                   [T.ramp(0, 1, lanes)])
+                else:
+                    with T.serial(0, lanes) as i:
+                        with T.sblock("writeback"):
+                            vi = T.axis.spatial(lanes, i)
+                            T.reads(S[vi])
+                            T.writes(D[vi])
+                            T.buffer_store(D, S[vi], [vi])
+    return builder.get()
 
 
 def _dot_func(lanes: int, steps: int, activation_dtype: str, implementation) -> tirx.PrimFunc:
@@ -134,7 +181,9 @@ class DotKernel:
     """A dot instruction (sequence) for blocks of `lanes` outputs and the register file around it:
     `registers` are left for the tile's accumulators and weight vectors after the temporaries
     (measured: fewer than the register file's count less temporaries, or LLVM spills). `steps`: the 4-channel reduction steps one tensorized call may cover (more than
-    one only where int16 pair sums are added before widening)."""
+    one only where int16 pair sums are added before widening). `decode`: the write-back intrinsic
+    of a kernel whose accumulators hold int16 pair sums (`_int16_accumulating`), registered under
+    the kernel's name with its multiply of words."""
 
     name: str
     lanes: int
@@ -142,6 +191,11 @@ class DotKernel:
     registers: int
     implementation: Callable
     steps: tuple = (1,)
+    decode_multiply: "str | None" = None
+
+    @property
+    def decode_intrin(self) -> "str | None":
+        return f"{self.name}_decode" if self.decode_multiply is not None else None
 
     def intrin(self, steps: int) -> str:
         return f"{self.name}_x{steps}"
@@ -155,6 +209,9 @@ class DotKernel:
             TensorIntrin.register(self.intrin(steps), _dot_func(self.lanes, steps, self.activation_dtype, None),
                                   _dot_func(self.lanes, steps, self.activation_dtype, self.implementation),
                                   override=True)
+        if self.decode_multiply is not None:
+            TensorIntrin.register(self.decode_intrin, _decode_func(self.lanes, self.decode_multiply, False),
+                                  _decode_func(self.lanes, self.decode_multiply, True), override=True)
         return self
 
 
@@ -168,6 +225,13 @@ AVX512BW = DotKernel("wrpn_avx512bw_dot_16x4", 16, "uint8", 27,
 # 16 ymm, the same three temporaries.
 AVX2 = DotKernel("wrpn_avx2_dot_8x4", 8, "uint8", 13,
                  _widening("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd", 8), WIDENING_STEPS).register()
+# Where the whole reduction fits the int16 lanes: no ones vector to keep.
+AVX512BW_INT16 = DotKernel("wrpn_avx512bw_dot16_16x4", 16, "uint8", 28,
+                           _int16_accumulating("llvm.x86.avx512.pmaddubs.w.512", 16),
+                           decode_multiply="llvm.x86.avx512.pmaddw.d.512").register()
+AVX2_INT16 = DotKernel("wrpn_avx2_dot16_8x4", 8, "uint8", 14, _int16_accumulating("llvm.x86.avx2.pmadd.ub.sw", 8),
+                       decode_multiply="llvm.x86.avx2.pmadd.wd").register()
+INT16_ACCUMULATING = {AVX2.name: AVX2_INT16, AVX512BW.name: AVX512BW_INT16}
 # 32 q registers less broadcast activations (ld1r into registers): a 1x28 tile spilled (cortex-a76).
 SDOT = DotKernel("wrpn_sdot_4x4", 4, "int8", 24, _sdot).register()
 
@@ -197,12 +261,24 @@ def _layout_of(sch: Schedule, block) -> tuple[int, str]:
     return ob, str(data[0].dtype)
 
 
+def accumulating_kernel(sch: Schedule, block, kernel: DotKernel) -> DotKernel:
+    """The kernel's int16-accumulating form where the block's whole reduction (one pair sum per
+    4-channel step in each int16 lane) is bounded within int16; the kernel itself otherwise."""
+    wider = INT16_ACCUMULATING.get(kernel.name)
+    bound = sch.get(block).annotations.get(PAIR_SUM_ATTR)
+    if wider is None or bound is None:
+        return kernel
+    _, _, _, _, _, kh, kw, c4, _ = sch.get_loops(block)
+    steps = loop_extent(sch, kh) * loop_extent(sch, kw) * loop_extent(sch, c4)
+    return wider if pair_sums_fit_int16(int(bound), steps) else kernel
+
+
 def reduction_steps(sch: Schedule, block, kernel: DotKernel, channel_steps: int) -> int:
     """4-channel steps per tensorized call: the most the kernel offers that divide the layer's and
     whose int16 pair sums cannot overflow (one step where the block does not bound its levels)."""
     bound = sch.get(block).annotations.get(PAIR_SUM_ATTR)
     return max(s for s in kernel.steps
-               if channel_steps % s == 0 and (s == 1 or (bound is not None and s * int(bound) <= INT16_MAX)))
+               if channel_steps % s == 0 and (s == 1 or (bound is not None and pair_sums_fit_int16(int(bound), s))))
 
 
 def has_int8_conv(sch: Schedule) -> bool:
@@ -230,6 +306,7 @@ def default_tile(blocks: int, rows: int, columns: int, kernel: DotKernel, steps:
 
 def conv2d(sch: Schedule, block, kernel: DotKernel, tuning: bool, order: str = LOOP_ORDERS[0]) -> None:
     decisions = Decisions(sch, tuning)
+    kernel = accumulating_kernel(sch, block, kernel)
     n, oh, ow, ob, oi, kh, kw, c4, ci = sch.get_loops(block)
     steps = reduction_steps(sch, block, kernel, loop_extent(sch, c4))
     inner = [oi, ci]
@@ -254,8 +331,16 @@ def conv2d(sch: Schedule, block, kernel: DotKernel, tuning: bool, order: str = L
         sch.unroll(loop)
     writeback = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(writeback, tile, preserve_unit_loops=True)
-    try_vectorize(sch, sch.get_loops(writeback)[-1])
+    _, *writeback_tile, writeback_lanes = sch.get_loops(writeback)
     attach_epilogue(sch, writeback, tile)
+    if kernel.decode_intrin is not None:
+        # The write-back of int16 pair sums decodes them: the update and the decoding are applied
+        # together or not at all.
+        sch.tensorize(writeback_lanes, kernel.decode_intrin)
+        if tuning:
+            sch.blockize(writeback_tile[0])
+    else:
+        try_vectorize(sch, writeback_lanes)
     init = sch.decompose_reduction(block, kh)
     try_vectorize(sch, sch.get_loops(init)[-1])
     init_loops = sch.get_loops(init)

@@ -126,14 +126,17 @@ def test_tuning_candidates_are_exact(target, seed):
 
 
 @pytest.mark.parametrize("target", ["host", "x86-avx2", SKYLAKE], ids=str)
-def test_metaschedule_design_spaces_run_the_dot(target):
+@pytest.mark.parametrize("case_index", [1, 0], ids=["widening", "int16-accumulating"])
+def test_metaschedule_design_spaces_run_the_dot(target, case_index):
     """The design spaces MetaSchedule itself generates for the target, through the postprocs it
-    runs there (x86 without VNNI runs no RewriteTensorize), are exact and use the dot instruction."""
+    runs there (x86 without VNNI runs no RewriteTensorize), are exact and use the dot instruction;
+    on the vpmaddubsw targets, both with pair sums widened every few steps (4/4 over 3x3x132) and
+    accumulated in int16 to the write-back (2/2 over 3x3x40)."""
     from tvm.s_tir import meta_schedule as ms
 
-    case = CONV_CASES[1]
+    case = CONV_CASES[case_index]
     abits, wbits, channels, out_channels, kernel, stride, padding, batch, image = case
-    x, w, want = _case_data(case, 1)
+    x, w, want = _case_data(case, case_index)
     spec = resolve(target)
     layout = ops.int8_layout(spec.target)
     func = _conv_func(layout, x.shape, out_channels, channels, kernel, stride, padding, case[:2])
@@ -203,13 +206,31 @@ def test_avx512bw_without_vnni_uses_pmaddubsw_on_zmm():
     assert not re.search(r"\bvpdpbusd\b", asm)
 
 
-@pytest.mark.parametrize("bits, steps", [((4, 4), 4), ((1, 1), 4), (None, 1)])
-def test_avx2_build_has_no_avx512(bits, steps):
-    """vpmaddubsw + vpmaddwd on ymm only; told the bits, one widening vpmaddwd per 4 steps."""
-    asm = _asm("x86-avx2", bits=bits)
+@pytest.mark.parametrize("bits, channels, steps", [((4, 4), 256, 4), (None, 64, 1)])
+def test_avx2_build_has_no_avx512(bits, channels, steps):
+    """vpmaddubsw + vpmaddwd on ymm only; told the bits, one widening vpmaddwd per 4 steps where
+    the whole reduction's pair sums do not fit int16 (4/4 over 3x3x256)."""
+    asm = _asm("x86-avx2", channels, bits=bits)
     multiplies, widenings = _count(r"\bvpmaddubsw\t.*%ymm", asm), _count(r"\bvpmaddwd\t.*%ymm", asm)
     assert widenings and multiplies == steps * widenings
     assert not AVX512_ONLY.search(asm)
+
+
+@pytest.mark.parametrize("target", ["x86-avx2", "avx512bw"])
+@pytest.mark.parametrize("bits, channels", [((2, 2), 1024), ((4, 4), 64), ((1, 1), 512)])
+def test_pair_sums_accumulate_in_int16_where_the_reduction_fits(target, bits, channels):
+    """Where every int16 lane's bound over the whole reduction fits (3x3x1024 at 2/2: 2304 steps of
+    at most 6), the dot loops add vpmaddubsw's pair sums with vpaddw and widen only on write-back."""
+    assert ops.pair_sum_max(*bits) * 9 * channels // 4 <= 2**15 - 1
+    register = "%ymm" if target == "x86-avx2" else "%zmm"
+    asm = _asm(X86_TARGETS[target], channels, bits=bits)
+    dot_loops = [loop for loop in _self_loops(asm) if any(re.match(r"vpmaddubsw", i) for i in loop)]
+    assert dot_loops
+    for loop in dot_loops:
+        assert not [i for i in loop if re.match(r"vpmaddwd", i)], loop
+        multiplies = [i for i in loop if re.match(rf"vpmaddubsw\t.*{register}", i)]
+        assert len(multiplies) == len([i for i in loop if re.match(rf"vpaddw\t.*{register}", i)]), loop
+    assert re.search(rf"\bvpmaddwd\t.*{register}", asm)
 
 
 @pytest.mark.parametrize("size, channels", [(28, 256), (14, 512), (7, 1024)])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from wrpn_tvm import build, pipeline, runtime
+from wrpn_tvm import build, ops, pipeline, runtime
 from wrpn_tvm.cli import main as cli_main
 from wrpn_tvm.frontend import to_relax
 from wrpn_tvm.lowering import lower_wrpn
@@ -84,6 +84,14 @@ def test_cost_model_follows_the_work_of_each_kernel(target):
     # Bit-serial pads channels to 64-bit words, int8 to 4: narrow layers favour int8.
     assert ratio(2, 2, 20) < ratio(2, 2, 256)
     assert ratio(2, 2, 20) == pytest.approx(ratio(2, 2, 64) * (20 / 64))
+    # On the vpmaddubsw CPUs, int16 accumulation over a whole 3x3x64 reduction at 4/4 (144 steps of
+    # pair sums up to 210) makes int8 cheaper than over 3x3x256, where it widens every few steps.
+    assert ops.pair_sums_fit_int16(ops.pair_sum_max(4, 4), 9 * 64 // 4)
+    assert not ops.pair_sums_fit_int16(ops.pair_sum_max(4, 4), 9 * 256 // 4)
+    if kind == "avx2":
+        assert ratio(4, 4, 64) < ratio(4, 4, 256) / 1.1
+    else:
+        assert ratio(4, 4, 64) == pytest.approx(ratio(4, 4, 256))
 
 
 def test_tuning_measures_both_kernels_and_the_build_runs_the_faster(program, tmp_path, capsys):

@@ -34,6 +34,7 @@ class LayerWork:
 
     bitserial_words: int
     int8_dots: int
+    int8_pair_sums_fit_int16: bool  # vpmaddubsw kernels then accumulate in int16 (ops.pair_sums_fit_int16)
 
 
 def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, layout: "ops.Int8Layout") -> LayerWork:
@@ -46,7 +47,9 @@ def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, l
     words = -(-channels // WORD_BITS)
     groups = -(-channels // layout.reduce_block)
     blocks = -(-out_channels // layout.out_block)
-    return LayerWork(bitserial_words=window * out_channels * pairs * words, int8_dots=window * blocks * groups)
+    steps = kernel_h * kernel_w * groups
+    return LayerWork(bitserial_words=window * out_channels * pairs * words, int8_dots=window * blocks * groups,
+                     int8_pair_sums_fit_int16=ops.pair_sums_fit_int16(ops.pair_sum_max(abits, wbits), steps))
 
 
 # The cost of one int8 dot step in bit-serial word steps, per CPU kind: a layer's predicted time
@@ -56,7 +59,8 @@ _WORDS_PER_DOT = {
     # int8 / bit-serial measured 0.93-1.06 at 2/2, 0.52-0.55 at 4/2, 0.46-0.52 at 2/4, 0.27-0.29 at
     # 4/4, which give 4.0-4.5; ties at 2/2 go to bit-serial (its kernels scale better to 2 threads).
     "avx512-vnni": 4.2,
-    # x86-avx2 on the same CPU: 0.66-0.84 at 2/2, 0.22-0.34 at 4/2 and 2/4, 0.11-0.16 at 4/4: 1.1-1.4.
+    # x86-avx2 on the same CPU: 0.66-0.84 at 2/2, 0.22-0.34 at 4/2 and 2/4, 0.11-0.16 at 4/4: 1.1-1.4
+    # (the int8 kernel built for 4/4 there: pair sums widened every 4 steps).
     "avx2": 1.3,
     # Not measured: the same vpmaddubsw + vpmaddwd sequence as AVX2 on twice the lanes, against a
     # bit-serial loop without VPOPCNTDQ (LLVM's nibble-lookup popcount), as on AVX2.
@@ -65,6 +69,10 @@ _WORDS_PER_DOT = {
     # (21 MAC/cycle) and the 2/2 bit-serial loop at 0.77 cycles per word step (1.53 per 128 bits).
     "neon-sdot": 1.0,
 }
+# vpmaddubsw kernels on layers whose whole reduction fits the int16 lanes (no vpmaddwd every 4
+# steps): ResNet-18's 2x-wide 3x3 layers at 2/2 on x86-avx2, znver4, 1 thread, 1.15-1.20x as fast
+# as the same kernel widening (1.09-1.18x at 2 threads). AVX-512BW: the same sequence, not measured.
+_INT16_ACCUMULATING_SPEEDUP = {"avx2": 1.18, "avx512bw": 1.18}
 
 
 def cpu_kind(target) -> str:
@@ -80,7 +88,8 @@ def cpu_kind(target) -> str:
 
 def estimated_ratio(work: LayerWork, kind: str) -> float:
     """int8-dot time / bit-serial time predicted for a layer on a CPU of this kind."""
-    return work.int8_dots * _WORDS_PER_DOT[kind] / work.bitserial_words
+    speedup = _INT16_ACCUMULATING_SPEEDUP.get(kind, 1.0) if work.int8_pair_sums_fit_int16 else 1.0
+    return work.int8_dots * _WORDS_PER_DOT[kind] / speedup / work.bitserial_words
 
 
 def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, input_shape, output_shape,

@@ -7,7 +7,7 @@ from .bitpack import BITPACK_RULE, pack_activation, pack_weight
 from .bitserial import CONV2D_RULE, DENSE_RULE, bitserial_conv2d, bitserial_dense
 from .blocked_conv2d import CHANNEL_BLOCK, FP32_CONV2D_RULE, block_weight, blocked_conv2d
 from .int8_dot import (INT8_CONV2D_RULE, Int8Layout, int8_conv2d, int8_fits, int8_layout, int8_levels, pair_sum_max,
-                       prepack_int8_weight)
+                       pair_sums_fit_int16, prepack_int8_weight)
 from .reference import (
     conv2d_float_reference,
     conv2d_levels_reference,
@@ -36,6 +36,7 @@ __all__ = [
     "int8_layout",
     "int8_levels",
     "pair_sum_max",
+    "pair_sums_fit_int16",
     "pack_activation",
     "pack_activation_reference",
     "pack_weight",

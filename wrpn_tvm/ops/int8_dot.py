@@ -32,6 +32,7 @@ INT8_CONV2D_RULE = "wrpn_int8_conv2d"
 PAD_NAME = "wrpn_pad"  # the name the CPU templates look for (schedules.common.PAD_BLOCK)
 REDUCE_BLOCK = 4
 PAIR_SUM_ATTR = "wrpn_int8_pair_sum_max"  # block annotation: pair_sum_max of the layer's bits
+INT16_MAX = 2**15 - 1
 
 
 @dataclass(frozen=True)
@@ -117,13 +118,20 @@ def pair_sum_max(abits: int, wbits: int) -> int:
     return 2 * (2**abits - 1) * max(1, 2 ** (wbits - 1) - 1)
 
 
+def pair_sums_fit_int16(pair_sum_bound: int, steps: int) -> bool:
+    """Whether `steps` vpmaddubsw pair sums of at most `pair_sum_bound` each add up within an
+    int16 lane (one pair sum per 4-channel reduction step lands in each lane)."""
+    return steps * pair_sum_bound <= INT16_MAX
+
+
 def int8_conv2d(data, weight, out_channels: int, stride=1, padding=0, bits=None) -> te.Tensor:
     """int32 NHWC [N, OH, OW, out_channels] conv of int8_levels data [N, H, W, Cp] with
     prepack_int8_weight weights [OB, KH, KW, Cp / 4, ob, 4]; zero padding is level 0.
 
     bits: the layer's (abits, wbits), optional. The result is the same either way; knowing how
-    small the levels are lets the vpmaddubsw kernels (AVX2, AVX-512BW) add several int16 pair
-    sums before each widening (the block records `pair_sum_max`)."""
+    small the levels are lets the vpmaddubsw kernels (AVX2, AVX-512BW) add int16 pair sums before
+    widening them, over the whole reduction where `pair_sums_fit_int16` (the block records
+    `pair_sum_max`)."""
     batch, height, width, channels = (int(d) for d in data.shape)
     blocks, kernel_h, kernel_w, lanes_c, ob, lane = (int(d) for d in weight.shape)
     if str(weight.dtype) != "int8" or str(data.dtype) not in ("uint8", "int8"):
