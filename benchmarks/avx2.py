@@ -329,6 +329,10 @@ def run(repeat: int, rounds: int, thread_counts: list[int], out: Path) -> dict:
                     for threads, by_model in results.items()},
         "results": results,
     }
+    previous = out.with_suffix(".json")
+    if previous.is_file() and "kernels" in json.loads(previous.read_text()):
+        # The per-layer part (`--kernels`) is a run of its own: keep it until it is rerun.
+        report["kernels"] = json.loads(previous.read_text())["kernels"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(report))
