@@ -1,0 +1,123 @@
+/* The int8-dot roofline of one core: the highest rate, in multiply-accumulates per second, at which
+ * each instruction mix the int8 conv kernels (schedules/int8_dot.py) use can run, measured with
+ * register-only loops: no loads, no broadcasts, 8 (ymm) or 12 (zmm) independent accumulators, so
+ * what is left is the instructions' own throughput. A kernel that also loads its operands cannot
+ * beat these; benchmarks/int8_roofline.py compares the TVM kernels against them.
+ *
+ * Mixes (MACs per instruction group):
+ *   avx2_int16   vpmaddubsw ymm + vpaddw ymm                      32  (int16 pair sums accumulated)
+ *   avx2_widen4  4 x vpmaddubsw ymm + 3 x vpaddw + vpmaddwd + vpaddd  128 (pair sums widened every 4 steps)
+ *   avx512_vnni  vpdpbusd zmm                                     64  (only where the CPU has AVX512-VNNI)
+ * The clock is timed as a chain of dependent scalar ADDs (1 cycle each on every x86 core), best of
+ * several tries. Prints one JSON object. Build: gcc -O2 int8_roofline.c -o int8_roofline */
+#include <stdio.h>
+#include <time.h>
+
+#define ITERATIONS 100000000L
+#define TRIES 5
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static double clock_ghz(void) {
+  double best = 0;
+  for (int k = 0; k < TRIES; k++) {
+    long x = 0, n = ITERATIONS;
+    double t = now();
+    __asm__ volatile("1:\n add $1, %0\n add $1, %0\n add $1, %0\n add $1, %0\n dec %1\n jnz 1b\n"
+                     : "+r"(x), "+r"(n));
+    t = now() - t;
+    if (4.0 * ITERATIONS / t / 1e9 > best) best = 4.0 * ITERATIONS / t / 1e9;
+  }
+  return best;
+}
+
+/* Seconds for ITERATIONS of 8 vpmaddubsw + 8 vpaddw (8 accumulators, operands in ymm8-11). */
+static double avx2_int16(void) {
+  long n = ITERATIONS;
+  double t = now();
+  __asm__ volatile(
+      "vpxor %%ymm0,%%ymm0,%%ymm0\n vpxor %%ymm1,%%ymm1,%%ymm1\n vpxor %%ymm2,%%ymm2,%%ymm2\n"
+      "vpxor %%ymm3,%%ymm3,%%ymm3\n vpxor %%ymm4,%%ymm4,%%ymm4\n vpxor %%ymm5,%%ymm5,%%ymm5\n"
+      "vpxor %%ymm6,%%ymm6,%%ymm6\n vpxor %%ymm7,%%ymm7,%%ymm7\n"
+      "1:\n"
+      "vpmaddubsw %%ymm8,%%ymm10,%%ymm12\n vpaddw %%ymm12,%%ymm0,%%ymm0\n"
+      "vpmaddubsw %%ymm8,%%ymm11,%%ymm13\n vpaddw %%ymm13,%%ymm1,%%ymm1\n"
+      "vpmaddubsw %%ymm9,%%ymm10,%%ymm14\n vpaddw %%ymm14,%%ymm2,%%ymm2\n"
+      "vpmaddubsw %%ymm9,%%ymm11,%%ymm15\n vpaddw %%ymm15,%%ymm3,%%ymm3\n"
+      "vpmaddubsw %%ymm10,%%ymm8,%%ymm12\n vpaddw %%ymm12,%%ymm4,%%ymm4\n"
+      "vpmaddubsw %%ymm11,%%ymm8,%%ymm13\n vpaddw %%ymm13,%%ymm5,%%ymm5\n"
+      "vpmaddubsw %%ymm10,%%ymm9,%%ymm14\n vpaddw %%ymm14,%%ymm6,%%ymm6\n"
+      "vpmaddubsw %%ymm11,%%ymm9,%%ymm15\n vpaddw %%ymm15,%%ymm7,%%ymm7\n"
+      "dec %0\n jnz 1b\n"
+      : "+r"(n)::"memory");
+  return now() - t;
+}
+
+/* Seconds for ITERATIONS of 2 accumulators x (4 vpmaddubsw + 3 vpaddw + vpmaddwd + vpaddd), 4
+ * groups interleaved (8 accumulator chains in all), ones in ymm7. */
+static double avx2_widen4(void) {
+  long n = ITERATIONS;
+  double t = now();
+#define GROUP(acc, t0, t1)                                                                         \
+  "vpmaddubsw %%ymm8,%%ymm10," t0 "\n vpmaddubsw %%ymm9,%%ymm10," t1 "\n vpaddw " t1 "," t0 "," t0 \
+  "\n vpmaddubsw %%ymm8,%%ymm11," t1 "\n vpaddw " t1 "," t0 "," t0 "\n vpmaddubsw %%ymm9,%%ymm11," t1 \
+  "\n vpaddw " t1 "," t0 "," t0 "\n vpmaddwd %%ymm7," t0 "," t0 "\n vpaddd " t0 "," acc "," acc "\n"
+  __asm__ volatile(
+      "vpxor %%ymm0,%%ymm0,%%ymm0\n vpxor %%ymm1,%%ymm1,%%ymm1\n vpxor %%ymm2,%%ymm2,%%ymm2\n"
+      "vpxor %%ymm3,%%ymm3,%%ymm3\n vpcmpeqw %%ymm7,%%ymm7,%%ymm7\n"
+      "1:\n" GROUP("%%ymm0", "%%ymm12", "%%ymm13") GROUP("%%ymm1", "%%ymm14", "%%ymm15")
+          GROUP("%%ymm2", "%%ymm4", "%%ymm5") GROUP("%%ymm3", "%%ymm6", "%%ymm12")
+      "dec %0\n jnz 1b\n"
+      : "+r"(n)::"memory");
+#undef GROUP
+  return now() - t;
+}
+
+/* Seconds for ITERATIONS of 12 vpdpbusd zmm (12 accumulators). */
+__attribute__((target("avx512f,avx512vnni"))) static double avx512_vnni(void) {
+  long n = ITERATIONS;
+  double t = now();
+  __asm__ volatile(
+      "vpxord %%zmm0,%%zmm0,%%zmm0\n vpxord %%zmm1,%%zmm1,%%zmm1\n vpxord %%zmm2,%%zmm2,%%zmm2\n"
+      "vpxord %%zmm3,%%zmm3,%%zmm3\n vpxord %%zmm4,%%zmm4,%%zmm4\n vpxord %%zmm5,%%zmm5,%%zmm5\n"
+      "vpxord %%zmm6,%%zmm6,%%zmm6\n vpxord %%zmm7,%%zmm7,%%zmm7\n vpxord %%zmm20,%%zmm20,%%zmm20\n"
+      "vpxord %%zmm21,%%zmm21,%%zmm21\n vpxord %%zmm22,%%zmm22,%%zmm22\n vpxord %%zmm23,%%zmm23,%%zmm23\n"
+      "1:\n"
+      "vpdpbusd %%zmm8,%%zmm10,%%zmm0\n vpdpbusd %%zmm8,%%zmm11,%%zmm1\n vpdpbusd %%zmm9,%%zmm10,%%zmm2\n"
+      "vpdpbusd %%zmm9,%%zmm11,%%zmm3\n vpdpbusd %%zmm10,%%zmm8,%%zmm4\n vpdpbusd %%zmm11,%%zmm8,%%zmm5\n"
+      "vpdpbusd %%zmm10,%%zmm9,%%zmm6\n vpdpbusd %%zmm11,%%zmm9,%%zmm7\n vpdpbusd %%zmm8,%%zmm8,%%zmm20\n"
+      "vpdpbusd %%zmm9,%%zmm9,%%zmm21\n vpdpbusd %%zmm10,%%zmm10,%%zmm22\n vpdpbusd %%zmm11,%%zmm11,%%zmm23\n"
+      "dec %0\n jnz 1b\n"
+      : "+r"(n)::"memory");
+  return now() - t;
+}
+
+static double best_rate(double (*loop)(void), double macs_per_iteration) {
+  double best = 0;
+  for (int k = 0; k < TRIES; k++) {
+    double rate = macs_per_iteration * ITERATIONS / loop();
+    if (rate > best) best = rate;
+  }
+  return best;
+}
+
+static void report(const char *name, double rate, double ghz, int last) {
+  printf("    \"%s\": {\"gmac_per_s\": %.1f, \"mac_per_cycle\": %.2f}%s\n", name, rate / 1e9, rate / (ghz * 1e9),
+         last ? "" : ",");
+}
+
+int main(void) {
+  __builtin_cpu_init();
+  int vnni = __builtin_cpu_supports("avx512vnni");
+  double ghz = clock_ghz();
+  printf("{\n  \"clock_ghz\": %.3f,\n  \"tries\": %d,\n  \"mixes\": {\n", ghz, TRIES);
+  report("avx2_int16", best_rate(avx2_int16, 8 * 32), ghz, 0);
+  report("avx2_widen4", best_rate(avx2_widen4, 4 * 128), ghz, !vnni);
+  if (vnni) report("avx512_vnni", best_rate(avx512_vnni, 12 * 64), ghz, 1);
+  printf("  }\n}\n");
+  return 0;
+}
