@@ -57,6 +57,20 @@ TARGETS = {  # model: (how much faster than the baseline it must be, by the medi
     "wrpn 2x a2/w2 x86-avx2": 1.0,
     "wrpn 1x a1/w1 x86-avx2": 3.0,
 }
+# Where this CPU has AVX-VNNI (VEX-encoded vpdpbusd on ymm: Intel Alder Lake and later client CPUs,
+# Sapphire Rapids and later servers, AMD Zen 5), also the models built for that AVX2 machine.
+AVX_VNNI_MODELS = {
+    "wrpn 2x a2/w2 x86-avx2-vnni": (2.0, 2, 2, "x86-avx2-vnni", "auto", True),
+    "wrpn 1x a1/w1 x86-avx2-vnni": (1.0, 1, 1, "x86-avx2-vnni", "auto", True),
+}
+
+
+def _host_has_avx_vnni() -> bool:
+    from tvm.target.codegen import target_has_features
+
+    from wrpn_tvm.targets import resolve
+
+    return target_has_features("avxvnni", resolve("host").target)
 WARMUP = 3
 STALLED_RATIO = 2.0  # a median this many times the fastest run: the model's threads stalled under the load
 
@@ -291,10 +305,12 @@ def run(repeat: int, rounds: int, thread_counts: list[int], out: Path) -> dict:
 
     load_before = os.getloadavg()
     libraries, compile_s, lowering = {}, {}, {}
-    measured = {threads: {name: [] for name in [BASELINE, *WRPN_MODELS]} for threads in thread_counts}
+    models = {**WRPN_MODELS, **(AVX_VNNI_MODELS if _host_has_avx_vnni() else {})}
+    targets = {**TARGETS, **{name: TARGETS[name.replace("-vnni", "")] for name in models if name in AVX_VNNI_MODELS}}
+    measured = {threads: {name: [] for name in [BASELINE, *models]} for threads in thread_counts}
     capability = None
     with tempfile.TemporaryDirectory(prefix="wrpn-avx2-") as tmp:
-        for name, (width, abits, wbits, target, kernel_mode, nibbles) in WRPN_MODELS.items():
+        for name, (width, abits, wbits, target, kernel_mode, nibbles) in models.items():
             print(f"[{time.strftime('%H:%M:%S')}] compiling {name}", flush=True)
             libraries[name], compile_s[name], lowering[name] = compile_model(
                 Path(tmp), name, width, abits, wbits, target, kernel_mode, nibbles)
@@ -318,14 +334,16 @@ def run(repeat: int, rounds: int, thread_counts: list[int], out: Path) -> dict:
         "model": "resnet18", "image": IMAGE, "batch": 1, "threads": thread_counts, "repeat": repeat,
         "rounds": rounds,
         "machine": {**machine_info(), "platform": platform.platform(), "torch": torch.__version__},
-        "emulation": {"tvm_target": "x86-avx2 (LLVM x86-64-v3)", "torch_env": AVX2_TORCH_ENV,
+        "emulation": {"tvm_target": "x86-avx2 (LLVM x86-64-v3)" + (
+            ", x86-avx2-vnni (x86-64-v3 + AVX-VNNI)" if len(models) > len(WRPN_MODELS) else ""),
+            "torch_env": AVX2_TORCH_ENV,
                       "torch_cpu_capability": capability},
         "load_average_1_5_15min": {"start": load_before, "end": os.getloadavg()},
         "compile_s": compile_s,
         "lowering": lowering,
         "targets": {threads: {name: {"speedup_at_least": factor, "speedup": by_model[name]["speedup_vs_baseline"],
                                      "met": by_model[name]["speedup_vs_baseline"] >= factor}
-                              for name, factor in TARGETS.items()}
+                              for name, factor in targets.items()}
                     for threads, by_model in results.items()},
         "results": results,
     }
@@ -353,8 +371,8 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {m['cpu']} ({m['cores']} cores, LLVM cpu {m['llvm_cpu']}, AVX-512 VPOPCNTDQ), Python "
         f"{m['python']}, TVM {m['tvm']}, PyTorch {m['torch']}. An AVX2 machine is emulated on this AVX-512 one: "
-        f"the WRPN models are compiled for `--target x86-avx2` (LLVM x86-64-v3, no AVX-512 instruction), PyTorch "
-        f"runs with `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` (its CPU capability read "
+        f"the WRPN models are compiled for {report['emulation']['tvm_target']}, with no AVX-512 instruction; "
+        f"PyTorch runs with `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` (its CPU capability read "
         f"{report['emulation']['torch_cpu_capability']}). Clock, caches and memory are this machine's. All models "
         "untuned (templates at their default decisions).",
         "",

@@ -17,6 +17,7 @@ minima) over every timing, in ms; GMAC/s counts the layer's multiply-accumulates
 
     python benchmarks/int8_dot.py                      # writes benchmarks/results/int8_dot.{json,md}
     python benchmarks/int8_dot.py --threads 1 --layers 1 --out /tmp/int8_dot   # a quick look
+    python benchmarks/int8_dot.py --threads 1 --targets x86-avx2 x86-avx2-vnni --out benchmarks/results/int8_dot_avxvnni
 """
 
 import argparse
@@ -169,7 +170,7 @@ def machine() -> dict:
             "tvm": tvm.__version__, "python": platform.python_version()}
 
 
-def run(threads_list, layers, rounds) -> dict:
+def run(threads_list, targets, layers, rounds) -> dict:
     import tvm
 
     from wrpn_tvm import ops
@@ -182,7 +183,7 @@ def run(threads_list, layers, rounds) -> dict:
     started = time.time()
     for threads in threads_list:
         tvm.get_global_func("runtime.config_threadpool")(0, threads)
-        for target in TARGETS:
+        for target in targets:
             spec = resolve(target)
             layout = ops.int8_layout(spec.target)
             for layer in layers:
@@ -227,8 +228,8 @@ def markdown(result) -> str:
            "kernel); the kernels of one layer were timed round-robin, so their ratios suffer less."
            if max(r["load_average"][0] - r["threads"] for r in result["runs"]) > 0.5 else "."), "",
         "Bit-serial: packed activations in (64-bit words), int32 NHWC out. int8: uint8 NHWC levels in, int32 "
-        "NHWC out; one kernel for every bit width (vpdpbusd for host with VNNI, vpmaddubsw + vpmaddwd for "
-        "x86-avx2). `int8 / best`: the int8 kernel's time over the faster bit-serial one at that width, "
+        "NHWC out; one kernel for every bit width (vpdpbusd zmm for host with AVX512-VNNI, vpdpbusd ymm for "
+        "x86-avx2-vnni, vpmaddubsw + vpmaddwd for x86-avx2). `int8 / best`: the int8 kernel's time over the faster bit-serial one at that width, "
         "below 1 where int8 wins. The input stages (float32 NCHW levels in) are timed apart: bitpack at "
         "2/4 activation bits, int8_levels.", "",
     ]
@@ -264,6 +265,7 @@ def markdown(result) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--targets", nargs="+", default=TARGETS)
     parser.add_argument("--layers", type=int, default=len(LAYERS), help="only the first N layers")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--out", default=str(RESULTS / "int8_dot"), help="path without extension")
@@ -273,7 +275,7 @@ def main():
     if args.markdown_only:
         out.with_suffix(".md").write_text(markdown(json.loads(out.with_suffix(".json").read_text())))
         return
-    result = run(args.threads, LAYERS[: args.layers], args.rounds)
+    result = run(args.threads, args.targets, LAYERS[: args.layers], args.rounds)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     text = markdown(result)

@@ -7,7 +7,8 @@ LAYERS, batch 1, default schedules, 1 thread) in each form the template emits he
   * x86-avx2 told 2/2: int16 pair sums accumulated over the whole reduction (mix avx2_int16);
   * x86-avx2 told 4/4: pair sums widened every 4 steps, as where the reduction does not fit int16
     (mix avx2_widen4);
-  * host with AVX512-VNNI: vpdpbusd (mix avx512_vnni), where this CPU has it.
+  * host with AVX512-VNNI: vpdpbusd zmm (mix avx512_vnni), where this CPU has it;
+  * x86-avx2-vnni: VEX-encoded vpdpbusd ymm (mix avx_vnni), where this CPU has AVX-VNNI.
 Each kernel's GMAC/s is its layer's MACs over the median of 5 rounds x 3 timings (each at least
 40 ms of calls, after one untimed), and `% of roofline` that over the mix's rate: the share of the instructions' own
 throughput that the loads, broadcasts, loop and write-back leave.
@@ -36,7 +37,8 @@ import int8_dot  # noqa: E402  (benchmarks/ is not a package)
 RESULTS = HERE / "results"
 ROUNDS, REPEAT, MIN_REPEAT_MS = 5, 3, 40
 # (target, bits the kernel is told, the roofline mix its inner loop is): see the module docstring.
-KERNELS = [("x86-avx2", (2, 2), "avx2_int16"), ("x86-avx2", (4, 4), "avx2_widen4"), ("host", (4, 4), "avx512_vnni")]
+KERNELS = [("x86-avx2", (2, 2), "avx2_int16"), ("x86-avx2", (4, 4), "avx2_widen4"), ("host", (4, 4), "avx512_vnni"),
+           ("x86-avx2-vnni", (4, 4), "avx_vnni")]
 
 
 def roofline() -> dict:
@@ -48,6 +50,8 @@ def roofline() -> dict:
 
 def _expected_mix(spec, bits, layer) -> str:
     """The mix the template's choice gives this layer (a check that the kernel is what the row says)."""
+    from tvm.target.codegen import target_has_features
+
     from wrpn_tvm import ops
     from wrpn_tvm.ops.int8_dot import padded_channels
 
@@ -55,6 +59,8 @@ def _expected_mix(spec, bits, layer) -> str:
     layout = ops.int8_layout(spec.target)
     if layout.out_block == 16:
         return "avx512_vnni"
+    if target_has_features("avxvnni", spec.target):
+        return "avx_vnni"
     steps = kernel * kernel * padded_channels(cin, layout) // layout.reduce_block
     return "avx2_int16" if ops.pair_sums_fit_int16(ops.pair_sum_max(*bits), steps) else "avx2_widen4"
 
@@ -108,7 +114,7 @@ def markdown(result: dict) -> str:
              "| mix | instructions per group | GMAC/s | MAC/cycle |", "| --- | --- | ---: | ---: |"]
     groups = {"avx2_int16": "vpmaddubsw + vpaddw (ymm)",
               "avx2_widen4": "4 vpmaddubsw + 3 vpaddw + vpmaddwd + vpaddd (ymm)",
-              "avx512_vnni": "vpdpbusd (zmm)"}
+              "avx512_vnni": "vpdpbusd (zmm)", "avx_vnni": "{vex} vpdpbusd (ymm)"}
     for mix, rate in peak["mixes"].items():
         lines.append(f"| {mix} | {groups[mix]} | {rate['gmac_per_s']:.0f} | {rate['mac_per_cycle']:.1f} |")
     lines += ["", "TVM int8 conv (default schedule, batch 1, 1 thread; ResNet-18 2x layers):", "",

@@ -38,6 +38,8 @@ from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 
 from wrpn_tvm.ops.bitserial import _plane_dot
 
+from .common import writeback_func
+
 WORD = "uint64"  # the CPU lowering packs 64-bit words
 ACCUMULATOR = "int64"  # what the bit-serial computes accumulate 64-bit words in
 YMM_BYTES = 32
@@ -187,29 +189,11 @@ def _accumulate_nibble_counts(plan: NibbleCounts, A, W, C) -> None:
     T.buffer_store(C, T.reinterpret(_ACCUMULATORS, total), [T.ramp(0, 1, LANES)])
 
 
-def _decode_func(implementation: bool) -> tirx.PrimFunc:
-    """The write-back of one ymm of accumulators: a copy (description), or each channel's four
-    signed 16-bit lanes summed (implementation)."""
-    with IRBuilder() as builder:
-        with build_prim_func():
-            s, d = T.arg("s", T.handle()), T.arg("d", T.handle())
-            S = T.match_buffer(s, (LANES,), ACCUMULATOR, offset_factor=1, scope="local")
-            D = T.match_buffer(d, (LANES,), ACCUMULATOR, offset_factor=1)
-            with T.sblock("root"):
-                T.reads(S[0:LANES])
-                T.writes(D[0:LANES])
-                if implementation:
-                    # Unrolled, constant indices: the tile stays promotable to registers.
-                    for o in range(LANES):
-                        T.buffer_store(D, _decoded_channel(S[o]), [o])
-                else:
-                    with T.serial(0, LANES) as o:
-                        with T.sblock("writeback"):
-                            vo = T.axis.spatial(LANES, o)
-                            T.reads(S[vo])
-                            T.writes(D[vo])
-                            T.buffer_store(D, S[vo], [vo])
-    return builder.get()
+def _store_decoded(S, D) -> None:
+    """Each channel's four signed 16-bit lanes summed, unrolled with constant indices: the tile
+    stays promotable to registers."""
+    for o in range(LANES):
+        T.buffer_store(D, _decoded_channel(S[o]), [o])
 
 
 def _decoded_channel(slot):
@@ -224,7 +208,8 @@ def _decoded_channel(slot):
 
 
 def _register_all() -> None:
-    TensorIntrin.register(DECODE_INTRIN, _decode_func(False), _decode_func(True), override=True)
+    TensorIntrin.register(DECODE_INTRIN, writeback_func(LANES, ACCUMULATOR, None),
+                          writeback_func(LANES, ACCUMULATOR, _store_decoded), override=True)
     for abits in range(1, 5):
         for wbits in range(1, 5):
             plan = NibbleCounts(abits, wbits)

@@ -3,10 +3,14 @@ are either sampled (MetaSchedule tuning) or fixed (an untuned compile), and the 
 padding/epilogues and gives the remaining blocks a plain schedule."""
 
 from dataclasses import dataclass
+from typing import Callable
 
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import Schedule
+from tvm.script import tirx as T
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 
 from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE
 
@@ -161,6 +165,31 @@ def registers_and_writeback(sch: Schedule, block, outer, register_loops, vector_
     attach_epilogue(sch, writeback, outer)
     if not tuning:
         sch.decompose_reduction(block, first_reduction)
+
+
+def writeback_func(lanes: int, dtype: str, store_decoded: "Callable | None") -> tirx.PrimFunc:
+    """The write-back of one vector of a register tile whose accumulators hold their sums encoded
+    (int16 pair sums, packed bit counts): a copy of the lanes (the description, store_decoded
+    None), or store_decoded(S, D) writing the decoded sums of local S into D (the implementation).
+    Tensorizing the write-back with it ties the encoded update to its decoding."""
+    with IRBuilder() as builder:
+        with build_prim_func():
+            s, d = T.arg("s", T.handle()), T.arg("d", T.handle())
+            S = T.match_buffer(s, (lanes,), dtype, offset_factor=1, scope="local")
+            D = T.match_buffer(d, (lanes,), dtype, offset_factor=1)
+            with T.sblock("root"):
+                T.reads(S[0:lanes])
+                T.writes(D[0:lanes])
+                if store_decoded is not None:
+                    store_decoded(S, D)
+                else:
+                    with T.serial(0, lanes) as i:
+                        with T.sblock("writeback"):
+                            vi = T.axis.spatial(lanes, i)
+                            T.reads(S[vi])
+                            T.writes(D[vi])
+                            T.buffer_store(D, S[vi], [vi])
+    return builder.get()
 
 
 def try_vectorize(sch: Schedule, loop) -> None:

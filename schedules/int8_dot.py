@@ -1,5 +1,5 @@
-"""CPU template for the int8-dot conv (`wrpn_tvm.ops.int8_dot`): x86 (VNNI, AVX-512BW, AVX2) and
-aarch64 dotprod.
+"""CPU template for the int8-dot conv (`wrpn_tvm.ops.int8_dot`): x86 (AVX512-VNNI, AVX-512BW, AVX2
+with or without AVX-VNNI) and aarch64 dotprod.
 
 The register tile is (output pixels) x (weight blocks of ob output channels): per step of the
 reduction (kh, kw, 4 input channels) it loads one [ob, 4] weight vector per block, broadcasts 4
@@ -17,8 +17,9 @@ added, then widened into int32 (vpmaddwd with ones) at every tensorized call.
 
 The dot instruction follows from the layout the function was built with (ob = 16: AVX-512, 8:
 AVX2, int8 activations: sdot), so tuning for an AVX-512 target never samples AVX2 designs; only
-VNNI against AVX-512BW needs the target, which a rule takes from `Target.current()` or, outside
-one, this machine (x86 candidates are built and timed on the host).
+VNNI against vpmaddubsw (AVX512-VNNI against AVX-512BW, AVX-VNNI against AVX2) needs the target,
+which a rule takes from `Target.current()` or, outside one, this machine (x86 candidates are built
+and timed on the host).
 """
 
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from .common import (
     place_remaining_blocks,
     root_blocks,
     try_vectorize,
+    writeback_func,
 )
 
 UNROLL_STEPS = [0, 16, 64]
@@ -66,11 +68,17 @@ def _weights(B, step: int, steps: int, lanes: int):
     return B.vload([step, 0, 0] if steps > 1 else [0, 0], f"int8x{lanes * REDUCE_BLOCK}")
 
 
-def _vnni(A, B, c, steps):
-    # The byte operands as <64 x i8>: the signature of LLVM 20 and later (TVM's own VNNI intrinsic
-    # passes <16 x i32>, which this TVM's LLVM rejects).
-    return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", c,
-                                   _broadcast_bytes(A, 0, 16, "uint8"), _weights(B, 0, steps, 16))
+def _vnni(lanes: int):
+    """vpdpbusd: 4 u8 x s8 products added into each int32 lane. zmm (AVX512-VNNI) at 16 lanes;
+    ymm at 8, VEX-encoded on CPUs with AVX-VNNI and no AVX-512 (LLVM picks the encoding)."""
+
+    def implementation(A, B, c, steps):
+        # The byte operands as <N x i8>: the signature of LLVM 20 and later (TVM's own VNNI
+        # intrinsic passes <16 x i32>, which this TVM's LLVM rejects).
+        return T.call_llvm_pure_intrin(f"int32x{lanes}", f"llvm.x86.avx512.vpdpbusd.{32 * lanes}", c,
+                                       _broadcast_bytes(A, 0, lanes, "uint8"), _weights(B, 0, steps, lanes))
+
+    return implementation
 
 
 def _sdot(A, B, c, steps):
@@ -100,7 +108,7 @@ def _int16_accumulating(multiply_bytes: str, lanes: int):
     """vpmaddubsw per step, its pair sums added to the accumulator's int16 lanes: two operations
     per step where widening every few steps takes two and a quarter, of which one and a quarter are
     multiplies (vpmaddwd is one). The accumulator's 32-bit lane of an output holds two int16 pair
-    sums until `_decode_func` adds them on write-back."""
+    sums until `_pair_sums_decoded` adds them on write-back."""
 
     def implementation(A, B, c, steps):
         pairs = T.reinterpret(f"int16x{2 * lanes}", c)
@@ -113,30 +121,17 @@ def _int16_accumulating(multiply_bytes: str, lanes: int):
     return implementation
 
 
-def _decode_func(lanes: int, multiply_words: str, implementation: bool) -> tirx.PrimFunc:
-    """The write-back of one block of accumulators: a copy (description), or each output's two
-    int16 pair sums added into int32 by vpmaddwd with ones (implementation)."""
-    with IRBuilder() as builder:
-        with build_prim_func():
-            s, d = T.arg("s", T.handle()), T.arg("d", T.handle())
-            S = T.match_buffer(s, (lanes,), "int32", offset_factor=1, scope="local")
-            D = T.match_buffer(d, (lanes,), "int32", offset_factor=1)
-            with T.sblock("root"):
-                T.reads(S[0:lanes])
-                T.writes(D[0:lanes])
-                if implementation:
-                    ones = T.broadcast(tirx.const(1, "int16"), 2 * lanes)
-                    pairs = T.reinterpret(f"int16x{2 * lanes}", S.vload([0], f"int32x{lanes}"))
-                    T.buffer_store(D, T.call_llvm_pure_intrin(f"int32x{lanes}", multiply_words, pairs, ones),
-                                   [T.ramp(0, 1, lanes)])
-                else:
-                    with T.serial(0, lanes) as i:
-                        with T.sblock("writeback"):
-                            vi = T.axis.spatial(lanes, i)
-                            T.reads(S[vi])
-                            T.writes(D[vi])
-                            T.buffer_store(D, S[vi], [vi])
-    return builder.get()
+def _pair_sums_decoded(lanes: int, multiply_words: str):
+    """The write-back's decoding: each output's two int16 pair sums added into int32 by vpmaddwd
+    with ones."""
+
+    def store(S, D):
+        ones = T.broadcast(tirx.const(1, "int16"), 2 * lanes)
+        pairs = T.reinterpret(f"int16x{2 * lanes}", S.vload([0], f"int32x{lanes}"))
+        T.buffer_store(D, T.call_llvm_pure_intrin(f"int32x{lanes}", multiply_words, pairs, ones),
+                       [T.ramp(0, 1, lanes)])
+
+    return store
 
 
 def _dot_func(lanes: int, steps: int, activation_dtype: str, implementation) -> tirx.PrimFunc:
@@ -210,14 +205,17 @@ class DotKernel:
                                   _dot_func(self.lanes, steps, self.activation_dtype, self.implementation),
                                   override=True)
         if self.decode_multiply is not None:
-            TensorIntrin.register(self.decode_intrin, _decode_func(self.lanes, self.decode_multiply, False),
-                                  _decode_func(self.lanes, self.decode_multiply, True), override=True)
+            TensorIntrin.register(self.decode_intrin, writeback_func(self.lanes, "int32", None),
+                                  writeback_func(self.lanes, "int32", _pair_sums_decoded(self.lanes, self.decode_multiply)),
+                                  override=True)
         return self
 
 
 WIDENING_STEPS = (1, 2, 4)
 # 32 zmm (a 2x14 tile of 16-lane vpdpbusd spilled on znver4, 1x28 did not).
-VNNI = DotKernel("wrpn_vnni_dot_16x4", 16, "uint8", 29, _vnni).register()
+VNNI = DotKernel("wrpn_vnni_dot_16x4", 16, "uint8", 29, _vnni(16)).register()
+# 16 ymm less a broadcast and a weight vector.
+AVX_VNNI = DotKernel("wrpn_avxvnni_dot_8x4", 8, "uint8", 14, _vnni(8)).register()
 # 32 zmm less a broadcast, the int16 pairs and the ones of vpmaddwd.
 AVX512BW = DotKernel("wrpn_avx512bw_dot_16x4", 16, "uint8", 27,
                      _widening("llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512", 16),
@@ -246,7 +244,8 @@ def dot_kernel(ob: int, activation_dtype: str, target: "Target | None") -> DotKe
     if activation_dtype == "int8" and ob == 4:
         return SDOT
     if activation_dtype == "uint8" and ob == 8:
-        return AVX2
+        target = target if target is not None else _host_target()
+        return AVX_VNNI if target_has_features("avxvnni", target) else AVX2
     if activation_dtype == "uint8" and ob == 16:
         target = target if target is not None else _host_target()
         return VNNI if target_has_features("avx512vnni", target) else AVX512BW

@@ -1,8 +1,10 @@
 """int8-dot conv2d (the alternative to bit-serial over the same integer levels): bit-exact against the
-numpy reference on awkward shapes for every x86 dot kernel (VNNI, AVX-512BW, AVX2) at default
-decisions and in sampled MetaSchedule candidates, the dot instruction in the generated code (and
-no AVX-512 in the AVX2 build), sdot in the cross-compiled rasp5 build and exact results on an
-emulated rasp5, and the layouts."""
+numpy reference on awkward shapes for every x86 dot kernel (VNNI, AVX-VNNI, AVX-512BW, AVX2) at
+default decisions and in sampled MetaSchedule candidates, the dot instruction in the generated code
+(and no AVX-512 in the AVX2 builds), sdot in the cross-compiled rasp5 build and exact results on an
+emulated rasp5, and the layouts. AVX-VNNI code runs only where this CPU has it (Intel Sapphire
+Rapids and Alder Lake on, AMD Zen 5; not Zen 4): elsewhere its exactness tests skip and only its
+assembly is read."""
 
 import importlib.util
 import os
@@ -30,7 +32,11 @@ _spec.loader.exec_module(arm_hot_loops)
 
 # An AVX-512BW CPU without VNNI (vpmaddubsw + vpmaddwd on zmm); runs on this AVX-512 machine.
 SKYLAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512", "num-cores": 2}
-X86_TARGETS = {"host": "host", "x86-avx2": "x86-avx2", "avx512bw": SKYLAKE}
+HOST_HAS_AVX_VNNI = target_has_features("avxvnni", resolve("host").target)
+_needs_avx_vnni = pytest.mark.skipif(not HOST_HAS_AVX_VNNI, reason="this CPU has no AVX-VNNI to run the code")
+X86_TARGETS = {"host": "host", "x86-avx2": "x86-avx2", "avx512bw": SKYLAKE, "x86-avx2-vnni": "x86-avx2-vnni"}
+# The targets whose code runs here.
+RUNNABLE_X86 = [pytest.param(name, marks=_needs_avx_vnni) if name == "x86-avx2-vnni" else name for name in X86_TARGETS]
 
 # (abits, wbits, channels, out_channels, kernel, stride, padding, batch, image): channels off every
 # multiple of 4/8/16/64 and out channels off 16 and 8, stride 2, odd images, 1x1 (the ResNet
@@ -84,7 +90,7 @@ def _exact(target, x, w, want, case, bits) -> bool:
     return np.array_equal(got, want)
 
 
-@pytest.mark.parametrize("target", X86_TARGETS)
+@pytest.mark.parametrize("target", RUNNABLE_X86)
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 @pytest.mark.parametrize("told_bits", [True, False], ids=["bits", "no-bits"])
 def test_conv2d_is_exact(target, case, told_bits):
@@ -93,7 +99,7 @@ def test_conv2d_is_exact(target, case, told_bits):
     assert _exact(X86_TARGETS[target], x, w, want, case, case[:2] if told_bits else None)
 
 
-@pytest.mark.parametrize("target", X86_TARGETS)
+@pytest.mark.parametrize("target", RUNNABLE_X86)
 @pytest.mark.parametrize("abits, wbits", [(4, 4), (2, 4), (4, 2)])
 def test_extreme_levels_are_exact(target, abits, wbits):
     """Every activation at its top level and every weight at its most negative one (and a second
@@ -106,7 +112,7 @@ def test_extreme_levels_are_exact(target, abits, wbits):
                   (abits, wbits))
 
 
-@pytest.mark.parametrize("target", ["host", "x86-avx2"])
+@pytest.mark.parametrize("target", ["host", "x86-avx2", pytest.param("x86-avx2-vnni", marks=_needs_avx_vnni)])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_tuning_candidates_are_exact(target, seed):
     """Sampled design spaces of both loop orders, after MetaSchedule's postprocs, built and run."""
@@ -125,7 +131,8 @@ def test_tuning_candidates_are_exact(target, seed):
         assert np.array_equal(got, want), space.trace
 
 
-@pytest.mark.parametrize("target", ["host", "x86-avx2", SKYLAKE], ids=str)
+@pytest.mark.parametrize("target", ["host", "x86-avx2", SKYLAKE, pytest.param("x86-avx2-vnni", marks=_needs_avx_vnni)],
+                         ids=str)
 @pytest.mark.parametrize("case_index", [1, 0], ids=["widening", "int16-accumulating"])
 def test_metaschedule_design_spaces_run_the_dot(target, case_index):
     """The design spaces MetaSchedule itself generates for the target, through the postprocs it
@@ -185,7 +192,7 @@ def test_x86_dot_loops_do_not_spill(target, size, channels):
     spec = resolve(X86_TARGETS[target])
     func = _conv_func(ops.int8_layout(spec.target), (1, channels, size, size), channels, channels, 3, 1, 1, (4, 4))
     asm = compile_prim_func(func, spec).mod.inspect_source("asm")
-    dot_loops = [loop for loop in _self_loops(asm) if any(re.match(r"vp(dpbusd|maddubsw)", i) for i in loop)]
+    dot_loops = [loop for loop in _self_loops(asm) if any(re.match(r"(\{vex\}\s+)?vp(dpbusd|maddubsw)", i) for i in loop)]
     assert dot_loops
     for loop in dot_loops:
         assert not [i for i in loop if re.match(r"vmov\w*\s+%[xyz]mm\d+, -?\d*\(%rsp\)", i)], loop
@@ -198,6 +205,16 @@ def test_host_uses_its_dot_instruction():
         assert not re.search(r"\bvpmaddubsw\b", asm)
     else:
         assert re.search(r"\bvpmaddubsw\t.*%zmm", asm)
+
+
+@pytest.mark.parametrize("bits", [(2, 2), (4, 4), None], ids=str)
+def test_avx2_vnni_build_is_vex_vpdpbusd_on_ymm(bits):
+    """AVX-VNNI: one VEX-encoded vpdpbusd per step and block, at every width (no pair sums to
+    bound), and no AVX-512 instruction."""
+    asm = _asm("x86-avx2-vnni", 256, bits=bits)
+    assert _count(r"\{vex\}\s+vpdpbusd\t.*%ymm", asm) == _count(r"\bvpdpbusd\b", asm) > 0
+    assert not re.search(r"\bvpmadd(ubsw|wd)\b", asm)
+    assert not AVX512_ONLY.search(asm)
 
 
 def test_avx512bw_without_vnni_uses_pmaddubsw_on_zmm():
@@ -288,6 +305,7 @@ def test_sdot_kernels_are_exact_on_the_emulated_rasp5(rasp5_device, tmp_path):
     ("x86-avx512", ops.Int8Layout(16, 4, "uint8")),
     (SKYLAKE, ops.Int8Layout(16, 4, "uint8")),
     ("x86-avx2", ops.Int8Layout(8, 4, "uint8")),
+    ("x86-avx2-vnni", ops.Int8Layout(8, 4, "uint8")),
     ("rasp5", ops.Int8Layout(4, 4, "int8")),
     ("rasp4", None),
     ("rasp3b", None),

@@ -64,12 +64,13 @@ def test_int8_dot_is_offered_where_the_isa_has_a_dot_product():
     assert int8_layout(resolve("rasp4").target) is None
     assert int8_layout(resolve("rasp5").target).out_block == 4
     assert int8_layout(resolve("x86-avx2").target).out_block == 8
+    assert int8_layout(resolve("x86-avx2-vnni").target).out_block == 8
     assert int8_layout(resolve("x86-avx512").target).out_block == 16
     assert pipeline.kernel_variants(resolve("rasp4")) == (BITSERIAL,)
     assert pipeline.kernel_variants(resolve("host")) == (BITSERIAL, INT8_DOT)
 
 
-@pytest.mark.parametrize("target", ["x86-avx512", "x86-avx2", "rasp5"])
+@pytest.mark.parametrize("target", ["x86-avx512", "x86-avx2", "x86-avx2-vnni", "rasp5"])
 def test_cost_model_follows_the_work_of_each_kernel(target):
     layout = int8_layout(resolve(target).target)
     kind = cpu_kind(resolve(target).target)
@@ -92,6 +93,16 @@ def test_cost_model_follows_the_work_of_each_kernel(target):
         assert ratio(4, 4, 64) < ratio(4, 4, 256) / 1.1
     else:
         assert ratio(4, 4, 64) == pytest.approx(ratio(4, 4, 256))
+
+
+def test_avx_vnni_makes_int8_cheaper_than_on_plain_avx2():
+    """Same layout and bit-serial kernels, one vpdpbusd per step instead of vpmaddubsw + vpaddw:
+    the AVX-VNNI build picks int8 wherever the AVX2 one does, for less."""
+    layout = int8_layout(resolve("x86-avx2").target)
+    assert cpu_kind(resolve("x86-avx2-vnni").target) == "avx-vnni"
+    for abits, wbits in [(2, 2), (4, 2), (4, 4), (1, 1)]:
+        work = layer_work(abits, wbits, (3, 3), (1, 256, 28, 28), (1, 256, 28, 28), layout)
+        assert estimated_ratio(work, "avx-vnni") < estimated_ratio(work, "avx2")
 
 
 def test_tuning_measures_both_kernels_and_the_build_runs_the_faster(program, tmp_path, capsys):

@@ -60,6 +60,11 @@ def test_isa_presets_run_on_every_cpu_of_their_level():
     for cpu in ("haswell", "znver2", "znver3", "alderlake", "znver4"):
         assert missing_features(avx2, _host_on(cpu).target) == frozenset(), cpu
     assert "avx512vpopcntdq" in missing_features(avx512, _host_on("znver3").target)
+    avx_vnni = resolve("x86-avx2-vnni").target
+    for cpu in ("alderlake", "meteorlake", "arrowlake", "sapphirerapids", "znver5"):
+        assert missing_features(avx_vnni, _host_on(cpu).target) == frozenset(), cpu
+    for cpu in ("haswell", "znver3", "znver4"):  # Zen 4 has AVX512-VNNI, not the VEX-encoded AVX-VNNI
+        assert missing_features(avx_vnni, _host_on(cpu).target) == {"avxvnni"}, cpu
 
 
 def test_every_shipped_log_is_for_an_isa_preset_and_applies_here():

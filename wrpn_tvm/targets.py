@@ -53,8 +53,11 @@ def _x86(mcpu: str, mattr: "list[str] | None" = None) -> dict:
 
 
 # The ISA-level presets name an instruction set, not a CPU, so that code and tuning logs made for
-# them run on every CPU that has it (Intel Ice Lake and later servers, AMD Zen 4 and 5; any AVX2
-# CPU). x86-64-v4 alone would prefer 256-bit vectors and split our 512-bit popcount loops.
+# them run on every CPU that has it: x86-avx512 on Intel Ice Lake and later servers and AMD Zen 4
+# and 5; x86-avx2 on any AVX2 CPU; x86-avx2-vnni on AVX2 CPUs with AVX-VNNI (the VEX-encoded
+# vpdpbusd of Intel Alder Lake and later client CPUs, which have no AVX-512, Sapphire Rapids and
+# later servers, AMD Zen 5). x86-64-v4 alone would prefer 256-bit vectors and split our 512-bit
+# popcount loops.
 AVX512_MATTR = ["+avx512vpopcntdq", "+avx512vnni", "+avx512bitalg", "-prefer-256-bit"]
 
 
@@ -70,6 +73,7 @@ def _presets() -> dict[str, tuple[dict, str | None]]:
     return {
         "host": (_x86(host_cpu()), None),
         "x86-avx2": (_x86("x86-64-v3"), None),
+        "x86-avx2-vnni": (_x86("x86-64-v3", ["+avxvnni"]), None),
         "x86-avx512": (_x86("x86-64-v4", AVX512_MATTR), None),
         "rasp3b": (_arm("cortex-a53", ["+neon"]), AARCH64_CC),
         "rasp4": (_arm("cortex-a72", ["+neon"]), AARCH64_CC),
@@ -81,7 +85,7 @@ def _presets() -> dict[str, tuple[dict, str | None]]:
     }
 
 
-PRESET_NAMES = ("host", "x86-avx2", "x86-avx512", "rasp3b", "rasp4", "rasp5", "aarch64", "cuda")
+PRESET_NAMES = ("host", "x86-avx2", "x86-avx2-vnni", "x86-avx512", "rasp3b", "rasp4", "rasp5", "aarch64", "cuda")
 
 
 def resolve(name_or_json: "str | dict | tvm.target.Target | TargetSpec", cuda_arch: str | None = None) -> TargetSpec:

@@ -62,6 +62,10 @@ _WORDS_PER_DOT = {
     # x86-avx2 on the same CPU: 0.66-0.84 at 2/2, 0.22-0.34 at 4/2 and 2/4, 0.11-0.16 at 4/4: 1.1-1.4
     # (the int8 kernel built for 4/4 there: pair sums widened every 4 steps).
     "avx2": 1.3,
+    # AVX-VNNI (vpdpbusd ymm) against the AVX2 bit-serial kernels, on Emerald Rapids (1 thread,
+    # benchmarks/results/int8_dot_avxvnni.md): medians 0.83-0.97 over the multi-bit widths (x86-avx2's
+    # vpmaddubsw there: 1.04-1.30, which this table's 1.3 from znver4 matches).
+    "avx-vnni": 0.9,
     # Not measured: the same vpmaddubsw + vpmaddwd sequence as AVX2 on twice the lanes, against a
     # bit-serial loop without VPOPCNTDQ (LLVM's nibble-lookup popcount), as on AVX2.
     "avx512bw": 1.3,
@@ -83,7 +87,9 @@ def cpu_kind(target) -> str:
         return "neon-sdot"
     if target_has_features("avx512vnni", target):
         return "avx512-vnni"
-    return "avx512bw" if target_has_features("avx512bw", target) else "avx2"
+    if target_has_features("avx512bw", target):
+        return "avx512bw"
+    return "avx-vnni" if target_has_features("avxvnni", target) else "avx2"
 
 
 def estimated_ratio(work: LayerWork, kind: str) -> float:
