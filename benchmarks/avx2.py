@@ -15,7 +15,10 @@ Models (untuned: the templates at their default decisions):
   * wrpn 2x a2/w2 x86-avx2, bit-serial: every quantized layer bit-serial (nibble counts);
   * wrpn 2x a2/w2 x86-avx2, LLVM popcount: bit-serial with the nibble-count templates switched
     off (the generic templates, as x86-avx2 builds were before them), to show what they change;
-  * wrpn 2x a2/w2 x86-avx512: for reference, what the AVX-512 VPOPCNTQ build takes here.
+  * wrpn 2x a2/w2 x86-avx512: for reference, what the AVX-512 VPOPCNTQ build takes here;
+  * where this CPU has AVX-VNNI, wrpn 2x a2/w2 and 1x a1/w1 for x86-avx2-vnni (the AVX2 laptops and
+    desktops of Intel's Alder Lake and later: int8 dot products as VEX vpdpbusd on ymm), with the
+    same targets as their x86-avx2 twins.
 Each model is timed in its own fresh process per thread count, round-robin over ROUNDS rounds so a
 busy spell on a shared machine hits every model alike; latency is the median (and min) of
 single-inference runs after warm-up. The load average before and after goes into the results.
@@ -24,6 +27,7 @@ whose second thread is descheduled waits for it at every barrier.)
 
     python benchmarks/avx2.py [--repeat 30] [--rounds 3] [--threads 1 2] [--out benchmarks/results/avx2]
     python benchmarks/avx2.py --kernels   # then the per-layer kernels (1 thread, CPU time, llvm-mca), same files
+    python benchmarks/avx2.py --out benchmarks/results/avx2_emeraldrapids   # results per CPU: one file each
 
 Per-layer kernels: ResNet-18's 3x3 convs at 2x 2/2, 2x 4/2 and 1x 1/1, each built three ways
 (x86-avx2 with the nibble counts forced, x86-avx2 with LLVM's popcount only, x86-avx512), timed as
@@ -73,6 +77,7 @@ def _host_has_avx_vnni() -> bool:
     return target_has_features("avxvnni", resolve("host").target)
 WARMUP = 3
 STALLED_RATIO = 2.0  # a median this many times the fastest run: the model's threads stalled under the load
+NOISY_SPREAD = 1.15  # a median this many times the fastest run on an idle machine: another VM took the cores
 
 
 def _timed(run_once, repeat: int) -> list[float]:
@@ -382,17 +387,23 @@ def markdown(report: dict) -> str:
         f"{m['cores']} cores: " + (
             "the machine was shared with other jobs, so absolute times are inflated (PyTorch's OpenMP threads "
             "suffer most from oversubscription); the models were measured under the same load, round-robin."
-            if _loaded(report) else "the machine was otherwise idle."),
+            if _loaded(report) else "the load average saw no other job."),
         "",
     ]
+    spread = max(r["median_ms"] / r["min_ms"] for by_model in results.values() for r in by_model.values())
+    if spread > NOISY_SPREAD:
+        lines += [f"The timings were noisy all the same: a model's median was up to {spread:.1f}x its fastest run, "
+                  "so CPU time was taken by something the load average does not see (another virtual machine on "
+                  "this host's cores). The ratio of the minima, beside that of the medians, is the steadier "
+                  "comparison there; the targets below go by the medians.", ""]
     for threads, by_model in results.items():
         lines += [f"## {threads} thread{'s' if threads != '1' else ''}", "",
-                  "| model | median ms | min ms | runs | speed vs PyTorch FP32 1x AVX2 (medians) |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
+                  "| model | median ms | min ms | runs | speed vs PyTorch FP32 1x AVX2 (medians) | (minima) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        baseline = by_model[BASELINE]
         for name, r in by_model.items():
             lines.append(f"| {name} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {len(r['runs_ms'])} | "
-                         f"{r['speedup_vs_baseline']:.2f}x |")
-        baseline = by_model[BASELINE]
+                         f"{r['speedup_vs_baseline']:.2f}x | {baseline['min_ms'] / r['min_ms']:.2f}x |")
         stalled = baseline["median_ms"] > STALLED_RATIO * baseline["min_ms"]
         lines += ["", "Targets (by the medians)" + (
             f": no verdict from this table. PyTorch's median is {baseline['median_ms'] / baseline['min_ms']:.0f}x "

@@ -63,9 +63,9 @@ _WORDS_PER_DOT = {
     # (the int8 kernel built for 4/4 there: pair sums widened every 4 steps).
     "avx2": 1.3,
     # AVX-VNNI (vpdpbusd ymm) against the AVX2 bit-serial kernels, on Emerald Rapids (1 thread,
-    # benchmarks/results/int8_dot_avxvnni.md): medians 0.83-0.97 over the multi-bit widths (x86-avx2's
-    # vpmaddubsw there: 1.04-1.30, which this table's 1.3 from znver4 matches).
-    "avx-vnni": 0.9,
+    # benchmarks/results/int8_dot_avxvnni.md): medians 0.75-0.85 over the multi-bit widths (x86-avx2's
+    # vpmaddubsw there: 1.05-1.24, which the 1.3 above from znver4 matches).
+    "avx-vnni": 0.8,
     # Not measured: the same vpmaddubsw + vpmaddwd sequence as AVX2 on twice the lanes, against a
     # bit-serial loop without VPOPCNTDQ (LLVM's nibble-lookup popcount), as on AVX2.
     "avx512bw": 1.3,
