@@ -73,6 +73,11 @@ _WORDS_PER_DOT = {
     # (21 MAC/cycle) and the 2/2 bit-serial loop at 0.77 cycles per word step (1.53 per 128 bits).
     "neon-sdot": 1.0,
 }
+# Where one vendor's cores measured apart from the kind's figure above. Emerald Rapids (1 thread,
+# benchmarks/results/int8_dot_emeraldrapids.md): 3.4-3.6 at the multi-bit widths, against znver4's
+# 4.0-4.7: two 512-bit vpdpbusd per cycle where Zen 4 does one, so there int8 wins 2/2 layers by
+# 10-30% (ResNet-18 2x 2/2 end to end: 0.84-0.86x the all-bit-serial build's time).
+_WORDS_PER_DOT_BY_VENDOR = {("avx512-vnni", "intel"): 3.5}
 # vpmaddubsw kernels on layers whose whole reduction fits the int16 lanes (no vpmaddwd every 4
 # steps): ResNet-18's 2x-wide 3x3 layers at 2/2 on x86-avx2, znver4, 1 thread, 1.15-1.20x as fast
 # as the same kernel widening (1.09-1.18x at 2 threads). AVX-512BW: the same sequence, not measured.
@@ -92,10 +97,27 @@ def cpu_kind(target) -> str:
     return "avx-vnni" if target_has_features("avxvnni", target) else "avx2"
 
 
-def estimated_ratio(work: LayerWork, kind: str) -> float:
-    """int8-dot time / bit-serial time predicted for a layer on a CPU of this kind."""
+def cpu_vendor(target) -> "str | None":
+    """"amd" or "intel" for an x86 target's CPU; for an ISA-level one (x86-64-v3, v4: any CPU of the
+    level) this machine's, where it can run the code (x86 builds are timed and mostly run where they
+    are compiled); None for other targets, or an ISA level this machine lacks."""
+    from ..targets import host_cpu, missing_features, resolve
+
+    if target.kind.name != "llvm" or not str(target.attrs.get("mtriple", "")).startswith("x86_64"):
+        return None
+    cpu = str(target.attrs.get("mcpu", ""))
+    if cpu.startswith("x86-64") or cpu in ("", "generic"):
+        if missing_features(target, resolve("host").target):
+            return None
+        cpu = host_cpu()
+    return "amd" if cpu.startswith(("znver", "bdver", "btver")) else "intel"
+
+
+def estimated_ratio(work: LayerWork, kind: str, vendor: "str | None" = None) -> float:
+    """int8-dot time / bit-serial time predicted for a layer on a CPU of this kind (and vendor)."""
     speedup = _INT16_ACCUMULATING_SPEEDUP.get(kind, 1.0) if work.int8_pair_sums_fit_int16 else 1.0
-    return work.int8_dots * _WORDS_PER_DOT[kind] / speedup / work.bitserial_words
+    words_per_dot = _WORDS_PER_DOT_BY_VENDOR.get((kind, vendor), _WORDS_PER_DOT[kind])
+    return work.int8_dots * words_per_dot / speedup / work.bitserial_words
 
 
 def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, input_shape, output_shape,
@@ -115,6 +137,6 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
         kernel = INT8_DOT if int8 < bitserial else BITSERIAL
         return Choice(kernel, f"kernel by tuning: int8-dot {int8 * 1e3:.3f} ms, bit-serial {bitserial * 1e3:.3f} ms")
     work = layer_work(plan.quantizer.bits, plan.grid.bits, plan.grid.levels.shape[2:], input_shape, output_shape, layout)
-    ratio = estimated_ratio(work, cpu_kind(target))
+    ratio = estimated_ratio(work, cpu_kind(target), cpu_vendor(target))
     kernel = INT8_DOT if ratio < 1 else BITSERIAL
     return Choice(kernel, f"kernel by cost model: int8-dot {ratio:.2f}x bit-serial's time")
