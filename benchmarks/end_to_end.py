@@ -54,6 +54,7 @@ MEMORY_BATCHES = (1, 32)
 MEMORY_BASELINE = "tvm fp32 1x"
 TIME_BUDGET_S = 60  # per model: unscheduled FP32 TVM runs take seconds each
 MIN_REPEAT = 3
+NOISY_SPREAD = 1.15
 
 
 def _rss_mib() -> float:
@@ -315,6 +316,12 @@ def _loaded(report) -> bool:
     return max(report["load_average_1_5_15min"]["start"][0], report["load_average_1_5_15min"]["end"][0]) > 1.5
 
 
+def _spread(report) -> float:
+    """The largest median / fastest-run ratio of any model: on a machine the load average calls idle,
+    above NOISY_SPREAD it means another virtual machine took CPU time from this one's cores."""
+    return max(r["median_ms"] / min(r["runs_ms"]) for r in report["results"].values())
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     results = report["results"]
@@ -333,6 +340,9 @@ def markdown(report: dict) -> str:
             "Other jobs were running: every model got a fraction of the CPU, and absolute times are several "
             "times what a quiet machine gives (PyTorch's OpenMP threads suffer most from oversubscription). "
             "Compare rows with each other, and the min column as well as the median." if _loaded(report) else
+            f"The load average saw no other job, yet the timings were noisy: a model's median was up to "
+            f"{_spread(report):.1f}x its fastest run (another virtual machine on this host's cores), so compare "
+            "the min column as well as the median." if _spread(report) > NOISY_SPREAD else
             "The machine was otherwise idle.") + (
             " Load average (1 min) at the start of each round: " + ", ".join(
                 f"{load[0]:.1f}" for load in report["load_average_1_5_15min"]["per_round"]) + "."
@@ -361,7 +371,8 @@ def markdown(report: dict) -> str:
     lines += ["", f"Target ({report['target']}): **{verdict}** by the medians; by the fastest runs "
               f"{TARGET_VARIANT} is {best_ratio:.2f}x PyTorch FP32 1x's speed. " + (
                   "Both were measured under the same load, round-robin; the verdict on a quiet machine is not "
-                  "measured here." if _loaded(report) else "Measured on an otherwise idle machine."), ""]
+                  "measured here." if _loaded(report) else "Noisy timings (see above): the minima are the steadier "
+                  "comparison." if _spread(report) > NOISY_SPREAD else "Measured on an otherwise idle machine."), ""]
     tuned = results[TUNED_VARIANT]
     lines += [f"With the shipped tuning log ({TUNED_VARIANT}): {tuned['median_ms']:.1f} ms, "
               f"{baseline / tuned['median_ms']:.2f}x PyTorch FP32 1x's speed: target "
