@@ -217,6 +217,19 @@ def test_avx2_vnni_build_is_vex_vpdpbusd_on_ymm(bits):
     assert not AVX512_ONLY.search(asm)
 
 
+def test_an_avx_vnni_laptop_host_takes_vpdpbusd_on_ymm():
+    """`--target host` on Alder Lake (AVX2 + AVX-VNNI, no AVX-512): the 8-lane layout, its dot as VEX
+    vpdpbusd, and the cost model's AVX-VNNI figure."""
+    from wrpn_tvm.lowering.kernel_choice import cpu_kind
+
+    alderlake = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "alderlake", "num-cores": 2}
+    assert ops.int8_layout(resolve(alderlake).target) == ops.Int8Layout(8, 4, "uint8")
+    assert cpu_kind(resolve(alderlake).target) == "avx-vnni"
+    asm = _asm(alderlake, 64, bits=(2, 2))
+    assert re.search(r"\{vex\}\s+vpdpbusd\t.*%ymm", asm) and not re.search(r"\bvpmaddubsw\b", asm)
+    assert not AVX512_ONLY.search(asm)
+
+
 def test_avx512bw_without_vnni_uses_pmaddubsw_on_zmm():
     asm = _asm(SKYLAKE)
     assert re.search(r"\bvpmaddubsw\t.*%zmm", asm) and re.search(r"\bvpmaddwd\t.*%zmm", asm)
