@@ -102,6 +102,26 @@ def test_aarch64_library_needs_a_device(capsys, tiny_program, tmp_path):
     _fails_with_one_line(capsys, ["bench", str(library)], "--rpc or --tracker")
 
 
+def test_a_library_using_an_instruction_this_cpu_lacks_is_refused(capsys, tiny_library, tmp_path):
+    """Its sidecar says what it was built for; loading it would crash at the first such instruction."""
+    import json
+    import shutil
+
+    from wrpn_tvm.targets import isa_features, resolve
+
+    if "amx-fp16" in isa_features(resolve("host").target):
+        pytest.skip("this CPU has AMX-FP16, the feature the test claims the library uses")
+    library = tmp_path / "granite.so"
+    shutil.copy(tiny_library, library)
+    meta = json.loads((tiny_library.parent / (tiny_library.name + ".json")).read_text())
+    meta["target"] = {"name": "custom", "cross_compiler": None,
+                      "json": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v4", "mattr": ["+amx-fp16"]}}
+    (tmp_path / "granite.so.json").write_text(json.dumps(meta))
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))
+    for argv in (["bench", str(library)], ["run", str(library), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]):
+        _fails_with_one_line(capsys, argv, "which uses amx-fp16: this CPU")
+
+
 def test_device_dying_mid_bench_is_a_clear_error(capsys, tiny_library, native_rpc_server):
     proc, address = native_rpc_server
 

@@ -48,6 +48,8 @@ def load(library: "str | os.PathLike", device: DeviceSpec = DeviceSpec()):
     kind = meta["target"]["json"].get("kind", "llvm")
     if device.is_local and meta["target"].get("cross_compiler"):
         raise WrpnError(f"{library} is built for {meta['target']['name']} (aarch64): run it on a device with --rpc or --tracker")
+    if device.is_local and kind == "llvm":
+        _check_cpu_runs(library, meta)
     session = connect(device)
     model = None
     try:
@@ -75,6 +77,41 @@ def load(library: "str | os.PathLike", device: DeviceSpec = DeviceSpec()):
         # connection closes here, not whenever the garbage collector gets to it.
         held, model, session = [model, session], None, None  # the only references left: in `held`
         _release(held, device)
+
+
+def _built_for(library, meta: dict):
+    """The llvm Target a library was compiled for: a preset's by its name, else (host, a custom
+    target) from the sidecar's triple, CPU and attributes, which it holds as text (a TVM array
+    written as a Python tuple: read with literal_eval, never executed)."""
+    import ast
+
+    from tvm.target import Target
+
+    from .targets import PRESET_NAMES, resolve
+
+    name, config = meta["target"]["name"], meta["target"]["json"]
+    if name in PRESET_NAMES and name != "host":
+        return resolve(name).target
+    mattr = config.get("mattr", [])
+    try:
+        mattr = list(ast.literal_eval(mattr) if isinstance(mattr, str) else mattr)
+        return Target({"kind": "llvm", "mtriple": str(config.get("mtriple", "")),
+                       "mcpu": str(config.get("mcpu", "generic")), **({"mattr": [str(a) for a in mattr]} if mattr else {})})
+    except Exception as err:  # a sidecar from elsewhere may hold what this TVM does not know
+        raise WrpnError(f"{library}: its sidecar's target is not one this TVM knows ({one_line(err, last=True)})") from None
+
+
+def _check_cpu_runs(library, meta: dict) -> None:
+    """Refuse, in one line, a library that uses an instruction this CPU lacks (an x86-avx512 build
+    on an AVX2 machine, an x86-avx2-vnni one on Zen 4): loading it would end the process on the
+    first such instruction."""
+    from .targets import cpu_label, host_cpu, missing_features, resolve
+
+    built_for = _built_for(library, meta)
+    lacking = missing_features(built_for, resolve("host").target)
+    if lacking:
+        raise WrpnError(f"{library} is built for {meta['target']['name']} ({cpu_label(built_for)}), which uses "
+                        f"{', '.join(sorted(lacking))}: this CPU ({host_cpu()}) lacks it; rebuild with --target host")
 
 
 def _release(held: list, device: DeviceSpec) -> None:
