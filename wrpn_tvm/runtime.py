@@ -111,7 +111,8 @@ def _check_cpu_runs(library, meta: dict) -> None:
     lacking = missing_features(built_for, resolve("host").target)
     if lacking:
         raise WrpnError(f"{library} is built for {meta['target']['name']} ({cpu_label(built_for)}), which uses "
-                        f"{', '.join(sorted(lacking))}: this CPU ({host_cpu()}) lacks it; rebuild with --target host")
+                        f"{', '.join(sorted(lacking))}: this CPU ({host_cpu()}) lacks {'it' if len(lacking) == 1 else 'them'}; "
+                        "rebuild with --target host")
 
 
 def _release(held: list, device: DeviceSpec) -> None:
