@@ -167,18 +167,20 @@ def registers_and_writeback(sch: Schedule, block, outer, register_loops, vector_
         sch.decompose_reduction(block, first_reduction)
 
 
-def writeback_func(lanes: int, dtype: str, store_decoded: "Callable | None") -> tirx.PrimFunc:
+def writeback_func(lanes: int, dtype: str, store_decoded: "Callable | None", accumulate: bool = False) -> tirx.PrimFunc:
     """The write-back of one vector of a register tile whose accumulators hold their sums encoded
     (int16 pair sums, packed bit counts): a copy of the lanes (the description, store_decoded
     None), or store_decoded(S, D) writing the decoded sums of local S into D (the implementation).
-    Tensorizing the write-back with it ties the encoded update to its decoding."""
+    `accumulate`: D += S instead (a chunk's widening: rfactor's write-back block), which
+    store_decoded then does too. Tensorizing the write-back with it ties the encoded update to its
+    decoding."""
     with IRBuilder() as builder:
         with build_prim_func():
             s, d = T.arg("s", T.handle()), T.arg("d", T.handle())
             S = T.match_buffer(s, (lanes,), dtype, offset_factor=1, scope="local")
             D = T.match_buffer(d, (lanes,), dtype, offset_factor=1)
             with T.sblock("root"):
-                T.reads(S[0:lanes])
+                T.reads(*([D[0:lanes]] if accumulate else []), S[0:lanes])
                 T.writes(D[0:lanes])
                 if store_decoded is not None:
                     store_decoded(S, D)
@@ -186,9 +188,9 @@ def writeback_func(lanes: int, dtype: str, store_decoded: "Callable | None") -> 
                     with T.serial(0, lanes) as i:
                         with T.sblock("writeback"):
                             vi = T.axis.spatial(lanes, i)
-                            T.reads(S[vi])
+                            T.reads(*([D[vi]] if accumulate else []), S[vi])
                             T.writes(D[vi])
-                            T.buffer_store(D, S[vi], [vi])
+                            T.buffer_store(D, D[vi] + S[vi] if accumulate else S[vi], [vi])
     return builder.get()
 
 

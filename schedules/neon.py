@@ -35,6 +35,8 @@ from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 
 from wrpn_tvm.ops.bitserial import _plane_dot
 
+from .common import writeback_func
+
 Q_BYTES = 16
 UADALP_LANE_BITS = 16  # uadalp .8h: pairs of bytes
 UDOT_LANE_BITS = 32  # udot .4s: groups of 4 bytes
@@ -265,32 +267,17 @@ def _fold_counts(plan: NarrowAccumulation, A, W, C) -> None:
     T.buffer_store(C, T.reinterpret(f"{plan.accumulator}x{plan.lanes}", total), [T.ramp(0, 1, plan.lanes)])
 
 
-def _decode_func(plan: NarrowAccumulation, implementation: bool, accumulate: bool = False) -> tirx.PrimFunc:
-    """The write-back of one q register of accumulators: a copy (description), or the sum per
-    channel of its classes' lanes times their coefficients (implementation). `accumulate`:
-    a chunk's widening, D += S (rfactor's write-back block), decoded the same way."""
-    lanes, acc = plan.lanes, plan.accumulator
-    with IRBuilder() as builder:
-        with build_prim_func():
-            s, d = T.arg("s", T.handle()), T.arg("d", T.handle())
-            S = T.match_buffer(s, (lanes,), acc, offset_factor=1, scope="local")
-            D = T.match_buffer(d, (lanes,), acc, offset_factor=1)
-            with T.sblock("root"):
-                T.reads(*([D[0:lanes]] if accumulate else []), S[0:lanes])
-                T.writes(D[0:lanes])
-                if implementation:
-                    # Unrolled, constant indices: the tile stays promotable to registers.
-                    for o in range(lanes):
-                        decoded = _decoded_channel(plan, S, o)
-                        T.buffer_store(D, D[o] + decoded if accumulate else decoded, [o])
-                else:
-                    with T.serial(0, lanes) as o:
-                        with T.sblock("writeback"):
-                            vo = T.axis.spatial(lanes, o)
-                            T.reads(*([D[vo]] if accumulate else []), S[vo])
-                            T.writes(D[vo])
-                            T.buffer_store(D, D[vo] + S[vo] if accumulate else S[vo], [vo])
-    return builder.get()
+def _store_decoded(plan: NarrowAccumulation, accumulate: bool):
+    """The write-back's decoding of one q register: the sum per channel of its classes' lanes times
+    their coefficients (added to D where `accumulate`), unrolled with constant indices: the tile
+    stays promotable to registers."""
+
+    def store(S, D):
+        for o in range(plan.lanes):
+            decoded = _decoded_channel(plan, S, o)
+            T.buffer_store(D, D[o] + decoded if accumulate else decoded, [o])
+
+    return store
 
 
 def _decoded_channel(plan: NarrowAccumulation, S, channel: int):
@@ -318,10 +305,11 @@ def _register_all() -> None:
                         continue
                     TensorIntrin.register(plan.update_intrin, _update_func(plan, False), _update_func(plan, True),
                                           override=True)
-                    TensorIntrin.register(plan.decode_intrin, _decode_func(plan, False), _decode_func(plan, True),
-                                          override=True)
-                    TensorIntrin.register(plan.widen_intrin, _decode_func(plan, False, True),
-                                          _decode_func(plan, True, True), override=True)
+                    for intrin, accumulate in ((plan.decode_intrin, False), (plan.widen_intrin, True)):
+                        TensorIntrin.register(intrin, writeback_func(plan.lanes, plan.accumulator, None, accumulate),
+                                              writeback_func(plan.lanes, plan.accumulator,
+                                                             _store_decoded(plan, accumulate), accumulate),
+                                              override=True)
 
 
 # At import: a tuning record's trace names these intrinsics, and replaying it needs them registered.
