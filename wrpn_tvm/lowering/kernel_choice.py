@@ -76,7 +76,8 @@ _WORDS_PER_DOT = {
 # Where one vendor's cores measured apart from the kind's figure above. Emerald Rapids (1 thread,
 # benchmarks/results/int8_dot_emeraldrapids.md): 3.4-3.6 at the multi-bit widths, against znver4's
 # 4.0-4.7: two 512-bit vpdpbusd per cycle where Zen 4 does one, so there int8 wins 2/2 layers by
-# 10-30% (ResNet-18 2x 2/2 end to end: 0.84-0.86x the all-bit-serial build's time).
+# 10-30% (ResNet-18 2x 2/2 end to end, benchmarks/results/end_to_end_emeraldrapids.md: 35.3 against
+# 41.8 ms all bit-serial, medians of a noisy run; minima 21.7 against 32.5).
 _WORDS_PER_DOT_BY_VENDOR = {("avx512-vnni", "intel"): 3.5}
 # vpmaddubsw kernels on layers whose whole reduction fits the int16 lanes (no vpmaddwd every 4
 # steps): ResNet-18's 2x-wide 3x3 layers at 2/2 on x86-avx2, znver4, 1 thread, 1.15-1.20x as fast
