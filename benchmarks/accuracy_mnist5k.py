@@ -391,14 +391,6 @@ class Plan:
         """Every job not done whose inputs exist (a model whose file is gone counts as not done); with
         `blocked`, also those still waiting for their teacher (for the report of what is missing)."""
         args, jobs = self.args, []
-        for seed in sorted(set(args.seeds) | set(args.ablation_seeds)):
-            for variant, options in FP32_VARIANTS.items():
-                if variant == "plain" and seed not in args.seeds:
-                    continue
-                path = model_path(args.workdir, "FP32 1x", variant, seed)
-                if not (self._done("train", "FP32 1x", variant, seed) and (path.is_file() or variant == "plain")):
-                    job = self._train_job("FP32 1x", 1.0, 32, 32, variant, options, seed, args.fp32_epochs)
-                    jobs.append({**job, "priority": (0, seed) if variant == "augmented" else (6, seed)})
         specs = {label: (w, a, b) for label, w, a, b in CONFIGS}
         # The targets' configurations first, for every seed; then what the whole recipe did (all options off);
         # then 3x 1/1, the other configurations, each option off in turn, and FP32 1x without augmentation.
@@ -407,6 +399,19 @@ class Plan:
         # Option by option (every seed of one before the next), so a stopped ablation still compares some fully.
         wanted += [(ABLATION_CONFIG, variant, seed, (1.5, seed) if variant == SCRATCH else (5, index, seed))
                    for index, variant in enumerate(VARIANTS) for seed in args.ablation_seeds]
+        # A finished teacher whose file is gone (a fresh checkout keeps only the runs log) is trained again
+        # only where a run of its seed still needs it, so adding seeds does not redo the finished ones.
+        needs_teacher = {seed for label, variant, seed, _ in wanted if not self._done("train", label, variant, seed)}
+        needs_teacher |= {seed for seed in args.compiled_seeds if not self._done("compiled", *REFERENCE, seed)}
+        for seed in sorted(set(args.seeds) | set(args.ablation_seeds)):
+            for variant, options in FP32_VARIANTS.items():
+                if variant == "plain" and seed not in args.seeds:
+                    continue
+                path = model_path(args.workdir, "FP32 1x", variant, seed)
+                kept = path.is_file() or variant == "plain" or seed not in needs_teacher
+                if not (self._done("train", "FP32 1x", variant, seed) and kept):
+                    job = self._train_job("FP32 1x", 1.0, 32, 32, variant, options, seed, args.fp32_epochs)
+                    jobs.append({**job, "priority": (0, seed) if variant == "augmented" else (6, seed)})
         seen = set()
         for label, variant, seed, priority in wanted:
             teacher = self._teacher(seed)
