@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BOARDS = {"rasp3b": "cortex-a53", "rasp4": "cortex-a72", "rasp5": "cortex-a76"}
 LAYERS = [(56, 64), (28, 128), (14, 256), (7, 512)]  # (image size, channels) at 1x width
+COLUMN_LAYERS = [(56, 64), (14, 16)]  # first quantized layers (ResNet-18, MNIST smallcnn) at 1x width
 CONFIGS = [(2, 2, 2), (1, 1, 1), (2, 4, 2), (2, 4, 4)]  # (width, abits, wbits)
 PACK_CONFIGS = [(2, 2), (2, 4), (1, 1)]  # (width, abits)
 WORD_BITS = 64
@@ -131,6 +132,12 @@ def compile_library(func, board: str, schedule: str, path: Path) -> Path:
         sch = Schedule(func)
         cpu.schedule_function(sch, lanes=4)  # the generic template at NEON's int32 width
         func = sch.mod["main"].with_attr(schedules.SCHEDULED_ATTR, True)
+    elif schedule == "unstaged":
+        from schedules import arm_cpu
+
+        sch = Schedule(func)  # the aarch64 bitpack template with its levels inlined, none staged
+        cpu.schedule_kernels(sch, lambda sch, block, rule: arm_cpu.bitpack(sch, block, tuning=False))
+        func = sch.mod["main"].with_attr(schedules.SCHEDULED_ATTR, True)
     compile_prim_func(func, resolve(board)).export_library(str(path), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
     return path
 
@@ -188,6 +195,22 @@ def epilogue_bitpack(size: int, channels: int, abits: int):
     return te.create_prim_func([acc, scale, offset, pack], index_dtype_override="int64")
 
 
+def column_bitpack(height: int, width: int, channels: int, abits: int):
+    """The first quantized layer's bitpack as the model lowering emits it: NCHW float input (the
+    full-precision stem's output), its levels, and the pack of 64-bit words read with the column
+    fastest; int64 indices."""
+    from tvm import te, tirx
+
+    from wrpn_tvm import ops
+
+    x = te.placeholder((1, channels, height, width), "float32", name="x")
+    top = tirx.const(2**abits - 1, "float32")
+    levels = te.compute(x.shape, lambda *i: tirx.nearbyint(
+        tirx.min(tirx.max(x(*i), tirx.const(0.0, "float32")), tirx.const(1.0, "float32")) * top), name="wrpn_levels")
+    pack = ops.pack_activation(levels, abits, 64, quantize=False)
+    return te.create_prim_func([x, pack], index_dtype_override="int64")
+
+
 _WORD_STORE = re.compile(r"(str|stp|stur) ([xqd])\d+.*\[(x\d+)")  # output words: not the stack's
 _LOAD_BASE = re.compile(r"ld\S* .*\[(x\d+)")
 
@@ -201,10 +224,11 @@ def _stored_words(code: list[str]) -> int:
                if m and m[3] not in read_bases)
 
 
-def bitpack_cycles_per_word(library: Path, channels: int, cpu: str) -> float:
+def bitpack_cycles_per_word(library: Path, channels: int, cpu: str, pixels: int = 1, level_op: str = "scvtf") -> float:
     """llvm-mca cycles per 64-bit word of a fused bitpack: per iteration of each innermost loop
     around word stores (the slowest copy), over the words it stores. A loop nested in it (the
-    staged levels, 4 channels per `scvtf v.4s`) counts once per trip, channels / its channels."""
+    staged levels of `pixels` pixels, a lane per `level_op` lane: 4 per `scvtf v.4s` of an
+    accumulator, 2 per `frinti v.2s` of a column pair) counts channels x pixels / its lanes times."""
     code, spans = _listing_loops(library)
     text = lambda start, end: [insn for address, insn in code if start <= address <= end]
     worst = 0.0
@@ -219,8 +243,8 @@ def bitpack_cycles_per_word(library: Path, channels: int, cpu: str) -> float:
         cycles = mca_cycles(own, cpu)
         for s, e in nested:
             loop = text(s, e)
-            converts = sum(bool(re.match(r"scvtf v\d+\.4s", insn)) for insn in loop)
-            cycles += mca_cycles(loop, cpu) * channels / (4 * converts)
+            lanes = sum(int(match[1]) for insn in loop if (match := re.match(level_op + r" v\d+\.([24])s", insn)))
+            cycles += mca_cycles(loop, cpu) * channels * pixels / lanes
         worst = max(worst, cycles / words)
     return worst
 
@@ -245,6 +269,37 @@ def measure_bitpacks(folder: Path) -> list[dict]:
                 print(f"pack {row['layer']:>14} a{abits} {cpu_name:>10}: {row['before']['cycles_per_word']:.1f} -> "
                       f"{row['after']['cycles_per_word']:.1f}", file=sys.stderr, flush=True)
                 rows.append(row)
+    return rows
+
+
+def measure_column_bitpacks(folder: Path) -> list[dict]:
+    """The first quantized layer's pack (NCHW float input, `column_bitpack`): ResNet-18's 56x56 at
+    1x, 2x and 3x width and MNIST smallcnn's 14x14 at 1x, 2x, 3x, before and after."""
+    from schedules.staged_bitpack import COLUMN_PIXELS
+
+    rows = []
+    for size, base in COLUMN_LAYERS:
+        for width in (1, 2, 3):
+            for abits in (1, 2, 4):
+                channels = base * width
+                pixels = next(p for p in COLUMN_PIXELS if size % p == 0)
+                for board, cpu_name in BOARDS.items():
+                    row = {"layer": f"{size}x{size}x{channels}", "abits": abits, "board": board, "cpu": cpu_name,
+                           "pixels": pixels}
+                    for schedule, template in (("before", "unstaged"), ("after", "after")):
+                        library = compile_library(column_bitpack(size, size, channels, abits), board, template,
+                                                  folder / f"columns-{size}-{channels}-{abits}-{board}-{schedule}.so")
+                        staged = schedule == "after"
+                        row[schedule] = {
+                            "cycles_per_word": round(bitpack_cycles_per_word(
+                                library, channels, cpu_name, pixels if staged else 1,
+                                r"frint[a-z]" if staged else "scvtf"), 2),
+                            "innermost_loops_with_stack_stores": sum(bool(stack_stores(loop))
+                                                                     for loop in innermost_loops(library)),
+                        }
+                    rows.append(row)
+                    print(f"column pack {row['layer']:>12} {abits} {cpu_name:>10}: {row['before']['cycles_per_word']:.1f}"
+                          f" -> {row['after']['cycles_per_word']:.1f}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -340,6 +395,26 @@ def markdown(rows: list[dict], versions: str) -> str:
                      f"| {after['innermost_loops_with_stack_stores']} |")
     lines += [
         "",
+        "## First-layer bitpacks (NCHW float input): llvm-mca cycles per 64-bit word",
+        "",
+        "The first quantized layer's pack reads the full-precision stem's NCHW output, a channel's pixels",
+        "contiguous (`column_bitpack`): ResNet-18's 56x56 and MNIST smallcnn's 14x14 at 1x, 2x and 3x width.",
+        "`before`: the aarch64 template with the levels inlined (a q register of words for 2 pixels, each",
+        "channel's level recomputed per plane and word); `after`: the levels of 4 pixels (2 on 14-pixel rows)",
+        "computed once into a local buffer, vectorized over the pixels, and each plane's words built by",
+        "`sli` chains, a lane per pixel (`neon.pack_columns`). Cycles as above, the staged levels' loop",
+        "counted per `frinti` lane; `spills` counts innermost loops with stack stores.",
+        "",
+        "| layer | abits | core | pixels per group | before cycles per word | after cycles per word | before spills | after spills |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows["column_bitpacks"]:
+        before, after = row["before"], row["after"]
+        lines.append(f"| {row['layer']} | {row['abits']} | {row['cpu']} | {row['pixels']} "
+                     f"| {before['cycles_per_word']:.1f} | {after['cycles_per_word']:.1f} "
+                     f"| {before['innermost_loops_with_stack_stores']} | {after['innermost_loops_with_stack_stores']} |")
+    lines += [
+        "",
         "## ResNet-18 2x 2/2's own fused bitpacks",
         "",
         "The model's 11 `*wrpn_epilogue_bitpack*` functions as the lowering emits them (the quantizer's",
@@ -365,9 +440,11 @@ def main() -> None:
     versions = f"TVM {tvm.__version__}; {mca_version}."
     with tempfile.TemporaryDirectory(prefix="arm-hot-loops-") as folder:
         rows = {"convs": measure(Path(folder)), "bitpacks": measure_bitpacks(Path(folder)),
+                "column_bitpacks": measure_column_bitpacks(Path(folder)),
                 "model_bitpacks": measure_model_bitpacks(Path(folder))}
     args.out.with_suffix(".json").write_text(json.dumps({"versions": versions, "rows": rows["convs"],
                                                          "bitpacks": rows["bitpacks"],
+                                                         "column_bitpacks": rows["column_bitpacks"],
                                                          "model_bitpacks": rows["model_bitpacks"]}, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(rows, versions))
 

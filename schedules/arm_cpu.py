@@ -11,8 +11,9 @@ chunks they hold, each widened into the layer's accumulator (rfactor). The regis
 register per pixel and channel vector, the cheapest by a model of those pipes among the tiles whose
 accumulators, weights and broadcast activations stay within the 32 q registers. Other layers use
 the generic CPU template at NEON's width for their accumulator type. A fused epilogue's bitpack packs
-staged levels with NEON (`staged_bitpack`, `neon.pack_word`); a bitpack of NCHW input
-vectorizes over pixels where they are contiguous. The tests read the generated assembly to keep it so.
+staged levels with NEON (`staged_bitpack`, `neon.pack_word`); a bitpack of NCHW input (the first
+quantized layer) stages the levels of 4 or 2 pixels of a row and builds their words with `sli`
+chains (`neon.pack_columns`). The tests read the generated assembly to keep it so.
 """
 
 import tvm
@@ -24,7 +25,7 @@ from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
 
 from . import cpu, staged_bitpack
 from .common import Decisions, attach_epilogue, divisors, loop_extent, pad_whole_input, try_vectorize
-from .neon import Q_BYTES, NarrowAccumulation, narrow_accumulation, pack_word
+from .neon import Q_BYTES, NarrowAccumulation, narrow_accumulation, pack_columns, pack_word
 
 NEON_INT32_LANES = 4
 Q_REGISTERS = 32
@@ -299,11 +300,12 @@ def _reads_columns(sch: Schedule, block) -> bool:
 
 def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
     """Conv activations read with the output column fastest (NCHW: the first quantized layer, and
-    the single kernels): a q register of words for 2 (64-bit words) or 4 (32-bit) pixels of a row,
-    each bit of them one contiguous load, shifted and or-ed in lanes. Scalar, LLVM kept a word's 64
-    strided loads in flight at once and, at 4 planes, spilled them on Cortex-A72. Other layouts
-    (dense; a fused NHWC epilogue whose levels `schedule_function` did not stage) keep the generic
-    schedule."""
+    the single kernels) where `schedule_function` did not stage them (odd rows, the tuning rule): a
+    q register of words for 2 (64-bit words) or 4 (32-bit) pixels of a row, each bit of them one
+    contiguous load, shifted and or-ed in lanes. Scalar, LLVM kept a word's 64 strided loads in
+    flight at once and, at 4 planes, spilled them on Cortex-A72 (this one spills too, at 128
+    channels: benchmarks/results/arm_hot_loops.md). Other layouts (dense; a fused NHWC epilogue
+    whose levels `schedule_function` did not stage) keep the generic schedule."""
     if not _reads_columns(sch, block):
         return cpu.bitpack(sch, block, tuning)
     n, h, w, plane, cw = sch.get_loops(block)
@@ -336,7 +338,8 @@ class NeonTemplates:
     @staticmethod
     def schedule_function(sch: Schedule, target: Target) -> None:
         """cpu.schedule_kernels, except that a conv bitpack's levels may stay a stage of their own
-        (`_levels_to_stage`), packed by NEON (`neon.pack_word`)."""
+        (`_levels_to_stage`, or a few pixels of an NCHW row), packed by NEON (`neon.pack_word`,
+        `neon.pack_columns`)."""
         dotprod = has_dotprod(target)
 
         def schedule_kernel(sch: Schedule, block, rule: str) -> None:
@@ -348,7 +351,7 @@ class NeonTemplates:
                 dense(sch, block, tuning=False, dotprod=dotprod)
 
         staged_bitpack.schedule_kernels(sch, schedule_kernel, lambda sch, block: _levels_to_stage(sch, block, target),
-                                        pack_word)
+                                        pack_word, pack_columns)
 
     @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:

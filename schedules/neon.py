@@ -329,3 +329,25 @@ def pack_word(groups: list, plane: int):
     fold = _neon("addp", bytes_, _neon("addp", bytes_, bits[0], bits[1]), _neon("addp", bytes_, bits[2], bits[3]))
     fold = _neon("addp", bytes_, fold, fold)
     return tirx.Shuffle([T.reinterpret("uint64x2", fold)], [0])
+
+
+def pack_columns(levels: list, plane: int, pixels: int) -> list:
+    """staged_bitpack's words of one plane for a row's `pixels` (4 or 2) from one int32 vector per
+    channel of the word (its levels at those pixels): per half word a chain of `sli` that inserts
+    each channel's level, shifted right by the plane, at its bit position (each insert overwrites
+    the bits above it, so only the plane's bit of every level remains; a partial half is masked),
+    and `zip1`/`zip2` of the halves give the pixels' 64-bit words, two pixels a vector."""
+    lanes = f"int32x{pixels}"
+    halves = []
+    for start in (0, 32):
+        half = [level >> T.broadcast(T.int32(plane), pixels) if plane else level for level in levels[start:start + 32]]
+        word = T.broadcast(T.int32(0), pixels)
+        for bit, value in enumerate(half):
+            word = value if bit == 0 else _neon("vsli", lanes, word, value, T.int32(bit))
+        if 0 < len(half) < 32:
+            word = word & T.broadcast(T.int32((1 << len(half)) - 1), pixels)
+        halves.append(word)
+    # zip1 / zip2: the halves' lanes k side by side are pixel k's 64-bit word (little-endian).
+    return [T.reinterpret("uint64x2",
+                          tirx.Shuffle(halves, [lane for pixel in pair for lane in (pixel, pixel + pixels)]))
+            for pair in (range(first, first + 2) for first in range(0, pixels, 2))]

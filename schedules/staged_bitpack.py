@@ -10,8 +10,12 @@ so tensorize checks that the two agree.
 
 Where it applies (`levels_to_stage`): a pack of 64-bit words whose single producer is its levels
 block, read channels fastest (an NHWC accumulator: a fused epilogue), channels a multiple of
-BITPACK_GROUP. Packs read with the column fastest (NCHW float input: the first quantized layer)
-keep their family's template.
+BITPACK_GROUP.
+
+Packs read with the column fastest (NCHW float input: the first quantized layer) stage instead the
+levels of 4 (or 2) pixels of a row at a time (`column_levels_to_stage`), vectorized over those
+contiguous pixels, and a per-ISA `pack_columns` builds the pixels' words together, a vector lane
+per pixel (`neon.pack_columns`). Families without one keep their template for these.
 """
 
 import re
@@ -29,6 +33,9 @@ from . import cpu
 from .common import block_rule, inline_other_blocks, kernel_blocks, loop_extent, try_vectorize
 
 BITPACK_GROUP = 16  # channels per vector of level bytes the implementations narrow at a time
+# Pixels of a row whose levels a column pack stages at a time: a vector of 32-bit lanes where the
+# row allows, else half of one (a 14-pixel row: MNIST's first quantized layer).
+COLUMN_PIXELS = (4, 2)
 WORD = "uint64"
 WORD_BITS = 64
 _OUTER_VAR = r"\bv(?:_i)?\d_o\b"  # the blockized pack's outer iter vars, as TVM names them
@@ -64,25 +71,53 @@ def pack_shape(sch: Schedule, block) -> tuple[int, int]:
     return planes, words
 
 
-def levels_to_stage(sch: Schedule, block):
-    """The levels block of a conv bitpack that can be staged (see the module docstring), or None."""
+def _levels_block(sch: Schedule, block):
+    """A conv bitpack's levels block, where it is its single producer, of 64-bit words, from 4-D
+    float32 or int32 levels; else None."""
     producers = sch.get_producers(block)
     if (len(sch.get_loops(block)) != 5 or sch.get(block).writes[0].source.dtype != WORD
             or len(producers) != 1 or block_rule(sch, producers[0]) is not None):
         return None
     levels = sch.get(producers[0]).writes[0].source
-    if len(levels.shape) != 4 or int(levels.shape[1]) % BITPACK_GROUP or levels.dtype not in ("float32", "int32"):
+    if len(levels.shape) != 4 or levels.dtype not in ("float32", "int32"):
         return None
     # One plane of one partial word: blockized, its only unit iter var stays in the guard of the
     # channels past the word's end, where the intrinsic's description has a constant.
     planes, words = pack_shape(sch, block)
-    if planes == words == 1 and int(levels.shape[1]) < WORD_BITS:
-        return None
+    return None if planes == words == 1 and int(levels.shape[1]) < WORD_BITS else producers[0]
+
+
+def _reads_columns_inlined(sch: Schedule, block) -> bool:
+    """reads_columns_only of the pack once the other injective blocks are inlined into it."""
     trial = sch.copy()
     inline_other_blocks(trial)
-    if reads_columns_only(trial, trial.get_sblock(sch.get(block).name_hint)):
+    return reads_columns_only(trial, trial.get_sblock(sch.get(block).name_hint))
+
+
+def levels_to_stage(sch: Schedule, block):
+    """The levels block of a conv bitpack that can be staged (see the module docstring), or None."""
+    producer = _levels_block(sch, block)
+    if producer is None:
         return None
-    return producers[0]
+    levels = sch.get(producer).writes[0].source
+    if int(levels.shape[1]) % BITPACK_GROUP:
+        return None
+    return None if _reads_columns_inlined(sch, block) else producer
+
+
+def column_pixels(sch: Schedule, levels) -> "int | None":
+    """The most pixels of COLUMN_PIXELS that divide the levels' rows, or None."""
+    width = int(sch.get(levels).writes[0].source.shape[3])
+    return next((pixels for pixels in COLUMN_PIXELS if width % pixels == 0), None)
+
+
+def column_levels_to_stage(sch: Schedule, block):
+    """The levels block of a conv bitpack read with the column fastest that can be staged a few
+    pixels at a time (`column_pixels`: even rows), or None."""
+    producer = _levels_block(sch, block)
+    if producer is None or column_pixels(sch, producer) is None:
+        return None
+    return producer if _reads_columns_inlined(sch, block) else None
 
 
 def pack_from_levels(sch: Schedule, block, levels, pack_word: Callable) -> None:
@@ -101,19 +136,49 @@ def pack_from_levels(sch: Schedule, block, levels, pack_word: Callable) -> None:
     sch.tensorize(sch.blockize(plane_and_word), intrin(pack_word, str(buffer.dtype), channels, planes))
 
 
-def schedule_kernels(sch: Schedule, schedule_kernel: Callable, stage: Callable, pack_word: Callable) -> None:
+def pack_columns_from_levels(sch: Schedule, block, levels, pack_columns: Callable) -> None:
+    """The levels of `column_pixels` pixels of a row computed once into a local buffer (vectorized
+    over those pixels, contiguous in the NCHW input), then packed by the intrinsic whose words
+    `pack_columns` computes (`column_intrin`)."""
+    buffer = sch.get(levels).writes[0].source
+    planes, _ = pack_shape(sch, block)
+    pixels = column_pixels(sch, levels)
+    merge_unit_axis(sch, block)
+    n, h, w = sch.get_loops(block)[:3]
+    w_outer, w_pixels = sch.split(w, [None, pixels])
+    sch.parallel(sch.fuse(n, h))
+    sch.compute_at(levels, w_outer)
+    sch.set_scope(levels, 0, "local")
+    try_vectorize(sch, sch.get_loops(levels)[-1])
+    sch.tensorize(sch.blockize(w_pixels),
+                  column_intrin(pack_columns, str(buffer.dtype), int(buffer.shape[1]), planes, pixels))
+
+
+def schedule_kernels(sch: Schedule, schedule_kernel: Callable, stage: Callable, pack_word: Callable,
+                     pack_columns: "Callable | None" = None) -> None:
     """cpu.schedule_kernels, except that a conv bitpack's levels stay a stage of their own where
-    `stage(sch, block)` names them, and that pack is staged (`pack_from_levels`)."""
-    staged = {sch.get(block).name_hint: stage(sch, block) for block, rule in kernel_blocks(sch)
-              if rule == BITPACK_RULE}
-    kept = frozenset(sch.get(levels).name_hint for levels in staged.values() if levels is not None)
+    `stage(sch, block)` names them, and that pack is staged (`pack_from_levels`); with
+    `pack_columns`, so are packs read with the column fastest (`pack_columns_from_levels`)."""
+    staged = {}
+    for block, rule in kernel_blocks(sch):
+        if rule != BITPACK_RULE:
+            continue
+        levels = stage(sch, block)
+        if levels is not None:
+            staged[sch.get(block).name_hint] = (sch.get(levels).name_hint, False)
+        elif pack_columns is not None and (levels := column_levels_to_stage(sch, block)) is not None:
+            staged[sch.get(block).name_hint] = (sch.get(levels).name_hint, True)
+    kept = frozenset(levels for levels, _ in staged.values())
 
     def schedule_kernel_or_stage(sch: Schedule, block, rule: str) -> None:
-        levels = staged.get(sch.get(block).name_hint)
-        if levels is None:
+        if sch.get(block).name_hint not in staged:
             schedule_kernel(sch, block, rule)
+            return
+        levels, columns = staged[sch.get(block).name_hint]
+        if columns:
+            pack_columns_from_levels(sch, block, sch.get_sblock(levels), pack_columns)
         else:
-            pack_from_levels(sch, block, sch.get_sblock(sch.get(levels).name_hint), pack_word)
+            pack_from_levels(sch, block, sch.get_sblock(levels), pack_word)
 
     cpu.schedule_kernels(sch, schedule_kernel_or_stage, kept)
 
@@ -126,6 +191,46 @@ def intrin(pack_word: Callable, dtype: str, channels: int, planes: int) -> str:
         TensorIntrin.register(name, _description(dtype, channels, planes),
                               _implementation(dtype, channels, planes, pack_word))
     return name
+
+
+def column_intrin(pack_columns: Callable, dtype: str, channels: int, planes: int, pixels: int) -> str:
+    """The registered intrinsic that packs the `channels` levels of `dtype` of `pixels` pixels of
+    a row (a local [1, C, 1, pixels] buffer) into their [pixels, planes, words] 64-bit words, each
+    plane of a word for all the pixels by `pack_columns`."""
+    name = f"wrpn_{pack_columns.__module__.rsplit('.', 1)[-1]}_column_bitpack_{dtype}_{channels}_{planes}_{pixels}"
+    if TensorIntrin.get(name, allow_missing=True) is None:
+        TensorIntrin.register(name, _description(dtype, channels, planes, pixels),
+                              _column_implementation(dtype, channels, planes, pixels, pack_columns))
+    return name
+
+
+def _column_implementation(dtype: str, channels: int, planes: int, pixels: int,
+                           pack_columns: Callable) -> tirx.PrimFunc:
+    """Per word and plane: `pack_columns(levels, plane, pixels)` of the word's channels (an int32
+    vector of the pixels' levels each, channel-major in the buffer) gives the pixels' words, two
+    to a vector."""
+    words = -(-channels // WORD_BITS)
+    with IRBuilder() as builder:
+        with build_prim_func():
+            l, o = T.arg("l", T.handle()), T.arg("o", T.handle())
+            L = T.match_buffer(l, (1, channels, 1, pixels), dtype, offset_factor=1, scope="local")
+            O = T.match_buffer(o, (1, 1, pixels, planes, words), WORD, offset_factor=1,
+                               strides=[T.int64(), T.int64(), T.int64(), T.int64(), T.int64()])
+            with T.sblock("root"):
+                T.reads(L[0, 0:channels, 0, 0:pixels])
+                T.writes(O[0, 0, 0:pixels, 0:planes, 0:words])
+                flat = T.decl_buffer((channels * pixels,), dtype, data=L.data, elem_offset=L.elem_offset,
+                                     scope="local")
+                for word in range(words):
+                    # Bound once: TIR has no common subexpressions, and LLVM does not reload a
+                    # level past the stores of words it cannot tell apart from the buffer.
+                    levels = [T.bind(T.Cast(f"int32x{pixels}", flat[T.ramp(channel * pixels, 1, pixels)]))
+                              for channel in range(word * WORD_BITS, min(channels, (word + 1) * WORD_BITS))]
+                    for plane in range(planes):
+                        pairs = [T.bind(pair) for pair in pack_columns(levels, plane, pixels)]
+                        for pixel in range(pixels):
+                            T.buffer_store(O, tirx.Shuffle([pairs[pixel // 2]], [pixel % 2]), [0, 0, pixel, plane, word])
+    return builder.get()
 
 
 def _implementation(dtype: str, channels: int, planes: int, pack_word: Callable) -> tirx.PrimFunc:
@@ -155,30 +260,33 @@ def _implementation(dtype: str, channels: int, planes: int, pack_word: Callable)
     return builder.get()
 
 
-def _description(dtype: str, channels: int, planes: int) -> tirx.PrimFunc:
+def _description(dtype: str, channels: int, planes: int, pixels: int = 1) -> tirx.PrimFunc:
     """ops.pack_activation's own compute on a 1x1 image, blockized at the plane loop as the
-    template blockizes a model's pack (a unit plane or word axis merged as there): the very
-    expression tensorize compares. The outer block's unit iter vars become zeros and the block the
-    root, through the printed script (TVM's Python API has no TIR substitution)."""
+    template blockizes a model's pack (a unit plane or word axis merged as there); or, with
+    `pixels`, on a row of that many pixels, blockized at the column loop: the very expression
+    tensorize compares. The outer block's unit iter vars become zeros and the block the root,
+    through the printed script (TVM's Python API has no TIR substitution)."""
     from tvm import te
     from tvm.script import from_source
 
     from wrpn_tvm.ops.bitpack import num_words, pack_activation
 
     one, words = tirx.IntImm("int64", 1), num_words(channels, WORD_BITS)
-    levels = te.placeholder((one, tirx.IntImm("int64", channels), one, one), dtype, name="levels")
+    levels = te.placeholder((one, tirx.IntImm("int64", channels), one, tirx.IntImm("int64", pixels)), dtype,
+                            name="levels")
     sch = Schedule(te.create_prim_func([levels, pack_activation(levels, planes, WORD_BITS, quantize=False)],
                                        index_dtype_override="int64"))
     block = sch.get_sblock("wrpn_bitpack")
     merge_unit_axis(sch, block)
-    sch.blockize(sch.get_loops(block)[3])
+    sch.blockize(sch.get_loops(block)[3 if pixels == 1 else 2])
     lines = []
     for line in sch.mod["main"].script().splitlines():
         if line.startswith("def main"):
             lines += ["def main(l: T.handle, o: T.handle):",
-                      f"    levels = T.match_buffer(l, (1, {channels}, 1, 1), '{dtype}', offset_factor=1, scope='local')",
-                      f"    wrpn_bitpack = T.match_buffer(o, (1, 1, 1, {planes}, {words}), '{WORD}', offset_factor=1,"
-                      " strides=(T.int64(), T.int64(), T.int64(), T.int64(), T.int64()))"]
+                      f"    levels = T.match_buffer(l, (1, {channels}, 1, {pixels}), '{dtype}', offset_factor=1,"
+                      " scope='local')",
+                      f"    wrpn_bitpack = T.match_buffer(o, (1, 1, {pixels}, {planes}, {words}), '{WORD}',"
+                      " offset_factor=1, strides=(T.int64(), T.int64(), T.int64(), T.int64(), T.int64()))"]
         elif not (line.lstrip().startswith(("T.func_attr", "# ")) or re.match(r" {4}for ", line)
                   or re.search(_OUTER_VAR + r".*T\.axis", line)):
             line = re.sub(_OUTER_VAR, "T.int64(0)", line.replace('"wrpn_bitpack_o"', '"root"'))

@@ -310,6 +310,71 @@ def test_fused_bitpacks_are_exact_on_the_emulated_pi(emulated_pool, tmp_path):
         assert np.array_equal(out.numpy(), want), (size, channels, abits)
 
 
+# (rows, columns, channels, abits): the first quantized layer's pack of NCHW float input. ResNet-18
+# 2x's (56x56x128), MNIST smallcnn's 14x14 rows (2-pixel groups) with a partial word, a partial
+# fourth word, 1-bit words, and one partial word of 16 channels (1 bit: the generic template).
+COLUMN_BITPACKS = [(56, 56, 128, 2), (14, 14, 48, 3), (3, 8, 200, 4), (7, 14, 100, 1), (8, 12, 16, 2),
+                   (5, 6, 64, 1), (4, 8, 16, 1)]
+# Odd rows keep the generic template, which spills on Cortex-A53: exactness only.
+ODD_ROW_BITPACKS = [(7, 7, 64, 2), (3, 5, 130, 1)]
+
+
+def _column_staged(columns: int, channels: int, abits: int) -> bool:
+    return columns % 2 == 0 and not (abits == 1 and channels < 64)
+
+
+def _column_bitpack_case(rng, rows: int, columns: int, channels: int, abits: int) -> tuple:
+    """(input, the words the numpy reference wants): values spread past both clips, and exact
+    halfway levels (rounded half to even, as nearbyint)."""
+    top = 2**abits - 1
+    x = rng.uniform(-0.3, 1.3, (1, channels, rows, columns)).astype(np.float32)
+    halfway = rng.random(x.shape) < 0.1
+    x[halfway] = ((rng.integers(0, top, x.shape) + 0.5) / top).astype(np.float32)[halfway]
+    levels = np.rint(np.clip(x, 0, 1) * np.float32(top)).astype(np.int64)
+    return x, ops.pack_activation_reference(levels, abits, 64)
+
+
+@pytest.mark.parametrize("board", BOARDS)
+@pytest.mark.parametrize("rows, columns, channels, abits", COLUMN_BITPACKS)
+def test_column_bitpack_inserts_bits_with_sli_and_does_not_spill(tmp_path, board, rows, columns, channels, abits):
+    """The first quantized layer's pack: the levels of a few pixels of a row computed once
+    (vectorized over the pixels), each plane's words built by sli chains, a vector lane per pixel;
+    no innermost loop stores to the stack (the generic schedule spilled at 128 channels)."""
+    library = tmp_path / "pack.so"
+    compile_prim_func(arm_hot_loops.column_bitpack(rows, columns, channels, abits), resolve(board)).export_library(
+        str(library), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
+    listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(library)],
+                             capture_output=True, text=True, check=True).stdout
+    inserts = len(re.findall(r"\bsli\s+v\d+\.[24]s", listing))
+    if _column_staged(columns, channels, abits):
+        # An insert per channel and plane but the first of each half word, for every group of pixels.
+        halves = sum(min(32, channels - start) - 1 for start in range(0, channels, 32))
+        assert inserts >= halves * abits
+    else:
+        assert inserts == 0
+    for loop in arm_hot_loops.innermost_loops(library):
+        assert not arm_hot_loops.stack_stores(loop), f"stack stores in an innermost loop: {loop}"
+
+
+@pytest.mark.emulator
+def test_column_bitpacks_are_exact_on_the_emulated_pi(emulated_pool, tmp_path):
+    """Against pack_activation_reference of the numpy levels, staged (4 and 2 pixels) or not."""
+    from wrpn_tvm.remote.session import DeviceSpec, connect
+
+    session = connect(DeviceSpec(rpc=emulated_pool.direct, timeout=600))
+    rng = np.random.default_rng(56)
+    for rows, columns, channels, abits in COLUMN_BITPACKS + ODD_ROW_BITPACKS:
+        x, want = _column_bitpack_case(rng, rows, columns, channels, abits)
+        executable = compile_prim_func(arm_hot_loops.column_bitpack(rows, columns, channels, abits), resolve("rasp4"))
+        path = _library(executable, tmp_path, f"columns{rows}_{columns}_{channels}_{abits}")
+        session.upload(str(path))
+        module = session.load_module(path.name)
+        device = session.cpu()
+        out = tvm.runtime.tensor(np.zeros(want.shape, dtype=np.uint64), device)
+        module["main"](tvm.runtime.tensor(x, device), out)
+        assert np.array_equal(out.numpy(), want), (rows, columns, channels, abits)
+
+
 @functools.lru_cache(maxsize=None)
 def _fused_bitpacks(folder: Path, width: float, abits: int, wbits: int) -> dict:
     """name -> PrimFunc of the fused epilogue bitpacks of ResNet-18 (224x224) lowered bit-serial."""
