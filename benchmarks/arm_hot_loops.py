@@ -211,17 +211,43 @@ def column_bitpack(height: int, width: int, channels: int, abits: int):
     return te.create_prim_func([x, pack], index_dtype_override="int64")
 
 
-_WORD_STORE = re.compile(r"(str|stp|stur) ([xqd])\d+.*\[(x\d+)")  # output words: not the stack's
+_SCALAR_STORE = re.compile(r"(str|stur|stp) ([xdq])\d+.*\[(x\d+)")  # output words: not the stack's
+_VECTOR_STORE = re.compile(r"st[1-4] \{([^}]*)\}(\[\d+\])?, \[(x\d+)")
 _LOAD_BASE = re.compile(r"ld\S* .*\[(x\d+)")
+_REGISTER_BYTES = {"x": 8, "d": 8, "q": 16}
+_ARRANGEMENT_BYTES = {"8b": 8, "16b": 16, "4h": 8, "8h": 16, "2s": 8, "4s": 16, "1d": 8, "2d": 16,
+                      "b": 1, "h": 2, "s": 4, "d": 8}  # a whole register, or one lane ({v0.d}[1])
 
 
-def _stored_words(code: list[str]) -> int:
-    """64-bit words stored through a pointer the code never loads through: the output, not a
-    staging buffer (a pixel's levels held in memory that the pack reads back)."""
-    per_register = {"x": 1, "d": 1, "q": 2}
-    read_bases = {m[1] for m in map(_LOAD_BASE.match, code) if m}
-    return sum(per_register[m[2]] * (2 if m[1] == "stp" else 1) for m in map(_WORD_STORE.match, code)
-               if m and m[3] not in read_bases)
+def _store(insn: str) -> "tuple[str, int] | None":
+    """(base register, bytes) of a store through a general register, or None."""
+    if match := _SCALAR_STORE.match(insn):
+        return match[3], _REGISTER_BYTES[match[2]] * (2 if match[1] == "stp" else 1)
+    if match := _VECTOR_STORE.match(insn):
+        registers = [register.split(".")[1] for register in match[1].split(",")]
+        return match[3], sum(_ARRANGEMENT_BYTES[arrangement] for arrangement in registers)
+    return None
+
+
+def _stored_words(code: list[str]) -> float:
+    """64-bit words a loop stores through a pointer that it does not load through, from the store
+    on around the loop until the register is set again: the output, not a staging buffer (levels
+    held in memory that the pack reads back, perhaps at the top of the next iteration)."""
+    words = 0.0
+    for index, insn in enumerate(code):
+        store = _store(insn)
+        if store is None:
+            continue
+        base, size = store
+        for later in code[index + 1:] + code[:index]:
+            if re.match(rf"\S+ {base}\b", later):  # set again: whatever it addresses next is not this
+                words += size / 8
+                break
+            if (load := _LOAD_BASE.match(later)) and load[1] == base:
+                break
+        else:
+            words += size / 8
+    return words
 
 
 def bitpack_cycles_per_word(library: Path, channels: int, cpu: str, pixels: int = 1, level_op: str = "scvtf") -> float:
