@@ -143,3 +143,15 @@ def test_refuses_what_it_cannot_estimate(tmp_path, library):
     (tmp_path / "lone.so").write_bytes(b"")
     assert main(["estimate", str(tmp_path / "lone.so")]) == 1
     assert main(["estimate", str(tmp_path / "missing.so")]) == 1
+
+
+def test_a_custom_target_s_attributes_count_against_the_board(tmp_path):
+    """A library built for a custom aarch64 target with +dotprod: Cortex-A53 (rasp3b) lacks it, and
+    the sidecar's attributes, not only its CPU, say so (the same reading the runtime does)."""
+    library = tmp_path / "custom.so"
+    library.write_bytes(b"")
+    (tmp_path / "custom.so.json").write_text(json.dumps({"target": {
+        "name": "custom", "json": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53",
+                                   "mattr": "('+neon', '+dotprod')"}}}))
+    with pytest.raises(WrpnError, match="uses dotprod, which the Cortex-A53 \\(rasp3b\\) lacks"):
+        estimate(library, ["rasp3b"])

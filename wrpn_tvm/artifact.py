@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from . import __version__
-from .errors import WrpnError
+from .errors import WrpnError, one_line
 from .fileio import write_text_atomic
 
 SIDECAR_FORMAT = "wrpn-tvm-compiled/1"
@@ -60,6 +60,29 @@ def read_sidecar(library: "str | os.PathLike") -> dict:
     if problem:
         raise WrpnError(f"{path}: damaged sidecar: {problem}")
     return meta
+
+
+def built_for_target(library, target: dict):
+    """The llvm Target a library was compiled for, from its sidecar's "target" (name and JSON): a
+    preset's by its name, else (host, a custom target) from the triple, CPU and attributes, which
+    the JSON holds as text (a TVM array written as a Python tuple: read with literal_eval, never
+    executed)."""
+    import ast
+
+    from tvm.target import Target
+
+    from .targets import PRESET_NAMES, resolve
+
+    name, config = target["name"], target["json"]
+    if name in PRESET_NAMES and name != "host":
+        return resolve(name).target
+    mattr = config.get("mattr", [])
+    try:
+        mattr = list(ast.literal_eval(mattr) if isinstance(mattr, str) else mattr)
+        return Target({"kind": "llvm", "mtriple": str(config.get("mtriple", "")),
+                       "mcpu": str(config.get("mcpu", "generic")), **({"mattr": [str(a) for a in mattr]} if mattr else {})})
+    except Exception as err:  # a sidecar from elsewhere may hold what this TVM does not know
+        raise WrpnError(f"{library}: its sidecar's target is not one this TVM knows ({one_line(err, last=True)})") from None
 
 
 def _sidecar_problem(meta: dict) -> "str | None":

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .artifact import read_sidecar
+from .artifact import built_for_target, read_sidecar
 from .errors import WrpnError, one_line
 from .fileio import atomic_path, write_text_atomic
 from .remote.session import DeviceSpec, DeviceTimeout, as_error, bound_waits, connect, with_deadline
@@ -79,35 +79,13 @@ def load(library: "str | os.PathLike", device: DeviceSpec = DeviceSpec()):
         _release(held, device)
 
 
-def _built_for(library, meta: dict):
-    """The llvm Target a library was compiled for: a preset's by its name, else (host, a custom
-    target) from the sidecar's triple, CPU and attributes, which it holds as text (a TVM array
-    written as a Python tuple: read with literal_eval, never executed)."""
-    import ast
-
-    from tvm.target import Target
-
-    from .targets import PRESET_NAMES, resolve
-
-    name, config = meta["target"]["name"], meta["target"]["json"]
-    if name in PRESET_NAMES and name != "host":
-        return resolve(name).target
-    mattr = config.get("mattr", [])
-    try:
-        mattr = list(ast.literal_eval(mattr) if isinstance(mattr, str) else mattr)
-        return Target({"kind": "llvm", "mtriple": str(config.get("mtriple", "")),
-                       "mcpu": str(config.get("mcpu", "generic")), **({"mattr": [str(a) for a in mattr]} if mattr else {})})
-    except Exception as err:  # a sidecar from elsewhere may hold what this TVM does not know
-        raise WrpnError(f"{library}: its sidecar's target is not one this TVM knows ({one_line(err, last=True)})") from None
-
-
 def _check_cpu_runs(library, meta: dict) -> None:
     """Refuse, in one line, a library that uses an instruction this CPU lacks (an x86-avx512 build
     on an AVX2 machine, an x86-avx2-vnni one on Zen 4): loading it would end the process on the
     first such instruction."""
     from .targets import cpu_label, host_cpu, missing_features, resolve
 
-    built_for = _built_for(library, meta)
+    built_for = built_for_target(library, meta["target"])
     lacking = missing_features(built_for, resolve("host").target)
     if lacking:
         raise WrpnError(f"{library} is built for {meta['target']['name']} ({cpu_label(built_for)}), which uses "

@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..artifact import built_for_target
 from ..errors import WrpnError
 from . import counting, disasm, mca
 from .boards import BOARDS, Board, boards_for, x86_board
@@ -28,7 +29,6 @@ from .model import KernelCycles, instruction_counts, kernel_cycles
 
 CALIBRATION_FILE = "arm_estimate.json"
 THREADS = (1, 4)
-ARM_PRESETS = (*BOARDS, "aarch64")
 
 
 @dataclass
@@ -83,7 +83,7 @@ def _read_meta(library: Path) -> dict:
         meta = json.loads(sidecar.read_text())
         target = meta["target"]["json"]
         return {"name": meta["target"]["name"], "triple": str(target.get("mtriple", "")), "kind": target["kind"],
-                "mcpu": str(target.get("mcpu", "generic"))}
+                "target": meta["target"]}
     except (OSError, ValueError, KeyError, TypeError):
         raise WrpnError(f"{sidecar}: missing or not a wrpn-tvm sidecar; it is written by `wrpn-tvm compile`") from None
 
@@ -125,9 +125,7 @@ def estimate(library: "str | Path", boards: "list[str] | None" = None) -> Estima
     library = Path(library)
     meta = _read_meta(library)
     chosen = boards_for(meta["name"], meta["triple"], boards)
-    # The sidecar's target JSON is for reading, not for Target(): a preset is rebuilt from its name.
-    built_for = (resolve(meta["name"]).target if meta["name"] in ARM_PRESETS
-                 else resolve({"kind": "llvm", "mtriple": meta["triple"], "mcpu": meta["mcpu"]}).target)
+    built_for = built_for_target(library, meta["target"])
     for board in chosen:
         lacking = missing_features(built_for, resolve(board.name).target)
         if lacking:
