@@ -46,6 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from end_to_end import NOISY_SPREAD
+
 IMAGE = 224
 AVX2_TORCH_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 BASELINE = "pytorch fp32 1x (avx2)"
@@ -77,7 +79,6 @@ def _host_has_avx_vnni() -> bool:
     return target_has_features("avxvnni", resolve("host").target)
 WARMUP = 3
 STALLED_RATIO = 2.0  # a median this many times the fastest run: the model's threads stalled under the load
-NOISY_SPREAD = 1.15  # a median this many times the fastest run on an idle machine: another VM took the cores
 
 
 def _timed(run_once, repeat: int) -> list[float]:

@@ -54,7 +54,7 @@ MEMORY_BATCHES = (1, 32)
 MEMORY_BASELINE = "tvm fp32 1x"
 TIME_BUDGET_S = 60  # per model: unscheduled FP32 TVM runs take seconds each
 MIN_REPEAT = 3
-NOISY_SPREAD = 1.15
+NOISY_SPREAD = 1.15  # a median this many times the fastest run on an idle machine: another VM took the cores
 
 
 def _rss_mib() -> float:

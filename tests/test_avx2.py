@@ -5,6 +5,7 @@ MetaSchedule design spaces (both popcounts) exact after MetaSchedule's own postp
 
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from wrpn_tvm.ops.bitpack import pack_weight
 from wrpn_tvm.targets import resolve
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmark imports its neighbours, as when run as a script
 _spec = importlib.util.spec_from_file_location("avx2_bench", REPO / "benchmarks" / "avx2.py")
 avx2_bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(avx2_bench)
