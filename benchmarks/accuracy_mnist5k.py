@@ -30,6 +30,7 @@ interval of the gap included.
 """
 
 import argparse
+import collections
 import json
 import math
 import multiprocessing
@@ -285,9 +286,10 @@ def write_markdown(summary: dict, meta: dict, path: Path) -> None:
         lines.append(f"| {c['label']} | {c['variant']} | {c['seed']} | {c['images']} | {100 * c['tvm_accuracy']:.2f} | "
                      f"{100 * c['torch_accuracy']:.2f} | {100 * c['top1_agreement']:.2f}% | {c['compile_seconds']:.0f} |")
     m = meta["machine"]
+    machines = "; ".join(f"{count} on {name}" for name, count in meta["runs_per_machine"].items())
     lines += ["", "## Training curves", "", f"![accuracy and curves]({NAME}.png)", "",
-              f"Machine: {m['cpu']} (LLVM CPU {m.get('llvm_cpu', '?')}), torch {m['torch']}, python {m['python']}, "
-              f"commit {m['commit']}. {meta['train_seconds'] / 60:.0f} min of training in {meta['train_runs']} runs "
+              f"Runs per machine: {machines}. This report: {m['cpu']} (LLVM CPU {m.get('llvm_cpu', '?')}), torch {m['torch']}, "
+              f"python {m['python']}, commit {m['commit']}. {meta['train_seconds'] / 60:.0f} min of training in {meta['train_runs']} runs "
               f"and {meta['compile_seconds'] / 60:.1f} min compiling and running compiled models, on {meta['workers']} "
               f"worker processes with one thread each under nice, on a 2-core machine shared with other jobs; "
               f"wall clock of the session(s): {meta['wall_minutes']:.0f} min.", ""]
@@ -355,6 +357,10 @@ def write_plot(summary: dict, runs: list, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def machine_label(m: dict) -> str:
+    return f"{m['cpu']} ({m.get('llvm_cpu', '?')})"
 
 
 def machine() -> dict:
@@ -471,7 +477,8 @@ def main():
                 "train_runs": sum(r["kind"] == "train" for r in runs),
                 "train_seconds": sum(r["seconds"] for r in runs if r["kind"] == "train"),
                 "compile_seconds": sum(r["seconds"] for r in runs if r["kind"] == "compiled"),
-                "wall_minutes": sum(sessions.values()) / 60}
+                "wall_minutes": sum(sessions.values()) / 60,
+                "runs_per_machine": dict(collections.Counter(r.get("machine", "not recorded") for r in runs))}
         summary = summarize(runs, args)
         (args.out / f"{NAME}.json").write_text(json.dumps({**summary, **meta, "runs_log": runs_log.name}, indent=1) + "\n")
         write_markdown(summary, meta, args.out / f"{NAME}.md")
@@ -481,6 +488,7 @@ def main():
         report()
         return
     running, failed = {}, set()
+    here = machine_label(machine())  # each run records where it ran: a resumed experiment may span machines
     # spawn: the parent imports torch and matplotlib for the reports, which a forked worker must not inherit
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         while True:
@@ -498,7 +506,7 @@ def main():
             for future in finished:
                 job = running.pop(future)
                 try:
-                    result = {**future.result(), "session": session, "finished": time.time()}
+                    result = {**future.result(), "session": session, "finished": time.time(), "machine": here}
                 except Exception as err:  # noqa: BLE001 - one failed job must not stop the others; it stays missing
                     failed.add(_key(job))
                     print(f"{job['fn']} {job['label']} {job['variant']} seed {job['seed']} failed: {err!r}", flush=True)
