@@ -319,14 +319,15 @@ def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
 
 
 def _levels_to_stage(sch: Schedule, block, target: "Target | None"):
-    """staged_bitpack.levels_to_stage, but for one plane on the in-order Cortex-A53: the inlined
-    code recomputes nothing there, and storing and reloading the staged levels of more than a word
-    costs more than its spills (llvm-mca: 430 against 350 cycles per word;
-    benchmarks/results/arm_hot_loops.md)."""
+    """staged_bitpack.levels_to_stage, but for one plane of a conv on the in-order Cortex-A53: the
+    inlined code recomputes nothing there, and storing and reloading the staged levels of more than
+    a word costs more than its spills (llvm-mca: 430 against 350 cycles per word;
+    benchmarks/results/arm_hot_loops.md). A dense layer's row stages there too: its inlined pack
+    spills as well and is no faster (4096 channels: 390 cycles per word; the staged levels alone 368)."""
     levels = staged_bitpack.levels_to_stage(sch, block)
     planes, words = staged_bitpack.pack_shape(sch, block)
-    if (levels is not None and planes == 1 and words > 1 and target is not None
-            and str(target.attrs.get("mcpu", "")) == IN_ORDER_CPU):
+    if (levels is not None and planes == 1 and words > 1 and not staged_bitpack.is_dense(sch, block)
+            and target is not None and str(target.attrs.get("mcpu", "")) == IN_ORDER_CPU):
         return None
     return levels
 

@@ -1,16 +1,17 @@
-"""A conv bitpack from staged levels, shared by the CPU families.
+"""A conv or dense bitpack from staged levels, shared by the CPU families.
 
 Inlined (the generic template), a fused epilogue's pack recomputes each channel's epilogue and level
 once per plane inside a 64-term bit expression, and whatever LLVM makes of that expression is slow
 or spills (vectorized over bits or pixels it needs a vector mask per bit position; scalar, SLP
-gathers all 64 levels at once). Staged, each pixel's levels are computed once into a local buffer,
-vectorized over its channels, and the pack is tensorized: the levels narrowed to bytes, and each
-plane's word gathered from them by a per-ISA `pack_word` (`neon.pack_word`, `x86.pack_word`). The intrinsic's description is ops.pack_activation's own compute,
-so tensorize checks that the two agree.
+gathers all 64 levels at once). Staged, each pixel's (a dense input's row's) levels are computed
+once into a local buffer, vectorized over its channels, and the pack is tensorized: the levels
+narrowed to bytes, BITPACK_GROUP at a time (a last partial group padded with zeros), and each plane's
+word gathered from them by a per-ISA `pack_word` (`neon.pack_word`, `x86.pack_word`). The
+intrinsic's description is ops.pack_activation's own compute, so tensorize checks that the two agree.
 
 Where it applies (`levels_to_stage`): a pack of 64-bit words whose single producer is its levels
-block, read channels fastest (an NHWC accumulator: a fused epilogue), channels a multiple of
-BITPACK_GROUP.
+block, read channels fastest (an NHWC accumulator: a fused epilogue; the NK rows of a dense
+layer's input).
 
 Packs read with the column fastest (NCHW float input: the first quantized layer) stage instead the
 levels of 4 (or 2) pixels of a row at a time (`column_levels_to_stage`), vectorized over those
@@ -47,10 +48,12 @@ def merge_unit_axis(sch: Schedule, block) -> None:
     the pack's guards (`channel < channels`, bits past a partial word) or its plane shift as a
     variable of the outer block, where the description has zero; merged, it is a constant 0."""
     planes, words = pack_shape(sch, block)
-    if planes == 1:
-        sch.transform_block_layout(block, lambda n, h, w, plane, word: (n, h, w, word))
-    elif words == 1:
-        sch.transform_block_layout(block, lambda n, h, w, plane, word: (n, h, w, plane + word))
+    if planes == 1 or words == 1:
+        merged = (lambda plane, word: word) if planes == 1 else (lambda plane, word: plane + word)
+        if is_dense(sch, block):
+            sch.transform_block_layout(block, lambda n, plane, word: (n, merged(plane, word)))
+        else:
+            sch.transform_block_layout(block, lambda n, h, w, plane, word: (n, h, w, merged(plane, word)))
 
 
 def reads_columns_only(sch: Schedule, block) -> bool:
@@ -66,20 +69,25 @@ def reads_columns_only(sch: Schedule, block) -> bool:
 
 
 def pack_shape(sch: Schedule, block) -> tuple[int, int]:
-    """(planes, words) of a conv bitpack."""
+    """(planes, words) of a conv or dense bitpack."""
     planes, words = (int(extent) for extent in sch.get(block).writes[0].source.shape[-2:])
     return planes, words
 
 
+def is_dense(sch: Schedule, block) -> bool:
+    """Whether a bitpack packs rows of NK levels (a dense layer's input), not an NCHW image."""
+    return len(sch.get_loops(block)) == 3
+
+
 def _levels_block(sch: Schedule, block):
-    """A conv bitpack's levels block, where it is its single producer, of 64-bit words, from 4-D
-    float32 or int32 levels; else None."""
+    """A conv (or dense) bitpack's levels block, where it is its single producer, of 64-bit words,
+    from 4-D (2-D) float32 or int32 levels; else None."""
     producers = sch.get_producers(block)
-    if (len(sch.get_loops(block)) != 5 or sch.get(block).writes[0].source.dtype != WORD
+    if (len(sch.get_loops(block)) not in (3, 5) or sch.get(block).writes[0].source.dtype != WORD
             or len(producers) != 1 or block_rule(sch, producers[0]) is not None):
         return None
     levels = sch.get(producers[0]).writes[0].source
-    if len(levels.shape) != 4 or levels.dtype not in ("float32", "int32"):
+    if len(levels.shape) != (2 if is_dense(sch, block) else 4) or levels.dtype not in ("float32", "int32"):
         return None
     # One plane of one partial word: blockized, its only unit iter var stays in the guard of the
     # channels past the word's end, where the intrinsic's description has a constant.
@@ -95,14 +103,12 @@ def _reads_columns_inlined(sch: Schedule, block) -> bool:
 
 
 def levels_to_stage(sch: Schedule, block):
-    """The levels block of a conv bitpack that can be staged (see the module docstring), or None."""
+    """The levels block of a conv or dense bitpack that can be staged (see the module docstring),
+    or None."""
     producer = _levels_block(sch, block)
     if producer is None:
         return None
-    levels = sch.get(producer).writes[0].source
-    if int(levels.shape[1]) % BITPACK_GROUP:
-        return None
-    return None if _reads_columns_inlined(sch, block) else producer
+    return producer if is_dense(sch, block) or not _reads_columns_inlined(sch, block) else None
 
 
 def column_pixels(sch: Schedule, levels) -> "int | None":
@@ -115,25 +121,30 @@ def column_levels_to_stage(sch: Schedule, block):
     """The levels block of a conv bitpack read with the column fastest that can be staged a few
     pixels at a time (`column_pixels`: even rows), or None."""
     producer = _levels_block(sch, block)
-    if producer is None or column_pixels(sch, producer) is None:
+    if producer is None or is_dense(sch, block) or column_pixels(sch, producer) is None:
         return None
     return producer if _reads_columns_inlined(sch, block) else None
 
 
 def pack_from_levels(sch: Schedule, block, levels, pack_word: Callable) -> None:
-    """Each pixel's levels computed once into a local buffer (vectorized over its channels), then
-    packed by the intrinsic whose words `pack_word` computes (`intrin`)."""
+    """Each pixel's (a dense input's row's) levels computed once into a local buffer (vectorized
+    over its channels), then packed by the intrinsic whose words `pack_word` computes (`intrin`)."""
     buffer = sch.get(levels).writes[0].source
     channels = int(buffer.shape[1])
     planes, _ = pack_shape(sch, block)
+    dense = is_dense(sch, block)
     merge_unit_axis(sch, block)
-    n, h, w, plane_and_word = sch.get_loops(block)[:4]
-    sch.parallel(sch.fuse(n, h))
-    sch.compute_at(levels, w)
+    if dense:
+        pixel, plane_and_word = sch.get_loops(block)[:2]
+        sch.parallel(pixel)
+    else:
+        n, h, pixel, plane_and_word = sch.get_loops(block)[:4]
+        sch.parallel(sch.fuse(n, h))
+    sch.compute_at(levels, pixel)
     sch.set_scope(levels, 0, "local")
-    channel_loop = [loop for loop in sch.get_loops(levels)[2:] if loop_extent(sch, loop) > 1][0]
+    channel_loop = [loop for loop in sch.get_loops(levels)[1:] if loop_extent(sch, loop) > 1][-1]
     try_vectorize(sch, channel_loop)
-    sch.tensorize(sch.blockize(plane_and_word), intrin(pack_word, str(buffer.dtype), channels, planes))
+    sch.tensorize(sch.blockize(plane_and_word), intrin(pack_word, str(buffer.dtype), channels, planes, dense))
 
 
 def pack_columns_from_levels(sch: Schedule, block, levels, pack_columns: Callable) -> None:
@@ -183,13 +194,14 @@ def schedule_kernels(sch: Schedule, schedule_kernel: Callable, stage: Callable, 
     cpu.schedule_kernels(sch, schedule_kernel_or_stage, kept)
 
 
-def intrin(pack_word: Callable, dtype: str, channels: int, planes: int) -> str:
-    """The registered intrinsic that packs one pixel's `channels` levels of `dtype` (a local
-    [1, C, 1, 1] buffer) into its [planes, words] 64-bit words, each computed by `pack_word`."""
-    name = f"wrpn_{pack_word.__module__.rsplit('.', 1)[-1]}_bitpack_{dtype}_{channels}_{planes}"
+def intrin(pack_word: Callable, dtype: str, channels: int, planes: int, dense: bool = False) -> str:
+    """The registered intrinsic that packs one pixel's (dense: one row's) `channels` levels of
+    `dtype` (a local [1, C, 1, 1] buffer; dense [1, C]) into its [planes, words] 64-bit words, each
+    computed by `pack_word`."""
+    name = f"wrpn_{pack_word.__module__.rsplit('.', 1)[-1]}_bitpack_{dtype}_{channels}_{planes}{'_dense' * dense}"
     if TensorIntrin.get(name, allow_missing=True) is None:
-        TensorIntrin.register(name, _description(dtype, channels, planes),
-                              _implementation(dtype, channels, planes, pack_word))
+        TensorIntrin.register(name, _description(dtype, channels, planes, dense=dense),
+                              _implementation(dtype, channels, planes, pack_word, dense))
     return name
 
 
@@ -233,60 +245,75 @@ def _column_implementation(dtype: str, channels: int, planes: int, pixels: int,
     return builder.get()
 
 
-def _implementation(dtype: str, channels: int, planes: int, pack_word: Callable) -> tirx.PrimFunc:
+def _level_bytes(flat, start: int, count: int):
+    """BITPACK_GROUP levels from `start` narrowed to bytes: `count` of them, zeros after (none past
+    the last channel are read)."""
+    if count <= 0:
+        return T.broadcast(T.uint8(0), BITPACK_GROUP)
+    if count == 1:
+        return tirx.Shuffle([T.Cast("uint8", T.Cast("int32", flat[start])), T.broadcast(T.uint8(0), BITPACK_GROUP - 1)],
+                            list(range(BITPACK_GROUP)))
+    levels = T.Cast(f"uint8x{count}", T.Cast(f"int32x{count}", flat[T.ramp(start, 1, count)]))
+    if count == BITPACK_GROUP:
+        return levels
+    return tirx.Shuffle([levels, T.broadcast(T.uint8(0), BITPACK_GROUP - count)], list(range(BITPACK_GROUP)))
+
+
+def _implementation(dtype: str, channels: int, planes: int, pack_word: Callable, dense: bool = False) -> tirx.PrimFunc:
     """Per word: its 64 levels narrowed to BITPACK_GROUP bytes at a time (zeros past the last
     channel), then each plane's word `pack_word(groups, plane)` stored. Levels fit a byte (at most
     8 bits)."""
     words = -(-channels // WORD_BITS)
+    # A pixel of an NCHW image packed to [n, h, w, plane, word], or a row of NK levels to [n, plane, word].
+    pixel = () if dense else (0, 0)
     with IRBuilder() as builder:
         with build_prim_func():
             l, o = T.arg("l", T.handle()), T.arg("o", T.handle())
-            L = T.match_buffer(l, (1, channels, 1, 1), dtype, offset_factor=1, scope="local")
-            O = T.match_buffer(o, (1, 1, 1, planes, words), WORD, offset_factor=1,
-                               strides=[T.int64(), T.int64(), T.int64(), T.int64(), T.int64()])
+            L = T.match_buffer(l, (1, channels) if dense else (1, channels, 1, 1), dtype, offset_factor=1,
+                               scope="local")
+            O = T.match_buffer(o, (1, *[1] * len(pixel), planes, words), WORD, offset_factor=1,
+                               strides=[T.int64() for _ in range(3 + len(pixel))])
             with T.sblock("root"):
-                T.reads(L[0, 0:channels, 0, 0])
-                T.writes(O[0, 0, 0, 0:planes, 0:words])
+                T.reads(L[0, 0:channels] if dense else L[0, 0:channels, 0, 0])
+                T.writes(O[(0, *pixel, slice(0, planes), slice(0, words))])
                 # Compact (its region is the whole local buffer): channels are contiguous.
                 flat = T.decl_buffer((channels,), dtype, data=L.data, elem_offset=L.elem_offset, scope="local")
                 for word in range(words):
                     first = word * WORD_BITS
-                    groups = [T.Cast(f"uint8x{BITPACK_GROUP}",
-                                     T.Cast(f"int32x{BITPACK_GROUP}", flat[T.ramp(start, 1, BITPACK_GROUP)]))
-                              if start < channels else T.broadcast(T.uint8(0), BITPACK_GROUP)
+                    groups = [_level_bytes(flat, start, min(BITPACK_GROUP, channels - start))
                               for start in range(first, first + WORD_BITS, BITPACK_GROUP)]
                     for plane in range(planes):
-                        T.buffer_store(O, pack_word(groups, plane), [0, 0, 0, plane, word])
+                        T.buffer_store(O, pack_word(groups, plane), [0, *pixel, plane, word])
     return builder.get()
 
 
-def _description(dtype: str, channels: int, planes: int, pixels: int = 1) -> tirx.PrimFunc:
-    """ops.pack_activation's own compute on a 1x1 image, blockized at the plane loop as the
-    template blockizes a model's pack (a unit plane or word axis merged as there); or, with
-    `pixels`, on a row of that many pixels, blockized at the column loop: the very expression
-    tensorize compares. The outer block's unit iter vars become zeros and the block the root,
-    through the printed script (TVM's Python API has no TIR substitution)."""
+def _description(dtype: str, channels: int, planes: int, pixels: int = 1, dense: bool = False) -> tirx.PrimFunc:
+    """ops.pack_activation's own compute on a 1x1 image (dense: one row of NK levels), blockized at
+    the plane loop as the template blockizes a model's pack (a unit plane or word axis merged as
+    there); or, with `pixels`, on a row of that many pixels, blockized at the column loop: the very
+    expression tensorize compares. The outer block's unit iter vars become zeros and the block the
+    root, through the printed script (TVM's Python API has no TIR substitution)."""
     from tvm import te
     from tvm.script import from_source
 
     from wrpn_tvm.ops.bitpack import num_words, pack_activation
 
-    one, words = tirx.IntImm("int64", 1), num_words(channels, WORD_BITS)
-    levels = te.placeholder((one, tirx.IntImm("int64", channels), one, tirx.IntImm("int64", pixels)), dtype,
-                            name="levels")
+    words = num_words(channels, WORD_BITS)
+    shape = (1, channels) if dense else (1, channels, 1, pixels)
+    packed = (1, planes, words) if dense else (1, 1, pixels, planes, words)
+    levels = te.placeholder([tirx.IntImm("int64", extent) for extent in shape], dtype, name="levels")
     sch = Schedule(te.create_prim_func([levels, pack_activation(levels, planes, WORD_BITS, quantize=False)],
                                        index_dtype_override="int64"))
     block = sch.get_sblock("wrpn_bitpack")
     merge_unit_axis(sch, block)
-    sch.blockize(sch.get_loops(block)[3 if pixels == 1 else 2])
+    sch.blockize(sch.get_loops(block)[1 if dense else 3 if pixels == 1 else 2])
     lines = []
     for line in sch.mod["main"].script().splitlines():
         if line.startswith("def main"):
             lines += ["def main(l: T.handle, o: T.handle):",
-                      f"    levels = T.match_buffer(l, (1, {channels}, 1, {pixels}), '{dtype}', offset_factor=1,"
-                      " scope='local')",
-                      f"    wrpn_bitpack = T.match_buffer(o, (1, 1, {pixels}, {planes}, {words}), '{WORD}',"
-                      " offset_factor=1, strides=(T.int64(), T.int64(), T.int64(), T.int64(), T.int64()))"]
+                      f"    levels = T.match_buffer(l, {shape}, '{dtype}', offset_factor=1, scope='local')",
+                      f"    wrpn_bitpack = T.match_buffer(o, {packed}, '{WORD}', offset_factor=1,"
+                      f" strides=({', '.join(['T.int64()'] * len(packed))}))"]
         elif not (line.lstrip().startswith(("T.func_attr", "# ")) or re.match(r" {4}for ", line)
                   or re.search(_OUTER_VAR + r".*T\.axis", line)):
             line = re.sub(_OUTER_VAR, "T.int64(0)", line.replace('"wrpn_bitpack_o"', '"root"'))

@@ -15,7 +15,8 @@ import tvm
 from tvm import te
 from tvm.support import cc
 
-from kernel_cases import epilogue_bitpack_case, random_weights, tuning_spaces
+from kernel_cases import (dense_epilogue_bitpack, dense_epilogue_bitpack_case, epilogue_bitpack_case, random_weights,
+                          tuning_spaces)
 from schedules.neon import narrow_accumulation
 from wrpn_tvm import kernels, ops
 from wrpn_tvm.ops.bitpack import pack_weight
@@ -265,6 +266,28 @@ def test_tuning_candidates_are_exact_on_the_emulated_pi(emulated_pool, tmp_path)
 # words), one word of 3 planes on an odd row (7 columns), and partial words (16 and 48 channels).
 EPILOGUE_BITPACKS = [(56, 128, 2), (28, 256, 4), (7, 1024, 2), (14, 512, 4), (7, 64, 3), (9, 16, 4), (5, 48, 2),
                      (28, 128, 1), (7, 64, 1)]
+# Channels off the 16-channel groups the levels are narrowed in (a partial group; one channel past a word).
+OFF_GROUP_BITPACKS = [(5, 24, 2), (3, 100, 3), (3, 65, 2)]
+# (rows, channels, abits): a dense layer's input, staged per row.
+DENSE_BITPACKS = [(1, 512, 2), (1, 4096, 1), (8, 1024, 4), (1, 100, 2), (3, 17, 3), (2, 70, 1)]
+
+
+def _no_spills(func, board: str, folder: Path) -> None:
+    library = folder / "pack.so"
+    compile_prim_func(func, resolve(board)).export_library(str(library),
+                                                          fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
+    for loop in arm_hot_loops.innermost_loops(library):
+        assert not arm_hot_loops.spill_stores(loop), f"spills in an innermost loop: {loop}"
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_dense_and_off_group_bitpacks_do_not_spill(tmp_path, board):
+    """Staged too (the generic template spilled 7 q registers in a 512-channel dense pack on
+    Cortex-A72): a dense layer's input a row at a time, and channel counts off the level groups."""
+    for size, channels, abits in OFF_GROUP_BITPACKS:
+        _no_spills(arm_hot_loops.epilogue_bitpack(size, channels, abits), board, tmp_path)
+    for rows, channels, abits in DENSE_BITPACKS:
+        _no_spills(dense_epilogue_bitpack(rows, channels, abits), board, tmp_path)
 
 
 @pytest.mark.parametrize("board", BOARDS)
@@ -292,15 +315,18 @@ def test_fused_bitpack_gathers_bits_with_neon_and_does_not_spill(tmp_path, board
 @pytest.mark.emulator
 def test_fused_bitpacks_are_exact_on_the_emulated_pi(emulated_pool, tmp_path):
     """Against pack_activation_reference of the numpy levels (round half to even, as nearbyint),
-    accumulators spread over every level and past both clips."""
+    accumulators spread over every level and past both clips; conv and dense packs."""
     from wrpn_tvm.remote.session import DeviceSpec, connect
 
     session = connect(DeviceSpec(rpc=emulated_pool.direct, timeout=600))
     rng = np.random.default_rng(64)
-    for size, channels, abits in EPILOGUE_BITPACKS:
-        arrays, want = epilogue_bitpack_case(rng, size, channels, abits)
-        executable = compile_prim_func(arm_hot_loops.epilogue_bitpack(size, channels, abits), resolve("rasp4"))
-        path = _library(executable, tmp_path, f"pack{size}_{channels}_{abits}")
+    cases = [(arm_hot_loops.epilogue_bitpack, epilogue_bitpack_case, case)
+             for case in EPILOGUE_BITPACKS + OFF_GROUP_BITPACKS]
+    cases += [(dense_epilogue_bitpack, dense_epilogue_bitpack_case, case) for case in DENSE_BITPACKS]
+    for make, reference, (size, channels, abits) in cases:
+        arrays, want = reference(rng, size, channels, abits)
+        executable = compile_prim_func(make(size, channels, abits), resolve("rasp4"))
+        path = _library(executable, tmp_path, f"pack{make.__name__}{size}_{channels}_{abits}")
         session.upload(str(path))
         module = session.load_module(path.name)
         device = session.cpu()

@@ -1,7 +1,7 @@
-"""The staged conv bitpack on x86 (schedules/staged_bitpack.py, x86.pack_word): a fused
-epilogue's levels computed once per pixel, each plane's word gathered by vpmovmskb. Bit-exact against
-the numpy reference on awkward shapes, for the host's code (AVX-512 here) and AVX2 code; staged exactly
-where it applies.
+"""The staged conv and dense bitpack on x86 (schedules/staged_bitpack.py, x86.pack_word): a fused
+epilogue's levels computed once per pixel (per row of a dense layer's input), each plane's word
+gathered by vpmovmskb. Bit-exact against the numpy reference on awkward shapes, for the host's code
+(AVX-512 here) and AVX2 code; staged exactly where it applies.
 (The NEON implementation's tests read aarch64 code: tests/test_arm_asm.py.)"""
 
 import importlib.util
@@ -12,7 +12,7 @@ import pytest
 import tvm
 
 import schedules
-from kernel_cases import epilogue_bitpack_case
+from kernel_cases import dense_epilogue_bitpack, dense_epilogue_bitpack_case, epilogue_bitpack_case
 from wrpn_tvm.pipeline import compile_prim_func
 from wrpn_tvm.targets import resolve
 
@@ -24,11 +24,13 @@ _spec.loader.exec_module(arm_hot_loops)
 # Run here, so the host's own ISA (AVX-512 on the CI machines) and AVX2, which every such CPU runs.
 TARGETS = ("host", "x86-avx2")
 # (image, channels, activation bits): full and partial words, 1 to 8 planes, 16-channel groups
-# past the last channel, odd images.
+# past the last channel, channels off those groups (a partial group, one channel past one), odd images.
 STAGED = [(56, 128, 2), (28, 256, 4), (7, 1024, 2), (7, 64, 3), (9, 16, 4), (5, 48, 2), (6, 96, 1), (7, 64, 1),
-          (3, 32, 8), (5, 80, 2)]
-# Not staged: channels off the 16-channel groups, and one plane of one partial word.
-UNSTAGED = [(5, 24, 2), (5, 48, 1)]
+          (3, 32, 8), (5, 80, 2), (5, 24, 2), (3, 100, 3), (3, 65, 2)]
+# Not staged: one plane of one partial word.
+UNSTAGED = [(5, 48, 1)]
+# (rows, channels, activation bits) of a dense layer's input: batch 1 and more, partial words and groups.
+DENSE = [(1, 512, 2), (1, 4096, 1), (8, 1024, 4), (1, 100, 2), (3, 17, 3), (2, 70, 1), (1, 16, 8)]
 
 
 def _exact(target: str, size: int, channels: int, abits: int, seed: int) -> None:
@@ -54,6 +56,19 @@ def test_fused_bitpack_is_exact(target, size, channels, abits):
 def test_fused_bitpack_is_staged_and_gathered_by_movemask(size, channels, abits):
     script = _scheduled_script("x86-avx2", size, channels, abits)
     assert "wrpn_levels_local" in script and script.count("llvm.x86.avx2.pmovmskb") >= 2
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("rows, channels, abits", DENSE)
+def test_dense_bitpack_is_exact_and_staged(target, rows, channels, abits):
+    args, want = dense_epilogue_bitpack_case(np.random.default_rng(rows * channels + abits), rows, channels, abits)
+    func = dense_epilogue_bitpack(rows, channels, abits)
+    executable = compile_prim_func(func, resolve(target))
+    out = tvm.runtime.tensor(np.zeros(want.shape, dtype=np.uint64))
+    executable.mod["main"](*(tvm.runtime.tensor(a) for a in args), out)
+    np.testing.assert_array_equal(out.numpy(), want)
+    script = schedules.apply_default_schedules(tvm.IRModule({"main": func}), resolve("x86-avx2").target)["main"].script()
+    assert "wrpn_levels_local" in script and "llvm.x86.avx2.pmovmskb" in script
 
 
 @pytest.mark.parametrize("size, channels, abits", UNSTAGED)
