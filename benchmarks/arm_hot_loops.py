@@ -97,33 +97,6 @@ def stack_stores(loop: list[str]) -> list[str]:
     return [insn for insn in loop if re.match(r"st(r|p|ur)\b.*\[sp", insn)]
 
 
-_STACK_SLOT = re.compile(r"(ld|st)(?:r|ur|p)\s+([bhwsxdq])\d+(,\s*[bhwsxdq]\d+)?,\s*\[sp(?:,\s*#(-?\d+))?\]$")
-_SLOT_BYTES = {"b": 1, "h": 2, "w": 4, "s": 4, "x": 8, "d": 8, "q": 16}
-
-
-def spill_stores(loop: list[str]) -> list[str]:
-    """The stack stores of a loop that a load in it reads back (around the loop): spills. A stack
-    store never read back is LLVM writing a staging buffer whose values it forwarded in registers
-    (it cannot drop the writes: TVM's allocas carry no lifetime). A store at an offset it cannot
-    read (a register index) counts as a spill."""
-    slots = {"ld": [], "st": []}
-    unknown = []
-    for insn in loop:
-        if not re.match(r"(ld|st)\S*\b.*\[sp", insn):
-            continue
-        match = _STACK_SLOT.match(insn)
-        if match is None:
-            if insn.startswith("st"):
-                unknown.append(insn)
-            continue
-        start = int(match[4] or 0)
-        size = _SLOT_BYTES[match[2]] * (2 if match[3] else 1)
-        slots[match[1]].append((insn, start, start + size))
-    reloaded = [insn for insn, start, end in slots["st"]
-                if any(start < load_end and load_start < end for _, load_start, load_end in slots["ld"])]
-    return reloaded + unknown
-
-
 def mca_cycles(loop: list[str], cpu: str) -> float:
     with tempfile.NamedTemporaryFile("w", suffix=".s") as source:
         source.write("\n".join(loop) + "\n")
@@ -349,8 +322,6 @@ def measure_column_bitpacks(folder: Path) -> list[dict]:
                                 r"frint[a-z]" if staged else "scvtf"), 2),
                             "innermost_loops_with_stack_stores": sum(bool(stack_stores(loop))
                                                                      for loop in innermost_loops(library)),
-                            "innermost_loops_with_spills": sum(bool(spill_stores(loop))
-                                                               for loop in innermost_loops(library)),
                         }
                     rows.append(row)
                     print(f"column pack {row['layer']:>12} {abits} {cpu_name:>10}: {row['before']['cycles_per_word']:.1f}"
@@ -458,20 +429,16 @@ def markdown(rows: list[dict], versions: str) -> str:
         "channel's level recomputed per plane and word); `after`: the levels of 4 pixels (2 on 14-pixel rows)",
         "computed once into a local buffer, vectorized over the pixels, and each plane's words built by",
         "`sli` chains, a lane per pixel (`neon.pack_columns`). Cycles as above, the staged levels' loop",
-        "counted per `frinti` lane. `spills`: innermost loops with stack stores that the loop reads back",
-        "(`spill_stores`), then in brackets those with any stack store: where LLVM unrolls the staging loop and",
-        "forwards the levels in registers it may keep the buffer's writes, never read back (TVM's allocas carry",
-        "no lifetime), which are not spills.",
+        "counted per `frinti` lane; `spills` counts innermost loops with stack stores.",
         "",
         "| layer | abits | core | pixels per group | before cycles per word | after cycles per word | before spills | after spills |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows["column_bitpacks"]:
         before, after = row["before"], row["after"]
-        spills = [f"{run['innermost_loops_with_spills']} ({run['innermost_loops_with_stack_stores']})"
-                  for run in (before, after)]
         lines.append(f"| {row['layer']} | {row['abits']} | {row['cpu']} | {row['pixels']} "
-                     f"| {before['cycles_per_word']:.1f} | {after['cycles_per_word']:.1f} | {spills[0]} | {spills[1]} |")
+                     f"| {before['cycles_per_word']:.1f} | {after['cycles_per_word']:.1f} "
+                     f"| {before['innermost_loops_with_stack_stores']} | {after['innermost_loops_with_stack_stores']} |")
     lines += [
         "",
         "## ResNet-18 2x 2/2's own fused bitpacks",

@@ -277,7 +277,7 @@ def _no_spills(func, board: str, folder: Path) -> None:
     compile_prim_func(func, resolve(board)).export_library(str(library),
                                                           fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
     for loop in arm_hot_loops.innermost_loops(library):
-        assert not arm_hot_loops.spill_stores(loop), f"spills in an innermost loop: {loop}"
+        assert not arm_hot_loops.stack_stores(loop), f"stack stores in an innermost loop: {loop}"
 
 
 @pytest.mark.parametrize("board", BOARDS)
@@ -362,12 +362,16 @@ def _column_bitpack_case(rng, rows: int, columns: int, channels: int, abits: int
 
 @pytest.mark.parametrize("board", BOARDS)
 @pytest.mark.parametrize("rows, columns, channels, abits", COLUMN_BITPACKS)
-def test_column_bitpack_inserts_bits_with_sli_and_does_not_spill(tmp_path, board, rows, columns, channels, abits):
+def test_column_bitpack_inserts_bits_with_sli_and_does_not_spill(request, tmp_path, board, rows, columns, channels,
+                                                                 abits):
     """The first quantized layer's pack: the levels of a few pixels of a row computed once
     (vectorized over the pixels), each plane's words built by sli chains, a vector lane per pixel;
-    no innermost loop spills (the unstaged template did at 128 channels). Where LLVM unrolls the
-    staging loop and forwards the levels in registers (16 channels), it may keep the buffer's
-    writes, never read back: not spills (`spill_stores`)."""
+    no innermost loop stores to the stack (the unstaged template spilled at 128 channels)."""
+    if (rows, columns, channels, abits) == (14, 14, 16, 4):
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "LLVM unrolls the 16-channel staging loop, keeps some of the last group's levels live past the row "
+            "loop and stores them every iteration; still fewer llvm-mca cycles per word than unstaged (13 against "
+            "39 on Cortex-A72)")))
     library = tmp_path / "pack.so"
     compile_prim_func(arm_hot_loops.column_bitpack(rows, columns, channels, abits), resolve(board)).export_library(
         str(library), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
@@ -381,7 +385,7 @@ def test_column_bitpack_inserts_bits_with_sli_and_does_not_spill(tmp_path, board
     else:
         assert inserts == 0
     for loop in arm_hot_loops.innermost_loops(library):
-        assert not arm_hot_loops.spill_stores(loop), f"spills in an innermost loop: {loop}"
+        assert not arm_hot_loops.stack_stores(loop), f"stack stores in an innermost loop: {loop}"
 
 
 @pytest.mark.emulator
