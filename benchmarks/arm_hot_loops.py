@@ -195,7 +195,7 @@ def epilogue_bitpack(size: int, channels: int, abits: int):
     return te.create_prim_func([acc, scale, offset, pack], index_dtype_override="int64")
 
 
-def column_bitpack(height: int, width: int, channels: int, abits: int):
+def column_bitpack(height: int, width: int, channels: int, abits: int, batch: int = 1):
     """The first quantized layer's bitpack as the model lowering emits it: NCHW float input (the
     full-precision stem's output), its levels, and the pack of 64-bit words read with the column
     fastest; int64 indices."""
@@ -203,7 +203,7 @@ def column_bitpack(height: int, width: int, channels: int, abits: int):
 
     from wrpn_tvm import ops
 
-    x = te.placeholder((1, channels, height, width), "float32", name="x")
+    x = te.placeholder((batch, channels, height, width), "float32", name="x")
     top = tirx.const(2**abits - 1, "float32")
     levels = te.compute(x.shape, lambda *i: tirx.nearbyint(
         tirx.min(tirx.max(x(*i), tirx.const(0.0, "float32")), tirx.const(1.0, "float32")) * top), name="wrpn_levels")

@@ -349,11 +349,11 @@ def _column_staged(columns: int, channels: int, abits: int) -> bool:
     return columns % 2 == 0 and not (abits == 1 and channels < 64)
 
 
-def _column_bitpack_case(rng, rows: int, columns: int, channels: int, abits: int) -> tuple:
+def _column_bitpack_case(rng, rows: int, columns: int, channels: int, abits: int, batch: int = 1) -> tuple:
     """(input, the words the numpy reference wants): values spread past both clips, and exact
     halfway levels (rounded half to even, as nearbyint)."""
     top = 2**abits - 1
-    x = rng.uniform(-0.3, 1.3, (1, channels, rows, columns)).astype(np.float32)
+    x = rng.uniform(-0.3, 1.3, (batch, channels, rows, columns)).astype(np.float32)
     halfway = rng.random(x.shape) < 0.1
     x[halfway] = ((rng.integers(0, top, x.shape) + 0.5) / top).astype(np.float32)[halfway]
     levels = np.rint(np.clip(x, 0, 1) * np.float32(top)).astype(np.int64)
@@ -390,21 +390,24 @@ def test_column_bitpack_inserts_bits_with_sli_and_does_not_spill(request, tmp_pa
 
 @pytest.mark.emulator
 def test_column_bitpacks_are_exact_on_the_emulated_pi(emulated_pool, tmp_path):
-    """Against pack_activation_reference of the numpy levels, staged (4 and 2 pixels) or not."""
+    """Against pack_activation_reference of the numpy levels, staged (4 and 2 pixels) or not, and a
+    batch of images."""
     from wrpn_tvm.remote.session import DeviceSpec, connect
 
     session = connect(DeviceSpec(rpc=emulated_pool.direct, timeout=600))
     rng = np.random.default_rng(56)
-    for rows, columns, channels, abits in COLUMN_BITPACKS + ODD_ROW_BITPACKS:
-        x, want = _column_bitpack_case(rng, rows, columns, channels, abits)
-        executable = compile_prim_func(arm_hot_loops.column_bitpack(rows, columns, channels, abits), resolve("rasp4"))
-        path = _library(executable, tmp_path, f"columns{rows}_{columns}_{channels}_{abits}")
+    cases = [(*case, 1) for case in COLUMN_BITPACKS + ODD_ROW_BITPACKS] + [(6, 10, 72, 2, 3)]  # (..., batch)
+    for rows, columns, channels, abits, batch in cases:
+        x, want = _column_bitpack_case(rng, rows, columns, channels, abits, batch)
+        executable = compile_prim_func(arm_hot_loops.column_bitpack(rows, columns, channels, abits, batch),
+                                       resolve("rasp4"))
+        path = _library(executable, tmp_path, f"columns{rows}_{columns}_{channels}_{abits}_{batch}")
         session.upload(str(path))
         module = session.load_module(path.name)
         device = session.cpu()
         out = tvm.runtime.tensor(np.zeros(want.shape, dtype=np.uint64), device)
         module["main"](tvm.runtime.tensor(x, device), out)
-        assert np.array_equal(out.numpy(), want), (rows, columns, channels, abits)
+        assert np.array_equal(out.numpy(), want), (rows, columns, channels, abits, batch)
 
 
 @functools.lru_cache(maxsize=None)
