@@ -53,6 +53,7 @@ ABLATION_CONFIG = "2x 2/2"
 RECIPE = "all options"
 REFERENCE = ("FP32 1x", "augmented")
 ALL_ON = {"kd": True, "init": True, "shift": 2, "warmup": 1}
+LONGER = "longer schedule"
 VARIANTS = {  # name -> training options of a WRPN run
     "all options": ALL_ON,
     "no distillation": {**ALL_ON, "kd": False},
@@ -61,7 +62,7 @@ VARIANTS = {  # name -> training options of a WRPN run
     "no warm-up": {**ALL_ON, "warmup": 0},
     "none (from scratch)": {"kd": False, "init": False, "shift": 0, "warmup": 0},
     # Whether the recipe's runs stop before their curves flatten: twice the epochs, more patience.
-    "longer schedule": {**ALL_ON, "epochs": 24, "patience": 8},
+    LONGER: {**ALL_ON, "epochs": 24, "patience": 8},
 }
 SCRATCH = "none (from scratch)"
 FP32_VARIANTS = {"augmented": {"shift": 2}, "plain": {"shift": 0}}
@@ -207,6 +208,12 @@ def summarize(runs: list, args) -> dict:
                              "vs_all": paired(acc, (ABLATION_CONFIG, variant), (ABLATION_CONFIG, RECIPE),
                                               args.ablation_seeds),
                              "vs_fp32": paired(acc, (ABLATION_CONFIG, variant), reference, args.ablation_seeds)})
+    longer = [{"label": label, "seeds": [s for s in args.longer_seeds if (label, LONGER, s) in acc],
+               "mean": statistics.mean(acc[(label, LONGER, s)] for s in args.longer_seeds if (label, LONGER, s) in acc),
+               "recipe_mean": statistics.mean(acc[(label, RECIPE, s)] for s in args.longer_seeds if (label, LONGER, s) in acc),
+               "vs_recipe": paired(acc, (label, LONGER), (label, RECIPE), args.longer_seeds),
+               "vs_fp32": paired(acc, (label, LONGER), reference, args.longer_seeds)}
+              for label in TARGETS if any((label, LONGER, s) in acc for s in args.longer_seeds)]
     fp32 = {"augmented": paired(acc, REFERENCE, ("FP32 1x", "plain"))}
     # The same comparison on the last trained epoch instead of the best one on the (400-image) validation split.
     last = train_runs(runs, last_epoch=True)
@@ -225,7 +232,7 @@ def summarize(runs: list, args) -> dict:
             "patience": args.patience, "recipe": RECIPE, "best_by_validation": best_variant(runs, args.ablation_seeds),
             "reference": list(reference), "rows": rows,
             "targets": targets, "ablation": ablation, "last_epoch": last_epoch, "fp32_augmentation": fp32["augmented"], "compiled": compiled,
-            "teachers_again": teachers_again}
+            "teachers_again": teachers_again, "longer_seeds": args.longer_seeds, "longer": longer}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -290,8 +297,17 @@ def write_markdown(summary: dict, meta: dict, path: Path) -> None:
         lines.append(f"| {a['variant']} | {_options(a['options'])} | {a['runs']} | {a['mean']:.2f} | "
                      f"{a['val_mean']:.2f} | {_ci(a['vs_all']) if a['variant'] != 'all options' else '-'} | "
                      f"{_ci(a['vs_fp32'])} |")
-    lines += ["", "A negative difference against \"all options\" means that switching the option off cost accuracy.",
-              "", "## The compiled library on the host (whole test split, batch 1)", "",
+    lines += ["", "A negative difference against \"all options\" means that switching the option off cost accuracy."]
+    if s["longer"]:
+        lines += ["", f"## The longer schedule on the targets (seeds {s['longer_seeds']})", "",
+                  f"The recipe with up to {VARIANTS[LONGER]['epochs']} epochs and patience {VARIANTS[LONGER]['patience']}, "
+                  "against the same seeds' runs of the recipe (same teachers, same machine: seeds this machine trained "
+                  "the teachers of) and FP32 1x.", "",
+                  "| config | seeds | mean test acc | recipe's mean | paired diff vs recipe [95% CI] | paired diff vs FP32 1x [95% CI] |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {l['label']} | {len(l['seeds'])} | {l['mean']:.2f} | {l['recipe_mean']:.2f} | {_ci(l['vs_recipe'])} "
+                  f"| {_ci(l['vs_fp32'])} |" for l in s["longer"]]
+    lines += ["", "## The compiled library on the host (whole test split, batch 1)", "",
               "| config | training | seed | images | TVM accuracy | PyTorch accuracy | top-1 agreement | compile s |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in s["compiled"]:
@@ -420,6 +436,8 @@ class Plan:
         # Option by option (every seed of one before the next), so a stopped ablation still compares some fully.
         wanted += [(ABLATION_CONFIG, variant, seed, (1.5, seed) if variant == SCRATCH else (5, index, seed))
                    for index, variant in enumerate(VARIANTS) for seed in args.ablation_seeds]
+        # The longer schedule on the targets' configurations, for seeds whose teachers this machine trained.
+        wanted += [(label, LONGER, seed, (7, seed)) for seed in args.longer_seeds for label in TARGETS if label != "3x 1/1"]
         # A finished teacher whose file is gone (a fresh checkout keeps only the runs log) is trained again
         # only where a run of its seed still needs it, so adding seeds does not redo the finished ones.
         needs_teacher = {seed for label, variant, seed, _ in wanted if not self._done("train", label, variant, seed)}
@@ -463,6 +481,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--longer-seeds", type=int, nargs="*", default=[],
+                        help="seeds to train the targets' configurations with the longer schedule too")
     parser.add_argument("--compiled-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=16, help="most epochs of a WRPN run")
     parser.add_argument("--fp32-epochs", type=int, default=24, help="most epochs of an FP32 run")
