@@ -282,8 +282,9 @@ def _no_spills(func, board: str, folder: Path) -> None:
 
 @pytest.mark.parametrize("board", BOARDS)
 def test_dense_and_off_group_bitpacks_do_not_spill(tmp_path, board):
-    """Staged too (the generic template spilled 7 q registers in a 512-channel dense pack on
-    Cortex-A72): a dense layer's input a row at a time, and channel counts off the level groups."""
+    """Staged too (the generic template stored to the stack 7 times per iteration in a 512-channel
+    dense pack on Cortex-A72): a dense layer's input a row at a time, and channel counts off the
+    level groups."""
     for size, channels, abits in OFF_GROUP_BITPACKS:
         _no_spills(arm_hot_loops.epilogue_bitpack(size, channels, abits), board, tmp_path)
     for rows, channels, abits in DENSE_BITPACKS:
