@@ -12,7 +12,8 @@ the epoch with the best validation accuracy (early stopping; the test split choo
    through the compiled library, beside PyTorch's accuracy on the same images.
 4. What each option did: on 2x 2/2 (--ablation-seeds), each option off in turn, and all off; and
    FP32 1x without augmentation. The variant with the best mean validation accuracy is named as
-   the recipe to keep; the test split decides nothing.
+   the recipe to keep; the test split decides nothing. One variant is the recipe with a longer
+   schedule (more epochs, more patience), which --longer-seeds also trains on 2x 4/2 and 2x 2/2.
 
 Runs go in that order, except that 2x 4/2 and 2x 2/2 (the targets) run for every seed first, then
 2x 2/2 with every option off, then 3x 1/1, the other configurations, each option off in turn, and
@@ -20,11 +21,13 @@ FP32 1x without augmentation last; a compiled model as soon as it is trained.
 Reported: per configuration the mean test accuracy, and against FP32 1x the mean paired difference
 with its 95% Student-t interval, against the paper's compute cost (wrpn_tvm.nn.cost).
 
-    python benchmarks/accuracy_mnist5k.py [--seeds 0 1 2 3 4] [--workers 2] [--workdir DIR]
+    python benchmarks/accuracy_mnist5k.py [--seeds 0 1 2 3 4] [--longer-seeds 5 6] [--workers 2] [--workdir DIR]
 
 Every finished run is appended to benchmarks/results/accuracy_mnist5k.runs.jsonl at once, and the
 models stay in --workdir, so the same command resumes after a stop (an interrupted run continues
-from its last epoch checkpoint); the tables are rewritten after every run. Targets (issue 17):
+from its last epoch checkpoint); the tables are rewritten after every run. On a fresh checkout (the
+runs log only) a teacher is trained again where a run of its seed still needs it, logged apart: the
+tables keep the recorded run, and say how close the new one came. Targets (issue 17):
 2x 4/2 and 2x 2/2 within 0.5 points of FP32 1x, 3x 1/1 within 1 point, the upper end of the 95%
 interval of the gap included.
 """
