@@ -275,6 +275,13 @@ def bitpack_cycles_per_word(library: Path, channels: int, cpu: str, pixels: int 
     return worst
 
 
+def pack_figures(library: Path, channels: int, cpu: str, pixels: int = 1, level_op: str = "scvtf") -> dict:
+    """A compiled bitpack's llvm-mca cycles per word (`bitpack_cycles_per_word`) and innermost loops
+    with stack stores."""
+    return {"cycles_per_word": round(bitpack_cycles_per_word(library, channels, cpu, pixels, level_op), 2),
+            "innermost_loops_with_stack_stores": sum(bool(stack_stores(loop)) for loop in innermost_loops(library))}
+
+
 def measure_bitpacks(folder: Path) -> list[dict]:
     """ResNet-18's fused epilogue bitpacks at 2x width, 2 and 4 bits, and at 1x width, 1 bit (the
     1x 1/1 model's), before and after."""
@@ -287,11 +294,7 @@ def measure_bitpacks(folder: Path) -> list[dict]:
                 for schedule in ("before", "after"):
                     library = compile_library(epilogue_bitpack(size, channels, abits), board, schedule,
                                               folder / f"pack-{size}-{channels}-{abits}-{board}-{schedule}.so")
-                    row[schedule] = {
-                        "cycles_per_word": round(bitpack_cycles_per_word(library, channels, cpu_name), 2),
-                        "innermost_loops_with_stack_stores": sum(bool(stack_stores(loop))
-                                                                 for loop in innermost_loops(library)),
-                    }
+                    row[schedule] = pack_figures(library, channels, cpu_name)
                 print(f"pack {row['layer']:>14} a{abits} {cpu_name:>10}: {row['before']['cycles_per_word']:.1f} -> "
                       f"{row['after']['cycles_per_word']:.1f}", file=sys.stderr, flush=True)
                 rows.append(row)
@@ -301,28 +304,23 @@ def measure_bitpacks(folder: Path) -> list[dict]:
 def measure_column_bitpacks(folder: Path) -> list[dict]:
     """The first quantized layer's pack (NCHW float input, `column_bitpack`): ResNet-18's 56x56 at
     1x, 2x and 3x width and MNIST smallcnn's 14x14 at 1x, 2x, 3x, before and after."""
-    from schedules.staged_bitpack import COLUMN_PIXELS
+    from schedules.staged_bitpack import column_pixels
 
     rows = []
     for size, base in COLUMN_LAYERS:
         for width in (1, 2, 3):
             for abits in (1, 2, 4):
                 channels = base * width
-                pixels = next(p for p in COLUMN_PIXELS if size % p == 0)
+                pixels = column_pixels(size)
                 for board, cpu_name in BOARDS.items():
                     row = {"layer": f"{size}x{size}x{channels}", "abits": abits, "board": board, "cpu": cpu_name,
                            "pixels": pixels}
                     for schedule, template in (("before", "unstaged"), ("after", "after")):
                         library = compile_library(column_bitpack(size, size, channels, abits), board, template,
                                                   folder / f"columns-{size}-{channels}-{abits}-{board}-{schedule}.so")
-                        staged = schedule == "after"
-                        row[schedule] = {
-                            "cycles_per_word": round(bitpack_cycles_per_word(
-                                library, channels, cpu_name, pixels if staged else 1,
-                                r"frint[a-z]" if staged else "scvtf"), 2),
-                            "innermost_loops_with_stack_stores": sum(bool(stack_stores(loop))
-                                                                     for loop in innermost_loops(library)),
-                        }
+                        # The staged levels' loop: a lane per frinti lane, `pixels` pixels per trip.
+                        row[schedule] = (pack_figures(library, channels, cpu_name, pixels, r"frint[a-z]")
+                                         if schedule == "after" else pack_figures(library, channels, cpu_name))
                     rows.append(row)
                     print(f"column pack {row['layer']:>12} {abits} {cpu_name:>10}: {row['before']['cycles_per_word']:.1f}"
                           f" -> {row['after']['cycles_per_word']:.1f}", file=sys.stderr, flush=True)
@@ -363,13 +361,16 @@ def measure_model_bitpacks(folder: Path) -> list[dict]:
         for board, cpu_name in BOARDS.items():
             library = compile_library(func, board, "after", folder / f"model-{name[-40:]}-{board}.so")
             rows.append({"function": name, "channels": words * WORD_BITS, "planes": planes, "board": board,
-                         "cpu": cpu_name,
-                         "cycles_per_word": round(bitpack_cycles_per_word(library, words * WORD_BITS, cpu_name), 2),
-                         "innermost_loops_with_stack_stores": sum(bool(stack_stores(loop))
-                                                                  for loop in innermost_loops(library))})
+                         "cpu": cpu_name, **pack_figures(library, words * WORD_BITS, cpu_name)})
             print(f"model pack {name[-40:]:>40} {cpu_name:>10}: {rows[-1]['cycles_per_word']:.1f}",
                   file=sys.stderr, flush=True)
     return rows
+
+
+def _section(title: str, intro: list[str], columns: list[str]) -> list[str]:
+    """A markdown section's lines up to its table's rows: title, text, header."""
+    return ["", f"## {title}", "", *intro, "", "| " + " | ".join(columns) + " |",
+            "| " + " | ".join(["---"] * len(columns)) + " |"]
 
 
 def markdown(rows: list[dict], versions: str) -> str:
@@ -400,29 +401,20 @@ def markdown(rows: list[dict], versions: str) -> str:
             f"| {before['uaddlp'] / before['cnt']:.2f} | {after['uaddlp'] / after['cnt']:.2f} "
             f"| {after['uadalp_8h'] / after['cnt']:.2f} | {after['udot_4s'] / after['cnt']:.2f} "
             f"| {before['innermost_loops_with_stack_stores']} | {after['innermost_loops_with_stack_stores']} |")
-    lines += [
-        "",
-        "## Fused bitpacks: llvm-mca cycles per 64-bit word",
-        "",
+    lines += _section("Fused bitpacks: llvm-mca cycles per 64-bit word", [
         "ResNet-18's fused epilogue bitpacks at 2x width (1x at 1 bit: the 1x 1/1 model's; a conv's NHWC int32",
         "accumulator, per-channel affine, levels, pack; `epilogue_bitpack`), 64-bit words. `before`: the generic",
         "CPU template (each plane's word recomputes its 64 channels' levels inline); `after`: each pixel's levels once into a local buffer,",
         "the words gathered from level bytes by `neon.pack_word`. Cycles per iteration of the loop",
         "around the word stores (a nested loop, the staged levels, once per trip) over the words it stores",
         "(`bitpack_cycles_per_word`); `spills` counts innermost loops with stack stores.",
-        "",
-        "| layer | abits | core | before cycles per word | after cycles per word | before spills | after spills |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    ], ["layer", "abits", "core", "before cycles per word", "after cycles per word", "before spills", "after spills"])
     for row in rows["bitpacks"]:
         before, after = row["before"], row["after"]
         lines.append(f"| {row['layer']} | {row['abits']} | {row['cpu']} | {before['cycles_per_word']:.1f} "
                      f"| {after['cycles_per_word']:.1f} | {before['innermost_loops_with_stack_stores']} "
                      f"| {after['innermost_loops_with_stack_stores']} |")
-    lines += [
-        "",
-        "## First-layer bitpacks (NCHW float input): llvm-mca cycles per 64-bit word",
-        "",
+    lines += _section("First-layer bitpacks (NCHW float input): llvm-mca cycles per 64-bit word", [
         "The first quantized layer's pack reads the full-precision stem's NCHW output, a channel's pixels",
         "contiguous (`column_bitpack`): ResNet-18's 56x56 and MNIST smallcnn's 14x14 at 1x, 2x and 3x width.",
         "`before`: the aarch64 template with the levels inlined (a q register of words for 2 pixels, each",
@@ -430,26 +422,18 @@ def markdown(rows: list[dict], versions: str) -> str:
         "computed once into a local buffer, vectorized over the pixels, and each plane's words built by",
         "`sli` chains, a lane per pixel (`neon.pack_columns`). Cycles as above, the staged levels' loop",
         "counted per `frinti` lane; `spills` counts innermost loops with stack stores.",
-        "",
-        "| layer | abits | core | pixels per group | before cycles per word | after cycles per word | before spills | after spills |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    ], ["layer", "abits", "core", "pixels per group", "before cycles per word", "after cycles per word",
+        "before spills", "after spills"])
     for row in rows["column_bitpacks"]:
         before, after = row["before"], row["after"]
         lines.append(f"| {row['layer']} | {row['abits']} | {row['cpu']} | {row['pixels']} "
                      f"| {before['cycles_per_word']:.1f} | {after['cycles_per_word']:.1f} "
                      f"| {before['innermost_loops_with_stack_stores']} | {after['innermost_loops_with_stack_stores']} |")
-    lines += [
-        "",
-        "## ResNet-18 2x 2/2's own fused bitpacks",
-        "",
+    lines += _section("ResNet-18 2x 2/2's own fused bitpacks", [
         "The model's 11 `*wrpn_epilogue_bitpack*` functions as the lowering emits them (the quantizer's",
         "steps and the residual glue included; `model_bitpacks`), aarch64 templates: llvm-mca cycles per",
         "64-bit word as above, and innermost loops with stack stores.",
-        "",
-        "| function | channels | planes | core | cycles per word | spills |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    ], ["function", "channels", "planes", "core", "cycles per word", "spills"])
     lines += [f"| {row['function']} | {row['channels']} | {row['planes']} | {row['cpu']} | {row['cycles_per_word']:.1f} "
               f"| {row['innermost_loops_with_stack_stores']} |" for row in rows["model_bitpacks"]]
     return "\n".join(lines) + "\n"

@@ -111,17 +111,20 @@ def levels_to_stage(sch: Schedule, block):
     return producer if is_dense(sch, block) or not _reads_columns_inlined(sch, block) else None
 
 
-def column_pixels(sch: Schedule, levels) -> "int | None":
-    """The most pixels of COLUMN_PIXELS that divide the levels' rows, or None."""
-    width = int(sch.get(levels).writes[0].source.shape[3])
+def column_pixels(width: int) -> "int | None":
+    """The most pixels of COLUMN_PIXELS that divide a row of `width`, or None."""
     return next((pixels for pixels in COLUMN_PIXELS if width % pixels == 0), None)
+
+
+def _row_width(sch: Schedule, levels) -> int:
+    return int(sch.get(levels).writes[0].source.shape[3])
 
 
 def column_levels_to_stage(sch: Schedule, block):
     """The levels block of a conv bitpack read with the column fastest that can be staged a few
     pixels at a time (`column_pixels`: even rows), or None."""
     producer = _levels_block(sch, block)
-    if producer is None or is_dense(sch, block) or column_pixels(sch, producer) is None:
+    if producer is None or is_dense(sch, block) or column_pixels(_row_width(sch, producer)) is None:
         return None
     return producer if _reads_columns_inlined(sch, block) else None
 
@@ -153,7 +156,7 @@ def pack_columns_from_levels(sch: Schedule, block, levels, pack_columns: Callabl
     `pack_columns` computes (`column_intrin`)."""
     buffer = sch.get(levels).writes[0].source
     planes, _ = pack_shape(sch, block)
-    pixels = column_pixels(sch, levels)
+    pixels = column_pixels(_row_width(sch, levels))
     merge_unit_axis(sch, block)
     n, h, w = sch.get_loops(block)[:3]
     w_outer, w_pixels = sch.split(w, [None, pixels])
