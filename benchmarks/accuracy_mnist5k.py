@@ -13,7 +13,7 @@ the epoch with the best validation accuracy (early stopping; the test split choo
 4. What each option did: on 2x 2/2 (--ablation-seeds), each option off in turn, and all off; and
    FP32 1x without augmentation. The variant with the best mean validation accuracy is named as
    the recipe to keep; the test split decides nothing. One variant is the recipe with a longer
-   schedule (more epochs, more patience), which --longer-seeds also trains on 2x 4/2 and 2x 2/2.
+   schedule (more epochs, more patience), which --longer-seeds also trains on the three targets.
 
 Runs go in that order, except that 2x 4/2 and 2x 2/2 (the targets) run for every seed first, then
 2x 2/2 with every option off, then 3x 1/1, the other configurations, each option off in turn, and
@@ -154,15 +154,42 @@ def train_runs(runs: list, last_epoch: bool = False) -> dict:
             for r in runs if r["kind"] == "train"}
 
 
-def paired(acc: dict, a: tuple, b: tuple, among=None) -> dict:
-    """a - b over the seeds (of `among`, if given) both (label, variant) pairs have: mean, 95% interval, n."""
-    seeds = sorted({s for (l, v, s) in acc if (l, v) == a} & {s for (l, v, s) in acc if (l, v) == b})
-    seeds = [s for s in seeds if among is None or s in among]
-    diffs = [acc[(*a, s)] - acc[(*b, s)] for s in seeds]
+def _difference(seeds: list, diffs: list) -> dict:
     if not diffs:
         return {"n": 0}
     mean, low, high = t_interval(diffs)
     return {"n": len(diffs), "seeds": seeds, "mean": mean, "low": low, "high": high, "diffs": diffs}
+
+
+def paired(acc: dict, a: tuple, b: tuple, among=None) -> dict:
+    """a - b over the seeds (of `among`, if given) both (label, variant) pairs have: mean, 95% interval, n."""
+    seeds = sorted({s for (l, v, s) in acc if (l, v) == a} & {s for (l, v, s) in acc if (l, v) == b})
+    seeds = [s for s in seeds if among is None or s in among]
+    return _difference(seeds, [acc[(*a, s)] - acc[(*b, s)] for s in seeds])
+
+
+def teachers(runs: list) -> dict:
+    """(label, variant, seed) of each WRPN run -> the FP32 1x run it started from: the seed's latest teacher
+    to finish before it began (a teacher trained again on another machine is another model)."""
+    fp32 = [r for r in runs if r["kind"] in ("train", "teacher") and (r["label"], r["variant"]) == REFERENCE]
+    found = {}
+    for r in runs:
+        if r["kind"] == "train" and r["label"] != REFERENCE[0]:
+            earlier = [t for t in fp32 if t["seed"] == r["seed"] and t["finished"] <= r["finished"] - r["seconds"]]
+            if earlier:
+                found[(r["label"], r["variant"], r["seed"])] = max(earlier, key=lambda t: t["finished"])
+    return found
+
+
+def paired_to_teacher(acc: dict, teacher: dict, a: tuple, among=None) -> dict:
+    """a minus the FP32 1x model each of its runs started from, over the seeds (of `among`, if given)."""
+    seeds = sorted(s for (l, v, s) in acc if (l, v) == a and (l, v, s) in teacher and (among is None or s in among))
+    return _difference(seeds, [acc[(*a, s)] - 100 * teacher[(*a, s)]["test_accuracy"] for s in seeds])
+
+
+def same_teacher(teacher: dict, a: tuple, b: tuple) -> list:
+    """The seeds whose runs of a and b started from the same FP32 1x model."""
+    return [s for (l, v, s) in teacher if (l, v) == a and (*b, s) in teacher and teacher[(*a, s)] is teacher[(*b, s)]]
 
 
 def best_variant(runs: list, seeds: list) -> "str | None":
@@ -174,10 +201,23 @@ def best_variant(runs: list, seeds: list) -> "str | None":
     return max(VARIANTS, key=lambda v: (statistics.mean(val[(v, s)] for s in seeds), v == RECIPE))
 
 
+def target_verdicts(vs_fp32: dict) -> dict:
+    """label -> whether the upper end of the 95% interval of FP32 1x minus the configuration is within its limit."""
+    verdicts = {}
+    for label, limit in TARGETS.items():
+        d = vs_fp32.get(label, {"n": 0})
+        if d["n"] >= 2:
+            worst_gap = -d["low"]
+            verdicts[label] = {"limit": limit, "n": d["n"], "gap": -d["mean"], "gap_upper": worst_gap,
+                               "met": worst_gap <= limit, "missed_by": max(0.0, worst_gap - limit)}
+    return verdicts
+
+
 def summarize(runs: list, args) -> dict:
     from wrpn_tvm.nn.cost import compute_cost
 
     acc = train_runs(runs)
+    teacher = teachers(runs)
     reference = REFERENCE
     rows = []
     for label, width, abits, wbits in CONFIGS:
@@ -190,14 +230,7 @@ def summarize(runs: list, args) -> dict:
         rows.append({"label": label, "variant": variant, "width": width, "abits": abits, "wbits": wbits,
                      "runs": len(values), "accuracies": values, "mean": mean, "low": low, "high": high,
                      "std": statistics.stdev(values) if len(values) > 1 else 0.0, "fmas": fmas, "bit_fmas": bit_fmas,
-                     "vs_fp32": paired(acc, (label, variant), reference)})
-    targets = {}
-    for row in rows:
-        if row["label"] in TARGETS and row["vs_fp32"]["n"] >= 2:
-            worst_gap = -row["vs_fp32"]["low"]  # the upper end of the interval of FP32 1x minus this configuration
-            limit = TARGETS[row["label"]]
-            targets[row["label"]] = {"limit": limit, "gap": -row["vs_fp32"]["mean"], "gap_upper": worst_gap,
-                                     "met": worst_gap <= limit, "missed_by": max(0.0, worst_gap - limit)}
+                     "vs_fp32": paired_to_teacher(acc, teacher, (label, variant), args.seeds)})
     ablation = []
     for variant in VARIANTS:
         values = [acc[(ABLATION_CONFIG, variant, s)] for s in args.ablation_seeds
@@ -210,13 +243,21 @@ def summarize(runs: list, args) -> dict:
                                                          and r["seed"] in args.ablation_seeds),
                              "vs_all": paired(acc, (ABLATION_CONFIG, variant), (ABLATION_CONFIG, RECIPE),
                                               args.ablation_seeds),
-                             "vs_fp32": paired(acc, (ABLATION_CONFIG, variant), reference, args.ablation_seeds)})
-    longer = [{"label": label, "seeds": [s for s in args.longer_seeds if (label, LONGER, s) in acc],
-               "mean": statistics.mean(acc[(label, LONGER, s)] for s in args.longer_seeds if (label, LONGER, s) in acc),
-               "recipe_mean": statistics.mean(acc[(label, RECIPE, s)] for s in args.longer_seeds if (label, LONGER, s) in acc),
-               "vs_recipe": paired(acc, (label, LONGER), (label, RECIPE), args.longer_seeds),
-               "vs_fp32": paired(acc, (label, LONGER), reference, args.longer_seeds)}
-              for label in TARGETS if any((label, LONGER, s) in acc for s in args.longer_seeds)]
+                             "vs_fp32": paired_to_teacher(acc, teacher, (ABLATION_CONFIG, variant),
+                                                          args.ablation_seeds)})
+    longer = []
+    for label in TARGETS:
+        seeds = [s for s in args.longer_seeds if (label, LONGER, s) in acc]
+        if seeds:
+            comparable = [s for s in same_teacher(teacher, (label, LONGER), (label, RECIPE)) if s in seeds]
+            mean, low, high = t_interval([acc[(label, LONGER, s)] for s in seeds])
+            longer.append({"label": label, "seeds": seeds, "mean": mean, "low": low, "high": high,
+                           "recipe_seeds": comparable,
+                           "recipe_mean": statistics.mean(acc[(label, RECIPE, s)] for s in comparable) if comparable else None,
+                           "vs_recipe": paired(acc, (label, LONGER), (label, RECIPE), comparable),
+                           "vs_fp32": paired_to_teacher(acc, teacher, (label, LONGER), args.longer_seeds)})
+    targets = {"recipe": target_verdicts({row["label"]: row["vs_fp32"] for row in rows}),
+               "longer": target_verdicts({l["label"]: l["vs_fp32"] for l in longer})}
     fp32 = {"augmented": paired(acc, REFERENCE, ("FP32 1x", "plain"))}
     # The same comparison on the last trained epoch instead of the best one on the (400-image) validation split.
     last = train_runs(runs, last_epoch=True)
@@ -275,12 +316,9 @@ def write_markdown(summary: dict, meta: dict, path: Path) -> None:
         lines.append(f"| {row['label']} | {row['variant']} | {row['runs']} | {ci} | {row['std']:.2f} | "
                      f"{_ci(row['vs_fp32']) if row['label'] != 'FP32 1x' else '(reference)'} | {row['fmas'] / 1e6:.2f} | "
                      f"{row['bit_fmas'] / 1e9:.3f} | {rel} |")
-    lines += ["", "Targets (gap = FP32 1x minus the configuration; met when the upper end of its 95% interval is "
-              "within the limit):", ""]
-    for label, t in s["targets"].items():
-        verdict = "met" if t["met"] else f"missed by {t['missed_by']:.2f} points"
-        lines.append(f"- {label}: gap {t['gap']:+.2f} points, 95% interval upper end {t['gap_upper']:+.2f} "
-                     f"(limit {t['limit']}): **{verdict}**")
+    lines += ["", "Targets (gap = the FP32 1x model a run started from minus the run; met when the upper end of its "
+              "95% interval is within the limit):", ""]
+    lines += _verdict_lines(s["targets"]["recipe"])
     lines += ["", "The same on the test accuracy of the last trained epoch (where early stopping stopped, or the last), "
               "not the best one on the validation split:", "",
               "| config | mean test acc | paired diff vs FP32 1x [95% CI] |", "| --- | --- | --- |"]
@@ -290,7 +328,8 @@ def write_markdown(summary: dict, meta: dict, path: Path) -> None:
         lines += ["", f"FP32 1x, augmented minus plain (paired): {_ci(s['fp32_augmentation'])} points."]
     if s["teachers_again"]:
         lines += ["", "FP32 1x teachers trained again for their files (a fresh checkout keeps only the runs log; the "
-                  "tables keep the recorded runs): " + "; ".join(
+                  "table above keeps the recorded runs, and a run that started from a teacher trained again is "
+                  "compared to that teacher): " + "; ".join(
                       f"seed {t['seed']} {t['recorded']:.2f}% recorded on {t['recorded_on']}, {t['again']:.2f}% again "
                       f"on {t['again_on']}" for t in s["teachers_again"]) + "."]
     lines += ["", f"## What each training option did ({ABLATION_CONFIG}, seeds {s['ablation_seeds']})", "",
@@ -304,12 +343,15 @@ def write_markdown(summary: dict, meta: dict, path: Path) -> None:
     if s["longer"]:
         lines += ["", f"## The longer schedule on the targets (seeds {s['longer_seeds']})", "",
                   f"The recipe with up to {VARIANTS[LONGER]['epochs']} epochs and patience {VARIANTS[LONGER]['patience']}, "
-                  "against the same seeds' runs of the recipe (same teachers, same machine: seeds this machine trained "
-                  "the teachers of) and FP32 1x.", "",
-                  "| config | seeds | mean test acc | recipe's mean | paired diff vs recipe [95% CI] | paired diff vs FP32 1x [95% CI] |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {l['label']} | {len(l['seeds'])} | {l['mean']:.2f} | {l['recipe_mean']:.2f} | {_ci(l['vs_recipe'])} "
-                  f"| {_ci(l['vs_fp32'])} |" for l in s["longer"]]
+                  "against the FP32 1x model each run started from, and against the recipe's runs of the seeds that "
+                  "started from the same model (a teacher trained again on another machine is another model).", "",
+                  "| config | seeds | mean test acc | paired diff vs FP32 1x [95% CI] | seeds with the recipe's teacher "
+                  "| their recipe mean | paired diff vs recipe [95% CI] |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {l['label']} | {len(l['seeds'])} | {l['mean']:.2f} | {_ci(l['vs_fp32'])} | {len(l['recipe_seeds'])} "
+                  f"| {'-' if l['recipe_mean'] is None else format(l['recipe_mean'], '.2f')} | {_ci(l['vs_recipe'])} |"
+                  for l in s["longer"]]
+        lines += ["", "Targets with the longer schedule:", ""] + _verdict_lines(s["targets"]["longer"])
     lines += ["", "## The compiled library on the host (whole test split, batch 1)", "",
               "| config | training | seed | images | TVM accuracy | PyTorch accuracy | top-1 agreement | compile s |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -325,6 +367,15 @@ def write_markdown(summary: dict, meta: dict, path: Path) -> None:
               f"worker processes with one thread each under nice, on a 2-core machine shared with other jobs; "
               f"wall clock of the session(s): {meta['wall_minutes']:.0f} min.", ""]
     path.write_text("\n".join(lines))
+
+
+def _verdict_lines(verdicts: dict) -> list:
+    lines = []
+    for label, t in verdicts.items():
+        verdict = "met" if t["met"] else f"missed by {t['missed_by']:.2f} points"
+        lines.append(f"- {label} ({t['n']} seeds): gap {t['gap']:+.2f} points, 95% interval upper end "
+                     f"{t['gap_upper']:+.2f} (limit {t['limit']}): **{verdict}**")
+    return lines
 
 
 def _options(o: dict) -> str:
@@ -354,6 +405,12 @@ def write_plot(summary: dict, runs: list, path: Path) -> None:
         left.errorbar(x, row["mean"], yerr=[[row["mean"] - row["low"]], [row["high"] - row["mean"]]], fmt="o",
                       capsize=4, color=colors[row["label"]], label=f"{row['label']} ({row['runs']} seeds)")
         left.annotate(row["label"], (x, row["mean"]), textcoords="offset points", xytext=(6, -3), fontsize=8)
+    costs = {row["label"]: row["bit_fmas"] / 1e9 for row in summary["rows"]}
+    for l in summary["longer"]:
+        if len(l["seeds"]) >= 2 and l["label"] in costs:
+            left.errorbar(costs[l["label"]] * 1.08, l["mean"], yerr=[[l["mean"] - l["low"]], [l["high"] - l["mean"]]],
+                          fmt="s", mfc="white", capsize=4, color=colors[l["label"]],
+                          label=f"{l['label']} {LONGER} ({len(l['seeds'])} seeds)")
     base = next((row for row in summary["rows"] if row["label"] == "FP32 1x"), None)
     if base:
         left.axhline(base["mean"] - 0.5, color="grey", linestyle=":", linewidth=1, label="FP32 1x mean - 0.5")
@@ -373,14 +430,14 @@ def write_plot(summary: dict, runs: list, path: Path) -> None:
         length = max(len(h) for h in histories)
         mean = [statistics.mean(100 * h[e]["val_accuracy"] for h in histories if len(h) > e) for e in range(length)]
         right.plot(range(1, length + 1), mean, color=colors[row["label"]], label=f"{row['label']} ({row['variant']})")
-    for variant, style in (("none (from scratch)", ":"),):
-        histories = [r["history"] for r in runs if r["kind"] == "train" and r["label"] == ABLATION_CONFIG
+    for label, variant, style in [(ABLATION_CONFIG, SCRATCH, ":")] + [(label, LONGER, "--") for label in TARGETS]:
+        histories = [r["history"] for r in runs if r["kind"] == "train" and r["label"] == label
                      and r["variant"] == variant]
         if histories:
             length = max(len(h) for h in histories)
             right.plot(range(1, length + 1), [statistics.mean(100 * h[e]["val_accuracy"] for h in histories
                                                               if len(h) > e) for e in range(length)],
-                       color=colors[ABLATION_CONFIG], linestyle=style, label=f"{ABLATION_CONFIG} ({variant})")
+                       color=colors[label], linestyle=style, label=f"{label} ({variant})")
     right.set_ylim(90, 100)
     right.set_xlabel("epoch")
     right.set_ylabel("validation accuracy (%), mean over seeds")
@@ -439,8 +496,8 @@ class Plan:
         # Option by option (every seed of one before the next), so a stopped ablation still compares some fully.
         wanted += [(ABLATION_CONFIG, variant, seed, (1.5, seed) if variant == SCRATCH else (5, index, seed))
                    for index, variant in enumerate(VARIANTS) for seed in args.ablation_seeds]
-        # The longer schedule on the targets' configurations, for seeds whose teachers this machine trained.
-        wanted += [(label, LONGER, seed, (7, seed)) for seed in args.longer_seeds for label in TARGETS if label != "3x 1/1"]
+        # The longer schedule on the targets' configurations; each run is paired with the teacher it started from.
+        wanted += [(label, LONGER, seed, (7, seed)) for seed in args.longer_seeds for label in TARGETS]
         # A finished teacher whose file is gone (a fresh checkout keeps only the runs log) is trained again
         # only where a run of its seed still needs it, so adding seeds does not redo the finished ones.
         needs_teacher = {seed for label, variant, seed, _ in wanted if not self._done("train", label, variant, seed)}
