@@ -4,7 +4,7 @@ Inlined (the generic template), a fused epilogue's pack recomputes each channel'
 once per plane inside a 64-term bit expression, and whatever LLVM makes of that expression is slow
 or spills (vectorized over bits or pixels it needs a vector mask per bit position; scalar, SLP
 gathers all 64 levels at once). Staged, each pixel's (a dense input's row's) levels are computed
-once into a local buffer, vectorized over its channels, and the pack is tensorized: the levels
+once into a staging buffer, vectorized over its channels, and the pack is tensorized: the levels
 narrowed to bytes, BITPACK_GROUP at a time (a last partial group padded with zeros), and each plane's
 word gathered from them by a per-ISA `pack_word` (`neon.pack_word`, `x86.pack_word`). The
 intrinsic's description is ops.pack_activation's own compute, so tensorize checks that the two agree.
@@ -38,17 +38,29 @@ BITPACK_GROUP = 16  # channels per vector of level bytes the implementations nar
 # row allows, else half of one (a 14-pixel row: MNIST's first quantized layer).
 COLUMN_PIXELS = (4, 2)
 WORD = "uint64"
+# Where the staged levels live. TVM puts a CPU "local" allocation in a backend workspace, which LLVM
+# must treat as escaping memory: the levels stay in memory between their loop and the pack, as
+# staging means. A small "global" one (under 1 KiB) is a stack alloca, which LLVM may promote to
+# registers: right for a column pack's few pixels (in a workspace, LLVM kept a 14x14x16 4-bit row's
+# last levels live across the row loop to store them after it, and spilled), wrong for a pixel's
+# channels (promoted, the levels loop and the pack merge into one loop that spills).
+LEVELS_SCOPE = "local"
+COLUMN_LEVELS_SCOPE = "global"
 WORD_BITS = 64
 _OUTER_VAR = r"\bv(?:_i)?\d_o\b"  # the blockized pack's outer iter vars, as TVM names them
 
 
-def merge_unit_axis(sch: Schedule, block) -> None:
+def merge_unit_axis(sch: Schedule, block, columns: bool = False) -> None:
     """Merge a pack's plane and word axes where either has extent 1 (a single word: up to 64
     channels; a single plane: 1-bit activations). Blockized, a unit loop's iter var would stay in
     the pack's guards (`channel < channels`, bits past a partial word) or its plane shift as a
-    variable of the outer block, where the description has zero; merged, it is a constant 0."""
+    variable of the outer block, where the description has zero; merged, it is a constant 0.
+    A column pack (blockized at its pixels) drops both where both are units; a pixel's pack keeps
+    one, the loop it blockizes at."""
     planes, words = pack_shape(sch, block)
-    if planes == 1 or words == 1:
+    if columns and planes == words == 1:
+        sch.transform_block_layout(block, lambda n, h, w, plane, word: (n, h, w))
+    elif planes == 1 or words == 1:
         merged = (lambda plane, word: word) if planes == 1 else (lambda plane, word: plane + word)
         if is_dense(sch, block):
             sch.transform_block_layout(block, lambda n, plane, word: (n, merged(plane, word)))
@@ -89,10 +101,7 @@ def _levels_block(sch: Schedule, block):
     levels = sch.get(producers[0]).writes[0].source
     if len(levels.shape) != (2 if is_dense(sch, block) else 4) or levels.dtype not in ("float32", "int32"):
         return None
-    # One plane of one partial word: blockized, its only unit iter var stays in the guard of the
-    # channels past the word's end, where the intrinsic's description has a constant.
-    planes, words = pack_shape(sch, block)
-    return None if planes == words == 1 and int(levels.shape[1]) < WORD_BITS else producers[0]
+    return producers[0]
 
 
 def _reads_columns_inlined(sch: Schedule, block) -> bool:
@@ -106,7 +115,11 @@ def levels_to_stage(sch: Schedule, block):
     """The levels block of a conv or dense bitpack that can be staged (see the module docstring),
     or None."""
     producer = _levels_block(sch, block)
-    if producer is None:
+    # One plane of one partial word: blockized, a pixel's pack keeps a unit iter var
+    # (`merge_unit_axis`), which stays in the guard of the channels past the word's end, where the
+    # intrinsic's description has a constant.
+    if producer is None or (pack_shape(sch, block) == (1, 1)
+                            and int(sch.get(producer).writes[0].source.shape[1]) < WORD_BITS):
         return None
     return producer if is_dense(sch, block) or not _reads_columns_inlined(sch, block) else None
 
@@ -130,7 +143,7 @@ def column_levels_to_stage(sch: Schedule, block):
 
 
 def pack_from_levels(sch: Schedule, block, levels, pack_word: Callable) -> None:
-    """Each pixel's (a dense input's row's) levels computed once into a local buffer (vectorized
+    """Each pixel's (a dense input's row's) levels computed once into a staging buffer (vectorized
     over its channels), then packed by the intrinsic whose words `pack_word` computes (`intrin`)."""
     buffer = sch.get(levels).writes[0].source
     channels = int(buffer.shape[1])
@@ -144,25 +157,25 @@ def pack_from_levels(sch: Schedule, block, levels, pack_word: Callable) -> None:
         n, h, pixel, plane_and_word = sch.get_loops(block)[:4]
         sch.parallel(sch.fuse(n, h))
     sch.compute_at(levels, pixel)
-    sch.set_scope(levels, 0, "local")
+    sch.set_scope(levels, 0, LEVELS_SCOPE)
     channel_loop = [loop for loop in sch.get_loops(levels)[1:] if loop_extent(sch, loop) > 1][-1]
     try_vectorize(sch, channel_loop)
     sch.tensorize(sch.blockize(plane_and_word), intrin(pack_word, str(buffer.dtype), channels, planes, dense))
 
 
 def pack_columns_from_levels(sch: Schedule, block, levels, pack_columns: Callable) -> None:
-    """The levels of `column_pixels` pixels of a row computed once into a local buffer (vectorized
+    """The levels of `column_pixels` pixels of a row computed once into a staging buffer (vectorized
     over those pixels, contiguous in the NCHW input), then packed by the intrinsic whose words
     `pack_columns` computes (`column_intrin`)."""
     buffer = sch.get(levels).writes[0].source
     planes, _ = pack_shape(sch, block)
     pixels = column_pixels(_row_width(sch, levels))
-    merge_unit_axis(sch, block)
+    merge_unit_axis(sch, block, columns=True)
     n, h, w = sch.get_loops(block)[:3]
     w_outer, w_pixels = sch.split(w, [None, pixels])
     sch.parallel(sch.fuse(n, h))
     sch.compute_at(levels, w_outer)
-    sch.set_scope(levels, 0, "local")
+    sch.set_scope(levels, 0, COLUMN_LEVELS_SCOPE)
     try_vectorize(sch, sch.get_loops(levels)[-1])
     sch.tensorize(sch.blockize(w_pixels),
                   column_intrin(pack_columns, str(buffer.dtype), int(buffer.shape[1]), planes, pixels))
@@ -228,14 +241,14 @@ def _column_implementation(dtype: str, channels: int, planes: int, pixels: int,
     with IRBuilder() as builder:
         with build_prim_func():
             l, o = T.arg("l", T.handle()), T.arg("o", T.handle())
-            L = T.match_buffer(l, (1, channels, 1, pixels), dtype, offset_factor=1, scope="local")
+            L = T.match_buffer(l, (1, channels, 1, pixels), dtype, offset_factor=1, scope=COLUMN_LEVELS_SCOPE)
             O = T.match_buffer(o, (1, 1, pixels, planes, words), WORD, offset_factor=1,
                                strides=[T.int64(), T.int64(), T.int64(), T.int64(), T.int64()])
             with T.sblock("root"):
                 T.reads(L[0, 0:channels, 0, 0:pixels])
                 T.writes(O[0, 0, 0:pixels, 0:planes, 0:words])
                 flat = T.decl_buffer((channels * pixels,), dtype, data=L.data, elem_offset=L.elem_offset,
-                                     scope="local")
+                                     scope=COLUMN_LEVELS_SCOPE)
                 for word in range(words):
                     # Bound once: TIR has no common subexpressions, and LLVM does not reload a
                     # level past the stores of words it cannot tell apart from the buffer.
@@ -273,14 +286,14 @@ def _implementation(dtype: str, channels: int, planes: int, pack_word: Callable,
         with build_prim_func():
             l, o = T.arg("l", T.handle()), T.arg("o", T.handle())
             L = T.match_buffer(l, (1, channels) if dense else (1, channels, 1, 1), dtype, offset_factor=1,
-                               scope="local")
+                               scope=LEVELS_SCOPE)
             O = T.match_buffer(o, (1, *[1] * len(pixel), planes, words), WORD, offset_factor=1,
                                strides=[T.int64() for _ in range(3 + len(pixel))])
             with T.sblock("root"):
                 T.reads(L[0, 0:channels] if dense else L[0, 0:channels, 0, 0])
                 T.writes(O[(0, *pixel, slice(0, planes), slice(0, words))])
                 # Compact (its region is the whole local buffer): channels are contiguous.
-                flat = T.decl_buffer((channels,), dtype, data=L.data, elem_offset=L.elem_offset, scope="local")
+                flat = T.decl_buffer((channels,), dtype, data=L.data, elem_offset=L.elem_offset, scope=LEVELS_SCOPE)
                 for word in range(words):
                     first = word * WORD_BITS
                     groups = [_level_bytes(flat, start, min(BITPACK_GROUP, channels - start))
@@ -302,19 +315,20 @@ def _description(dtype: str, channels: int, planes: int, pixels: int = 1, dense:
     from wrpn_tvm.ops.bitpack import num_words, pack_activation
 
     words = num_words(channels, WORD_BITS)
+    scope = COLUMN_LEVELS_SCOPE if pixels > 1 else LEVELS_SCOPE  # several pixels: a column pack's row
     shape = (1, channels) if dense else (1, channels, 1, pixels)
     packed = (1, planes, words) if dense else (1, 1, pixels, planes, words)
     levels = te.placeholder([tirx.IntImm("int64", extent) for extent in shape], dtype, name="levels")
     sch = Schedule(te.create_prim_func([levels, pack_activation(levels, planes, WORD_BITS, quantize=False)],
                                        index_dtype_override="int64"))
     block = sch.get_sblock("wrpn_bitpack")
-    merge_unit_axis(sch, block)
+    merge_unit_axis(sch, block, columns=pixels > 1)
     sch.blockize(sch.get_loops(block)[1 if dense else 3 if pixels == 1 else 2])
     lines = []
     for line in sch.mod["main"].script().splitlines():
         if line.startswith("def main"):
             lines += ["def main(l: T.handle, o: T.handle):",
-                      f"    levels = T.match_buffer(l, {shape}, '{dtype}', offset_factor=1, scope='local')",
+                      f"    levels = T.match_buffer(l, {shape}, '{dtype}', offset_factor=1, scope='{scope}')",
                       f"    wrpn_bitpack = T.match_buffer(o, {packed}, '{WORD}', offset_factor=1,"
                       f" strides=({', '.join(['T.int64()'] * len(packed))}))"]
         elif not (line.lstrip().startswith(("T.func_attr", "# ")) or re.match(r" {4}for ", line)
