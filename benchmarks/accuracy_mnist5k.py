@@ -419,7 +419,7 @@ def write_plot(summary: dict, runs: list, path: Path) -> None:
     left.set_xlabel("compute cost per image: FMAs x (act bits + weight bits), Gbit-FMAs (log)")
     left.set_ylabel("test top-1 accuracy (%), mean and 95% CI over seeds")
     left.set_title("accuracy against the paper's compute cost")
-    left.legend(fontsize=7, loc="lower right")
+    left.legend(fontsize=7, loc="upper left")
     left.grid(True, which="both", alpha=0.3)
     # Curves: mean validation accuracy per epoch over seeds, for each configuration as reported.
     for row in summary["rows"]:
