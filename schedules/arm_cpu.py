@@ -36,6 +36,9 @@ ONES_REGISTERS = 2
 MAX_CHANNEL_VECTORS = 8
 MAX_PIXELS = 4
 IN_ORDER_CPU = "cortex-a53"  # rasp3b
+# A pixel's staged levels loop in q registers of int32 lanes, 4 unrolled a trip: on Cortex-A53
+# 1.7-1.8x fewer llvm-mca cycles per word (2 bits, 192+ channels), on Cortex-A72 5-10%.
+LEVELS_INTERLEAVE = staged_bitpack.Interleave(lanes=NEON_INT32_LANES, vectors=4, registers=Q_REGISTERS)
 # q-register counts per iteration of the innermost reduction loop that keep both NEON pipes busy
 # across the load -> and -> cnt -> uadalp latency; smaller tiles take two words per iteration.
 MIN_COUNTS_PER_ITERATION = 16
@@ -319,15 +322,18 @@ def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
 
 
 def _levels_to_stage(sch: Schedule, block, target: "Target | None"):
-    """staged_bitpack.levels_to_stage, but for one plane of a conv on the in-order Cortex-A53: the
-    inlined code recomputes nothing there, and storing and reloading the staged levels of more than
-    a word costs more than its spills (llvm-mca: 430 against 350 cycles per word;
-    benchmarks/results/arm_hot_loops.md). A dense layer's row stages there too: its inlined pack
-    spills as well and is no faster (4096 channels: 390 cycles per word; the staged levels alone 368)."""
+    """staged_bitpack.levels_to_stage, but for one plane of a conv on the in-order Cortex-A53 where
+    the levels loop is not interleaved (`LEVELS_INTERLEAVE`: 128 channels): the inlined code
+    recomputes nothing there, and storing and reloading the staged levels of more than a word
+    costs more than its spills (llvm-mca: 436 against 355 cycles per word; interleaved, 512
+    channels staged take 253 against 349; benchmarks/results/arm_hot_loops.md). A dense layer's row
+    stages there too: its inlined pack spills as well and is no faster (4096 channels: 390 cycles
+    per word; the staged levels alone 368)."""
     levels = staged_bitpack.levels_to_stage(sch, block)
     planes, words = staged_bitpack.pack_shape(sch, block)
     if (levels is not None and planes == 1 and words > 1 and not staged_bitpack.is_dense(sch, block)
-            and target is not None and str(target.attrs.get("mcpu", "")) == IN_ORDER_CPU):
+            and target is not None and str(target.attrs.get("mcpu", "")) == IN_ORDER_CPU
+            and not staged_bitpack.interleaves(sch, levels, LEVELS_INTERLEAVE)):
         return None
     return levels
 
@@ -352,7 +358,7 @@ class NeonTemplates:
                 dense(sch, block, tuning=False, dotprod=dotprod)
 
         staged_bitpack.schedule_kernels(sch, schedule_kernel, lambda sch, block: _levels_to_stage(sch, block, target),
-                                        pack_word, pack_columns)
+                                        pack_word, pack_columns, LEVELS_INTERLEAVE)
 
     @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:

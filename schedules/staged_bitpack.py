@@ -20,6 +20,7 @@ per pixel (`neon.pack_columns`). Families without one keep their template for th
 """
 
 import re
+from dataclasses import dataclass
 from typing import Callable
 
 from tvm import tirx
@@ -46,6 +47,10 @@ WORD = "uint64"
 # channels (promoted, the levels loop and the pack merge into one loop that spills).
 LEVELS_SCOPE = "local"
 COLUMN_LEVELS_SCOPE = "global"
+# A pixel's levels loop split into vector-register steps, several unrolled (`Interleave`) runs
+# only where it keeps this many trips: with fewer, LLVM unrolls it whole, hoists every channel's
+# scale and offset out of the pixel loop and spills them (80 and 128 channels on Cortex-A53).
+MIN_INTERLEAVED_TRIPS = 12
 WORD_BITS = 64
 _OUTER_VAR = r"\bv(?:_i)?\d_o\b"  # the blockized pack's outer iter vars, as TVM names them
 
@@ -142,9 +147,40 @@ def column_levels_to_stage(sch: Schedule, block):
     return producer if _reads_columns_inlined(sch, block) else None
 
 
-def pack_from_levels(sch: Schedule, block, levels, pack_word: Callable) -> None:
+@dataclass(frozen=True)
+class Interleave:
+    """A levels loop in steps of `lanes` (a vector register), `vectors` steps unrolled a trip: each
+    level is a chain of dependent float ops, which an in-order core (Cortex-A53) runs one after
+    another unless independent chains sit side by side. Each step holds a register per buffer the
+    levels read (accumulators, scales, offsets; a residual's too), so it applies only where those
+    fit in `registers` (ResNet-18 2x 2/2's two residual packs read 9: they spilled, at 4 steps
+    and at 2, and ran twice as slow on Cortex-A72)."""
+
+    lanes: int
+    vectors: int
+    registers: int
+
+    def applies(self, channels: int, operands: int) -> bool:
+        step = self.lanes * self.vectors
+        return (operands * self.vectors <= self.registers and channels % step == 0
+                and channels // step >= MIN_INTERLEAVED_TRIPS)
+
+
+def interleaves(sch: Schedule, levels, interleave: Interleave) -> bool:
+    """Whether `pack_from_levels` interleaves these levels: it counts their reads once the other
+    injective blocks (an epilogue's steps, a residual's glue) are inlined into them."""
+    name = sch.get(levels).name_hint
+    trial = sch.copy()
+    inline_other_blocks(trial, frozenset({name}))
+    info = trial.get(trial.get_sblock(name))
+    return interleave.applies(int(info.writes[0].source.shape[1]), len(info.reads))
+
+
+def pack_from_levels(sch: Schedule, block, levels, pack_word: Callable,
+                     interleave: "Interleave | None" = None) -> None:
     """Each pixel's (a dense input's row's) levels computed once into a staging buffer (vectorized
-    over its channels), then packed by the intrinsic whose words `pack_word` computes (`intrin`)."""
+    over its channels; with `interleave`, in its steps), then packed by the intrinsic whose words
+    `pack_word` computes (`intrin`)."""
     buffer = sch.get(levels).writes[0].source
     channels = int(buffer.shape[1])
     planes, _ = pack_shape(sch, block)
@@ -159,6 +195,11 @@ def pack_from_levels(sch: Schedule, block, levels, pack_word: Callable) -> None:
     sch.compute_at(levels, pixel)
     sch.set_scope(levels, 0, LEVELS_SCOPE)
     channel_loop = [loop for loop in sch.get_loops(levels)[1:] if loop_extent(sch, loop) > 1][-1]
+    operands = len(sch.get(levels).reads)
+    if (interleave is not None and loop_extent(sch, channel_loop) == channels
+            and interleave.applies(channels, operands)):
+        _, unrolled, channel_loop = sch.split(channel_loop, [None, interleave.vectors, interleave.lanes])
+        sch.unroll(unrolled)
     try_vectorize(sch, channel_loop)
     sch.tensorize(sch.blockize(plane_and_word), intrin(pack_word, str(buffer.dtype), channels, planes, dense))
 
@@ -182,10 +223,11 @@ def pack_columns_from_levels(sch: Schedule, block, levels, pack_columns: Callabl
 
 
 def schedule_kernels(sch: Schedule, schedule_kernel: Callable, stage: Callable, pack_word: Callable,
-                     pack_columns: "Callable | None" = None) -> None:
+                     pack_columns: "Callable | None" = None, interleave: "Interleave | None" = None) -> None:
     """cpu.schedule_kernels, except that a conv bitpack's levels stay a stage of their own where
-    `stage(sch, block)` names them, and that pack is staged (`pack_from_levels`); with
-    `pack_columns`, so are packs read with the column fastest (`pack_columns_from_levels`)."""
+    `stage(sch, block)` names them, and that pack is staged (`pack_from_levels`, its levels loop
+    `interleave`d where given); with `pack_columns`, so are packs read with the column fastest
+    (`pack_columns_from_levels`)."""
     staged = {}
     for block, rule in kernel_blocks(sch):
         if rule != BITPACK_RULE:
@@ -205,7 +247,7 @@ def schedule_kernels(sch: Schedule, schedule_kernel: Callable, stage: Callable, 
         if columns:
             pack_columns_from_levels(sch, block, sch.get_sblock(levels), pack_columns)
         else:
-            pack_from_levels(sch, block, sch.get_sblock(levels), pack_word)
+            pack_from_levels(sch, block, sch.get_sblock(levels), pack_word, interleave)
 
     cpu.schedule_kernels(sch, schedule_kernel_or_stage, kept)
 
