@@ -14,6 +14,10 @@ the epoch with the best validation accuracy (early stopping; the test split choo
    FP32 1x without augmentation. The variant with the best mean validation accuracy is named as
    the recipe to keep; the test split decides nothing. One variant is the recipe with a longer
    schedule (more epochs, more patience), which --longer-seeds also trains on the three targets.
+5. A wide teacher (--wide-teacher-seeds): FP32 at the student's width (2x) trained per seed, and
+   2x 4/2 and 2x 2/2 with the longer schedule distilled from it and started from its weights, as
+   Apprentice (Mishra & Marr 2018) distils from a larger full-precision network. Compared to the
+   longer schedule's runs of the same seeds, and to FP32 1x as everything else.
 
 Runs go in that order, except that 2x 4/2 and 2x 2/2 (the targets) run for every seed first, then
 2x 2/2 with every option off, then 3x 1/1, the other configurations, each option off in turn, and
@@ -21,7 +25,8 @@ FP32 1x without augmentation last; a compiled model as soon as it is trained.
 Reported: per configuration the mean test accuracy, and against FP32 1x the mean paired difference
 with its 95% Student-t interval, against the paper's compute cost (wrpn_tvm.nn.cost).
 
-    python benchmarks/accuracy_mnist5k.py [--seeds 0 1 2 3 4] [--longer-seeds 5 6] [--workers 2] [--workdir DIR]
+    python benchmarks/accuracy_mnist5k.py [--seeds 0 1 2 3 4] [--longer-seeds 5 6] [--wide-teacher-seeds 0 1]
+        [--workers 2] [--workdir DIR]
 
 Every finished run is appended to benchmarks/results/accuracy_mnist5k.runs.jsonl at once, and the
 models stay in --workdir, so the same command resumes after a stop (an interrupted run continues
@@ -68,6 +73,11 @@ VARIANTS = {  # name -> training options of a WRPN run
     LONGER: {**ALL_ON, "epochs": 24, "patience": 8},
 }
 SCRATCH = "none (from scratch)"
+# The longer schedule, distilled from and started from FP32 at the student's width (not in VARIANTS:
+# its teacher is another model).
+WIDE = "wide teacher"
+WIDE_TEACHER = ("FP32 2x", 2.0)
+WIDE_CONFIGS = ("2x 4/2", "2x 2/2")
 FP32_VARIANTS = {"augmented": {"shift": 2}, "plain": {"shift": 0}}
 VAL_FRACTION = 0.1
 # Relative cost of a 1x-wide epoch, to run the longest jobs first (the workers then end together).
@@ -256,6 +266,14 @@ def summarize(runs: list, args) -> dict:
                            "recipe_mean": statistics.mean(acc[(label, RECIPE, s)] for s in comparable) if comparable else None,
                            "vs_recipe": paired(acc, (label, LONGER), (label, RECIPE), comparable),
                            "vs_fp32": paired_to_teacher(acc, teacher, (label, LONGER), args.longer_seeds)})
+    wide = []
+    for label in WIDE_CONFIGS:
+        seeds = [s for s in args.wide_teacher_seeds if (label, WIDE, s) in acc]
+        if seeds:
+            wide.append({"label": label, "seeds": seeds, "mean": statistics.mean(acc[(label, WIDE, s)] for s in seeds),
+                         "teacher_mean": statistics.mean(acc[(WIDE_TEACHER[0], "augmented", s)] for s in seeds),
+                         "vs_longer": paired(acc, (label, WIDE), (label, LONGER), seeds),
+                         "vs_fp32": paired_to_teacher(acc, teacher, (label, WIDE), seeds)})
     targets = {"recipe": target_verdicts({row["label"]: row["vs_fp32"] for row in rows}),
                "longer": target_verdicts({l["label"]: l["vs_fp32"] for l in longer})}
     fp32 = {"augmented": paired(acc, REFERENCE, ("FP32 1x", "plain"))}
@@ -276,7 +294,8 @@ def summarize(runs: list, args) -> dict:
             "patience": args.patience, "recipe": RECIPE, "best_by_validation": best_variant(runs, args.ablation_seeds),
             "reference": list(reference), "rows": rows,
             "targets": targets, "ablation": ablation, "last_epoch": last_epoch, "fp32_augmentation": fp32["augmented"], "compiled": compiled,
-            "teachers_again": teachers_again, "longer_seeds": args.longer_seeds, "longer": longer}
+            "teachers_again": teachers_again, "longer_seeds": args.longer_seeds, "longer": longer,
+            "wide_teacher_seeds": args.wide_teacher_seeds, "wide": wide}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -352,6 +371,16 @@ def write_markdown(summary: dict, meta: dict, path: Path) -> None:
                   f"| {'-' if l['recipe_mean'] is None else format(l['recipe_mean'], '.2f')} | {_ci(l['vs_recipe'])} |"
                   for l in s["longer"]]
         lines += ["", "Targets with the longer schedule:", ""] + _verdict_lines(s["targets"]["longer"])
+    if s["wide"]:
+        lines += ["", f"## A wide teacher (seeds {s['wide_teacher_seeds']})", "",
+                  f"{WIDE_TEACHER[0]} (augmented, as FP32 1x) trained per seed; the longer schedule distilled from it "
+                  "and started from its weights, against the longer schedule's runs of the same seeds (from FP32 1x) "
+                  "and FP32 1x.", "",
+                  f"| config | seeds | mean test acc | {WIDE_TEACHER[0]} teachers' mean | paired diff vs longer schedule "
+                  "[95% CI] | paired diff vs FP32 1x [95% CI] |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {w['label']} | {len(w['seeds'])} | {w['mean']:.2f} | {w['teacher_mean']:.2f} | "
+                  f"{_ci(w['vs_longer'])} | {_ci(w['vs_fp32'])} |" for w in s["wide"]]
     lines += ["", "## The compiled library on the host (whole test split, batch 1)", "",
               "| config | training | seed | images | TVM accuracy | PyTorch accuracy | top-1 agreement | compile s |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -474,9 +503,9 @@ class Plan:
         return any(r["kind"] == kind and r["label"] == label and r["variant"] == variant and r["seed"] == seed
                    for r in self.runs)
 
-    def _teacher(self, seed: int) -> "Path | None":
-        path = model_path(self.args.workdir, "FP32 1x", "augmented", seed)
-        return path if self._done("train", "FP32 1x", "augmented", seed) and path.is_file() else None
+    def _teacher(self, seed: int, label: str = "FP32 1x") -> "Path | None":
+        path = model_path(self.args.workdir, label, "augmented", seed)
+        return path if self._done("train", label, "augmented", seed) and path.is_file() else None
 
     def _train_job(self, label, width, abits, wbits, variant, options, seed, epochs) -> dict:
         return {"fn": "train", "label": label, "variant": variant, "width": width, "abits": abits, "wbits": wbits,
@@ -513,6 +542,16 @@ class Plan:
                     job = self._train_job("FP32 1x", 1.0, 32, 32, variant, options, seed, args.fp32_epochs)
                     # Trained again for its file only: logged apart, so the reference keeps the recorded run.
                     jobs.append({**job, "retrain": done, "priority": (0, seed) if variant == "augmented" else (6, seed)})
+        for seed in args.wide_teacher_seeds:
+            label, width = WIDE_TEACHER
+            if not (self._done("train", label, "augmented", seed) and self._teacher(seed, label)):
+                jobs.append({**self._train_job(label, width, 32, 32, "augmented", FP32_VARIANTS["augmented"], seed,
+                                               args.fp32_epochs), "priority": (8, seed)})
+            teacher = self._teacher(seed, label)
+            for student in WIDE_CONFIGS:
+                if not self._done("train", student, WIDE, seed) and (teacher is not None or blocked):
+                    jobs.append({**self._train_job(student, *specs[student], WIDE, VARIANTS[LONGER], seed, args.epochs),
+                                 "teacher": str(teacher), "priority": (9, seed)})
         seen = set()
         for label, variant, seed, priority in wanted:
             teacher = self._teacher(seed)
@@ -543,6 +582,8 @@ def main():
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--longer-seeds", type=int, nargs="*", default=[],
                         help="seeds to train the targets' configurations with the longer schedule too")
+    parser.add_argument("--wide-teacher-seeds", type=int, nargs="*", default=[],
+                        help="seeds to train FP32 2x and the 2x targets distilled from it")
     parser.add_argument("--compiled-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=16, help="most epochs of a WRPN run")
     parser.add_argument("--fp32-epochs", type=int, default=24, help="most epochs of an FP32 run")
