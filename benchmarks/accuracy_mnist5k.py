@@ -288,7 +288,8 @@ def summarize(runs: list, args) -> dict:
     recorded = {r["seed"]: r for r in runs if r["kind"] == "train" and (r["label"], r["variant"]) == REFERENCE}
     teachers_again = [{"seed": r["seed"], "recorded": 100 * recorded[r["seed"]]["test_accuracy"],
                        "recorded_on": recorded[r["seed"]].get("machine", "?"), "again": 100 * r["test_accuracy"],
-                       "again_on": r.get("machine", "?")} for r in runs if r["kind"] == "teacher"]
+                       "again_on": r.get("machine", "?")} for r in runs
+                      if r["kind"] == "teacher" and (r["label"], r["variant"]) == REFERENCE]
     return {"experiment": NAME, "model": "smallcnn",
             "dataset": "mnist5k: per seed a stratified 4000/1000 train/test split, 10% of train held out for validation",
             "seeds": args.seeds, "ablation_seeds": args.ablation_seeds, "epochs": {"fp32": args.fp32_epochs,
@@ -550,12 +551,15 @@ class Plan:
                     jobs.append({**job, "retrain": done, "priority": (0, seed) if variant == "augmented" else (6, seed)})
         for seed in args.wide_teacher_seeds:
             label, width = WIDE_TEACHER
-            if not (self._done("train", label, "augmented", seed) and self._teacher(seed, label)):
-                jobs.append({**self._train_job(label, width, 32, 32, "augmented", FP32_VARIANTS["augmented"], seed,
-                                               args.fp32_epochs), "priority": (8, seed)})
             teacher = self._teacher(seed, label)
-            for student in WIDE_CONFIGS:
-                if not self._done("train", student, WIDE, seed) and (teacher is not None or blocked):
+            students = [student for student in WIDE_CONFIGS if not self._done("train", student, WIDE, seed)]
+            done = self._done("train", label, "augmented", seed)
+            # As FP32 1x's: a finished teacher whose file is gone is trained again only for a student, logged apart.
+            if teacher is None and (students or not done):
+                jobs.append({**self._train_job(label, width, 32, 32, "augmented", FP32_VARIANTS["augmented"], seed,
+                                               args.fp32_epochs), "retrain": done, "priority": (8, seed)})
+            for student in students:
+                if teacher is not None or blocked:
                     jobs.append({**self._train_job(student, *specs[student], WIDE, VARIANTS[LONGER], seed, args.epochs),
                                  "teacher": str(teacher), "priority": (9, seed)})
         seen = set()

@@ -366,8 +366,7 @@ def _column_bitpack_case(rng, rows: int, columns: int, channels: int, abits: int
 
 @pytest.mark.parametrize("board", BOARDS)
 @pytest.mark.parametrize("rows, columns, channels, abits", COLUMN_BITPACKS)
-def test_column_bitpack_inserts_bits_with_sli_and_does_not_spill(request, tmp_path, board, rows, columns, channels,
-                                                                 abits):
+def test_column_bitpack_inserts_bits_with_sli_and_does_not_spill(tmp_path, board, rows, columns, channels, abits):
     """The first quantized layer's pack: the levels of a few pixels of a row computed once
     (vectorized over the pixels), each plane's words built by sli chains, a vector lane per pixel;
     no innermost loop stores to the stack (the unstaged template spilled at 128 channels)."""
