@@ -14,8 +14,8 @@ the epoch with the best validation accuracy (early stopping; the test split choo
    FP32 1x without augmentation. The variant with the best mean validation accuracy is named as
    the recipe to keep; the test split decides nothing. One variant is the recipe with a longer
    schedule (more epochs, more patience), which --longer-seeds also trains on the three targets.
-5. A wide teacher (--wide-teacher-seeds): FP32 at the student's width (2x) trained per seed, and
-   2x 4/2 and 2x 2/2 with the longer schedule distilled from it and started from its weights, as
+5. A wide teacher (--wide-teacher-seeds): FP32 at the student's width (2x, 3x) trained per seed,
+   and the three targets with the longer schedule distilled from it and started from its weights, as
    Apprentice (Mishra & Marr 2018) distils from a larger full-precision network. Compared to the
    longer schedule's runs of the same seeds, and to FP32 1x as everything else.
 
@@ -57,6 +57,7 @@ NAME = "accuracy_mnist5k"
 CONFIGS = [("FP32 1x", 1.0, 32, 32), ("1x 2/2", 1.0, 2, 2), ("2x 4/2", 2.0, 4, 2), ("2x 2/2", 2.0, 2, 2),
            ("2x 1/1", 2.0, 1, 1), ("3x 1/1", 3.0, 1, 1)]
 TARGETS = {"2x 4/2": 0.5, "2x 2/2": 0.5, "3x 1/1": 1.0}  # largest allowed gap to FP32 1x, in points
+WIDTHS = {label: width for label, width, *_ in CONFIGS}
 MIN_TARGET_SEEDS = 5  # a target is judged on at least this many paired seeds (issue 17)
 ABLATION_CONFIG = "2x 2/2"
 RECIPE = "all options"
@@ -77,8 +78,8 @@ SCRATCH = "none (from scratch)"
 # The longer schedule, distilled from and started from FP32 at the student's width (not in VARIANTS:
 # its teacher is another model).
 WIDE = "wide teacher"
-WIDE_TEACHER = ("FP32 2x", 2.0)
-WIDE_CONFIGS = ("2x 4/2", "2x 2/2")
+WIDE_TEACHERS = {2.0: "FP32 2x", 3.0: "FP32 3x"}  # student width -> its teacher
+WIDE_CONFIGS = tuple(TARGETS)
 FP32_VARIANTS = {"augmented": {"shift": 2}, "plain": {"shift": 0}}
 VAL_FRACTION = 0.1
 # Relative cost of a 1x-wide epoch, to run the longest jobs first (the workers then end together).
@@ -271,8 +272,11 @@ def summarize(runs: list, args) -> dict:
     for label in WIDE_CONFIGS:
         seeds = [s for s in args.wide_teacher_seeds if (label, WIDE, s) in acc]
         if seeds:
-            wide.append({"label": label, "seeds": seeds, "mean": statistics.mean(acc[(label, WIDE, s)] for s in seeds),
-                         "teacher_mean": statistics.mean(acc[(WIDE_TEACHER[0], "augmented", s)] for s in seeds),
+            teacher_label = WIDE_TEACHERS[WIDTHS[label]]
+            mean, low, high = t_interval([acc[(label, WIDE, s)] for s in seeds])
+            wide.append({"label": label, "seeds": seeds, "mean": mean, "low": low, "high": high,
+                         "teacher": teacher_label,
+                         "teacher_mean": statistics.mean(acc[(teacher_label, "augmented", s)] for s in seeds),
                          "vs_longer": paired(acc, (label, WIDE), (label, LONGER), seeds),
                          "vs_fp32": paired_to_teacher(acc, teacher, (label, WIDE), seeds)})
     targets = {"recipe": target_verdicts({row["label"]: row["vs_fp32"] for row in rows}),
@@ -377,14 +381,14 @@ def write_markdown(summary: dict, meta: dict, path: Path) -> None:
             lines += ["", "Targets with the longer schedule:", ""] + _verdict_lines(s["targets"]["longer"])
     if s["wide"]:
         lines += ["", f"## A wide teacher (seeds {s['wide_teacher_seeds']})", "",
-                  f"{WIDE_TEACHER[0]} (augmented, as FP32 1x) trained per seed; the longer schedule distilled from it "
-                  "and started from its weights, against the longer schedule's runs of the same seeds and the FP32 1x "
-                  "model those started from (a wide teacher's gain over its FP32 1x twin is not subtracted). Tried "
-                  "after the recipe and the longer schedule missed the targets: a verdict here is the third try.", "",
-                  f"| config | seeds | mean test acc | {WIDE_TEACHER[0]} teachers' mean | paired diff vs longer schedule "
+                  "FP32 at the student's width (augmented, as FP32 1x) trained per seed; the longer schedule distilled "
+                  "from it and started from its weights, against the longer schedule's runs of the same seeds and the "
+                  "FP32 1x model those started from (a wide teacher's gain over its FP32 1x twin is not subtracted). "
+                  "Tried after the recipe and the longer schedule missed the targets: a verdict here is the third try.",
+                  "", "| config | seeds | mean test acc | teacher | teachers' mean | paired diff vs longer schedule "
                   "[95% CI] | paired diff vs FP32 1x [95% CI] |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {w['label']} | {len(w['seeds'])} | {w['mean']:.2f} | {w['teacher_mean']:.2f} | "
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {w['label']} | {len(w['seeds'])} | {w['mean']:.2f} | {w['teacher']} | {w['teacher_mean']:.2f} | "
                   f"{_ci(w['vs_longer'])} | {_ci(w['vs_fp32'])} |" for w in s["wide"]]
         if s["targets"]["wide"]:
             lines += ["", "Targets with a wide teacher:", ""] + _verdict_lines(s["targets"]["wide"])
@@ -447,6 +451,11 @@ def write_plot(summary: dict, runs: list, path: Path) -> None:
             left.errorbar(costs[l["label"]] * 1.08, l["mean"], yerr=[[l["mean"] - l["low"]], [l["high"] - l["mean"]]],
                           fmt="s", mfc="white", capsize=4, color=colors[l["label"]],
                           label=f"{l['label']} {LONGER} ({len(l['seeds'])} seeds)")
+    for w in summary["wide"]:
+        if len(w["seeds"]) >= 2 and w["label"] in costs:
+            left.errorbar(costs[w["label"]] * 1.16, w["mean"], yerr=[[w["mean"] - w["low"]], [w["high"] - w["mean"]]],
+                          fmt="D", mfc="white", capsize=4, color=colors[w["label"]],
+                          label=f"{w['label']} {WIDE} {w['teacher']} ({len(w['seeds'])} seeds)")
     base = next((row for row in summary["rows"] if row["label"] == "FP32 1x"), None)
     if base:
         left.axhline(base["mean"] - 0.5, color="grey", linestyle=":", linewidth=1, label="FP32 1x mean - 0.5")
@@ -550,18 +559,20 @@ class Plan:
                     # Trained again for its file only: logged apart, so the reference keeps the recorded run.
                     jobs.append({**job, "retrain": done, "priority": (0, seed) if variant == "augmented" else (6, seed)})
         for seed in args.wide_teacher_seeds:
-            label, width = WIDE_TEACHER
-            teacher = self._teacher(seed, label)
-            students = [student for student in WIDE_CONFIGS if not self._done("train", student, WIDE, seed)]
-            done = self._done("train", label, "augmented", seed)
-            # As FP32 1x's: a finished teacher whose file is gone is trained again only for a student, logged apart.
-            if teacher is None and (students or not done):
-                jobs.append({**self._train_job(label, width, 32, 32, "augmented", FP32_VARIANTS["augmented"], seed,
-                                               args.fp32_epochs), "retrain": done, "priority": (8, seed)})
-            for student in students:
-                if teacher is not None or blocked:
-                    jobs.append({**self._train_job(student, *specs[student], WIDE, VARIANTS[LONGER], seed, args.epochs),
-                                 "teacher": str(teacher), "priority": (9, seed)})
+            for width, label in WIDE_TEACHERS.items():
+                teacher = self._teacher(seed, label)
+                students = [student for student in WIDE_CONFIGS
+                            if WIDTHS[student] == width and not self._done("train", student, WIDE, seed)]
+                done = self._done("train", label, "augmented", seed)
+                # As FP32 1x's: a finished teacher whose file is gone is trained again only for a student, logged apart.
+                # A seed's students go right after its teacher, so a stopped experiment leaves whole seeds.
+                if teacher is None and (students or not done):
+                    jobs.append({**self._train_job(label, width, 32, 32, "augmented", FP32_VARIANTS["augmented"],
+                                                   seed, args.fp32_epochs), "retrain": done, "priority": (8, seed)})
+                for student in students:
+                    if teacher is not None or blocked:
+                        jobs.append({**self._train_job(student, *specs[student], WIDE, VARIANTS[LONGER], seed,
+                                                       args.epochs), "teacher": str(teacher), "priority": (8, seed, 1)})
         seen = set()
         for label, variant, seed, priority in wanted:
             teacher = self._teacher(seed)
@@ -593,7 +604,7 @@ def main():
     parser.add_argument("--longer-seeds", type=int, nargs="*", default=[],
                         help="seeds to train the targets' configurations with the longer schedule too")
     parser.add_argument("--wide-teacher-seeds", type=int, nargs="*", default=[],
-                        help="seeds to train FP32 2x and the 2x targets distilled from it")
+                        help="seeds to train FP32 2x and 3x and the targets distilled from the one of their width")
     parser.add_argument("--compiled-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=16, help="most epochs of a WRPN run")
     parser.add_argument("--fp32-epochs", type=int, default=24, help="most epochs of an FP32 run")
