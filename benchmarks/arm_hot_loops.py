@@ -224,7 +224,11 @@ def _store(insn: str) -> "tuple[str, int] | None":
     if match := _SCALAR_STORE.match(insn):
         return match[3], _REGISTER_BYTES[match[2]] * (2 if match[1] == "stp" else 1)
     if match := _VECTOR_STORE.match(insn):
-        registers = [register.split(".")[1] for register in match[1].split(",")]
+        registers = []
+        for group in match[1].split(","):  # "v0.4s" or a range "v16.4s-v19.4s"
+            first, _, last = group.strip().partition("-")
+            count = int(last.split(".")[0][1:]) - int(first.split(".")[0][1:]) + 1 if last else 1
+            registers += [first.split(".")[1]] * count
         return match[3], sum(_ARRANGEMENT_BYTES[arrangement] for arrangement in registers)
     return None
 
@@ -250,11 +254,14 @@ def _stored_words(code: list[str]) -> float:
     return words
 
 
-def bitpack_cycles_per_word(library: Path, channels: int, cpu: str, pixels: int = 1, level_op: str = "scvtf") -> float:
+def bitpack_cycles_per_word(library: Path, channels: int, cpu: str, pixels: int = 1, level_op: str = "scvtf",
+                            words_per_pixel: "int | None" = None) -> float:
     """llvm-mca cycles per 64-bit word of a fused bitpack: per iteration of each innermost loop
     around word stores (the slowest copy), over the words it stores. A loop nested in it (the
     staged levels of `pixels` pixels, a lane per `level_op` lane: 4 per `scvtf v.4s` of an
-    accumulator, 2 per `frinti v.2s` of a column pair) counts channels x pixels / its lanes times."""
+    accumulator, 2 per `frinti v.2s` of a column pair) counts channels x pixels / its lanes times;
+    one without level ops (the pack of a pixel whose levels were staged with others') counts as
+    many times as it takes to store the pixels' words, `words_per_pixel` each."""
     code, spans = _listing_loops(library)
     text = lambda start, end: [insn for address, insn in code if start <= address <= end]
     worst = 0.0
@@ -262,24 +269,49 @@ def bitpack_cycles_per_word(library: Path, channels: int, cpu: str, pixels: int 
         nested = [(s, e) for s, e in spans if start <= s and e <= end and (s, e) != (start, end)]
         own = [insn for address, insn in code if start <= address <= end
                and not any(s <= address <= e for s, e in nested)]
-        words = _stored_words(own)
-        if not words or any(re.match(r"(bl|blr|ret)\b", insn) for insn in own) or \
+        if any(re.match(r"(bl|blr|ret)\b", insn) for insn in own) or \
                 any(any(s2 <= s and e <= e2 and (s, e) != (s2, e2) for s2, e2 in nested) for s, e in nested):
             continue
-        cycles = mca_cycles(own, cpu)
+        cycles, words = mca_cycles(own, cpu), _stored_words(own)
         for s, e in nested:
             loop = text(s, e)
             lanes = sum(int(match[1]) for insn in loop if (match := re.match(level_op + r" v\d+\.([24])s", insn)))
-            cycles += mca_cycles(loop, cpu) * channels * pixels / lanes
-        worst = max(worst, cycles / words)
+            if lanes:
+                cycles += mca_cycles(loop, cpu) * channels * pixels / lanes
+            elif words_per_pixel is not None and _stored_words(loop):
+                # the packs of the pixels whose levels were staged together (LLVM may unroll it)
+                cycles += mca_cycles(loop, cpu) * pixels * words_per_pixel / _stored_words(loop)
+                words += pixels * words_per_pixel
+            else:
+                words = 0  # not a pack of staged levels: its nested loops are read on their own
+                break
+        if words:
+            worst = max(worst, cycles / words)
     return worst
 
 
-def pack_figures(library: Path, channels: int, cpu: str, pixels: int = 1, level_op: str = "scvtf") -> dict:
-    """A compiled bitpack's llvm-mca cycles per word (`bitpack_cycles_per_word`) and innermost loops
-    with stack stores."""
-    return {"cycles_per_word": round(bitpack_cycles_per_word(library, channels, cpu, pixels, level_op), 2),
+def pack_figures(library: Path, channels: int, cpu: str, pixels: int = 1, level_op: str = "scvtf",
+                 planes: "int | None" = None) -> dict:
+    """A compiled bitpack's llvm-mca cycles per word (`bitpack_cycles_per_word`; `planes` where
+    `pixels` pixels' words are stored in a loop of their own) and innermost loops with stack stores."""
+    words_per_pixel = None if planes is None else planes * -(-channels // WORD_BITS)
+    cycles = bitpack_cycles_per_word(library, channels, cpu, pixels, level_op, words_per_pixel)
+    return {"cycles_per_word": round(cycles, 2),
             "innermost_loops_with_stack_stores": sum(bool(stack_stores(loop)) for loop in innermost_loops(library))}
+
+
+def staged_pixels(func, board: str) -> int:
+    """The pixels whose levels one trip of a fused bitpack's staged levels loop computes: several on
+    the in-order core where a pixel's channels make too few steps (arm_cpu.IN_ORDER_LEVELS_INTERLEAVE)."""
+    from tvm.s_tir import Schedule
+
+    from schedules import arm_cpu, staged_bitpack
+
+    if BOARDS[board] != arm_cpu.IN_ORDER_CPU:
+        return 1
+    sch = Schedule(func)
+    levels = staged_bitpack.levels_to_stage(sch, sch.get_sblock("wrpn_bitpack"))
+    return (levels is not None and staged_bitpack.interleaved_pixels(sch, levels, arm_cpu.IN_ORDER_LEVELS_INTERLEAVE)) or 1
 
 
 def measure_bitpacks(folder: Path) -> list[dict]:
@@ -292,9 +324,11 @@ def measure_bitpacks(folder: Path) -> list[dict]:
             for board, cpu_name in BOARDS.items():
                 row = {"layer": f"{size}x{size}x{channels}", "abits": abits, "board": board, "cpu": cpu_name}
                 for schedule in ("before", "after"):
-                    library = compile_library(epilogue_bitpack(size, channels, abits), board, schedule,
+                    func = epilogue_bitpack(size, channels, abits)
+                    library = compile_library(func, board, schedule,
                                               folder / f"pack-{size}-{channels}-{abits}-{board}-{schedule}.so")
-                    row[schedule] = pack_figures(library, channels, cpu_name)
+                    pixels = staged_pixels(func, board) if schedule == "after" else 1
+                    row[schedule] = pack_figures(library, channels, cpu_name, pixels, planes=abits)
                 print(f"pack {row['layer']:>14} a{abits} {cpu_name:>10}: {row['before']['cycles_per_word']:.1f} -> "
                       f"{row['after']['cycles_per_word']:.1f}", file=sys.stderr, flush=True)
                 rows.append(row)
@@ -361,7 +395,8 @@ def measure_model_bitpacks(folder: Path) -> list[dict]:
         for board, cpu_name in BOARDS.items():
             library = compile_library(func, board, "after", folder / f"model-{name[-40:]}-{board}.so")
             rows.append({"function": name, "channels": words * WORD_BITS, "planes": planes, "board": board,
-                         "cpu": cpu_name, **pack_figures(library, words * WORD_BITS, cpu_name)})
+                         "cpu": cpu_name, **pack_figures(library, words * WORD_BITS, cpu_name,
+                                                        staged_pixels(func, board), planes=planes)})
             print(f"model pack {name[-40:]:>40} {cpu_name:>10}: {rows[-1]['cycles_per_word']:.1f}",
                   file=sys.stderr, flush=True)
     return rows

@@ -11,10 +11,13 @@ chunks they hold, each widened into the layer's accumulator (rfactor). The regis
 register per pixel and channel vector, the cheapest by a model of those pipes among the tiles whose
 accumulators, weights and broadcast activations stay within the 32 q registers. Other layers use
 the generic CPU template at NEON's width for their accumulator type. A fused epilogue's bitpack packs
-staged levels with NEON (`staged_bitpack`, `neon.pack_word`); a bitpack of NCHW input (the first
+staged levels with NEON (`staged_bitpack`, `neon.pack_word`), the levels interleaved (on Cortex-A53
+several pixels' at a time where a pixel's channels are few); a bitpack of NCHW input (the first
 quantized layer) stages the levels of 4 or 2 pixels of a row and builds their words with `sli`
 chains (`neon.pack_columns`). The tests read the generated assembly to keep it so.
 """
+
+import dataclasses
 
 import tvm
 from tvm.s_tir import Schedule
@@ -39,6 +42,10 @@ IN_ORDER_CPU = "cortex-a53"  # rasp3b
 # A pixel's staged levels loop in q registers of int32 lanes, 4 unrolled a trip: on Cortex-A53
 # 1.7-1.8x fewer llvm-mca cycles per word (2 bits, 192+ channels), on Cortex-A72 5-10%.
 LEVELS_INTERLEAVE = staged_bitpack.Interleave(lanes=NEON_INT32_LANES, vectors=4, registers=Q_REGISTERS)
+# On the in-order core, below 192 channels, the levels of 4 (or 2) pixels a trip: at 28x28x128
+# 1.5-1.9x fewer llvm-mca cycles per word, and the 1-bit pack stages without spilling. The
+# out-of-order cores overlap a pixel's chains themselves (at most 17% on Cortex-A72), so keep one.
+IN_ORDER_LEVELS_INTERLEAVE = dataclasses.replace(LEVELS_INTERLEAVE, pixels=(4, 2))
 # q-register counts per iteration of the innermost reduction loop that keep both NEON pipes busy
 # across the load -> and -> cnt -> uadalp latency; smaller tiles take two words per iteration.
 MIN_COUNTS_PER_ITERATION = 16
@@ -321,21 +328,8 @@ def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
     return [sch]
 
 
-def _levels_to_stage(sch: Schedule, block, target: "Target | None"):
-    """staged_bitpack.levels_to_stage, but for one plane of a conv on the in-order Cortex-A53 where
-    the levels loop is not interleaved (`LEVELS_INTERLEAVE`: 128 channels): the inlined code
-    recomputes nothing there, and storing and reloading the staged levels of more than a word
-    costs more than its spills (llvm-mca: 436 against 355 cycles per word; interleaved, 512
-    channels staged take 253 against 349; benchmarks/results/arm_hot_loops.md). A dense layer's row
-    stages there too: its inlined pack spills as well and is no faster (4096 channels: 390 cycles
-    per word; the staged levels alone 368)."""
-    levels = staged_bitpack.levels_to_stage(sch, block)
-    planes, words = staged_bitpack.pack_shape(sch, block)
-    if (levels is not None and planes == 1 and words > 1 and not staged_bitpack.is_dense(sch, block)
-            and target is not None and str(target.attrs.get("mcpu", "")) == IN_ORDER_CPU
-            and not staged_bitpack.interleaves(sch, levels, LEVELS_INTERLEAVE)):
-        return None
-    return levels
+def _in_order(target: "Target | None") -> bool:
+    return target is not None and str(target.attrs.get("mcpu", "")) == IN_ORDER_CPU
 
 
 class NeonTemplates:
@@ -345,8 +339,9 @@ class NeonTemplates:
     @staticmethod
     def schedule_function(sch: Schedule, target: Target) -> None:
         """cpu.schedule_kernels, except that a conv bitpack's levels may stay a stage of their own
-        (`_levels_to_stage`, or a few pixels of an NCHW row), packed by NEON (`neon.pack_word`,
-        `neon.pack_columns`)."""
+        (`staged_bitpack.levels_to_stage`, or a few pixels of an NCHW row), packed by NEON
+        (`neon.pack_word`, `neon.pack_columns`); on the in-order core, several pixels' levels at a
+        time where a pixel's are too few to interleave (`IN_ORDER_LEVELS_INTERLEAVE`)."""
         dotprod = has_dotprod(target)
 
         def schedule_kernel(sch: Schedule, block, rule: str) -> None:
@@ -357,8 +352,9 @@ class NeonTemplates:
             else:
                 dense(sch, block, tuning=False, dotprod=dotprod)
 
-        staged_bitpack.schedule_kernels(sch, schedule_kernel, lambda sch, block: _levels_to_stage(sch, block, target),
-                                        pack_word, pack_columns, LEVELS_INTERLEAVE)
+        interleave = IN_ORDER_LEVELS_INTERLEAVE if _in_order(target) else LEVELS_INTERLEAVE
+        staged_bitpack.schedule_kernels(sch, schedule_kernel, staged_bitpack.levels_to_stage, pack_word, pack_columns,
+                                        interleave)
 
     @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:

@@ -47,9 +47,9 @@ WORD = "uint64"
 # channels (promoted, the levels loop and the pack merge into one loop that spills).
 LEVELS_SCOPE = "local"
 COLUMN_LEVELS_SCOPE = "global"
-# A pixel's levels loop split into vector-register steps, several unrolled (`Interleave`) runs
-# only where it keeps this many trips: with fewer, LLVM unrolls it whole, hoists every channel's
-# scale and offset out of the pixel loop and spills them (80 and 128 channels on Cortex-A53).
+# A levels loop split into vector-register steps, several unrolled (`Interleave`) runs only where it
+# keeps this many trips (counting its pixels'): with fewer, LLVM unrolls it whole, hoists every
+# channel's scale and offset out of the pixel loop and spills them (80 and 128 channels on Cortex-A53).
 MIN_INTERLEAVED_TRIPS = 12
 WORD_BITS = 64
 _OUTER_VAR = r"\bv(?:_i)?\d_o\b"  # the blockized pack's outer iter vars, as TVM names them
@@ -154,37 +154,62 @@ class Interleave:
     another unless independent chains sit side by side. Each step holds a register per buffer the
     levels read (accumulators, scales, offsets; a residual's too), so it applies only where those
     fit in `registers` (ResNet-18 2x 2/2's two residual packs read 9: they spilled, at 4 steps
-    and at 2, and ran twice as slow on Cortex-A72)."""
+    and at 2, and ran twice as slow on Cortex-A72).
+
+    Where a pixel's channels make too few steps (128 channels: 8), `pixels` (most first) lets the
+    levels of that many pixels of a row be computed together, each channel step outermost: its
+    scale and offset vectors, loaded once, serve every pixel, and the loop keeps its trips."""
 
     lanes: int
     vectors: int
     registers: int
+    pixels: tuple[int, ...] = ()
 
-    def applies(self, channels: int, operands: int) -> bool:
+    def pixels_per_trip(self, channels: int, width: int, per_channel: int, per_pixel: int) -> "int | None":
+        """The pixels whose levels one levels loop computes: 1 where a pixel's channel steps alone
+        apply, else the first of `pixels` that divides the row (`width`) and applies, else None
+        (not interleaved). A step holds a register per buffer read per channel (`per_channel`:
+        scales, offsets) and one per pixel for each read per pixel (`per_pixel`: accumulators)."""
         step = self.lanes * self.vectors
-        return (operands * self.vectors <= self.registers and channels % step == 0
-                and channels // step >= MIN_INTERLEAVED_TRIPS)
+        if channels % step:
+            return None
+        for pixels in (1, *self.pixels):
+            if (width % pixels == 0 and channels // step * pixels >= MIN_INTERLEAVED_TRIPS
+                    and (per_channel + pixels * per_pixel) * self.vectors <= self.registers):
+                return pixels
+        return None
 
 
-def interleaves(sch: Schedule, levels, interleave: Interleave) -> bool:
-    """Whether `pack_from_levels` interleaves these levels: it counts their reads once the other
-    injective blocks (an epilogue's steps, a residual's glue) are inlined into them."""
+def _pixels_per_trip(info, interleave: Interleave) -> "int | None":
+    """Interleave.pixels_per_trip of a levels block (its reads as they are: inline the others first).
+    A read per pixel is of a buffer with more than one axis past 1 (an NHWC accumulator); a
+    per-channel vector has one."""
+    levels = info.writes[0].source
+    per_pixel = sum(sum(int(extent) > 1 for extent in read.source.shape) > 1 for read in info.reads)
+    width = int(levels.shape[3]) if len(levels.shape) == 4 else 1
+    return interleave.pixels_per_trip(int(levels.shape[1]), width, len(info.reads) - per_pixel, per_pixel)
+
+
+def interleaved_pixels(sch: Schedule, levels, interleave: Interleave) -> "int | None":
+    """The pixels per trip of these levels' loop in `pack_from_levels`, None where not interleaved:
+    it counts their reads once the other injective blocks (an epilogue's steps, a residual's glue)
+    are inlined into them."""
     name = sch.get(levels).name_hint
     trial = sch.copy()
     inline_other_blocks(trial, frozenset({name}))
-    info = trial.get(trial.get_sblock(name))
-    return interleave.applies(int(info.writes[0].source.shape[1]), len(info.reads))
+    return _pixels_per_trip(trial.get(trial.get_sblock(name)), interleave)
 
 
 def pack_from_levels(sch: Schedule, block, levels, pack_word: Callable,
                      interleave: "Interleave | None" = None) -> None:
     """Each pixel's (a dense input's row's) levels computed once into a staging buffer (vectorized
-    over its channels; with `interleave`, in its steps), then packed by the intrinsic whose words
-    `pack_word` computes (`intrin`)."""
+    over its channels; with `interleave`, in its steps, perhaps several pixels' at a time), then
+    packed by the intrinsic whose words `pack_word` computes (`intrin`)."""
     buffer = sch.get(levels).writes[0].source
     channels = int(buffer.shape[1])
     planes, _ = pack_shape(sch, block)
     dense = is_dense(sch, block)
+    pixels = None if interleave is None else _pixels_per_trip(sch.get(levels), interleave)
     merge_unit_axis(sch, block)
     if dense:
         pixel, plane_and_word = sch.get_loops(block)[:2]
@@ -192,13 +217,23 @@ def pack_from_levels(sch: Schedule, block, levels, pack_word: Callable,
     else:
         n, h, pixel, plane_and_word = sch.get_loops(block)[:4]
         sch.parallel(sch.fuse(n, h))
+    if pixels is not None and pixels > 1:
+        # Each pixel's levels contiguous, as the intrinsic reads them: [pixel, channel, 1, 1].
+        _, _, height, width = (int(extent) for extent in buffer.shape)
+        sch.transform_layout(levels, ("write", 0),
+                             lambda n, c, y, x: ((n * height + y) * width + x, c, n * 0, n * 0))
+        pixel, _ = sch.split(pixel, [None, pixels])
     sch.compute_at(levels, pixel)
     sch.set_scope(levels, 0, LEVELS_SCOPE)
-    channel_loop = [loop for loop in sch.get_loops(levels)[1:] if loop_extent(sch, loop) > 1][-1]
-    operands = len(sch.get(levels).reads)
-    if (interleave is not None and loop_extent(sch, channel_loop) == channels
-            and interleave.applies(channels, operands)):
-        _, unrolled, channel_loop = sch.split(channel_loop, [None, interleave.vectors, interleave.lanes])
+    loops = sch.get_loops(levels)
+    at = next(index for index, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(pixel)))
+    own_loops = [loop for loop in loops[at + 1:] if loop_extent(sch, loop) > 1]
+    channel_loop = next((loop for loop in own_loops if loop_extent(sch, loop) == channels), own_loops[-1])
+    if pixels is not None and loop_extent(sch, channel_loop) == channels:
+        pixel_loops = [loop for loop in own_loops if loop_extent(sch, loop) == pixels and pixels > 1]
+        steps, unrolled, channel_loop = sch.split(channel_loop, [None, interleave.vectors, interleave.lanes])
+        if pixel_loops:
+            sch.reorder(steps, pixel_loops[0], unrolled, channel_loop)
         sch.unroll(unrolled)
     try_vectorize(sch, channel_loop)
     sch.tensorize(sch.blockize(plane_and_word), intrin(pack_word, str(buffer.dtype), channels, planes, dense))
