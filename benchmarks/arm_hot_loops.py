@@ -300,18 +300,16 @@ def pack_figures(library: Path, channels: int, cpu: str, pixels: int = 1, level_
             "innermost_loops_with_stack_stores": sum(bool(stack_stores(loop)) for loop in innermost_loops(library))}
 
 
-def staged_pixels(func, board: str) -> int:
-    """The pixels whose levels one trip of a fused bitpack's staged levels loop computes: several on
-    the in-order core where a pixel's channels make too few steps (arm_cpu.IN_ORDER_LEVELS_INTERLEAVE)."""
+def staged_pixels(func) -> int:
+    """The pixels whose levels one trip of a fused bitpack's staged levels loop computes: several
+    where a pixel's channels make too few interleaved steps (arm_cpu.LEVELS_INTERLEAVE)."""
     from tvm.s_tir import Schedule
 
     from schedules import arm_cpu, staged_bitpack
 
-    if BOARDS[board] != arm_cpu.IN_ORDER_CPU:
-        return 1
     sch = Schedule(func)
     levels = staged_bitpack.levels_to_stage(sch, sch.get_sblock("wrpn_bitpack"))
-    return (levels is not None and staged_bitpack.interleaved_pixels(sch, levels, arm_cpu.IN_ORDER_LEVELS_INTERLEAVE)) or 1
+    return (levels is not None and staged_bitpack.interleaved_pixels(sch, levels, arm_cpu.LEVELS_INTERLEAVE)) or 1
 
 
 def measure_bitpacks(folder: Path) -> list[dict]:
@@ -327,7 +325,7 @@ def measure_bitpacks(folder: Path) -> list[dict]:
                     func = epilogue_bitpack(size, channels, abits)
                     library = compile_library(func, board, schedule,
                                               folder / f"pack-{size}-{channels}-{abits}-{board}-{schedule}.so")
-                    pixels = staged_pixels(func, board) if schedule == "after" else 1
+                    pixels = staged_pixels(func) if schedule == "after" else 1
                     row[schedule] = pack_figures(library, channels, cpu_name, pixels, planes=abits)
                 print(f"pack {row['layer']:>14} a{abits} {cpu_name:>10}: {row['before']['cycles_per_word']:.1f} -> "
                       f"{row['after']['cycles_per_word']:.1f}", file=sys.stderr, flush=True)
@@ -396,7 +394,7 @@ def measure_model_bitpacks(folder: Path) -> list[dict]:
             library = compile_library(func, board, "after", folder / f"model-{name[-40:]}-{board}.so")
             rows.append({"function": name, "channels": words * WORD_BITS, "planes": planes, "board": board,
                          "cpu": cpu_name, **pack_figures(library, words * WORD_BITS, cpu_name,
-                                                        staged_pixels(func, board), planes=planes)})
+                                                        staged_pixels(func), planes=planes)})
             print(f"model pack {name[-40:]:>40} {cpu_name:>10}: {rows[-1]['cycles_per_word']:.1f}",
                   file=sys.stderr, flush=True)
     return rows

@@ -11,13 +11,11 @@ chunks they hold, each widened into the layer's accumulator (rfactor). The regis
 register per pixel and channel vector, the cheapest by a model of those pipes among the tiles whose
 accumulators, weights and broadcast activations stay within the 32 q registers. Other layers use
 the generic CPU template at NEON's width for their accumulator type. A fused epilogue's bitpack packs
-staged levels with NEON (`staged_bitpack`, `neon.pack_word`), the levels interleaved (on Cortex-A53
-several pixels' at a time where a pixel's channels are few); a bitpack of NCHW input (the first
+staged levels with NEON (`staged_bitpack`, `neon.pack_word`), the levels interleaved (several pixels'
+at a time where a pixel's channels are few); a bitpack of NCHW input (the first
 quantized layer) stages the levels of 4 or 2 pixels of a row and builds their words with `sli`
 chains (`neon.pack_columns`). The tests read the generated assembly to keep it so.
 """
-
-import dataclasses
 
 import tvm
 from tvm.s_tir import Schedule
@@ -38,14 +36,12 @@ SCRATCH_REGISTERS = 6  # and/cnt/addp temporaries in flight (an in-order core's 
 ONES_REGISTERS = 2
 MAX_CHANNEL_VECTORS = 8
 MAX_PIXELS = 4
-IN_ORDER_CPU = "cortex-a53"  # rasp3b
 # A pixel's staged levels loop in q registers of int32 lanes, 4 unrolled a trip: on Cortex-A53
-# 1.7-1.8x fewer llvm-mca cycles per word (2 bits, 192+ channels), on Cortex-A72 5-10%.
-LEVELS_INTERLEAVE = staged_bitpack.Interleave(lanes=NEON_INT32_LANES, vectors=4, registers=Q_REGISTERS)
-# On the in-order core, below 192 channels, the levels of 4 (or 2) pixels a trip: at 28x28x128
-# 1.5-1.9x fewer llvm-mca cycles per word, and the 1-bit pack stages without spilling. The
-# out-of-order cores overlap a pixel's chains themselves (at most 17% on Cortex-A72), so keep one.
-IN_ORDER_LEVELS_INTERLEAVE = dataclasses.replace(LEVELS_INTERLEAVE, pixels=(4, 2))
+# 1.7-1.8x fewer llvm-mca cycles per word (2 bits, 192+ channels), on Cortex-A72 5-10%. Below 192
+# channels the levels of 4 (or 2) pixels a trip, at 28x28x128 1.5-1.9x fewer on both (and the
+# A53's 1-bit pack stages without spilling); at 64 channels within 4%.
+LEVELS_INTERLEAVE = staged_bitpack.Interleave(lanes=NEON_INT32_LANES, vectors=4, registers=Q_REGISTERS,
+                                              pixels=(4, 2))
 # q-register counts per iteration of the innermost reduction loop that keep both NEON pipes busy
 # across the load -> and -> cnt -> uadalp latency; smaller tiles take two words per iteration.
 MIN_COUNTS_PER_ITERATION = 16
@@ -328,10 +324,6 @@ def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
     return [sch]
 
 
-def _in_order(target: "Target | None") -> bool:
-    return target is not None and str(target.attrs.get("mcpu", "")) == IN_ORDER_CPU
-
-
 class NeonTemplates:
     """The arm_cpu entry points (the same as cpu.Family's). A rule takes dotprod from
     `Target.current()`, where the tuning runs under one."""
@@ -340,8 +332,8 @@ class NeonTemplates:
     def schedule_function(sch: Schedule, target: Target) -> None:
         """cpu.schedule_kernels, except that a conv bitpack's levels may stay a stage of their own
         (`staged_bitpack.levels_to_stage`, or a few pixels of an NCHW row), packed by NEON
-        (`neon.pack_word`, `neon.pack_columns`); on the in-order core, several pixels' levels at a
-        time where a pixel's are too few to interleave (`IN_ORDER_LEVELS_INTERLEAVE`)."""
+        (`neon.pack_word`, `neon.pack_columns`), several pixels' levels at a time where a pixel's
+        are too few to interleave (`LEVELS_INTERLEAVE`)."""
         dotprod = has_dotprod(target)
 
         def schedule_kernel(sch: Schedule, block, rule: str) -> None:
@@ -352,9 +344,8 @@ class NeonTemplates:
             else:
                 dense(sch, block, tuning=False, dotprod=dotprod)
 
-        interleave = IN_ORDER_LEVELS_INTERLEAVE if _in_order(target) else LEVELS_INTERLEAVE
         staged_bitpack.schedule_kernels(sch, schedule_kernel, staged_bitpack.levels_to_stage, pack_word, pack_columns,
-                                        interleave)
+                                        LEVELS_INTERLEAVE)
 
     @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:

@@ -263,8 +263,8 @@ def test_tuning_candidates_are_exact_on_the_emulated_pi(emulated_pool, tmp_path)
 
 
 # (image size, channels, abits): ResNet-18's fused packs at 2x width (128 to 1024 channels: 2 to 16
-# words; from 256 on the levels interleave, below it on Cortex-A53 4 pixels' levels at a time, or 2
-# on a 14-pixel row), one word of 3 planes on an odd row (7 columns), partial words (16 and 48
+# words; from 256 on a pixel's levels interleave, below 4 pixels' levels at a time, or 2 on a
+# 14-pixel row), one word of 3 planes on an odd row (7 columns), partial words (16 and 48
 # channels), and 1 bit (on an odd row of 128 channels, staged without interleaving).
 EPILOGUE_BITPACKS = [(56, 128, 2), (28, 256, 4), (7, 1024, 2), (14, 512, 4), (7, 64, 3), (9, 16, 4), (5, 48, 2),
                      (28, 128, 1), (7, 64, 1), (14, 256, 1), (14, 128, 2), (7, 128, 1)]
@@ -314,27 +314,25 @@ def test_fused_bitpack_gathers_bits_with_neon_and_does_not_spill(tmp_path, board
 @pytest.mark.emulator
 def test_fused_bitpacks_are_exact_on_the_emulated_pi(emulated_pool, tmp_path):
     """Against pack_activation_reference of the numpy levels (round half to even, as nearbyint),
-    accumulators spread over every level and past both clips; conv and dense packs, and the conv
-    packs as rasp3b schedules them too (several pixels' levels at a time)."""
+    accumulators spread over every level and past both clips; conv and dense packs."""
     from wrpn_tvm.remote.session import DeviceSpec, connect
 
     session = connect(DeviceSpec(rpc=emulated_pool.direct, timeout=600))
     rng = np.random.default_rng(64)
-    cases = [(arm_hot_loops.epilogue_bitpack, epilogue_bitpack_case, case, "rasp4")
+    cases = [(arm_hot_loops.epilogue_bitpack, epilogue_bitpack_case, case)
              for case in EPILOGUE_BITPACKS + OFF_GROUP_BITPACKS]
-    cases += [(arm_hot_loops.epilogue_bitpack, epilogue_bitpack_case, case, "rasp3b") for case in EPILOGUE_BITPACKS]
-    cases += [(dense_epilogue_bitpack, dense_epilogue_bitpack_case, case, "rasp4") for case in DENSE_BITPACKS]
-    for make, reference, (size, channels, abits), board in cases:
+    cases += [(dense_epilogue_bitpack, dense_epilogue_bitpack_case, case) for case in DENSE_BITPACKS]
+    for make, reference, (size, channels, abits) in cases:
         arrays, want = reference(rng, size, channels, abits)
-        executable = compile_prim_func(make(size, channels, abits), resolve(board))
-        path = _library(executable, tmp_path, f"pack{make.__name__}{size}_{channels}_{abits}_{board}")
+        executable = compile_prim_func(make(size, channels, abits), resolve("rasp4"))
+        path = _library(executable, tmp_path, f"pack{make.__name__}{size}_{channels}_{abits}")
         session.upload(str(path))
         module = session.load_module(path.name)
         device = session.cpu()
         args = [tvm.runtime.tensor(a, device) for a in arrays]
         out = tvm.runtime.tensor(np.zeros(want.shape, dtype=np.uint64), device)
         module["main"](*args, out)
-        assert np.array_equal(out.numpy(), want), (size, channels, abits, board)
+        assert np.array_equal(out.numpy(), want), (size, channels, abits)
 
 
 # (rows, columns, channels, abits): the first quantized layer's pack of NCHW float input. ResNet-18
