@@ -438,10 +438,11 @@ def markdown(rows: list[dict], versions: str) -> str:
         "ResNet-18's fused epilogue bitpacks at 2x width (1x at 1 bit: the 1x 1/1 model's; a conv's NHWC int32",
         "accumulator, per-channel affine, levels, pack; `epilogue_bitpack`), 64-bit words. `before`: the generic",
         "CPU template (each plane's word recomputes its 64 channels' levels inline); `after`: each pixel's levels once into a local buffer",
-        "(in q-register steps, 4 unrolled a trip, where they interleave: `staged_bitpack.Interleave`),",
-        "the words gathered from level bytes by `neon.pack_word`. Cycles per iteration of the loop",
-        "around the word stores (a nested loop, the staged levels, once per trip) over the words it stores",
-        "(`bitpack_cycles_per_word`); `spills` counts innermost loops with stack stores.",
+        "(in q-register steps, 4 unrolled a trip, where they interleave: `staged_bitpack.Interleave`; below 192",
+        "channels 4 pixels' levels a trip), the words gathered from level bytes by `neon.pack_word`. Cycles per",
+        "iteration of the loop around the word stores (nested loops: the staged levels, once per trip; the",
+        "pixels' packs, as often as their words take) over the words it stores (`bitpack_cycles_per_word`);",
+        "`spills` counts innermost loops with stack stores.",
     ], ["layer", "abits", "core", "before cycles per word", "after cycles per word", "before spills", "after spills"])
     for row in rows["bitpacks"]:
         before, after = row["before"], row["after"]
