@@ -274,6 +274,35 @@ OFF_GROUP_BITPACKS = [(5, 24, 2), (3, 100, 3), (3, 65, 2)]
 DENSE_BITPACKS = [(1, 512, 2), (1, 4096, 1), (8, 1024, 4), (1, 100, 2), (3, 17, 3), (2, 70, 1)]
 
 
+@pytest.mark.parametrize("size, channels, abits, pixels", [
+    (14, 256, 1, 1), (7, 1024, 2, 1),  # a pixel's 16+ channel steps
+    (28, 128, 1, 4), (56, 64, 2, 4), (14, 128, 2, 2),  # too few: 4 pixels of a row, 2 of a 4k+2 row
+    (7, 128, 1, None), (56, 32, 2, None), (5, 24, 2, None),  # an odd row; 8 trips at most; a partial step
+])
+def test_levels_interleave_over_pixels_where_a_pixels_steps_are_few(size, channels, abits, pixels):
+    """The pixels whose levels one trip of the staged levels loop computes on ARM (None: not
+    interleaved), for the hand-written epilogue (an accumulator read per pixel, a scale and an
+    offset per channel)."""
+    from tvm.s_tir import Schedule
+
+    from schedules import arm_cpu, staged_bitpack
+
+    sch = Schedule(arm_hot_loops.epilogue_bitpack(size, channels, abits))
+    levels = staged_bitpack.levels_to_stage(sch, sch.get_sblock("wrpn_bitpack"))
+    assert staged_bitpack.interleaved_pixels(sch, levels, arm_cpu.LEVELS_INTERLEAVE) == pixels
+
+
+def test_a_pixels_registers_bound_how_many_pixels_interleave():
+    """A step holds a register per read per channel and one per pixel for each read per pixel:
+    ResNet-18's residual packs with quantized glue (6 of one, 3 of the other) do not interleave."""
+    from schedules.arm_cpu import LEVELS_INTERLEAVE
+
+    assert LEVELS_INTERLEAVE.pixels_per_trip(128, 28, per_channel=2, per_pixel=1) == 4
+    assert LEVELS_INTERLEAVE.pixels_per_trip(128, 28, per_channel=4, per_pixel=2) == 2  # 4 x (4 + 2 x 2) = 32
+    assert LEVELS_INTERLEAVE.pixels_per_trip(128, 28, per_channel=6, per_pixel=3) is None
+    assert LEVELS_INTERLEAVE.pixels_per_trip(256, 14, per_channel=6, per_pixel=3) is None
+
+
 def _no_spills(func, board: str, folder: Path) -> None:
     library = folder / "pack.so"
     compile_prim_func(func, resolve(board)).export_library(str(library),
