@@ -279,6 +279,11 @@ def summarize(runs: list, args) -> dict:
                          "teacher_mean": statistics.mean(acc[(teacher_label, "augmented", s)] for s in seeds),
                          "vs_longer": paired(acc, (label, WIDE), (label, LONGER), seeds),
                          "vs_fp32": paired_to_teacher(acc, teacher, (label, WIDE), seeds)})
+    # Whether the wide teacher is worth making a default: its gain over the longer schedule per seed,
+    # averaged over the targets (one value per seed: a seed's runs share its split and data order).
+    both = [s for s in args.wide_teacher_seeds if all((label, v, s) in acc for label in WIDE_CONFIGS for v in (WIDE, LONGER))]
+    wide_gain = _difference(both, [statistics.mean(acc[(label, WIDE, s)] - acc[(label, LONGER, s)] for label in WIDE_CONFIGS)
+                                   for s in both])
     targets = {"recipe": target_verdicts({row["label"]: row["vs_fp32"] for row in rows}),
                "longer": target_verdicts({l["label"]: l["vs_fp32"] for l in longer}),
                "wide": target_verdicts({w["label"]: w["vs_fp32"] for w in wide})}
@@ -302,7 +307,7 @@ def summarize(runs: list, args) -> dict:
             "reference": list(reference), "rows": rows,
             "targets": targets, "ablation": ablation, "last_epoch": last_epoch, "fp32_augmentation": fp32["augmented"], "compiled": compiled,
             "teachers_again": teachers_again, "longer_seeds": args.longer_seeds, "longer": longer,
-            "wide_teacher_seeds": args.wide_teacher_seeds, "wide": wide}
+            "wide_teacher_seeds": args.wide_teacher_seeds, "wide": wide, "wide_gain": wide_gain}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -390,6 +395,9 @@ def write_markdown(summary: dict, meta: dict, path: Path) -> None:
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {w['label']} | {len(w['seeds'])} | {w['mean']:.2f} | {w['teacher']} | {w['teacher_mean']:.2f} | "
                   f"{_ci(w['vs_longer'])} | {_ci(w['vs_fp32'])} |" for w in s["wide"]]
+        if s["wide_gain"]["n"] > 1:
+            lines += ["", f"The wide teacher against the longer schedule, per seed averaged over {', '.join(WIDE_CONFIGS)} "
+                      f"({s['wide_gain']['n']} seeds): {_ci(s['wide_gain'])} points."]
         if s["targets"]["wide"]:
             lines += ["", "Targets with a wide teacher:", ""] + _verdict_lines(s["targets"]["wide"])
     lines += ["", "## The compiled library on the host (whole test split, batch 1)", "",
