@@ -276,11 +276,12 @@ def bitpack_cycles_per_word(library: Path, channels: int, cpu: str, pixels: int 
         for s, e in nested:
             loop = text(s, e)
             lanes = sum(int(match[1]) for insn in loop if (match := re.match(level_op + r" v\d+\.([24])s", insn)))
+            loop_words = 0.0 if lanes or words_per_pixel is None else _stored_words(loop)
             if lanes:
                 cycles += mca_cycles(loop, cpu) * channels * pixels / lanes
-            elif words_per_pixel is not None and _stored_words(loop):
+            elif loop_words:
                 # the packs of the pixels whose levels were staged together (LLVM may unroll it)
-                cycles += mca_cycles(loop, cpu) * pixels * words_per_pixel / _stored_words(loop)
+                cycles += mca_cycles(loop, cpu) * pixels * words_per_pixel / loop_words
                 words += pixels * words_per_pixel
             else:
                 words = 0  # not a pack of staged levels: its nested loops are read on their own
@@ -390,11 +391,11 @@ def measure_model_bitpacks(folder: Path) -> list[dict]:
     for name, func in sorted(model_bitpacks(2.0, 2, 2).items()):
         sch = Schedule(func)
         planes, words = (int(d) for d in sch.get(sch.get_sblock("wrpn_bitpack")).writes[0].source.shape[-2:])
+        pixels = staged_pixels(func)  # the same schedule on every board
         for board, cpu_name in BOARDS.items():
             library = compile_library(func, board, "after", folder / f"model-{name[-40:]}-{board}.so")
             rows.append({"function": name, "channels": words * WORD_BITS, "planes": planes, "board": board,
-                         "cpu": cpu_name, **pack_figures(library, words * WORD_BITS, cpu_name,
-                                                        staged_pixels(func), planes=planes)})
+                         "cpu": cpu_name, **pack_figures(library, words * WORD_BITS, cpu_name, pixels, planes=planes)})
             print(f"model pack {name[-40:]:>40} {cpu_name:>10}: {rows[-1]['cycles_per_word']:.1f}",
                   file=sys.stderr, flush=True)
     return rows

@@ -230,10 +230,10 @@ def pack_from_levels(sch: Schedule, block, levels, pack_word: Callable,
     own_loops = [loop for loop in loops[at + 1:] if loop_extent(sch, loop) > 1]
     channel_loop = next((loop for loop in own_loops if loop_extent(sch, loop) == channels), own_loops[-1])
     if pixels is not None and loop_extent(sch, channel_loop) == channels:
-        pixel_loops = [loop for loop in own_loops if loop_extent(sch, loop) == pixels and pixels > 1]
+        pixel_loop = next(loop for loop in own_loops if loop_extent(sch, loop) == pixels) if pixels > 1 else None
         steps, unrolled, channel_loop = sch.split(channel_loop, [None, interleave.vectors, interleave.lanes])
-        if pixel_loops:
-            sch.reorder(steps, pixel_loops[0], unrolled, channel_loop)
+        if pixel_loop is not None:
+            sch.reorder(steps, pixel_loop, unrolled, channel_loop)
         sch.unroll(unrolled)
     try_vectorize(sch, channel_loop)
     sch.tensorize(sch.blockize(plane_and_word), intrin(pack_word, str(buffer.dtype), channels, planes, dense))
