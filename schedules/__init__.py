@@ -10,6 +10,9 @@ Two ways in:
   ``relax.BlockBuilder.emit_te`` and after FuseOps/FuseTIR (padding and elementwise epilogues are
   inlined, leftover blocks parallelized or bound to GPU threads).
 
+* ``apply_fixed_schedules(mod, target)`` schedules, before tuning sees them, the functions whose
+  template has no decision (packs the CPU templates stage), so that no task is made of them.
+
 * MetaSchedule custom rules. The compute blocks carry ``attrs={"schedule_rule": NAME}`` with NAME
   one of ``wrpn_bitserial_conv2d``, ``wrpn_bitserial_dense``, ``wrpn_bitpack`` (and
   ``wrpn_fp32_conv2d`` and ``wrpn_int8_conv2d`` for the keys ``cpu`` and ``arm_cpu``); importing this
@@ -77,6 +80,26 @@ def apply_default_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     return with_scheduled(mod, updated)
 
 
+def apply_fixed_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    """A copy of mod with every PrimFunc that has nothing to tune scheduled by its template and
+    marked, so that tuning makes no task of it and a database cannot replace it: those whose WRPN
+    kernels are all packs the template stages (levels computed once, packed by an intrinsic). The
+    tuning rule's only alternative for them, the generic inlined pack, can time faster alone and
+    slower among the model's calls: two of ResNet-18 2x 2/2's packs tuned so took 0.41 and 0.14 ms
+    in the model against their staged default's 0.22 and 0.04 (benchmarks/results/tuning_short.md)."""
+    target = target if isinstance(target, Target) else Target(target)
+    templates = family(target) if any(key in _FAMILIES for key in target.keys) else None
+    updated = {}
+    for global_var, func in mod.functions.items():
+        if templates is None or not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
+            continue
+        sch = Schedule(func)
+        if templates.has_no_decisions(sch, target):
+            templates.schedule_function(sch, target)
+            updated[global_var] = sch.mod["main"]
+    return with_scheduled(mod, updated)
+
+
 def default_schedule(mod: tvm.IRModule, target: Target) -> "Schedule | None":
     """The schedule an untuned compile gives mod's "main" (bit-serial template defaults, or the
     generic CPU fallback for other functions), as a traced Schedule that a tuning database can
@@ -107,4 +130,4 @@ def _register_rules() -> None:
 
 _register_rules()
 
-__all__ = ["SCHEDULED_ATTR", "apply_default_schedules", "default_schedule", "family", "is_scheduled", "rule_name"]
+__all__ = ["SCHEDULED_ATTR", "apply_default_schedules", "apply_fixed_schedules", "default_schedule", "family", "is_scheduled", "rule_name"]

@@ -325,7 +325,7 @@ def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
 
 
 class NeonTemplates:
-    """The arm_cpu entry points (the same as cpu.Family's). A rule takes dotprod from
+    """The arm_cpu entry points (the same as x86's and cuda's). A rule takes dotprod from
     `Target.current()`, where the tuning runs under one."""
 
     @staticmethod
@@ -346,6 +346,10 @@ class NeonTemplates:
 
         staged_bitpack.schedule_kernels(sch, schedule_kernel, staged_bitpack.levels_to_stage, pack_word, pack_columns,
                                         LEVELS_INTERLEAVE)
+
+    @staticmethod
+    def has_no_decisions(sch: Schedule, target: Target) -> bool:
+        return staged_bitpack.stages_every_kernel(sch, staged_bitpack.levels_to_stage, columns=True)
 
     @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:

@@ -1,14 +1,12 @@
 """The generic CPU templates: register-tiled bit-serial kernels that keep their accumulators in
 vector registers, vectorize over output channels (the weight layout puts O innermost, so one
 broadcast activation word meets a vector of weight words), and run the outer tiles in parallel.
-x86 uses them at its vector width (`Family`); arm_cpu for the layers its NEON templates do not
+x86 uses them at its vector width; arm_cpu for the layers its NEON templates do not
 take, and for bitpack."""
 
-from dataclasses import dataclass
 from typing import Callable
 
 from tvm.s_tir import Schedule
-from tvm.target import Target
 
 from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
 
@@ -132,24 +130,3 @@ def kernel_scheduler(lanes: int) -> Callable:
 
 def schedule_function(sch: Schedule, lanes: int) -> None:
     schedule_kernels(sch, kernel_scheduler(lanes))
-
-
-@dataclass(frozen=True)
-class Family:
-    """A CPU target family's entry points: these templates at its vector width. An untuned compile
-    asks the target for its lanes; a MetaSchedule rule has no target at hand and uses tuning_lanes."""
-
-    lanes: Callable[[Target], int]
-    tuning_lanes: int
-
-    def schedule_function(self, sch: Schedule, target: Target) -> None:
-        schedule_function(sch, self.lanes(target))
-
-    def conv2d_rule(self, sch: Schedule, block) -> list[Schedule]:
-        return conv2d(sch, block, lanes=self.tuning_lanes, tuning=True)
-
-    def dense_rule(self, sch: Schedule, block) -> list[Schedule]:
-        return dense(sch, block, lanes=self.tuning_lanes, tuning=True)
-
-    def bitpack_rule(self, sch: Schedule, block) -> list[Schedule]:
-        return bitpack(sch, block, tuning=True)

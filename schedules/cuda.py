@@ -104,6 +104,11 @@ def schedule_function(sch: Schedule, target: Target) -> None:
     place_remaining_blocks(sch, others, place_threads)
 
 
+def has_no_decisions(sch: Schedule, target: Target) -> bool:
+    """Every GPU template samples its thread tiles."""
+    return False
+
+
 def conv2d_rule(sch: Schedule, block) -> list[Schedule]:
     return conv2d(sch, block, tuning=True)
 

@@ -257,6 +257,16 @@ def pack_columns_from_levels(sch: Schedule, block, levels, pack_columns: Callabl
                   column_intrin(pack_columns, str(buffer.dtype), int(buffer.shape[1]), planes, pixels))
 
 
+def stages_every_kernel(sch: Schedule, stage: Callable, columns: bool = False) -> bool:
+    """Whether every WRPN kernel of the function is a pack that `schedule_kernels` stages (by
+    `stage`, or with `columns` a column pack): a function whose schedule has no decision to tune."""
+    kernels = kernel_blocks(sch)
+    return bool(kernels) and all(
+        rule == BITPACK_RULE and (stage(sch, block) is not None
+                                  or (columns and column_levels_to_stage(sch, block) is not None))
+        for block, rule in kernels)
+
+
 def schedule_kernels(sch: Schedule, schedule_kernel: Callable, stage: Callable, pack_word: Callable,
                      pack_columns: "Callable | None" = None, interleave: "Interleave | None" = None) -> None:
     """cpu.schedule_kernels, except that a conv bitpack's levels stay a stage of their own where

@@ -15,6 +15,8 @@ which popcount is faster for a layer shape is decided by measuring. Under no tar
 outside `tune`), a rule offers every space.
 """
 
+from typing import Callable
+
 from tvm import tirx
 from tvm.s_tir import Schedule
 from tvm.script import tirx as T
@@ -182,6 +184,12 @@ def _nibble_plan_for_rule(sch: Schedule, block) -> "NibbleCounts | None":
     return None if target is not None and _has_avx512(target) else _plan(sch, block)
 
 
+def _stage(target: Target) -> Callable:
+    """Which packs the target stages: vpmovmskb ymm needs AVX2, so other "cpu" targets (older x86,
+    other ISAs) keep the generic pack."""
+    return staged_bitpack.levels_to_stage if target_has_features("avx2", target) else (lambda sch, block: None)
+
+
 def pack_word(groups: list, plane: int):
     """staged_bitpack's word of one plane from its 64 level bytes (`groups`; the levels narrowed
     by `vcvttps2dq`, `vpmovdb` or packs): each byte shifted so that the plane's bit is its top bit,
@@ -196,14 +204,16 @@ def pack_word(groups: list, plane: int):
 
 
 class X86Templates:
-    """The x86 entry points (the same as cpu.Family's)."""
+    """The x86 entry points (the same as arm_cpu's and cuda's)."""
 
     @staticmethod
     def schedule_function(sch: Schedule, target: Target) -> None:
         kernel = cpu.kernel_scheduler(AVX512_LANES) if _has_avx512(target) else _avx2_kernel
-        # vpmovmskb ymm needs AVX2: other "cpu" targets (older x86, other ISAs) keep the generic pack.
-        stage = staged_bitpack.levels_to_stage if target_has_features("avx2", target) else (lambda sch, block: None)
-        staged_bitpack.schedule_kernels(sch, kernel, stage, pack_word)
+        staged_bitpack.schedule_kernels(sch, kernel, _stage(target), pack_word)
+
+    @staticmethod
+    def has_no_decisions(sch: Schedule, target: Target) -> bool:
+        return staged_bitpack.stages_every_kernel(sch, _stage(target))
 
     @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:

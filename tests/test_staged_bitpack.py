@@ -2,7 +2,8 @@
 epilogue's levels computed once per pixel (per row of a dense layer's input), each plane's word
 gathered by vpmovmskb. Bit-exact against the numpy reference on awkward shapes, for the host's code
 (AVX-512 here) and AVX2 code; staged exactly where it applies.
-(The NEON implementation's tests read aarch64 code: tests/test_arm_asm.py.)"""
+(The NEON implementation's tests read aarch64 code: tests/test_arm_asm.py.) A staged pack is no
+tuning task: the build schedules it as untuned."""
 
 import importlib.util
 from pathlib import Path
@@ -80,3 +81,42 @@ def test_other_packs_keep_the_generic_template(size, channels, abits):
 def test_cpu_targets_without_avx2_keep_the_generic_pack(target):
     """vpmovmskb ymm is AVX2: an x86-64 baseline or a non-x86 "cpu" target must not get it."""
     assert "pmovmskb" not in _scheduled_script(target, 28, 128, 2)
+
+
+@pytest.fixture(scope="module")
+def hand_written_program(tmp_path_factory):
+    """A WRPN network in plain PyTorch whose dense layer's 2-bit input pack is staged on every CPU,
+    and whose first quantized conv's NCHW pack is staged on ARM (pixels of a row)."""
+    import torch
+
+    from test_lowering_models import HandWritten, randomize_batch_norm
+    from wrpn_tvm.nn import export_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("staged") / "hand.pt2"
+    torch.export.save(export_model(randomize_batch_norm(HandWritten()), torch.rand(4, 1, 12, 12)), str(path))
+    return path
+
+
+@pytest.mark.parametrize("target, staged", [
+    ("host", {"fused_reshape_wrpn_bitpack1"}),
+    ("rasp4", {"fused_reshape_wrpn_bitpack1", "wrpn_bitpack"}),
+    ("cuda", set()),  # every GPU template samples its threads
+])
+def test_a_staged_pack_is_no_tuning_task_and_builds_as_untuned(hand_written_program, target, staged):
+    """A staged pack has no decision to tune, and the generic pack that tuning would offer instead
+    timed faster alone and slower in the model: the build schedules it before the database applies."""
+    from wrpn_tvm.kernel_kinds import BITSERIAL
+    from wrpn_tvm.pipeline import fuse_module, is_scheduled, prepare_module, tunable_module
+    from wrpn_tvm.tuning.tasks import extract_tasks
+
+    spec = resolve(target)
+    mod = prepare_module(hand_written_program, spec, BITSERIAL)[0]
+    tunable = tunable_module(mod, spec)
+    fixed = {gv.name_hint for gv, func in tunable.functions.items()
+             if isinstance(func, tvm.tirx.PrimFunc) and is_scheduled(func)}
+    assert fixed == staged
+    assert not fixed & {task.task_name for task in extract_tasks(mod, spec)}
+    untuned = schedules.apply_default_schedules(fuse_module(mod, spec), spec.target)
+    for name in fixed:
+        tvm.ir.assert_structural_equal(tunable[name], untuned[name])

@@ -25,9 +25,9 @@ from .targets import TargetSpec
 
 
 # What a tuning job needs of the templates: the schedule an untuned compile gives a function (its
-# first candidate), and the mark on functions that are scheduled already.
+# first candidate), and whether a function is scheduled already.
 default_schedule = schedules.default_schedule
-SCHEDULED_ATTR = schedules.SCHEDULED_ATTR
+is_scheduled = schedules.is_scheduled
 
 
 def prepare_module(program_path: "str | os.PathLike", spec: TargetSpec, kernels: str = AUTO, database=None):
@@ -82,12 +82,18 @@ def _backend_pipeline(spec: TargetSpec):
 
 
 def fuse_module(mod, spec: TargetSpec):
-    """The passes before scheduling: library dispatch, legalize, fuse. Tuning extracts its tasks
-    from this very module, so that a database's workloads match what the build looks up."""
+    """The passes before scheduling: library dispatch, legalize, fuse."""
     fuse = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
             relax.transform.FuseOps(), relax.transform.FuseTIR()]
     with spec.target:
         return tvm.transform.Sequential(_backend_pipeline(spec).library_dispatch_passes(spec.target) + fuse)(mod)
+
+
+def tunable_module(mod, spec: TargetSpec):
+    """fuse_module's, with the functions that have nothing to tune already scheduled
+    (`schedules.apply_fixed_schedules`). Tuning extracts its tasks from this very module, so that a
+    database's workloads match what the build looks up."""
+    return schedules.apply_fixed_schedules(fuse_module(mod, spec), spec.target)
 
 
 def relax_pipeline(spec: TargetSpec, database=None):
@@ -111,7 +117,7 @@ def relax_pipeline(spec: TargetSpec, database=None):
 
     @tvm.transform.module_pass(opt_level=0, name="WrpnBuildPipeline")
     def _pipeline(mod, _ctx):
-        mod = fuse_module(mod, spec)
+        mod = tunable_module(mod, spec)
         with target:
             if database is not None:
                 with database:

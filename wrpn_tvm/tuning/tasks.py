@@ -2,7 +2,7 @@
 
 A database record is keyed by the structural hash of the function it was tuned on, so tasks must
 be extracted from exactly the module that the build hands to MetaScheduleApplyDatabase:
-`pipeline.fuse_module` (test_tuning_job checks that compile finds every tuned workload).
+`pipeline.tunable_module` (test_tuning_job checks that compile finds every tuned workload).
 """
 
 
@@ -13,13 +13,13 @@ def extract_tasks(mods, spec) -> list:
     from tvm.s_tir import meta_schedule as ms
     from tvm_ffi import structural_hash
 
-    from ..pipeline import SCHEDULED_ATTR, fuse_module  # the pipeline registers the templates as custom rules
+    from ..pipeline import is_scheduled, tunable_module  # the pipeline registers the templates as custom rules
 
     tasks, seen = [], set()
     for mod in mods if isinstance(mods, (list, tuple)) else [mods]:
-        for task in ms.relax_integration.extract_tasks(fuse_module(mod, spec), spec.target):
+        for task in ms.relax_integration.extract_tasks(tunable_module(mod, spec), spec.target):
             key = structural_hash(task.dispatched[0])
-            if key not in seen and not task.mod.attrs.get(SCHEDULED_ATTR, False):
+            if key not in seen and not is_scheduled(task.mod["main"]):
                 seen.add(key)
                 tasks.append(task)
     return tasks
