@@ -86,7 +86,7 @@ def apply_fixed_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     kernels are all packs the template stages (levels computed once, packed by an intrinsic). The
     tuning rule's only alternative for them, the generic inlined pack, can time faster alone and
     slower among the model's calls: two of ResNet-18 2x 2/2's packs tuned so took 0.41 and 0.14 ms
-    in the model against their staged default's 0.22 and 0.04 (benchmarks/results/tuning_short.md)."""
+    in the model against their staged default's 0.22 and 0.04 (benchmarks/results/tuning_short_shipped_log.md)."""
     target = target if isinstance(target, Target) else Target(target)
     templates = family(target) if any(key in _FAMILIES for key in target.keys) else None
     updated = {}
