@@ -138,7 +138,9 @@ def task_table(work: Path, spec, budget_records: int) -> tuple[list[dict], list]
 
 
 def time_builds(work: Path, spec, repeat: int, logs=None) -> dict:
-    """End-to-end medians (ms) of the untuned and tuned builds (name -> log dir), timed round-robin in 3 rounds."""
+    """End-to-end medians (ms) of the untuned and tuned builds (name -> log dir), timed round-robin:
+    `repeat` rounds of one timed run (at least 200 ms of inferences) per build, so that another
+    virtual machine's bursts on the cores slow every build alike."""
     import tvm
     from tvm import relax
 
@@ -155,10 +157,10 @@ def time_builds(work: Path, spec, repeat: int, logs=None) -> dict:
         vm["invoke_stateful"]("main")  # warm-up
         machines[name] = vm
     runs = {name: [] for name in machines}
-    for _ in range(3):
-        for name, vm in machines.items():
-            evaluator = vm.time_evaluator("invoke_stateful", tvm.cpu(), number=1, repeat=max(repeat // 3, 1),
-                                          min_repeat_ms=200)
+    evaluators = {name: vm.time_evaluator("invoke_stateful", tvm.cpu(), number=1, repeat=1, min_repeat_ms=200)
+                  for name, vm in machines.items()}
+    for _ in range(repeat):
+        for name, evaluator in evaluators.items():
             runs[name] += [float(x) * 1e3 for x in evaluator("main").results]
     return {name: {"ms": values, "median_ms": statistics.median(values)} for name, values in runs.items()}
 
@@ -276,7 +278,7 @@ def plot(result: dict, path: Path) -> None:
 
 def short_job(args) -> None:
     """Tune exactly --trials from an empty log, and (with --minutes) for that much tuning time from another
-    empty log; then time untuned, those builds and the full shipped search round-robin in one process."""
+    empty log; then time untuned, those builds and the full search (--full, or the shipped log) round-robin in one process."""
     from wrpn_tvm.nn import export
     from wrpn_tvm.runtime import MachineLoad
     from wrpn_tvm.targets import resolve
@@ -360,7 +362,8 @@ def short_markdown(report: dict, untuned: float, full_ms: float, full_trials: in
     if untuned <= full_ms:
         lines += ["The full search is not faster than untuned in this run: no gain to share.", ""]
     runs = len(report["end_to_end"]["untuned"]["ms"])
-    lines += [f"End-to-end times: medians of {runs} runs per build, the builds timed round-robin in one process.", ""]
+    lines += [f"End-to-end times: medians of {runs} timed runs per build (each at least 200 ms of inferences), "
+              "the builds timed round-robin, a run each per round, in one process.", ""]
     for name, job in report["jobs"].items():
         lines += [f"## Where the {name} went", "", "| task | trials | best (ms) |", "| --- | ---: | ---: |"]
         lines += [f"| {t['task']} | {t['trials']} | {_ms(t['best_ms'])} |" for t in job["tasks"]]

@@ -31,13 +31,29 @@ def check_device(spec: TargetSpec, device: DeviceSpec) -> None:
         )
 
 
+# A candidate on this host is timed as it runs inside the model: its weights and output out of
+# cache (a model reads each layer's weights once per inference, and they outnumber the caches), its
+# input warm (the layer before just wrote it), i.e. MetaSchedule's flush of every argument but the
+# first before each single call. Timed warm and averaged over 100 ms of calls instead, ResNet-18
+# 2x 2/2's 56x56 conv records tuned on Intel beat the template default alone (1.42 against 1.53 ms)
+# and lost to it in the model; timed so, they lose alone too (2.45 against 1.86 ms):
+# benchmarks/results/tuning_short.md.
+IN_MODEL_CALLS = 20
+
+
+def in_model_timing():
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig
+
+    return EvaluatorConfig(number=1, repeat=IN_MODEL_CALLS, min_repeat_ms=0, enable_cpu_cache_flush=True)
+
+
 def make_runner(spec: TargetSpec, device: DeviceSpec):
     from tvm.s_tir.meta_schedule.runner import LocalRunner, RPCConfig, RPCRunner
 
     check_device(spec, device)
     timeout = int(round(device.timeout))
     if device.is_local:
-        return LocalRunner(timeout_sec=timeout)
+        return LocalRunner(timeout_sec=timeout, evaluator_config=None if spec.is_cuda else in_model_timing())
     if device.tracker:
         host, port = parse_address(device.tracker)
         config = RPCConfig(tracker_host=host, tracker_port=port, tracker_key=device.key, session_timeout_sec=timeout)
