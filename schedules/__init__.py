@@ -66,18 +66,24 @@ def _schedule_with_template(sch: Schedule, target: Target) -> bool:
     return False
 
 
-def apply_default_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
-    """A copy of mod with every not-yet-scheduled PrimFunc that holds a WRPN block or a blocked
-    FP32 conv scheduled and marked (mod itself is left as it is)."""
-    target = target if isinstance(target, Target) else Target(target)
+def _schedule_unscheduled(mod: tvm.IRModule, schedule_in_place) -> tvm.IRModule:
+    """A copy of mod with each not-yet-scheduled PrimFunc that `schedule_in_place(sch)` schedules
+    (returning True) swapped in and marked (mod itself is left as it is)."""
     updated = {}
     for global_var, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
             continue
         sch = Schedule(func)
-        if _schedule_with_template(sch, target):
+        if schedule_in_place(sch):
             updated[global_var] = sch.mod["main"]
     return with_scheduled(mod, updated)
+
+
+def apply_default_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    """A copy of mod with every not-yet-scheduled PrimFunc that holds a WRPN block or a blocked
+    FP32 conv scheduled and marked (mod itself is left as it is)."""
+    target = target if isinstance(target, Target) else Target(target)
+    return _schedule_unscheduled(mod, lambda sch: _schedule_with_template(sch, target))
 
 
 def apply_fixed_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
@@ -86,18 +92,20 @@ def apply_fixed_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     kernels are all packs the template stages (levels computed once, packed by an intrinsic). The
     tuning rule's only alternative for them, the generic inlined pack, can time faster alone and
     slower among the model's calls: two of ResNet-18 2x 2/2's packs tuned so took 0.41 and 0.14 ms
-    in the model against their staged default's 0.22 and 0.04 (benchmarks/results/tuning_short_shipped_log.md)."""
+    in the model against their staged default's 0.22 and 0.04
+    (benchmarks/results/tuning_short_shipped_log.md)."""
     target = target if isinstance(target, Target) else Target(target)
-    templates = family(target) if any(key in _FAMILIES for key in target.keys) else None
-    updated = {}
-    for global_var, func in mod.functions.items():
-        if templates is None or not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
-            continue
-        sch = Schedule(func)
-        if templates.has_no_decisions(sch, target):
-            templates.schedule_function(sch, target)
-            updated[global_var] = sch.mod["main"]
-    return with_scheduled(mod, updated)
+    if not any(key in _FAMILIES for key in target.keys):
+        return mod
+    templates = family(target)
+
+    def schedule_if_fixed(sch: Schedule) -> bool:
+        if not templates.has_no_decisions(sch, target):
+            return False
+        templates.schedule_function(sch, target)
+        return True
+
+    return _schedule_unscheduled(mod, schedule_if_fixed)
 
 
 def default_schedule(mod: tvm.IRModule, target: Target) -> "Schedule | None":
@@ -130,4 +138,5 @@ def _register_rules() -> None:
 
 _register_rules()
 
-__all__ = ["SCHEDULED_ATTR", "apply_default_schedules", "apply_fixed_schedules", "default_schedule", "family", "is_scheduled", "rule_name"]
+__all__ = ["SCHEDULED_ATTR", "apply_default_schedules", "apply_fixed_schedules", "default_schedule", "family",
+           "is_scheduled", "rule_name"]
