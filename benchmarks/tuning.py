@@ -44,7 +44,8 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 PROGRAM = "resnet18-2x-a2w2.pt2"
 EXPORT = dict(model_name="resnet18", width=2.0, abits=2, wbits=2, in_channels=3, num_classes=1000, seed=0)
-DB_FILES = ("database_workload.json", "database_tuning_record.json")
+# A log, as a resumed copy needs it: MetaSchedule's database and how its times were taken.
+LOG_FILES = ("database_workload.json", "database_tuning_record.json", "timing.json")
 # Every conv bit-serial, in tuning and timing alike: the benchmark measures how a search spends its
 # trials on one lowering, and the shipped full search it compares with was tuned on this one.
 KERNELS = "bit-serial"
@@ -76,7 +77,7 @@ def run_phases(args) -> None:
     long_dir = work / "long"
     if not long_dir.exists():
         long_dir.mkdir()
-        for name in DB_FILES:
+        for name in LOG_FILES:
             shutil.copy(work / "budget" / name, long_dir / name)
     trials = args.factor * phases["budget"]["measured"]
     started = time.monotonic()

@@ -35,6 +35,7 @@ from wrpn_tvm.nn.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from wrpn_tvm.targets import resolve
 from wrpn_tvm.tuning import load_database
 from wrpn_tvm.tuning.database import RECORD_FILE, WORKLOAD_FILE, CorruptLineWarning, open_database
+from wrpn_tvm.tuning.log_timing import WARM
 
 EXAMPLES = int(os.environ.get("WRPN_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
@@ -428,7 +429,7 @@ def test_open_database_repairs_damaged_logs_for_metaschedule(tmp_path, tuning_lo
     log_dir = tmp_path / "log"
     _apply_edits(log_dir, tuning_log, edits)
     with writes_nothing_outside(log_dir, folder_may_change=True):
-        loads_or_refuses_in_one_line(lambda: open_database(log_dir, resolve("host")))
+        loads_or_refuses_in_one_line(lambda: open_database(log_dir, resolve("host"), WARM))
     assert sorted(p.name for p in log_dir.iterdir()) == sorted([WORKLOAD_FILE, RECORD_FILE])
     reloaded = JSONDatabase(work_dir=str(log_dir), module_equality="structural")
     assert len(reloaded.get_all_tuning_records()) <= 2 + sum(1 for edit in edits if edit[2] == "duplicate")

@@ -13,6 +13,7 @@ from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.targets import resolve
 from wrpn_tvm.tuning import load_database
 from wrpn_tvm.tuning.database import RECORD_FILE, WORKLOAD_FILE, CorruptLineWarning, open_database, read_log
+from wrpn_tvm.tuning.log_timing import IN_MODEL, WARM
 from wrpn_tvm.tuning.lock import exclusive
 
 
@@ -81,7 +82,7 @@ def test_open_database_repairs_the_files_so_tuning_can_append(tmp_path, host):
     records = tmp_path / RECORD_FILE
     records.write_text(records.read_text()[:-25])  # truncated mid-line, no newline
     with pytest.warns(CorruptLineWarning):
-        database = open_database(tmp_path, host)
+        database = open_database(tmp_path, host, WARM)  # written by hand: no timing marker
     assert len(database.get_all_tuning_records()) == 3
     assert records.read_text().endswith("\n")
     with warnings.catch_warnings():
@@ -94,7 +95,7 @@ def test_a_log_for_another_target_is_refused(tmp_path, host):
     with pytest.raises(WrpnError, match="tuned for cortex-a72.*another architecture than host"):
         load_database(tmp_path, host)
     with pytest.raises(WrpnError, match="tuned for"):
-        open_database(tmp_path, host)
+        open_database(tmp_path, host, IN_MODEL)
 
 
 def test_num_cores_alone_does_not_make_another_target(tmp_path, host):

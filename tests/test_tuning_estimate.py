@@ -19,7 +19,7 @@ from wrpn_tvm.estimate import BOARDS
 from wrpn_tvm.targets import resolve
 from wrpn_tvm.tuning import load_database
 from wrpn_tvm.tuning.database import RECORD_FILE, open_database
-from wrpn_tvm.tuning.estimated_log import MARKER_FILE, README_TITLE, mark_estimated
+from wrpn_tvm.tuning.log_timing import ESTIMATED, IN_MODEL, MARKER_FILE, README_TITLE, mark_estimated
 from wrpn_tvm.tuning.job import tune_tasks
 from wrpn_tvm.tuning.tasks import extract_tasks
 
@@ -149,14 +149,14 @@ def test_estimated_and_measured_records_never_share_a_log(program, tmp_path, cap
     assert main(["tune", "no-such.pt2", "--target", "rasp4", "--estimate", "--log-dir", str(measured)]) == 1
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2
-    assert "holds ESTIMATED run times" in errors[0] and "a measured job never adds to it" in errors[0]
-    assert "holds measured run times; an estimated job (--estimate) never adds to it" in errors[1]
+    assert "holds ESTIMATED run times" in errors[0] and "timing CPU candidates as in the model never adds to it" in errors[0]
+    assert "holds measured run times timed warm" in errors[1] and "an estimated job (--estimate) never adds to it" in errors[1]
     # The same check under the job's lock, for a log that changed kind since.
-    with pytest.raises(WrpnError, match="a measured job never adds to it"):
-        open_database(estimated, resolve("rasp4"))
+    with pytest.raises(WrpnError, match="as in the model never adds to it"):
+        open_database(estimated, resolve("rasp4"), IN_MODEL)
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    open_database(fresh, resolve("rasp4"), estimated=True)  # an empty log dir takes either kind
+    open_database(fresh, resolve("rasp4"), ESTIMATED)  # an empty log dir takes any kind
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -113,6 +113,36 @@ def test_resume_adds_records_and_never_remeasures(tuned, capsys):
     assert len(set(hashes)) == len(hashes)
 
 
+def test_a_host_log_says_how_it_was_timed_and_takes_no_warm_records(program, tuned, tmp_path, capsys):
+    """Warm times (MetaSchedule's default, and every CPU log tuned before) run faster than the same
+    code timed as in the model: mixed in one log, the best record would be the wrong one."""
+    import json
+    import shutil
+
+    from wrpn_tvm.tuning.database import RECORD_FILE, WORKLOAD_FILE
+    from wrpn_tvm.tuning.log_timing import TIMING_FILE
+
+    log_dir, _first = tuned
+    assert json.loads((log_dir / TIMING_FILE).read_text())["timing"] == "in-model"
+    warm = tmp_path / "warm"
+    warm.mkdir()
+    for name in (WORKLOAD_FILE, RECORD_FILE):  # the same records without the marker: a log from before
+        shutil.copy(log_dir / name, warm / name)
+    before = (warm / RECORD_FILE).read_text()
+    assert main(["tune", str(program), "--trials", "12", "--log-dir", str(warm)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "timed warm" in error and "use another --log-dir" in error
+    assert (warm / RECORD_FILE).read_text() == before and not (warm / TIMING_FILE).exists()
+
+
+def test_cpu_candidates_are_timed_as_in_the_model_on_this_host_and_over_rpc():
+    from wrpn_tvm.tuning.measure import IN_MODEL_CALLS, make_runner
+
+    runners = [make_runner(resolve("host"), DeviceSpec()), make_runner(resolve("rasp4"), DeviceSpec(rpc="127.0.0.1:9"))]
+    for config in (runner.evaluator_config for runner in runners):
+        assert config.enable_cpu_cache_flush and config.number == 1 and config.repeat == IN_MODEL_CALLS
+
+
 def test_every_task_measures_its_template_default_first(tuned):
     """So a tuned build can never pick a schedule slower than the untuned compile's (as measured)."""
     from wrpn_tvm.tuning.search import default_candidate

@@ -4,8 +4,8 @@ Modules, named after MetaSchedule's own concepts: tasks (what is tuned), builder
 built in-process), measure (runners: this host or RPC devices), search (resume without
 re-measuring), database (reading, checking and repairing logs), shipped (the logs that ship with
 wrpn-tvm), progress (per-task lines), lock (one job per log dir), stop (Ctrl-C and time budgets),
-estimate_runner (candidates ranked by their estimated time on a Raspberry Pi, no board) and
-estimated_log (such logs are marked, never mixed with measured ones), rules (custom rules for
+estimate_runner (candidates ranked by their estimated time on a Raspberry Pi, no board),
+log_timing (how a log's run times were taken: in the model, warm or estimated; never mixed), rules (custom rules for
 TVM's own pooling annotations), job (the `tune` entry point).
 """
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..errors import WrpnError, one_line
 from ..fileio import write_text_atomic
 from ..targets import TargetSpec, cpu_label, missing_features
-from .estimated_log import check_kind, describe, estimated_info
+from .log_timing import check_timing, describe, estimated_info
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -205,11 +205,11 @@ def load_database(log_dir: "str | os.PathLike", spec: TargetSpec, strict_target:
     return database
 
 
-def open_database(log_dir: "str | os.PathLike", spec: TargetSpec, estimated: bool = False):
+def open_database(log_dir: "str | os.PathLike", spec: TargetSpec, timing: str):
     """The log dir's JSONDatabase for a tuning job, which appends to it record by record.
 
-    Refuses a log of another target, and a log whose run times are of the other kind (measured
-    or estimated) than the job's. Corrupt lines are dropped from the files first (atomically),
+    Refuses a log of another target, and a log whose run times were taken another way than the
+    job's `timing` (log_timing's kinds). Corrupt lines are dropped from the files first (atomically),
     because the JSONDatabase would abort on them and appending after a truncated line would
     corrupt the next record too.
     """
@@ -221,7 +221,7 @@ def open_database(log_dir: "str | os.PathLike", spec: TargetSpec, estimated: boo
     if foreign:  # a job appends records measured here: they must not join records of another CPU
         raise WrpnError(f"{log_dir} was tuned for {cpu_label(foreign[0])}, not for {spec.name} ({cpu_label(spec.target)}); "
                         "a tuning job extends a log of its own target only: use another --log-dir")
-    check_kind(log_dir, bool(log.records), estimated)
+    check_timing(log_dir, bool(log.records), timing)
     if log.skipped_lines or log.blank_lines:
         _rewrite(log_dir / WORKLOAD_FILE, log.workload_lines)
         _rewrite(log_dir / RECORD_FILE, log.record_lines)

@@ -10,7 +10,7 @@ What the estimate leaves out (cache misses, memory bandwidth, thread start-up an
 leaves out for every candidate alike, so it ranks schedules by their instruction mix and trip
 counts: good at telling a vectorized, well-unrolled inner loop from a poor one, blind to a tiling
 that only pays off in cache. Records of such a job are estimates, and the log says so
-(estimated_log.py); measured and estimated records never share a log.
+(log_timing.py); measured and estimated records never share a log.
 """
 
 from tvm.ir.utils import derived_object

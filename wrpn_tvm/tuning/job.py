@@ -5,8 +5,8 @@ so re-running an interrupted job finishes it, and a larger N tunes further; `max
 job earlier, after the batches in flight, as Ctrl-C does (stop.py). Every measured
 candidate is appended to the log soon after its batch is measured (MetaSchedule's JSONDatabase
 writes line by line), so an interrupted job loses at most the batches in flight. With `estimate`,
-candidates for a Raspberry Pi are ranked by their estimated time instead (estimate_runner.py),
-into a log marked as estimated (estimated_log.py).
+candidates for a Raspberry Pi are ranked by their estimated time instead (estimate_runner.py).
+A log holds run times taken one way only (log_timing.py).
 """
 
 import contextlib
@@ -22,14 +22,14 @@ from ..estimate import calibration, calibration_line
 from ..remote.session import DeviceSpec
 from ..targets import TargetSpec, resolve
 from .database import has_records, open_database
-from .estimated_log import check_kind, mark_estimated
+from .log_timing import ESTIMATED, check_timing, mark_estimated, mark_timing
 from .estimate_runner import EstimateRunner, board_for, check_tools
 from .lock import exclusive
 from .progress import ProgressPrinter, TaskProgress, recorded_seconds
 from .scheduler import GainScheduler
 from .builder import make_builder
 from . import rules  # noqa: F401 - registers rules for TVM's pooling annotations before any design space
-from .measure import check_device, make_runner
+from .measure import check_device, make_runner, timing_of
 from .search import SkipRecordedSearch, recorded_records
 from .stop import StopRequest, stop_on_interrupt
 from .tasks import extract_tasks
@@ -75,15 +75,16 @@ def tune(
 
     spec = resolve(target)
     device = device if device is not None else DeviceSpec()
-    check_kind(Path(log_dir), has_records(log_dir), estimate)  # these two before the slow import of the model
-    _check_timing(spec, device, estimate)
+    # these two before the slow import of the model
+    check_timing(Path(log_dir), has_records(log_dir), ESTIMATED if estimate else timing_of(spec))
+    _check_device(spec, device, estimate)
     variants = kernel_variants(spec) if kernels == "auto" else (kernels,)
     mods = [prepare_module(program, spec, variant)[0] for variant in variants]
     return tune_module(mods, spec, trials, log_dir, device, seed=seed, trials_per_batch=trials_per_batch,
                        max_minutes=max_minutes, stream=stream, estimate=estimate)
 
 
-def _check_timing(spec: TargetSpec, device: DeviceSpec, estimate: bool) -> None:
+def _check_device(spec: TargetSpec, device: DeviceSpec, estimate: bool) -> None:
     """Refuse what cannot time spec's candidates: a host that cannot run them, an estimate with a device named."""
     if not estimate:
         check_device(spec, device)
@@ -137,7 +138,7 @@ def tune_tasks(
         raise WrpnError(f"--max-minutes must be positive, got {max_minutes}")
     device = device if device is not None else DeviceSpec()
     if estimate:  # (make_runner checks a device itself)
-        _check_timing(spec, device, estimate)
+        _check_device(spec, device, estimate)
         board = board_for(spec)
         runner = EstimateRunner(board, board.cores)
         timed_on = runner.describe()
@@ -151,11 +152,14 @@ def tune_tasks(
         raise WrpnError(f"cannot create the log dir {log_dir}: {err.strerror}") from None
     started = time.monotonic()
     with exclusive(log_dir):
-        database = open_database(log_dir, spec, estimated=estimate)
+        timing = ESTIMATED if estimate else timing_of(spec)
+        database = open_database(log_dir, spec, timing)
         if not tasks:
             raise WrpnError("the model has no tunable tasks")
         if estimate:
             mark_estimated(log_dir, board, runner.threads, calibration_line(calibration()))
+        else:
+            mark_timing(log_dir, timing)
         progress = [_task_progress(task.task_name, recorded_records(database, task.dispatched[0])) for task in tasks]
         already = sum(task.recorded for task in progress)
         budget = trials - already

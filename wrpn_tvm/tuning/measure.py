@@ -12,6 +12,7 @@ from ..errors import WrpnError
 from ..remote.session import DeviceSpec, parse_address, registered_devices
 from ..targets import TargetSpec
 from ..estimate import BOARDS as ESTIMATED_BOARDS
+from .log_timing import IN_MODEL, WARM
 
 
 def connect_direct(host: str, port: int, timeout: float, _config):
@@ -31,7 +32,7 @@ def check_device(spec: TargetSpec, device: DeviceSpec) -> None:
         )
 
 
-# A candidate on this host is timed as it runs inside the model: its weights and output out of
+# A CPU candidate is timed as it runs inside the model: its weights and output out of
 # cache (a model reads each layer's weights once per inference, and they outnumber the caches), its
 # input warm (the layer before just wrote it), i.e. MetaSchedule's flush of every argument but the
 # first before each single call. Timed warm and averaged over 100 ms of calls instead, ResNet-18
@@ -47,18 +48,29 @@ def in_model_timing():
     return EvaluatorConfig(number=1, repeat=IN_MODEL_CALLS, min_repeat_ms=0, enable_cpu_cache_flush=True)
 
 
+def timing_of(spec: TargetSpec) -> str:
+    """How a measured job times spec's candidates (log_timing's kinds). A GPU has no cache flush to
+    ask for, so its kernels are timed warm, as MetaSchedule does by default."""
+    return WARM if spec.is_cuda else IN_MODEL
+
+
+def _evaluator_config(spec: TargetSpec):
+    return in_model_timing() if timing_of(spec) == IN_MODEL else None
+
+
 def make_runner(spec: TargetSpec, device: DeviceSpec):
     from tvm.s_tir.meta_schedule.runner import LocalRunner, RPCConfig, RPCRunner
 
     check_device(spec, device)
     timeout = int(round(device.timeout))
     if device.is_local:
-        return LocalRunner(timeout_sec=timeout, evaluator_config=None if spec.is_cuda else in_model_timing())
+        return LocalRunner(timeout_sec=timeout, evaluator_config=_evaluator_config(spec))
     if device.tracker:
         host, port = parse_address(device.tracker)
         config = RPCConfig(tracker_host=host, tracker_port=port, tracker_key=device.key, session_timeout_sec=timeout)
-        return RPCRunner(config, max_workers=registered_devices(device))
+        return RPCRunner(config, evaluator_config=_evaluator_config(spec), max_workers=registered_devices(device))
     host, port = parse_address(device.rpc)
     # RPCRunner insists on tracker fields; with our own f_create_session they are only labels.
     config = RPCConfig(tracker_host=host, tracker_port=port, tracker_key="direct", session_timeout_sec=timeout)
-    return RPCRunner(config, f_create_session=functools.partial(connect_direct, host, port, device.timeout), max_workers=1)
+    return RPCRunner(config, evaluator_config=_evaluator_config(spec), max_workers=1,
+                     f_create_session=functools.partial(connect_direct, host, port, device.timeout))
