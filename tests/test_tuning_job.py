@@ -218,8 +218,16 @@ os.killpg(pid, 9)
 """
 
 
-def test_devices_share_the_measurements_and_a_dead_one_does_not_end_the_job(tmp_path, two_devices):
+def test_devices_share_the_measurements_and_a_dead_one_does_not_end_the_job(tmp_path, two_devices, monkeypatch):
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig
+
+    from wrpn_tvm.tuning import measure
+
     tracker, servers, logs = two_devices
+    # A tiny candidate's 20 timed calls end within the killer's reaction time: a quarter second
+    # of timing per candidate makes sure that device B dies with one in flight.
+    monkeypatch.setattr(measure, "in_model_timing", lambda: EvaluatorConfig(
+        number=1, repeat=5, min_repeat_ms=50, enable_cpu_cache_flush=True))
     killer = subprocess.Popen([sys.executable, "-c", KILL_ON_FIRST_LOAD, str(logs[1]), str(servers[1].pid)])
     try:
         mod = pipeline.prepare_module(_tiny_program(tmp_path), resolve("host"))[0]
