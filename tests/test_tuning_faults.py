@@ -15,7 +15,7 @@ from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.targets import resolve
 from wrpn_tvm.tuning import tune
 from wrpn_tvm.tuning.database import RECORD_FILE, WORKLOAD_FILE, open_database, read_log
-from wrpn_tvm.tuning.log_timing import WARM
+from wrpn_tvm.tuning.log_timing import IN_MODEL, WARM, mark_timing
 from wrpn_tvm.tuning.lock import exclusive
 from test_fuzz_loaders import _write_tuning_log
 
@@ -47,6 +47,7 @@ def test_second_job_on_a_log_dir_is_refused_naming_the_first(lock_holder):
 def test_tune_refuses_a_locked_log_dir_and_leaves_it_alone(lock_holder, tmp_path):
     log_dir, _ = lock_holder
     _write_tuning_log(log_dir)
+    mark_timing(log_dir, IN_MODEL)  # as the holder's job would have: the lock, not the timing, refuses
     before = {name: (log_dir / name).read_bytes() for name in (WORKLOAD_FILE, RECORD_FILE)}
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU()).eval()
     program = tmp_path / "tiny.pt2"
