@@ -76,12 +76,17 @@ def tune(
     spec = resolve(target)
     device = device if device is not None else DeviceSpec()
     # these two before the slow import of the model
-    check_timing(Path(log_dir), has_records(log_dir), ESTIMATED if estimate else timing_of(spec))
+    check_timing(Path(log_dir), has_records(log_dir), _job_timing(spec, estimate))
     _check_device(spec, device, estimate)
     variants = kernel_variants(spec) if kernels == "auto" else (kernels,)
     mods = [prepare_module(program, spec, variant)[0] for variant in variants]
     return tune_module(mods, spec, trials, log_dir, device, seed=seed, trials_per_batch=trials_per_batch,
                        max_minutes=max_minutes, stream=stream, estimate=estimate)
+
+
+def _job_timing(spec: TargetSpec, estimate: bool) -> str:
+    """How the job's run times are taken (log_timing's kinds)."""
+    return ESTIMATED if estimate else timing_of(spec)
 
 
 def _check_device(spec: TargetSpec, device: DeviceSpec, estimate: bool) -> None:
@@ -152,7 +157,7 @@ def tune_tasks(
         raise WrpnError(f"cannot create the log dir {log_dir}: {err.strerror}") from None
     started = time.monotonic()
     with exclusive(log_dir):
-        timing = ESTIMATED if estimate else timing_of(spec)
+        timing = _job_timing(spec, estimate)
         database = open_database(log_dir, spec, timing)
         if not tasks:
             raise WrpnError("the model has no tunable tasks")
