@@ -30,6 +30,7 @@ on this machine (e.g. the 30-minute job's log copied and resumed with `wrpn-tvm 
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -308,7 +309,8 @@ def short_job(args) -> None:
         tuned[name] = {"trials": sum(t.recorded + t.measured for t in result.tasks),
                        "tuning_seconds": result.seconds, "tuning_load": tuning_load.result,
                        "tasks": [{"task": t.name, "trials": t.recorded + t.measured, "best_ms": t.best_ms}
-                                 for t in result.tasks]}
+                                 for t in result.tasks],
+                       "confirmed": [dataclasses.asdict(c) for c in result.confirmations]}
         summaries_path.write_text(json.dumps(tuned, indent=2))
     for name in list(tuned):
         if name not in jobs:

@@ -28,6 +28,7 @@ from .lock import exclusive
 from .progress import ProgressPrinter, TaskProgress, recorded_seconds
 from .scheduler import GainScheduler
 from .builder import make_builder
+from .confirm import Confirmation, confirm_leaders
 from . import rules  # noqa: F401 - registers rules for TVM's pooling annotations before any design space
 from .measure import check_device, make_runner, timing_of
 from .search import SkipRecordedSearch, recorded_records
@@ -50,6 +51,7 @@ class TuneResult:
     estimated: bool = False  # run times are estimates (`--estimate`), not measurements
     stopped: str | None = None  # why the job ended before its trials: "interrupted", "time budget spent"
     run_errors: dict = field(default_factory=dict)  # first line of a run error -> candidates it failed
+    confirmations: list[Confirmation] = field(default_factory=list)  # tasks whose leading records were timed again
 
 
 def tune(
@@ -180,6 +182,7 @@ def tune_tasks(
         stop = StopRequest(None if max_minutes is None else max_minutes * 60)
         weights = [float(task.weight) for task in tasks]
         printer = ProgressPrinter(progress, weights, budget, stream, estimated=estimate)
+        builder = make_builder(spec)
         # Under the target, so that a template's tuning rule (which MetaSchedule hands only a schedule
         # and a block) can read the ISA off Target.current().
         with spec.target, task_loggers(log_dir, [task.task_name for task in tasks]) as loggers, \
@@ -203,13 +206,15 @@ def tune_tasks(
                 work_dir=str(log_dir),
                 max_trials_global=budget,
                 num_trials_per_iter=min(trials_per_batch, budget),
-                builder=make_builder(spec),
+                builder=builder,
                 runner=runner,
                 database=database,
                 cost_model="xgb",
                 measure_callbacks=ms.MeasureCallback.create("default") + [printer],
                 task_scheduler=GainScheduler(progress, weights, min(trials_per_batch, budget)),
             )
+            if not estimate and stop.reason != "interrupted":
+                result.confirmations = _confirm(log_dir, tasks, builder, runner, spec, progress, stream)
         result.measured = sum(task.measured for task in progress)
         result.skipped_recorded = skip_counts["skipped"]
         result.stopped = stop.reason
@@ -244,6 +249,22 @@ def task_loggers(log_dir: Path, names: list[str]):
         for logger, handler in attached:
             logger.removeHandler(handler)
             handler.close()
+
+
+def _confirm(log_dir: Path, tasks: list, builder, runner, spec: TargetSpec, progress: list[TaskProgress], stream):
+    """Time each task's leading records again (confirm.py) and report what changed."""
+    started = time.monotonic()
+    confirmations = confirm_leaders(log_dir, tasks, builder, runner, "cuda" if spec.is_cuda else "cpu")
+    confirmed = {confirmation.task: confirmation for confirmation in confirmations}
+    for task in progress:
+        if task.name in confirmed:
+            task.best_seconds = confirmed[task.name].after_ms / 1e3
+    print(f"[tune] timed the leading records of {len(confirmations)} tasks again "
+          f"({sum(c.retimed for c in confirmations)} records, {time.monotonic() - started:.0f} s)", file=stream, flush=True)
+    for confirmation in confirmations:
+        print(f"[tune]   {confirmation.task}: best {confirmation.before_ms:.4f} -> {confirmation.after_ms:.4f} ms"
+              f"{' (another record leads)' if confirmation.leader_changed else ''}", file=stream, flush=True)
+    return confirmations
 
 
 def _task_progress(name: str, records) -> TaskProgress:
