@@ -161,6 +161,36 @@ def test_every_task_measures_its_template_default_first(tuned):
         assert structural_hash(record.as_measure_candidate().sch.mod) == structural_hash(default.sch.mod)
 
 
+def test_a_job_ends_by_timing_each_tasks_leading_records_again(program, tuned, tmp_path, capsys):
+    """A record timed in a moment that does not come back (here 1 ps, as no kernel runs) would pick the
+    build's schedule; timed again at the job's end, it keeps its real time and loses the lead."""
+    import json
+    import shutil
+
+    from wrpn_tvm.tuning.database import RECORD_FILE, WORKLOAD_FILE
+    from wrpn_tvm.tuning.log_timing import TIMING_FILE
+
+    lucky_seconds = 1e-12
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    for name in (WORKLOAD_FILE, RECORD_FILE, TIMING_FILE):
+        shutil.copy(tuned[0] / name, log_dir / name)
+    records = [json.loads(line) for line in (log_dir / RECORD_FILE).read_text().splitlines()]
+    slowest = max(range(len(records)), key=lambda i: sum(records[i][1][1]))
+    records[slowest][1][1] = [lucky_seconds] * len(records[slowest][1][1])
+    (log_dir / RECORD_FILE).write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+
+    assert main(["tune", str(program), "--trials", str(len(records) + 2), "--log-dir", str(log_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "[tune] timed the leading records of" in out and "(another record leads)" in out
+    lines = (log_dir / RECORD_FILE).read_text().splitlines()
+    assert len(lines) == len(records) + 2  # times replaced in place: no record added or lost
+    retimed = json.loads(lines[slowest])[1][1]
+    assert min(retimed) > 1000 * lucky_seconds
+    best = min(sum(map(float, r.run_secs)) / len(r.run_secs) for r in load_database(log_dir, resolve("host")).get_all_tuning_records())
+    assert best > 1000 * lucky_seconds
+
+
 def test_a_spent_time_budget_stops_the_job_cleanly(program, tmp_path, capsys):
     assert main(["tune", str(program), "--trials", "64", "--max-minutes", "0.0001", "--log-dir", str(tmp_path)]) == 0
     assert "stopped early (time budget spent)" in capsys.readouterr().out

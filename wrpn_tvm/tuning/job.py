@@ -255,6 +255,8 @@ def _confirm(log_dir: Path, tasks: list, builder, runner, spec: TargetSpec, prog
     """Time each task's leading records again (confirm.py) and report what changed."""
     started = time.monotonic()
     confirmations = confirm_leaders(log_dir, tasks, builder, runner, "cuda" if spec.is_cuda else "cpu")
+    if not confirmations:
+        return confirmations
     confirmed = {confirmation.task: confirmation for confirmation in confirmations}
     for task in progress:
         if task.name in confirmed:
@@ -263,7 +265,9 @@ def _confirm(log_dir: Path, tasks: list, builder, runner, spec: TargetSpec, prog
           f"({sum(c.retimed for c in confirmations)} records, {time.monotonic() - started:.0f} s)", file=stream, flush=True)
     for confirmation in confirmations:
         print(f"[tune]   {confirmation.task}: best {confirmation.before_ms:.4f} -> {confirmation.after_ms:.4f} ms"
-              f"{' (another record leads)' if confirmation.leader_changed else ''}", file=stream, flush=True)
+              f"{' (another record leads)' if confirmation.leader_changed else ''}"
+              f"{'' if confirmation.confirmed else ' (led by a record not timed again: its re-timing failed or passes ran out)'}",
+              file=stream, flush=True)
     return confirmations
 
 
