@@ -266,8 +266,9 @@ def markdown(result: dict) -> str:
         f"after the budget, {timings['untuned']['median_ms'] / timings['long']['median_ms']:.2f}x after {multiple}. "
         + (f"The long phase was stopped ({long['stopped']}) at {multiple} of the budget's trials, short of the "
            f"{long['factor']}x asked. " if long.get("stopped") else "") +
-        f"End-to-end times are medians of {len(timings['long']['ms'])} timed runs per build, the three builds "
-        "timed round-robin in one process. Load average after the budget phase: "
+        f"End-to-end times are medians of {len(timings['long']['ms'])} timed runs per build, in "
+        f"{len(timings['long']['process_medians'])} fresh processes that each time the three builds round-robin. "
+        "Load average after the budget phase: "
         f"{' '.join(budget['load_average_after'])}; after the long phase: {' '.join(long['load_average_after'])}; "
         f"at the end of the report: {' '.join(m['load_average_at_end'])}.",
         "",

@@ -64,10 +64,7 @@ def confirm_leaders(log_dir: Path, tasks: list, builder, runner, device_type: st
     best_before = {t: seconds[position] for t, position in leader_before.items()}
     retimed: dict[int, "list[float] | None"] = {}  # None: its re-timing failed
     for _ in range(MAX_PASSES):
-        # Until each task's fastest record is one timed again here, the LEADERS fastest not yet re-timed.
-        todo = [position for positions in by_task
-                if positions and min(positions, key=seconds.__getitem__) not in retimed
-                for position in [p for p in sorted(positions, key=seconds.__getitem__) if p not in retimed][:LEADERS]]
+        todo = [position for positions in by_task for position in _next_to_retime(positions, seconds, retimed)]
         if not todo:
             break
         records = [log.records[position][1] for position in todo]
@@ -92,6 +89,14 @@ def confirm_leaders(log_dir: Path, tasks: list, builder, runner, device_type: st
                                           best_before[t] * 1e3, seconds[leader] * 1e3, leader != leader_before[t],
                                           retimed.get(leader) is not None))
     return confirmations
+
+
+def _next_to_retime(positions: list[int], seconds: dict, retimed: dict) -> list[int]:
+    """A task's LEADERS fastest records not re-timed yet, while its fastest record is one of them."""
+    ranked = sorted(positions, key=seconds.__getitem__)
+    if not ranked or ranked[0] in retimed:
+        return []
+    return [position for position in ranked if position not in retimed][:LEADERS]
 
 
 def _rewrite_run_secs(log_dir: Path, record_lines: list[str], retimed: dict[int, list[float]]) -> None:
