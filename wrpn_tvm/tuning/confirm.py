@@ -18,9 +18,8 @@ from pathlib import Path
 
 from tvm_ffi import structural_equal
 
-from ..fileio import write_text_atomic
-from .database import RECORD_FILE, read_log
-from .search import FAILED_RUN_SECS
+from .database import RECORD_FILE, read_log, rewrite_lines
+from .search import run_times
 
 LEADERS = 3  # records re-timed per task and pass
 MAX_PASSES = 4  # most passes per job; a task needs another while its fastest record is not re-timed
@@ -37,8 +36,8 @@ class Confirmation:
 
 
 def _mean_seconds(run_secs) -> float | None:
-    seconds = [float(x) for x in (run_secs or [])]
-    return None if not seconds or max(seconds) >= FAILED_RUN_SECS else statistics.mean(seconds)
+    seconds = run_times(run_secs)
+    return None if seconds is None else statistics.mean(seconds)
 
 
 def confirm_leaders(log_dir: Path, tasks: list, builder, runner, device_type: str) -> list[Confirmation]:
@@ -73,10 +72,9 @@ def confirm_leaders(log_dir: Path, tasks: list, builder, runner, device_type: st
         futures = runner.run([RunnerInput(built[i].artifact_path, device_type, records[i].args_info) for i in runnable])
         run_secs = {todo[i]: future.result().run_secs for i, future in zip(runnable, futures)}
         for position, result in zip(todo, built):
-            mean = _mean_seconds(run_secs.get(position))
-            retimed[position] = None if mean is None else [float(x) for x in run_secs[position]]
-            if mean is not None:
-                seconds[position] = mean
+            retimed[position] = run_times(run_secs.get(position))
+            if retimed[position] is not None:
+                seconds[position] = statistics.mean(retimed[position])
             if result.artifact_path:
                 remove_build_dir(result.artifact_path)
     _rewrite_run_secs(log_dir, log.record_lines, {p: secs for p, secs in retimed.items() if secs is not None})
@@ -107,4 +105,4 @@ def _rewrite_run_secs(log_dir: Path, record_lines: list[str], retimed: dict[int,
         index, record = json.loads(lines[position])
         record[1] = run_secs  # a record is [trace, run_secs, target, args_info]
         lines[position] = json.dumps([index, record], separators=(",", ":"))
-    write_text_atomic(Path(log_dir) / RECORD_FILE, "".join(line + "\n" for line in lines))
+    rewrite_lines(Path(log_dir) / RECORD_FILE, lines)

@@ -223,13 +223,14 @@ def open_database(log_dir: "str | os.PathLike", spec: TargetSpec, timing: str):
                         "a tuning job extends a log of its own target only: use another --log-dir")
     check_timing(log_dir, bool(log.records), timing)
     if log.skipped_lines or log.blank_lines:
-        _rewrite(log_dir / WORKLOAD_FILE, log.workload_lines)
-        _rewrite(log_dir / RECORD_FILE, log.record_lines)
+        rewrite_lines(log_dir / WORKLOAD_FILE, log.workload_lines)
+        rewrite_lines(log_dir / RECORD_FILE, log.record_lines)
     try:
         return JSONDatabase(work_dir=str(log_dir), module_equality="structural")
     except Exception as err:  # TVM's InternalError and friends, for a log it cannot parse
         raise WrpnError(f"{log_dir}: MetaSchedule cannot open this tuning log: {one_line(err, last=True, limit=120)}") from None
 
 
-def _rewrite(path: Path, lines: list[str]) -> None:
+def rewrite_lines(path: Path, lines: list[str]) -> None:
+    """Replace a log file with these lines, atomically (a kill leaves the old file or the new)."""
     write_text_atomic(path, "".join(line + "\n" for line in lines))

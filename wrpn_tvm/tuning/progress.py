@@ -11,7 +11,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
 from ..errors import one_line
-from .search import FAILED_RUN_SECS
+from .search import run_times
 
 
 @dataclass
@@ -35,8 +35,8 @@ class TaskProgress:
 
 
 def _median_seconds(run_secs) -> float | None:
-    seconds = [float(x) for x in (run_secs or [])]
-    return None if not seconds or max(seconds) >= FAILED_RUN_SECS else statistics.median(seconds)
+    seconds = run_times(run_secs)
+    return None if seconds is None else statistics.median(seconds)
 
 
 def result_seconds(builder_result, runner_result) -> float | None:

@@ -25,6 +25,12 @@ MAX_ALL_RECORDED_ROUNDS = 3
 FAILED_RUN_SECS = 1e9  # MetaSchedule records a failed build/run as 1e10 seconds
 
 
+def run_times(run_secs) -> "list[float] | None":
+    """A candidate's run times in seconds, None when there are none or they record a failure."""
+    seconds = [float(x) for x in (run_secs or [])]
+    return None if not seconds or max(seconds) >= FAILED_RUN_SECS else seconds
+
+
 def recorded_records(database, mod) -> list:
     """Every record (failed ones included) of the workload `mod` in the database."""
     workload = database.commit_workload(mod)
@@ -57,8 +63,8 @@ class SkipRecordedSearch(PySearchStrategy):
         for record in recorded_records(database, self.context.mod):
             candidate = record.as_measure_candidate()
             self.recorded.add(structural_hash(candidate.sch.mod))
-            run_secs = [float(x) for x in (record.run_secs or [])]
-            if run_secs and max(run_secs) < FAILED_RUN_SECS:
+            run_secs = run_times(record.run_secs)
+            if run_secs is not None:
                 candidates.append(candidate)
                 results.append(RunnerResult(run_secs, None))
         if candidates and cost_model is not None:
