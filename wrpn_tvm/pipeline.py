@@ -20,7 +20,8 @@ from schedules.fallback_cpu import apply_fallback_schedules
 from . import frontend, ops, pt2
 from .errors import WrpnError, one_line
 from .lowering import lower_wrpn
-from .kernel_kinds import AUTO, BITSERIAL, INT8_DOT
+from .kernel_kinds import AUTO, BITSERIAL, INT8_DOT, LUT
+from .lowering.kernel_choice import lut_available
 from .targets import TargetSpec
 
 
@@ -33,8 +34,9 @@ is_scheduled = schedules.is_scheduled
 def prepare_module(program_path: "str | os.PathLike", spec: TargetSpec, kernels: str = AUTO, database=None):
     """Load and import a program, then rewrite its WRPN layers: (Relax module, layer reports, input specs).
 
-    `kernels`: AUTO picks bit-serial or int8 dot per layer (by `database`'s records where it holds
-    both kernels' for a layer, else by the cost model); BITSERIAL or INT8_DOT asks for one."""
+    `kernels`: AUTO picks the kernel per layer (by `database`'s records where it holds the
+    bit-serial and int8 kernels' for a layer, else by the cost model); BITSERIAL, INT8_DOT or LUT
+    asks for one."""
     program = pt2.load_program(program_path)
     inputs = pt2.input_specs(program)
     mod = frontend.to_relax(program)
@@ -44,8 +46,11 @@ def prepare_module(program_path: "str | os.PathLike", spec: TargetSpec, kernels:
 
 
 def kernel_variants(spec: TargetSpec) -> tuple[str, ...]:
-    """The kernels a quantized conv can run as on this target (the int8 dot product needs one in the ISA)."""
-    return (BITSERIAL,) if spec.is_cuda or ops.int8_layout(spec.target) is None else (BITSERIAL, INT8_DOT)
+    """The kernels a quantized conv can run as on this target (the int8 dot product needs one in the
+    ISA; the lookup kernel is offered on AVX2 CPUs without VNNI or AVX-512)."""
+    if spec.is_cuda or ops.int8_layout(spec.target) is None:
+        return (BITSERIAL,)
+    return (BITSERIAL, INT8_DOT, LUT) if lut_available(spec.target) else (BITSERIAL, INT8_DOT)
 
 
 _LAYER_IN_NAME = re.compile(r"_layer(\d+)_")

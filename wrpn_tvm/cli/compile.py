@@ -7,7 +7,7 @@ from .common import add_target_argument
 def register(subparsers) -> None:
     parser = subparsers.add_parser("compile", help="compile a torch.export program (.pt2) into a shared library",
                                    description="Compile a torch.export program into a deployable shared library "
-                                               "(plus OUT.so.json), running WRPN layers as bit-serial or int8-dot kernels.")
+                                               "(plus OUT.so.json), running WRPN layers as bit-serial, int8-dot or lookup (lut) kernels.")
     parser.add_argument("model", help="a program saved with torch.export.save (.pt2)")
     add_target_argument(parser)
     parser.add_argument("-o", "--output", required=True, help="the shared library to write (e.g. model.so)")
@@ -17,8 +17,8 @@ def register(subparsers) -> None:
     parser.add_argument("--strict-target", action="store_true",
                         help="apply the tuning log only if it was tuned for exactly this target")
     parser.add_argument("--kernels", choices=MODES, default="auto",
-                        help="the kernel of the quantized convs: auto (default) picks bit-serial or int8 dot per layer, "
-                             "by the tuning log's records of both or else by a cost model")
+                        help="the kernel of the quantized convs: auto (default) picks bit-serial, int8 dot or (on AVX2 "
+                             "CPUs without VNNI) table lookup per layer, by the tuning log's records or else by a cost model")
     parser.add_argument("--explain", action="store_true", help="list each layer, what it became, and why")
     parser.set_defaults(func=handle)
 

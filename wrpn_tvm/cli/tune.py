@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     parser.add_argument("--kernels", choices=MODES, default="auto",
                         help="auto (default) tunes both kernels of every quantized conv (bit-serial and, where the "
                              "target has one, the int8 dot product), so a build with the log runs each conv on the "
-                             "faster; bit-serial or int8-dot tunes that kernel only")
+                             "faster; bit-serial or int8-dot tunes that kernel only (the lookup kernel, lut, has no "
+                             "decisions to tune: its layers run its template)")
     parser.add_argument("--estimate", action="store_true",
                         help="no board: rank candidates by their ESTIMATED time on the target's Raspberry Pi "
                              "(rasp3b, rasp4, rasp5; see `wrpn-tvm estimate`) into a log marked as estimated, "

@@ -1,20 +1,24 @@
-"""Which kernel runs each quantized conv: bit-serial (AND + popcount over every pair of bit-planes)
-or an int8 dot product over the integer levels (VNNI / pmaddubsw / sdot), both exact in integers.
+"""Which kernel runs each quantized conv: bit-serial (AND + popcount over every pair of bit-planes),
+an int8 dot product over the integer levels (VNNI / pmaddubsw / sdot), or, on AVX2 CPUs, table
+lookups (vpshufb in per-pixel tables of level sums, `ops.lut`), all exact in integers.
 
 Bit-serial work grows with abits x wbits plane pairs and pads channels to 64-bit words; the int8 dot
 product costs the same at every width up to 4 bits and pads channels to 4. Which is faster depends on
 the layer and the CPU, so the choice is per layer:
 
-* with a tuning database that holds records of both kernels for the layer, the faster tuned record
-  (the tuner extracts both kernels' tasks, so a log tuned since they exist has both);
+* with a tuning database that holds records of the bit-serial and int8 kernels for the layer, the
+  faster tuned record (the tuner extracts both kernels' tasks, so a log tuned since they exist has
+  both); the lookup kernel is not tuned (its template has no decisions yet), so it stands against
+  them at the int8 kernel's tuned time scaled by the cost model's lookup / int8 ratio;
 * otherwise a cost model: each kernel's inner-loop operations for the layer divided by its rate
-  on this kind of CPU, the rates fitted to default-schedule timings (benchmarks/int8_dot.py).
+  on this kind of CPU, the rates fitted to default-schedule timings (benchmarks/int8_dot.py,
+  benchmarks/avx2.py).
 """
 
 from dataclasses import dataclass
 
 from .. import ops
-from ..kernel_kinds import AUTO, BITSERIAL, INT8_DOT
+from ..kernel_kinds import AUTO, BITSERIAL, INT8_DOT, LUT
 from .recognize import LayerPlan
 
 WORD_BITS = 64  # channels per bit-serial word on CPUs
@@ -22,19 +26,21 @@ WORD_BITS = 64  # channels per bit-serial word on CPUs
 
 @dataclass(frozen=True)
 class Choice:
-    kernel: str  # BITSERIAL or INT8_DOT
+    kernel: str  # BITSERIAL, INT8_DOT or LUT
     why: str  # e.g. "kernel by cost model: int8-dot 0.41x bit-serial's time"; "" where there was no choice
 
 
 @dataclass(frozen=True)
 class LayerWork:
     """Inner-loop operations of one conv for each kernel: bit-serial word AND+popcount+accumulate
-    steps (one per plane pair and 64-channel word), and int8 dot steps (one per output block and
-    4-channel group)."""
+    steps (one per plane pair and 64-channel word), int8 dot steps (one per output block and
+    4-channel group), and table lookups (one per vector of 32 output channels and group of channels
+    whose weight codes make one 4-bit index; 0 where the weights have more than 2 bits)."""
 
     bitserial_words: int
     int8_dots: int
     int8_pair_sums_fit_int16: bool  # vpmaddubsw kernels then accumulate in int16 (ops.pair_sums_fit_int16)
+    lut_lookups: int = 0
 
 
 def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, layout: "ops.Int8Layout") -> LayerWork:
@@ -48,8 +54,12 @@ def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, l
     groups = -(-channels // layout.reduce_block)
     blocks = -(-out_channels // layout.out_block)
     steps = kernel_h * kernel_w * groups
+    lookups = 0
+    if wbits <= 2:
+        lookups = window * -(-out_channels // ops.lut.LANES) * ops.lut.groups(channels, wbits)
     return LayerWork(bitserial_words=window * out_channels * pairs * words, int8_dots=window * blocks * groups,
-                     int8_pair_sums_fit_int16=ops.pair_sums_fit_int16(ops.pair_sum_max(abits, wbits), steps))
+                     int8_pair_sums_fit_int16=ops.pair_sums_fit_int16(ops.pair_sum_max(abits, wbits), steps),
+                     lut_lookups=lookups)
 
 
 # The cost of one int8 dot step in bit-serial word steps, per CPU kind: a layer's predicted time
@@ -83,6 +93,29 @@ _WORDS_PER_DOT_BY_VENDOR = {("avx512-vnni", "intel"): 3.5}
 # steps): ResNet-18's 2x-wide 3x3 layers at 2/2 on x86-avx2, znver4, 1 thread, 1.15-1.20x as fast
 # as the same kernel widening (1.09-1.18x at 2 threads). AVX-512BW: the same sequence, not measured.
 _INT16_ACCUMULATING_SPEEDUP = {"avx2": 1.18, "avx512bw": 1.18}
+
+
+# The cost of one table lookup (32 output channels x 2 input channels at 2-bit weights) in int8
+# dot steps (8 x 4, int16-accumulating), for the CPU kinds the lookup kernel is offered on.
+# Emerald Rapids, x86-avx2, 1 thread, ResNet-18's 2x layers at 2/2 (benchmarks/results/avx2_*.md,
+# per-layer section): lookup / int8 time 0.62-0.97, median 0.81, so a lookup costs 0.81 x 2 dots.
+_DOTS_PER_LOOKUP = {"avx2": 1.6}
+
+
+def lut_available(target) -> bool:
+    """Whether the lookup kernel is offered on this target: x86 CPUs whose best int8 product is
+    AVX2's vpmaddubsw (its template is ymm vpshufb). With VNNI (vpdpbusd does 32 or 64 MACs in one
+    instruction) or AVX-512 the dot product or bit-serial are faster; the kernel would run there,
+    but is not chosen."""
+    return target.kind.name == "llvm" and _DOTS_PER_LOOKUP.get(_x86_kind(target)) is not None
+
+
+def _x86_kind(target) -> "str | None":
+    from tvm.target.codegen import target_has_features
+
+    if "aarch64" in str(target.attrs.get("mtriple", "")) or not target_has_features("avx2", target):
+        return None
+    return cpu_kind(target)
 
 
 def cpu_kind(target) -> str:
@@ -121,23 +154,65 @@ def estimated_ratio(work: LayerWork, kind: str, vendor: "str | None" = None) -> 
     return work.int8_dots * words_per_dot / speedup / work.bitserial_words
 
 
+def estimated_costs(work: LayerWork, kind: str, vendor: "str | None", kernels) -> dict:
+    """Predicted time of each of `kernels` for a layer, in bit-serial word steps."""
+    int8 = estimated_ratio(work, kind, vendor) * work.bitserial_words
+    costs = {BITSERIAL: float(work.bitserial_words), INT8_DOT: int8}
+    if LUT in kernels:
+        dot = int8 / work.int8_dots
+        costs[LUT] = work.lut_lookups * _DOTS_PER_LOOKUP[kind] * dot
+    return {kernel: costs[kernel] for kernel in kernels}
+
+
+def _unavailable(plan: LayerPlan, target, layout, kernel: str) -> "str | None":
+    """Why `kernel` cannot run this layer, or None where it can."""
+    if kernel == BITSERIAL:
+        return None
+    if plan.op != "conv2d":
+        return f"{kernel} covers conv2d only"
+    abits, wbits = plan.quantizer.bits, plan.grid.bits
+    if kernel == INT8_DOT:
+        if layout is None:
+            return "this target has no int8 dot product"
+        return None if ops.int8_fits(abits, wbits) else "its levels do not fit int8 products"
+    if not lut_available(target):
+        return "the lookup kernel is for AVX2 CPUs without VNNI or AVX-512"
+    return None if ops.lut_fits(abits, wbits) else "it needs weights of at most 2 bits and table sums within int8"
+
+
+def _times(costs: dict, reference: str) -> str:
+    return ", ".join(f"{kernel} {cost / costs[reference]:.2f}x" for kernel, cost in costs.items() if kernel != reference)
+
+
 def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, input_shape, output_shape,
            measured: "tuple[float, float] | None" = None) -> Choice:
     """The kernel for one quantized layer. `mode`: AUTO, or the kernel asked for; `measured`: the
     best tuned seconds of (bit-serial, int8-dot) for this layer."""
-    if plan.op != "conv2d" or layout is None or not ops.int8_fits(plan.quantizer.bits, plan.grid.bits):
-        if mode != INT8_DOT:
-            return Choice(BITSERIAL, "")  # the only kernel there is: nothing to explain
-        why = ("this target has no int8 dot product" if layout is None else
-               "int8-dot covers conv2d only" if plan.op != "conv2d" else "its levels do not fit int8 products")
-        return Choice(BITSERIAL, f"int8-dot asked for, but {why}")
     if mode != AUTO:
-        return Choice(mode, f"{mode} asked for")
+        why = _unavailable(plan, target, layout, mode)
+        if why is not None:
+            return Choice(BITSERIAL, f"{mode} asked for, but {why}")
+        return Choice(mode, "" if mode == BITSERIAL and _only_bitserial(plan, target, layout) else f"{mode} asked for")
+    kernels = [kernel for kernel in (BITSERIAL, INT8_DOT, LUT) if _unavailable(plan, target, layout, kernel) is None]
+    if kernels == [BITSERIAL]:
+        return Choice(BITSERIAL, "")  # the only kernel there is: nothing to explain
+    work = layer_work(plan.quantizer.bits, plan.grid.bits, plan.grid.levels.shape[2:], input_shape, output_shape, layout)
+    costs = estimated_costs(work, cpu_kind(target), cpu_vendor(target), kernels)
     if measured is not None:
         bitserial, int8 = measured
-        kernel = INT8_DOT if int8 < bitserial else BITSERIAL
-        return Choice(kernel, f"kernel by tuning: int8-dot {int8 * 1e3:.3f} ms, bit-serial {bitserial * 1e3:.3f} ms")
-    work = layer_work(plan.quantizer.bits, plan.grid.bits, plan.grid.levels.shape[2:], input_shape, output_shape, layout)
-    ratio = estimated_ratio(work, cpu_kind(target), cpu_vendor(target))
-    kernel = INT8_DOT if ratio < 1 else BITSERIAL
-    return Choice(kernel, f"kernel by cost model: int8-dot {ratio:.2f}x bit-serial's time")
+        seconds = {BITSERIAL: bitserial, INT8_DOT: int8}
+        if LUT in kernels:
+            seconds[LUT] = int8 * costs[LUT] / costs[INT8_DOT]
+        kernel = min(seconds, key=seconds.get)
+        why = f"kernel by tuning: int8-dot {int8 * 1e3:.3f} ms, bit-serial {bitserial * 1e3:.3f} ms"
+        if LUT in kernels:
+            why += f", lut {seconds[LUT] * 1e3:.3f} ms (untuned: int8-dot's time x the cost model's ratio)"
+        return Choice(kernel, why)
+    kernel = min(costs, key=costs.get)
+    if LUT not in kernels:
+        return Choice(kernel, f"kernel by cost model: int8-dot {costs[INT8_DOT] / costs[BITSERIAL]:.2f}x bit-serial's time")
+    return Choice(kernel, f"kernel by cost model: {_times(costs, BITSERIAL)} bit-serial's time")
+
+
+def _only_bitserial(plan: LayerPlan, target, layout) -> bool:
+    return all(_unavailable(plan, target, layout, kernel) is not None for kernel in (INT8_DOT, LUT))

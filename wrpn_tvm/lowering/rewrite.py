@@ -13,7 +13,10 @@ dead and are removed.
 
 A conv whose kernel choice (kernel_choice.py) is the int8 dot product gets the same structure with
 the levels as int8 bytes (`ops.int8_levels`) in place of the bit-planes and `ops.int8_conv2d` in
-place of the bit-serial conv; its accumulator and epilogue are the same.
+place of the bit-serial conv; one that is the lookup kernel gets per-pixel tables of level sums
+(`ops.lut_tables`, which carry the conv's zero padding, so a conv and its shortcut share them only
+where their padding and weight bits agree) and `ops.lut_conv2d`. Their accumulators and epilogues
+are the same.
 """
 
 from dataclasses import dataclass
@@ -22,8 +25,9 @@ import numpy as np
 from tvm import relax, te
 
 from .. import ops
+from ..ops.bitserial import as_padding4
 from .graph import BindingGraph, op_name, shape_of
-from ..kernel_kinds import INT8_DOT
+from ..kernel_kinds import INT8_DOT, LUT
 from .kernel_choice import Choice
 from .recognize import LayerPlan
 
@@ -95,9 +99,12 @@ class _Lowerer(relax.PyExprMutator):
 
     def _pack(self, plan: LayerPlan) -> relax.Var:
         # A residual block's conv and its shortcut conv share it when they run the same kernel.
-        key = (plan.data, plan.quantizer.bits, self.kernel_of[plan.report_index])
+        kernel = self.kernel_of[plan.report_index]
+        key = (plan.data, plan.quantizer.bits, kernel)
+        if kernel == LUT:
+            key += (plan.grid.bits, as_padding4(plan.padding))
         if key not in self.packed:
-            self.packed[key] = self._emit_pack(plan, key[2])
+            self.packed[key] = self._emit_pack(plan, kernel)
         return self.packed[key]
 
     def _emit_pack(self, plan: LayerPlan, kernel: str) -> relax.Var:
@@ -107,6 +114,11 @@ class _Lowerer(relax.PyExprMutator):
 
             def pack(levels):
                 return ops.int8_levels(levels, layout)
+        elif kernel == LUT:
+            name = "lut_tables"
+
+            def pack(levels):
+                return ops.lut_tables(levels, plan.grid.bits, plan.padding)
         else:
             name = "bitpack"
 
@@ -176,6 +188,12 @@ class _Lowerer(relax.PyExprMutator):
             acc = self.builder_.emit_te(
                 ops.int8_conv2d, packed, weight, int(plan.grid.levels.shape[0]), plan.stride, plan.padding,
                 (abits, wbits), primfunc_name_hint=f"wrpn_int8_conv2d_{tag}",
+            )
+        elif self.kernel_of[plan.report_index] == LUT:
+            codes = relax.const(ops.prepack_lut_codes(plan.grid.levels, wbits))
+            acc = self.builder_.emit_te(
+                ops.lut_conv2d, packed, codes, int(plan.grid.levels.shape[0]), plan.stride, (abits, wbits),
+                primfunc_name_hint=f"wrpn_lut_conv2d_{tag}",
             )
         elif plan.op == "conv2d":
             weight = relax.const(ops.pack_weight(plan.grid.levels, wbits, self.word_bits))

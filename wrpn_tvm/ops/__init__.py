@@ -8,6 +8,8 @@ from .bitserial import CONV2D_RULE, DENSE_RULE, bitserial_conv2d, bitserial_dens
 from .blocked_conv2d import CHANNEL_BLOCK, FP32_CONV2D_RULE, block_weight, blocked_conv2d
 from .int8_dot import (INT8_CONV2D_RULE, Int8Layout, int8_conv2d, int8_fits, int8_layout, int8_levels, pair_sum_max,
                        pair_sums_fit_int16, prepack_int8_weight)
+from .lut import (LUT_CONV2D_RULE, lut_conv2d, lut_conv2d_reference, lut_fits, lut_tables,
+                  prepack_lut_codes)
 from .reference import (
     conv2d_float_reference,
     conv2d_levels_reference,
@@ -23,6 +25,7 @@ __all__ = [
     "DENSE_RULE",
     "FP32_CONV2D_RULE",
     "INT8_CONV2D_RULE",
+    "LUT_CONV2D_RULE",
     "Int8Layout",
     "block_weight",
     "blocked_conv2d",
@@ -35,9 +38,14 @@ __all__ = [
     "int8_fits",
     "int8_layout",
     "int8_levels",
+    "lut_conv2d",
+    "lut_conv2d_reference",
+    "lut_fits",
+    "lut_tables",
     "pair_sum_max",
     "pair_sums_fit_int16",
     "pack_activation",
+    "prepack_lut_codes",
     "pack_activation_reference",
     "pack_weight",
     "prepack_int8_weight",
