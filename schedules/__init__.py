@@ -63,6 +63,9 @@ def _schedule_with_template(sch: Schedule, target: Target) -> bool:
     if "cpu" in target.keys and lut.has_lut_conv(sch):
         lut.schedule_function(sch, target)
         return True
+    if "cpu" in target.keys and lut.has_lut_tables(sch):
+        lut.schedule_tables(sch)
+        return True
     if "cpu" in target.keys and fp32_conv.has_fp32_conv(sch):
         fp32_conv.schedule_function(sch, target)
         return True
@@ -93,7 +96,7 @@ def apply_fixed_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     """A copy of mod with every PrimFunc that has nothing to tune scheduled by its template and
     marked, so that tuning makes no task of it and a database cannot replace it: those whose WRPN
     kernels are all packs the template stages (levels computed once, packed by an intrinsic), and
-    those holding a lookup conv, whose template has no decisions yet. The
+    those holding a lookup conv or its tables pass, whose templates have no decisions yet. The
     tuning rule's only alternative for them, the generic inlined pack, can time faster alone and
     slower among the model's calls: two of ResNet-18 2x 2/2's packs tuned so took 0.41 and 0.14 ms
     in the model against their staged default's 0.22 and 0.04
@@ -106,6 +109,9 @@ def apply_fixed_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     def schedule_if_fixed(sch: Schedule) -> bool:
         if "cpu" in target.keys and lut.has_lut_conv(sch):
             lut.schedule_function(sch, target)
+            return True
+        if "cpu" in target.keys and lut.has_lut_tables(sch):
+            lut.schedule_tables(sch)
             return True
         if not templates.has_no_decisions(sch, target):
             return False

@@ -32,6 +32,7 @@ ENTRIES = 2**INDEX_BITS  # a vpshufb table
 LANES = 32  # output channels per ymm of codes
 INT8_MAX = 127
 STEPS_ATTR = "wrpn_lut_int8_steps"  # block annotation: how many lookups add up exactly in a signed byte
+TABLES_NAME = "wrpn_lut_tables"  # the tables pass's block (the template schedules it)
 STRIDE_ATTR = "wrpn_lut_stride_w"  # block annotation: neighbouring output pixels' tables are this far apart
 
 
@@ -74,11 +75,11 @@ def groups(channels: int, wbits: int) -> int:
 
 
 def _code_level(code, wbits: int):
-    """The level of a weight code, as int32 arithmetic on a TIR expression."""
+    """The level of a weight code, as int16 arithmetic on a TIR expression (for the 16 codes of a
+    table, constants LLVM folds: the table pass is then multiplies and adds of int16 vectors)."""
     if code_bits(wbits) == 1:
         return code * 2 - 1
-    return tirx.Select(code == 1, tirx.const(1, "int32"), tirx.Select(code == 2, tirx.const(-1, "int32"),
-                                                                        tirx.const(0, "int32")))
+    return tirx.bitwise_and(code, 1) - tirx.bitwise_and(tirx.shift_right(code, 1), 1)  # 0, 1, -1, 0
 
 
 def lut_tables(x: te.Tensor, wbits: int, padding=0) -> te.Tensor:
@@ -97,17 +98,17 @@ def lut_tables(x: te.Tensor, wbits: int, padding=0) -> te.Tensor:
         # Clamped loads: a vectorized select evaluates both sides.
         y = tirx.min(tirx.max(h - top, 0), height - 1)
         z = tirx.min(tirx.max(w - left, 0), width - 1)
-        total = tirx.const(0, "int32")
+        total = tirx.const(0, "int16")
         for k in range(per_group):
             channel = g * per_group + k
-            level = x[n, tirx.min(channel, channels - 1), y, z].astype("int32")
+            level = x[n, tirx.min(channel, channels - 1), y, z].astype("int16")
             valid = inside if channels % per_group == 0 else tirx.all(inside, channel < channels)
-            code = tirx.bitwise_and(tirx.shift_right(i.astype("int32"), bits * k), mask)
-            total = total + tirx.if_then_else(valid, level, 0) * _code_level(code, wbits)
+            code = tirx.bitwise_and(tirx.shift_right(i.astype("int16"), bits * k), mask)
+            total = total + tirx.if_then_else(valid, level, tirx.const(0, "int16")) * _code_level(code, wbits)
         return total.astype("int8")
 
     return te.compute((batch, height + top + bottom, width + left + right, groups(channels, wbits), ENTRIES),
-                      entry, name="wrpn_lut_tables")
+                      entry, name=TABLES_NAME)
 
 
 def prepack_lut_codes(w_levels: np.ndarray, wbits: int) -> np.ndarray:
