@@ -18,6 +18,7 @@ the layer and the CPU, so the choice is per layer:
 from dataclasses import dataclass
 
 from .. import ops
+from ..ops.bitserial import as_padding4
 from ..kernel_kinds import AUTO, BITSERIAL, INT8_DOT, LUT
 from .recognize import LayerPlan
 
@@ -35,17 +36,21 @@ class LayerWork:
     """Inner-loop operations of one conv for each kernel: bit-serial word AND+popcount+accumulate
     steps (one per plane pair and 64-channel word), int8 dot steps (one per output block and
     4-channel group), and table lookups (one per vector of 32 output channels and group of channels
-    whose weight codes make one 4-bit index; 0 where the weights have more than 2 bits)."""
+    whose weight codes make one 4-bit index; 0 where the weights have more than 2 bits) and the
+    tables they look up in (one per input pixel, padding included, and group)."""
 
     bitserial_words: int
     int8_dots: int
     int8_pair_sums_fit_int16: bool  # vpmaddubsw kernels then accumulate in int16 (ops.pair_sums_fit_int16)
     lut_lookups: int = 0
+    lut_tables: int = 0
+    lut_steps: int = 1  # lookups added in bytes between widenings (the template's chunk)
 
 
-def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, layout: "ops.Int8Layout") -> LayerWork:
-    """The work of an NCHW conv with these bits, (KH, KW) kernel and shapes."""
-    _, channels, _, _ = input_shape
+def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, layout: "ops.Int8Layout",
+               padding=0) -> LayerWork:
+    """The work of an NCHW conv with these bits, (KH, KW) kernel, shapes and padding."""
+    _, channels, in_h, in_w = input_shape
     batch, out_channels, out_h, out_w = output_shape
     kernel_h, kernel_w = kernel_size
     window = kernel_h * kernel_w * batch * out_h * out_w
@@ -54,12 +59,17 @@ def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, l
     groups = -(-channels // layout.reduce_block)
     blocks = -(-out_channels // layout.out_block)
     steps = kernel_h * kernel_w * groups
-    lookups = 0
-    if wbits <= 2:
-        lookups = window * -(-out_channels // ops.lut.LANES) * ops.lut.groups(channels, wbits)
+    lookups = tables = 0
+    chunk = 1
+    if ops.lut_fits(abits, wbits):
+        lut_groups = ops.lut.groups(channels, wbits)
+        chunk = max(d for d in range(1, ops.lut.int8_steps(abits, wbits) + 1) if lut_groups % d == 0)
+        lookups = window * -(-out_channels // ops.lut.LANES) * lut_groups
+        top, left, bottom, right = as_padding4(padding)
+        tables = batch * (in_h + top + bottom) * (in_w + left + right) * lut_groups
     return LayerWork(bitserial_words=window * out_channels * pairs * words, int8_dots=window * blocks * groups,
                      int8_pair_sums_fit_int16=ops.pair_sums_fit_int16(ops.pair_sum_max(abits, wbits), steps),
-                     lut_lookups=lookups)
+                     lut_lookups=lookups, lut_tables=tables, lut_steps=chunk)
 
 
 # The cost of one int8 dot step in bit-serial word steps, per CPU kind: a layer's predicted time
@@ -95,11 +105,18 @@ _WORDS_PER_DOT_BY_VENDOR = {("avx512-vnni", "intel"): 3.5}
 _INT16_ACCUMULATING_SPEEDUP = {"avx2": 1.18, "avx512bw": 1.18}
 
 
-# The cost of one table lookup (32 output channels x 2 input channels at 2-bit weights) in int8
-# dot steps (8 x 4, int16-accumulating), for the CPU kinds the lookup kernel is offered on.
-# Emerald Rapids, x86-avx2, 1 thread, ResNet-18's 2x layers at 2/2 (benchmarks/results/avx2_*.md,
-# per-layer section): lookup / int8 time 0.62-0.97, median 0.81, so a lookup costs 0.81 x 2 dots.
-_DOTS_PER_LOOKUP = {"avx2": 1.6}
+# The cost of one table lookup (32 output channels x 2 input channels at 2-bit weights), and of
+# building one table, in int8 dot steps (8 x 4, int16-accumulating), for the CPU kinds the lookup
+# kernel is offered on. Emerald Rapids, x86-avx2, ResNet-18's 2x layers at 2/2 (16 lookups between
+# widenings): the lookup conv alone takes 0.62-0.97 of the int8 conv's time (median 0.81, 1
+# thread), so a lookup and its share of the widening cost 0.81 x 2 = 1.6 dots; at 4/2 (4 lookups
+# between widenings) the 28x28x256 conv took 1.95x its 2/2 time, so a widening costs 7.4 lookups.
+# The tables pass of the 56x56x128 layers took 0.63 ms per call where their int8 conv took 4.15
+# (2 threads, in the model): 10 dots a table. With the tables, ResNet-18 1x 1/1 ran alike either
+# way (16.6-19.4 ms against bit-serial's 17.4-18.4, 1 thread), 2x 2/2 at 0.74x int8's time.
+_LOOKUPS_PER_WIDENING = 7.4
+_DOTS_PER_LOOKUP = {"avx2": 1.6 / (1 + _LOOKUPS_PER_WIDENING / 16)}
+_DOTS_PER_TABLE = {"avx2": 10.0}
 
 
 def lut_available(target) -> bool:
@@ -160,7 +177,8 @@ def estimated_costs(work: LayerWork, kind: str, vendor: "str | None", kernels) -
     costs = {BITSERIAL: float(work.bitserial_words), INT8_DOT: int8}
     if LUT in kernels:
         dot = int8 / work.int8_dots
-        costs[LUT] = work.lut_lookups * _DOTS_PER_LOOKUP[kind] * dot
+        lookup = _DOTS_PER_LOOKUP[kind] * (1 + _LOOKUPS_PER_WIDENING / work.lut_steps)
+        costs[LUT] = (work.lut_lookups * lookup + work.lut_tables * _DOTS_PER_TABLE[kind]) * dot
     return {kernel: costs[kernel] for kernel in kernels}
 
 
@@ -196,7 +214,8 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
     kernels = [kernel for kernel in (BITSERIAL, INT8_DOT, LUT) if _unavailable(plan, target, layout, kernel) is None]
     if kernels == [BITSERIAL]:
         return Choice(BITSERIAL, "")  # the only kernel there is: nothing to explain
-    work = layer_work(plan.quantizer.bits, plan.grid.bits, plan.grid.levels.shape[2:], input_shape, output_shape, layout)
+    work = layer_work(plan.quantizer.bits, plan.grid.bits, plan.grid.levels.shape[2:], input_shape, output_shape, layout,
+                      plan.padding)
     costs = estimated_costs(work, cpu_kind(target), cpu_vendor(target), kernels)
     if measured is not None:
         bitserial, int8 = measured
