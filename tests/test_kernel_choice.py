@@ -1,6 +1,7 @@
-"""Per-layer kernel choice between bit-serial and the int8 dot product: both exact, so a model gives
-the same output bit for bit whichever runs each layer; the cost model's shape; tuning measures both
-and a build with the log runs each layer on the faster one."""
+"""Per-layer kernel choice between bit-serial, the int8 dot product and (AVX2) table lookups: all
+exact, so a model gives the same output bit for bit whichever runs each layer; the cost model's
+shape; tuning measures bit-serial and int8 and a build with the log runs each layer on the faster
+one."""
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ from wrpn_tvm import build, ops, pipeline, runtime
 from wrpn_tvm.cli import main as cli_main
 from wrpn_tvm.frontend import to_relax
 from wrpn_tvm.lowering import lower_wrpn
-from wrpn_tvm.kernel_kinds import BITSERIAL, INT8_DOT
-from wrpn_tvm.lowering.kernel_choice import cpu_kind, cpu_vendor, estimated_ratio, layer_work
+from wrpn_tvm.kernel_kinds import BITSERIAL, INT8_DOT, LUT
+from wrpn_tvm.lowering.kernel_choice import cpu_kind, cpu_vendor, estimated_costs, estimated_ratio, layer_work
 from wrpn_tvm.nn import export_model
 from wrpn_tvm.ops import int8_layout
 from wrpn_tvm.targets import resolve
@@ -39,15 +40,48 @@ def kernels_of(layers) -> list[str]:
 def test_every_kernel_choice_gives_the_same_output_bit_for_bit(program, tmp_path):
     path, x = program
     outputs = {}
-    for kernels in ("bit-serial", "int8-dot", "auto"):
+    for kernels in ("bit-serial", "int8-dot", "lut", "auto"):
         result = build.compile_model(path, "host", tmp_path / f"{kernels}.so", kernels=kernels)
         (outputs[kernels],) = runtime.run(result.library, [x])
         if kernels != "auto":
-            # The convs run the kernel asked for; the quantized dense stays bit-serial (int8-dot is conv only).
+            # The convs run the kernel asked for (lut too: this AVX-512 machine runs the AVX2 template,
+            # auto just does not offer it here); the quantized dense stays bit-serial (conv only).
             assert kernels_of(result.layers) == ["fp32", kernels, kernels, BITSERIAL, "fp32"]
             assert f"{kernels} asked for" in result.layers[1].reason
     assert np.array_equal(outputs["int8-dot"], outputs["bit-serial"])
+    assert np.array_equal(outputs["lut"], outputs["bit-serial"])
     assert np.array_equal(outputs["auto"], outputs["bit-serial"])
+
+
+def test_an_avx2_build_offers_table_lookups_and_gives_the_same_output(program, tmp_path):
+    """On x86-avx2 (vpmaddubsw is its best int8 product) auto weighs all three kernels per layer;
+    whichever it picks, and lut asked for, the output is bit-serial's bit for bit."""
+    path, x = program
+    outputs, layers = {}, {}
+    for kernels in ("bit-serial", "lut", "auto"):
+        result = build.compile_model(path, "x86-avx2", tmp_path / f"avx2-{kernels}.so", kernels=kernels)
+        (outputs[kernels],) = runtime.run(result.library, [x])
+        layers[kernels] = result.layers
+    assert kernels_of(layers["lut"]) == ["fp32", LUT, LUT, BITSERIAL, "fp32"]
+    assert "lut" in layers["auto"][1].reason and "int8-dot" in layers["auto"][1].reason
+    assert np.array_equal(outputs["lut"], outputs["bit-serial"])
+    assert np.array_equal(outputs["auto"], outputs["bit-serial"])
+
+
+def test_lut_is_refused_where_it_cannot_run():
+    """4-bit weights (a code per weight), and targets without AVX2: bit-serial, saying why."""
+    torch.manual_seed(0)
+    from wrpn_tvm.nn import build_model
+
+    model = build_model("smallcnn", 1.0, 2, 4).eval()
+    mod = to_relax(export_model(model, torch.rand(1, 1, 28, 28)))
+    _, reports = lower_wrpn(mod, resolve("x86-avx2"), LUT)
+    quantized = [report for report in reports if report.is_bitserial and report.op == "conv2d"]
+    assert quantized and all(kernels_of([report]) == [BITSERIAL] for report in quantized)
+    assert "lut asked for, but it needs weights of at most 2 bits" in quantized[0].reason
+    _, reports = lower_wrpn(to_relax(export_model(build_model("smallcnn", 1.0, 2, 2).eval(),
+                                                  torch.rand(1, 1, 28, 28))), resolve("rasp5"), LUT)
+    assert "the lookup kernel needs an x86 CPU with AVX2" in [r for r in reports if r.is_bitserial][0].reason
 
 
 def test_a_target_without_int8_dot_keeps_bit_serial_and_says_why(program):
@@ -68,6 +102,31 @@ def test_int8_dot_is_offered_where_the_isa_has_a_dot_product():
     assert int8_layout(resolve("x86-avx512").target).out_block == 16
     assert pipeline.kernel_variants(resolve("rasp4")) == (BITSERIAL,)
     assert pipeline.kernel_variants(resolve("host")) == (BITSERIAL, INT8_DOT)
+    assert pipeline.kernel_variants(resolve("x86-avx2")) == (BITSERIAL, INT8_DOT, LUT)
+    assert pipeline.kernel_variants(resolve("x86-avx2-vnni")) == (BITSERIAL, INT8_DOT)
+
+
+def test_lut_cost_follows_its_lookups_tables_and_widenings():
+    """Per lookup 32 x 2 MACs at 2-bit weights (x 4 at 1 bit), plus a table per input pixel and
+    group, plus a widening every int8_steps lookups: on x86-avx2 ResNet-18's 2x 2/2 3x3 layers go
+    to lut, a 4/2 one (4 lookups between widenings) to int8, and a 1x 1/1 56x56 one stays bit-serial."""
+    layout = int8_layout(resolve("x86-avx2").target)
+    kernels = (BITSERIAL, INT8_DOT, LUT)
+
+    def pick(abits, wbits, size, channels):
+        work = layer_work(abits, wbits, (3, 3), (1, channels, size, size), (1, channels, size, size), layout, 1)
+        costs = estimated_costs(work, "avx2", None, kernels)
+        return min(costs, key=costs.get), work
+
+    for size, channels in [(56, 128), (28, 256), (14, 512), (7, 1024)]:
+        assert pick(2, 2, size, channels)[0] == LUT
+        assert pick(4, 2, size, channels)[0] == INT8_DOT
+    assert pick(1, 1, 56, 64)[0] == BITSERIAL
+    work = pick(2, 2, 28, 256)[1]
+    assert work.lut_lookups == 9 * 28 * 28 * (256 // 32) * (256 // 2) and work.lut_steps == 16
+    assert work.lut_tables == 30 * 30 * 128
+    assert pick(4, 2, 28, 256)[1].lut_steps == 4
+    assert layer_work(2, 4, (3, 3), (1, 64, 8, 8), (1, 64, 8, 8), layout).lut_lookups == 0
 
 
 @pytest.mark.parametrize("target", ["x86-avx512", "x86-avx2", "x86-avx2-vnni", "rasp5"])

@@ -21,7 +21,7 @@ from . import frontend, ops, pt2
 from .errors import WrpnError, one_line
 from .lowering import lower_wrpn
 from .kernel_kinds import AUTO, BITSERIAL, INT8_DOT, LUT
-from .lowering.kernel_choice import lut_available
+from .lowering.kernel_choice import lut_offered
 from .targets import TargetSpec
 
 
@@ -50,7 +50,7 @@ def kernel_variants(spec: TargetSpec) -> tuple[str, ...]:
     ISA; the lookup kernel is offered on AVX2 CPUs without VNNI or AVX-512)."""
     if spec.is_cuda or ops.int8_layout(spec.target) is None:
         return (BITSERIAL,)
-    return (BITSERIAL, INT8_DOT, LUT) if lut_available(spec.target) else (BITSERIAL, INT8_DOT)
+    return (BITSERIAL, INT8_DOT, LUT) if lut_offered(spec.target) else (BITSERIAL, INT8_DOT)
 
 
 _LAYER_IN_NAME = re.compile(r"_layer(\d+)_")

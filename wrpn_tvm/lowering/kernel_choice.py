@@ -120,11 +120,16 @@ _DOTS_PER_TABLE = {"avx2": 10.0}
 
 
 def lut_available(target) -> bool:
-    """Whether the lookup kernel is offered on this target: x86 CPUs whose best int8 product is
-    AVX2's vpmaddubsw (its template is ymm vpshufb). With VNNI (vpdpbusd does 32 or 64 MACs in one
-    instruction) or AVX-512 the dot product or bit-serial are faster; the kernel would run there,
-    but is not chosen."""
-    return target.kind.name == "llvm" and _DOTS_PER_LOOKUP.get(_x86_kind(target)) is not None
+    """Whether the lookup kernel runs on this target: x86 CPUs with AVX2 (its template is ymm
+    vpshufb)."""
+    return target.kind.name == "llvm" and _x86_kind(target) is not None
+
+
+def lut_offered(target) -> bool:
+    """Whether `auto` considers the lookup kernel: where the best int8 product is AVX2's
+    vpmaddubsw. With VNNI (vpdpbusd does 32 or 64 MACs in one instruction) or AVX-512 the dot
+    product or bit-serial are faster; `--kernels lut` still runs it there."""
+    return lut_available(target) and _x86_kind(target) in _DOTS_PER_LOOKUP
 
 
 def _x86_kind(target) -> "str | None":
@@ -194,7 +199,7 @@ def _unavailable(plan: LayerPlan, target, layout, kernel: str) -> "str | None":
             return "this target has no int8 dot product"
         return None if ops.int8_fits(abits, wbits) else "its levels do not fit int8 products"
     if not lut_available(target):
-        return "the lookup kernel is for AVX2 CPUs without VNNI or AVX-512"
+        return "the lookup kernel needs an x86 CPU with AVX2"
     return None if ops.lut_fits(abits, wbits) else "it needs weights of at most 2 bits and table sums within int8"
 
 
@@ -211,7 +216,8 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
         if why is not None:
             return Choice(BITSERIAL, f"{mode} asked for, but {why}")
         return Choice(mode, "" if mode == BITSERIAL and _only_bitserial(plan, target, layout) else f"{mode} asked for")
-    kernels = [kernel for kernel in (BITSERIAL, INT8_DOT, LUT) if _unavailable(plan, target, layout, kernel) is None]
+    kernels = [kernel for kernel in (BITSERIAL, INT8_DOT, LUT) if _unavailable(plan, target, layout, kernel) is None
+               and (kernel != LUT or lut_offered(target))]
     if kernels == [BITSERIAL]:
         return Choice(BITSERIAL, "")  # the only kernel there is: nothing to explain
     work = layer_work(plan.quantizer.bits, plan.grid.bits, plan.grid.levels.shape[2:], input_shape, output_shape, layout,
