@@ -5,8 +5,12 @@ The register tile is (output pixels) x (vectors of 32 output channels). Per redu
 kernel tap and group of channels) it broadcasts each pixel's 16-byte table into both halves of a
 ymm, loads each vector's 32 codes, and adds one vpshufb per pixel and vector into a byte
 accumulator; after `steps` steps (as many as the layer's table bound keeps exact in a signed
-byte, `ops.lut.int8_steps`) the byte accumulators are sign-extended into the int32 tile, which
-stays in a local buffer until the reduction ends. The steps run as a loop, not unrolled: unrolled,
+byte, `ops.lut.int8_steps`) the byte accumulators are sign-extended into the tile, which stays in a
+local buffer until the reduction ends. Where the whole reduction's bound fits int16 (2/2 up to
+3x3x1092 channels; 2 bits and ±1 weights' tables at 2 and 4 channels a group), the tile holds
+int16 sums, two widening instructions per 32 channels instead of four (and half the memory
+traffic); the write-back decodes them (each output's 32-bit slot of the tile's first half holds two
+outputs' int16 sums, the template applies the update and the decoding together or not at all). The steps run as a loop, not unrolled: unrolled,
 LLVM computed each accumulator's whole sum before the next one's and spilled every table and code
 vector it had loaded for the others (28x28x256 2/2: 61-88 GMAC/s against 94-111 looped, Emerald
 Rapids, 1 thread).
@@ -24,7 +28,7 @@ from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 
-from wrpn_tvm.ops.lut import ENTRIES, LANES, LUT_CONV2D_RULE, STEPS_ATTR, STRIDE_ATTR, TABLES_NAME
+from wrpn_tvm.ops.lut import BOUND_ATTR, ENTRIES, LANES, LUT_CONV2D_RULE, STEPS_ATTR, STRIDE_ATTR, TABLES_NAME
 
 from .common import (
     Decisions,
@@ -36,9 +40,12 @@ from .common import (
     place_remaining_blocks,
     root_blocks,
     try_vectorize,
+    writeback_func,
 )
 
 YMM_REGISTERS = 16
+INT16_MAX = 2**15 - 1
+DECODE_INTRIN = "wrpn_avx2_lut_decode_int16"
 MAX_TILE_PIXELS = 8
 MAX_TILE_VECTORS = 4
 LOOP_ORDERS = ("vectors_outer", "pixels_outer")
@@ -49,7 +56,7 @@ def fits(pixels: int, vectors: int) -> bool:
     return pixels * vectors + pixels + vectors + 1 <= YMM_REGISTERS
 
 
-def _lut_func(pixels: int, vectors: int, steps: int, stride: int, implementation: bool) -> tirx.PrimFunc:
+def _lut_func(pixels: int, vectors: int, steps: int, stride: int, int16: bool, implementation: bool) -> tirx.PrimFunc:
     """A[r, v, j] += sum_s T[stride * r, s, code] (code = C[v, 0, 0, s, j]) for a tile of `pixels`
     pixels (their tables `stride` apart) and `vectors` x 32 output channels over `steps` groups:
     as the conv block states it (a one-hot sum over the 16 entries), or as vpshufb lookups."""
@@ -70,7 +77,7 @@ def _lut_func(pixels: int, vectors: int, steps: int, stride: int, implementation
                         Tb[0:span, 0:steps, 0:ENTRIES])
                 T.writes(A[0:pixels, 0:vectors, 0:LANES])
                 if implementation:
-                    _lookups(Tb, Cd, A, pixels, vectors, steps, stride)
+                    _lookups(Tb, Cd, A, pixels, vectors, steps, stride, int16)
                 else:
                     _one_hot_sum(Tb, Cd, A, pixels, vectors, steps, stride)
     return builder.get()
@@ -93,7 +100,7 @@ def _one_hot_sum(Tb, Cd, A, pixels, vectors, steps, stride):
             T.buffer_store(A, A[r, v, j] + T.if_then_else(hit, Tb[r * stride, s, e].astype("int32"), 0), [r, v, j])
 
 
-def _lookups(Tb, Cd, A, pixels, vectors, steps, stride):
+def _lookups(Tb, Cd, A, pixels, vectors, steps, stride, int16):
     bytes_ = T.alloc_buffer((pixels, vectors, LANES), "int8", scope="local")
     lanes = T.ramp(0, 1, LANES)
     for r in range(pixels):
@@ -111,17 +118,33 @@ def _lookups(Tb, Cd, A, pixels, vectors, steps, stride):
                 T.buffer_store(bytes_, bytes_.vload([r, v, 0], f"int8x{LANES}") + found, [r, v, lanes])
     for r in range(pixels):
         for v in range(vectors):
-            widened = T.Cast(f"int32x{LANES}", bytes_.vload([r, v, 0], f"int8x{LANES}"))
-            T.buffer_store(A, A.vload([r, v, 0], f"int32x{LANES}") + widened, [r, v, lanes])
+            found = bytes_.vload([r, v, 0], f"int8x{LANES}")
+            if int16:
+                half = T.ramp(0, 1, LANES // 2)
+                sums = T.reinterpret(f"int16x{LANES}", A.vload([r, v, 0], f"int32x{LANES // 2}"))
+                T.buffer_store(A, T.reinterpret(f"int32x{LANES // 2}", sums + T.Cast(f"int16x{LANES}", found)),
+                               [r, v, half])
+            else:
+                T.buffer_store(A, A.vload([r, v, 0], f"int32x{LANES}") + T.Cast(f"int32x{LANES}", found), [r, v, lanes])
+
+
+def _store_decoded(S, D):
+    """The write-back of an int16 tile: its 32 sums (the first 16 32-bit slots) as int32."""
+    sums = T.reinterpret(f"int16x{LANES}", S.vload([0], f"int32x{LANES // 2}"))
+    T.buffer_store(D, T.Cast(f"int32x{LANES}", sums), [T.ramp(0, 1, LANES)])
 
 
 @lru_cache(maxsize=None)
-def intrin(pixels: int, vectors: int, steps: int, stride: int) -> str:
+def intrin(pixels: int, vectors: int, steps: int, stride: int, int16: bool) -> str:
     """The registered intrinsic's name for this tile (registered on first use)."""
-    name = f"wrpn_avx2_lut_{pixels}x{vectors}x{steps}_s{stride}"
-    TensorIntrin.register(name, _lut_func(pixels, vectors, steps, stride, False),
-                          _lut_func(pixels, vectors, steps, stride, True), override=True)
+    name = f"wrpn_avx2_lut_{pixels}x{vectors}x{steps}_s{stride}{'_int16' if int16 else ''}"
+    TensorIntrin.register(name, _lut_func(pixels, vectors, steps, stride, int16, False),
+                          _lut_func(pixels, vectors, steps, stride, int16, True), override=True)
     return name
+
+
+TensorIntrin.register(DECODE_INTRIN, writeback_func(LANES, "int32", None), writeback_func(LANES, "int32", _store_decoded),
+                      override=True)
 
 
 def has_lut_conv(sch: Schedule) -> bool:
@@ -140,8 +163,11 @@ def conv2d(sch: Schedule, block, tuning: bool, order: str = LOOP_ORDERS[0]) -> N
     decisions = Decisions(sch, tuning)
     n, oh, ow, ov, j, kh, kw, g, e = sch.get_loops(block)
     annotations = sch.get(block).annotations
-    bound, stride = int(annotations.get(STEPS_ATTR, 1)), int(annotations.get(STRIDE_ATTR, 1))
-    steps = largest_divisor_at_most(loop_extent(sch, g), bound)
+    most_steps, stride = int(annotations.get(STEPS_ATTR, 1)), int(annotations.get(STRIDE_ATTR, 1))
+    steps = largest_divisor_at_most(loop_extent(sch, g), most_steps)
+    table_bound = annotations.get(BOUND_ATTR)
+    reduction = loop_extent(sch, kh) * loop_extent(sch, kw) * loop_extent(sch, g)
+    int16 = table_bound is not None and reduction * int(table_bound) <= INT16_MAX
     g_outer, g_inner = sch.split(g, [None, steps])
     width, vectors = loop_extent(sch, ow), loop_extent(sch, ov)
     pixels_default, vectors_default = default_tile(width, vectors)
@@ -155,12 +181,16 @@ def conv2d(sch: Schedule, block, tuning: bool, order: str = LOOP_ORDERS[0]) -> N
     sch.parallel(tile)
     writeback = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(writeback, tile, preserve_unit_loops=True)
-    try_vectorize(sch, sch.get_loops(writeback)[-1])
+    writeback_lanes = sch.get_loops(writeback)[-1]
     attach_epilogue(sch, writeback, tile)
+    if int16:
+        sch.tensorize(writeback_lanes, DECODE_INTRIN)
+    else:
+        try_vectorize(sch, writeback_lanes)
     init = sch.decompose_reduction(block, kh)
     try_vectorize(sch, sch.get_loops(init)[-1])
     init_loops = sch.get_loops(init)
-    sch.tensorize(ow_inner, intrin(pixels_tile, vectors_tile, steps, stride))
+    sch.tensorize(ow_inner, intrin(pixels_tile, vectors_tile, steps, stride, int16))
     if tuning:
         # As in the int8 template: RewriteParallelVectorizeUnroll rejects decomposed, tensorized
         # blocks at the top level; blocks inside a block are out of its reach.

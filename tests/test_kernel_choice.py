@@ -108,8 +108,9 @@ def test_int8_dot_is_offered_where_the_isa_has_a_dot_product():
 
 def test_lut_cost_follows_its_lookups_tables_and_widenings():
     """Per lookup 32 x 2 MACs at 2-bit weights (x 4 at 1 bit), plus a table per input pixel and
-    group, plus a widening every int8_steps lookups: on x86-avx2 ResNet-18's 2x 2/2 3x3 layers go
-    to lut, a 4/2 one (4 lookups between widenings) to int8, and a 1x 1/1 56x56 one stays bit-serial."""
+    group, plus a widening every int8_steps lookups (into int16 where the reduction fits): on
+    x86-avx2 ResNet-18's 2x 2/2 3x3 layers go to lut, a 4/2 one whose sums need int32 (4 lookups
+    between widenings) to int8, and a 1x 1/1 56x56 one stays bit-serial."""
     layout = int8_layout(resolve("x86-avx2").target)
     kernels = (BITSERIAL, INT8_DOT, LUT)
 
@@ -120,12 +121,13 @@ def test_lut_cost_follows_its_lookups_tables_and_widenings():
 
     for size, channels in [(56, 128), (28, 256), (14, 512), (7, 1024)]:
         assert pick(2, 2, size, channels)[0] == LUT
+    for size, channels in [(28, 256), (14, 512), (7, 1024)]:
         assert pick(4, 2, size, channels)[0] == INT8_DOT
     assert pick(1, 1, 56, 64)[0] == BITSERIAL
     work = pick(2, 2, 28, 256)[1]
-    assert work.lut_lookups == 9 * 28 * 28 * (256 // 32) * (256 // 2) and work.lut_steps == 16
+    assert work.lut_lookups == 9 * 28 * 28 * (256 // 32) * (256 // 2) and work.lut_steps == 16 and work.lut_int16
     assert work.lut_tables == 30 * 30 * 128
-    assert pick(4, 2, 28, 256)[1].lut_steps == 4
+    assert pick(4, 2, 28, 256)[1].lut_steps == 4 and not pick(4, 2, 28, 256)[1].lut_int16
     assert layer_work(2, 4, (3, 3), (1, 64, 8, 8), (1, 64, 8, 8), layout).lut_lookups == 0
 
 

@@ -95,6 +95,22 @@ def test_byte_sums_at_their_bound_are_exact(abits, wbits, sign):
                           ops.conv2d_levels_reference(x, w, abits, wbits, 1, 1))
 
 
+@pytest.mark.parametrize("channels, into", [(1184, "int16"), (1216, "int32")])
+def test_sums_at_the_int16_bound_are_exact(channels, into):
+    """A 2/2 reduction of 3x3x1184 channels reaches 9 x 592 x 6 = 31968 <= 32767: the tile holds
+    int16 sums (one vpmovsxbw per 16 channels); 1216 channels would pass 32767, so the tile widens
+    into int32 (vpmovsxbd)."""
+    x = np.full((1, channels, 3, 3), 3)
+    w = np.ones((32, channels, 3, 3), np.int64)
+    _, conv_func, _, _ = _funcs(x.shape, w.shape, 2, 2, 1, 1)
+    asm = compile_prim_func(conv_func, resolve("x86-avx2")).mod.inspect_source("asm")
+    assert bool(re.search(r"\bvpmovsxbw\b", asm)) == (into == "int16")
+    assert bool(re.search(r"\bvpmovsxbd\b", asm)) == (into == "int32")
+    for sign in (1, -1):
+        assert np.array_equal(_run_compiled("x86-avx2", x, sign * w, 2, 2, 1, 1),
+                              ops.conv2d_levels_reference(x, sign * w, 2, 2, 1, 1))
+
+
 @pytest.mark.parametrize("size, channels", [(56, 128), (14, 512), (7, 1024)])
 def test_avx2_hot_loop_is_vpshufb_on_ymm_without_spills_or_avx512(size, channels):
     _, conv_func, _, _ = _funcs((1, channels, size, size), (channels, channels, 3, 3), 2, 2, 1, 1)

@@ -45,6 +45,7 @@ class LayerWork:
     lut_lookups: int = 0
     lut_tables: int = 0
     lut_steps: int = 1  # lookups added in bytes between widenings (the template's chunk)
+    lut_int16: bool = False  # the whole reduction's table sums fit int16 (the template then widens into int16)
 
 
 def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, layout: "ops.Int8Layout",
@@ -60,16 +61,18 @@ def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, l
     blocks = -(-out_channels // layout.out_block)
     steps = kernel_h * kernel_w * groups
     lookups = tables = 0
-    chunk = 1
+    chunk, int16 = 1, False
     if ops.lut_fits(abits, wbits):
         lut_groups = ops.lut.groups(channels, wbits)
         chunk = max(d for d in range(1, ops.lut.int8_steps(abits, wbits) + 1) if lut_groups % d == 0)
         lookups = window * -(-out_channels // ops.lut.LANES) * lut_groups
         top, left, bottom, right = as_padding4(padding)
         tables = batch * (in_h + top + bottom) * (in_w + left + right) * lut_groups
+        int16 = kernel_h * kernel_w * lut_groups * ops.lut.table_bound(abits, wbits) <= 2**15 - 1
     return LayerWork(bitserial_words=window * out_channels * pairs * words, int8_dots=window * blocks * groups,
                      int8_pair_sums_fit_int16=ops.pair_sums_fit_int16(ops.pair_sum_max(abits, wbits), steps),
-                     lut_lookups=lookups, lut_tables=tables, lut_steps=chunk)
+                     lut_lookups=lookups, lut_tables=tables, lut_steps=chunk,
+                     lut_int16=int16)
 
 
 # The cost of one int8 dot step in bit-serial word steps, per CPU kind: a layer's predicted time
@@ -105,17 +108,19 @@ _WORDS_PER_DOT_BY_VENDOR = {("avx512-vnni", "intel"): 3.5}
 _INT16_ACCUMULATING_SPEEDUP = {"avx2": 1.18, "avx512bw": 1.18}
 
 
-# The cost of one table lookup (32 output channels x 2 input channels at 2-bit weights), and of
-# building one table, in int8 dot steps (8 x 4, int16-accumulating), for the CPU kinds the lookup
-# kernel is offered on. Emerald Rapids, x86-avx2, ResNet-18's 2x layers at 2/2 (16 lookups between
-# widenings): the lookup conv alone takes 0.62-0.97 of the int8 conv's time (median 0.81, 1
-# thread), so a lookup and its share of the widening cost 0.81 x 2 = 1.6 dots; at 4/2 (4 lookups
-# between widenings) the 28x28x256 conv took 1.95x its 2/2 time, so a widening costs 7.4 lookups.
+# The cost of one table lookup (32 output channels x 2 input channels at 2-bit weights) with its
+# share of the widenings, and of building one table, in int8 dot steps (8 x 4, int16-accumulating),
+# for the CPU kinds the lookup kernel is offered on. Emerald Rapids, x86-avx2, 1 thread, the conv
+# alone against the int8 conv on ResNet-18's 2x layers:
+#   * widening into int16 every 16 lookups (2/2): 0.60-0.83 of int8's time, median 0.66, so a lookup
+#     with its widenings costs 0.66 x 2 = 1.3 dots; every 4 (4/2) on 56x56x128: 1.28x that, so a
+#     widening costs 1.7 lookups, a lookup alone 1.18 dots;
+#   * widening into int32, 2/2 (16 lookups a widening) against 4/2 (4) on 28x28x256: 1.95x the time,
+#     so a widening costs 7.4 lookups, a lookup alone 1.5 dots (2.2 with its widenings at 16).
 # The tables pass of the 56x56x128 layers took 0.63 ms per call where their int8 conv took 4.15
-# (2 threads, in the model): 10 dots a table. With the tables, ResNet-18 1x 1/1 ran alike either
-# way (16.6-19.4 ms against bit-serial's 17.4-18.4, 1 thread), 2x 2/2 at 0.74x int8's time.
-_LOOKUPS_PER_WIDENING = 7.4
-_DOTS_PER_LOOKUP = {"avx2": 1.6 / (1 + _LOOKUPS_PER_WIDENING / 16)}
+# (2 threads, in the model): 10 dots a table.
+_DOTS_PER_LOOKUP = {"avx2": {"int16": 1.18, "int32": 1.5}}
+_LOOKUPS_PER_WIDENING = {"int16": 1.7, "int32": 7.4}
 _DOTS_PER_TABLE = {"avx2": 10.0}
 
 
@@ -182,7 +187,8 @@ def estimated_costs(work: LayerWork, kind: str, vendor: "str | None", kernels) -
     costs = {BITSERIAL: float(work.bitserial_words), INT8_DOT: int8}
     if LUT in kernels:
         dot = int8 / work.int8_dots
-        lookup = _DOTS_PER_LOOKUP[kind] * (1 + _LOOKUPS_PER_WIDENING / work.lut_steps)
+        into = "int16" if work.lut_int16 else "int32"
+        lookup = _DOTS_PER_LOOKUP[kind][into] * (1 + _LOOKUPS_PER_WIDENING[into] / work.lut_steps)
         costs[LUT] = (work.lut_lookups * lookup + work.lut_tables * _DOTS_PER_TABLE[kind]) * dot
     return {kernel: costs[kernel] for kernel in kernels}
 

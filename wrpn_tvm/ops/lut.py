@@ -32,6 +32,7 @@ ENTRIES = 2**INDEX_BITS  # a vpshufb table
 LANES = 32  # output channels per ymm of codes
 INT8_MAX = 127
 STEPS_ATTR = "wrpn_lut_int8_steps"  # block annotation: how many lookups add up exactly in a signed byte
+BOUND_ATTR = "wrpn_lut_table_bound"  # block annotation: the largest |table entry| (table_bound)
 TABLES_NAME = "wrpn_lut_tables"  # the tables pass's block (the template schedules it)
 STRIDE_ATTR = "wrpn_lut_stride_w"  # block annotation: neighbouring output pixels' tables are this far apart
 
@@ -137,8 +138,8 @@ def lut_conv2d(tables, codes, out_channels: int, stride=1, bits=None) -> te.Tens
     """int32 NHWC [N, OH, OW, out_channels] conv of lut_tables [N, Hp, Wp, CG, 16] (padding already
     in them) with prepack_lut_codes codes [OV, KH, KW, CG, 32].
 
-    bits: the layer's (abits, wbits), which bound the table entries; the block records how many
-    lookups the template may add in a signed byte (`int8_steps`; 1 without bits)."""
+    bits: the layer's (abits, wbits), which bound the table entries; the block records the bound and
+    how many lookups the template may add in a signed byte (`int8_steps`; without bits, one)."""
     batch, height, width, cg, entries = (int(d) for d in tables.shape)
     vectors, kernel_h, kernel_w, codes_cg, lanes = (int(d) for d in codes.shape)
     if str(tables.dtype) != "int8" or str(codes.dtype) != "uint8":
@@ -162,8 +163,8 @@ def lut_conv2d(tables, codes, out_channels: int, stride=1, bits=None) -> te.Tens
             axis=[kh, kw, g, e],
         ),
         name="wrpn_lut_conv2d",
-        attrs={"schedule_rule": LUT_CONV2D_RULE, STEPS_ATTR: int8_steps(*bits) if bits is not None else 1,
-               STRIDE_ATTR: stride_w},
+        attrs={"schedule_rule": LUT_CONV2D_RULE, STRIDE_ATTR: stride_w,
+               **({STEPS_ATTR: int8_steps(*bits), BOUND_ATTR: table_bound(*bits)} if bits is not None else {})},
     )
     return te.compute(
         (batch, out_h, out_w, int(out_channels)),
