@@ -15,7 +15,8 @@ Two ways in:
 
 * MetaSchedule custom rules. The compute blocks carry ``attrs={"schedule_rule": NAME}`` with NAME
   one of ``wrpn_bitserial_conv2d``, ``wrpn_bitserial_dense``, ``wrpn_bitpack`` (and
-  ``wrpn_fp32_conv2d`` and ``wrpn_int8_conv2d`` for the keys ``cpu`` and ``arm_cpu``); importing this
+  ``wrpn_fp32_conv2d`` and ``wrpn_int8_conv2d`` for the keys ``cpu`` and ``arm_cpu``, ``wrpn_lut_conv2d``
+  for ``cpu``); importing this
   package registers ``s_tir.meta_schedule.<key>.<NAME>`` for the target keys ``cpu`` (x86),
   ``arm_cpu`` (aarch64 targets have keys ``arm_cpu, cpu``; the first registered key wins) and
   ``cuda``. MetaSchedule's ApplyCustomRule (in the default rule set of every target) then calls
@@ -31,7 +32,7 @@ from tvm.s_tir import Schedule
 from tvm.target import Target
 
 from wrpn_tvm.errors import WrpnError
-from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE, FP32_CONV2D_RULE, INT8_CONV2D_RULE
+from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE, FP32_CONV2D_RULE, INT8_CONV2D_RULE, LUT_CONV2D_RULE
 
 from . import arm_cpu, cuda, fp32_conv, int8_dot, lut, x86
 from .common import SCHEDULED_ATTR, has_wrpn_block, is_scheduled, with_scheduled
@@ -96,7 +97,8 @@ def apply_fixed_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     """A copy of mod with every PrimFunc that has nothing to tune scheduled by its template and
     marked, so that tuning makes no task of it and a database cannot replace it: those whose WRPN
     kernels are all packs the template stages (levels computed once, packed by an intrinsic), and
-    those holding a lookup conv or its tables pass, whose templates have no decisions yet. The
+    the lookup convs' tables passes. (For the lookup convs, which are tuned, it registers the
+    intrinsic of every tile their rule can sample, which replaying a record needs.) The
     tuning rule's only alternative for them, the generic inlined pack, can time faster alone and
     slower among the model's calls: two of ResNet-18 2x 2/2's packs tuned so took 0.41 and 0.14 ms
     in the model against their staged default's 0.22 and 0.04
@@ -108,8 +110,8 @@ def apply_fixed_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
 
     def schedule_if_fixed(sch: Schedule) -> bool:
         if "cpu" in target.keys and lut.has_lut_conv(sch):
-            lut.schedule_function(sch, target)
-            return True
+            lut.register_tile_intrinsics(sch)
+            return False
         if "cpu" in target.keys and lut.has_lut_tables(sch):
             lut.schedule_tables(sch)
             return True
@@ -147,6 +149,7 @@ def _register_rules() -> None:
     for key, registers in (("cpu", fp32_conv.X86_TUNING_REGISTERS), ("arm_cpu", fp32_conv.ARM_REGISTERS)):
         tvm.register_global_func(rule_name(key, FP32_CONV2D_RULE), fp32_conv.rule(registers), override=True)
         tvm.register_global_func(rule_name(key, INT8_CONV2D_RULE), int8_dot.conv2d_rule, override=True)
+    tvm.register_global_func(rule_name("cpu", LUT_CONV2D_RULE), lut.conv2d_rule, override=True)
 
 
 _register_rules()

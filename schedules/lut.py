@@ -16,7 +16,8 @@ vector it had loaded for the others (28x28x256 2/2: 61-88 GMAC/s against 94-111 
 Rapids, 1 thread).
 
 Registers: the accumulators, one table per pixel, one code vector per vector and a lookup result
-must fit the 16 ymm (`fits`). The write-back drops the padded output channels and runs the fused
+must fit the 16 ymm (`fits`) for the default tile; MetaSchedule samples the tile (pixels and
+vectors, any that divide the layer) and the loop order (vectors or pixels outermost). The write-back drops the padded output channels and runs the fused
 epilogue on the tile. There is no padding stage: the tables carry it.
 """
 
@@ -159,17 +160,39 @@ def default_tile(width: int, vectors: int) -> tuple[int, int]:
     return max(tiles, key=lambda tile: (tile[0] * tile[1], tile[0]))
 
 
-def conv2d(sch: Schedule, block, tuning: bool, order: str = LOOP_ORDERS[0]) -> None:
-    decisions = Decisions(sch, tuning)
+def _plan(sch: Schedule, block) -> dict:
+    """What the intrinsics of a lookup conv block depend on: its steps between widenings, stride,
+    int16 tile, and the extents its tile divides."""
     n, oh, ow, ov, j, kh, kw, g, e = sch.get_loops(block)
     annotations = sch.get(block).annotations
     most_steps, stride = int(annotations.get(STEPS_ATTR, 1)), int(annotations.get(STRIDE_ATTR, 1))
-    steps = largest_divisor_at_most(loop_extent(sch, g), most_steps)
     table_bound = annotations.get(BOUND_ATTR)
     reduction = loop_extent(sch, kh) * loop_extent(sch, kw) * loop_extent(sch, g)
-    int16 = table_bound is not None and reduction * int(table_bound) <= INT16_MAX
-    g_outer, g_inner = sch.split(g, [None, steps])
-    width, vectors = loop_extent(sch, ow), loop_extent(sch, ov)
+    return {"steps": largest_divisor_at_most(loop_extent(sch, g), most_steps), "stride": stride,
+            "int16": table_bound is not None and reduction * int(table_bound) <= INT16_MAX,
+            "width": loop_extent(sch, ow), "vectors": loop_extent(sch, ov)}
+
+
+def register_tile_intrinsics(sch: Schedule) -> None:
+    """Register the intrinsic of every tile the tuning rule can sample for the lookup convs of
+    sch: a tuning database's traces name them, and replaying one (a build with the log, a resumed
+    search, the confirmation) may happen in a process where the rule never ran."""
+    for block in root_blocks(sch):
+        if block_rule(sch, block) != LUT_CONV2D_RULE:
+            continue
+        plan = _plan(sch, block)
+        for pixels in divisors(plan["width"]):
+            for vectors in divisors(plan["vectors"]):
+                if pixels <= MAX_TILE_PIXELS and vectors <= MAX_TILE_VECTORS:
+                    intrin(pixels, vectors, plan["steps"], plan["stride"], plan["int16"])
+
+
+def conv2d(sch: Schedule, block, tuning: bool, order: str = LOOP_ORDERS[0]) -> None:
+    decisions = Decisions(sch, tuning)
+    plan = _plan(sch, block)
+    n, oh, ow, ov, j, kh, kw, g, e = sch.get_loops(block)
+    g_outer, g_inner = sch.split(g, [None, plan["steps"]])
+    width, vectors = plan["width"], plan["vectors"]
     pixels_default, vectors_default = default_tile(width, vectors)
     ow_outer, ow_inner = sch.split(ow, decisions.tile(ow, 2, MAX_TILE_PIXELS, [width // pixels_default, pixels_default]))
     ov_outer, ov_inner = sch.split(ov, decisions.tile(ov, 2, MAX_TILE_VECTORS,
@@ -181,20 +204,34 @@ def conv2d(sch: Schedule, block, tuning: bool, order: str = LOOP_ORDERS[0]) -> N
     sch.parallel(tile)
     writeback = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(writeback, tile, preserve_unit_loops=True)
-    writeback_lanes = sch.get_loops(writeback)[-1]
+    *writeback_tile, writeback_lanes = sch.get_loops(writeback)[1:]
     attach_epilogue(sch, writeback, tile)
-    if int16:
+    if plan["int16"]:
+        # The int16 update and this decoding are applied together or not at all.
         sch.tensorize(writeback_lanes, DECODE_INTRIN)
+        if tuning:
+            sch.blockize(writeback_tile[0])
     else:
         try_vectorize(sch, writeback_lanes)
     init = sch.decompose_reduction(block, kh)
     try_vectorize(sch, sch.get_loops(init)[-1])
     init_loops = sch.get_loops(init)
-    sch.tensorize(ow_inner, intrin(pixels_tile, vectors_tile, steps, stride, int16))
+    sch.tensorize(ow_inner, intrin(pixels_tile, vectors_tile, plan["steps"], plan["stride"], plan["int16"]))
     if tuning:
         # As in the int8 template: RewriteParallelVectorizeUnroll rejects decomposed, tensorized
         # blocks at the top level; blocks inside a block are out of its reach.
         sch.blockize(init_loops[1])
+
+
+def conv2d_rule(sch: Schedule, block) -> list[Schedule]:
+    """The MetaSchedule custom rule: the tile (pixels x vectors of 32 channels) sampled, one design
+    space per loop order."""
+    spaces = []
+    for order in LOOP_ORDERS:
+        space = sch.copy()
+        conv2d(space, block, tuning=True, order=order)
+        spaces.append(space)
+    return spaces
 
 
 def has_lut_tables(sch: Schedule) -> bool:

@@ -10,7 +10,7 @@ import pytest
 import tvm
 from tvm import te
 
-from kernel_cases import random_weights
+from kernel_cases import random_weights, tuning_spaces
 from test_avx2 import AVX512_ONLY
 from test_int8_dot import _self_loops
 from wrpn_tvm import ops
@@ -123,6 +123,92 @@ def test_avx2_hot_loop_is_vpshufb_on_ymm_without_spills_or_avx512(size, channels
         assert len([i for i in loop if re.match(r"vpaddb\s", i)]) == len(lookups)
         assert not [i for i in loop if re.match(r"vmov\w*\s+%[xy]mm\d+, -?\d*\(%rsp\)", i)], loop
     assert not AVX512_ONLY.search(asm)
+
+
+def _run_conv(executable, x, w, abits, wbits, stride, padding, target="x86-avx2") -> np.ndarray:
+    """A compiled conv alone, on tables from the numpy formulation's compiled tables pass."""
+    tables_func, _, tables, out = _funcs(x.shape, w.shape, abits, wbits, stride, padding)
+    device = tvm.cpu(0)
+    table_values = tvm.runtime.tensor(np.zeros([int(d) for d in tables.shape], np.int8), device)
+    compile_prim_func(tables_func, resolve(target))["main"](tvm.runtime.tensor(x.astype(np.float32), device),
+                                                            table_values)
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], np.int32), device)
+    executable["main"](table_values, tvm.runtime.tensor(lut.prepack_lut_codes(w, wbits), device), result)
+    return result.numpy().transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_tuning_candidates_are_exact(seed):
+    """Sampled design spaces (tile and both loop orders), after MetaSchedule's postprocs, built and
+    run: every tile is exact, spilling or not (int16 tiles for cases 0 and 1, int32 for 3)."""
+    case = CONV_CASES[seed]
+    abits, wbits, channels, out_channels, kernel, stride, padding, batch, image = case
+    x, w = _case_data(case, seed)
+    _, conv_func, _, _ = _funcs(x.shape, w.shape, abits, wbits, stride, padding)
+    spec = resolve("x86-avx2")
+    with spec.target:
+        spaces = tuning_spaces(conv_func, "cpu", ops.LUT_CONV2D_RULE, lut.LUT_CONV2D_RULE, seed)
+    assert len(spaces) == 2
+    want = ops.conv2d_levels_reference(x, w, abits, wbits, stride, padding)
+    for space in spaces:
+        got = _run_conv(tvm.compile(space.mod, target=spec.target), x, w, abits, wbits, stride, padding)
+        assert np.array_equal(got, want), space.trace
+
+
+def test_metaschedule_design_spaces_run_the_lookups():
+    """The design spaces MetaSchedule itself generates for x86-avx2, through its postprocs."""
+    from tvm.s_tir import meta_schedule as ms
+
+    case = CONV_CASES[0]
+    abits, wbits, channels, out_channels, kernel, stride, padding, batch, image = case
+    x, w = _case_data(case, 0)
+    _, conv_func, _, _ = _funcs(x.shape, w.shape, abits, wbits, stride, padding)
+    spec = resolve("x86-avx2")
+    context = ms.TuneContext(mod=tvm.IRModule({"main": conv_func}), target=spec.target,
+                             space_generator="post-order-apply", search_strategy="evolutionary")
+    with spec.target:
+        spaces = context.generate_design_space()
+    assert len(spaces) == 2
+    for space in spaces:
+        assert all(postproc.apply(space) for postproc in context.space_generator.postprocs)
+        executable = tvm.compile(space.mod, target=spec.target)
+        assert re.search(r"\bvpshufb\b", executable.mod.inspect_source("asm"))
+        assert np.array_equal(_run_conv(executable, x, w, abits, wbits, stride, padding),
+                              ops.conv2d_levels_reference(x, w, abits, wbits, stride, padding))
+
+
+def test_a_tuned_record_replays_in_a_fresh_process(tmp_path):
+    """A record's trace names its tile's intrinsic: a build with the log, in a process where the
+    tuning rule never ran, must find it (compile registers every tile a lookup task can sample)."""
+    import subprocess
+    import sys
+
+    import torch
+    from wrpn_tvm.nn import build_model, export_model
+    from wrpn_tvm.pipeline import prepare_module, tunable_module
+    from wrpn_tvm.tuning import tune_tasks
+    from wrpn_tvm.tuning.tasks import extract_tasks
+
+    torch.manual_seed(0)
+    program = tmp_path / "cnn.pt2"
+    torch.export.save(export_model(build_model("smallcnn", 2.0, 2, 2).eval(), torch.rand(1, 1, 28, 28)), str(program))
+    spec = resolve("x86-avx2")
+    tasks = [t for t in extract_tasks([prepare_module(program, spec, "lut")[0]], spec)
+             if t.task_name.startswith("wrpn_lut_conv2d")]
+    assert tasks
+    tune_tasks(tasks, spec, 2 * len(tasks), tmp_path / "log", seed=0)
+    script = ("import sys, numpy as np; from wrpn_tvm import build, runtime; "
+              "r = build.compile_model(sys.argv[1], 'x86-avx2', sys.argv[2], kernels='lut', tuning_log=sys.argv[3]); "
+              "np.save(sys.argv[4], runtime.run(r.library, [np.load(sys.argv[5])])[0])")
+    x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    done = subprocess.run([sys.executable, "-c", script, str(program), str(tmp_path / "tuned.so"), str(tmp_path / "log"),
+                           str(tmp_path / "out.npy"), str(tmp_path / "x.npy")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from wrpn_tvm import build, runtime
+
+    untuned = build.compile_model(program, "x86-avx2", tmp_path / "untuned.so", kernels="bit-serial")
+    assert np.array_equal(np.load(tmp_path / "out.npy"), runtime.run(untuned.library, [x])[0])
 
 
 def test_codes_layout():

@@ -57,20 +57,22 @@ _LAYER_IN_NAME = re.compile(r"_layer(\d+)_")
 
 
 def tuned_kernel_seconds(imported, spec: TargetSpec, database) -> dict:
-    """Layer index -> best tuned seconds of its (bit-serial, int8-dot) kernels, for the quantized
-    convs whose kernels both have records in the database. `imported`: the module before lowering."""
+    """Layer index -> {kernel: best tuned seconds} for the quantized convs whose bit-serial and int8
+    kernels both have records in the database (the lookup kernel's too, where it has some).
+    `imported`: the module before lowering."""
     from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
-    if len(kernel_variants(spec)) < 2:
+    variants = kernel_variants(spec)
+    if len(variants) < 2:
         return {}
-    lowerings = {kernel: lower_wrpn(imported, spec, kernel) for kernel in (BITSERIAL, INT8_DOT)}
+    lowerings = {kernel: lower_wrpn(imported, spec, kernel) for kernel in variants}
     # Layers of one geometry share one kernel function (the block builder dedups structurally equal
     # functions), named after the first of them: its records time all of them.
     geometry = {report.index: (report.op, report.detail, report.input_shape, report.output_shape, report.bits)
                 for report in lowerings[BITSERIAL][1] if report.is_bitserial}
     seconds: dict = {}
     for kernel, (lowered, _) in lowerings.items():
-        for global_var, func in fuse_module(lowered, spec).functions.items():
+        for global_var, func in tunable_module(lowered, spec).functions.items():
             layer = _LAYER_IN_NAME.search(global_var.name_hint)
             if layer is None or not isinstance(func, tirx.PrimFunc):
                 continue
@@ -78,8 +80,8 @@ def tuned_kernel_seconds(imported, spec: TargetSpec, database) -> dict:
             if record is not None and record.run_secs:
                 mean = sum(float(x) for x in record.run_secs) / len(record.run_secs)
                 seconds.setdefault(geometry[int(layer.group(1))], {})[kernel] = mean
-    return {index: (seconds[shape][BITSERIAL], seconds[shape][INT8_DOT]) for index, shape in geometry.items()
-            if len(seconds.get(shape, {})) == 2}
+    return {index: dict(seconds[shape]) for index, shape in geometry.items()
+            if {BITSERIAL, INT8_DOT} <= set(seconds.get(shape, {}))}
 
 
 def _backend_pipeline(spec: TargetSpec):

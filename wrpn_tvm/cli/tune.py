@@ -24,10 +24,9 @@ def register(subparsers) -> None:
                         help="stop after this much tuning time (after the batches in flight), as Ctrl-C does")
     parser.add_argument("--seed", type=int, help="random seed of the search")
     parser.add_argument("--kernels", choices=MODES, default="auto",
-                        help="auto (default) tunes both kernels of every quantized conv (bit-serial and, where the "
-                             "target has one, the int8 dot product), so a build with the log runs each conv on the "
-                             "faster; bit-serial or int8-dot tunes that kernel only (the lookup kernel, lut, has no "
-                             "decisions to tune: its layers run its template)")
+                        help="auto (default) tunes every kernel of every quantized conv (bit-serial and, where the "
+                             "target has them, the int8 dot product and table lookups), so a build with the log runs "
+                             "each conv on the fastest; bit-serial, int8-dot or lut tunes that kernel only")
     parser.add_argument("--estimate", action="store_true",
                         help="no board: rank candidates by their ESTIMATED time on the target's Raspberry Pi "
                              "(rasp3b, rasp4, rasp5; see `wrpn-tvm estimate`) into a log marked as estimated, "

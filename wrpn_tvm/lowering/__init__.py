@@ -10,7 +10,7 @@ one LayerReport per conv2d / dense saying what it became and, for FP32 layers, w
 convs that stay FP32 become the blocked FP32 conv, their bias / batch norm folded in.
 Modules: graph (binding view), ste (STE removal), fold (constant evaluation), quantizer (activation
 quantizer analysis), weight_grid (numeric grid check), epilogue (affine folding), recognize
-(per-layer decision), kernel_choice (bit-serial or int8 dot per layer), rewrite (the Relax
+(per-layer decision), kernel_choice (bit-serial, int8 dot or table lookup per layer), rewrite (the Relax
 rewrite), fp32 (the FP32 conv rewrite), report.
 """
 
@@ -36,9 +36,9 @@ __all__ = ["FP32", "MODES", "LayerReport", "layer_tag", "lower_wrpn", "program_w
 def lower_wrpn(mod, spec, kernels: str = AUTO, measured: "dict | None" = None):
     """(lowered module, one LayerReport per conv2d / dense layer of `main`, in program order).
 
-    `kernels`: AUTO chooses bit-serial or int8 dot per layer (from `measured`, layer index ->
-    best tuned seconds of (bit-serial, int8-dot), where a database has both, else the cost model);
-    "bit-serial" or "int8-dot" asks for that kernel wherever it applies."""
+    `kernels`: AUTO chooses the kernel per layer (from `measured`, layer index -> {kernel: best
+    tuned seconds}, where a database has the bit-serial and int8 kernels', else the cost model);
+    "bit-serial", "int8-dot" or "lut" asks for that kernel wherever it applies."""
     mod = fold_constants(remove_straight_through(relax.transform.EliminateCommonSubexpr()(mod)))
     graph = BindingGraph(mod["main"])
     reports, plans = plan_function(graph)

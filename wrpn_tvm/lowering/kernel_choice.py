@@ -7,9 +7,9 @@ product costs the same at every width up to 4 bits and pads channels to 4. Which
 the layer and the CPU, so the choice is per layer:
 
 * with a tuning database that holds records of the bit-serial and int8 kernels for the layer, the
-  faster tuned record (the tuner extracts both kernels' tasks, so a log tuned since they exist has
-  both); the lookup kernel is not tuned (its template has no decisions yet), so it stands against
-  them at the int8 kernel's tuned time scaled by the cost model's lookup / int8 ratio;
+  fastest tuned record (the tuner extracts every kernel's tasks, so a log tuned since they exist
+  has them all); where the lookup kernel is offered but the log has no record of it (a log tuned
+  before it existed), it stands at the int8 kernel's tuned time scaled by the cost model's ratio;
 * otherwise a cost model: each kernel's inner-loop operations for the layer divided by its rate
   on this kind of CPU, the rates fitted to default-schedule timings (benchmarks/int8_dot.py,
   benchmarks/avx2.py).
@@ -214,9 +214,9 @@ def _times(costs: dict, reference: str) -> str:
 
 
 def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, input_shape, output_shape,
-           measured: "tuple[float, float] | None" = None) -> Choice:
+           measured: "dict | None" = None) -> Choice:
     """The kernel for one quantized layer. `mode`: AUTO, or the kernel asked for; `measured`: the
-    best tuned seconds of (bit-serial, int8-dot) for this layer."""
+    best tuned seconds of each kernel with records for this layer (bit-serial and int8-dot at least)."""
     if mode != AUTO:
         why = _unavailable(plan, target, layout, mode)
         if why is not None:
@@ -230,15 +230,13 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
                       plan.padding)
     costs = estimated_costs(work, cpu_kind(target), cpu_vendor(target), kernels)
     if measured is not None:
-        bitserial, int8 = measured
-        seconds = {BITSERIAL: bitserial, INT8_DOT: int8}
-        if LUT in kernels:
-            seconds[LUT] = int8 * costs[LUT] / costs[INT8_DOT]
-        kernel = min(seconds, key=seconds.get)
-        why = f"kernel by tuning: int8-dot {int8 * 1e3:.3f} ms, bit-serial {bitserial * 1e3:.3f} ms"
-        if LUT in kernels:
-            why += f", lut {seconds[LUT] * 1e3:.3f} ms (untuned: int8-dot's time x the cost model's ratio)"
-        return Choice(kernel, why)
+        seconds = {kernel: measured[kernel] for kernel in kernels if kernel in measured}
+        why = "kernel by tuning: " + ", ".join(f"{kernel} {seconds[kernel] * 1e3:.3f} ms"
+                                               for kernel in (INT8_DOT, BITSERIAL, LUT) if kernel in seconds)
+        if LUT in kernels and LUT not in seconds:
+            seconds[LUT] = seconds[INT8_DOT] * costs[LUT] / costs[INT8_DOT]
+            why += f", lut {seconds[LUT] * 1e3:.3f} ms (no record: int8-dot's time x the cost model's ratio)"
+        return Choice(min(seconds, key=seconds.get), why)
     kernel = min(costs, key=costs.get)
     if LUT not in kernels:
         return Choice(kernel, f"kernel by cost model: int8-dot {costs[INT8_DOT] / costs[BITSERIAL]:.2f}x bit-serial's time")

@@ -22,7 +22,7 @@ class LayerReport:
 
     @property
     def is_bitserial(self) -> bool:
-        """True for a quantized layer, whichever integer kernel runs it (bit-serial or int8 dot)."""
+        """True for a quantized layer, whichever integer kernel runs it (bit-serial, int8 dot or lookup)."""
         return self.lowered_to != FP32
 
     @property
