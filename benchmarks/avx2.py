@@ -18,7 +18,12 @@ Models (untuned: the templates at their default decisions):
   * wrpn 2x a2/w2 x86-avx512: for reference, what the AVX-512 VPOPCNTQ build takes here;
   * where this CPU has AVX-VNNI, wrpn 2x a2/w2 and 1x a1/w1 for x86-avx2-vnni (the AVX2 laptops and
     desktops of Intel's Alder Lake and later: int8 dot products as VEX vpdpbusd on ymm), with the
-    same targets as their x86-avx2 twins.
+    same targets as their x86-avx2 twins;
+  * ONNX Runtime FP32 and static int8 (QDQ, per-channel weights) on the same FP32 ResNet-18 1x, in
+    their own venv (benchmarks/peers_env.sh ort; `--no-peers` leaves them out). These are NOT
+    restricted to AVX2: ONNX Runtime's MLAS picks its kernels from CPUID and has no switch to
+    hide AVX-512 or VNNI, so its rows say what it does on this AVX-512 + VNNI CPU, an upper bound
+    of what it would do on an AVX2 one.
 Each model is timed in its own fresh process per thread count, round-robin over ROUNDS rounds so a
 busy spell on a shared machine hits every model alike; latency is the median (and min) of
 single-inference runs after warm-up, and beside the ratio of the pooled medians the median over
@@ -28,7 +33,7 @@ the results.
 (On a loaded machine the 1-thread rows are the fairer comparison: an OpenMP or TVM thread pool
 whose second thread is descheduled waits for it at every barrier.)
 
-    python benchmarks/avx2.py [--repeat 30] [--rounds 3] [--threads 1 2] [--out benchmarks/results/avx2]
+    python benchmarks/avx2.py [--repeat 30] [--rounds 3] [--threads 1 2] [--no-peers] [--out benchmarks/results/avx2]
     python benchmarks/avx2.py --kernels   # then the per-layer kernels (1 thread, CPU time, llvm-mca), same files
     python benchmarks/avx2.py --out benchmarks/results/avx2_emeraldrapids   # results per CPU: one file each
 
@@ -51,7 +56,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from end_to_end import NOISY_SPREAD
+from end_to_end import NOISY_SPREAD, _peer_command, peers_env
 
 IMAGE = 224
 AVX2_TORCH_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -74,6 +79,44 @@ AVX_VNNI_MODELS = {
     "wrpn 2x a2/w2 x86-avx2-vnni": (2.0, 2, 2, "x86-avx2-vnni", "auto", True),
     "wrpn 1x a1/w1 x86-avx2-vnni": (1.0, 1, 1, "x86-avx2-vnni", "auto", True),
 }
+
+
+# name -> (peers.py peer, which prepared ONNX model it runs); not restricted to AVX2 (see above).
+ORT_PEERS = {
+    "onnxruntime fp32 1x (this CPU's full ISA)": ("ort-fp32", "fp32"),
+    "onnxruntime int8 1x, static QDQ (this CPU's full ISA)": ("ort-int8", "int8"),
+}
+
+
+def prepare_ort(folder: Path) -> tuple[dict, "str | None"]:
+    """(peer name -> its peers.py `time` command, or why they are missing): the ort venv and the
+    FP32 ResNet-18 1x exported to ONNX (FP32 and static int8)."""
+    import torch
+
+    from wrpn_tvm.nn import build_model, export_model
+
+    reason = peers_env("ort")
+    if reason:
+        return {}, reason
+    torch.manual_seed(0)
+    model = build_model("resnet18", 1.0, 32, 32, num_classes=1000, in_channels=3, image_size=IMAGE).eval()
+    program = folder / "fp32_1x.pt2"
+    torch.export.save(export_model(model, torch.rand(1, 3, IMAGE, IMAGE)), str(program))
+    done = subprocess.run(_peer_command("ort", "prepare-onnx", str(program), str(folder / "onnx")),
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {}, f"peers.py prepare-onnx failed: {done.stderr.strip()[-300:]}"
+    models = json.loads(done.stdout.strip().splitlines()[-1])
+    return {name: _peer_command("ort", "time", peer, models[which]) for name, (peer, which) in ORT_PEERS.items()}, None
+
+
+def _peer_child(command: list, repeat: int, threads: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run([*command, "--repeat", str(repeat), "--threads", str(threads)], capture_output=True,
+                          text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[2:4])} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _host_has_avx_vnni() -> bool:
@@ -363,7 +406,7 @@ def _median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
-def run(repeat: int, rounds: int, thread_counts: list[int], out: Path) -> dict:
+def run(repeat: int, rounds: int, thread_counts: list[int], out: Path, with_peers: bool = True) -> dict:
     import torch
 
     from wrpn_tvm.runtime import machine_info
@@ -372,10 +415,13 @@ def run(repeat: int, rounds: int, thread_counts: list[int], out: Path) -> dict:
     libraries, compile_s, lowering = {}, {}, {}
     models = {**WRPN_MODELS, **(AVX_VNNI_MODELS if _host_has_avx_vnni() else {})}
     targets = {**TARGETS, **{name: TARGETS[name.replace("-vnni", "")] for name in models if name in AVX_VNNI_MODELS}}
-    measured = {threads: {name: [] for name in [BASELINE, *models]} for threads in thread_counts}
-    round_medians = {threads: {name: [] for name in [BASELINE, *models]} for threads in thread_counts}
-    capability = None
+    capability, peers, peers_missing, peer_versions = None, {}, None, {}
     with tempfile.TemporaryDirectory(prefix="wrpn-avx2-") as tmp:
+        if with_peers:
+            peers, peers_missing = prepare_ort(Path(tmp))
+        names = [BASELINE, *models, *peers]
+        measured = {threads: {name: [] for name in names} for threads in thread_counts}
+        round_medians = {threads: {name: [] for name in names} for threads in thread_counts}
         for name, (width, abits, wbits, target, kernel_mode, nibbles) in models.items():
             print(f"[{time.strftime('%H:%M:%S')}] compiling {name}", flush=True)
             libraries[name], compile_s[name], lowering[name] = compile_model(
@@ -392,6 +438,11 @@ def run(repeat: int, rounds: int, thread_counts: list[int], out: Path) -> dict:
                     runs = _child("tvm", library, per_round, threads)["runs_ms"]
                     measured[threads][name] += runs
                     round_medians[threads][name].append(_median(runs))
+                for name, command in peers.items():
+                    result = _peer_child(command, per_round, threads)
+                    peer_versions[name] = result["versions"]
+                    measured[threads][name] += result["runs_ms"]
+                    round_medians[threads][name].append(_median(result["runs_ms"]))
     results = {}
     for threads, by_model in measured.items():
         baseline = _median(by_model[BASELINE])
@@ -412,6 +463,8 @@ def run(repeat: int, rounds: int, thread_counts: list[int], out: Path) -> dict:
             "torch_env": AVX2_TORCH_ENV,
                       "torch_cpu_capability": capability},
         "load_average_1_5_15min": {"start": load_before, "end": os.getloadavg()},
+        "peers": {name: {"versions": peer_versions.get(name), "restricted_to_avx2": False} for name in peers},
+        "peers_missing": peers_missing,
         "compile_s": compile_s,
         "lowering": lowering,
         "targets": {threads: {name: {"speedup_at_least": factor, "speedup": by_model[name]["speedup_vs_baseline"],
@@ -489,6 +542,14 @@ def markdown(report: dict) -> str:
                          + (f"({verdict}, {target['speedup']:.2f}x{rounds})" if stalled else
                             f"**{verdict}** ({target['speedup']:.2f}x{rounds})") + ".")
         lines.append("")
+    if report.get("peers"):
+        versions = next(iter(report["peers"].values()))["versions"] or {}
+        lines += ["ONNX Runtime (" + ", ".join(f"{k} {v}" for k, v in versions.items()) + ") runs with this CPU's full "
+                  "instruction set: its MLAS kernels are picked from CPUID, with no switch to hide AVX-512 or VNNI, so "
+                  "its rows are not an AVX2 machine's but an upper bound of it (the int8 row uses VNNI here, which "
+                  "an AVX2 CPU lacks).", ""]
+    elif report.get("peers_missing"):
+        lines += [f"ONNX Runtime is missing from this run: {report['peers_missing']}", ""]
     if "lowering" in report:
         lines += ["Kernels per model (the compile's summary):", ""]
         lines += [f"* {name}: {line}" for name, line in report["lowering"].items()] + [""]
@@ -505,6 +566,7 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "avx2")
     parser.add_argument("--render", action="store_true", help="rebuild OUT.md from OUT.json")
+    parser.add_argument("--no-peers", action="store_true", help="leave ONNX Runtime out")
     parser.add_argument("--kernels", action="store_true",
                         help="time the per-layer kernels (1 thread, CPU time) into OUT.json, then rebuild OUT.md")
     parser.add_argument("--child", choices=["tvm", "torch"], help=argparse.SUPPRESS)
@@ -521,7 +583,7 @@ def main():
             args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
         args.out.with_suffix(".md").write_text(markdown(report))
     else:
-        run(args.repeat, args.rounds, args.threads, args.out)
+        run(args.repeat, args.rounds, args.threads, args.out, with_peers=not args.no_peers)
         print(args.out.with_suffix(".md").read_text())
 
 
