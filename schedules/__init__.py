@@ -97,8 +97,7 @@ def apply_fixed_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     """A copy of mod with every PrimFunc that has nothing to tune scheduled by its template and
     marked, so that tuning makes no task of it and a database cannot replace it: those whose WRPN
     kernels are all packs the template stages (levels computed once, packed by an intrinsic), and
-    the lookup convs' tables passes. (For the lookup convs, which are tuned, it registers the
-    intrinsic of every tile their rule can sample, which replaying a record needs.) The
+    the lookup convs' tables passes. The
     tuning rule's only alternative for them, the generic inlined pack, can time faster alone and
     slower among the model's calls: two of ResNet-18 2x 2/2's packs tuned so took 0.41 and 0.14 ms
     in the model against their staged default's 0.22 and 0.04
@@ -109,9 +108,6 @@ def apply_fixed_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     templates = family(target)
 
     def schedule_if_fixed(sch: Schedule) -> bool:
-        if "cpu" in target.keys and lut.has_lut_conv(sch):
-            lut.register_tile_intrinsics(sch)
-            return False
         if "cpu" in target.keys and lut.has_lut_tables(sch):
             lut.schedule_tables(sch)
             return True
@@ -121,6 +117,17 @@ def apply_fixed_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
         return True
 
     return _schedule_unscheduled(mod, schedule_if_fixed)
+
+
+def register_replay_intrinsics(mod: tvm.IRModule) -> None:
+    """Register the tensor intrinsics that a tuning record of one of mod's functions can name, so
+    that its trace replays in any process (the lookup convs' tiles: their intrinsics are made per
+    tile, on first use)."""
+    for func in mod.functions.values():
+        if isinstance(func, tirx.PrimFunc):
+            sch = Schedule(func)
+            if lut.has_lut_conv(sch):
+                lut.register_tile_intrinsics(sch)
 
 
 def default_schedule(mod: tvm.IRModule, target: Target) -> "Schedule | None":
@@ -155,4 +162,4 @@ def _register_rules() -> None:
 _register_rules()
 
 __all__ = ["SCHEDULED_ATTR", "apply_default_schedules", "apply_fixed_schedules", "default_schedule", "family",
-           "is_scheduled", "rule_name"]
+           "is_scheduled", "register_replay_intrinsics", "rule_name"]

@@ -202,6 +202,11 @@ def conv2d(sch: Schedule, block, tuning: bool, order: str = LOOP_ORDERS[0]) -> N
     sch.reorder(*outer, kh, kw, g_outer, ow_inner, ov_inner, j, g_inner, e)
     tile = sch.fuse(*outer)
     sch.parallel(tile)
+    # No unrolling under the tile (the steps must stay a loop, see above). Annotated, the tile loop
+    # is also one MetaSchedule's RewriteParallelVectorizeUnroll leaves alone: without, it refused
+    # every candidate of the rule.
+    sch.annotate(tile, "pragma_auto_unroll_max_step", 0)
+    sch.annotate(tile, "pragma_unroll_explicit", 1)
     writeback = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(writeback, tile, preserve_unit_loops=True)
     *writeback_tile, writeback_lanes = sch.get_loops(writeback)[1:]

@@ -29,6 +29,8 @@ from .targets import TargetSpec
 # first candidate), and whether a function is scheduled already.
 default_schedule = schedules.default_schedule
 is_scheduled = schedules.is_scheduled
+# What reading a tuning log needs: the intrinsics its records' traces can name, registered.
+register_replay_intrinsics = schedules.register_replay_intrinsics
 
 
 def prepare_module(program_path: "str | os.PathLike", spec: TargetSpec, kernels: str = AUTO, database=None):
@@ -99,8 +101,11 @@ def fuse_module(mod, spec: TargetSpec):
 def tunable_module(mod, spec: TargetSpec):
     """fuse_module's, with the functions that have nothing to tune already scheduled
     (`schedules.apply_fixed_schedules`). Tuning extracts its tasks from this very module, so that a
-    database's workloads match what the build looks up."""
-    return schedules.apply_fixed_schedules(fuse_module(mod, spec), spec.target)
+    database's workloads match what the build looks up. The intrinsics its tasks' records can
+    name are registered (`register_replay_intrinsics`)."""
+    fused = fuse_module(mod, spec)
+    register_replay_intrinsics(fused)
+    return schedules.apply_fixed_schedules(fused, spec.target)
 
 
 def relax_pipeline(spec: TargetSpec, database=None):

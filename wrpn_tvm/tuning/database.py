@@ -79,6 +79,8 @@ def read_log(log_dir: "str | os.PathLike") -> TuningLog:
     from tvm.s_tir.meta_schedule.database import TuningRecord, Workload
     from tvm.target import Target
 
+    from ..pipeline import register_replay_intrinsics  # a record's trace may name a template's intrinsic
+
     log = TuningLog(Path(log_dir))
     workload_path, record_path = log.log_dir / WORKLOAD_FILE, log.log_dir / RECORD_FILE
     kept_index: dict[int, int] = {}  # workload line index in the file -> index among kept lines
@@ -95,6 +97,7 @@ def read_log(log_dir: "str | os.PathLike") -> TuningLog:
             _warn_line(workload_path, number, f"corrupt workload ({one_line(err, last=True, limit=120)})")
             log.skipped_lines += 1
             continue
+        register_replay_intrinsics(workload.mod)
         kept_index[number - 1] = len(log.workloads)
         log.workloads.append(workload)
         log.workload_lines.append(line)
