@@ -1,24 +1,26 @@
 """x86 AVX2 template for the lookup conv (`wrpn_tvm.ops.lut`): vpshufb table lookups added in
-signed bytes, widened into int32 every few steps.
+signed bytes, widened into the tile every few steps.
 
 The register tile is (output pixels) x (vectors of 32 output channels). Per reduction step (one
 kernel tap and group of channels) it broadcasts each pixel's 16-byte table into both halves of a
 ymm, loads each vector's 32 codes, and adds one vpshufb per pixel and vector into a byte
-accumulator; after `steps` steps (as many as the layer's table bound keeps exact in a signed
-byte, `ops.lut.int8_steps`) the byte accumulators are sign-extended into the tile, which stays in a
-local buffer until the reduction ends. Where the whole reduction's bound fits int16 (2/2 up to
-3x3x1092 channels; 2 bits and ±1 weights' tables at 2 and 4 channels a group), the tile holds
-int16 sums, two widening instructions per 32 channels instead of four (and half the memory
-traffic); the write-back decodes them (each output's 32-bit slot of the tile's first half holds two
-outputs' int16 sums, the template applies the update and the decoding together or not at all). The steps run as a loop, not unrolled: unrolled,
-LLVM computed each accumulator's whole sum before the next one's and spilled every table and code
-vector it had loaded for the others (28x28x256 2/2: 61-88 GMAC/s against 94-111 looped, Emerald
-Rapids, 1 thread).
+accumulator. After `steps` steps (as many as the layer's table bound keeps exact in a signed byte,
+`ops.lut.int8_steps`) the bytes are sign-extended into the tile, which stays in a local buffer
+until the reduction ends:
+  * into int16 where the whole reduction's sums fit (2/2 up to 3x3x1092 channels): two widening
+    instructions per 32 channels instead of four, and half the tile's memory traffic. The first
+    16 32-bit slots of a vector's tile hold its 32 int16 sums; the write-back decodes them, and
+    the template applies the update and the decoding together or not at all;
+  * into int32 otherwise.
+The steps run as a loop, not unrolled: unrolled, LLVM computed each accumulator's whole sum before
+the next one's and spilled every table and code vector it had loaded for the others (28x28x256
+2/2: 61-88 GMAC/s against 94-111 looped, Emerald Rapids, 1 thread).
 
 Registers: the accumulators, one table per pixel, one code vector per vector and a lookup result
 must fit the 16 ymm (`fits`) for the default tile; MetaSchedule samples the tile (pixels and
-vectors, any that divide the layer) and the loop order (vectors or pixels outermost). The write-back drops the padded output channels and runs the fused
-epilogue on the tile. There is no padding stage: the tables carry it.
+vectors, any that divide the layer) and the loop order (vectors or pixels outermost). The
+write-back drops the padded output channels and runs the fused epilogue on the tile. There is no
+padding stage: the tables carry it. The tables pass has a schedule of its own (`schedule_tables`).
 """
 
 from functools import lru_cache
@@ -102,6 +104,8 @@ def _one_hot_sum(Tb, Cd, A, pixels, vectors, steps, stride):
 
 
 def _lookups(Tb, Cd, A, pixels, vectors, steps, stride, int16):
+    # The byte accumulators live in a local buffer so that the steps can be a real loop (LLVM
+    # promotes it to registers carried around the loop).
     bytes_ = T.alloc_buffer((pixels, vectors, LANES), "int8", scope="local")
     lanes = T.ramp(0, 1, LANES)
     for r in range(pixels):
