@@ -6,7 +6,7 @@ bits, 4 at 1 bit) form a 4-bit code, and for every pixel and group of G channels
 sums  sum_k a_k * level(code_k)  fit a 16-byte table. One `vpshufb` then looks up 32 output
 channels' codes in a pixel's table: 32 x G multiply-accumulates for a lookup and a byte add, where
 `vpmaddubsw` does 32 for a multiply and an add. The table entries are bounded (`table_bound`), so
-`int8_steps` lookups add up exactly in a signed byte before they are widened into int32.
+`int8_steps` lookups add up exactly in a signed byte before they are widened (into int16 or int32).
 
 Layouts:
   tables  int8 [N, H + pad, W + pad, CG, 16] (CG = ceil(C / G) groups; padding and padded channels
