@@ -212,20 +212,45 @@ def leading_spatial_loops(sch: Schedule, block) -> list:
     return spatial
 
 
-def inline_other_blocks(sch: Schedule, kept: frozenset = frozenset()) -> list[str]:
-    """Inline the injective blocks that are neither WRPN kernels nor padding nor `kept` (names):
-    fused producers and epilogues; return the names of the other blocks that remain (outputs,
-    reductions)."""
+def _inline_blocks(sch: Schedule, skipped, kept: set) -> list[str]:
+    """Inline every root block but those `skipped(block, name)` and those named in `kept`; return
+    the names of the kept ones and of those that could not be inlined."""
     remaining = []
     for block in root_blocks(sch):
         name = sch.get(block).name_hint
-        if block_rule(sch, block) in WRPN_RULES or name.startswith(PAD_BLOCK) or name in kept:
+        if skipped(block, name):
+            continue
+        if name in kept:
+            remaining.append(name)
             continue
         try:
             sch.compute_inline(block)
         except s_tir.ScheduleError:
             remaining.append(name)
     return remaining
+
+
+def inline_other_blocks(sch: Schedule, kept: frozenset = frozenset()) -> list[str]:
+    """Inline the injective blocks that are neither WRPN kernels nor padding nor `kept` (names):
+    fused producers and epilogues; return the names of the other blocks that remain (outputs,
+    reductions)."""
+    return _inline_blocks(sch, lambda block, name: block_rule(sch, block) in WRPN_RULES
+                          or name.startswith(PAD_BLOCK) or name in kept, set())
+
+
+def inline_around_kernels(sch: Schedule, rule: str, skipped_prefix: "str | None" = None) -> list[str]:
+    """Inline the injective blocks other than `rule`'s kernels, blocks named `skipped_prefix`...
+    (a padding stage the template places itself) and the kernels' direct inputs (a tensorized
+    kernel reads them as buffers, not as expressions); return the names of the blocks left."""
+    kernels = [block for block in root_blocks(sch) if block_rule(sch, block) == rule]
+    inputs = {sch.get(p).name_hint for k in kernels for p in sch.get_producers(k)}
+    return _inline_blocks(sch, lambda block, name: block_rule(sch, block) == rule
+                          or (skipped_prefix is not None and name.startswith(skipped_prefix)), inputs)
+
+
+def place_parallel(sch: Schedule, block, spatial_loops) -> None:
+    """A plain schedule for a leftover block: its spatial loops fused and run in parallel."""
+    sch.parallel(sch.fuse(*spatial_loops) if len(spatial_loops) > 1 else spatial_loops[0])
 
 
 def place_remaining_blocks(sch: Schedule, names: list[str], place) -> None:

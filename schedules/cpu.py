@@ -17,6 +17,7 @@ from .common import (
     kernel_blocks,
     largest_divisor_at_most,
     loop_extent,
+    place_parallel,
     place_remaining_blocks,
     registers_and_writeback,
 )
@@ -95,12 +96,6 @@ def bitpack(sch: Schedule, block, tuning: bool) -> list[Schedule]:
     sch.parallel(parallel)
     annotate_unroll(sch, parallel, Decisions(sch, tuning))
     return [sch]
-
-
-def place_parallel(sch: Schedule, block, spatial_loops) -> None:
-    """A plain schedule for a leftover block: its spatial loops fused and run in parallel."""
-    fused = sch.fuse(*spatial_loops) if len(spatial_loops) > 1 else spatial_loops[0]
-    sch.parallel(fused)
 
 
 def schedule_kernels(sch: Schedule, schedule_kernel: Callable, kept: frozenset = frozenset()) -> None:

@@ -25,6 +25,7 @@ from .common import (
     divisors,
     inline_other_blocks,
     loop_extent,
+    place_parallel,
     place_remaining_blocks,
     registers_and_writeback,
     root_blocks,
@@ -100,11 +101,6 @@ def conv2d(sch: Schedule, block, registers: RegisterFile, tuning: bool) -> list[
     return [sch]
 
 
-def _place_parallel(sch: Schedule, block, spatial_loops) -> None:
-    fused = sch.fuse(*spatial_loops) if len(spatial_loops) > 1 else spatial_loops[0]
-    sch.parallel(fused)
-
-
 def _schedule_padding(sch: Schedule) -> None:
     for block in root_blocks(sch):
         if sch.get(block).name_hint.startswith(PAD_NAME):
@@ -121,7 +117,7 @@ def schedule_function(sch: Schedule, target: Target) -> None:
         if block_rule(sch, block) == FP32_CONV2D_RULE:
             conv2d(sch, block, register_file(target), tuning=False)
     _schedule_padding(sch)
-    place_remaining_blocks(sch, others, _place_parallel)
+    place_remaining_blocks(sch, others, place_parallel)
 
 
 def rule(registers: RegisterFile):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Callable
 from functools import lru_cache
 
-from tvm import s_tir, tirx
+from tvm import tirx
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
@@ -42,9 +42,11 @@ from .common import (
     attach_epilogue,
     block_rule,
     divisors,
+    inline_around_kernels,
     largest_divisor_at_most,
     loop_extent,
     pad_whole_input,
+    place_parallel,
     place_remaining_blocks,
     root_blocks,
     try_vectorize,
@@ -365,37 +367,13 @@ def _schedule_padding(sch: Schedule) -> None:
             try_vectorize(sch, sch.split(channels, [None, lanes])[1])
 
 
-def _inline_neighbours(sch: Schedule, kernels: list) -> list[str]:
-    """Inline the injective blocks other than the padding and the kernels' direct inputs (the dot
-    intrinsic reads int8 buffers, not an expression); return the names of the blocks left."""
-    inputs = {sch.get(p).name_hint for k in kernels for p in sch.get_producers(k)}
-    remaining = []
-    for block in root_blocks(sch):
-        name = sch.get(block).name_hint
-        if block_rule(sch, block) == INT8_CONV2D_RULE or name.startswith(PAD_NAME):
-            continue
-        if name in inputs:
-            remaining.append(name)
-            continue
-        try:
-            sch.compute_inline(block)
-        except s_tir.ScheduleError:
-            remaining.append(name)
-    return remaining
-
-
-def _place_parallel(sch: Schedule, block, spatial_loops) -> None:
-    sch.parallel(sch.fuse(*spatial_loops) if len(spatial_loops) > 1 else spatial_loops[0])
-
-
 def schedule_function(sch: Schedule, target: Target) -> None:
     """Untuned schedule of a PrimFunc holding int8 conv(s) and their fused neighbours."""
-    kernels = [b for b in root_blocks(sch) if block_rule(sch, b) == INT8_CONV2D_RULE]
-    others = _inline_neighbours(sch, kernels)
+    others = inline_around_kernels(sch, INT8_CONV2D_RULE, PAD_NAME)
     for block in [b for b in root_blocks(sch) if block_rule(sch, b) == INT8_CONV2D_RULE]:
         conv2d(sch, block, dot_kernel(*_layout_of(sch, block), target), tuning=False)
     _schedule_padding(sch)
-    place_remaining_blocks(sch, others, _place_parallel)
+    place_remaining_blocks(sch, others, place_parallel)
 
 
 def conv2d_rule(sch: Schedule, block) -> list[Schedule]:

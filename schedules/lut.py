@@ -38,8 +38,10 @@ from .common import (
     attach_epilogue,
     block_rule,
     divisors,
+    inline_around_kernels,
     largest_divisor_at_most,
     loop_extent,
+    place_parallel,
     place_remaining_blocks,
     root_blocks,
     try_vectorize,
@@ -272,36 +274,12 @@ def schedule_tables(sch: Schedule) -> None:
                 sch.compute_at(producer, w, preserve_unit_loops=True)
                 try_vectorize(sch, sch.get_loops(producer)[-3])
     others = [sch.get(b).name_hint for b in root_blocks(sch) if not sch.get(b).name_hint.startswith(TABLES_NAME)]
-    place_remaining_blocks(sch, others, _place_parallel)
-
-
-def _inline_neighbours(sch: Schedule, kernels: list) -> list[str]:
-    """Inline the injective blocks other than the kernels' direct inputs (the intrinsic reads the
-    tables and codes as buffers); return the names of the blocks left."""
-    inputs = {sch.get(p).name_hint for k in kernels for p in sch.get_producers(k)}
-    remaining = []
-    for block in root_blocks(sch):
-        name = sch.get(block).name_hint
-        if block_rule(sch, block) == LUT_CONV2D_RULE:
-            continue
-        if name in inputs:
-            remaining.append(name)
-            continue
-        try:
-            sch.compute_inline(block)
-        except s_tir.ScheduleError:
-            remaining.append(name)
-    return remaining
-
-
-def _place_parallel(sch: Schedule, block, spatial_loops) -> None:
-    sch.parallel(sch.fuse(*spatial_loops) if len(spatial_loops) > 1 else spatial_loops[0])
+    place_remaining_blocks(sch, others, place_parallel)
 
 
 def schedule_function(sch: Schedule, target=None) -> None:
     """Untuned schedule of a PrimFunc holding lookup conv(s) and their fused neighbours."""
-    kernels = [b for b in root_blocks(sch) if block_rule(sch, b) == LUT_CONV2D_RULE]
-    others = _inline_neighbours(sch, kernels)
+    others = inline_around_kernels(sch, LUT_CONV2D_RULE)
     for block in [b for b in root_blocks(sch) if block_rule(sch, b) == LUT_CONV2D_RULE]:
         conv2d(sch, block, tuning=False)
-    place_remaining_blocks(sch, others, _place_parallel)
+    place_remaining_blocks(sch, others, place_parallel)

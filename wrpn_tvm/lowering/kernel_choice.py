@@ -127,20 +127,22 @@ _DOTS_PER_TABLE = {"avx2": 10.0}
 def lut_available(target) -> bool:
     """Whether the lookup kernel runs on this target: x86 CPUs with AVX2 (its template is ymm
     vpshufb)."""
-    return target.kind.name == "llvm" and _x86_kind(target) is not None
+    return _x86_kind(target) is not None
 
 
 def lut_offered(target) -> bool:
     """Whether `auto` considers the lookup kernel: where the best int8 product is AVX2's
     vpmaddubsw. With VNNI (vpdpbusd does 32 or 64 MACs in one instruction) or AVX-512 the dot
     product or bit-serial are faster; `--kernels lut` still runs it there."""
-    return lut_available(target) and _x86_kind(target) in _DOTS_PER_LOOKUP
+    return _x86_kind(target) in _DOTS_PER_LOOKUP
 
 
 def _x86_kind(target) -> "str | None":
+    """cpu_kind of an x86 CPU target with AVX2; None for any other target."""
     from tvm.target.codegen import target_has_features
 
-    if "aarch64" in str(target.attrs.get("mtriple", "")) or not target_has_features("avx2", target):
+    if (target.kind.name != "llvm" or "aarch64" in str(target.attrs.get("mtriple", ""))
+            or not target_has_features("avx2", target)):
         return None
     return cpu_kind(target)
 
