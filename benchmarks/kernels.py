@@ -21,6 +21,7 @@ popcount bit per activation-bit x weight-bit x MAC.
   python benchmarks/kernels.py                    # writes benchmarks/results/kernels.{json,md,png}
   python benchmarks/kernels.py --trials 16        # also tune (about 30 s per trial on a loaded 2-core box)
   python benchmarks/kernels.py --roofline         # only the roofline: benchmarks/results/popcount_roofline.{json,md}
+  python benchmarks/kernels.py --out benchmarks/results/kernels_znver5   # another machine's results beside these
 """
 
 import argparse
@@ -271,13 +272,17 @@ def main():
     parser.add_argument("--no-peers", action="store_true", help="leave out ONNX Runtime, OpenVINO and LCE")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md/.png from results/kernels.json")
     parser.add_argument("--roofline", action="store_true",
-                        help="only the roofline, at each --threads: results/popcount_roofline.{json,md}")
+                        help="only the roofline, at each --threads")
+    parser.add_argument("--out", type=Path,
+                        help="results without the suffix (default: results/kernels, with --roofline "
+                             "results/popcount_roofline); one set per machine")
     args = parser.parse_args()
-    if args.render:
-        write_reports(json.loads((RESULTS / "kernels.json").read_text()))
-        return
     if args.roofline:
-        roofline_report(args.threads)
+        roofline_report(args.threads, args.out or RESULTS / "popcount_roofline")
+        return
+    out = args.out or RESULTS / "kernels"
+    if args.render:
+        write_reports(json.loads(out.with_suffix(".json").read_text()), out)
         return
     import torch
     from wrpn_tvm.runtime import machine_info
@@ -309,12 +314,12 @@ def main():
         "trials_per_tuned_kernel": args.trials, "repeat": args.repeat, "word_bits": WORD_BITS,
         "runs": runs, "peers_missing": peers_missing, "wall_s": time.time() - started,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "kernels.json").write_text(json.dumps(result, indent=1))
-    write_reports(result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    write_reports(result, out)
 
 
-def roofline_report(thread_counts):
+def roofline_report(thread_counts, out: Path):
     from wrpn_tvm.runtime import machine_info
 
     load_before = os.getloadavg()
@@ -322,12 +327,13 @@ def roofline_report(thread_counts):
     result = {"machine": {**machine_info(), "gcc": subprocess.run(["gcc", "-dumpfullversion"], capture_output=True,
                                                                    text=True).stdout.strip()},
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
-              "command": "python benchmarks/kernels.py --roofline --threads " + " ".join(map(str, thread_counts)),
+              "command": "python benchmarks/kernels.py --roofline --threads " + " ".join(map(str, thread_counts))
+              + ("" if out == RESULTS / "popcount_roofline" else f" --out {out}"),
               "runs": runs}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "popcount_roofline.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "popcount_roofline.md").write_text(roofline_markdown(result))
-    print((RESULTS / "popcount_roofline.md").read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(roofline_markdown(result))
+    print(out.with_suffix(".md").read_text())
 
 
 def roofline_markdown(result):
@@ -393,7 +399,7 @@ def roofline_markdown(result):
     return "\n".join(lines) + "\n"
 
 
-def write_reports(result):
+def write_reports(result, out: Path):
     sections = [summarize(result, threads) for threads in result["runs"]]
     header = [
         "# Bit-serial conv2d kernels (ResNet-18 3x3 layers, batch 1)",
@@ -409,9 +415,9 @@ def write_reports(result):
         "",
     ]
     header += _roofline_scaling_note(result) + _thread_scaling_note(result)
-    (RESULTS / "kernels.md").write_text("\n".join(header + [section["markdown"] for section in sections]))
-    plot(sections, RESULTS / "kernels.png")
-    print((RESULTS / "kernels.md").read_text())
+    out.with_suffix(".md").write_text("\n".join(header + [section["markdown"] for section in sections]))
+    plot(sections, out.with_suffix(".png"))
+    print(out.with_suffix(".md").read_text())
 
 
 def _roofline_scaling_note(result):
