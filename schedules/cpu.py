@@ -23,17 +23,32 @@ from .common import (
 )
 
 UNROLL_STEPS = [0, 4, 16]  # the register tile is unrolled already; more only bloats code
+MAX_TILE_PIXELS = 7  # a row of ResNet's last stage in one tile
+# Accumulator vectors in the default AVX-512 register tile (of 32 zmm registers: the rest hold the
+# weight vectors and the broadcast activation word).
+ZMM_ACCUMULATORS = 16
 CONV_LOOP_ORDERS = ("pixels_outer", "channels_outer")
 
 
-def _split_channels(sch: Schedule, decisions: Decisions, loop, lanes: int):
+def _default_pixels(width: int, lanes: int) -> int:
+    """Pixels of an output row in the default register tile: 4 where the row divides by 4. With
+    AVX-512 a row that does not (7 or 14 wide) takes 7: a 1-pixel tile loads every weight vector for
+    a single pixel, and ResNet-18's 7x7 layers ran 1.2-3x slower than with a 7 x 2-vector tile
+    (znver5, 1/1 to 4/2; 14 wide: even)."""
+    pixels = largest_divisor_at_most(width, 4)
+    return largest_divisor_at_most(width, MAX_TILE_PIXELS) if pixels < 4 and lanes >= 16 else pixels
+
+
+def _split_channels(sch: Schedule, decisions: Decisions, loop, lanes: int, pixels: int):
     """Output channels -> [outer, registers (unrolled, at most 4), vector (at most 16 lanes)]:
     both inner factors are bounded so a sampled register tile cannot blow up the unrolled code.
-    Default: 64 channels as 4 AVX-512 vectors, or 16 as 4 NEON vectors."""
+    Default: 64 channels as 4 AVX-512 vectors (fewer where a tile of `pixels` would not leave them
+    registers), or 16 as 4 NEON vectors."""
     extent = loop_extent(sch, loop)
     vector_default = largest_divisor_at_most(extent, min(16, 4 * lanes))
     rest, vector = sch.split(loop, decisions.tile(loop, 2, 16, [extent // vector_default, vector_default]))
-    registers_default = largest_divisor_at_most(extent // vector_default, 4 if lanes >= 16 else 1)
+    registers = min(4, ZMM_ACCUMULATORS // pixels) if lanes >= 16 else 1
+    registers_default = largest_divisor_at_most(extent // vector_default, max(1, registers))
     outer, registers = sch.split(
         rest, decisions.tile(rest, 2, 4, [extent // vector_default // registers_default, registers_default]))
     return outer, registers, vector
@@ -49,9 +64,10 @@ def _conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, order: str) 
     decisions = Decisions(sch, tuning)
     n, oh, ow, o, kh, kw, cw = sch.get_loops(block)
     oh_outer, oh_inner = sch.split(oh, decisions.tile(oh, 2, 2, [loop_extent(sch, oh), 1]))
-    ow_default = largest_divisor_at_most(loop_extent(sch, ow), 4)
-    ow_outer, ow_inner = sch.split(ow, decisions.tile(ow, 2, 7, [loop_extent(sch, ow) // ow_default, ow_default]))
-    o_outer, o_regs, o_vec = _split_channels(sch, decisions, o, lanes)
+    ow_default = _default_pixels(loop_extent(sch, ow), lanes)
+    ow_outer, ow_inner = sch.split(
+        ow, decisions.tile(ow, 2, MAX_TILE_PIXELS, [loop_extent(sch, ow) // ow_default, ow_default]))
+    o_outer, o_regs, o_vec = _split_channels(sch, decisions, o, lanes, ow_default)
     outer = [n, oh_outer, ow_outer, o_outer] if order == "pixels_outer" else [o_outer, n, oh_outer, ow_outer]
     sch.reorder(*outer, kh, kw, cw, oh_inner, ow_inner, o_regs, o_vec)
     parallel = sch.fuse(*outer)
@@ -78,7 +94,7 @@ def dense(sch: Schedule, block, lanes: int, tuning: bool) -> list[Schedule]:
     n, o, k = sch.get_loops(block)
     n_default = largest_divisor_at_most(loop_extent(sch, n), 4)
     n_outer, n_regs = sch.split(n, decisions.tile(n, 2, 8, [loop_extent(sch, n) // n_default, n_default]))
-    o_outer, o_regs, o_vec = _split_channels(sch, decisions, o, lanes)
+    o_outer, o_regs, o_vec = _split_channels(sch, decisions, o, lanes, n_default)
     sch.reorder(o_outer, n_outer, k, n_regs, o_regs, o_vec)
     parallel = sch.fuse(o_outer, n_outer)
     sch.parallel(parallel)

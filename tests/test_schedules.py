@@ -190,3 +190,12 @@ def test_metaschedule_design_spaces_come_from_the_templates(target):
     assert "sample_perfect_tile" in str(spaces[0].trace)
     if target == "host":
         _check_sampled_space_is_exact(spaces[-1], spec.target)
+
+
+def test_default_register_tile_covers_short_rows_on_avx512():
+    """A row that does not divide by 4 (ResNet's 7- and 14-wide stages) takes a 7-pixel tile with
+    2 vectors on AVX-512 rather than 1 or 2 pixels with 4; NEON's tile is left as it was."""
+    from schedules.cpu import _default_pixels
+
+    assert [_default_pixels(width, 16) for width in (56, 28, 14, 7, 13, 6)] == [4, 4, 7, 7, 1, 6]
+    assert [_default_pixels(width, 4) for width in (56, 14, 7)] == [4, 2, 1]
