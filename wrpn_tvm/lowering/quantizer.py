@@ -118,6 +118,12 @@ class ActivationQuantizer:
         """TE: the integer level (as float32) of a quantized value."""
         return tirx.nearbyint(value * tirx.const(float(np.float32(1 / self.scale)), "float32"))
 
+    def value_from_source(self, value):
+        """TE: the quantized value, every step replayed on the quantizer's float input."""
+        for step in self.steps:
+            value = step.te(value)
+        return value
+
     def level_from_source(self, value):
         """TE: the quantizer's steps replayed on its float input, then its level; the round itself
         where that is the level (no divide and second round per element of every pack)."""

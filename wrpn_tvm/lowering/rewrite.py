@@ -7,9 +7,10 @@ conv2d / dense on constant pre-packed weights, and one per-channel float epilogu
 the last folded op's value in the original layout, so everything downstream is untouched. When a
 layer's quantizer reads another bit-serial layer's epilogue, directly or through a residual add,
 its pack is computed from the int32 accumulator(s) in one kernel (epilogue + glue + quantize +
-bitpack): no float activation map is written for it. (A float map is still written where a float
-consumer needs it, e.g. the identity shortcut of a residual block.) The FP32 ops left behind become
-dead and are removed.
+bitpack): no float activation map is written for it. A quantized map that such glue reads (the
+identity shortcut of the first residual block, after the FP32 stem) is recomputed there from the
+quantizer's input. (A float map is still written where a float consumer needs it.) The FP32 ops
+left behind become dead and are removed.
 
 A conv whose kernel choice (kernel_choice.py) is the int8 dot product gets the same structure with
 the levels as int8 bytes (`ops.int8_levels`) in place of the bit-planes and `ops.int8_conv2d` in
@@ -82,6 +83,8 @@ class _Lowerer(relax.PyExprMutator):
         self.emitted: dict = {}  # original epilogue output var -> _Emitted
         self.packed: dict = {}  # (original input var, bits, kernel) -> packed var
         self.fused_packs: set = set()  # input vars whose pack is computed from accumulators
+        # Quantized maps a layer reads directly -> their quantizer, replayed where glue reads them.
+        self.quantizer_of = {plan.data: plan.quantizer for plan in plans if plan.reads_quantizer_directly}
         self.graph = BindingGraph(mod["main"])
 
     def lower(self):
@@ -173,6 +176,17 @@ class _Lowerer(relax.PyExprMutator):
         return parts[0][0] + parts[1][0], build
 
     def _passthrough(self, var):
+        quantizer = self.quantizer_of.get(var)
+        if quantizer is not None:
+            # A quantized map a layer also reads (the identity shortcut after the FP32 stem): its
+            # steps replayed on their input here, so the map itself is never written.
+            def replay(tensors):
+                source = tensors.pop(0)
+                return te.compute(source.shape, lambda *i: quantizer.value_from_source(source(*i)),
+                                  name="wrpn_quantizer")
+
+            return [self.visit_expr(quantizer.source)], replay
+
         def take(tensors):
             return tensors.pop(0)
 
