@@ -24,9 +24,6 @@ from .common import (
 
 UNROLL_STEPS = [0, 4, 16]  # the register tile is unrolled already; more only bloats code
 MAX_TILE_PIXELS = 7  # a row of ResNet's last stage in one tile
-# Accumulator vectors in the default AVX-512 register tile (of 32 zmm registers: the rest hold the
-# weight vectors and the broadcast activation word).
-ZMM_ACCUMULATORS = 16
 CONV_LOOP_ORDERS = ("pixels_outer", "channels_outer")
 
 
@@ -34,7 +31,7 @@ def _default_pixels(width: int, lanes: int) -> int:
     """Pixels of an output row in the default register tile: 4 where the row divides by 4. With
     AVX-512 a row that does not (7 or 14 wide) takes 7: a 1-pixel tile loads every weight vector for
     a single pixel, and ResNet-18's 7x7 layers ran 1.2-3x slower than with a 7 x 2-vector tile
-    (znver5, 1/1 to 4/2; 14 wide: even)."""
+    (znver5, 1/1 to 4/2; 14 wide: 1.9x at 1/1, even at 2/2)."""
     pixels = largest_divisor_at_most(width, 4)
     return largest_divisor_at_most(width, MAX_TILE_PIXELS) if pixels < 4 and lanes >= 16 else pixels
 
@@ -42,13 +39,15 @@ def _default_pixels(width: int, lanes: int) -> int:
 def _split_channels(sch: Schedule, decisions: Decisions, loop, lanes: int, pixels: int):
     """Output channels -> [outer, registers (unrolled, at most 4), vector (at most 16 lanes)]:
     both inner factors are bounded so a sampled register tile cannot blow up the unrolled code.
-    Default: 64 channels as 4 AVX-512 vectors (fewer where a tile of `pixels` would not leave them
-    registers), or 16 as 4 NEON vectors."""
+    Default: 16 channels as 4 NEON vectors; with AVX-512, 2 vectors of 16 for a tile of several
+    pixels (8-14 accumulators: with 4 vectors LLVM spilled accumulators at 2/2, and ResNet-18's
+    2x layers ran 1-8% slower at 2/2 and 8-25% at 1/1 on znver5, as tuning on znver4 also chose),
+    4 for a single pixel or row, whose accumulators would otherwise wait on each other."""
     extent = loop_extent(sch, loop)
     vector_default = largest_divisor_at_most(extent, min(16, 4 * lanes))
     rest, vector = sch.split(loop, decisions.tile(loop, 2, 16, [extent // vector_default, vector_default]))
-    registers = min(4, ZMM_ACCUMULATORS // pixels) if lanes >= 16 else 1
-    registers_default = largest_divisor_at_most(extent // vector_default, max(1, registers))
+    registers = (2 if pixels > 1 else 4) if lanes >= 16 else 1
+    registers_default = largest_divisor_at_most(extent // vector_default, registers)
     outer, registers = sch.split(
         rest, decisions.tile(rest, 2, 4, [extent // vector_default // registers_default, registers_default]))
     return outer, registers, vector
