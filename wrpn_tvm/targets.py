@@ -39,6 +39,10 @@ class TargetSpec:
     def is_cuda(self) -> bool:
         return self.target.kind.name == "cuda"
 
+    @property
+    def is_aarch64(self) -> bool:
+        return "aarch64" in str(self.target.attrs.get("mtriple", ""))
+
 
 def _arm(mcpu: str, mattr: list[str]) -> dict:
     return {"kind": "llvm", "mtriple": AARCH64_TRIPLE, "mcpu": mcpu, "mattr": mattr, "num-cores": 4}

@@ -9,7 +9,7 @@ layer's quantizer reads another bit-serial layer's epilogue, directly or through
 its pack is computed from the int32 accumulator(s) in one kernel (epilogue + glue + quantize +
 bitpack): no float activation map is written for it. A quantized map that such glue reads (the
 identity shortcut of the first residual block, after the FP32 stem) is recomputed there from the
-quantizer's input. (A float map is still written where a float consumer needs it.) The FP32 ops
+quantizer's input (except on aarch64: lower_wrpn says why). (A float map is still written where a float consumer needs it.) The FP32 ops
 left behind become dead and are removed.
 
 A conv whose kernel choice (kernel_choice.py) is the int8 dot product gets the same structure with
@@ -73,7 +73,8 @@ def word_bits_for(spec) -> int:
 
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
-    def __init__(self, mod, plans: list[LayerPlan], word_bits: int, choices: list[Choice], int8_layout):
+    def __init__(self, mod, plans: list[LayerPlan], word_bits: int, choices: list[Choice], int8_layout,
+                 replay_quantizers: bool):
         super().__init__(mod)
         self.mod = mod
         self.word_bits = word_bits
@@ -84,7 +85,8 @@ class _Lowerer(relax.PyExprMutator):
         self.packed: dict = {}  # (original input var, bits, kernel) -> packed var
         self.fused_packs: set = set()  # input vars whose pack is computed from accumulators
         # Quantized maps a layer reads directly -> their quantizer, replayed where glue reads them.
-        self.quantizer_of = {plan.data: plan.quantizer for plan in plans if plan.reads_quantizer_directly}
+        self.quantizer_of = ({plan.data: plan.quantizer for plan in plans if plan.reads_quantizer_directly}
+                             if replay_quantizers else {})
         self.graph = BindingGraph(mod["main"])
 
     def lower(self):
@@ -232,10 +234,12 @@ def layer_tag(index: int) -> str:
     return f"layer{index}_"
 
 
-def rewrite(mod, plans: list[LayerPlan], word_bits: int, choices: list[Choice], int8_layout=None):
+def rewrite(mod, plans: list[LayerPlan], word_bits: int, choices: list[Choice], int8_layout=None,
+            replay_quantizers: bool = True):
     """(The module with every planned layer lowered by its chosen kernel and dead FP32 leftovers
     removed, and for each plan whether its input is packed straight from accumulators in the
-    producers' epilogue.)"""
-    lowerer = _Lowerer(mod, plans, word_bits, choices, int8_layout)
+    producers' epilogue.) `replay_quantizers`: recompute a quantized shortcut inside the packs that
+    add it rather than write it (see the module docstring)."""
+    lowerer = _Lowerer(mod, plans, word_bits, choices, int8_layout, replay_quantizers)
     lowered = relax.transform.DeadCodeElimination(["main"])(lowerer.lower())
     return lowered, [plan.data in lowerer.fused_packs for plan in plans]
