@@ -191,6 +191,34 @@ def test_a_job_ends_by_timing_each_tasks_leading_records_again(program, tuned, t
     assert best > 1000 * lucky_seconds
 
 
+def test_confirm_only_times_the_leading_records_again_without_new_trials(program, tuned, tmp_path, capsys):
+    """`tune --confirm-only` on a log with a lucky record: no candidate searched, the record gets
+    its real time, the other records stay as they were."""
+    import json
+    import shutil
+
+    from wrpn_tvm.tuning.database import RECORD_FILE, WORKLOAD_FILE
+    from wrpn_tvm.tuning.log_timing import TIMING_FILE
+
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    for name in (WORKLOAD_FILE, RECORD_FILE, TIMING_FILE):
+        shutil.copy(tuned[0] / name, log_dir / name)
+    records = [json.loads(line) for line in (log_dir / RECORD_FILE).read_text().splitlines()]
+    slowest = max(range(len(records)), key=lambda i: sum(records[i][1][1]))
+    records[slowest][1][1] = [1e-12] * len(records[slowest][1][1])
+    (log_dir / RECORD_FILE).write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+
+    assert main(["tune", str(program), "--confirm-only", "--log-dir", str(log_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "no new trials" in out and "(another record leads)" in out and "timed " in out
+    lines = [json.loads(line) for line in (log_dir / RECORD_FILE).read_text().splitlines()]
+    assert len(lines) == len(records)
+    assert min(lines[slowest][1][1]) > 1e-9
+    untouched = [i for i in range(len(records)) if lines[i][1][1] == records[i][1][1]]
+    assert slowest not in untouched and untouched  # only leaders were timed again
+
+
 def test_a_spent_time_budget_stops_the_job_cleanly(program, tmp_path, capsys):
     assert main(["tune", str(program), "--trials", "64", "--max-minutes", "0.0001", "--log-dir", str(tmp_path)]) == 0
     assert "stopped early (time budget spent)" in capsys.readouterr().out

@@ -31,6 +31,10 @@ def register(subparsers) -> None:
                         help="no board: rank candidates by their ESTIMATED time on the target's Raspberry Pi "
                              "(rasp3b, rasp4, rasp5; see `wrpn-tvm estimate`) into a log marked as estimated, "
                              "which measured jobs never extend")
+    parser.add_argument("--confirm-only", action="store_true",
+                        help="no new trials: time each task's leading records in --log-dir again and keep the new "
+                             "times, as a job does when it ends (for a log tuned on a busy machine, or by a job "
+                             "stopped early)")
     add_device_arguments(parser, what="time the candidates on")
     parser.set_defaults(func=handle)
 
@@ -40,7 +44,8 @@ def handle(args) -> int:
 
     batch = {} if args.trials_per_batch is None else {"trials_per_batch": args.trials_per_batch}
     result = tune(args.model, target=args.target, trials=args.trials, log_dir=args.log_dir, device=device_from_args(args),
-                  seed=args.seed, max_minutes=args.max_minutes, estimate=args.estimate, kernels=args.kernels, **batch)
+                  seed=args.seed, max_minutes=args.max_minutes, estimate=args.estimate, kernels=args.kernels,
+                  confirm_only=args.confirm_only, **batch)
     for task in result.tasks:
         trials = task.recorded + task.measured
         if not trials:
@@ -51,10 +56,12 @@ def handle(args) -> int:
         print(f"  {task.name}: {trials} trials{f' ({task.failed} failed)' if task.failed else ''}, {best}")
     for message, count in result.run_errors.items():
         print(f"  {count} candidate(s) failed to {'be estimated' if result.estimated else 'run'}: {message}")
-    print(
-        f"tuned {result.measured} new trials in {result.seconds:.0f} s into {result.log_dir} "
-        f"({result.skipped_recorded} recorded candidates not re-measured)"
-    )
+    if args.confirm_only:
+        print(f"timed {sum(c.retimed for c in result.confirmations)} records of {len(result.confirmations)} tasks again "
+              f"in {result.seconds:.0f} s in {result.log_dir}")
+    else:
+        print(f"tuned {result.measured} new trials in {result.seconds:.0f} s into {result.log_dir} "
+              f"({result.skipped_recorded} recorded candidates not re-measured)")
     if result.estimated:
         print(f"the run times in {result.log_dir} are ESTIMATES for {result.target} (see its README.md), not measurements")
     if result.stopped:

@@ -66,13 +66,15 @@ def tune(
     stream=None,
     estimate: bool = False,
     kernels: str = "auto",
+    confirm_only: bool = False,
 ) -> TuneResult:
     """Tune a `.pt2` program's tasks (bit-serial, int8-dot where the target has an int8 dot
     product, and FP32) for a target into log_dir, timing the candidates on `device` (this machine
     by default), or, with `estimate`, ranking them by their estimated time on the target's
     Raspberry Pi (no device). With `kernels` "auto" both kernels of a quantized conv are tuned, so
     that a build with the log runs each layer on the faster one; "bit-serial" or "int8-dot" tunes
-    the lowering with that kernel wherever it applies."""
+    the lowering with that kernel wherever it applies. `confirm_only`: no search, only the
+    re-timing of each task's leading records that ends a job (`confirm.py`)."""
     from ..pipeline import kernel_variants, prepare_module
 
     spec = resolve(target)
@@ -83,7 +85,7 @@ def tune(
     variants = kernel_variants(spec) if kernels == "auto" else (kernels,)
     mods = [prepare_module(program, spec, variant)[0] for variant in variants]
     return tune_module(mods, spec, trials, log_dir, device, seed=seed, trials_per_batch=trials_per_batch,
-                       max_minutes=max_minutes, stream=stream, estimate=estimate)
+                       max_minutes=max_minutes, stream=stream, estimate=estimate, confirm_only=confirm_only)
 
 
 def _job_timing(spec: TargetSpec, estimate: bool) -> str:
@@ -114,10 +116,12 @@ def tune_module(
     max_minutes: float | None = None,
     stream=None,
     estimate: bool = False,
+    confirm_only: bool = False,
 ) -> TuneResult:
     """Tune the tasks of a Relax module (or of several lowerings of one model); the library function under `tune`."""
     return tune_tasks(extract_tasks(mod, spec), spec, trials, log_dir, device, seed=seed,
-                      trials_per_batch=trials_per_batch, max_minutes=max_minutes, stream=stream, estimate=estimate)
+                      trials_per_batch=trials_per_batch, max_minutes=max_minutes, stream=stream, estimate=estimate,
+                      confirm_only=confirm_only)
 
 
 def tune_tasks(
@@ -132,8 +136,10 @@ def tune_tasks(
     max_minutes: float | None = None,
     stream=None,
     estimate: bool = False,
+    confirm_only: bool = False,
 ) -> TuneResult:
-    """Tune MetaSchedule ExtractedTasks (from tasks.extract_tasks, or a chosen few of them)."""
+    """Tune MetaSchedule ExtractedTasks (from tasks.extract_tasks, or a chosen few of them); with
+    `confirm_only`, only time each task's leading records in the log again."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
@@ -143,6 +149,8 @@ def tune_tasks(
         raise WrpnError(f"--trials-per-batch must be at least 1, got {trials_per_batch}")
     if max_minutes is not None and max_minutes <= 0:
         raise WrpnError(f"--max-minutes must be positive, got {max_minutes}")
+    if confirm_only and estimate:
+        raise WrpnError("--confirm-only times records again on a device; estimates do not vary: drop --estimate")
     device = device if device is not None else DeviceSpec()
     if estimate:  # (make_runner checks a device itself)
         _check_device(spec, device, estimate)
@@ -171,6 +179,15 @@ def tune_tasks(
         already = sum(task.recorded for task in progress)
         budget = trials - already
         result = TuneResult(log_dir, spec.name, timed_on, trials, 0, 0, 0.0, progress, estimated=estimate)
+        if confirm_only:
+            print(f"[tune] {len(tasks)} tasks for {spec.name} on {timed_on}: timing the leading records in "
+                  f"{log_dir} again, no new trials", file=stream, flush=True)
+            with spec.target:
+                result.confirmations = _confirm(log_dir, tasks, make_builder(spec), runner, spec, progress, stream)
+            if not result.confirmations:
+                print(f"[tune] no task has two valid records in {log_dir}: nothing to time again", file=stream, flush=True)
+            result.seconds = time.monotonic() - started
+            return result
         if budget <= 0:
             print(f"[tune] {log_dir} already holds {already} trials for these {len(tasks)} tasks (asked {trials}); "
                   "nothing to do", file=stream, flush=True)
