@@ -46,8 +46,8 @@ def _split_channels(sch: Schedule, decisions: Decisions, loop, lanes: int, pixel
     extent = loop_extent(sch, loop)
     vector_default = largest_divisor_at_most(extent, min(16, 4 * lanes))
     rest, vector = sch.split(loop, decisions.tile(loop, 2, 16, [extent // vector_default, vector_default]))
-    registers = (2 if pixels > 1 else 4) if lanes >= 16 else 1
-    registers_default = largest_divisor_at_most(extent // vector_default, registers)
+    registers_wanted = (2 if pixels > 1 else 4) if lanes >= 16 else 1
+    registers_default = largest_divisor_at_most(extent // vector_default, registers_wanted)
     outer, registers = sch.split(
         rest, decisions.tile(rest, 2, 4, [extent // vector_default // registers_default, registers_default]))
     return outer, registers, vector

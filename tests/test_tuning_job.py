@@ -1,5 +1,6 @@
 """Tuning jobs end to end on a tiny model: tune, compile with the log, resume, remote devices."""
 
+import json
 import os
 import re
 import subprocess
@@ -117,7 +118,6 @@ def test_resume_adds_records_and_never_remeasures(tuned, capsys):
 def test_a_host_log_says_how_it_was_timed_and_takes_no_warm_records(program, tuned, tmp_path, capsys):
     """Warm times (MetaSchedule's default, and every CPU log tuned before) run faster than the same
     code timed as in the model: mixed in one log, the best record would be the wrong one."""
-    import json
     import shutil
 
     from wrpn_tvm.tuning.database import RECORD_FILE, WORKLOAD_FILE
@@ -161,60 +161,57 @@ def test_every_task_measures_its_template_default_first(tuned):
         assert structural_hash(record.as_measure_candidate().sch.mod) == structural_hash(default.sch.mod)
 
 
-def test_a_job_ends_by_timing_each_tasks_leading_records_again(program, tuned, tmp_path, capsys):
-    """A record timed in a moment that does not come back (here 1 ps, as no kernel runs) would pick the
-    build's schedule; timed again at the job's end, it keeps its real time and loses the lead."""
-    import json
+LUCKY_SECONDS = 1e-12  # a timing that does not come back (no kernel runs in 1 ps)
+
+
+def _log_with_a_lucky_record(tuned_dir, tmp_path) -> tuple:
+    """(log dir, its records as JSON, index of the one made lucky): a copy of a tuned log whose
+    slowest record is given LUCKY_SECONDS, so that it leads."""
     import shutil
 
     from wrpn_tvm.tuning.database import RECORD_FILE, WORKLOAD_FILE
     from wrpn_tvm.tuning.log_timing import TIMING_FILE
 
-    lucky_seconds = 1e-12
     log_dir = tmp_path / "log"
     log_dir.mkdir()
     for name in (WORKLOAD_FILE, RECORD_FILE, TIMING_FILE):
-        shutil.copy(tuned[0] / name, log_dir / name)
+        shutil.copy(tuned_dir / name, log_dir / name)
     records = [json.loads(line) for line in (log_dir / RECORD_FILE).read_text().splitlines()]
     slowest = max(range(len(records)), key=lambda i: sum(records[i][1][1]))
-    records[slowest][1][1] = [lucky_seconds] * len(records[slowest][1][1])
+    records[slowest][1][1] = [LUCKY_SECONDS] * len(records[slowest][1][1])
     (log_dir / RECORD_FILE).write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+    return log_dir, records, slowest
 
+
+def test_a_job_ends_by_timing_each_tasks_leading_records_again(program, tuned, tmp_path, capsys):
+    """A record timed in a moment that does not come back would pick the build's schedule; timed
+    again at the job's end, it keeps its real time and loses the lead."""
+    from wrpn_tvm.tuning.database import RECORD_FILE
+
+    log_dir, records, slowest = _log_with_a_lucky_record(tuned[0], tmp_path)
     assert main(["tune", str(program), "--trials", str(len(records) + 2), "--log-dir", str(log_dir)]) == 0
     out = capsys.readouterr().out
     assert "[tune] timed the leading records of" in out and "(another record leads)" in out
     lines = (log_dir / RECORD_FILE).read_text().splitlines()
     assert len(lines) == len(records) + 2  # times replaced in place: no record added or lost
     retimed = json.loads(lines[slowest])[1][1]
-    assert min(retimed) > 1000 * lucky_seconds
+    assert min(retimed) > 1000 * LUCKY_SECONDS
     best = min(sum(map(float, r.run_secs)) / len(r.run_secs) for r in load_database(log_dir, resolve("host")).get_all_tuning_records())
-    assert best > 1000 * lucky_seconds
+    assert best > 1000 * LUCKY_SECONDS
 
 
 def test_confirm_only_times_the_leading_records_again_without_new_trials(program, tuned, tmp_path, capsys):
     """`tune --confirm-only` on a log with a lucky record: no candidate searched, the record gets
     its real time, the other records stay as they were."""
-    import json
-    import shutil
+    from wrpn_tvm.tuning.database import RECORD_FILE
 
-    from wrpn_tvm.tuning.database import RECORD_FILE, WORKLOAD_FILE
-    from wrpn_tvm.tuning.log_timing import TIMING_FILE
-
-    log_dir = tmp_path / "log"
-    log_dir.mkdir()
-    for name in (WORKLOAD_FILE, RECORD_FILE, TIMING_FILE):
-        shutil.copy(tuned[0] / name, log_dir / name)
-    records = [json.loads(line) for line in (log_dir / RECORD_FILE).read_text().splitlines()]
-    slowest = max(range(len(records)), key=lambda i: sum(records[i][1][1]))
-    records[slowest][1][1] = [1e-12] * len(records[slowest][1][1])
-    (log_dir / RECORD_FILE).write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
-
+    log_dir, records, slowest = _log_with_a_lucky_record(tuned[0], tmp_path)
     assert main(["tune", str(program), "--confirm-only", "--log-dir", str(log_dir)]) == 0
     out = capsys.readouterr().out
     assert "no new trials" in out and "(another record leads)" in out and "timed " in out
     lines = [json.loads(line) for line in (log_dir / RECORD_FILE).read_text().splitlines()]
     assert len(lines) == len(records)
-    assert min(lines[slowest][1][1]) > 1e-9
+    assert min(lines[slowest][1][1]) > 1000 * LUCKY_SECONDS
     untouched = [i for i in range(len(records)) if lines[i][1][1] == records[i][1][1]]
     assert slowest not in untouched and untouched  # only leaders were timed again
 

@@ -41,7 +41,12 @@ class TargetSpec:
 
     @property
     def is_aarch64(self) -> bool:
-        return "aarch64" in str(self.target.attrs.get("mtriple", ""))
+        return is_aarch64(self.target)
+
+
+def is_aarch64(target: "tvm.target.Target") -> bool:
+    """Whether a TVM target generates 64-bit ARM code (the Raspberry Pi presets)."""
+    return "aarch64" in str(target.attrs.get("mtriple", ""))
 
 
 def _arm(mcpu: str, mattr: list[str]) -> dict:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from .. import ops
 from ..ops.bitserial import as_padding4
 from ..kernel_kinds import AUTO, BITSERIAL, INT8_DOT, LUT
+from ..targets import is_aarch64
 from .recognize import LayerPlan
 
 WORD_BITS = 64  # channels per bit-serial word on CPUs
@@ -141,8 +142,7 @@ def _x86_kind(target) -> "str | None":
     """cpu_kind of an x86 CPU target with AVX2; None for any other target."""
     from tvm.target.codegen import target_has_features
 
-    if (target.kind.name != "llvm" or "aarch64" in str(target.attrs.get("mtriple", ""))
-            or not target_has_features("avx2", target)):
+    if target.kind.name != "llvm" or is_aarch64(target) or not target_has_features("avx2", target):
         return None
     return cpu_kind(target)
 
@@ -151,7 +151,7 @@ def cpu_kind(target) -> str:
     """The int8 dot instruction family of a CPU target with an int8 layout (ops.int8_layout)."""
     from tvm.target.codegen import target_has_features
 
-    if "aarch64" in str(target.attrs.get("mtriple", "")):
+    if is_aarch64(target):
         return "neon-sdot"
     if target_has_features("avx512vnni", target):
         return "avx512-vnni"

@@ -9,8 +9,8 @@ layer's quantizer reads another bit-serial layer's epilogue, directly or through
 its pack is computed from the int32 accumulator(s) in one kernel (epilogue + glue + quantize +
 bitpack): no float activation map is written for it. A quantized map that such glue reads (the
 identity shortcut of the first residual block, after the FP32 stem) is recomputed there from the
-quantizer's input (except on aarch64: lower_wrpn says why). (A float map is still written where a float consumer needs it.) The FP32 ops
-left behind become dead and are removed.
+quantizer's input (except on aarch64: lower_wrpn says why). A float map is still written where a
+float consumer needs it. The FP32 ops left behind become dead and are removed.
 
 A conv whose kernel choice (kernel_choice.py) is the int8 dot product gets the same structure with
 the levels as int8 bytes (`ops.int8_levels`) in place of the bit-planes and `ops.int8_conv2d` in
