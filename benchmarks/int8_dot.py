@@ -70,15 +70,18 @@ def _out_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def bitserial_func(size, cin, cout, kernel, stride, padding, abits, wbits):
+def bitserial_func(size, cin, cout, kernel, stride, padding, abits, wbits, spec):
+    """The conv in the form the lowering gives it for `spec` (shift groups summed apart on AVX-512)."""
     from tvm import te
 
     from wrpn_tvm import ops
+    from wrpn_tvm.lowering.rewrite import splits_shift_groups
 
     words = -(-cin // WORD_BITS)
     data = te.placeholder((1, size, size, abits, words), f"uint{WORD_BITS}", name="data")
     weight = te.placeholder((kernel, kernel, wbits, words, cout), f"uint{WORD_BITS}", name="weight")
-    return _kernel([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, stride, padding)])
+    return _kernel([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, stride, padding,
+                                                       split_shift_groups=splits_shift_groups(spec))])
 
 
 def int8_func(size, cin, cout, kernel, stride, padding, layout):
@@ -134,7 +137,8 @@ def measure_layer(layer, spec, layout, rng, rounds):
     from wrpn_tvm.pipeline import compile_prim_func
 
     _, size, cin, cout, kernel, stride, padding = layer
-    funcs = {f"bitserial a{a}w{w}": bitserial_func(size, cin, cout, kernel, stride, padding, a, w) for a, w in BITS}
+    funcs = {f"bitserial a{a}w{w}": bitserial_func(size, cin, cout, kernel, stride, padding, a, w, spec)
+             for a, w in BITS}
     funcs["int8"] = int8_func(size, cin, cout, kernel, stride, padding, layout)
     for abits in sorted({a for a, _ in BITS}):
         funcs[f"bitpack a{abits}"] = bitpack_func(size, cin, abits)

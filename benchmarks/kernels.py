@@ -76,15 +76,19 @@ def _kernel(tensors):
     return te.create_prim_func(tensors), [([int(d) for d in t.shape], str(t.dtype)) for t in tensors]
 
 
-def bitserial_func(size, channels, abits, wbits):
+def bitserial_func(size, channels, abits, wbits, target):
+    """The conv in the form the lowering gives it for `target` (shift groups summed apart on AVX-512)."""
     from tvm import te
 
     from wrpn_tvm import ops
+    from wrpn_tvm.lowering.rewrite import splits_shift_groups
+    from wrpn_tvm.targets import resolve
 
     words = -(-channels // WORD_BITS)
     data = te.placeholder((1, size, size, abits, words), f"uint{WORD_BITS}", name="data")
     weight = te.placeholder((3, 3, wbits, words, channels), f"uint{WORD_BITS}", name="weight")
-    return _kernel([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, 1, 1)])
+    split = splits_shift_groups(resolve(target))
+    return _kernel([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, 1, 1, split_shift_groups=split)])
 
 
 def bitpack_func(size, channels, abits):
@@ -241,7 +245,7 @@ def measure(threads, target, rng, repeat):
         for size, base in LAYERS:
             channels = base * width
             for abits, wbits in BITS:
-                kernel = bitserial_func(size, channels, abits, wbits)
+                kernel = bitserial_func(size, channels, abits, wbits, target)
                 name = f"bitserial_{size}x{channels}_a{abits}w{wbits}"
                 run_args = random_args(kernel, rng)
                 pack = bitpack_func(size, channels, abits)

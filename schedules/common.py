@@ -12,7 +12,7 @@ from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 
-from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE
+from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE, SHIFT_COMBINE
 
 WRPN_RULES = (CONV2D_RULE, DENSE_RULE, BITPACK_RULE)
 # What MetaScheduleApplyDatabase and dlight set on a function they scheduled (TVM 0.27 spelling).
@@ -231,11 +231,18 @@ def _inline_blocks(sch: Schedule, skipped, kept: set) -> list[str]:
 
 
 def inline_other_blocks(sch: Schedule, kept: frozenset = frozenset()) -> list[str]:
-    """Inline the injective blocks that are neither WRPN kernels nor padding nor `kept` (names):
-    fused producers and epilogues; return the names of the other blocks that remain (outputs,
-    reductions)."""
+    """Inline the injective blocks that are neither WRPN kernels nor padding nor a shift-group
+    combine (its kernel's template computes the kernel at it) nor `kept` (names): fused producers
+    and epilogues; return the names of the other blocks that remain (outputs, reductions)."""
     return _inline_blocks(sch, lambda block, name: block_rule(sch, block) in WRPN_RULES
-                          or name.startswith(PAD_BLOCK) or name in kept, set())
+                          or name.startswith((PAD_BLOCK, SHIFT_COMBINE)) or name in kept, set())
+
+
+def shift_groups(sch: Schedule, block) -> int:
+    """How many shift groups a bit-serial conv block sums apart (ops.bitserial_conv2d's
+    split_shift_groups: a group axis before the output channels); 0 for a single sum."""
+    spatial = [iv for iv in sch.get(block).iter_vars if int(iv.iter_type) == _DATA_PAR]
+    return int(spatial[3].dom.extent) if len(spatial) == 5 else 0
 
 
 def inline_around_kernels(sch: Schedule, rule: str, skipped_prefix: "str | None" = None) -> list[str]:
@@ -267,3 +274,16 @@ def place_remaining_blocks(sch: Schedule, names: list[str], place) -> None:
         spatial = leading_spatial_loops(sch, existing[name])
         if spatial:
             place(sch, existing[name], spatial)
+
+
+def weight_bytes(sch: Schedule, block) -> int:
+    """The size of the weight buffer an unscheduled kernel block reads: the one indexed by its
+    output channel, innermost."""
+    channel = [iv for iv in sch.get(block).iter_vars if int(iv.iter_type) == _DATA_PAR][-1].var
+    for read in sch.get(block).reads:
+        if read.region[-1].min.same_as(channel):
+            size = tvm.DataType(read.source.dtype).bits // 8
+            for extent in read.source.shape:
+                size *= int(extent)
+            return size
+    return 0

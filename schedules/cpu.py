@@ -6,24 +6,40 @@ take, and for bitpack."""
 
 from typing import Callable
 
+from tvm import DataType
 from tvm.s_tir import Schedule
 
 from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
 
 from .common import (
     Decisions,
+    attach_epilogue,
     compute_padding_at,
     inline_other_blocks,
     kernel_blocks,
     largest_divisor_at_most,
     loop_extent,
+    pad_whole_input,
     place_parallel,
     place_remaining_blocks,
     registers_and_writeback,
+    shift_groups,
+    try_vectorize,
+    weight_bytes,
 )
 
 UNROLL_STEPS = [0, 4, 16]  # the register tile is unrolled already; more only bloats code
 MAX_TILE_PIXELS = 7  # a row of ResNet's last stage in one tile
+# Of AVX-512's 32 vector registers, what a tile of shift-group accumulators may take: the rest hold
+# the weight words, the broadcast activation words and the counts in flight.
+GROUP_ACCUMULATOR_REGISTERS = 24
+VECTOR_BYTES = 64
+# A shift-group kernel's default loop order takes channel tiles outermost where its weights exceed
+# this (half a Zen 4/5 core's L2): pixel tiles outermost stream all the weights again for every
+# tile, from memory once they fall out of cache. Cold caches, 2 threads, znver4: 7x7x1024 2/2
+# (2.4 MB of weights) 1.22x the single sum's time with pixels outermost, 0.97x with channels; 14x14x512
+# (590 KB) 0.97x and 0.89x; 28x28x256 (147 KB) 0.91x and 0.95x.
+CACHED_WEIGHT_BYTES = 512 * 1024
 CONV_LOOP_ORDERS = ("pixels_outer", "channels_outer")
 
 
@@ -76,6 +92,65 @@ def _conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, order: str) 
     registers_and_writeback(sch, block, parallel, [oh_inner, ow_inner, o_regs], o_vec, kh, tuning)
 
 
+def _group_tile_default(width: int, channels: int, groups: int, lanes: int, accumulator_bytes: int):
+    """(pixels, channel vectors, lanes per vector) of the default tile of a shift-group kernel: the
+    generic tile's pixels and lanes, then a vector of one register, then fewer pixels, until every
+    group's accumulators fit GROUP_ACCUMULATOR_REGISTERS. ResNet-18's 2x 2/2 layers take 4 pixels x
+    16 lanes (56 and 28 wide) and 7 pixels x 8 lanes (14 and 7 wide; x 16 lanes spilled)."""
+    def registers(pixels, vector):
+        return groups * pixels * max(1, vector * accumulator_bytes // VECTOR_BYTES)
+
+    pixels = _default_pixels(width, lanes)
+    vector = largest_divisor_at_most(channels, lanes)
+    if registers(pixels, vector) > GROUP_ACCUMULATOR_REGISTERS:
+        vector = largest_divisor_at_most(channels, max(1, VECTOR_BYTES // accumulator_bytes))
+    while pixels > 1 and registers(pixels, vector) > GROUP_ACCUMULATOR_REGISTERS:
+        pixels = largest_divisor_at_most(width, pixels - 1)
+    vectors = largest_divisor_at_most(channels // vector,
+                                      max(1, min(4, GROUP_ACCUMULATOR_REGISTERS // registers(pixels, vector))))
+    return pixels, vectors, vector
+
+
+def _grouped_conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, order: str) -> None:
+    """The register tile of a kernel that sums each shift group apart: tiled on its combine stage,
+    whose loops run in parallel, with the kernel computed per tile into local accumulators (one
+    per group, the group loop unrolled inside the tile) that the combine reads straight back."""
+    decisions = Decisions(sch, tuning)
+    (combine,) = sch.get_consumers(block)
+    n, oh, ow, o = sch.get_loops(combine)
+    accumulator_bytes = DataType(sch.get(block).writes[0].source.dtype).bits // 8
+    pixels, vectors, vector = _group_tile_default(loop_extent(sch, ow), loop_extent(sch, o),
+                                                  shift_groups(sch, block), lanes, accumulator_bytes)
+    oh_outer, oh_inner = sch.split(oh, decisions.tile(oh, 2, 2, [loop_extent(sch, oh), 1]))
+    ow_outer, ow_inner = sch.split(
+        ow, decisions.tile(ow, 2, MAX_TILE_PIXELS, [loop_extent(sch, ow) // pixels, pixels]))
+    channels = loop_extent(sch, o)
+    rest, vector_factor = decisions.tile(o, 2, 16, [channels // vector, vector])
+    o_rest, o_vector = sch.split(o, [rest, vector_factor])
+    o_outer, o_registers = sch.split(
+        o_rest, decisions.tile(o_rest, 2, 4, [channels // vector // vectors, vectors]))
+    outer = [n, oh_outer, ow_outer, o_outer] if order == "pixels_outer" else [o_outer, n, oh_outer, ow_outer]
+    sch.reorder(*outer, oh_inner, ow_inner, o_registers, o_vector)
+    parallel = sch.fuse(*outer)
+    sch.parallel(parallel)
+    annotate_unroll(sch, parallel, decisions)
+    try_vectorize(sch, o_vector)
+    sch.compute_at(block, parallel, preserve_unit_loops=True)
+    sch.set_scope(block, 0, "local")
+    # The halo copied per tile cost this kernel a fifth of its time (28x28x256 2/2, 1 thread, znver4:
+    # 2.09 -> 1.65 ms padded whole); the single sum's tile measured no difference either way.
+    pad_whole_input(sch, block)
+    _, tile_n, tile_h, tile_w, group, channel, kh, kw, cw = sch.get_loops(block)
+    tile_registers, tile_vector = sch.split(channel, [None, vector_factor])
+    sch.reorder(kh, kw, cw, tile_n, tile_h, tile_w, tile_registers, group, tile_vector)
+    for loop in (tile_h, tile_w, tile_registers, group):
+        sch.unroll(loop)
+    sch.vectorize(tile_vector)
+    attach_epilogue(sch, combine, parallel)
+    if not tuning:
+        sch.decompose_reduction(block, kh)
+
+
 def conv2d(sch: Schedule, block, lanes: int, tuning: bool) -> list[Schedule]:
     """Tuning returns one design space per loop order (pixels or channel tiles outermost: the
     latter keeps a weight tile in cache across all pixels, which pays off on wide layers)."""
@@ -83,7 +158,12 @@ def conv2d(sch: Schedule, block, lanes: int, tuning: bool) -> list[Schedule]:
     spaces = []
     for order in orders:
         space = sch.copy() if len(orders) > 1 else sch
-        _conv2d_variant(space, block, lanes, tuning, order)
+        if shift_groups(space, block):
+            if not tuning and weight_bytes(space, block) > CACHED_WEIGHT_BYTES:
+                order = "channels_outer"
+            _grouped_conv2d_variant(space, block, lanes, tuning, order)
+        else:
+            _conv2d_variant(space, block, lanes, tuning, order)
         spaces.append(space)
     return spaces
 

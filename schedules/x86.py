@@ -28,7 +28,7 @@ from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
 from . import cpu, staged_bitpack
 from .avx2 import DECODE_INTRIN, LANES, WORD, NibbleCounts, nibble_counts
 from .common import (Decisions, attach_epilogue, largest_divisor_at_most, loop_extent, pad_whole_input,
-                     try_vectorize)
+                     shift_groups, try_vectorize)
 
 AVX512_LANES = 16
 AVX2_LANES = 8  # the generic template's lanes as before; its tile spills a little and still measured fastest
@@ -56,6 +56,8 @@ def _plan(sch: Schedule, block) -> "NibbleCounts | None":
     """The block's nibble-count plan, when its words are 64-bit, its output channels fill whole ymm
     registers and its reduction fits the 16-bit lanes. Conv and dense both read activations with the
     planes second to last and weights [..., planes, words, channels]."""
+    if shift_groups(sch, block):
+        return None  # the nibble counts hold one sum per output channel
     info = sch.get(block)
     channel = [iv for iv in info.iter_vars if int(iv.iter_type) != _REDUCE][-1]
     weights = [r for r in info.reads if r.region[-1].min.same_as(channel.var)]

@@ -7,10 +7,11 @@ The heavier zoo configurations are marked slow.
 import numpy as np
 import pytest
 import torch
+import tvm
 from torch import nn
 from torch.nn import functional as F
 
-from wrpn_tvm import build, runtime
+from wrpn_tvm import build, ops, runtime
 from wrpn_tvm.cli import main as cli_main
 from wrpn_tvm.frontend import to_relax
 from wrpn_tvm.lowering import lower_wrpn
@@ -109,6 +110,29 @@ def test_next_layers_pack_fuses_into_the_epilogue(kernels, pack):
     assert len(fused) == 1
     accumulator = fused[0].args[1].fields[0]
     assert accumulator.ty.dtype == "int32"
+
+
+def test_avx512_convs_sum_each_shift_group_apart():
+    """Where VPOPCNTQ counts zmm registers, the convs whose outputs each sum a long reduction (3x3
+    over 256 channels and more) keep an accumulator per shift group (their combine stage is in the
+    kernel's function); shorter ones (the 128-channel stage, the 1x1 downsamples) and other
+    targets keep one sum."""
+    model = randomize_batch_norm(build_model("resnet18", 2.0, 2, 2, in_channels=3, image_size=32))
+    program = to_relax(export_model(model, torch.rand(1, 3, 32, 32)))
+
+    def split_calls(target):
+        """(How many calls run a kernel that sums shift groups apart, the layer reports.)"""
+        mod, reports = lower_wrpn(program, resolve(target), "bit-serial")
+        split = {gvar.name_hint for gvar, func in mod.functions_items()
+                 if isinstance(func, tvm.tirx.PrimFunc) and ops.SHIFT_COMBINE in func.script()}
+        calls = [b.value.args[0].name_hint for b in mod["main"].body.blocks[0].bindings
+                 if "call_tir" in str(getattr(b.value, "op", ""))]
+        return sum(name in split for name in calls), reports
+
+    calls, reports = split_calls("x86-avx512")
+    long = [r for r in reports if r.is_bitserial and r.detail.startswith("3x3") and r.input_shape[1] >= 256]
+    assert calls == len(long) == 11  # all of stages 3 and 4, stage 2 but its first conv (128 in)
+    assert split_calls("x86-avx2")[0] == split_calls("rasp4")[0] == split_calls("cuda")[0] == 0
 
 
 @pytest.mark.parametrize("kernels, pack", PACKS)

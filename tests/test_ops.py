@@ -51,6 +51,22 @@ def test_64_bit_words_equal_reference(abits, wbits):
                           ops.dense_levels_reference(xd, wd, abits, wbits))
 
 
+@pytest.mark.parametrize("case", range(len(CONV_SHAPES)))
+@pytest.mark.parametrize("target", ["host", "x86-avx2"])
+def test_shift_group_conv2d_equals_reference(case, target):
+    """The kernel form that sums each shift group apart (AVX-512's lowering) through the generic
+    CPU template, at 32- and 64-bit words, on every awkward shape and a multi-bit weight pair each."""
+    rng = np.random.default_rng(100 + case)
+    abits, wbits = [(2, 2), (1, 2), (4, 2), (3, 4), (2, 3), (4, 4), (8, 2)][case]
+    channels, out_channels, kernel, stride, padding, batch, image = CONV_SHAPES[case]
+    x = rng.integers(0, 2**abits, (batch, channels, image, image))
+    w = random_weights(rng, wbits, (out_channels, channels, kernel, kernel))
+    want = ops.conv2d_levels_reference(x, w, abits, wbits, stride, padding)
+    for word_bits in (32, 64):
+        got = kernels.conv2d_levels(x, w, abits, wbits, stride, padding, target, word_bits, split_shift_groups=True)
+        assert got.dtype == np.int32 and np.array_equal(got, want), word_bits
+
+
 def test_conv2d_levels_extreme_levels_accumulate_exactly():
     """All-max activations times all-min weights: the largest magnitudes the planes produce."""
     abits, wbits = 8, 8

@@ -177,6 +177,31 @@ def test_registered_rules_sample_tunable_schedules(target, key):
             tvm.compile(spaces[-1].mod, target=compile_target)
 
 
+def test_shift_group_kernel_tunes_and_stays_exact():
+    """The form AVX-512's lowering uses (a local accumulator per shift group, computed at the
+    combine's tile): the x86 rule's sampled spaces pass MetaSchedule's CPU postprocs and compute
+    exactly; untuned, the tile keeps no intermediate in memory beyond the local accumulators."""
+    data = te.placeholder((1, 7, 7, 2, 1), "uint32", name="data")
+    weight = te.placeholder((3, 3, 2, 1, 32), "uint32", name="weight")
+    func = te.create_prim_func([data, weight, ops.bitserial_conv2d(data, weight, 2, 2, 1, 1, split_shift_groups=True)])
+    target = resolve("x86-avx512").target
+    with target:
+        rule = tvm.get_global_func(schedules.rule_name("cpu", ops.CONV2D_RULE))
+        for seed in (1, 2, 3):
+            sch = Schedule(func, seed=seed)
+            spaces = rule(sch, sch.get_sblock("wrpn_bitserial_conv2d"))
+            assert len(spaces) == 2
+            for space in spaces:
+                root = space.get_sblock("root")
+                for annotation, value in (("parallel", 32), ("vectorize", 64), ("unroll_explicit", 512)):
+                    space.annotate(root, f"meta_schedule.{annotation}", value)
+                assert ms.postproc.RewriteParallelVectorizeUnroll().apply(space)
+                assert ms.postproc.RewriteReductionBlock().apply(space)
+                _check_sampled_space_is_exact(space, resolve("host").target)
+    scheduled = schedules.apply_default_schedules(tvm.IRModule({"main": func}), target)["main"]
+    assert 'scope="local"' in scheduled.script() and "wrpn_shift_combine" in scheduled.script()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["host", "rasp4", "cuda"])
 def test_metaschedule_design_spaces_come_from_the_templates(target):

@@ -25,9 +25,11 @@ def _compile(key: tuple, make_tensors, spec: TargetSpec):
     return _compiled[key]
 
 
-def compile_conv2d(x_shape, w_shape, abits, wbits, stride=1, padding=0, target="host", word_bits=32):
+def compile_conv2d(x_shape, w_shape, abits, wbits, stride=1, padding=0, target="host", word_bits=32,
+                   split_shift_groups=False):
     """Compile pack_activation(levels) + bit-serial conv2d for these shapes; the function takes
-    (x int32 NCHW levels, packed weight) and writes int32 NHWC."""
+    (x int32 NCHW levels, packed weight) and writes int32 NHWC. `split_shift_groups`: the kernel
+    form that sums each shift group apart (ops.bitserial_conv2d)."""
     check_bits(abits, wbits)
     spec = resolve(target)
     stride, padding = as_pair(stride, "stride"), as_padding4(padding)
@@ -41,9 +43,10 @@ def compile_conv2d(x_shape, w_shape, abits, wbits, stride=1, padding=0, target="
         x = te.placeholder(x_shape, "int32", name="x")
         w = te.placeholder((kernel_h, kernel_w, wbits, words, out_channels), f"uint{word_bits}", name="w")
         packed = pack_activation(x, abits, word_bits, quantize=False)
-        return [x, w, bitserial_conv2d(packed, w, abits, wbits, stride, padding)]
+        return [x, w, bitserial_conv2d(packed, w, abits, wbits, stride, padding,
+                                       split_shift_groups=split_shift_groups)]
 
-    key = ("conv2d", tuple(x_shape), tuple(w_shape), abits, wbits, stride, padding, word_bits)
+    key = ("conv2d", tuple(x_shape), tuple(w_shape), abits, wbits, stride, padding, word_bits, split_shift_groups)
     return _compile(key, tensors, spec)
 
 
@@ -85,7 +88,8 @@ def _run(executable, spec: TargetSpec, out_shape, *arrays) -> np.ndarray:
     return out.numpy()
 
 
-def conv2d_levels(x, w, abits, wbits, stride=1, padding=0, target="host", word_bits=32) -> np.ndarray:
+def conv2d_levels(x, w, abits, wbits, stride=1, padding=0, target="host", word_bits=32,
+                  split_shift_groups=False) -> np.ndarray:
     """int32 NCHW result of the compiled bit-serial conv of levels x (NCHW) and w (OIHW)."""
     check_bits(abits, wbits)
     x = check_activation_levels(x, abits).astype(np.int32)
@@ -93,7 +97,7 @@ def conv2d_levels(x, w, abits, wbits, stride=1, padding=0, target="host", word_b
     if x.ndim != 4 or w.ndim != 4:
         raise WrpnError(f"conv2d_levels expects NCHW data and OIHW weights, got {x.shape} and {w.shape}")
     spec = resolve(target)
-    executable = compile_conv2d(x.shape, w.shape, abits, wbits, stride, padding, spec, word_bits)
+    executable = compile_conv2d(x.shape, w.shape, abits, wbits, stride, padding, spec, word_bits, split_shift_groups)
     stride_h, stride_w = as_pair(stride, "stride")
     top, left, bottom, right = as_padding4(padding)
     out_h = (x.shape[2] + top + bottom - w.shape[2]) // stride_h + 1

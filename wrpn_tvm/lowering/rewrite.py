@@ -66,6 +66,21 @@ def _levels(x: te.Tensor, level) -> te.Tensor:
     return te.compute(x.shape, lambda *i: level(x(*i)), name="wrpn_levels")
 
 
+# ResNet-18 2x 2/2 on znver4, the group form against the single sum, per layer in the model: 3x3
+# over 4 to 16 words (256 to 1024 channels) 3-16% faster; 3x3 over 2 words (the 56x56 stage's 128)
+# 7-25% slower; the 1x1 downsamples (2 to 8 words) even.
+MIN_SPLIT_WORDS = 36
+
+
+def splits_shift_groups(spec) -> bool:
+    """Whether bit-serial convs for this target sum each shift group apart: where VPOPCNTQ counts
+    zmm registers (x86 with AVX512-VPOPCNTDQ), whose 32 registers hold a tile of one accumulator per
+    group; measured there only (ResNet-18's 2x 2/2 layers 3-16% faster on znver4)."""
+    from ..targets import isa_features
+
+    return spec.target.kind.name == "llvm" and "avx512vpopcntdq" in isa_features(spec.target)
+
+
 def word_bits_for(spec) -> int:
     """64-bit words on CPUs (one word covers 64 channels), 32 on CUDA (native popcount width)."""
     return 32 if spec.is_cuda else 64
@@ -74,10 +89,11 @@ def word_bits_for(spec) -> int:
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
     def __init__(self, mod, plans: list[LayerPlan], word_bits: int, choices: list[Choice], int8_layout,
-                 replay_quantizers: bool):
+                 replay_quantizers: bool, split_shift_groups: bool):
         super().__init__(mod)
         self.mod = mod
         self.word_bits = word_bits
+        self.split_shift_groups = split_shift_groups
         self.int8_layout = int8_layout
         self.plan_at = {plan.epilogue.output: plan for plan in plans}
         self.kernel_of = {plan.report_index: choice.kernel for plan, choice in zip(plans, choices, strict=True)}
@@ -215,6 +231,7 @@ class _Lowerer(relax.PyExprMutator):
             weight = relax.const(ops.pack_weight(plan.grid.levels, wbits, self.word_bits))
             acc = self.builder_.emit_te(
                 ops.bitserial_conv2d, packed, weight, abits, wbits, plan.stride, plan.padding,
+                split_shift_groups=self.split_shift_groups and self._long_reduction(plan),
                 primfunc_name_hint=f"wrpn_conv2d_{tag}",
             )
         else:
@@ -230,16 +247,25 @@ class _Lowerer(relax.PyExprMutator):
         )
 
 
+    def _long_reduction(self, plan: LayerPlan) -> bool:
+        """Whether each output sums at least MIN_SPLIT_WORDS channel words (kernel window x words):
+        below, the group accumulators' fixed cost per tile (3x as many to zero and combine at 2/2)
+        outweighs the 2 operations per word they save."""
+        _, channels, kernel_h, kernel_w = plan.grid.levels.shape
+        return kernel_h * kernel_w * -(-channels // self.word_bits) >= MIN_SPLIT_WORDS
+
+
 def layer_tag(index: int) -> str:
     return f"layer{index}_"
 
 
 def rewrite(mod, plans: list[LayerPlan], word_bits: int, choices: list[Choice], int8_layout=None,
-            replay_quantizers: bool = True):
+            replay_quantizers: bool = True, split_shift_groups: bool = False):
     """(The module with every planned layer lowered by its chosen kernel and dead FP32 leftovers
     removed, and for each plan whether its input is packed straight from accumulators in the
     producers' epilogue.) `replay_quantizers`: recompute a quantized shortcut inside the packs that
-    add it rather than write it (see the module docstring)."""
-    lowerer = _Lowerer(mod, plans, word_bits, choices, int8_layout, replay_quantizers)
+    add it rather than write it (see the module docstring). `split_shift_groups`: bit-serial convs
+    sum each shift group apart (ops.bitserial_conv2d)."""
+    lowerer = _Lowerer(mod, plans, word_bits, choices, int8_layout, replay_quantizers, split_shift_groups)
     lowered = relax.transform.DeadCodeElimination(["main"])(lowerer.lower())
     return lowered, [plan.data in lowerer.fused_packs for plan in plans]

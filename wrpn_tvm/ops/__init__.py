@@ -4,7 +4,7 @@ A leaf of the package: it imports nothing of wrpn_tvm but its errors (`kernels` 
 runs them one at a time)."""
 
 from .bitpack import BITPACK_RULE, pack_activation, pack_weight
-from .bitserial import CONV2D_RULE, DENSE_RULE, bitserial_conv2d, bitserial_dense
+from .bitserial import CONV2D_RULE, DENSE_RULE, SHIFT_COMBINE, bitserial_conv2d, bitserial_dense
 from .blocked_conv2d import CHANNEL_BLOCK, FP32_CONV2D_RULE, block_weight, blocked_conv2d
 from .int8_dot import (INT8_CONV2D_RULE, Int8Layout, int8_conv2d, int8_fits, int8_layout, int8_levels, pair_sum_max,
                        pair_sums_fit_int16, prepack_int8_weight)
@@ -22,6 +22,7 @@ __all__ = [
     "BITPACK_RULE",
     "CHANNEL_BLOCK",
     "CONV2D_RULE",
+    "SHIFT_COMBINE",
     "DENSE_RULE",
     "FP32_CONV2D_RULE",
     "INT8_CONV2D_RULE",

@@ -20,6 +20,7 @@ from ..errors import WrpnError
 
 CONV2D_RULE = "wrpn_bitserial_conv2d"
 DENSE_RULE = "wrpn_bitserial_dense"
+SHIFT_COMBINE = "wrpn_shift_combine"
 
 
 def as_pair(value, what: str) -> tuple[int, int]:
@@ -45,25 +46,39 @@ def _accumulator(word_dtype) -> str:
     return "int64" if str(word_dtype) == "uint64" else "int32"
 
 
+def _shift_groups(abits: int, wbits: int) -> list[list[tuple[int, int, bool]]]:
+    """The plane pairs (i, j, negative) of each shift i + j, shifts 0, 1, ... in order, positive
+    pairs first in each group; negative: j is the top (two's complement) weight plane."""
+    groups: dict[int, list] = {}
+    for i in range(abits):
+        for j in range(wbits):
+            groups.setdefault(i + j, []).append((i, j, wbits > 1 and j == wbits - 1))
+    return [sorted(groups[shift], key=lambda pair: pair[2]) for shift in sorted(groups)]
+
+
+def _group_sum(group, activation_words, weight_words, accumulator: str):
+    """The signed sum of one shift group's popcount(A_i & W_j), unshifted."""
+    total = None
+    for i, j, negative in group:
+        count = tirx.popcount(activation_words[i] & weight_words[j]).astype(accumulator)
+        if total is None:
+            total = -count if negative else count
+        else:
+            total = total - count if negative else total + count
+    return total
+
+
 def _plane_dot(activation_words, weight_words, wbits: int, accumulator: str):
     """int32 sum over plane pairs of c_j 2^(i+j) popcount(A_i & W_j) for one word of each.
 
     At 1 bit this is only sum_i 2^i popcount(A_i & W); the caller subtracts the activation sum.
     Terms are grouped by shift so each shift is applied once per group, not once per pair.
     """
-    groups: dict[int, list] = {}
-    for i, a in enumerate(activation_words):
-        for j, w in enumerate(weight_words):
-            negative = wbits > 1 and j == wbits - 1
-            groups.setdefault(i + j, []).append((negative, tirx.popcount(a & w).astype(accumulator)))
     total = None
-    for shift, terms in sorted(groups.items()):
-        terms.sort(key=lambda term: term[0])  # positive terms first
-        group = terms[0][1] if not terms[0][0] else -terms[0][1]
-        for negative, count in terms[1:]:
-            group = group - count if negative else group + count
-        group = group << shift if shift else group
-        total = group if total is None else total + group
+    for shift, group in enumerate(_shift_groups(len(activation_words), wbits)):
+        term = _group_sum(group, activation_words, weight_words, accumulator)
+        term = term << shift if shift else term
+        total = term if total is None else total + term
     return total
 
 
@@ -81,9 +96,16 @@ def _check_planes(what: str, actual, expected: int) -> None:
         raise WrpnError(f"{what} has {int(actual)} bit-planes but the layer has {expected} bits")
 
 
-def bitserial_conv2d(data_packed, weight_packed, abits, wbits, stride, padding, out_dtype="int32"):
+def bitserial_conv2d(data_packed, weight_packed, abits, wbits, stride, padding, out_dtype="int32",
+                     split_shift_groups=False):
     """int32 NHWC [N, OH, OW, O] conv of packed activations [N, H, W, abits, CW] with packed
-    weights [KH, KW, wbits, CW, O]; zero padding is activation level 0."""
+    weights [KH, KW, wbits, CW, O]; zero padding is activation level 0.
+
+    `split_shift_groups` (multi-bit weights): the kernel block sums each shift group apart,
+    [N, OH, OW, groups, O], and an elementwise stage (SHIFT_COMBINE) shifts and adds the groups.
+    A register tile then keeps one accumulator per group: AND + popcount + add or subtract per
+    plane pair, the roofline loop's 3 operations, where the single sum also spends one shift
+    and one add per group on every word (14 vector operations per 4 plane pairs at 2/2, not 12)."""
     check_bits(abits, wbits)
     if out_dtype != "int32":
         raise WrpnError(f"bit-serial conv2d accumulates in int32, got out_dtype={out_dtype!r}")
@@ -117,10 +139,16 @@ def bitserial_conv2d(data_packed, weight_packed, abits, wbits, stride, padding, 
     kw = te.reduce_axis((0, kernel_w), name="kw")
     cw = te.reduce_axis((0, words), name="cw")
 
-    def conv(n, oh, ow, o):
+    def words_at(n, oh, ow, o):
         h, w = oh * stride_h + kh, ow * stride_w + kw
-        a = [padded[n, h, w, i, cw] for i in range(abits)]
-        wt = [weight_packed[kh, kw, j, cw, o] for j in range(wbits)]
+        return [padded[n, h, w, i, cw] for i in range(abits)], [weight_packed[kh, kw, j, cw, o] for j in range(wbits)]
+
+    if split_shift_groups and wbits > 1:
+        return _conv2d_by_shift_group((batch, out_h, out_w, out_channels), words_at, abits, wbits, accumulator,
+                                      [kh, kw, cw])
+
+    def conv(n, oh, ow, o):
+        a, wt = words_at(n, oh, ow, o)
         return te.sum(_plane_dot(a, wt, wbits, accumulator), axis=[kh, kw, cw])
 
     counts = te.compute(
@@ -149,6 +177,30 @@ def bitserial_conv2d(data_packed, weight_packed, abits, wbits, stride, padding, 
         lambda n, oh, ow, o: ((counts[n, oh, ow, o] << 1) - level_sums[n, oh, ow]).astype("int32"),
         name="wrpn_binary_weight_correction",
     )
+
+
+def _conv2d_by_shift_group(out_shape, words_at, abits, wbits, accumulator, reduction):
+    groups = _shift_groups(abits, wbits)
+
+    def group_sum(n, oh, ow, g, o):
+        a, wt = words_at(n, oh, ow, o)
+        # g is a loop the templates unroll: each copy keeps its own group's terms after simplification.
+        value = _group_sum(groups[-1], a, wt, accumulator)
+        for shift in range(len(groups) - 2, -1, -1):
+            value = tirx.if_then_else(g == shift, _group_sum(groups[shift], a, wt, accumulator), value)
+        return te.sum(value, axis=reduction)
+
+    batch, out_h, out_w, out_channels = out_shape
+    counts = te.compute((batch, out_h, out_w, len(groups), out_channels), group_sum, name="wrpn_bitserial_conv2d",
+                        attrs={"schedule_rule": CONV2D_RULE})
+
+    def combine(n, oh, ow, o):
+        total = counts[n, oh, ow, 0, o]
+        for shift in range(1, len(groups)):
+            total = total + (counts[n, oh, ow, shift, o] << shift)
+        return total.astype("int32")
+
+    return te.compute(out_shape, combine, name=SHIFT_COMBINE)
 
 
 def _as_int32(counts):
