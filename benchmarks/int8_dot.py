@@ -71,7 +71,7 @@ def _out_size(size, kernel, stride, padding):
 
 
 def bitserial_func(size, cin, cout, kernel, stride, padding, abits, wbits, spec):
-    """The conv in the form the lowering gives it for `spec` (shift groups summed apart on AVX-512)."""
+    """The conv in the form the lowering gives it for `spec` (`splits_shift_groups`)."""
     from tvm import te
 
     from wrpn_tvm import ops
@@ -81,7 +81,7 @@ def bitserial_func(size, cin, cout, kernel, stride, padding, abits, wbits, spec)
     data = te.placeholder((1, size, size, abits, words), f"uint{WORD_BITS}", name="data")
     weight = te.placeholder((kernel, kernel, wbits, words, cout), f"uint{WORD_BITS}", name="weight")
     return _kernel([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, stride, padding,
-                                                       split_shift_groups=splits_shift_groups(spec))])
+                                                       split_shift_groups=splits_shift_groups(spec, kernel, kernel, cin))])
 
 
 def int8_func(size, cin, cout, kernel, stride, padding, layout):

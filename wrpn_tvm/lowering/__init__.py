@@ -27,7 +27,7 @@ from ..kernel_kinds import AUTO, MODES
 from .kernel_choice import choose
 from .recognize import plan_function
 from .report import FP32, LayerReport, program_warnings, summary
-from .rewrite import layer_tag, rewrite, splits_shift_groups, word_bits_for
+from .rewrite import layer_tag, rewrite
 from .ste import remove_straight_through
 
 __all__ = ["FP32", "MODES", "LayerReport", "layer_tag", "lower_wrpn", "program_warnings", "summary"]
@@ -51,9 +51,7 @@ def lower_wrpn(mod, spec, kernels: str = AUTO, measured: "dict | None" = None):
                                   (measured or {}).get(plan.report_index)))
         # Not on aarch64: Cortex-A53's scalar levels loop of such a pack (the shortcut is read across
         # NCHW channels) runs out of registers with the quantizer inlined and spills (test_arm_asm).
-        mod, fused_inputs = rewrite(mod, plans, word_bits_for(spec), choices, layout,
-                                    replay_quantizers=not spec.is_aarch64,
-                                    split_shift_groups=splits_shift_groups(spec))
+        mod, fused_inputs = rewrite(mod, plans, spec, choices, layout, replay_quantizers=not spec.is_aarch64)
         for plan, choice, fused in zip(plans, choices, fused_inputs):
             report = reports[plan.report_index]
             reason = report.reason + ("; input packed in its producer's epilogue" if fused else "")

@@ -67,18 +67,21 @@ def _levels(x: te.Tensor, level) -> te.Tensor:
 
 
 # ResNet-18 2x 2/2 on znver4, the group form against the single sum, per layer in the model: 3x3
-# over 4 to 16 words (256 to 1024 channels) 3-16% faster; 3x3 over 2 words (the 56x56 stage's 128)
-# 7-25% slower; the 1x1 downsamples (2 to 8 words) even.
-MIN_SPLIT_WORDS = 36
+# over 256 to 1024 channels 3-16% faster; 3x3 over 128 (the 56x56 stage) 7-25% slower; the 1x1
+# downsamples even.
+MIN_SPLIT_REDUCTION = 3 * 3 * 256
 
 
-def splits_shift_groups(spec) -> bool:
-    """Whether bit-serial convs for this target sum each shift group apart: where VPOPCNTQ counts
+def splits_shift_groups(spec, kernel_h: int, kernel_w: int, channels: int) -> bool:
+    """Whether a bit-serial conv for this target sums each shift group apart: where VPOPCNTQ counts
     zmm registers (x86 with AVX512-VPOPCNTDQ), whose 32 registers hold a tile of one accumulator per
-    group; measured there only (ResNet-18's 2x 2/2 layers 3-16% faster on znver4)."""
+    group, and where each output sums at least MIN_SPLIT_REDUCTION products (kernel window x input
+    channels): below, the group accumulators' fixed cost per tile (3x as many to zero and combine
+    at 2/2) outweighs the 2 operations per channel word they save."""
     from ..targets import isa_features
 
-    return spec.target.kind.name == "llvm" and "avx512vpopcntdq" in isa_features(spec.target)
+    return (kernel_h * kernel_w * channels >= MIN_SPLIT_REDUCTION and spec.target.kind.name == "llvm"
+            and "avx512vpopcntdq" in isa_features(spec.target))
 
 
 def word_bits_for(spec) -> int:
@@ -89,11 +92,11 @@ def word_bits_for(spec) -> int:
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
     def __init__(self, mod, plans: list[LayerPlan], word_bits: int, choices: list[Choice], int8_layout,
-                 replay_quantizers: bool, split_shift_groups: bool):
+                 replay_quantizers: bool, spec):
         super().__init__(mod)
         self.mod = mod
         self.word_bits = word_bits
-        self.split_shift_groups = split_shift_groups
+        self.spec = spec
         self.int8_layout = int8_layout
         self.plan_at = {plan.epilogue.output: plan for plan in plans}
         self.kernel_of = {plan.report_index: choice.kernel for plan, choice in zip(plans, choices, strict=True)}
@@ -231,7 +234,7 @@ class _Lowerer(relax.PyExprMutator):
             weight = relax.const(ops.pack_weight(plan.grid.levels, wbits, self.word_bits))
             acc = self.builder_.emit_te(
                 ops.bitserial_conv2d, packed, weight, abits, wbits, plan.stride, plan.padding,
-                split_shift_groups=self.split_shift_groups and self._long_reduction(plan),
+                split_shift_groups=splits_shift_groups(self.spec, *_window_and_channels(plan)),
                 primfunc_name_hint=f"wrpn_conv2d_{tag}",
             )
         else:
@@ -247,25 +250,22 @@ class _Lowerer(relax.PyExprMutator):
         )
 
 
-    def _long_reduction(self, plan: LayerPlan) -> bool:
-        """Whether each output sums at least MIN_SPLIT_WORDS channel words (kernel window x words):
-        below, the group accumulators' fixed cost per tile (3x as many to zero and combine at 2/2)
-        outweighs the 2 operations per word they save."""
-        _, channels, kernel_h, kernel_w = plan.grid.levels.shape
-        return kernel_h * kernel_w * -(-channels // self.word_bits) >= MIN_SPLIT_WORDS
+def _window_and_channels(plan: LayerPlan) -> tuple[int, int, int]:
+    _, channels, kernel_h, kernel_w = plan.grid.levels.shape
+    return kernel_h, kernel_w, channels
 
 
 def layer_tag(index: int) -> str:
     return f"layer{index}_"
 
 
-def rewrite(mod, plans: list[LayerPlan], word_bits: int, choices: list[Choice], int8_layout=None,
-            replay_quantizers: bool = True, split_shift_groups: bool = False):
+def rewrite(mod, plans: list[LayerPlan], spec, choices: list[Choice], int8_layout=None,
+            replay_quantizers: bool = True):
     """(The module with every planned layer lowered by its chosen kernel and dead FP32 leftovers
     removed, and for each plan whether its input is packed straight from accumulators in the
     producers' epilogue.) `replay_quantizers`: recompute a quantized shortcut inside the packs that
-    add it rather than write it (see the module docstring). `split_shift_groups`: bit-serial convs
-    sum each shift group apart (ops.bitserial_conv2d)."""
-    lowerer = _Lowerer(mod, plans, word_bits, choices, int8_layout, replay_quantizers, split_shift_groups)
+    add it rather than write it (see the module docstring). `spec`: the target, which sets the word
+    size and where bit-serial convs sum each shift group apart (`splits_shift_groups`)."""
+    lowerer = _Lowerer(mod, plans, word_bits_for(spec), choices, int8_layout, replay_quantizers, spec)
     lowered = relax.transform.DeadCodeElimination(["main"])(lowerer.lower())
     return lowered, [plan.data in lowerer.fused_packs for plan in plans]
