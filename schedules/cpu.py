@@ -2,7 +2,8 @@
 vector registers, vectorize over output channels (the weight layout puts O innermost, so one
 broadcast activation word meets a vector of weight words), and run the outer tiles in parallel.
 x86 uses them at its vector width; arm_cpu for the layers its NEON templates do not
-take, and for bitpack."""
+take, and for bitpack. A conv that sums each shift group apart (AVX-512's lowering of long
+reductions) gets its own tile: one accumulator per group, computed per tile of the combine stage."""
 
 from typing import Callable
 

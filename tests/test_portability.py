@@ -148,10 +148,24 @@ def test_the_shipped_smallcnn_logs_cover_every_task_of_the_model(tmp_path, prese
     assert _uncovered_tasks(program, resolve_log(f"smallcnn-2x-a2w2-{preset}")) == []
 
 
+# The tasks of the current lowering that the shipped ResNet-18 log predates, as its README lists them:
+# the log is timed warm, so no job adds to it, and a fresh 25-minute job timed as in the model
+# built a slower model than this log or none (2026-12-02). Any other uncovered task is a new change.
+RESNET18_LOG_STALE = {
+    "wrpn_conv2d_a2w2_layer6_", "wrpn_conv2d_a2w2_layer10_", "wrpn_conv2d_a2w2_layer11_",
+    "wrpn_conv2d_a2w2_layer15_", "wrpn_conv2d_a2w2_layer16_", "wrpn_epilogue_int8_levels1",
+    "fused_tir_clip_multiply_tir_round_divide_wrpn_epilogue_add_wrpn_epilogue_int8_levels1",
+    "fused_wrpn_epilogue1_wrpn_epilogue1_add1_wrpn_epilogue_int8_levels4",
+    "fused_wrpn_epilogue2_wrpn_epilogue2_add2_wrpn_epilogue_int8_levels7",
+}
+
+
 @pytest.mark.slow
-def test_the_shipped_resnet18_log_covers_every_task_of_the_model(tmp_path):
+def test_the_shipped_resnet18_log_covers_every_task_of_the_model_but_those_it_lists(tmp_path):
     from wrpn_tvm.nn import export
 
     program = tmp_path / "resnet18.pt2"
     export("resnet18", 2.0, 2, 2, program, in_channels=3, num_classes=1000, seed=0)
-    assert _uncovered_tasks(program, resolve_log("resnet18-2x-a2w2-x86-avx512")) == []
+    assert set(_uncovered_tasks(program, resolve_log("resnet18-2x-a2w2-x86-avx512"))) == RESNET18_LOG_STALE
+    readme = (REPO / "tuning_logs" / "resnet18-2x-a2w2-x86-avx512" / "README.md").read_text()
+    assert all(f"`{task}`" in readme for task in RESNET18_LOG_STALE)
