@@ -66,9 +66,9 @@ def _levels(x: te.Tensor, level) -> te.Tensor:
     return te.compute(x.shape, lambda *i: level(x(*i)), name="wrpn_levels")
 
 
-# ResNet-18 2x 2/2 on znver4, the group form against the single sum, per layer in the model: 3x3
-# over 256 to 1024 channels 3-16% faster; 3x3 over 128 (the 56x56 stage) 7-25% slower; the 1x1
-# downsamples even.
+# ResNet-18 2x 2/2 on znver4, the group form's time over the single sum's at 2 threads
+# (benchmarks/results/shift_groups.md): 3x3 over 256 to 1024 channels 0.85-0.94, over 128 (the 56x56
+# stage) 1.05-1.10; the 1x1 downsamples even in the model.
 MIN_SPLIT_REDUCTION = 3 * 3 * 256
 
 
