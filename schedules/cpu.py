@@ -119,13 +119,12 @@ def _grouped_conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, orde
     decisions = Decisions(sch, tuning)
     (combine,) = sch.get_consumers(block)
     n, oh, ow, o = sch.get_loops(combine)
+    width, channels = loop_extent(sch, ow), loop_extent(sch, o)
     accumulator_bytes = DataType(sch.get(block).writes[0].source.dtype).bits // 8
-    pixels, vectors, vector = _group_tile_default(loop_extent(sch, ow), loop_extent(sch, o),
-                                                  shift_groups(sch, block), lanes, accumulator_bytes)
+    pixels, vectors, vector = _group_tile_default(width, channels, shift_groups(sch, block), lanes,
+                                                  accumulator_bytes)
     oh_outer, oh_inner = sch.split(oh, decisions.tile(oh, 2, 2, [loop_extent(sch, oh), 1]))
-    ow_outer, ow_inner = sch.split(
-        ow, decisions.tile(ow, 2, MAX_TILE_PIXELS, [loop_extent(sch, ow) // pixels, pixels]))
-    channels = loop_extent(sch, o)
+    ow_outer, ow_inner = sch.split(ow, decisions.tile(ow, 2, MAX_TILE_PIXELS, [width // pixels, pixels]))
     rest, vector_factor = decisions.tile(o, 2, 16, [channels // vector, vector])
     o_rest, o_vector = sch.split(o, [rest, vector_factor])
     o_outer, o_registers = sch.split(

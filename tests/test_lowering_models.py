@@ -135,6 +135,43 @@ def test_avx512_convs_sum_each_shift_group_apart():
     assert split_calls("x86-avx2")[0] == split_calls("rasp4")[0] == split_calls("cuda")[0] == 0
 
 
+class WideLayer(nn.Module):
+    """Plain PyTorch: a 2/2 conv over 256 channels, long enough for AVX-512's shift-group form."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        self.stem = nn.Conv2d(3, 256, 3, padding=1)
+        self.bn0 = nn.BatchNorm2d(256)
+        self.conv = nn.Conv2d(256, 40, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(40)
+        self.head = nn.Linear(40, 10)
+        with torch.no_grad():
+            self.conv.weight.copy_(on_grid(self.conv.weight.shape, 2, g))
+
+    def forward(self, x):
+        x = _quantize(self.bn0(self.stem(x)), 2)
+        x = _quantize(self.bn(self.conv(x)), 2)
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_shift_group_conv_in_a_plain_pytorch_model_matches_pytorch(tmp_path):
+    """Lowered for AVX-512 the conv takes the shift-group form; compiled for this host (the same
+    form on an AVX-512 CPU) the model computes PyTorch's logits."""
+    torch.manual_seed(0)
+    model, x = randomize_batch_norm(WideLayer()), torch.rand(2, 3, 9, 9)
+    program = export_model(model, x)
+    mod, reports = lower_wrpn(to_relax(program), resolve("x86-avx512"), "bit-serial")
+    assert [r.lowered_to for r in reports if r.is_bitserial] == ["bit-serial conv2d a2/w2"]
+    assert any(ops.SHIFT_COMBINE in func.script() for _, func in mod.functions_items()
+               if isinstance(func, tvm.tirx.PrimFunc))
+    path = tmp_path / "wide.pt2"
+    torch.export.save(program, str(path))
+    result = build.compile_model(path, "host", tmp_path / "wide.so", kernels="bit-serial")
+    (out,) = runtime.run(result.library, [x.numpy()])
+    assert_matches_pytorch(model, x, out)
+
+
 @pytest.mark.parametrize("kernels, pack", PACKS)
 def test_resnet_glue_fuses_so_only_the_first_pack_reads_a_float_map(kernels, pack):
     """Residual adds, BN and the quantizer between quantized layers fold into the packing kernels."""

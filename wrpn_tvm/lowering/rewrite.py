@@ -78,10 +78,10 @@ def splits_shift_groups(spec, kernel_h: int, kernel_w: int, channels: int) -> bo
     group, and where each output sums at least MIN_SPLIT_REDUCTION products (kernel window x input
     channels): below, the group accumulators' fixed cost per tile (3x as many to zero and combine
     at 2/2) outweighs the 2 operations per channel word they save."""
-    from ..targets import isa_features
+    from tvm.target.codegen import target_has_features
 
     return (kernel_h * kernel_w * channels >= MIN_SPLIT_REDUCTION and spec.target.kind.name == "llvm"
-            and "avx512vpopcntdq" in isa_features(spec.target))
+            and target_has_features("avx512vpopcntdq", spec.target))
 
 
 def word_bits_for(spec) -> int:
@@ -91,12 +91,12 @@ def word_bits_for(spec) -> int:
 
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
-    def __init__(self, mod, plans: list[LayerPlan], word_bits: int, choices: list[Choice], int8_layout,
-                 replay_quantizers: bool, spec):
+    def __init__(self, mod, plans: list[LayerPlan], spec, choices: list[Choice], int8_layout,
+                 replay_quantizers: bool):
         super().__init__(mod)
         self.mod = mod
-        self.word_bits = word_bits
         self.spec = spec
+        self.word_bits = word_bits_for(spec)
         self.int8_layout = int8_layout
         self.plan_at = {plan.epilogue.output: plan for plan in plans}
         self.kernel_of = {plan.report_index: choice.kernel for plan, choice in zip(plans, choices, strict=True)}
@@ -266,6 +266,6 @@ def rewrite(mod, plans: list[LayerPlan], spec, choices: list[Choice], int8_layou
     producers' epilogue.) `replay_quantizers`: recompute a quantized shortcut inside the packs that
     add it rather than write it (see the module docstring). `spec`: the target, which sets the word
     size and where bit-serial convs sum each shift group apart (`splits_shift_groups`)."""
-    lowerer = _Lowerer(mod, plans, word_bits_for(spec), choices, int8_layout, replay_quantizers, spec)
+    lowerer = _Lowerer(mod, plans, spec, choices, int8_layout, replay_quantizers)
     lowered = relax.transform.DeadCodeElimination(["main"])(lowerer.lower())
     return lowered, [plan.data in lowerer.fused_packs for plan in plans]
