@@ -1,9 +1,10 @@
 """Per-layer kernel choice between bit-serial, the int8 dot product and (AVX2) table lookups: all
 exact, so a model gives the same output bit for bit whichever runs each layer; the cost model's
 shape; tuning measures bit-serial and int8 and a build with the log runs each layer on the faster
-one."""
+one; convs that read one map run one kernel unless a second pass packing it pays."""
 
 import numpy as np
+import tvm
 import pytest
 import torch
 from torch import nn
@@ -13,7 +14,8 @@ from wrpn_tvm.cli import main as cli_main
 from wrpn_tvm.frontend import to_relax
 from wrpn_tvm.lowering import lower_wrpn
 from wrpn_tvm.kernel_kinds import BITSERIAL, INT8_DOT, LUT
-from wrpn_tvm.lowering.kernel_choice import cpu_kind, cpu_vendor, estimated_costs, estimated_ratio, layer_work
+from wrpn_tvm.lowering.kernel_choice import (Choice, cpu_kind, cpu_vendor, estimated_costs, estimated_ratio,
+                                             layer_work, settle_shared_inputs)
 from wrpn_tvm.nn import export_model
 from wrpn_tvm.ops import int8_layout
 from wrpn_tvm.targets import resolve
@@ -192,12 +194,17 @@ def test_tuning_measures_both_kernels_and_the_build_runs_the_faster(program, tmp
     path, x = program
     spec = resolve("host")
     mods = [pipeline.prepare_module(path, spec, kernels)[0] for kernels in pipeline.kernel_variants(spec)]
-    convs = [task for task in extract_tasks(mods, spec) if "conv2d_a" in task.task_name]
+    tasks = extract_tasks(mods, spec)
+    convs = [task for task in tasks if "conv2d_a" in task.task_name]
     assert sorted(task.task_name.split("_a")[0] for task in convs) == ["wrpn_conv2d"] * 2 + ["wrpn_int8_conv2d"] * 2
+    int8_packs = [task for task in tasks if "int8_levels" in task.task_name]
+    assert len(int8_packs) == 2  # the stem's map, and the first conv's epilogue packing the second's input
     log = tmp_path / "log"
-    tune_tasks(convs, spec, len(convs), log, seed=0)
-    measured = pipeline.tuned_kernel_seconds(to_relax(torch.export.load(str(path))), spec, load_database(log, spec))
+    tune_tasks(convs + int8_packs, spec, len(convs) + len(int8_packs), log, seed=0)
+    times = pipeline.tuned_kernel_seconds(to_relax(torch.export.load(str(path))), spec, load_database(log, spec))
+    measured = times.convs
     assert sorted(measured) == [1, 2]  # both quantized convs have both kernels' records
+    assert sorted(times.passes) == [1, 2] and all(seconds > 0 for seconds in times.passes.values())
     capsys.readouterr()
     assert cli_main(["compile", str(path), "-o", str(tmp_path / "tuned.so"), "--tuning-log", str(log),
                      "--explain"]) == 0
@@ -240,5 +247,89 @@ def test_layers_sharing_a_kernel_function_share_its_records(tmp_path):
     assert len(convs) == 2  # one function per kernel, named after layer 1
     log = tmp_path / "log"
     tune_tasks(convs, spec, len(convs), log, seed=0)
-    measured = pipeline.tuned_kernel_seconds(to_relax(torch.export.load(str(path))), spec, load_database(log, spec))
+    measured = pipeline.tuned_kernel_seconds(to_relax(torch.export.load(str(path))), spec, load_database(log, spec)).convs
     assert sorted(measured) == [1, 2] and measured[1] == measured[2]
+
+
+class StageEntry(nn.Module):
+    """A residual stage's entry written in plain PyTorch: one quantized map read by a strided 3x3
+    conv and by the 1x1 shortcut conv beside it."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(7)
+        self.stem, self.bn0 = nn.Conv2d(3, 24, 3, padding=1), nn.BatchNorm2d(24)
+        self.conv, self.bn_conv = nn.Conv2d(24, 40, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(40)
+        self.shortcut, self.bn_short = nn.Conv2d(24, 40, 1, stride=2, bias=False), nn.BatchNorm2d(40)
+        with torch.no_grad():
+            for layer in (self.conv, self.shortcut):
+                layer.weight.copy_(on_grid(layer.weight.shape, 2, g))
+
+    def forward(self, x):
+        x = _quantize(self.bn0(self.stem(x)), 2)
+        return self.bn_conv(self.conv(x)) + self.bn_short(self.shortcut(x))
+
+
+def _packs(mod) -> list[str]:
+    calls = [b.value.args[0].name_hint for b in mod["main"].body.blocks[0].bindings
+             if "call_tir" in str(getattr(b.value, "op", ""))]
+    return [name for name in calls if "bitpack" in name or "int8_levels" in name]
+
+
+@pytest.mark.parametrize("pass_ms, kernels, packs", [
+    # int8-dot saves 0.5 ms on the 3x3 conv and bit-serial 0.1 ms on the 1x1: a second pass at
+    # 0.3 ms costs more than splitting them saves (0.1), at 0.01 ms less.
+    (0.3, [INT8_DOT, INT8_DOT], 1),
+    (0.01, [INT8_DOT, BITSERIAL], 2),
+    (None, [INT8_DOT, INT8_DOT], 1),  # no record of the pass: one kernel
+])
+def test_convs_reading_one_map_split_kernels_only_where_a_second_pass_pays(pass_ms, kernels, packs):
+    model = randomize_batch_norm(StageEntry())
+    mod = to_relax(export_model(model, torch.rand(1, 3, 10, 10)))
+    measured = {1: {BITSERIAL: 1.0e-3, INT8_DOT: 0.5e-3}, 2: {BITSERIAL: 0.1e-3, INT8_DOT: 0.2e-3}}
+    passes = {} if pass_ms is None else {1: pass_ms * 1e-3, 2: pass_ms * 1e-3}
+    lowered, reports = lower_wrpn(mod, resolve("host"), "auto", measured, passes)
+    assert kernels_of(reports) == ["fp32", *kernels]
+    assert len(_packs(lowered)) == packs
+    if kernels[1] == INT8_DOT:
+        assert "as layer 1 on the same input" in reports[2].reason, reports[2].reason
+
+
+def test_without_a_priced_pass_convs_reading_one_map_take_the_kernel_cheapest_for_both():
+    """The cost model prices no second pass, nor do records without the pass's: the convs sharing a
+    map run one kernel, the one whose summed cost over them is the smaller. Where only some have
+    records, the cost model's figures settle them all (seconds and its units do not add up)."""
+    by_model = [Choice(INT8_DOT, "a", {BITSERIAL: 10.0, INT8_DOT: 5.0}, estimated={BITSERIAL: 10.0, INT8_DOT: 5.0}),
+                Choice(BITSERIAL, "b", {BITSERIAL: 2.0, INT8_DOT: 4.0}, estimated={BITSERIAL: 2.0, INT8_DOT: 4.0}),
+                Choice(BITSERIAL, "alone", {BITSERIAL: 1.0, INT8_DOT: 3.0}, estimated={BITSERIAL: 1.0, INT8_DOT: 3.0})]
+    settled = settle_shared_inputs([[0, 1]], by_model, names={0: 5, 1: 7})
+    assert [c.kernel for c in settled] == [INT8_DOT, INT8_DOT, BITSERIAL]
+    assert settled[0] is by_model[0] and settled[2] is by_model[2]
+    assert settled[1].why.startswith("b; int8-dot, as layer 5 on the same input") and "cost model" in settled[1].why
+    # Tuned seconds without the pass's record: still one kernel, by the seconds.
+    tuned = [Choice(BITSERIAL, "a", {BITSERIAL: 1e-3, INT8_DOT: 1.1e-3}, True, {BITSERIAL: 10.0, INT8_DOT: 5.0}),
+             Choice(INT8_DOT, "b", {BITSERIAL: 2e-3, INT8_DOT: 1.95e-3}, True, {BITSERIAL: 2.0, INT8_DOT: 4.0})]
+    assert [c.kernel for c in settle_shared_inputs([[0, 1]], tuned)] == [BITSERIAL, BITSERIAL]
+    assert [c.kernel for c in settle_shared_inputs([[0, 1]], tuned, {0: 1e-6})] == [BITSERIAL, INT8_DOT]
+    # One with records, one without: the cost model's figures for both (int8: 9 against 12).
+    mixed = [Choice(INT8_DOT, "a", {BITSERIAL: 1e-3, INT8_DOT: 0.9e-3}, True, {BITSERIAL: 10.0, INT8_DOT: 5.0}),
+             by_model[1]]
+    assert [c.kernel for c in settle_shared_inputs([[0, 1]], mixed, {0: 1e-6})] == [INT8_DOT, INT8_DOT]
+
+
+def test_a_split_stage_entry_computes_what_one_kernel_does(tmp_path):
+    """Two passes packing one map (each conv on its own kernel) give bit-serial's output bit for bit."""
+    model = randomize_batch_norm(StageEntry())
+    x = torch.rand(2, 3, 10, 10)
+    mod = to_relax(export_model(model, x))
+    spec = resolve("host")
+    measured = {1: {BITSERIAL: 1.0e-3, INT8_DOT: 0.5e-3}, 2: {BITSERIAL: 0.1e-3, INT8_DOT: 0.2e-3}}
+    outputs, kernels = {}, {}
+    for name, passes in (("split", {1: 1e-9, 2: 1e-9}), ("bit-serial", None)):
+        lowered, reports = (lower_wrpn(mod, spec, "auto", measured, passes) if passes
+                            else lower_wrpn(mod, spec, BITSERIAL))
+        vm = tvm.relax.VirtualMachine(pipeline.build_module(lowered, spec), tvm.cpu())
+        outputs[name] = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
+        kernels[name] = kernels_of(reports)
+    assert kernels == {"split": ["fp32", INT8_DOT, BITSERIAL], "bit-serial": ["fp32", BITSERIAL, BITSERIAL]}
+    assert np.array_equal(outputs["split"], outputs["bit-serial"])

@@ -7,6 +7,7 @@ This is the one module that imports `schedules`, whose import registers the bit-
 as MetaSchedule custom rules: tuning, and replaying tuned records, need them registered.
 """
 
+import dataclasses
 import importlib
 import os
 import re
@@ -43,7 +44,7 @@ def prepare_module(program_path: "str | os.PathLike", spec: TargetSpec, kernels:
     inputs = pt2.input_specs(program)
     mod = frontend.to_relax(program)
     measured = tuned_kernel_seconds(mod, spec, database) if database is not None and kernels == AUTO else None
-    mod, reports = lower_wrpn(mod, spec, kernels, measured)
+    mod, reports = lower_wrpn(mod, spec, kernels, measured and measured.convs, measured and measured.passes)
     return mod, reports, inputs
 
 
@@ -58,32 +59,74 @@ def kernel_variants(spec: TargetSpec) -> tuple[str, ...]:
 _LAYER_IN_NAME = re.compile(r"_layer(\d+)_")
 
 
-def tuned_kernel_seconds(imported, spec: TargetSpec, database) -> dict:
-    """Layer index -> {kernel: best tuned seconds} for the quantized convs whose bit-serial and int8
-    kernels both have records in the database (the lookup kernel's too, where it has some).
-    `imported`: the module before lowering."""
+def tuned_kernel_seconds(imported, spec: TargetSpec, database) -> "TunedTimes":
+    """The database's best times for choosing kernels: per quantized conv whose bit-serial and int8
+    kernels both have records, each kernel's (the lookup kernel's too, where it has some), and the
+    pass that packs its input for the int8 kernel. `imported`: the module before lowering."""
     from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
     variants = kernel_variants(spec)
     if len(variants) < 2:
-        return {}
+        return TunedTimes({}, {})
     lowerings = {kernel: lower_wrpn(imported, spec, kernel) for kernel in variants}
+    lowered_layers = [report.index for report in lowerings[BITSERIAL][1] if report.is_bitserial]
     # Layers of one geometry share one kernel function (the block builder dedups structurally equal
     # functions), named after the first of them: its records time all of them.
     geometry = {report.index: (report.op, report.detail, report.input_shape, report.output_shape, report.bits)
                 for report in lowerings[BITSERIAL][1] if report.is_bitserial}
+
+    def best(module, global_var) -> "float | None":
+        record = database.query_tuning_record(_normalize_mod(module[global_var]), spec.target, global_var.name_hint)
+        return sum(float(x) for x in record.run_secs) / len(record.run_secs) if record and record.run_secs else None
+
     seconds: dict = {}
+    passes: dict = {}
     for kernel, (lowered, _) in lowerings.items():
-        for global_var, func in tunable_module(lowered, spec).functions.items():
+        module = tunable_module(lowered, spec)
+        for global_var, func in module.functions.items():
             layer = _LAYER_IN_NAME.search(global_var.name_hint)
             if layer is None or not isinstance(func, tirx.PrimFunc):
                 continue
-            record = database.query_tuning_record(_normalize_mod(func), spec.target, global_var.name_hint)
-            if record is not None and record.run_secs:
-                mean = sum(float(x) for x in record.run_secs) / len(record.run_secs)
+            mean = best(module, global_var)
+            if mean is not None:
                 seconds.setdefault(geometry[int(layer.group(1))], {})[kernel] = mean
-    return {index: dict(seconds[shape]) for index, shape in geometry.items()
-            if {BITSERIAL, INT8_DOT} <= set(seconds.get(shape, {}))}
+        if kernel == INT8_DOT:  # its packs are tuned; the bit-serial and lookup ones are fixed schedules
+            calls = _layer_calls(module)
+            if len(calls) == len(lowered_layers):
+                for index, (_, producer) in zip(lowered_layers, calls):
+                    mean = None if producer is None else best(module, producer)
+                    if mean is not None:
+                        passes[index] = mean
+    convs = {index: dict(seconds[shape]) for index, shape in geometry.items()
+             if {BITSERIAL, INT8_DOT} <= set(seconds.get(shape, {}))}
+    return TunedTimes(convs, {index: passes[index] for index in convs if index in passes})
+
+
+@dataclasses.dataclass(frozen=True)
+class TunedTimes:
+    """convs: layer index -> {kernel: best tuned seconds}; passes: layer index -> best tuned seconds
+    of the function that computes its int8 input (its producer's epilogue and the int8 pack)."""
+
+    convs: dict
+    passes: dict
+
+
+def _layer_calls(module) -> list:
+    """(kernel function, function computing its first tensor argument or None) for each call of a
+    WRPN layer's kernel in `main`, in program order: the order of the lowered layers' reports."""
+    producer_of: dict = {}
+    calls = []
+    for block in module["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if not (isinstance(value, relax.Call) and value.op.name == "relax.call_tir"):
+                continue
+            callee = value.args[0]
+            producer_of[binding.var] = callee
+            if _LAYER_IN_NAME.search(callee.name_hint):
+                data = next((arg for arg in value.args[1].fields if isinstance(arg, relax.Var)), None)
+                calls.append((callee, producer_of.get(data)))
+    return calls
 
 
 def _backend_pipeline(spec: TargetSpec):

@@ -24,7 +24,7 @@ from .fp32 import describe as describe_fp32
 from .fp32 import lower_fp32_convs
 from .graph import BindingGraph
 from ..kernel_kinds import AUTO, MODES
-from .kernel_choice import choose
+from .kernel_choice import choose, settle_shared_inputs
 from .recognize import plan_function
 from .report import FP32, LayerReport, program_warnings, summary
 from .rewrite import layer_tag, rewrite
@@ -33,12 +33,14 @@ from .ste import remove_straight_through
 __all__ = ["FP32", "MODES", "LayerReport", "layer_tag", "lower_wrpn", "program_warnings", "summary"]
 
 
-def lower_wrpn(mod, spec, kernels: str = AUTO, measured: "dict | None" = None):
+def lower_wrpn(mod, spec, kernels: str = AUTO, measured: "dict | None" = None, passes: "dict | None" = None):
     """(lowered module, one LayerReport per conv2d / dense layer of `main`, in program order).
 
     `kernels`: AUTO chooses the kernel per layer (from `measured`, layer index -> {kernel: best
-    tuned seconds}, where a database has the bit-serial and int8 kernels', else the cost model);
-    "bit-serial", "int8-dot" or "lut" asks for that kernel wherever it applies."""
+    tuned seconds}, where a database has the bit-serial and int8 kernels', else the cost model),
+    convs that read one map together (`passes`, layer index -> tuned seconds of the pass packing
+    its input, prices a second pass); "bit-serial", "int8-dot" or "lut" asks for that kernel
+    wherever it applies."""
     mod = fold_constants(remove_straight_through(relax.transform.EliminateCommonSubexpr()(mod)))
     graph = BindingGraph(mod["main"])
     reports, plans = plan_function(graph)
@@ -49,6 +51,10 @@ def lower_wrpn(mod, spec, kernels: str = AUTO, measured: "dict | None" = None):
             report = reports[plan.report_index]
             choices.append(choose(plan, spec.target, layout, kernels, report.input_shape, report.output_shape,
                                   (measured or {}).get(plan.report_index)))
+        choices = settle_shared_inputs(_shared_inputs(plans), choices,
+                                       {i: passes[plan.report_index] for i, plan in enumerate(plans)
+                                        if plan.report_index in (passes or {})},
+                                       {i: plan.report_index for i, plan in enumerate(plans)})
         # Not on aarch64: Cortex-A53's scalar levels loop of such a pack (the shortcut is read across
         # NCHW channels) runs out of registers with the quantizer inlined and spills (test_arm_asm).
         mod, fused_inputs = rewrite(mod, plans, spec, choices, layout, replay_quantizers=not spec.is_aarch64)
@@ -65,3 +71,12 @@ def lower_wrpn(mod, spec, kernels: str = AUTO, measured: "dict | None" = None):
         for index, epilogue in zip(fp32_convs, outcomes, strict=True):
             reports[index] = replace(reports[index], kernel=describe_fp32(epilogue))
     return mod, reports
+
+
+def _shared_inputs(plans) -> list:
+    """Positions of the plans that read one quantized map, for each map read by two or more (they
+    share the pass that packs it where they run one kernel: rewrite's pack key)."""
+    readers: dict = {}
+    for position, plan in enumerate(plans):
+        readers.setdefault((plan.data, plan.quantizer.bits), []).append(position)
+    return [group for group in readers.values() if len(group) > 1]

@@ -13,9 +13,19 @@ the layer and the CPU, so the choice is per layer:
 * otherwise a cost model: each kernel's inner-loop operations for the layer divided by its rate
   on this kind of CPU, the rates fitted to default-schedule timings (benchmarks/int8_dot.py,
   benchmarks/avx2.py).
+
+Convs that read one quantized map (a residual stage's first conv and its shortcut conv) share one
+pass that packs it, computed in its producer's epilogue, only where they run one kernel; two
+kernels need two passes. So such a group is settled together (`settle_shared_inputs`): each set of
+kernels is priced at its convs' times plus a pass per kernel beyond the first, a pass timed by the
+log's record of the group's int8 pack. ResNet-18 2x 2/2's stage-2 convs split by their own records
+(int8-dot 0.64 ms against bit-serial 0.76 for the 3x3, 0.24 against 0.18 for the 1x1) ran the model
+1.05x slower than either kernel for both (three round-robin `bench` runs, znver4); the cost model
+prices no pass, so without records a group keeps one kernel.
 """
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 
 from .. import ops
 from ..ops.bitserial import as_padding4
@@ -30,6 +40,11 @@ WORD_BITS = 64  # channels per bit-serial word on CPUs
 class Choice:
     kernel: str  # BITSERIAL, INT8_DOT or LUT
     why: str  # e.g. "kernel by cost model: int8-dot 0.41x bit-serial's time"; "" where there was no choice
+    # What `auto` weighed: each kernel's cost, in seconds where `tuned`, else in the cost model's
+    # units (bit-serial word steps); empty where nothing was weighed. `estimated`: the cost model's.
+    costs: dict = field(default_factory=dict)
+    tuned: bool = False
+    estimated: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -238,11 +253,59 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
         if LUT in kernels and LUT not in seconds:
             seconds[LUT] = seconds[INT8_DOT] * costs[LUT] / costs[INT8_DOT]
             why += f", lut {seconds[LUT] * 1e3:.3f} ms (no record: int8-dot's time x the cost model's ratio)"
-        return Choice(min(seconds, key=seconds.get), why)
+        return Choice(min(seconds, key=seconds.get), why, seconds, tuned=True, estimated=costs)
     kernel = min(costs, key=costs.get)
     if LUT not in kernels:
-        return Choice(kernel, f"kernel by cost model: int8-dot {costs[INT8_DOT] / costs[BITSERIAL]:.2f}x bit-serial's time")
-    return Choice(kernel, f"kernel by cost model: {_times(costs, BITSERIAL)} bit-serial's time")
+        return Choice(kernel, f"kernel by cost model: int8-dot {costs[INT8_DOT] / costs[BITSERIAL]:.2f}x bit-serial's time",
+                      costs, estimated=costs)
+    return Choice(kernel, f"kernel by cost model: {_times(costs, BITSERIAL)} bit-serial's time", costs,
+                  estimated=costs)
+
+
+def settle_shared_inputs(groups, choices: list, pass_seconds: "dict | None" = None, names=None) -> list:
+    """`choices` with each group of convs that read one quantized map on one set of kernels.
+
+    `groups`: lists of positions in `choices`, one per map read by two or more `auto` choices;
+    `pass_seconds`: group position -> seconds of one pass packing the group's map (a tuned
+    record), where known; `names`: position -> how a reason names that layer (its index). A set of
+    kernels costs its convs' times, each on the cheapest kernel of the set it can run, plus one pass
+    per kernel beyond the first. Without a pass time a group takes one kernel; where only some of its
+    convs have records, the cost model prices them all."""
+    settled = list(choices)
+    names = names or {}
+    for group in groups:
+        members = [choices[i] for i in group]
+        if len({c.kernel for c in members}) < 2 or any(not c.costs for c in members):
+            continue
+        tuned = all(c.tuned for c in members)
+        costs = [c.costs if tuned else c.estimated for c in members]  # never seconds beside model units
+        per_pass = (pass_seconds or {}).get(group[0]) if tuned else None
+        kernels = sorted({k for cost in costs for k in cost}, key=(BITSERIAL, INT8_DOT, LUT).index)
+        best = None
+        for size in range(1, len(kernels) + 1):
+            for subset in itertools.combinations(kernels, size):
+                picks = [min((k for k in subset if k in cost), key=cost.get, default=None) for cost in costs]
+                if None in picks:
+                    continue
+                extra = len(set(picks)) - 1
+                total = sum(cost[k] for cost, k in zip(costs, picks))
+                price = (0, total + extra * per_pass) if per_pass is not None else (extra, total)
+                if best is None or price < best[0]:
+                    best = (price, picks)
+        _, picks = best
+        for i, c, kernel in zip(group, members, picks):
+            if kernel == c.kernel:
+                continue
+            others = [str(names.get(j, j)) for j in group if j != i]
+            others = ("layer " if len(others) == 1 else "layers ") + ", ".join(others)
+            if per_pass is not None:
+                reason = (f"{kernel}, as {others} on the same input: a second pass packing it "
+                          f"({per_pass * 1e3:.3f} ms) costs more than {c.kernel} saves")
+            else:
+                reason = (f"{kernel}, as {others} on the same input, so that one pass packs it (a second has no "
+                          + ("record to price it)" if tuned else "price in the cost model)"))
+            settled[i] = Choice(kernel, f"{c.why}; {reason}", c.costs, c.tuned, c.estimated)
+    return settled
 
 
 def _only_bitserial(plan: LayerPlan, target, layout) -> bool:
