@@ -14,8 +14,8 @@ from wrpn_tvm.cli import main as cli_main
 from wrpn_tvm.frontend import to_relax
 from wrpn_tvm.lowering import lower_wrpn
 from wrpn_tvm.kernel_kinds import BITSERIAL, INT8_DOT, LUT
-from wrpn_tvm.lowering.kernel_choice import (Choice, cpu_kind, cpu_vendor, estimated_costs, estimated_ratio,
-                                             layer_work, settle_shared_inputs)
+from wrpn_tvm.lowering.kernel_choice import (Choice, SharedInput, cpu_kind, cpu_vendor, estimated_costs,
+                                             estimated_ratio, layer_work, settle_shared_inputs)
 from wrpn_tvm.nn import export_model
 from wrpn_tvm.ops import int8_layout
 from wrpn_tvm.targets import resolve
@@ -295,26 +295,45 @@ def test_convs_reading_one_map_split_kernels_only_where_a_second_pass_pays(pass_
         assert "as layer 1 on the same input" in reports[2].reason, reports[2].reason
 
 
-def test_without_a_priced_pass_convs_reading_one_map_take_the_kernel_cheapest_for_both():
-    """The cost model prices no second pass, nor do records without the pass's: the convs sharing a
-    map run one kernel, the one whose summed cost over them is the smaller. Where only some have
-    records, the cost model's figures settle them all (seconds and its units do not add up)."""
-    by_model = [Choice(INT8_DOT, "a", {BITSERIAL: 10.0, INT8_DOT: 5.0}, estimated={BITSERIAL: 10.0, INT8_DOT: 5.0}),
-                Choice(BITSERIAL, "b", {BITSERIAL: 2.0, INT8_DOT: 4.0}, estimated={BITSERIAL: 2.0, INT8_DOT: 4.0}),
-                Choice(BITSERIAL, "alone", {BITSERIAL: 1.0, INT8_DOT: 3.0}, estimated={BITSERIAL: 1.0, INT8_DOT: 3.0})]
-    settled = settle_shared_inputs([[0, 1]], by_model, names={0: 5, 1: 7})
-    assert [c.kernel for c in settled] == [INT8_DOT, INT8_DOT, BITSERIAL]
-    assert settled[0] is by_model[0] and settled[2] is by_model[2]
-    assert settled[1].why.startswith("b; int8-dot, as layer 5 on the same input") and "cost model" in settled[1].why
-    # Tuned seconds without the pass's record: still one kernel, by the seconds.
-    tuned = [Choice(BITSERIAL, "a", {BITSERIAL: 1e-3, INT8_DOT: 1.1e-3}, True, {BITSERIAL: 10.0, INT8_DOT: 5.0}),
-             Choice(INT8_DOT, "b", {BITSERIAL: 2e-3, INT8_DOT: 1.95e-3}, True, {BITSERIAL: 2.0, INT8_DOT: 4.0})]
-    assert [c.kernel for c in settle_shared_inputs([[0, 1]], tuned)] == [BITSERIAL, BITSERIAL]
-    assert [c.kernel for c in settle_shared_inputs([[0, 1]], tuned, {0: 1e-6})] == [BITSERIAL, INT8_DOT]
+def test_convs_reading_one_map_are_settled_in_one_unit_of_cost():
+    """Where every conv of the group has records and the log has the pass's, seconds decide; tuned
+    records without the pass's keep the group on one kernel; where some convs lack records, the
+    cost model's figures (with its price of a pass) settle them all."""
+    def choice(kernel, seconds, estimated):
+        return Choice(kernel, "why", seconds or estimated, seconds is not None, estimated)
+
+    model_a, model_b = {BITSERIAL: 10.0, INT8_DOT: 5.0}, {BITSERIAL: 2.0, INT8_DOT: 4.0}
+    by_model = [choice(INT8_DOT, None, model_a), choice(BITSERIAL, None, model_b), choice(BITSERIAL, None, model_b)]
+    # int8 for both: 9; split: 7 plus the pass.
+    for pass_estimate, kernels in ((3.0, [INT8_DOT, INT8_DOT]), (1.0, [INT8_DOT, BITSERIAL])):
+        settled = settle_shared_inputs([SharedInput([0, 1], pass_estimate=pass_estimate)], by_model, {0: 5, 1: 7})
+        assert [c.kernel for c in settled] == [*kernels, BITSERIAL]
+        assert settled[0] is by_model[0] and settled[2] is by_model[2]
+    assert settled[1] is by_model[1]
+    settled = settle_shared_inputs([SharedInput([0, 1], pass_estimate=3.0)], by_model, {0: 5, 1: 7})[1]
+    assert settled.why == ("why; int8-dot, as layer 5 on the same input: a second pass packing it (1.50x this "
+                           "layer's bit-serial time) costs more than bit-serial saves")
+    tuned = [choice(BITSERIAL, {BITSERIAL: 1e-3, INT8_DOT: 1.1e-3}, model_a),
+             choice(INT8_DOT, {BITSERIAL: 2e-3, INT8_DOT: 1.95e-3}, model_b)]
+    assert [c.kernel for c in settle_shared_inputs([SharedInput([0, 1], pass_estimate=0.0)], tuned)] == [
+        BITSERIAL, BITSERIAL]  # the cost model's pass does not price seconds
+    assert [c.kernel for c in settle_shared_inputs([SharedInput([0, 1], 1e-6)], tuned)] == [BITSERIAL, INT8_DOT]
     # One with records, one without: the cost model's figures for both (int8: 9 against 12).
-    mixed = [Choice(INT8_DOT, "a", {BITSERIAL: 1e-3, INT8_DOT: 0.9e-3}, True, {BITSERIAL: 10.0, INT8_DOT: 5.0}),
-             by_model[1]]
-    assert [c.kernel for c in settle_shared_inputs([[0, 1]], mixed, {0: 1e-6})] == [INT8_DOT, INT8_DOT]
+    mixed = [choice(INT8_DOT, {BITSERIAL: 1e-3, INT8_DOT: 0.9e-3}, model_a), by_model[1]]
+    assert [c.kernel for c in settle_shared_inputs([SharedInput([0, 1], 1e-6, 3.0)], mixed)] == [INT8_DOT, INT8_DOT]
+
+
+def test_lookup_tables_are_shared_only_where_weight_bits_and_padding_agree():
+    """A 3x3 and a 1x1 conv on lookups still build two tables passes (their padding differs), and
+    the cost model's lookup costs hold them: lookups for the 3x3 beside int8 for the 1x1 adds one
+    int8 pass, which pays where the 1x1's lookups cost more than that."""
+    three = Choice(LUT, "why", {BITSERIAL: 10.0, INT8_DOT: 5.0, LUT: 3.0}, estimated={BITSERIAL: 10.0, INT8_DOT: 5.0, LUT: 3.0})
+    one = Choice(INT8_DOT, "why", {BITSERIAL: 2.0, INT8_DOT: 1.0, LUT: 4.0}, estimated={BITSERIAL: 2.0, INT8_DOT: 1.0, LUT: 4.0})
+    keys = {0: (2, (1, 1, 1, 1)), 1: (2, (0, 0, 0, 0))}
+    # lut + int8: 4 + a pass; all lut: 7; all int8: 6.
+    for pass_estimate, kernels in ((1.0, [LUT, INT8_DOT]), (2.5, [INT8_DOT, INT8_DOT])):
+        group = SharedInput([0, 1], pass_estimate=pass_estimate, lut_keys=keys)
+        assert [c.kernel for c in settle_shared_inputs([group], [three, one])] == kernels
 
 
 def test_a_split_stage_entry_computes_what_one_kernel_does(tmp_path):

@@ -19,12 +19,13 @@ from dataclasses import replace
 from tvm import relax
 
 from .. import ops
+from ..ops.bitserial import as_padding4
 from .fold import fold_constants
 from .fp32 import describe as describe_fp32
 from .fp32 import lower_fp32_convs
 from .graph import BindingGraph
 from ..kernel_kinds import AUTO, MODES
-from .kernel_choice import choose, settle_shared_inputs
+from .kernel_choice import SharedInput, choose, estimated_pass, settle_shared_inputs
 from .recognize import plan_function
 from .report import FP32, LayerReport, program_warnings, summary
 from .rewrite import layer_tag, rewrite
@@ -51,10 +52,9 @@ def lower_wrpn(mod, spec, kernels: str = AUTO, measured: "dict | None" = None, p
             report = reports[plan.report_index]
             choices.append(choose(plan, spec.target, layout, kernels, report.input_shape, report.output_shape,
                                   (measured or {}).get(plan.report_index)))
-        choices = settle_shared_inputs(_shared_inputs(plans), choices,
-                                       {i: passes[plan.report_index] for i, plan in enumerate(plans)
-                                        if plan.report_index in (passes or {})},
-                                       {i: plan.report_index for i, plan in enumerate(plans)})
+        if kernels == AUTO and layout is not None:
+            choices = settle_shared_inputs(_shared_inputs(plans, reports, spec, passes or {}), choices,
+                                           {i: plan.report_index for i, plan in enumerate(plans)})
         # Not on aarch64: Cortex-A53's scalar levels loop of such a pack (the shortcut is read across
         # NCHW channels) runs out of registers with the quantizer inlined and spills (test_arm_asm).
         mod, fused_inputs = rewrite(mod, plans, spec, choices, layout, replay_quantizers=not spec.is_aarch64)
@@ -73,10 +73,19 @@ def lower_wrpn(mod, spec, kernels: str = AUTO, measured: "dict | None" = None, p
     return mod, reports
 
 
-def _shared_inputs(plans) -> list:
-    """Positions of the plans that read one quantized map, for each map read by two or more (they
-    share the pass that packs it where they run one kernel: rewrite's pack key)."""
+def _shared_inputs(plans, reports, spec, passes: dict) -> list:
+    """A SharedInput for each quantized map read by two or more plans (they share the pass that
+    packs it where they run one kernel: rewrite's pack key)."""
     readers: dict = {}
     for position, plan in enumerate(plans):
         readers.setdefault((plan.data, plan.quantizer.bits), []).append(position)
-    return [group for group in readers.values() if len(group) > 1]
+    groups = []
+    for positions in readers.values():
+        if len(positions) < 2:
+            continue
+        first = plans[positions[0]]
+        groups.append(SharedInput(
+            positions, passes.get(first.report_index),
+            estimated_pass(reports[first.report_index].input_shape, spec.target),
+            {i: (plans[i].grid.bits, as_padding4(plans[i].padding)) for i in positions}))
+    return groups

@@ -25,6 +25,7 @@ prices no pass, so without records a group keeps one kernel.
 """
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 from .. import ops
@@ -262,24 +263,52 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
                   estimated=costs)
 
 
-def settle_shared_inputs(groups, choices: list, pass_seconds: "dict | None" = None, names=None) -> list:
-    """`choices` with each group of convs that read one quantized map on one set of kernels.
+@dataclass(frozen=True)
+class SharedInput:
+    """Convs that read one quantized map. `positions`: theirs in the list of choices; `pass_seconds`:
+    a tuned record of one pass packing the map (its int8 pack), where the log has one;
+    `pass_estimate`: the cost model's price of such a pass (`estimated_pass`); `lut_keys`: per
+    position, what its lookup tables depend on besides the map (weight bits, padding: tables are
+    shared only where these agree)."""
 
-    `groups`: lists of positions in `choices`, one per map read by two or more `auto` choices;
-    `pass_seconds`: group position -> seconds of one pass packing the group's map (a tuned
-    record), where known; `names`: position -> how a reason names that layer (its index). A set of
-    kernels costs its convs' times, each on the cheapest kernel of the set it can run, plus one pass
-    per kernel beyond the first. Without a pass time a group takes one kernel; where only some of its
-    convs have records, the cost model prices them all."""
+    positions: list
+    pass_seconds: "float | None" = None
+    pass_estimate: "float | None" = None
+    lut_keys: dict = field(default_factory=dict)
+
+
+# The cost of one pass packing a map (its producer's epilogue recomputed from the accumulators, then
+# int8 levels or bit-planes written), in int8 dot steps per element. From the tuned records of
+# ResNet-18 2x 2/2 on znver4: the int8 packs of the 14x14x512 and 56x56x128 stage inputs took 0.041
+# and 0.37 ms (the latter adds a float shortcut) where the int8 convs ran 177 ps per dot step: 2.3
+# and 5.2. The lookup tables' pass, 8 bytes written per element, costs 5 (`_DOTS_PER_TABLE`).
+_PASS_DOTS_PER_ELEMENT = 3.0
+
+
+def estimated_pass(input_shape, target) -> float:
+    """The cost model's price of one pass packing a conv's NCHW input, in bit-serial word steps."""
+    kind = cpu_kind(target)
+    words_per_dot = _WORDS_PER_DOT_BY_VENDOR.get((kind, cpu_vendor(target)), _WORDS_PER_DOT[kind])
+    return math.prod(input_shape) * _PASS_DOTS_PER_ELEMENT * words_per_dot
+
+
+def settle_shared_inputs(groups: "list[SharedInput]", choices: list, names=None) -> list:
+    """`choices` with each group of convs that read one quantized map on the set of kernels that
+    costs least: its convs' costs, each on the cheapest kernel of the set it can run, plus a pass per
+    pack beyond the first. A pack is one per kernel, and for lookups one per weight bits and padding;
+    the cost model's lookup costs hold their tables' pass already. Priced in seconds where every conv
+    of the group has records and the log has the pass's, else by the cost model; tuned records
+    without the pass's keep the group on one kernel. `names`: position -> the layer's index, for
+    the reasons."""
     settled = list(choices)
     names = names or {}
     for group in groups:
-        members = [choices[i] for i in group]
+        members = [choices[i] for i in group.positions]
         if len({c.kernel for c in members}) < 2 or any(not c.costs for c in members):
             continue
         tuned = all(c.tuned for c in members)
         costs = [c.costs if tuned else c.estimated for c in members]  # never seconds beside model units
-        per_pass = (pass_seconds or {}).get(group[0]) if tuned else None
+        per_pass = group.pass_seconds if tuned else group.pass_estimate
         kernels = sorted({k for cost in costs for k in cost}, key=(BITSERIAL, INT8_DOT, LUT).index)
         best = None
         for size in range(1, len(kernels) + 1):
@@ -287,23 +316,31 @@ def settle_shared_inputs(groups, choices: list, pass_seconds: "dict | None" = No
                 picks = [min((k for k in subset if k in cost), key=cost.get, default=None) for cost in costs]
                 if None in picks:
                     continue
-                extra = len(set(picks)) - 1
+                keys = {(k, group.lut_keys.get(i)) if k == LUT else (k,) for i, k in zip(group.positions, picks)}
+                extra = len(keys) - 1
+                if not tuned and any(k == LUT for k in picks):  # their tables' pass is in their cost
+                    extra = sum(key[0] != LUT for key in keys)
                 total = sum(cost[k] for cost, k in zip(costs, picks))
                 price = (0, total + extra * per_pass) if per_pass is not None else (extra, total)
                 if best is None or price < best[0]:
                     best = (price, picks)
         _, picks = best
-        for i, c, kernel in zip(group, members, picks):
+        for i, c, kernel in zip(group.positions, members, picks):
             if kernel == c.kernel:
                 continue
-            others = [str(names.get(j, j)) for j in group if j != i]
-            others = ("layer " if len(others) == 1 else "layers ") + ", ".join(others)
-            if per_pass is not None:
+            same = [str(names.get(j, j)) for j, k in zip(group.positions, picks) if j != i and k == kernel]
+            others = ("layer " if len(same) == 1 else "layers ") + ", ".join(same)
+            if not same:
+                reason = f"{kernel}: the cheapest set of kernels for the convs reading its input"
+            elif per_pass is None:
+                reason = f"{kernel}, as {others} on the same input, so that one pass packs it (no record prices a second)"
+            elif tuned:
                 reason = (f"{kernel}, as {others} on the same input: a second pass packing it "
                           f"({per_pass * 1e3:.3f} ms) costs more than {c.kernel} saves")
             else:
-                reason = (f"{kernel}, as {others} on the same input, so that one pass packs it (a second has no "
-                          + ("record to price it)" if tuned else "price in the cost model)"))
+                reason = (f"{kernel}, as {others} on the same input: a second pass packing it "
+                          f"({per_pass / c.estimated[BITSERIAL]:.2f}x this layer's bit-serial time) costs more than "
+                          f"{c.kernel} saves")
             settled[i] = Choice(kernel, f"{c.why}; {reason}", c.costs, c.tuned, c.estimated)
     return settled
 
