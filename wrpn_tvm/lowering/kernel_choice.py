@@ -17,11 +17,11 @@ the layer and the CPU, so the choice is per layer:
 Convs that read one quantized map (a residual stage's first conv and its shortcut conv) share one
 pass that packs it, computed in its producer's epilogue, only where they run one kernel; two
 kernels need two passes. So such a group is settled together (`settle_shared_inputs`): each set of
-kernels is priced at its convs' times plus a pass per kernel beyond the first, a pass timed by the
-log's record of the group's int8 pack. ResNet-18 2x 2/2's stage-2 convs split by their own records
-(int8-dot 0.64 ms against bit-serial 0.76 for the 3x3, 0.24 against 0.18 for the 1x1) ran the model
-1.05x slower than either kernel for both (three round-robin `bench` runs, znver4); the cost model
-prices no pass, so without records a group keeps one kernel.
+kernels is priced at its convs' costs plus a pass per pack beyond the first, the pass timed by the
+log's record of the map's int8 pack or, without records, priced by the cost model per element.
+ResNet-18 2x 2/2's stage-2 convs split by their own records (int8-dot 0.64 ms against bit-serial
+0.76 for the 3x3, 0.24 against 0.18 for the 1x1) ran the model 1.05x slower than either kernel for
+both (three round-robin `bench` runs, znver4).
 """
 
 import itertools
