@@ -6,7 +6,8 @@ re-measuring), database (reading, checking and repairing logs), shipped (the log
 wrpn-tvm), progress (per-task lines), lock (one job per log dir), stop (Ctrl-C and time budgets),
 estimate_runner (candidates ranked by their estimated time on a Raspberry Pi, no board),
 log_timing (how a log's run times were taken: in the model, warm or estimated; never mixed), rules (custom rules for
-TVM's own pooling annotations), job (the `tune` entry point).
+TVM's own pooling annotations), intrinsics (TVM's tensor intrinsics imported fast), job (the `tune`
+entry point).
 """
 
 from .database import load_database

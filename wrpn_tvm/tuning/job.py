@@ -28,6 +28,7 @@ from .lock import exclusive
 from .progress import ProgressPrinter, TaskProgress, recorded_seconds
 from .scheduler import GainScheduler
 from .builder import make_builder
+from .intrinsics import import_tensor_intrinsics
 from .confirm import Confirmation, confirm_leaders
 from . import rules  # noqa: F401 - registers rules for TVM's pooling annotations before any design space
 from .measure import check_device, make_runner, timing_of
@@ -200,6 +201,7 @@ def tune_tasks(
         weights = [float(task.weight) for task in tasks]
         printer = ProgressPrinter(progress, weights, budget, stream, estimated=estimate)
         builder = make_builder(spec)
+        import_tensor_intrinsics()  # before the TuneContexts below, which would import them slowly
         # Under the target, so that a template's tuning rule (which MetaSchedule hands only a schedule
         # and a block) can read the ISA off Target.current().
         with spec.target, task_loggers(log_dir, [task.task_name for task in tasks]) as loggers, \
