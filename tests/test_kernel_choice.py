@@ -13,7 +13,7 @@ from wrpn_tvm import build, ops, pipeline, runtime
 from wrpn_tvm.cli import main as cli_main
 from wrpn_tvm.frontend import to_relax
 from wrpn_tvm.lowering import lower_wrpn
-from wrpn_tvm.kernel_kinds import BITSERIAL, INT8_DOT, LUT
+from wrpn_tvm.kernel_kinds import BITSERIAL, INT8_DOT, KERNELS, LUT
 from wrpn_tvm.lowering.kernel_choice import (Choice, SharedInput, cpu_kind, cpu_vendor, estimated_costs,
                                              estimated_ratio, layer_work, settle_shared_inputs)
 from wrpn_tvm.nn import export_model
@@ -270,6 +270,11 @@ class StageEntry(nn.Module):
         return self.bn_conv(self.conv(x)) + self.bn_short(self.shortcut(x))
 
 
+# Tuned records for StageEntry's convs: int8-dot saves 0.5 ms on the 3x3 conv (layer 1) and
+# bit-serial 0.1 ms on the 1x1 (layer 2).
+STAGE_ENTRY_RECORDS = {1: {BITSERIAL: 1.0e-3, INT8_DOT: 0.5e-3}, 2: {BITSERIAL: 0.1e-3, INT8_DOT: 0.2e-3}}
+
+
 def _packs(mod) -> list[str]:
     calls = [b.value.args[0].name_hint for b in mod["main"].body.blocks[0].bindings
              if "call_tir" in str(getattr(b.value, "op", ""))]
@@ -277,8 +282,8 @@ def _packs(mod) -> list[str]:
 
 
 @pytest.mark.parametrize("pass_ms, kernels, packs", [
-    # int8-dot saves 0.5 ms on the 3x3 conv and bit-serial 0.1 ms on the 1x1: a second pass at
-    # 0.3 ms costs more than splitting them saves (0.1), at 0.01 ms less.
+    # A second pass at 0.3 ms costs more than splitting STAGE_ENTRY_RECORDS' convs saves (0.1), at
+    # 0.01 ms less.
     (0.3, [INT8_DOT, INT8_DOT], 1),
     (0.01, [INT8_DOT, BITSERIAL], 2),
     (None, [INT8_DOT, INT8_DOT], 1),  # no record of the pass: one kernel
@@ -286,13 +291,17 @@ def _packs(mod) -> list[str]:
 def test_convs_reading_one_map_split_kernels_only_where_a_second_pass_pays(pass_ms, kernels, packs):
     model = randomize_batch_norm(StageEntry())
     mod = to_relax(export_model(model, torch.rand(1, 3, 10, 10)))
-    measured = {1: {BITSERIAL: 1.0e-3, INT8_DOT: 0.5e-3}, 2: {BITSERIAL: 0.1e-3, INT8_DOT: 0.2e-3}}
     passes = {} if pass_ms is None else {1: pass_ms * 1e-3, 2: pass_ms * 1e-3}
-    lowered, reports = lower_wrpn(mod, resolve("host"), "auto", measured, passes)
+    lowered, reports = lower_wrpn(mod, resolve("host"), "auto", STAGE_ENTRY_RECORDS, passes)
     assert kernels_of(reports) == ["fp32", *kernels]
     assert len(_packs(lowered)) == packs
     if kernels[1] == INT8_DOT:
         assert "as layer 1 on the same input" in reports[2].reason, reports[2].reason
+
+
+# Pack keys of two convs reading one map, whose lookup tables would differ (3x3 and 1x1 padding).
+ONE_MAP = {i: {kernel: ("map", kernel) + ((2, padding) if kernel == LUT else ()) for kernel in KERNELS}
+           for i, padding in ((0, (1, 1, 1, 1)), (1, (0, 0, 0, 0)))}
 
 
 def test_convs_reading_one_map_are_settled_in_one_unit_of_cost():
@@ -300,39 +309,38 @@ def test_convs_reading_one_map_are_settled_in_one_unit_of_cost():
     records without the pass's keep the group on one kernel; where some convs lack records, the
     cost model's figures (with its price of a pass) settle them all."""
     def choice(kernel, seconds, estimated):
-        return Choice(kernel, "why", seconds or estimated, seconds is not None, estimated)
+        return Choice(kernel, "why", seconds or {}, estimated)
 
     model_a, model_b = {BITSERIAL: 10.0, INT8_DOT: 5.0}, {BITSERIAL: 2.0, INT8_DOT: 4.0}
     by_model = [choice(INT8_DOT, None, model_a), choice(BITSERIAL, None, model_b), choice(BITSERIAL, None, model_b)]
     # int8 for both: 9; split: 7 plus the pass.
     for pass_estimate, kernels in ((3.0, [INT8_DOT, INT8_DOT]), (1.0, [INT8_DOT, BITSERIAL])):
-        settled = settle_shared_inputs([SharedInput([0, 1], pass_estimate=pass_estimate)], by_model, {0: 5, 1: 7})
+        settled = settle_shared_inputs([SharedInput([0, 1], ONE_MAP, pass_estimate=pass_estimate)], by_model, {0: 5, 1: 7})
         assert [c.kernel for c in settled] == [*kernels, BITSERIAL]
         assert settled[0] is by_model[0] and settled[2] is by_model[2]
     assert settled[1] is by_model[1]
-    settled = settle_shared_inputs([SharedInput([0, 1], pass_estimate=3.0)], by_model, {0: 5, 1: 7})[1]
+    settled = settle_shared_inputs([SharedInput([0, 1], ONE_MAP, pass_estimate=3.0)], by_model, {0: 5, 1: 7})[1]
     assert settled.why == ("why; int8-dot, as layer 5 on the same input: a second pass packing it (1.50x this "
                            "layer's bit-serial time) costs more than bit-serial saves")
     tuned = [choice(BITSERIAL, {BITSERIAL: 1e-3, INT8_DOT: 1.1e-3}, model_a),
              choice(INT8_DOT, {BITSERIAL: 2e-3, INT8_DOT: 1.95e-3}, model_b)]
-    assert [c.kernel for c in settle_shared_inputs([SharedInput([0, 1], pass_estimate=0.0)], tuned)] == [
+    assert [c.kernel for c in settle_shared_inputs([SharedInput([0, 1], ONE_MAP, pass_estimate=0.0)], tuned)] == [
         BITSERIAL, BITSERIAL]  # the cost model's pass does not price seconds
-    assert [c.kernel for c in settle_shared_inputs([SharedInput([0, 1], 1e-6)], tuned)] == [BITSERIAL, INT8_DOT]
+    assert [c.kernel for c in settle_shared_inputs([SharedInput([0, 1], ONE_MAP, 1e-6)], tuned)] == [BITSERIAL, INT8_DOT]
     # One with records, one without: the cost model's figures for both (int8: 9 against 12).
     mixed = [choice(INT8_DOT, {BITSERIAL: 1e-3, INT8_DOT: 0.9e-3}, model_a), by_model[1]]
-    assert [c.kernel for c in settle_shared_inputs([SharedInput([0, 1], 1e-6, 3.0)], mixed)] == [INT8_DOT, INT8_DOT]
+    assert [c.kernel for c in settle_shared_inputs([SharedInput([0, 1], ONE_MAP, 1e-6, 3.0)], mixed)] == [INT8_DOT, INT8_DOT]
 
 
 def test_lookup_tables_are_shared_only_where_weight_bits_and_padding_agree():
     """A 3x3 and a 1x1 conv on lookups still build two tables passes (their padding differs), and
     the cost model's lookup costs hold them: lookups for the 3x3 beside int8 for the 1x1 adds one
     int8 pass, which pays where the 1x1's lookups cost more than that."""
-    three = Choice(LUT, "why", {BITSERIAL: 10.0, INT8_DOT: 5.0, LUT: 3.0}, estimated={BITSERIAL: 10.0, INT8_DOT: 5.0, LUT: 3.0})
-    one = Choice(INT8_DOT, "why", {BITSERIAL: 2.0, INT8_DOT: 1.0, LUT: 4.0}, estimated={BITSERIAL: 2.0, INT8_DOT: 1.0, LUT: 4.0})
-    keys = {0: (2, (1, 1, 1, 1)), 1: (2, (0, 0, 0, 0))}
+    three = Choice(LUT, "why", estimated={BITSERIAL: 10.0, INT8_DOT: 5.0, LUT: 3.0})
+    one = Choice(INT8_DOT, "why", estimated={BITSERIAL: 2.0, INT8_DOT: 1.0, LUT: 4.0})
     # lut + int8: 4 + a pass; all lut: 7; all int8: 6.
     for pass_estimate, kernels in ((1.0, [LUT, INT8_DOT]), (2.5, [INT8_DOT, INT8_DOT])):
-        group = SharedInput([0, 1], pass_estimate=pass_estimate, lut_keys=keys)
+        group = SharedInput([0, 1], ONE_MAP, pass_estimate=pass_estimate)
         assert [c.kernel for c in settle_shared_inputs([group], [three, one])] == kernels
 
 
@@ -342,10 +350,9 @@ def test_a_split_stage_entry_computes_what_one_kernel_does(tmp_path):
     x = torch.rand(2, 3, 10, 10)
     mod = to_relax(export_model(model, x))
     spec = resolve("host")
-    measured = {1: {BITSERIAL: 1.0e-3, INT8_DOT: 0.5e-3}, 2: {BITSERIAL: 0.1e-3, INT8_DOT: 0.2e-3}}
     outputs, kernels = {}, {}
     for name, passes in (("split", {1: 1e-9, 2: 1e-9}), ("bit-serial", None)):
-        lowered, reports = (lower_wrpn(mod, spec, "auto", measured, passes) if passes
+        lowered, reports = (lower_wrpn(mod, spec, "auto", STAGE_ENTRY_RECORDS, passes) if passes
                             else lower_wrpn(mod, spec, BITSERIAL))
         vm = tvm.relax.VirtualMachine(pipeline.build_module(lowered, spec), tvm.cpu())
         outputs[name] = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()

@@ -21,7 +21,7 @@ from schedules.fallback_cpu import apply_fallback_schedules
 from . import frontend, ops, pt2
 from .errors import WrpnError, one_line
 from .lowering import lower_wrpn
-from .kernel_kinds import AUTO, BITSERIAL, INT8_DOT, LUT
+from .kernel_kinds import AUTO, BITSERIAL, INT8_DOT, KERNELS
 from .lowering.kernel_choice import lut_offered
 from .targets import TargetSpec
 
@@ -53,7 +53,7 @@ def kernel_variants(spec: TargetSpec) -> tuple[str, ...]:
     ISA; the lookup kernel is offered on AVX2 CPUs without VNNI or AVX-512)."""
     if spec.is_cuda or ops.int8_layout(spec.target) is None:
         return (BITSERIAL,)
-    return (BITSERIAL, INT8_DOT, LUT) if lut_offered(spec.target) else (BITSERIAL, INT8_DOT)
+    return KERNELS if lut_offered(spec.target) else (BITSERIAL, INT8_DOT)
 
 
 _LAYER_IN_NAME = re.compile(r"_layer(\d+)_")
@@ -69,11 +69,11 @@ def tuned_kernel_seconds(imported, spec: TargetSpec, database) -> "TunedTimes":
     if len(variants) < 2:
         return TunedTimes({}, {})
     lowerings = {kernel: lower_wrpn(imported, spec, kernel) for kernel in variants}
-    lowered_layers = [report.index for report in lowerings[BITSERIAL][1] if report.is_bitserial]
     # Layers of one geometry share one kernel function (the block builder dedups structurally equal
     # functions), named after the first of them: its records time all of them.
     geometry = {report.index: (report.op, report.detail, report.input_shape, report.output_shape, report.bits)
                 for report in lowerings[BITSERIAL][1] if report.is_bitserial}
+    lowered_layers = list(geometry)  # in program order
 
     def best(module, global_var) -> "float | None":
         record = database.query_tuning_record(_normalize_mod(module[global_var]), spec.target, global_var.name_hint)

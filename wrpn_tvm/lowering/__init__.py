@@ -19,13 +19,12 @@ from dataclasses import replace
 from tvm import relax
 
 from .. import ops
-from ..ops.bitserial import as_padding4
 from .fold import fold_constants
 from .fp32 import describe as describe_fp32
 from .fp32 import lower_fp32_convs
 from .graph import BindingGraph
-from ..kernel_kinds import AUTO, MODES
-from .kernel_choice import SharedInput, choose, estimated_pass, settle_shared_inputs
+from ..kernel_kinds import AUTO, BITSERIAL, KERNELS, MODES
+from .kernel_choice import SharedInput, choose, estimated_pass, pack_key, settle_shared_inputs
 from .recognize import plan_function
 from .report import FP32, LayerReport, program_warnings, summary
 from .rewrite import layer_tag, rewrite
@@ -75,17 +74,16 @@ def lower_wrpn(mod, spec, kernels: str = AUTO, measured: "dict | None" = None, p
 
 def _shared_inputs(plans, reports, spec, passes: dict) -> list:
     """A SharedInput for each quantized map read by two or more plans (they share the pass that
-    packs it where they run one kernel: rewrite's pack key)."""
+    packs it where their pack keys agree)."""
     readers: dict = {}
     for position, plan in enumerate(plans):
-        readers.setdefault((plan.data, plan.quantizer.bits), []).append(position)
+        readers.setdefault(pack_key(plan, BITSERIAL), []).append(position)
     groups = []
     for positions in readers.values():
         if len(positions) < 2:
             continue
         first = plans[positions[0]]
         groups.append(SharedInput(
-            positions, passes.get(first.report_index),
-            estimated_pass(reports[first.report_index].input_shape, spec.target),
-            {i: (plans[i].grid.bits, as_padding4(plans[i].padding)) for i in positions}))
+            positions, {i: {kernel: pack_key(plans[i], kernel) for kernel in KERNELS} for i in positions},
+            passes.get(first.report_index), estimated_pass(reports[first.report_index].input_shape, spec.target)))
     return groups

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from .. import ops
 from ..ops.bitserial import as_padding4
-from ..kernel_kinds import AUTO, BITSERIAL, INT8_DOT, LUT
+from ..kernel_kinds import AUTO, BITSERIAL, INT8_DOT, KERNELS, LUT
 from ..targets import is_aarch64
 from .recognize import LayerPlan
 
@@ -41,10 +41,9 @@ WORD_BITS = 64  # channels per bit-serial word on CPUs
 class Choice:
     kernel: str  # BITSERIAL, INT8_DOT or LUT
     why: str  # e.g. "kernel by cost model: int8-dot 0.41x bit-serial's time"; "" where there was no choice
-    # What `auto` weighed: each kernel's cost, in seconds where `tuned`, else in the cost model's
-    # units (bit-serial word steps); empty where nothing was weighed. `estimated`: the cost model's.
-    costs: dict = field(default_factory=dict)
-    tuned: bool = False
+    # What `auto` weighed, empty where nothing was: each kernel's tuned seconds (where the log has
+    # records) and the cost model's estimate (bit-serial word steps).
+    seconds: dict = field(default_factory=dict)
     estimated: dict = field(default_factory=dict)
 
 
@@ -192,11 +191,14 @@ def cpu_vendor(target) -> "str | None":
     return "amd" if cpu.startswith(("znver", "bdver", "btver")) else "intel"
 
 
+def _words_per_dot(kind: str, vendor: "str | None") -> float:
+    return _WORDS_PER_DOT_BY_VENDOR.get((kind, vendor), _WORDS_PER_DOT[kind])
+
+
 def estimated_ratio(work: LayerWork, kind: str, vendor: "str | None" = None) -> float:
     """int8-dot time / bit-serial time predicted for a layer on a CPU of this kind (and vendor)."""
     speedup = _INT16_ACCUMULATING_SPEEDUP.get(kind, 1.0) if work.int8_pair_sums_fit_int16 else 1.0
-    words_per_dot = _WORDS_PER_DOT_BY_VENDOR.get((kind, vendor), _WORDS_PER_DOT[kind])
-    return work.int8_dots * words_per_dot / speedup / work.bitserial_words
+    return work.int8_dots * _words_per_dot(kind, vendor) / speedup / work.bitserial_words
 
 
 def estimated_costs(work: LayerWork, kind: str, vendor: "str | None", kernels) -> dict:
@@ -240,7 +242,7 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
         if why is not None:
             return Choice(BITSERIAL, f"{mode} asked for, but {why}")
         return Choice(mode, "" if mode == BITSERIAL and _only_bitserial(plan, target, layout) else f"{mode} asked for")
-    kernels = [kernel for kernel in (BITSERIAL, INT8_DOT, LUT) if _unavailable(plan, target, layout, kernel) is None
+    kernels = [kernel for kernel in KERNELS if _unavailable(plan, target, layout, kernel) is None
                and (kernel != LUT or lut_offered(target))]
     if kernels == [BITSERIAL]:
         return Choice(BITSERIAL, "")  # the only kernel there is: nothing to explain
@@ -254,27 +256,33 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
         if LUT in kernels and LUT not in seconds:
             seconds[LUT] = seconds[INT8_DOT] * costs[LUT] / costs[INT8_DOT]
             why += f", lut {seconds[LUT] * 1e3:.3f} ms (no record: int8-dot's time x the cost model's ratio)"
-        return Choice(min(seconds, key=seconds.get), why, seconds, tuned=True, estimated=costs)
+        return Choice(min(seconds, key=seconds.get), why, seconds, costs)
     kernel = min(costs, key=costs.get)
     if LUT not in kernels:
         return Choice(kernel, f"kernel by cost model: int8-dot {costs[INT8_DOT] / costs[BITSERIAL]:.2f}x bit-serial's time",
-                      costs, estimated=costs)
-    return Choice(kernel, f"kernel by cost model: {_times(costs, BITSERIAL)} bit-serial's time", costs,
-                  estimated=costs)
+                      estimated=costs)
+    return Choice(kernel, f"kernel by cost model: {_times(costs, BITSERIAL)} bit-serial's time", estimated=costs)
+
+
+def pack_key(plan: LayerPlan, kernel: str) -> tuple:
+    """What the pass packing a layer's input for `kernel` depends on: the rewrite emits one pass per
+    key, so layers with equal keys share it (a residual block's conv and its shortcut conv on one
+    kernel). Lookup tables carry the conv's zero padding and weight bits as well."""
+    key = (plan.data, plan.quantizer.bits, kernel)
+    return key + (plan.grid.bits, as_padding4(plan.padding)) if kernel == LUT else key
 
 
 @dataclass(frozen=True)
 class SharedInput:
-    """Convs that read one quantized map. `positions`: theirs in the list of choices; `pass_seconds`:
-    a tuned record of one pass packing the map (its int8 pack), where the log has one;
-    `pass_estimate`: the cost model's price of such a pass (`estimated_pass`); `lut_keys`: per
-    position, what its lookup tables depend on besides the map (weight bits, padding: tables are
-    shared only where these agree)."""
+    """Convs that read one quantized map. `positions`: theirs in the list of choices; `pack_keys`:
+    position -> {kernel: its pack_key}; `pass_seconds`: a tuned record of one pass packing the map
+    (its int8 pack), where the log has one; `pass_estimate`: the cost model's price of such a pass
+    (`estimated_pass`)."""
 
     positions: list
+    pack_keys: dict
     pass_seconds: "float | None" = None
     pass_estimate: "float | None" = None
-    lut_keys: dict = field(default_factory=dict)
 
 
 # The cost of one pass packing a map (its producer's epilogue recomputed from the accumulators, then
@@ -287,9 +295,7 @@ _PASS_DOTS_PER_ELEMENT = 3.0
 
 def estimated_pass(input_shape, target) -> float:
     """The cost model's price of one pass packing a conv's NCHW input, in bit-serial word steps."""
-    kind = cpu_kind(target)
-    words_per_dot = _WORDS_PER_DOT_BY_VENDOR.get((kind, cpu_vendor(target)), _WORDS_PER_DOT[kind])
-    return math.prod(input_shape) * _PASS_DOTS_PER_ELEMENT * words_per_dot
+    return math.prod(input_shape) * _PASS_DOTS_PER_ELEMENT * _words_per_dot(cpu_kind(target), cpu_vendor(target))
 
 
 def settle_shared_inputs(groups: "list[SharedInput]", choices: list, names=None) -> list:
@@ -304,22 +310,22 @@ def settle_shared_inputs(groups: "list[SharedInput]", choices: list, names=None)
     names = names or {}
     for group in groups:
         members = [choices[i] for i in group.positions]
-        if len({c.kernel for c in members}) < 2 or any(not c.costs for c in members):
+        if len({c.kernel for c in members}) < 2 or any(not c.estimated for c in members):
             continue
-        tuned = all(c.tuned for c in members)
-        costs = [c.costs if tuned else c.estimated for c in members]  # never seconds beside model units
+        tuned = all(c.seconds for c in members)
+        costs = [c.seconds if tuned else c.estimated for c in members]  # never seconds beside model units
         per_pass = group.pass_seconds if tuned else group.pass_estimate
-        kernels = sorted({k for cost in costs for k in cost}, key=(BITSERIAL, INT8_DOT, LUT).index)
+        kernels = sorted({k for cost in costs for k in cost}, key=KERNELS.index)
         best = None
         for size in range(1, len(kernels) + 1):
             for subset in itertools.combinations(kernels, size):
                 picks = [min((k for k in subset if k in cost), key=cost.get, default=None) for cost in costs]
                 if None in picks:
                     continue
-                keys = {(k, group.lut_keys.get(i)) if k == LUT else (k,) for i, k in zip(group.positions, picks)}
-                extra = len(keys) - 1
-                if not tuned and any(k == LUT for k in picks):  # their tables' pass is in their cost
-                    extra = sum(key[0] != LUT for key in keys)
+                keys = [group.pack_keys[i][k] for i, k in zip(group.positions, picks)]
+                extra = len(set(keys)) - 1
+                if not tuned and LUT in picks:  # the lookups' estimates hold their tables' pass
+                    extra = len({key for key, k in zip(keys, picks) if k != LUT})
                 total = sum(cost[k] for cost, k in zip(costs, picks))
                 price = (0, total + extra * per_pass) if per_pass is not None else (extra, total)
                 if best is None or price < best[0]:
@@ -341,7 +347,7 @@ def settle_shared_inputs(groups: "list[SharedInput]", choices: list, names=None)
                 reason = (f"{kernel}, as {others} on the same input: a second pass packing it "
                           f"({per_pass / c.estimated[BITSERIAL]:.2f}x this layer's bit-serial time) costs more than "
                           f"{c.kernel} saves")
-            settled[i] = Choice(kernel, f"{c.why}; {reason}", c.costs, c.tuned, c.estimated)
+            settled[i] = Choice(kernel, f"{c.why}; {reason}", c.seconds, c.estimated)
     return settled
 
 

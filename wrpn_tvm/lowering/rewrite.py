@@ -26,10 +26,9 @@ import numpy as np
 from tvm import relax, te
 
 from .. import ops
-from ..ops.bitserial import as_padding4
 from .graph import BindingGraph, op_name, shape_of
 from ..kernel_kinds import INT8_DOT, LUT
-from .kernel_choice import Choice
+from .kernel_choice import Choice, pack_key
 from .recognize import LayerPlan
 
 _ELEMENTWISE = {
@@ -101,7 +100,7 @@ class _Lowerer(relax.PyExprMutator):
         self.plan_at = {plan.epilogue.output: plan for plan in plans}
         self.kernel_of = {plan.report_index: choice.kernel for plan, choice in zip(plans, choices, strict=True)}
         self.emitted: dict = {}  # original epilogue output var -> _Emitted
-        self.packed: dict = {}  # (original input var, bits, kernel) -> packed var
+        self.packed: dict = {}  # pack_key -> packed var
         self.fused_packs: set = set()  # input vars whose pack is computed from accumulators
         # Quantized maps a layer reads directly -> their quantizer, replayed where glue reads them.
         self.quantizer_of = ({plan.data: plan.quantizer for plan in plans if plan.reads_quantizer_directly}
@@ -124,9 +123,7 @@ class _Lowerer(relax.PyExprMutator):
     def _pack(self, plan: LayerPlan) -> relax.Var:
         # A residual block's conv and its shortcut conv share it when they run the same kernel.
         kernel = self.kernel_of[plan.report_index]
-        key = (plan.data, plan.quantizer.bits, kernel)
-        if kernel == LUT:
-            key += (plan.grid.bits, as_padding4(plan.padding))
+        key = pack_key(plan, kernel)
         if key not in self.packed:
             self.packed[key] = self._emit_pack(plan, kernel)
         return self.packed[key]
