@@ -166,8 +166,9 @@ def inline_tile_copy(sch: Schedule, writeback, outer) -> None:
     the bytes of the int32 output) that goes back to memory. 56x56x128 2/2, 2 threads, znver4:
     7-9% of the kernel's time."""
     consumers = sch.get_consumers(writeback)
-    on_tile = [sch.get(loop).same_as(sch.get(outer)) for consumer in consumers for loop in sch.get_loops(consumer)]
-    if consumers and sum(on_tile) == len(consumers):
+    tile_loop = sch.get(outer)
+    if consumers and all(any(sch.get(loop).same_as(tile_loop) for loop in sch.get_loops(consumer))
+                         for consumer in consumers):
         sch.compute_inline(writeback)
 
 
