@@ -19,6 +19,7 @@ contiguous pixels, and a per-ISA `pack_columns` builds the pixels' words togethe
 per pixel (`neon.pack_columns`). Families without one keep their template for these.
 """
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -297,6 +298,23 @@ def schedule_kernels(sch: Schedule, schedule_kernel: Callable, stage: Callable, 
     cpu.schedule_kernels(sch, schedule_kernel_or_stage, kept)
 
 
+def register_intrinsics(sch: Schedule, pack_word: Callable, pack_columns: "Callable | None" = None) -> None:
+    """Register the intrinsic of every pack of sch that `schedule_kernels` can stage with these
+    word functions: a tuning database records the staged packs' traces too (the defaults a job
+    measures first), and replaying one happens in processes where no pack was ever staged."""
+    for block, rule in kernel_blocks(sch):
+        if rule != BITPACK_RULE:
+            continue
+        planes, _ = pack_shape(sch, block)
+        if (levels := levels_to_stage(sch, block)) is not None:
+            buffer = sch.get(levels).writes[0].source
+            intrin(pack_word, str(buffer.dtype), int(buffer.shape[1]), planes, is_dense(sch, block))
+        elif pack_columns is not None and (levels := column_levels_to_stage(sch, block)) is not None:
+            buffer = sch.get(levels).writes[0].source
+            column_intrin(pack_columns, str(buffer.dtype), int(buffer.shape[1]), planes,
+                          column_pixels(_row_width(sch, levels)))
+
+
 def intrin(pack_word: Callable, dtype: str, channels: int, planes: int, dense: bool = False) -> str:
     """The registered intrinsic that packs one pixel's (dense: one row's) `channels` levels of
     `dtype` (a local [1, C, 1, 1] buffer; dense [1, C]) into its [planes, words] 64-bit words, each
@@ -390,6 +408,7 @@ def _implementation(dtype: str, channels: int, planes: int, pack_word: Callable,
     return builder.get()
 
 
+@functools.cache  # parsing the script takes most of a second; the x86 and NEON intrinsics share it
 def _description(dtype: str, channels: int, planes: int, pixels: int = 1, dense: bool = False) -> tirx.PrimFunc:
     """ops.pack_activation's own compute on a 1x1 image (dense: one row of NK levels), blockized at
     the plane loop as the template blockizes a model's pack (a unit plane or word axis merged as

@@ -147,7 +147,7 @@ def tunable_module(mod, spec: TargetSpec):
     database's workloads match what the build looks up. The intrinsics its tasks' records can
     name are registered (`register_replay_intrinsics`)."""
     fused = fuse_module(mod, spec)
-    register_replay_intrinsics(fused)
+    register_replay_intrinsics(fused, spec.target)
     return schedules.apply_fixed_schedules(fused, spec.target)
 
 

@@ -97,11 +97,11 @@ def read_log(log_dir: "str | os.PathLike") -> TuningLog:
             _warn_line(workload_path, number, f"corrupt workload ({one_line(err, last=True, limit=120)})")
             log.skipped_lines += 1
             continue
-        register_replay_intrinsics(workload.mod)
         kept_index[number - 1] = len(log.workloads)
         log.workloads.append(workload)
         log.workload_lines.append(line)
     target_cache: dict[str, tuple] = {}
+    replayable: set[tuple[int, str]] = set()  # (workload, target) pairs whose intrinsics are registered
     for number, line in _lines(record_path):
         if not line:
             log.blank_lines += 1
@@ -113,10 +113,14 @@ def read_log(log_dir: "str | os.PathLike") -> TuningLog:
             if obj[0] not in kept_index:
                 raise ValueError(f"refers to workload line {obj[0] + 1}, which is missing or corrupt")
             index = kept_index[obj[0]]
-            record = TuningRecord.from_json(obj[1], log.workloads[index])
             target_json = json.dumps(obj[1][2], sort_keys=True)
             if target_json not in target_cache:
                 target_cache[target_json] = (target_identity(obj[1][2]), Target(obj[1][2]))
+            # Registering a staged pack's intrinsic parses TVMScript: only for workloads with records.
+            if (index, target_json) not in replayable:
+                register_replay_intrinsics(log.workloads[index].mod, target_cache[target_json][1])
+                replayable.add((index, target_json))
+            record = TuningRecord.from_json(obj[1], log.workloads[index])
         except Exception as err:  # as above
             _warn_line(record_path, number, f"corrupt tuning record ({one_line(err, last=True, limit=120)})")
             log.skipped_lines += 1
