@@ -71,17 +71,18 @@ def _out_size(size, kernel, stride, padding):
 
 
 def bitserial_func(size, cin, cout, kernel, stride, padding, abits, wbits, spec):
-    """The conv in the form the lowering gives it for `spec` (`splits_shift_groups`)."""
+    """The conv in the form the lowering gives it for `spec` (`splits_shift_groups`, in the words
+    `conv_words` says it reads)."""
     from tvm import te
 
     from wrpn_tvm import ops
-    from wrpn_tvm.lowering.rewrite import splits_shift_groups
+    from wrpn_tvm.lowering.rewrite import conv_words, splits_shift_groups
 
-    words = -(-cin // WORD_BITS)
-    data = te.placeholder((1, size, size, abits, words), f"uint{WORD_BITS}", name="data")
-    weight = te.placeholder((kernel, kernel, wbits, words, cout), f"uint{WORD_BITS}", name="weight")
+    dtype, words = conv_words(spec, wbits, cin)
+    data = te.placeholder((1, size, size, abits, words), dtype, name="data")
+    weight = te.placeholder((kernel, kernel, wbits, words, cout), dtype, name="weight")
     return _kernel([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, stride, padding,
-                                                       split_shift_groups=splits_shift_groups(spec, kernel, kernel, cin))])
+                                                       split_shift_groups=splits_shift_groups(spec, wbits))])
 
 
 def int8_func(size, cin, cout, kernel, stride, padding, layout):

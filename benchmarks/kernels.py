@@ -87,7 +87,7 @@ def bitserial_func(size, channels, abits, wbits, target):
     words = -(-channels // WORD_BITS)
     data = te.placeholder((1, size, size, abits, words), f"uint{WORD_BITS}", name="data")
     weight = te.placeholder((3, 3, wbits, words, channels), f"uint{WORD_BITS}", name="weight")
-    split = splits_shift_groups(resolve(target), 3, 3, channels)
+    split = splits_shift_groups(resolve(target), wbits)
     return _kernel([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, 1, 1, split_shift_groups=split)])
 
 

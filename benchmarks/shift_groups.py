@@ -1,21 +1,23 @@
-"""Shift-group accumulators against the single sum: ResNet-18's 2x-wide 3x3 bit-serial convs on this
-CPU, each kernel form under its template's default decisions, timed round-robin in one process.
+"""Shift-group accumulators against the single sum, in 64- and 32-bit words: ResNet-18's 2x-wide
+3x3 bit-serial convs on this CPU, each kernel form under its template's default decisions, timed
+round-robin in one process.
 
 The single sum adds every plane pair's popcount into one accumulator per output, shifting and adding
 per shift group on every channel word (14 vector operations per 4 plane pairs at 2/2); the group form
 keeps one accumulator per shift group and combines them once per output (12: AND + popcount + add or
-subtract per pair, the bound's count). Both compute the same integers (checked here before timing).
-64-bit words, as the lowering uses on CPUs. Each kernel is timed two ways: warm (calls averaged over
-at least 40 ms, MetaSchedule's default) and cold (every argument but the input flushed from the
-caches before each call, as a conv runs in a model). Rates are binary MACs (activation bit x weight
-bit x MAC) per second against this run's popcount bound (benchmarks/popcount_roofline.c, the
-instruction-throughput bound of kernels.py --roofline). The last column is the form the lowering
-uses for the layer on this CPU (`lowering.rewrite.splits_shift_groups`).
+subtract per pair, the bound's count). In 64-bit words (what the packs write on CPUs) a group
+accumulator is int64, two zmm registers per 16 output channels; in 32-bit words (the packed words
+read as halves, as the lowering does on AVX-512) it is int32, one register, so the tile holds twice
+the channels. All forms compute the same integers (checked here before timing). Each kernel is timed
+two ways: warm (calls averaged over at least 40 ms, MetaSchedule's default) and cold (every argument
+but the input flushed from the caches before each call, as a conv runs in a model). Rates are binary
+MACs (activation bit x weight bit x MAC) per second against this run's popcount bound
+(benchmarks/popcount_roofline.c, the instruction-throughput bound of kernels.py --roofline). The last
+column is the form `wrpn-tvm compile` gives the layer on this CPU (`lowering.rewrite.conv_lane_bits`).
 
   python benchmarks/shift_groups.py          # writes benchmarks/results/shift_groups.{json,md}
   python benchmarks/shift_groups.py --out benchmarks/results/shift_groups_znver5
 """
-
 import argparse
 import json
 import os
@@ -31,22 +33,32 @@ from int8_dot import machine
 HERE = Path(__file__).resolve().parent
 LAYERS = [(56, 128), (28, 256), (14, 512), (7, 1024)]  # (image size, channels), ResNet-18 at 2x width
 ABITS, WBITS = 2, 2
-WORD_BITS = 64
 ROUNDS = 6
 REPEAT = 10  # timings per kernel per round
 ROOFLINE_RUNS = 2
 
 
-def conv_func(size: int, channels: int, split: bool):
+# (name, word bits, sums shift groups apart)
+FORMS = [("single 64-bit", 64, False), ("groups 64-bit", 64, True), ("groups 32-bit", 32, True)]
+
+
+def conv_func(size: int, channels: int, split: bool, word_bits: int = 64):
     from tvm import te
 
     from wrpn_tvm import ops
 
-    words = -(-channels // WORD_BITS)
-    data = te.placeholder((1, size, size, ABITS, words), f"uint{WORD_BITS}", name="data")
-    weight = te.placeholder((3, 3, WBITS, words, channels), f"uint{WORD_BITS}", name="weight")
+    words = -(-channels // 64) * (64 // word_bits)
+    data = te.placeholder((1, size, size, ABITS, words), f"uint{word_bits}", name="data")
+    weight = te.placeholder((3, 3, WBITS, words, channels), f"uint{word_bits}", name="weight")
     return te.create_prim_func([data, weight, ops.bitserial_conv2d(data, weight, ABITS, WBITS, 1, 1,
                                                                    split_shift_groups=split)])
+
+
+def as_halves(weight: np.ndarray) -> np.ndarray:
+    """64-bit packed conv weights [KH, KW, planes, CW, O] as 32-bit words [.., 2 CW, O], low half first."""
+    low, high = (weight & np.uint64(0xFFFFFFFF)).astype(np.uint32), (weight >> np.uint64(32)).astype(np.uint32)
+    halves = np.stack([low, high], axis=4)  # [KH, KW, planes, CW, 2, O]
+    return halves.reshape(*weight.shape[:3], 2 * weight.shape[3], weight.shape[4])
 
 
 def measure_layer(size: int, channels: int, spec, rng) -> dict:
@@ -55,33 +67,42 @@ def measure_layer(size: int, channels: int, spec, rng) -> dict:
 
     from wrpn_tvm.pipeline import compile_prim_func
 
-    words = channels // WORD_BITS
-    args = [tvm.runtime.tensor(rng.integers(0, 2**63, (1, size, size, ABITS, words), dtype=np.uint64)),
-            tvm.runtime.tensor(rng.integers(0, 2**63, (3, 3, WBITS, words, channels), dtype=np.uint64)),
-            tvm.runtime.tensor(np.zeros((1, size, size, channels), np.int32))]
-    executables = {form: compile_prim_func(conv_func(size, channels, form == "groups"), spec)
-                   for form in ("single", "groups")}
+    words = channels // 64
+    data = rng.integers(0, 2**63, (1, size, size, ABITS, words), dtype=np.uint64)
+    weight = rng.integers(0, 2**63, (3, 3, WBITS, words, channels), dtype=np.uint64)
+    by_word = {64: (data, weight), 32: (data.view(np.uint32), as_halves(weight))}  # little-endian halves
+    runs = {}
+    for name, word_bits, split in FORMS:
+        args = [tvm.runtime.tensor(array) for array in by_word[word_bits]]
+        args.append(tvm.runtime.tensor(np.zeros((1, size, size, channels), np.int32)))
+        runs[name] = (compile_prim_func(conv_func(size, channels, split, word_bits), spec), args)
     outputs = {}
-    for form, executable in executables.items():
+    for name, (executable, args) in runs.items():
         executable(*args)
-        outputs[form] = args[2].numpy().copy()
-    if not np.array_equal(outputs["single"], outputs["groups"]):
-        raise SystemExit(f"{size}x{size}x{channels}: the two forms disagree")
-    evaluators = {(form, caching): executable.mod.time_evaluator(
+        outputs[name] = args[2].numpy().copy()
+    if not all(np.array_equal(outputs[FORMS[0][0]], output) for output in outputs.values()):
+        raise SystemExit(f"{size}x{size}x{channels}: the forms disagree")
+    evaluators = {(name, caching): (executable.mod.time_evaluator(
         "main", tvm.cpu(), number=1, repeat=REPEAT,
-        **({"min_repeat_ms": 40} if caching == "warm" else {"f_preproc": "cache_flush_cpu_non_first_arg"}))
-        for form, executable in executables.items() for caching in ("warm", "cold")}
-    times = {form: {"warm": [], "cold": []} for form in executables}
+        **({"min_repeat_ms": 40} if caching == "warm" else {"f_preproc": "cache_flush_cpu_non_first_arg"})), args)
+        for name, (executable, args) in runs.items() for caching in ("warm", "cold")}
+    times = {name: {"warm": [], "cold": []} for name in runs}
     for _ in range(ROUNDS):
-        for (form, caching), evaluator in evaluators.items():
-            times[form][caching].append(statistics.median(evaluator(*args).results))
+        for (name, caching), (evaluator, args) in evaluators.items():
+            times[name][caching].append(statistics.median(evaluator(*args).results))
     return times
+
+
+def lowering_form(spec) -> str:
+    from wrpn_tvm.lowering.rewrite import conv_lane_bits, splits_shift_groups
+
+    lane_bits, split = conv_lane_bits(spec, WBITS), splits_shift_groups(spec, WBITS)
+    return next(name for name, word_bits, splits in FORMS if (word_bits, splits) == (lane_bits, split))
 
 
 def run(threads_list) -> dict:
     import tvm
 
-    from wrpn_tvm.lowering.rewrite import splits_shift_groups
     from wrpn_tvm.targets import resolve
 
     spec = resolve("host")
@@ -94,39 +115,40 @@ def run(threads_list) -> dict:
         layers = []
         for size, channels in LAYERS:
             layers.append({"layer": f"{size}x{size}x{channels}", "binary_macs": size * size * channels * channels * 9
-                           * ABITS * WBITS, "lowering_splits": splits_shift_groups(spec, 3, 3, channels),
+                           * ABITS * WBITS, "lowering": lowering_form(spec),
                            "seconds": measure_layer(size, channels, spec, rng)})
         sections.append({"threads": threads, "bound_binary_macs_per_s": bound, "layers": layers})
-    return {"machine": machine(), "bits": f"{ABITS}/{WBITS}", "word_bits": WORD_BITS, "rounds": ROUNDS,
+    return {"machine": machine(), "bits": f"{ABITS}/{WBITS}", "rounds": ROUNDS,
             "repeat": REPEAT, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average_1_5_15min": {"start": load_before, "end": os.getloadavg()}, "sections": sections}
 
 
 def markdown(report: dict) -> str:
     m, load = report["machine"], report["load_average_1_5_15min"]
+    names = [name for name, _, _ in FORMS]
     lines = [
-        f"# Shift-group accumulators against the single sum: ResNet-18 2x 3x3 convs, {report['bits']}", "",
+        f"# Shift-group accumulators against the single sum, 64- and 32-bit words: ResNet-18 2x 3x3 convs, "
+        f"{report['bits']}", "",
         f"CPU: {m['cpu']} (LLVM cpu {m['llvm_cpu']}, {m['cores']} cores), TVM {m['tvm']}, Python {m['python']}; "
-        f"{report['date']}. Command: `python benchmarks/shift_groups.py`. {report['word_bits']}-bit words, "
-        f"default template decisions, medians of {report['rounds']} round-robin rounds of {report['repeat']} "
-        f"timings each. Load average (1/5/15 min) at start {'/'.join(f'{v:.1f}' for v in load['start'])}, at end "
-        f"{'/'.join(f'{v:.1f}' for v in load['end'])}.", "",
-        "groups/single below 1: the group form is faster. % of bound: binary MAC/s against this run's "
-        "popcount bound (popcount_roofline.c). Lowering: the form `wrpn-tvm compile` gives the layer here.", "",
-        "| threads | layer | caches | single ms | groups ms | groups/single | single % of bound | groups % of bound "
-        "| lowering |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        f"{report['date']}. Command: `python benchmarks/shift_groups.py`. Default template decisions, medians of "
+        f"{report['rounds']} round-robin rounds of {report['repeat']} timings each. Load average (1/5/15 min) at "
+        f"start {'/'.join(f'{v:.1f}' for v in load['start'])}, at end {'/'.join(f'{v:.1f}' for v in load['end'])}.",
+        "",
+        "ms and, in brackets, binary MAC/s against this run's popcount bound (popcount_roofline.c). Lowering: the "
+        "form `wrpn-tvm compile` gives the layer here.", "",
+        "| threads | layer | caches | " + " | ".join(names) + " | lowering |",
+        "| ---: | --- | --- | " + " | ".join("---:" for _ in names) + " | --- |",
     ]
     for section in report["sections"]:
         bound = section["bound_binary_macs_per_s"]
         for layer in section["layers"]:
             for caching in ("warm", "cold"):
-                single = statistics.median(layer["seconds"]["single"][caching])
-                groups = statistics.median(layer["seconds"]["groups"][caching])
-                share = [f"{100 * layer['binary_macs'] / t / bound:.0f}%" for t in (single, groups)]
-                lines.append(f"| {section['threads']} | {layer['layer']} | {caching} | {single * 1e3:.3f} | "
-                             f"{groups * 1e3:.3f} | {groups / single:.2f} | {share[0]} | {share[1]} | "
-                             f"{'groups' if layer['lowering_splits'] else 'single'} |")
+                cells = []
+                for name in names:
+                    seconds = statistics.median(layer["seconds"][name][caching])
+                    cells.append(f"{seconds * 1e3:.3f} ({100 * layer['binary_macs'] / seconds / bound:.0f}%)")
+                lines.append(f"| {section['threads']} | {layer['layer']} | {caching} | " + " | ".join(cells)
+                             + f" | {layer['lowering']} |")
     bounds = ", ".join(f"{s['threads']} thread(s) {s['bound_binary_macs_per_s'] / 1e12:.2f} T binary MAC/s"
                        for s in report["sections"])
     return "\n".join(lines + ["", f"Popcount bound this run: {bounds}.", ""])

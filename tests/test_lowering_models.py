@@ -4,6 +4,8 @@ Every model gets BN statistics away from the identity so the folded epilogue is 
 The heavier zoo configurations are marked slow.
 """
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -112,27 +114,38 @@ def test_next_layers_pack_fuses_into_the_epilogue(kernels, pack):
     assert accumulator.ty.dtype == "int32"
 
 
-def test_avx512_convs_sum_each_shift_group_apart():
-    """Where VPOPCNTQ counts zmm registers, the convs whose outputs each sum a long reduction (3x3
-    over 256 channels and more) keep an accumulator per shift group (their combine stage is in the
-    kernel's function); shorter ones (the 128-channel stage, the 1x1 downsamples) and other
-    targets keep one sum."""
+def _conv_kernels(mod) -> dict:
+    """{name: PrimFunc} of the lowered module's bit-serial conv kernels."""
+    return {gvar.name_hint: func for gvar, func in mod.functions_items()
+            if isinstance(func, tvm.tirx.PrimFunc) and gvar.name_hint.startswith("wrpn_conv2d")}
+
+
+def _word_dtype(func) -> str:
+    """The dtype of a conv kernel's first argument, the packed activations, as TVMScript prints it."""
+    return re.search(r'def \w+\(\w+: T\.Buffer\(.*?, "(\w+)"', func.script()).group(1)
+
+
+def test_avx512_convs_sum_each_shift_group_apart_in_32_bit_words():
+    """Where VPOPCNTQ counts zmm registers, every conv with multi-bit weights keeps an accumulator
+    per shift group (its combine stage is in the kernel's function) and counts 32-bit words: it
+    reads the packed 64-bit words through a view as twice as many 32-bit halves. Other targets keep
+    one sum over 64-bit words (32-bit on CUDA, which never views)."""
     model = randomize_batch_norm(build_model("resnet18", 2.0, 2, 2, in_channels=3, image_size=32))
     program = to_relax(export_model(model, torch.rand(1, 3, 32, 32)))
 
-    def split_calls(target):
-        """(How many calls run a kernel that sums shift groups apart, the layer reports.)"""
+    def lowered(target):
         mod, reports = lower_wrpn(program, resolve(target), "bit-serial")
-        split = {gvar.name_hint for gvar, func in mod.functions_items()
-                 if isinstance(func, tvm.tirx.PrimFunc) and ops.SHIFT_COMBINE in func.script()}
-        calls = [b.value.args[0].name_hint for b in mod["main"].body.blocks[0].bindings
-                 if "call_tir" in str(getattr(b.value, "op", ""))]
-        return sum(name in split for name in calls), reports
+        kernels = _conv_kernels(mod)
+        split = sum(ops.SHIFT_COMBINE in func.script() for func in kernels.values())
+        word_dtypes = {_word_dtype(func) for func in kernels.values()}
+        return len(kernels), split, word_dtypes, "memory.view" in mod["main"].script(), reports
 
-    calls, reports = split_calls("x86-avx512")
-    long = [r for r in reports if r.is_bitserial and r.detail.startswith("3x3") and r.input_shape[1] >= 256]
-    assert calls == len(long) == 11  # all of stages 3 and 4, stage 2 but its first conv (128 in)
-    assert split_calls("x86-avx2")[0] == split_calls("rasp4")[0] == split_calls("cuda")[0] == 0
+    kernels, split, dtypes, views, reports = lowered("x86-avx512")
+    assert kernels == split > 0 and dtypes == {"uint32"} and views
+    assert sum(r.is_bitserial for r in reports) == 19
+    for target, word in (("x86-avx2", "uint64"), ("rasp4", "uint64"), ("cuda", "uint32")):
+        kernels, split, dtypes, views, _ = lowered(target)
+        assert kernels > 0 and split == 0 and dtypes == {word} and not views, target
 
 
 class WideLayer(nn.Module):
@@ -153,6 +166,47 @@ class WideLayer(nn.Module):
         x = _quantize(self.bn0(self.stem(x)), 2)
         x = _quantize(self.bn(self.conv(x)), 2)
         return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class AwkwardLayers(nn.Module):
+    """Plain PyTorch with channel counts that are not word multiples: 20 channels are one 64-bit
+    word but only one 32-bit word, so the 32-bit form's weights get a zero word beside their own."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(6)
+        self.stem = nn.Conv2d(3, 20, 3, padding=1)
+        self.bn0 = nn.BatchNorm2d(20)
+        self.conv = nn.Conv2d(20, 36, 3, stride=2, padding=1, bias=False)  # a2/w2
+        self.bn1 = nn.BatchNorm2d(36)
+        self.pointwise = nn.Conv2d(36, 100, 1, bias=False)  # a4/w3
+        self.bn2 = nn.BatchNorm2d(100)
+        self.head = nn.Linear(100, 10)
+        with torch.no_grad():
+            self.conv.weight.copy_(on_grid(self.conv.weight.shape, 2, g))
+            self.pointwise.weight.copy_(on_grid(self.pointwise.weight.shape, 3, g))
+
+    def forward(self, x):
+        x = _quantize(self.bn0(self.stem(x)), 2)
+        x = _quantize(self.bn1(self.conv(x)), 4)
+        x = _quantize(self.bn2(self.pointwise(x)), 2)
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_32_bit_shift_group_convs_over_odd_channel_counts_match_pytorch(tmp_path):
+    """Compiled for this host (on an AVX-512 CPU, the 32-bit shift-group form; the x86-avx512 lowering
+    is checked to give it), the model computes PyTorch's logits."""
+    torch.manual_seed(0)
+    model, x = randomize_batch_norm(AwkwardLayers()), torch.rand(2, 3, 11, 11)
+    program = export_model(model, x)
+    mod, reports = lower_wrpn(to_relax(program), resolve("x86-avx512"), "bit-serial")
+    assert [r.lowered_to for r in reports if r.is_bitserial] == ["bit-serial conv2d a2/w2", "bit-serial conv2d a4/w3"]
+    assert {_word_dtype(func) for func in _conv_kernels(mod).values()} == {"uint32"}
+    path = tmp_path / "awkward.pt2"
+    torch.export.save(program, str(path))
+    result = build.compile_model(path, "host", tmp_path / "awkward.so", kernels="bit-serial")
+    (out,) = runtime.run(result.library, [x.numpy()])
+    assert_matches_pytorch(model, x, out)
 
 
 def test_shift_group_conv_in_a_plain_pytorch_model_matches_pytorch(tmp_path):

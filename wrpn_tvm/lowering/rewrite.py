@@ -65,27 +65,37 @@ def _levels(x: te.Tensor, level) -> te.Tensor:
     return te.compute(x.shape, lambda *i: level(x(*i)), name="wrpn_levels")
 
 
-# ResNet-18 2x 2/2 on znver4, the group form's time over the single sum's at 2 threads
-# (benchmarks/results/shift_groups.md): 3x3 over 256 to 1024 channels 0.85-0.94, over 128 (the 56x56
-# stage) 1.05-1.10; the 1x1 downsamples even in the model.
-MIN_SPLIT_REDUCTION = 3 * 3 * 256
-
-
-def splits_shift_groups(spec, kernel_h: int, kernel_w: int, channels: int) -> bool:
-    """Whether a bit-serial conv for this target sums each shift group apart: where VPOPCNTQ counts
-    zmm registers (x86 with AVX512-VPOPCNTDQ), whose 32 registers hold a tile of one accumulator per
-    group, and where each output sums at least MIN_SPLIT_REDUCTION products (kernel window x input
-    channels): below, the group accumulators' fixed cost per tile (3x as many to zero and combine
-    at 2/2) outweighs the 2 operations per channel word they save."""
+def splits_shift_groups(spec, wbits: int) -> bool:
+    """Whether a bit-serial conv for this target sums each shift group apart (multi-bit weights):
+    where VPOPCNTQ counts zmm registers (x86 with AVX512-VPOPCNTDQ), whose 32 registers hold a tile
+    of one accumulator per group once the accumulators are int32 (`conv_lane_bits`). With int64
+    accumulators the group form lost below 3x3 over 256 channels (56x56x128 2/2, znver4: 1.05-1.10x
+    the single sum's time); in 32-bit lanes it won on every layer measured, 1x1 and 3x3, 64 to 1024
+    channels (benchmarks/results/shift_groups.md)."""
     from tvm.target.codegen import target_has_features
 
-    return (kernel_h * kernel_w * channels >= MIN_SPLIT_REDUCTION and spec.target.kind.name == "llvm"
-            and target_has_features("avx512vpopcntdq", spec.target))
+    return wbits > 1 and spec.target.kind.name == "llvm" and target_has_features("avx512vpopcntdq", spec.target)
 
 
 def word_bits_for(spec) -> int:
     """64-bit words on CPUs (one word covers 64 channels), 32 on CUDA (native popcount width)."""
     return 32 if spec.is_cuda else 64
+
+
+def conv_lane_bits(spec, wbits: int) -> int:
+    """The word size a bit-serial conv counts in: 32 bits for a shift-group conv on a CPU (the
+    packed 64-bit words read as pairs of 32-bit halves, the weights packed in 32 bits). Its
+    accumulators are then int32, one zmm per 16 output channels rather than two, and the tile holds
+    twice the channels without spilling. 2 threads, znver4, 32-bit groups against the 64-bit form
+    the lowering gave each layer before: ResNet-18 2x 2/2 56x56x128 0.83x, 28x28x256 0.97x,
+    14x14x512 and 7x7x1024 1.0x; 4/2 at 56x56x128 0.91x; 3x3 28x28x100 2/2 0.61x."""
+    return 32 if splits_shift_groups(spec, wbits) and word_bits_for(spec) == 64 else word_bits_for(spec)
+
+
+def conv_words(spec, wbits: int, channels: int) -> tuple[str, int]:
+    """(word dtype, words per pixel and plane) of a bit-serial conv's packed input, as the conv reads it."""
+    word_bits, lane_bits = word_bits_for(spec), conv_lane_bits(spec, wbits)
+    return f"uint{lane_bits}", -(-channels // word_bits) * (word_bits // lane_bits)
 
 
 @relax.expr_functor.mutator
@@ -101,6 +111,7 @@ class _Lowerer(relax.PyExprMutator):
         self.kernel_of = {plan.report_index: choice.kernel for plan, choice in zip(plans, choices, strict=True)}
         self.emitted: dict = {}  # original epilogue output var -> _Emitted
         self.packed: dict = {}  # pack_key -> packed var
+        self.halves: dict = {}  # packed var -> its view as half-size words
         self.fused_packs: set = set()  # input vars whose pack is computed from accumulators
         # Quantized maps a layer reads directly -> their quantizer, replayed where glue reads them.
         self.quantizer_of = ({plan.data: plan.quantizer for plan in plans if plan.reads_quantizer_directly}
@@ -162,6 +173,15 @@ class _Lowerer(relax.PyExprMutator):
             source, level = plan.data, quantizer.level_from_value
         return self.builder_.emit_te(lambda x: pack(_levels(x, level)), self.visit_expr(source),
                                      primfunc_name_hint=f"wrpn_{name}")
+
+    def _halves(self, packed: relax.Var) -> relax.Var:
+        """The packed words as twice as many words of half the size: a view, nothing copied (a
+        little-endian word's low half holds its first channels, as a half-size packing would)."""
+        if packed not in self.halves:
+            *outer, words = shape_of(packed)
+            half = f"uint{self.word_bits // 2}"
+            self.halves[packed] = self.builder_.emit(relax.op.memory.view(packed, [*outer, 2 * words], half))
+        return self.halves[packed]
 
     def _glue_from_accumulators(self, var, depth: int = 0):
         """(Relax args, TE builder) recomputing `var` elementwise from bit-serial accumulators, or None.
@@ -228,11 +248,14 @@ class _Lowerer(relax.PyExprMutator):
                 primfunc_name_hint=f"wrpn_lut_conv2d_{tag}",
             )
         elif plan.op == "conv2d":
-            weight = relax.const(ops.pack_weight(plan.grid.levels, wbits, self.word_bits))
+            lane_bits = conv_lane_bits(self.spec, wbits)
+            if lane_bits != self.word_bits:
+                packed = self._halves(packed)
+            weight = relax.const(_pad_words(ops.pack_weight(plan.grid.levels, wbits, lane_bits),
+                                            shape_of(packed)[-1]))
             acc = self.builder_.emit_te(
                 ops.bitserial_conv2d, packed, weight, abits, wbits, plan.stride, plan.padding,
-                split_shift_groups=splits_shift_groups(self.spec, *_window_and_channels(plan)),
-                primfunc_name_hint=f"wrpn_conv2d_{tag}",
+                split_shift_groups=splits_shift_groups(self.spec, wbits), primfunc_name_hint=f"wrpn_conv2d_{tag}",
             )
         else:
             weight = relax.const(ops.pack_weight(plan.grid.levels, wbits, self.word_bits))
@@ -247,9 +270,12 @@ class _Lowerer(relax.PyExprMutator):
         )
 
 
-def _window_and_channels(plan: LayerPlan) -> tuple[int, int, int]:
-    _, channels, kernel_h, kernel_w = plan.grid.levels.shape
-    return kernel_h, kernel_w, channels
+def _pad_words(weight: np.ndarray, words: int) -> np.ndarray:
+    """Packed conv weights [KH, KW, wbits, CW, O] with zero words up to `words` (halves of the
+    activations' words can outnumber the weight's own words: 20 channels are one 64-bit word, two
+    halves, but one 32-bit word)."""
+    missing = words - weight.shape[3]
+    return np.pad(weight, [(0, 0)] * 3 + [(0, missing), (0, 0)]) if missing else weight
 
 
 def layer_tag(index: int) -> str:
