@@ -170,8 +170,8 @@ def test_the_shipped_smallcnn_logs_cover_every_task_of_the_model(tmp_path, prese
 # the log is timed warm, so no job adds to it, and a fresh 25-minute job timed as in the model
 # built a slower model than this log or none (2026-12-02). Any other uncovered task is a new change.
 RESNET18_LOG_STALE = {
-    "wrpn_conv2d_a2w2_layer6_", "wrpn_conv2d_a2w2_layer10_", "wrpn_conv2d_a2w2_layer11_",
-    "wrpn_conv2d_a2w2_layer15_", "wrpn_conv2d_a2w2_layer16_", "wrpn_epilogue_int8_levels1",
+    *(f"wrpn_conv2d_a2w2_layer{index}_" for index in (1, 5, 6, 7, 10, 11, 12, 15, 16, 17)),
+    "wrpn_epilogue_int8_levels1",
     "fused_tir_clip_multiply_tir_round_divide_wrpn_epilogue_add_wrpn_epilogue_int8_levels1",
     "fused_wrpn_epilogue1_wrpn_epilogue1_add1_wrpn_epilogue_int8_levels4",
     "fused_wrpn_epilogue2_wrpn_epilogue2_add2_wrpn_epilogue_int8_levels7",
