@@ -94,7 +94,7 @@ class HitCountingDatabase(PyDatabase):
         return found
 
 
-def test_tune_writes_a_log_that_compile_applies(program, tuned, tmp_path):
+def test_tune_writes_a_log_that_compile_applies(program, tuned, tmp_path, capsys):
     log_dir, first = tuned
     assert first == 4
     spec = resolve("host")
@@ -105,6 +105,22 @@ def test_tune_writes_a_log_that_compile_applies(program, tuned, tmp_path):
     assert tuned_names and tuned_names <= database.hits  # compile found every tuned function in the log
     assert main(["compile", str(program), "--tuning-log", str(log_dir), "-o", str(tmp_path / "tiny.so")]) == 0
     assert (tmp_path / "tiny.so").stat().st_size > 0
+    assert f"tuning log: records for all {len(tuned_names)} tunable kernels" in capsys.readouterr().out
+
+
+def test_compile_says_which_kernels_a_log_does_not_cover(tuned, tmp_path):
+    """A log of other workloads (here: another layer size) applies to nothing, and compile says so
+    rather than building untuned kernels in silence."""
+    from wrpn_tvm.build import compile_model
+
+    log_dir, _first = tuned
+    other = tmp_path / "other.pt2"
+    torch.export.save(torch.export.export(torch.nn.Linear(32, 8).eval(), (torch.randn(1, 32),)), str(other))
+    coverage = compile_model(other, "host", tmp_path / "other.so", tuning_log=log_dir).log_coverage
+    assert coverage.tuned == [] and coverage.untuned
+    assert coverage.line().startswith(f"tuning log: records for 0 of {len(coverage.untuned)} tunable kernels; "
+                                      f"at template defaults")
+    assert compile_model(other, "host", tmp_path / "plain.so").log_coverage is None
 
 
 def test_resume_adds_records_and_never_remeasures(tuned, capsys):

@@ -13,7 +13,7 @@ from .errors import WrpnError, one_line
 from .fileio import atomic_path
 from .lowering import program_warnings, summary
 from .memory import Footprint, recording
-from .pipeline import build_module, prepare_module
+from .pipeline import LogCoverage, build_module, prepare_module
 from .targets import TargetSpec, resolve
 
 
@@ -26,6 +26,7 @@ class CompileResult:
     layers: list = field(default_factory=list)
     warnings: list = field(default_factory=list)  # what makes the compiled model differ from the trained one
     memory: "Footprint | None" = None  # activation bytes and planned workspace at the compiled batch
+    log_coverage: "LogCoverage | None" = None  # with a tuning log: which kernels its records scheduled
 
     @property
     def summary(self) -> str:
@@ -70,9 +71,10 @@ def compile_model(
 
         database = load_database(resolve_log(tuning_log), spec, strict_target)
     mod, layers, inputs = prepare_module(program_path, spec, kernels, database)
+    coverage = LogCoverage() if database is not None else None
     with recording(inputs) as recorded:  # read off the very pipeline run that compiles the library
-        executable = build_module(mod, spec, database)
+        executable = build_module(mod, spec, database, coverage)
     footprint = recorded.footprint()
     library = export_library(executable, spec, output)
     sidecar = write_sidecar(library, spec, inputs, layers, footprint)
-    return CompileResult(library, sidecar, spec, inputs, layers, program_warnings(mod, layers), footprint)
+    return CompileResult(library, sidecar, spec, inputs, layers, program_warnings(mod, layers), footprint, coverage)

@@ -151,13 +151,38 @@ def tunable_module(mod, spec: TargetSpec):
     return schedules.apply_fixed_schedules(fused, spec.target)
 
 
-def relax_pipeline(spec: TargetSpec, database=None):
+@dataclasses.dataclass
+class LogCoverage:
+    """Which of a build's tunable functions (those a tuning job would make tasks of) a tuning log
+    scheduled, and which it left to the templates' defaults: a log tuned for other workloads (an
+    older lowering, other shapes or bits) applies partly or not at all, without an error."""
+
+    tuned: list = dataclasses.field(default_factory=list)
+    untuned: list = dataclasses.field(default_factory=list)
+
+    def line(self, shown: int = 4) -> str:
+        total = len(self.tuned) + len(self.untuned)
+        if not self.untuned:
+            return f"tuning log: records for all {total} tunable kernels"
+        names = ", ".join(self.untuned[:shown]) + (f" and {len(self.untuned) - shown} more" if len(self.untuned) > shown else "")
+        return (f"tuning log: records for {len(self.tuned)} of {total} tunable kernels; at template defaults "
+                f"(no record matches them: tune the model to cover them): {names}")
+
+
+def _unscheduled(mod) -> list:
+    return sorted(gvar.name_hint for gvar, func in mod.functions_items()
+                  if isinstance(func, tirx.PrimFunc) and not is_scheduled(func))
+
+
+def relax_pipeline(spec: TargetSpec, database=None, coverage: "LogCoverage | None" = None):
     """The target's Relax pipeline with our schedules applied to the fused TIR, in this order:
 
     1. a tuning database's records;
     2. the bit-serial templates at their default decisions, for what the database did not cover;
     3. a generic default for every other function (dlight's GPU rules, or our CPU fallback),
        so an untuned FP32 first layer is not left as single-threaded scalar loops.
+
+    `coverage` (with a database) is filled with the functions the records scheduled and those they left.
     """
     target = spec.target
     backend = _backend_pipeline(spec)
@@ -175,18 +200,23 @@ def relax_pipeline(spec: TargetSpec, database=None):
         mod = tunable_module(mod, spec)
         with target:
             if database is not None:
+                tunable = _unscheduled(mod)
                 with database:
                     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+                if coverage is not None:
+                    left = set(_unscheduled(mod))
+                    coverage.tuned = [name for name in tunable if name not in left]
+                    coverage.untuned = [name for name in tunable if name in left]
             mod = schedule_rest(schedules.apply_default_schedules(mod, target))
             return tvm.transform.Sequential(backend.dataflow_lower_passes(target) + backend.finalize_passes(target))(mod)
 
     return _pipeline
 
 
-def build_module(mod, spec: TargetSpec, database=None):
-    """Compile a Relax module for the target; returns a tvm Executable."""
+def build_module(mod, spec: TargetSpec, database=None, coverage: "LogCoverage | None" = None):
+    """Compile a Relax module for the target; returns a tvm Executable (`coverage`: see relax_pipeline)."""
     try:
-        return tvm.compile(mod, target=spec.target, relax_pipeline=relax_pipeline(spec, database))
+        return tvm.compile(mod, target=spec.target, relax_pipeline=relax_pipeline(spec, database, coverage))
     except WrpnError:
         raise
     except Exception as err:  # TVM surfaces codegen problems as assorted error types

@@ -40,5 +40,7 @@ def handle(args) -> int:
     print(result.summary + (": --explain gives the reasons" if fp32 and not args.explain else ""))
     if result.memory is not None:
         print(memory_line(result.memory.to_json()))
+    if result.log_coverage is not None:
+        print(result.log_coverage.line())
     print(f"wrote {result.library} and {result.sidecar} for {result.target.name}")
     return 0
