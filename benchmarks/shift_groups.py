@@ -1,6 +1,7 @@
-"""Shift-group accumulators against the single sum, in 64- and 32-bit words: ResNet-18's 2x-wide
-3x3 bit-serial convs on this CPU, each kernel form under its template's default decisions, timed
-round-robin in one process.
+"""Shift-group accumulators against the single sum, in 64- and 32-bit words: ResNet-18's bit-serial
+convs on this CPU (the 2x-wide 3x3 conv of each stage, a stride-2 stage entry and its 1x1 shortcut,
+the 4/2 setting, 1x width, and a channel count no multiple of 32), each kernel form under its
+template's default decisions, timed round-robin in one process.
 
 The single sum adds every plane pair's popcount into one accumulator per output, shifting and adding
 per shift group on every channel word (14 vector operations per 4 plane pairs at 2/2); the group form
@@ -18,11 +19,13 @@ column is the form `wrpn-tvm compile` gives the layer on this CPU (`lowering.rew
   python benchmarks/shift_groups.py          # writes benchmarks/results/shift_groups.{json,md}
   python benchmarks/shift_groups.py --out benchmarks/results/shift_groups_znver5
 """
+
 import argparse
 import json
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +34,41 @@ from kernels import roofline
 from int8_dot import machine
 
 HERE = Path(__file__).resolve().parent
-LAYERS = [(56, 128), (28, 256), (14, 512), (7, 1024)]  # (image size, channels), ResNet-18 at 2x width
-ABITS, WBITS = 2, 2
+
+
+@dataclass(frozen=True)
+class Layer:
+    size: int  # input height and width
+    in_channels: int
+    out_channels: int
+    kernel: int = 3
+    stride: int = 1
+    abits: int = 2
+    wbits: int = 2
+
+    @property
+    def name(self) -> str:
+        shape = f"{self.size}x{self.size}x{self.in_channels}"
+        if self.out_channels != self.in_channels:
+            shape += f"->{self.out_channels}"
+        extra = "" if (self.kernel, self.stride) == (3, 1) else f" {self.kernel}x{self.kernel}/{self.stride}"
+        return f"{shape}{extra} {self.abits}/{self.wbits}"
+
+    @property
+    def out_size(self) -> int:
+        return (self.size + 2 * (self.kernel // 2) - self.kernel) // self.stride + 1
+
+    @property
+    def binary_macs(self) -> int:
+        return (self.out_size ** 2 * self.out_channels * self.in_channels * self.kernel ** 2
+                * self.abits * self.wbits)
+
+
+# ResNet-18 at 2x width: its 3x3 convs per stage, a stride-2 stage entry and its 1x1 shortcut, the 4/2
+# setting; then 1x's 56x56 stage and a channel count that is no multiple of 32.
+LAYERS = [Layer(56, 128, 128), Layer(28, 256, 256), Layer(14, 512, 512), Layer(7, 1024, 1024),
+          Layer(56, 128, 256, stride=2), Layer(56, 128, 256, kernel=1, stride=2), Layer(56, 128, 128, abits=4),
+          Layer(56, 64, 64), Layer(28, 100, 100)]
 ROUNDS = 6
 REPEAT = 10  # timings per kernel per round
 ROOFLINE_RUNS = 2
@@ -42,16 +78,17 @@ ROOFLINE_RUNS = 2
 FORMS = [("single 64-bit", 64, False), ("groups 64-bit", 64, True), ("groups 32-bit", 32, True)]
 
 
-def conv_func(size: int, channels: int, split: bool, word_bits: int = 64):
+def conv_func(layer: Layer, split: bool, word_bits: int = 64):
     from tvm import te
 
     from wrpn_tvm import ops
 
-    words = -(-channels // 64) * (64 // word_bits)
-    data = te.placeholder((1, size, size, ABITS, words), f"uint{word_bits}", name="data")
-    weight = te.placeholder((3, 3, WBITS, words, channels), f"uint{word_bits}", name="weight")
-    return te.create_prim_func([data, weight, ops.bitserial_conv2d(data, weight, ABITS, WBITS, 1, 1,
-                                                                   split_shift_groups=split)])
+    words = -(-layer.in_channels // 64) * (64 // word_bits)
+    data = te.placeholder((1, layer.size, layer.size, layer.abits, words), f"uint{word_bits}", name="data")
+    weight = te.placeholder((layer.kernel, layer.kernel, layer.wbits, words, layer.out_channels),
+                            f"uint{word_bits}", name="weight")
+    return te.create_prim_func([data, weight, ops.bitserial_conv2d(
+        data, weight, layer.abits, layer.wbits, layer.stride, layer.kernel // 2, split_shift_groups=split)])
 
 
 def as_halves(weight: np.ndarray) -> np.ndarray:
@@ -61,27 +98,36 @@ def as_halves(weight: np.ndarray) -> np.ndarray:
     return halves.reshape(*weight.shape[:3], 2 * weight.shape[3], weight.shape[4])
 
 
-def measure_layer(size: int, channels: int, spec, rng) -> dict:
+def packed_bits(rng, shape: tuple, channels: int) -> np.ndarray:
+    """Random 64-bit words along the last axis of `shape`, zero past `channels` (as a pack pads)."""
+    bits = rng.integers(0, 2, (*shape[:-1], shape[-1] * 64), dtype=np.uint64)
+    bits[..., channels:] = 0
+    return (bits.reshape(*shape, 64) << np.arange(64, dtype=np.uint64)).sum(-1, dtype=np.uint64)
+
+
+def measure_layer(layer: Layer, spec, rng) -> dict:
     """{form: {caching: [seconds per round]}} for one layer, after checking the forms agree."""
     import tvm
 
     from wrpn_tvm.pipeline import compile_prim_func
 
-    words = channels // 64
-    data = rng.integers(0, 2**63, (1, size, size, ABITS, words), dtype=np.uint64)
-    weight = rng.integers(0, 2**63, (3, 3, WBITS, words, channels), dtype=np.uint64)
+    words = -(-layer.in_channels // 64)
+    data = packed_bits(rng, (1, layer.size, layer.size, layer.abits, words), layer.in_channels)
+    weight = np.moveaxis(packed_bits(rng, (layer.kernel, layer.kernel, layer.wbits, layer.out_channels, words),
+                                     layer.in_channels), -1, -2).copy()
     by_word = {64: (data, weight), 32: (data.view(np.uint32), as_halves(weight))}  # little-endian halves
+    out_shape = (1, layer.out_size, layer.out_size, layer.out_channels)
     runs = {}
     for name, word_bits, split in FORMS:
         args = [tvm.runtime.tensor(array) for array in by_word[word_bits]]
-        args.append(tvm.runtime.tensor(np.zeros((1, size, size, channels), np.int32)))
-        runs[name] = (compile_prim_func(conv_func(size, channels, split, word_bits), spec), args)
+        args.append(tvm.runtime.tensor(np.zeros(out_shape, np.int32)))
+        runs[name] = (compile_prim_func(conv_func(layer, split, word_bits), spec), args)
     outputs = {}
     for name, (executable, args) in runs.items():
         executable(*args)
         outputs[name] = args[2].numpy().copy()
     if not all(np.array_equal(outputs[FORMS[0][0]], output) for output in outputs.values()):
-        raise SystemExit(f"{size}x{size}x{channels}: the forms disagree")
+        raise SystemExit(f"{layer.name}: the forms disagree")
     evaluators = {(name, caching): (executable.mod.time_evaluator(
         "main", tvm.cpu(), number=1, repeat=REPEAT,
         **({"min_repeat_ms": 40} if caching == "warm" else {"f_preproc": "cache_flush_cpu_non_first_arg"})), args)
@@ -93,10 +139,10 @@ def measure_layer(size: int, channels: int, spec, rng) -> dict:
     return times
 
 
-def lowering_form(spec) -> str:
+def lowering_form(spec, wbits: int) -> str:
     from wrpn_tvm.lowering.rewrite import conv_lane_bits, splits_shift_groups
 
-    lane_bits, split = conv_lane_bits(spec, WBITS), splits_shift_groups(spec, WBITS)
+    lane_bits, split = conv_lane_bits(spec, wbits), splits_shift_groups(spec, wbits)
     return next(name for name, word_bits, splits in FORMS if (word_bits, splits) == (lane_bits, split))
 
 
@@ -113,12 +159,11 @@ def run(threads_list) -> dict:
         tvm.get_global_func("runtime.config_threadpool")(0, threads)
         bound = max(r["bound_binary_macs_per_s"] for r in roofline(ROOFLINE_RUNS, threads))
         layers = []
-        for size, channels in LAYERS:
-            layers.append({"layer": f"{size}x{size}x{channels}", "binary_macs": size * size * channels * channels * 9
-                           * ABITS * WBITS, "lowering": lowering_form(spec),
-                           "seconds": measure_layer(size, channels, spec, rng)})
+        for layer in LAYERS:
+            layers.append({"layer": layer.name, "binary_macs": layer.binary_macs,
+                           "lowering": lowering_form(spec, layer.wbits), "seconds": measure_layer(layer, spec, rng)})
         sections.append({"threads": threads, "bound_binary_macs_per_s": bound, "layers": layers})
-    return {"machine": machine(), "bits": f"{ABITS}/{WBITS}", "rounds": ROUNDS,
+    return {"machine": machine(), "rounds": ROUNDS,
             "repeat": REPEAT, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average_1_5_15min": {"start": load_before, "end": os.getloadavg()}, "sections": sections}
 
@@ -127,8 +172,7 @@ def markdown(report: dict) -> str:
     m, load = report["machine"], report["load_average_1_5_15min"]
     names = [name for name, _, _ in FORMS]
     lines = [
-        f"# Shift-group accumulators against the single sum, 64- and 32-bit words: ResNet-18 2x 3x3 convs, "
-        f"{report['bits']}", "",
+        "# Shift-group accumulators against the single sum, 64- and 32-bit words: ResNet-18's bit-serial convs", "",
         f"CPU: {m['cpu']} (LLVM cpu {m['llvm_cpu']}, {m['cores']} cores), TVM {m['tvm']}, Python {m['python']}; "
         f"{report['date']}. Command: `python benchmarks/shift_groups.py`. Default template decisions, medians of "
         f"{report['rounds']} round-robin rounds of {report['repeat']} timings each. Load average (1/5/15 min) at "

@@ -70,8 +70,10 @@ def splits_shift_groups(spec, wbits: int) -> bool:
     where VPOPCNTQ counts zmm registers (x86 with AVX512-VPOPCNTDQ), whose 32 registers hold a tile
     of one accumulator per group once the accumulators are int32 (`conv_lane_bits`). With int64
     accumulators the group form lost below 3x3 over 256 channels (56x56x128 2/2, znver4: 1.05-1.10x
-    the single sum's time); in 32-bit lanes it won on every layer measured, 1x1 and 3x3, 64 to 1024
-    channels (benchmarks/results/shift_groups.md)."""
+    the single sum's time); in 32-bit lanes it is the fastest form on every layer
+    benchmarks/shift_groups.py measures (1x1 and 3x3, stride 1 and 2, 64 to 1024 channels, 2/2 and 4/2)
+    with warm caches; with cold caches the fastest or within 5%, except the 1x1 stride-2 shortcut
+    (1.15x / 1.23x the 64-bit group form's time at 2 / 1 threads, 0.17 against 0.15 ms)."""
     from tvm.target.codegen import target_has_features
 
     return wbits > 1 and spec.target.kind.name == "llvm" and target_has_features("avx512vpopcntdq", spec.target)
@@ -86,9 +88,10 @@ def conv_lane_bits(spec, wbits: int) -> int:
     """The word size a bit-serial conv counts in: 32 bits for a shift-group conv on a CPU (the
     packed 64-bit words read as pairs of 32-bit halves, the weights packed in 32 bits). Its
     accumulators are then int32, one zmm per 16 output channels rather than two, and the tile holds
-    twice the channels without spilling. 2 threads, znver4, 32-bit groups against the 64-bit form
-    the lowering gave each layer before: ResNet-18 2x 2/2 56x56x128 0.83x, 28x28x256 0.97x,
-    14x14x512 and 7x7x1024 1.0x; 4/2 at 56x56x128 0.91x; 3x3 28x28x100 2/2 0.61x."""
+    twice the channels without spilling. benchmarks/results/shift_groups.md (znver4, 2 threads, warm
+    caches), against the 64-bit form the lowering gave each layer before: ResNet-18 2x 2/2's 3x3
+    stages 0.86x (56x56x128, which kept one sum), 0.95x, 0.98x, 0.98x, at 89-93% of the popcount
+    bound; the stride-2 stage entry 0.86x and its 1x1 shortcut 0.93x; 4/2 0.86x; 28x28x100 0.60x."""
     return 32 if splits_shift_groups(spec, wbits) and word_bits_for(spec) == 64 else word_bits_for(spec)
 
 
