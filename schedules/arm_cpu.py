@@ -352,6 +352,10 @@ class NeonTemplates:
         return staged_bitpack.stages_every_kernel(sch, staged_bitpack.levels_to_stage, columns=True)
 
     @staticmethod
+    def register_replay_intrinsics(sch: Schedule) -> None:
+        staged_bitpack.register_intrinsics(sch, pack_word, pack_columns)
+
+    @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:
         return conv2d(sch, block, tuning=True, dotprod=has_dotprod(Target.current(allow_none=True)))
 

@@ -218,6 +218,10 @@ class X86Templates:
         return staged_bitpack.stages_every_kernel(sch, _stage(target))
 
     @staticmethod
+    def register_replay_intrinsics(sch: Schedule) -> None:
+        staged_bitpack.register_intrinsics(sch, pack_word)
+
+    @staticmethod
     def conv2d_rule(sch: Schedule, block) -> list[Schedule]:
         spaces = cpu.conv2d(sch, block, _rule_lanes(), tuning=True)  # copies: sch stays as it is
         plan = _nibble_plan_for_rule(sch, block)

@@ -164,7 +164,8 @@ class LogCoverage:
         total = len(self.tuned) + len(self.untuned)
         if not self.untuned:
             return f"tuning log: records for all {total} tunable kernels"
-        names = ", ".join(self.untuned[:shown]) + (f" and {len(self.untuned) - shown} more" if len(self.untuned) > shown else "")
+        more = len(self.untuned) - shown
+        names = ", ".join(self.untuned[:shown]) + (f" and {more} more" if more > 0 else "")
         return (f"tuning log: records for {len(self.tuned)} of {total} tunable kernels; at template defaults "
                 f"(no record matches them: tune the model to cover them): {names}")
 

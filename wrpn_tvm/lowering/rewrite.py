@@ -114,7 +114,7 @@ class _Lowerer(relax.PyExprMutator):
         self.kernel_of = {plan.report_index: choice.kernel for plan, choice in zip(plans, choices, strict=True)}
         self.emitted: dict = {}  # original epilogue output var -> _Emitted
         self.packed: dict = {}  # pack_key -> packed var
-        self.halves: dict = {}  # packed var -> its view as half-size words
+        self.views: dict = {}  # (packed var, lane bits) -> its view in words of that size
         self.fused_packs: set = set()  # input vars whose pack is computed from accumulators
         # Quantized maps a layer reads directly -> their quantizer, replayed where glue reads them.
         self.quantizer_of = ({plan.data: plan.quantizer for plan in plans if plan.reads_quantizer_directly}
@@ -177,14 +177,15 @@ class _Lowerer(relax.PyExprMutator):
         return self.builder_.emit_te(lambda x: pack(_levels(x, level)), self.visit_expr(source),
                                      primfunc_name_hint=f"wrpn_{name}")
 
-    def _halves(self, packed: relax.Var) -> relax.Var:
-        """The packed words as twice as many words of half the size: a view, nothing copied (a
-        little-endian word's low half holds its first channels, as a half-size packing would)."""
-        if packed not in self.halves:
+    def _as_lanes(self, packed: relax.Var, lane_bits: int) -> relax.Var:
+        """The packed words as words of `lane_bits` (as many more as they are smaller): a view,
+        nothing copied (a little-endian word's low part holds its first channels, as a packing in
+        the smaller words would)."""
+        if (packed, lane_bits) not in self.views:
             *outer, words = shape_of(packed)
-            half = f"uint{self.word_bits // 2}"
-            self.halves[packed] = self.builder_.emit(relax.op.memory.view(packed, [*outer, 2 * words], half))
-        return self.halves[packed]
+            self.views[packed, lane_bits] = self.builder_.emit(relax.op.memory.view(
+                packed, [*outer, words * (self.word_bits // lane_bits)], f"uint{lane_bits}"))
+        return self.views[packed, lane_bits]
 
     def _glue_from_accumulators(self, var, depth: int = 0):
         """(Relax args, TE builder) recomputing `var` elementwise from bit-serial accumulators, or None.
@@ -253,7 +254,7 @@ class _Lowerer(relax.PyExprMutator):
         elif plan.op == "conv2d":
             lane_bits = conv_lane_bits(self.spec, wbits)
             if lane_bits != self.word_bits:
-                packed = self._halves(packed)
+                packed = self._as_lanes(packed, lane_bits)
             weight = relax.const(_pad_words(ops.pack_weight(plan.grid.levels, wbits, lane_bits),
                                             shape_of(packed)[-1]))
             acc = self.builder_.emit_te(
