@@ -9,12 +9,15 @@ keeps one accumulator per shift group and combines them once per output (12: AND
 subtract per pair, the bound's count). In 64-bit words (what the packs write on CPUs) a group
 accumulator is int64, two zmm registers per 16 output channels; in 32-bit words (the packed words
 read as halves, as the lowering does on AVX-512) it is int32, one register, so the tile holds twice
-the channels. All forms compute the same integers (checked here before timing). Each kernel is timed
+the channels. Blocked weights ([O/16, KH, KW, planes, words, 16], `ops.block_conv_weight`) keep
+each 16-channel tile's weights contiguous: one sequential stream from memory instead of 64-byte pieces
+a row of O words apart. All forms compute the same integers (checked here before timing). Each kernel is timed
 two ways: warm (calls averaged over at least 40 ms, MetaSchedule's default) and cold (every argument
 but the input flushed from the caches before each call, as a conv runs in a model). Rates are binary
 MACs (activation bit x weight bit x MAC) per second against this run's popcount bound
 (benchmarks/popcount_roofline.c, the instruction-throughput bound of kernels.py --roofline). The last
-column is the form `wrpn-tvm compile` gives the layer on this CPU (`lowering.rewrite.conv_lane_bits`).
+column is the form `wrpn-tvm compile` gives the layer on this CPU (`lowering.rewrite.conv_lane_bits`,
+`conv_weight_block`).
 
   python benchmarks/shift_groups.py          # writes benchmarks/results/shift_groups.{json,md}
   python benchmarks/shift_groups.py --out benchmarks/results/shift_groups_znver5
@@ -74,19 +77,22 @@ REPEAT = 10  # timings per kernel per round
 ROOFLINE_RUNS = 2
 
 
-# (name, word bits, sums shift groups apart)
-FORMS = [("single 64-bit", 64, False), ("groups 64-bit", 64, True), ("groups 32-bit", 32, True)]
+# (name, word bits, sums shift groups apart, output channels per weight block or None)
+FORMS = [("single 64-bit", 64, False, None), ("groups 64-bit", 64, True, None), ("groups 32-bit", 32, True, None),
+         ("groups 32-bit, blocked weights", 32, True, 16)]
 
 
-def conv_func(layer: Layer, split: bool, word_bits: int = 64):
+def conv_func(layer: Layer, split: bool, word_bits: int = 64, block: "int | None" = None):
     from tvm import te
 
     from wrpn_tvm import ops
 
     words = -(-layer.in_channels // 64) * (64 // word_bits)
     data = te.placeholder((1, layer.size, layer.size, layer.abits, words), f"uint{word_bits}", name="data")
-    weight = te.placeholder((layer.kernel, layer.kernel, layer.wbits, words, layer.out_channels),
-                            f"uint{word_bits}", name="weight")
+    layout = (layer.kernel, layer.kernel, layer.wbits, words, layer.out_channels)
+    if block:
+        layout = (layer.out_channels // block, *layout[:4], block)
+    weight = te.placeholder(layout, f"uint{word_bits}", name="weight")
     return te.create_prim_func([data, weight, ops.bitserial_conv2d(
         data, weight, layer.abits, layer.wbits, layer.stride, layer.kernel // 2, split_shift_groups=split)])
 
@@ -109,6 +115,7 @@ def measure_layer(layer: Layer, spec, rng) -> dict:
     """{form: {caching: [seconds per round]}} for one layer, after checking the forms agree."""
     import tvm
 
+    from wrpn_tvm import ops
     from wrpn_tvm.pipeline import compile_prim_func
 
     words = -(-layer.in_channels // 64)
@@ -118,10 +125,14 @@ def measure_layer(layer: Layer, spec, rng) -> dict:
     by_word = {64: (data, weight), 32: (data.view(np.uint32), as_halves(weight))}  # little-endian halves
     out_shape = (1, layer.out_size, layer.out_size, layer.out_channels)
     runs = {}
-    for name, word_bits, split in FORMS:
-        args = [tvm.runtime.tensor(array) for array in by_word[word_bits]]
-        args.append(tvm.runtime.tensor(np.zeros(out_shape, np.int32)))
-        runs[name] = (compile_prim_func(conv_func(layer, split, word_bits), spec), args)
+    for name, word_bits, split, block in FORMS:
+        if block and layer.out_channels % block:
+            continue
+        data_words, weight_words = by_word[word_bits]
+        args = [tvm.runtime.tensor(data_words),
+                tvm.runtime.tensor(ops.block_conv_weight(weight_words, block) if block else weight_words),
+                tvm.runtime.tensor(np.zeros(out_shape, np.int32))]
+        runs[name] = (compile_prim_func(conv_func(layer, split, word_bits, block), spec), args)
     outputs = {}
     for name, (executable, args) in runs.items():
         executable(*args)
@@ -139,11 +150,12 @@ def measure_layer(layer: Layer, spec, rng) -> dict:
     return times
 
 
-def lowering_form(spec, wbits: int) -> str:
-    from wrpn_tvm.lowering.rewrite import conv_lane_bits, splits_shift_groups
+def lowering_form(spec, layer: Layer) -> str:
+    from wrpn_tvm.lowering.rewrite import conv_lane_bits, conv_weight_block, splits_shift_groups
 
-    lane_bits, split = conv_lane_bits(spec, wbits), splits_shift_groups(spec, wbits)
-    return next(name for name, word_bits, splits in FORMS if (word_bits, splits) == (lane_bits, split))
+    form = (conv_lane_bits(spec, layer.wbits), splits_shift_groups(spec, layer.wbits),
+            conv_weight_block(spec, layer.wbits, layer.out_channels))
+    return next(name for name, *rest in FORMS if tuple(rest) == form)
 
 
 def run(threads_list) -> dict:
@@ -161,7 +173,7 @@ def run(threads_list) -> dict:
         layers = []
         for layer in LAYERS:
             layers.append({"layer": layer.name, "binary_macs": layer.binary_macs,
-                           "lowering": lowering_form(spec, layer.wbits), "seconds": measure_layer(layer, spec, rng)})
+                           "lowering": lowering_form(spec, layer), "seconds": measure_layer(layer, spec, rng)})
         sections.append({"threads": threads, "bound_binary_macs_per_s": bound, "layers": layers})
     return {"machine": machine(), "rounds": ROUNDS,
             "repeat": REPEAT, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -170,7 +182,7 @@ def run(threads_list) -> dict:
 
 def markdown(report: dict) -> str:
     m, load = report["machine"], report["load_average_1_5_15min"]
-    names = [name for name, _, _ in FORMS]
+    names = [name for name, *_ in FORMS]
     lines = [
         "# Shift-group accumulators against the single sum, 64- and 32-bit words: ResNet-18's bit-serial convs", "",
         f"CPU: {m['cpu']} (LLVM cpu {m['llvm_cpu']}, {m['cores']} cores), TVM {m['tvm']}, Python {m['python']}; "
@@ -189,6 +201,9 @@ def markdown(report: dict) -> str:
             for caching in ("warm", "cold"):
                 cells = []
                 for name in names:
+                    if name not in layer["seconds"]:  # blocked weights need whole blocks of output channels
+                        cells.append("-")
+                        continue
                     seconds = statistics.median(layer["seconds"][name][caching])
                     cells.append(f"{seconds * 1e3:.3f} ({100 * layer['binary_macs'] / seconds / bound:.0f}%)")
                 lines.append(f"| {section['threads']} | {layer['layer']} | {caching} | " + " | ".join(cells)

@@ -283,10 +283,13 @@ def place_remaining_blocks(sch: Schedule, names: list[str], place) -> None:
 
 def weight_bytes(sch: Schedule, block) -> int:
     """The size of the weight buffer an unscheduled kernel block reads: the one indexed by its
-    output channel, innermost."""
+    output channel innermost (`o`, or `o % B` in blocked weights)."""
     channel = [iv for iv in sch.get(block).iter_vars if int(iv.iter_type) == _DATA_PAR][-1].var
     for read in sch.get(block).reads:
-        if read.region[-1].min.same_as(channel):
+        innermost = read.region[-1].min
+        if isinstance(innermost, tirx.FloorMod):
+            innermost = innermost.a
+        if innermost.same_as(channel):
             size = tvm.DataType(read.source.dtype).bits // 8
             for extent in read.source.shape:
                 size *= int(extent)

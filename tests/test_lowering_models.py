@@ -125,11 +125,18 @@ def _word_dtype(func) -> str:
     return re.search(r'def \w+\(\w+: T\.Buffer\(.*?, "(\w+)"', func.script()).group(1)
 
 
+def _weight_rank(func) -> int:
+    """The rank of a conv kernel's second argument, its packed weights (6: blocked by output channels)."""
+    shapes = re.findall(r'T\.Buffer\(\((.*?)\), "\w+"\)', func.script())
+    return len(re.findall(r"T\.int64\(\d+\)", shapes[1]))
+
+
 def test_avx512_convs_sum_each_shift_group_apart_in_32_bit_words():
     """Where VPOPCNTQ counts zmm registers, every conv with multi-bit weights keeps an accumulator
     per shift group (its combine stage is in the kernel's function) and counts 32-bit words: it
-    reads the packed 64-bit words through a view as twice as many 32-bit halves. Other targets keep
-    one sum over 64-bit words (32-bit on CUDA, which never views)."""
+    reads the packed 64-bit words through a view as twice as many 32-bit halves, with its weights
+    blocked by 16 output channels. Other targets keep one sum over 64-bit words (32-bit on CUDA,
+    which never views) and plain weights."""
     model = randomize_batch_norm(build_model("resnet18", 2.0, 2, 2, in_channels=3, image_size=32))
     program = to_relax(export_model(model, torch.rand(1, 3, 32, 32)))
 
@@ -138,14 +145,15 @@ def test_avx512_convs_sum_each_shift_group_apart_in_32_bit_words():
         kernels = _conv_kernels(mod)
         split = sum(ops.SHIFT_COMBINE in func.script() for func in kernels.values())
         word_dtypes = {_word_dtype(func) for func in kernels.values()}
-        return len(kernels), split, word_dtypes, "memory.view" in mod["main"].script(), reports
+        ranks = {_weight_rank(func) for func in kernels.values()}
+        return len(kernels), split, word_dtypes, ranks, "memory.view" in mod["main"].script(), reports
 
-    kernels, split, dtypes, views, reports = lowered("x86-avx512")
-    assert kernels == split > 0 and dtypes == {"uint32"} and views
+    kernels, split, dtypes, ranks, views, reports = lowered("x86-avx512")
+    assert kernels == split > 0 and dtypes == {"uint32"} and ranks == {6} and views
     assert sum(r.is_bitserial for r in reports) == 19
     for target, word in (("x86-avx2", "uint64"), ("rasp4", "uint64"), ("cuda", "uint32")):
-        kernels, split, dtypes, views, _ = lowered(target)
-        assert kernels > 0 and split == 0 and dtypes == {word} and not views, target
+        kernels, split, dtypes, ranks, views, _ = lowered(target)
+        assert kernels > 0 and split == 0 and dtypes == {word} and ranks == {5} and not views, target
 
 
 class WideLayer(nn.Module):

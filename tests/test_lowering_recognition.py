@@ -217,3 +217,20 @@ def test_the_level_is_the_round_where_the_unscale_gives_it_back(steps, round_is_
         got = step.numpy(got)
     got = got if round_is_level else np.rint(got * np.float32(1 / quantizer.scale))
     np.testing.assert_array_equal(got, want)
+
+
+def test_reports_count_each_layers_multiply_accumulates():
+    class Counted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.grouped = nn.Conv2d(8, 6, 1, groups=2)
+            self.dense = nn.Linear(6 * 4 * 4, 5)
+
+        def forward(self, x):
+            return self.dense(torch.flatten(self.grouped(self.conv(x)), 1))
+
+    conv, grouped, dense = reports_of(Counted(), shape=(2, 3, 8, 8))
+    assert conv.macs == 2 * 8 * 4 * 4 * (3 * 3 * 3)
+    assert grouped.macs == 2 * 6 * 4 * 4 * 4  # 4 input channels per group
+    assert dense.macs == 2 * 96 * 5

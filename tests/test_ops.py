@@ -67,6 +67,30 @@ def test_shift_group_conv2d_equals_reference(case, target):
         assert got.dtype == np.int32 and np.array_equal(got, want), word_bits
 
 
+@pytest.mark.parametrize("case", [i for i, shape in enumerate(CONV_SHAPES) if shape[1] % ops.CONV_WEIGHT_BLOCK == 0])
+def test_shift_group_conv2d_with_blocked_weights_equals_reference(case):
+    """32-bit shift groups over weights blocked by output channels (the AVX-512 lowering's form),
+    on the awkward shapes whose output channels fill whole blocks."""
+    rng = np.random.default_rng(200 + case)
+    abits, wbits = [(2, 2), (1, 2), (4, 2), (3, 4), (2, 3), (4, 4), (8, 2)][case]
+    channels, out_channels, kernel, stride, padding, batch, image = CONV_SHAPES[case]
+    x = rng.integers(0, 2**abits, (batch, channels, image, image))
+    w = random_weights(rng, wbits, (out_channels, channels, kernel, kernel))
+    got = kernels.conv2d_levels(x, w, abits, wbits, stride, padding, "host", 32, split_shift_groups=True,
+                                weight_block=ops.CONV_WEIGHT_BLOCK)
+    assert np.array_equal(got, ops.conv2d_levels_reference(x, w, abits, wbits, stride, padding))
+
+
+def test_blocked_conv_weights_keep_each_blocks_channels_together():
+    w = random_weights(np.random.default_rng(3), 2, (32, 5, 3, 3))
+    packed = ops.pack_weight(w, 2, 32)
+    blocked = ops.block_conv_weight(packed, 16)
+    assert blocked.shape == (2, 3, 3, 2, 1, 16)
+    assert np.array_equal(blocked[1, ..., 3], packed[..., 16 + 3])
+    with pytest.raises(WrpnError, match="multiple of 16"):
+        ops.block_conv_weight(packed[..., :20], 16)
+
+
 def test_conv2d_levels_extreme_levels_accumulate_exactly():
     """All-max activations times all-min weights: the largest magnitudes the planes produce."""
     abits, wbits = 8, 8

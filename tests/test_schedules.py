@@ -224,3 +224,17 @@ def test_default_register_tile_covers_short_rows_on_avx512():
 
     assert [_default_pixels(width, 16) for width in (56, 28, 14, 7, 13, 6)] == [4, 4, 7, 7, 1, 6]
     assert [_default_pixels(width, 4) for width in (56, 14, 7)] == [4, 2, 1]
+
+
+@pytest.mark.parametrize("block", [None, ops.CONV_WEIGHT_BLOCK])
+def test_the_conv_template_sizes_plain_and_blocked_weights_alike(block):
+    """The default loop order depends on the weights' size (channel tiles outermost past
+    CACHED_WEIGHT_BYTES): the template must find the weight buffer in either layout."""
+    from schedules.common import weight_bytes
+
+    layout = (3, 3, 2, 32, 64) if block is None else (64 // block, 3, 3, 2, 32, block)
+    data = te.placeholder((1, 9, 9, 2, 32), "uint32", name="data")
+    weight = te.placeholder(layout, "uint32", name="weight")
+    func = te.create_prim_func([data, weight, ops.bitserial_conv2d(data, weight, 2, 2, 1, 1, split_shift_groups=True)])
+    sch = Schedule(func)
+    assert weight_bytes(sch, sch.get_sblock("wrpn_bitserial_conv2d")) == 3 * 3 * 2 * 32 * 64 * 4

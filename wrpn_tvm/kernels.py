@@ -8,7 +8,7 @@ import tvm
 from tvm import te
 
 from .errors import WrpnError
-from .ops.bitpack import pack_activation, pack_weight
+from .ops.bitpack import block_conv_weight, pack_activation, pack_weight
 from .ops.bitserial import as_padding4, as_pair, bitserial_conv2d, bitserial_dense
 from .ops.grid import check_activation_levels, check_bits, check_weight_levels
 from .pipeline import compile_prim_func
@@ -26,10 +26,11 @@ def _compile(key: tuple, make_tensors, spec: TargetSpec):
 
 
 def compile_conv2d(x_shape, w_shape, abits, wbits, stride=1, padding=0, target="host", word_bits=32,
-                   split_shift_groups=False):
+                   split_shift_groups=False, weight_block=None):
     """Compile pack_activation(levels) + bit-serial conv2d for these shapes; the function takes
     (x int32 NCHW levels, packed weight) and writes int32 NHWC. `split_shift_groups`: the kernel
-    form that sums each shift group apart (ops.bitserial_conv2d)."""
+    form that sums each shift group apart (ops.bitserial_conv2d); `weight_block`: the weights
+    blocked by that many output channels (ops.block_conv_weight)."""
     check_bits(abits, wbits)
     spec = resolve(target)
     stride, padding = as_pair(stride, "stride"), as_padding4(padding)
@@ -41,12 +42,16 @@ def compile_conv2d(x_shape, w_shape, abits, wbits, stride=1, padding=0, target="
 
     def tensors():
         x = te.placeholder(x_shape, "int32", name="x")
-        w = te.placeholder((kernel_h, kernel_w, wbits, words, out_channels), f"uint{word_bits}", name="w")
+        w_layout = (kernel_h, kernel_w, wbits, words, out_channels)
+        if weight_block:
+            w_layout = (out_channels // weight_block, *w_layout[:4], weight_block)
+        w = te.placeholder(w_layout, f"uint{word_bits}", name="w")
         packed = pack_activation(x, abits, word_bits, quantize=False)
         return [x, w, bitserial_conv2d(packed, w, abits, wbits, stride, padding,
                                        split_shift_groups=split_shift_groups)]
 
-    key = ("conv2d", tuple(x_shape), tuple(w_shape), abits, wbits, stride, padding, word_bits, split_shift_groups)
+    key = ("conv2d", tuple(x_shape), tuple(w_shape), abits, wbits, stride, padding, word_bits, split_shift_groups,
+           weight_block)
     return _compile(key, tensors, spec)
 
 
@@ -89,21 +94,24 @@ def _run(executable, spec: TargetSpec, out_shape, *arrays) -> np.ndarray:
 
 
 def conv2d_levels(x, w, abits, wbits, stride=1, padding=0, target="host", word_bits=32,
-                  split_shift_groups=False) -> np.ndarray:
-    """int32 NCHW result of the compiled bit-serial conv of levels x (NCHW) and w (OIHW)."""
+                  split_shift_groups=False, weight_block=None) -> np.ndarray:
+    """int32 NCHW result of the compiled bit-serial conv of levels x (NCHW) and w (OIHW)
+    (`split_shift_groups`, `weight_block`: see compile_conv2d)."""
     check_bits(abits, wbits)
     x = check_activation_levels(x, abits).astype(np.int32)
     w = check_weight_levels(w, wbits)
     if x.ndim != 4 or w.ndim != 4:
         raise WrpnError(f"conv2d_levels expects NCHW data and OIHW weights, got {x.shape} and {w.shape}")
     spec = resolve(target)
-    executable = compile_conv2d(x.shape, w.shape, abits, wbits, stride, padding, spec, word_bits, split_shift_groups)
+    executable = compile_conv2d(x.shape, w.shape, abits, wbits, stride, padding, spec, word_bits, split_shift_groups,
+                                weight_block)
     stride_h, stride_w = as_pair(stride, "stride")
     top, left, bottom, right = as_padding4(padding)
     out_h = (x.shape[2] + top + bottom - w.shape[2]) // stride_h + 1
     out_w = (x.shape[3] + left + right - w.shape[3]) // stride_w + 1
     out_shape = (x.shape[0], out_h, out_w, w.shape[0])
-    nhwc = _run(executable, spec, out_shape, x, pack_weight(w, wbits, word_bits))
+    packed = pack_weight(w, wbits, word_bits)
+    nhwc = _run(executable, spec, out_shape, x, block_conv_weight(packed, weight_block) if weight_block else packed)
     return nhwc.transpose(0, 3, 1, 2)
 
 

@@ -77,7 +77,8 @@ def plan_layer(graph: BindingGraph, var, index: int, lowered_outputs: set) -> tu
         detail = f"{k}->{o}"
 
     def report(lowered_to, why):
-        return LayerReport(index, op, detail, shape_of(data), shape_of(var), lowered_to, why)
+        return LayerReport(index, op, detail, shape_of(data), shape_of(var), lowered_to, why,
+                           weight_shape=shape_of(call.args[1]))
 
     if weight is None:
         return report(FP32, reason), None

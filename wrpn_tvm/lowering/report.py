@@ -1,6 +1,7 @@
 """What the lowering did with each conv2d / dense layer: one line per layer for `compile --explain`,
 a one-line summary that compile always prints, and warnings about the program itself."""
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -19,6 +20,15 @@ class LayerReport:
     lowered_to: str  # "bit-serial conv2d a2/w2", "int8-dot conv2d a2/w2" or FP32
     reason: str = ""  # why the layer stayed FP32; what was folded for a bit-serial layer
     kernel: str = ""  # for an FP32 layer, the kernel it runs as (and what was folded into it)
+    weight_shape: tuple[int, ...] = ()  # conv OIHW (I per group), dense [K, O] as the matmul reads it
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates per inference at the compiled batch (0 without a weight shape)."""
+        if not self.weight_shape:
+            return 0
+        per_output = math.prod(self.weight_shape[1:]) if self.op == "conv2d" else self.weight_shape[0]
+        return math.prod(self.output_shape) * per_output
 
     @property
     def is_bitserial(self) -> bool:

@@ -95,6 +95,18 @@ def conv_lane_bits(spec, wbits: int) -> int:
     return 32 if splits_shift_groups(spec, wbits) and word_bits_for(spec) == 64 else word_bits_for(spec)
 
 
+def conv_weight_block(spec, wbits: int, out_channels: int) -> "int | None":
+    """Output channels per block of a bit-serial conv's blocked weights (ops.block_conv_weight), or
+    None for the plain layout: blocked for the 32-bit shift-group convs (`conv_lane_bits`) whose
+    output channels fill whole blocks, one vector of int32 accumulators each, the default tile's
+    channel step. benchmarks/results/shift_groups.md (znver4, 2/2, cold caches: weights and output
+    flushed, as in a model): 7x7x1024, 2.4 MB of weights, 1.28 -> 1.01 ms at 2 threads, 2.23 -> 1.80
+    ms at 1; ResNet-18's other layers within 4% either way, warm or cold."""
+    if conv_lane_bits(spec, wbits) == word_bits_for(spec) or out_channels % ops.CONV_WEIGHT_BLOCK:
+        return None
+    return ops.CONV_WEIGHT_BLOCK
+
+
 def conv_words(spec, wbits: int, channels: int) -> tuple[str, int]:
     """(word dtype, words per pixel and plane) of a bit-serial conv's packed input, as the conv reads it."""
     word_bits, lane_bits = word_bits_for(spec), conv_lane_bits(spec, wbits)
@@ -255,8 +267,9 @@ class _Lowerer(relax.PyExprMutator):
             lane_bits = conv_lane_bits(self.spec, wbits)
             if lane_bits != self.word_bits:
                 packed = self._as_lanes(packed, lane_bits)
-            weight = relax.const(_pad_words(ops.pack_weight(plan.grid.levels, wbits, lane_bits),
-                                            shape_of(packed)[-1]))
+            weight = _pad_words(ops.pack_weight(plan.grid.levels, wbits, lane_bits), shape_of(packed)[-1])
+            block = conv_weight_block(self.spec, wbits, weight.shape[-1])
+            weight = relax.const(ops.block_conv_weight(weight, block) if block else weight)
             acc = self.builder_.emit_te(
                 ops.bitserial_conv2d, packed, weight, abits, wbits, plan.stride, plan.padding,
                 split_shift_groups=splits_shift_groups(self.spec, wbits), primfunc_name_hint=f"wrpn_conv2d_{tag}",

@@ -3,7 +3,7 @@ precision): TE computes, weight pre-packing, their schedule-rule names and numpy
 A leaf of the package: it imports nothing of wrpn_tvm but its errors (`kernels` compiles and
 runs them one at a time)."""
 
-from .bitpack import BITPACK_RULE, pack_activation, pack_weight
+from .bitpack import BITPACK_RULE, CONV_WEIGHT_BLOCK, block_conv_weight, pack_activation, pack_weight
 from .bitserial import CONV2D_RULE, DENSE_RULE, SHIFT_COMBINE, bitserial_conv2d, bitserial_dense
 from .blocked_conv2d import CHANNEL_BLOCK, FP32_CONV2D_RULE, block_weight, blocked_conv2d
 from .int8_dot import (INT8_CONV2D_RULE, Int8Layout, int8_conv2d, int8_fits, int8_layout, int8_levels, pair_sum_max,
@@ -21,6 +21,7 @@ from .reference import (
 __all__ = [
     "BITPACK_RULE",
     "CHANNEL_BLOCK",
+    "CONV_WEIGHT_BLOCK",
     "CONV2D_RULE",
     "SHIFT_COMBINE",
     "DENSE_RULE",
@@ -28,6 +29,7 @@ __all__ = [
     "INT8_CONV2D_RULE",
     "LUT_CONV2D_RULE",
     "Int8Layout",
+    "block_conv_weight",
     "block_weight",
     "blocked_conv2d",
     "bitserial_conv2d",

@@ -4,6 +4,7 @@ Packed layouts (bit `c % word_bits` of word `c // word_bits` holds channel c; pa
   activations, conv   [N, H, W, abits, ceil(C / word_bits)]
   activations, dense  [N, abits, ceil(K / word_bits)]
   weights, conv       [KH, KW, wbits, ceil(C / word_bits), O]   (O innermost: kernels vectorize over it)
+                      or blocked [O / B, KH, KW, wbits, ceil(C / word_bits), B]  (`block_conv_weight`)
   weights, dense      [wbits, ceil(K / word_bits), O]
 Weight planes for wbits >= 2 are the two's-complement bits of the level (the top plane counts
 -2^(wbits-1)); at 1 bit the single plane is the sign (bit = level > 0, level in {-1, +1}).
@@ -16,6 +17,8 @@ from .grid import check_activation_levels, check_bits, check_weight_levels, chec
 from ..errors import WrpnError
 
 BITPACK_RULE = "wrpn_bitpack"
+# Output channels per block of blocked conv weights: one AVX-512 vector of int32 accumulators.
+CONV_WEIGHT_BLOCK = 16
 
 
 def num_words(channels: int, word_bits: int) -> int:
@@ -103,3 +106,17 @@ def pack_weight(w_levels: np.ndarray, wbits: int, word_bits: int = 32) -> np.nda
     if levels.ndim == 2:
         return np.ascontiguousarray(np.swapaxes(pack_bits_last_axis(planes, word_bits), -1, -2))
     raise WrpnError(f"pack_weight expects OIHW or (out, in) weights, got shape {levels.shape}")
+
+
+def block_conv_weight(packed: np.ndarray, block: int = CONV_WEIGHT_BLOCK) -> np.ndarray:
+    """Packed conv weights [KH, KW, wbits, CW, O] -> [O / block, KH, KW, wbits, CW, block]: the
+    weights of one block of output channels contiguous. A kernel whose tile covers a block then
+    reads its weights as one sequential stream; in the plain layout they are 64-byte pieces
+    O x word bytes apart (4 KiB at 1024 channels: a page each, which the hardware prefetchers do
+    not follow from cold memory)."""
+    out_channels = packed.shape[-1]
+    if packed.ndim != 5 or out_channels % block:
+        raise WrpnError(f"blocked conv weights need [KH, KW, planes, words, O] with O a multiple of {block}, "
+                        f"got shape {packed.shape}")
+    blocked = packed.reshape(*packed.shape[:4], out_channels // block, block)
+    return np.ascontiguousarray(np.moveaxis(blocked, 4, 0))

@@ -99,7 +99,8 @@ def _check_planes(what: str, actual, expected: int) -> None:
 def bitserial_conv2d(data_packed, weight_packed, abits, wbits, stride, padding, out_dtype="int32",
                      split_shift_groups=False):
     """int32 NHWC [N, OH, OW, O] conv of packed activations [N, H, W, abits, CW] with packed
-    weights [KH, KW, wbits, CW, O]; zero padding is activation level 0.
+    weights [KH, KW, wbits, CW, O], or blocked [O / B, KH, KW, wbits, CW, B] (bitpack's
+    block_conv_weight); zero padding is activation level 0.
 
     `split_shift_groups` (multi-bit weights): the kernel block sums each shift group apart,
     [N, OH, OW, groups, O], and an elementwise stage (SHIFT_COMBINE) shifts and adds the groups.
@@ -110,7 +111,17 @@ def bitserial_conv2d(data_packed, weight_packed, abits, wbits, stride, padding, 
     if out_dtype != "int32":
         raise WrpnError(f"bit-serial conv2d accumulates in int32, got out_dtype={out_dtype!r}")
     batch, height, width, a_planes, words = data_packed.shape
-    kernel_h, kernel_w, w_planes, w_words, out_channels = weight_packed.shape
+    if len(weight_packed.shape) == 6:
+        blocks, kernel_h, kernel_w, w_planes, w_words, block = weight_packed.shape
+        out_channels = blocks * block
+
+        def weight_word(kh, kw, j, cw, o):
+            return weight_packed[o // block, kh, kw, j, cw, o % block]
+    else:
+        kernel_h, kernel_w, w_planes, w_words, out_channels = weight_packed.shape
+
+        def weight_word(kh, kw, j, cw, o):
+            return weight_packed[kh, kw, j, cw, o]
     _check_planes("packed data", a_planes, abits)
     _check_planes("packed weight", w_planes, wbits)
     if int(words) != int(w_words) or data_packed.dtype != weight_packed.dtype:
@@ -141,7 +152,7 @@ def bitserial_conv2d(data_packed, weight_packed, abits, wbits, stride, padding, 
 
     def words_at(n, oh, ow, o):
         h, w = oh * stride_h + kh, ow * stride_w + kw
-        return [padded[n, h, w, i, cw] for i in range(abits)], [weight_packed[kh, kw, j, cw, o] for j in range(wbits)]
+        return [padded[n, h, w, i, cw] for i in range(abits)], [weight_word(kh, kw, j, cw, o) for j in range(wbits)]
 
     if split_shift_groups and wbits > 1:
         return _conv2d_by_shift_group((batch, out_h, out_w, out_channels), words_at, abits, wbits, accumulator,
