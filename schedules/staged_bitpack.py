@@ -33,7 +33,8 @@ from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 from wrpn_tvm.ops import BITPACK_RULE
 
 from . import cpu
-from .common import block_rule, inline_other_blocks, kernel_blocks, loop_extent, try_vectorize
+from .common import (block_rule, inline_other_blocks, kernel_blocks, largest_divisor_at_most, loop_extent,
+                     try_vectorize)
 
 BITPACK_GROUP = 16  # channels per vector of level bytes the implementations narrow at a time
 # Pixels of a row whose levels a column pack stages at a time: a vector of 32-bit lanes where the
@@ -52,6 +53,7 @@ COLUMN_LEVELS_SCOPE = "global"
 # keeps this many trips (counting its pixels'): with fewer, LLVM unrolls it whole, hoists every
 # channel's scale and offset out of the pixel loop and spills them (80 and 128 channels on Cortex-A53).
 MIN_INTERLEAVED_TRIPS = 12
+LEVEL_VECTOR_LANES = 16  # float32 lanes of an AVX-512 register: a levels loop's step without Interleave
 WORD_BITS = 64
 _OUTER_VAR = r"\bv(?:_i)?\d_o\b"  # the blockized pack's outer iter vars, as TVM names them
 
@@ -236,7 +238,16 @@ def pack_from_levels(sch: Schedule, block, levels, pack_word: Callable,
         if pixel_loop is not None:
             sch.reorder(steps, pixel_loop, unrolled, channel_loop)
         sch.unroll(unrolled)
-    try_vectorize(sch, channel_loop)
+    if interleave is None:
+        if loop_extent(sch, channel_loop) > LEVEL_VECTOR_LANES:
+            # One vector register a step: a loop vectorized whole (256 channels) becomes one
+            # 256-lane expression, which LLVM splits into registers that spill.
+            _, channel_loop = sch.split(
+                channel_loop, [None, largest_divisor_at_most(loop_extent(sch, channel_loop), LEVEL_VECTOR_LANES)])
+        try_vectorize(sch, channel_loop)
+    # With `interleave` (NEON) the channel loop stays serial, for LLVM's loop and SLP vectorizers:
+    # vectorized by TVM, the levels (their rounding a vector frinti) held registers Interleave's
+    # budget does not count, and ResNet-18's packs spilled on Cortex-A53/A72/A76 (test_arm_asm).
     sch.tensorize(sch.blockize(plane_and_word), intrin(pack_word, str(buffer.dtype), channels, planes, dense))
 
 

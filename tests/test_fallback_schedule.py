@@ -84,3 +84,36 @@ def test_a_matrix_vector_product_runs_along_contiguous_weight_rows():
     got = tvm.runtime.tensor(np.zeros((1, 120), "float32"))
     lib["main"](tvm.runtime.tensor(xv), tvm.runtime.tensor(wv), got)
     np.testing.assert_allclose(got.numpy(), xv @ wv, rtol=1e-5, atol=1e-4)
+
+
+def test_a_level_epilogue_rounds_in_vector_registers():
+    """An epilogue that rounds to levels (nearbyint, as torch.round) and narrows to int8 levels,
+    the int8 kernel's input pass: vectorized, not scalarized into gathers and byte-by-byte stores,
+    and exact on ties (round half to even)."""
+    from wrpn_tvm import ops
+
+    acc = te.placeholder((1, 5, 7, 64), "int32", name="acc")
+    scale = te.placeholder((64,), "float32", name="scale")
+
+    def level(n, h, w, c):
+        scaled = acc[n, h, w, c].astype("float32") * scale[c]
+        return tvm.tirx.nearbyint(tvm.tirx.max(tvm.tirx.min(scaled, tvm.tirx.const(15.0, "float32")),
+                                               tvm.tirx.const(0.0, "float32")))
+
+    levels = te.compute((1, 64, 5, 7), lambda n, c, h, w: level(n, h, w, c), name="levels")
+    out = ops.int8_levels(levels, ops.Int8Layout(16))
+    func = schedule_function(te.create_prim_func([acc, scale, out]))
+    target = resolve("x86-avx512").target
+    assembly = tvm.compile(tvm.IRModule({"main": func}), target=target).mod.inspect_source("asm")
+    assert "vrndscaleps" in assembly and "gather" not in assembly and "vpextrb" not in assembly
+    from tvm.target.codegen import target_has_features
+
+    if not target_has_features("avx512f", resolve("host").target):
+        return  # compiled and read above; run only where the code runs
+    rng = np.random.default_rng(0)
+    values = rng.integers(-4, 40, (1, 5, 7, 64)).astype(np.int32)
+    half = np.full(64, 0.5, np.float32)  # odd accumulators land on .5: ties
+    result = tvm.runtime.tensor(np.zeros((1, 5, 7, 64), np.uint8))
+    tvm.compile(tvm.IRModule({"main": func}), target=target)["main"](
+        tvm.runtime.tensor(values), tvm.runtime.tensor(half), result)
+    assert np.array_equal(result.numpy(), np.rint(np.clip(values * half, 0, 15)).astype(np.uint8))
