@@ -6,7 +6,9 @@ reduction (kh, kw, 4 input channels) it loads one [ob, 4] weight vector per bloc
 activation bytes per pixel, and does one dot instruction (tensorized) per pixel and block into an
 int32 accumulator register that stays there until the reduction ends. Tiles run in parallel; the
 zero padding is one parallel pass over the input before the kernel (as for the blocked FP32 conv);
-the write-back drops padded output channels and runs the fused epilogue on the tile.
+the write-back drops padded output channels and runs the fused epilogue on the tile, reading the
+accumulators from registers (an int8 conv fused with the next layer's pack writes uint8 levels,
+never its int32 sums).
 MetaSchedule samples the tile (blocks x rows x columns), the loop order and the unroll depth; the
 rule tensorizes its candidates itself.
 
@@ -43,6 +45,7 @@ from .common import (
     block_rule,
     divisors,
     inline_around_kernels,
+    inline_tile_copy,
     largest_divisor_at_most,
     loop_extent,
     pad_whole_input,
@@ -55,6 +58,13 @@ from .common import (
 
 UNROLL_STEPS = [0, 16, 64]
 LOOP_ORDERS = ("blocks_outer", "pixels_outer")
+# The default loop order takes weight blocks outermost where the weights exceed this: pixel tiles
+# outermost stream every block's weights again for each tile, which costs once they fall out of a
+# core's L2 (1 MB on Zen 4). Cold caches (weights and output flushed, as in a model), 2 threads,
+# znver4, ms blocks / pixels outermost: 56x56x128 (147 KB of weights) 1.34 / 1.30, 28x28x256
+# (590 KB) 1.25 / 1.24, 28x28x256->512 s2 (1.2 MB) 0.67 / 0.65, 1x1 s2 0.17 / 0.13; 14x14x512
+# (2.4 MB) 1.31 / 1.55, 14x14x512->1024 s2 (4.7 MB) 0.66 / 0.82, 7x7x1024 (9.4 MB) 1.48 / 2.03.
+BLOCKS_OUTER_WEIGHT_BYTES = 2 * 1024 * 1024
 MAX_TILE_BLOCKS = 4
 MAX_TILE_ROWS = 4
 PAD_VECTOR_BYTES = 64
@@ -264,6 +274,19 @@ def _layout_of(sch: Schedule, block) -> tuple[int, str]:
     return ob, str(data[0].dtype)
 
 
+def _weight_bytes(sch: Schedule, block) -> int:
+    """The size of the int8 conv block's prepacked weights (its 6-D int8 read)."""
+    weight = next(r.source for r in sch.get(block).reads if len(r.source.shape) == 6)
+    size = 1
+    for extent in weight.shape:
+        size *= int(extent)
+    return size
+
+
+def default_order(sch: Schedule, block) -> str:
+    return LOOP_ORDERS[0] if _weight_bytes(sch, block) > BLOCKS_OUTER_WEIGHT_BYTES else LOOP_ORDERS[1]
+
+
 def accumulating_kernel(sch: Schedule, block, kernel: DotKernel) -> DotKernel:
     """The kernel's int16-accumulating form where the block's whole reduction (one pair sum per
     4-channel step in each int16 lane) is bounded within int16; the kernel itself otherwise."""
@@ -307,8 +330,9 @@ def default_tile(blocks: int, rows: int, columns: int, kernel: DotKernel, steps:
     return max(tiles, key=score)
 
 
-def conv2d(sch: Schedule, block, kernel: DotKernel, tuning: bool, order: str = LOOP_ORDERS[0]) -> None:
+def conv2d(sch: Schedule, block, kernel: DotKernel, tuning: bool, order: "str | None" = None) -> None:
     decisions = Decisions(sch, tuning)
+    order = order if order is not None else default_order(sch, block)
     kernel = accumulating_kernel(sch, block, kernel)
     n, oh, ow, ob, oi, kh, kw, c4, ci = sch.get_loops(block)
     steps = reduction_steps(sch, block, kernel, loop_extent(sch, c4))
@@ -344,6 +368,7 @@ def conv2d(sch: Schedule, block, kernel: DotKernel, tuning: bool, order: str = L
             sch.blockize(writeback_tile[0])
     else:
         try_vectorize(sch, writeback_lanes)
+        inline_tile_copy(sch, writeback, tile)
     init = sch.decompose_reduction(block, kh)
     try_vectorize(sch, sch.get_loops(init)[-1])
     init_loops = sch.get_loops(init)

@@ -99,6 +99,55 @@ def test_conv2d_is_exact(target, case, told_bits):
     assert _exact(X86_TARGETS[target], x, w, want, case, case[:2] if told_bits else None)
 
 
+def _levels_pack_reference(acc, multiplier, offset, next_bits, layout) -> np.ndarray:
+    """The next layer's uint8 NHWC levels of clip(acc * m + o, 0, 1), rounded half to even; the
+    padded channels 0."""
+    value = acc.astype(np.float32) * multiplier[:, None, None] + offset[:, None, None]
+    levels = np.rint(np.clip(value, 0, 1) * np.float32(2**next_bits - 1)).astype(np.uint8)
+    batch, channels, height, width = levels.shape
+    out = np.zeros((batch, height, width, ops.int8_dot.padded_channels(channels, layout)), np.uint8)
+    out[..., :channels] = levels.transpose(0, 2, 3, 1)
+    return out
+
+
+@pytest.mark.parametrize("target", RUNNABLE_X86)
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv_writing_the_next_layers_levels_is_exact(target, case):
+    """An int8 conv fused with the next layer's pack (as FuseOps fuses them in a model: the pack one
+    compute of the accumulators) writes the uint8 levels from its tile, equal to the numpy
+    reference. Dyadic scales and offsets keep every float step exact, with or without FMA, and put
+    values exactly halfway between levels, where both round to even."""
+    abits, wbits, channels, out_channels, kernel, stride, padding, batch, image = case
+    x, w, acc = _case_data(case, CONV_CASES.index(case))
+    spec = resolve(X86_TARGETS[target])
+    layout = ops.int8_layout(spec.target)
+    rng = np.random.default_rng(7)
+    multiplier = (rng.integers(1, 9, out_channels) / 64).astype(np.float32)
+    offset = (rng.integers(-8, 9, out_channels) / 32).astype(np.float32)
+    next_bits = 4
+    data = te.placeholder((batch, image, image, ops.int8_dot.padded_channels(channels, layout)), "uint8", name="data")
+    weight = te.placeholder(ops.prepack_int8_weight(w, layout).shape, "int8", name="weight")
+    m = te.placeholder((out_channels,), "float32", name="m")
+    o = te.placeholder((out_channels,), "float32", name="o")
+    conv = ops.int8_conv2d(data, weight, out_channels, stride, padding, (abits, wbits))
+    top = tvm.tirx.const(float(2**next_bits - 1), "float32")
+
+    def level(n, c, h, v):
+        value = conv[n, h, v, c].astype("float32") * m[c] + o[c]
+        clipped = tvm.tirx.min(tvm.tirx.max(value, tvm.tirx.const(0.0, "float32")), tvm.tirx.const(1.0, "float32"))
+        return tvm.tirx.nearbyint(clipped * top)
+
+    levels = ops.int8_levels_of(level, (batch, out_channels, *acc.shape[2:]), layout)
+    executable = compile_prim_func(te.create_prim_func([data, weight, m, o, levels]), spec)
+    device = tvm.cpu(0)
+    x_nhwc = np.zeros([int(d) for d in data.shape], np.uint8)
+    x_nhwc[..., :channels] = x.transpose(0, 2, 3, 1)
+    out = tvm.runtime.tensor(np.zeros([int(d) for d in levels.shape], np.uint8), device)
+    executable["main"](*(tvm.runtime.tensor(a, device) for a in (x_nhwc, ops.prepack_int8_weight(w, layout),
+                                                                  multiplier, offset)), out)
+    assert np.array_equal(out.numpy(), _levels_pack_reference(acc, multiplier, offset, next_bits, layout))
+
+
 @pytest.mark.parametrize("target", RUNNABLE_X86)
 @pytest.mark.parametrize("abits, wbits", [(4, 4), (2, 4), (4, 2)])
 def test_extreme_levels_are_exact(target, abits, wbits):

@@ -253,6 +253,39 @@ def test_resnet_glue_fuses_so_only_the_first_pack_reads_a_float_map(kernels, pac
     assert len(float_maps) == 5, float_maps
 
 
+def test_int8_convs_write_the_next_levels_and_residuals_read_levels(tmp_path):
+    """With the int8 kernel, a conv whose output feeds only the next int8 pack computes that pack
+    (FuseOps fuses the two: the pack is one compute of its accumulators) and writes uint8 levels,
+    never int32 sums; a residual's quantized shortcut is read back from the levels its block's first
+    conv reads, so no float map is written between quantized layers. The same logits, bit for bit,
+    as the bit-serial build."""
+    torch.manual_seed(0)
+    model = randomize_batch_norm(build_model("resnet18", 0.25, 4, 2, in_channels=3, image_size=32))
+    x = torch.rand(2, 3, 32, 32)
+    program = export_model(model, x)
+    mod, _ = lower_wrpn(to_relax(program), resolve("host"), "int8-dot")
+    fused = fuse_module(mod, resolve("host"))
+    calls = [(b.value.args[0].name_hint, str(b.var.ty.dtype)) for b in fused["main"].body.blocks[0].bindings
+             if "call_tir" in str(getattr(b.value, "op", ""))]
+    convs = [(name, dtype) for name, dtype in calls if "int8_conv2d" in name]
+    assert len(convs) == 19
+    # Each stage entry's second 3x3 conv and its 1x1 shortcut conv feed one pack that reads both
+    # accumulators: FuseOps fuses it into one of them at most. Every other conv writes levels.
+    assert sum(dtype == "int32" for _, dtype in convs) <= 6
+    standalone_packs = [name for name, dtype in calls if dtype == "uint8" and "conv2d" not in name]
+    assert len(standalone_packs) <= 1 + 3  # the stem's pooled map, and at most one per stage entry
+    float_maps = [name for name, dtype in calls if dtype == "float32"]
+    # The stem conv, its max pool, the last block's output, its average and the classifier.
+    assert len(float_maps) == 5, float_maps
+    path = tmp_path / "resnet.pt2"
+    torch.export.save(program, str(path))
+    (int8,) = runtime.run(build.compile_model(path, "host", tmp_path / "int8.so", kernels="int8-dot").library,
+                          [x.numpy()])
+    (bitserial,) = runtime.run(build.compile_model(path, "host", tmp_path / "bs.so", kernels="bit-serial").library,
+                               [x.numpy()])
+    assert np.array_equal(int8, bitserial)
+
+
 ZOO_FAST = [("smallcnn", 2.0, 2, 2, 28), ("resnet18", 0.5, 2, 2, 32)]
 ZOO_SLOW = [
     ("resnet18", 1.0, 4, 2, 32), ("resnet18", 2.0, 4, 4, 32), ("resnet18", 1.0, 1, 1, 32),

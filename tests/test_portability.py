@@ -178,9 +178,12 @@ RESNET18_LOG_STALE = {
     "fused_wrpn_epilogue2_wrpn_epilogue2_add2_wrpn_epilogue_int8_levels7",
     # Records dropped when rounding became vectorizable (their schedules were fitted to scalar rounding).
     "wrpn_bitpack", "wrpn_int8_levels",
-    *(f"wrpn_epilogue_int8_levels{suffix}" for suffix in ("", "2", "3", "5", "6", "8", "9")),
+    *(f"wrpn_epilogue_int8_levels{suffix}" for suffix in ("3", "6", "9")),
     "fused_wrpn_epilogue3_wrpn_epilogue3_add3_tir_clip1_multiply1_tir_round1_divide1_wrpn_epilogue3_add3_tir_clip1_"
     "multiply1_tir_round1_divide1",
+    # int8 convs that compute the next int8 conv's input pack in their own function (2026-12-03).
+    *(f"fused_wrpn_int8_conv2d_a2w2_layer{index}__wrpn_epilogue_int8_levels{suffix}"
+      for index, suffix in ((1, ""), (5, "2"), (6, "2"), (10, "5"), (11, "5"), (15, "8"), (16, "8"))),
 }
 
 

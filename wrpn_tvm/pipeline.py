@@ -94,7 +94,9 @@ def tuned_kernel_seconds(imported, spec: TargetSpec, database) -> "TunedTimes":
             calls = _layer_calls(module)
             if len(calls) == len(lowered_layers):
                 for index, (_, producer) in zip(lowered_layers, calls):
-                    mean = None if producer is None else best(module, producer)
+                    # An int8 conv whose output pack is fused into it times the conv, not a pass.
+                    is_pass = producer is not None and not _LAYER_IN_NAME.search(producer.name_hint)
+                    mean = best(module, producer) if is_pass else None
                     if mean is not None:
                         passes[index] = mean
     convs = {index: dict(seconds[shape]) for index, shape in geometry.items()

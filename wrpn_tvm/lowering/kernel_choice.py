@@ -9,7 +9,10 @@ the layer and the CPU, so the choice is per layer:
 * with a tuning database that holds records of the bit-serial and int8 kernels for the layer, the
   fastest tuned record (the tuner extracts every kernel's tasks, so a log tuned since they exist
   has them all); where the lookup kernel is offered but the log has no record of it (a log tuned
-  before it existed), it stands at the int8 kernel's tuned time scaled by the cost model's ratio;
+  before it existed), it stands at the int8 kernel's tuned time scaled by the cost model's ratio.
+  An int8 conv's record covers what its function computes: where the lowering fused the next
+  layer's int8 pack into it, that pack too (a bit-serial conv's record never holds its bitpack,
+  which has a fixed schedule and no record), so the comparison leans towards bit-serial by a pack;
 * otherwise a cost model: each kernel's inner-loop operations for the layer divided by its rate
   on this kind of CPU, the rates fitted to default-schedule timings (benchmarks/int8_dot.py,
   benchmarks/avx2.py).

@@ -124,6 +124,14 @@ class ActivationQuantizer:
             value = step.te(value)
         return value
 
+    def value_from_level(self, level):
+        """TE: the quantized value of an integer level (float32): the steps after the round
+        replayed on it. The value itself, bit for bit, where the round is the level (round_is_level)."""
+        at = next(i for i, step in enumerate(self.steps) if step.op == "round")
+        for step in self.steps[at + 1:]:
+            level = step.te(level)
+        return level
+
     def level_from_source(self, value):
         """TE: the quantizer's steps replayed on its float input, then its level; the round itself
         where that is the level (no divide and second round per element of every pack)."""

@@ -81,18 +81,25 @@ def int8_levels(x: te.Tensor, layout: Int8Layout) -> te.Tensor:
     epilogue that produces x."""
     if len(x.shape) != 4:
         raise WrpnError(f"int8_levels expects NCHW data, got shape {tuple(x.shape)}")
-    batch, channels, height, width = x.shape
+    return int8_levels_of(x, x.shape, layout)
+
+
+def int8_levels_of(level, shape, layout: Int8Layout) -> te.Tensor:
+    """int8_levels of the NCHW levels `level(n, c, h, w)` computes (a tensor, or an expression of
+    other tensors) over `shape`, in one compute: where the expression reads NHWC accumulators, it
+    reads them in place, which makes the pass elementwise to the int8 conv computing them."""
+    batch, channels, height, width = shape
     channels = int(channels)
     dtype = layout.activation_dtype
     zero = tirx.const(0, dtype)
 
-    def level(n, h, w, c):
+    def value(n, h, w, c):
         if channels % layout.reduce_block == 0:
-            return x[n, c, h, w].astype(dtype)
+            return level(n, c, h, w).astype(dtype)
         # min() keeps the load in bounds where a vectorized select evaluates both sides.
-        return tirx.if_then_else(c < channels, x[n, tirx.min(c, channels - 1), h, w].astype(dtype), zero)
+        return tirx.if_then_else(c < channels, level(n, tirx.min(c, channels - 1), h, w).astype(dtype), zero)
 
-    return te.compute((batch, height, width, padded_channels(channels, layout)), level, name="wrpn_int8_levels")
+    return te.compute((batch, height, width, padded_channels(channels, layout)), value, name="wrpn_int8_levels")
 
 
 def prepack_int8_weight(w_levels: np.ndarray, layout: Int8Layout) -> np.ndarray:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import WrpnError
+from ..kernel_kinds import AUTO
 from ..estimate import calibration, calibration_line
 from ..remote.session import DeviceSpec
 from ..targets import TargetSpec, resolve
@@ -83,7 +84,10 @@ def tune(
     # these two before the slow import of the model
     check_timing(Path(log_dir), has_records(log_dir), _job_timing(spec, estimate))
     _check_device(spec, device, estimate)
-    variants = kernel_variants(spec) if kernels == "auto" else (kernels,)
+    # With "auto", the cost model's own mix as well: an int8 conv followed by a bit-serial one is a
+    # function of its own (one followed by an int8 conv computes that conv's input pack too).
+    variants = kernel_variants(spec) if kernels == AUTO else (kernels,)
+    variants = (*variants, AUTO) if len(variants) > 1 else variants
     mods = [prepare_module(program, spec, variant)[0] for variant in variants]
     return tune_module(mods, spec, trials, log_dir, device, seed=seed, trials_per_batch=trials_per_batch,
                        max_minutes=max_minutes, stream=stream, estimate=estimate, confirm_only=confirm_only)
