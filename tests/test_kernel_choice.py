@@ -236,10 +236,11 @@ class TwinConvs(nn.Module):
                 layer.weight.copy_(on_grid(layer.weight.shape, 2, g))
 
     def forward(self, x):
-        x = _quantize(self.bn0(self.stem(x)), 2)
-        # The float residual keeps conv_b's input pack out of conv_a's int8 function (a pack that
-        # reads only conv_a's accumulators would fuse into it, and the two would differ).
-        x = _quantize(self.bn_a(self.conv_a(x)) + x, 2)
+        stem = self.bn0(self.stem(x))
+        # The float residual (the stem's map before its quantizer, read across its NCHW layout)
+        # keeps conv_b's input pack out of conv_a's int8 function: a pack that reads only conv_a's
+        # accumulators and quantized levels would fuse into it, and the two functions would differ.
+        x = _quantize(self.bn_a(self.conv_a(_quantize(stem, 2))) + stem, 2)
         return self.bn_b(self.conv_b(x))
 
 
