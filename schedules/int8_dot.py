@@ -60,10 +60,11 @@ UNROLL_STEPS = [0, 16, 64]
 LOOP_ORDERS = ("blocks_outer", "pixels_outer")
 # The default loop order takes weight blocks outermost where the weights exceed this: pixel tiles
 # outermost stream every block's weights again for each tile, which costs once they fall out of a
-# core's L2 (1 MB on Zen 4). Cold caches (weights and output flushed, as in a model), 2 threads,
-# znver4, ms blocks / pixels outermost: 56x56x128 (147 KB of weights) 1.34 / 1.30, 28x28x256
-# (590 KB) 1.25 / 1.24, 28x28x256->512 s2 (1.2 MB) 0.67 / 0.65, 1x1 s2 0.17 / 0.13; 14x14x512
-# (2.4 MB) 1.31 / 1.55, 14x14x512->1024 s2 (4.7 MB) 0.66 / 0.82, 7x7x1024 (9.4 MB) 1.48 / 2.03.
+# core's L2 (1 MB on Zen 4). benchmarks/results/int8_loop_order.md (znver4, 2 threads, cold caches:
+# weights and output flushed, as in a model), pixels / blocks outermost: 0.87-1.01 up to 1.1 MB of
+# weights (56x56x128 0.96, its 1x1 shortcut 0.91; a 512 KB 1x1 shortcut 1.04, within this host's
+# noise), 1.08-1.19 from 2.3 MB (14x14x512, its stride-2 entry, 7x7x1024). Blocks outermost was the
+# default everywhere before.
 BLOCKS_OUTER_WEIGHT_BYTES = 2 * 1024 * 1024
 MAX_TILE_BLOCKS = 4
 MAX_TILE_ROWS = 4
