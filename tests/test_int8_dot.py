@@ -100,32 +100,29 @@ def test_conv2d_is_exact(target, case, told_bits):
 
 
 def _levels_pack_reference(acc, multiplier, offset, next_bits, layout) -> np.ndarray:
-    """The next layer's uint8 NHWC levels of clip(acc * m + o, 0, 1), rounded half to even; the
-    padded channels 0."""
+    """The next layer's NHWC levels (the layout's dtype) of clip(acc * m + o, 0, 1), rounded half to
+    even; the padded channels 0."""
     value = acc.astype(np.float32) * multiplier[:, None, None] + offset[:, None, None]
-    levels = np.rint(np.clip(value, 0, 1) * np.float32(2**next_bits - 1)).astype(np.uint8)
+    levels = np.rint(np.clip(value, 0, 1) * np.float32(2**next_bits - 1)).astype(layout.activation_dtype)
     batch, channels, height, width = levels.shape
-    out = np.zeros((batch, height, width, ops.int8_dot.padded_channels(channels, layout)), np.uint8)
+    out = np.zeros((batch, height, width, ops.int8_dot.padded_channels(channels, layout)), layout.activation_dtype)
     out[..., :channels] = levels.transpose(0, 2, 3, 1)
     return out
 
 
-@pytest.mark.parametrize("target", RUNNABLE_X86)
-@pytest.mark.parametrize("case", CONV_CASES, ids=str)
-def test_conv_writing_the_next_layers_levels_is_exact(target, case):
-    """An int8 conv fused with the next layer's pack (as FuseOps fuses them in a model: the pack one
-    compute of the accumulators) writes the uint8 levels from its tile, equal to the numpy
-    reference. Dyadic scales and offsets keep every float step exact, with or without FMA, and put
-    values exactly halfway between levels, where both round to even."""
+def _conv_writing_levels_case(case, layout):
+    """(PrimFunc, its inputs, the output the numpy reference wants) of an int8 conv fused with the
+    next layer's 4-bit pack, as FuseOps fuses them in a model (the pack one compute of the
+    accumulators). Dyadic scales and offsets keep every float step exact, with or without FMA, and
+    put values exactly halfway between levels, where both sides round to even."""
     abits, wbits, channels, out_channels, kernel, stride, padding, batch, image = case
     x, w, acc = _case_data(case, CONV_CASES.index(case))
-    spec = resolve(X86_TARGETS[target])
-    layout = ops.int8_layout(spec.target)
     rng = np.random.default_rng(7)
     multiplier = (rng.integers(1, 9, out_channels) / 64).astype(np.float32)
     offset = (rng.integers(-8, 9, out_channels) / 32).astype(np.float32)
     next_bits = 4
-    data = te.placeholder((batch, image, image, ops.int8_dot.padded_channels(channels, layout)), "uint8", name="data")
+    dtype = layout.activation_dtype
+    data = te.placeholder((batch, image, image, ops.int8_dot.padded_channels(channels, layout)), dtype, name="data")
     weight = te.placeholder(ops.prepack_int8_weight(w, layout).shape, "int8", name="weight")
     m = te.placeholder((out_channels,), "float32", name="m")
     o = te.placeholder((out_channels,), "float32", name="o")
@@ -138,14 +135,24 @@ def test_conv_writing_the_next_layers_levels_is_exact(target, case):
         return tvm.tirx.nearbyint(clipped * top)
 
     levels = ops.int8_levels_of(level, (batch, out_channels, *acc.shape[2:]), layout)
-    executable = compile_prim_func(te.create_prim_func([data, weight, m, o, levels]), spec)
-    device = tvm.cpu(0)
-    x_nhwc = np.zeros([int(d) for d in data.shape], np.uint8)
+    x_nhwc = np.zeros([int(d) for d in data.shape], dtype)
     x_nhwc[..., :channels] = x.transpose(0, 2, 3, 1)
-    out = tvm.runtime.tensor(np.zeros([int(d) for d in levels.shape], np.uint8), device)
-    executable["main"](*(tvm.runtime.tensor(a, device) for a in (x_nhwc, ops.prepack_int8_weight(w, layout),
-                                                                  multiplier, offset)), out)
-    assert np.array_equal(out.numpy(), _levels_pack_reference(acc, multiplier, offset, next_bits, layout))
+    inputs = [x_nhwc, ops.prepack_int8_weight(w, layout), multiplier, offset]
+    want = _levels_pack_reference(acc, multiplier, offset, next_bits, layout)
+    return te.create_prim_func([data, weight, m, o, levels]), inputs, want
+
+
+@pytest.mark.parametrize("target", RUNNABLE_X86)
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv_writing_the_next_layers_levels_is_exact(target, case):
+    """An int8 conv fused with the next layer's pack writes the levels from its tile, equal to the
+    numpy reference (the emulated rasp5 runs the same cases: test_sdot_kernels_are_exact...)."""
+    spec = resolve(X86_TARGETS[target])
+    func, inputs, want = _conv_writing_levels_case(case, ops.int8_layout(spec.target))
+    device = tvm.cpu(0)
+    out = tvm.runtime.tensor(np.zeros(want.shape, want.dtype), device)
+    compile_prim_func(func, spec)["main"](*(tvm.runtime.tensor(a, device) for a in inputs), out)
+    assert np.array_equal(out.numpy(), want)
 
 
 @pytest.mark.parametrize("target", RUNNABLE_X86)
@@ -361,6 +368,14 @@ def test_sdot_kernels_are_exact_on_the_emulated_rasp5(rasp5_device, tmp_path):
         session.load_module(path.name)["main"](tvm.runtime.tensor(x.astype(np.float32), device),
                                                tvm.runtime.tensor(ops.prepack_int8_weight(w, layout), device), out)
         assert np.array_equal(out.numpy().transpose(0, 3, 1, 2), want), case
+        # The same conv writing the next layer's levels from its tile.
+        func, inputs, want = _conv_writing_levels_case(case, layout)
+        path = tmp_path / f"conv_levels{index}.so"
+        compile_prim_func(func, spec).export_library(str(path), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
+        session.upload(str(path))
+        out = tvm.runtime.tensor(np.zeros(want.shape, want.dtype), device)
+        session.load_module(path.name)["main"](*(tvm.runtime.tensor(a, device) for a in inputs), out)
+        assert np.array_equal(out.numpy(), want), case
 
 
 @pytest.mark.parametrize("target, expected", [
