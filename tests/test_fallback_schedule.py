@@ -117,3 +117,51 @@ def test_a_level_epilogue_rounds_in_vector_registers():
     tvm.compile(tvm.IRModule({"main": func}), target=target)["main"](
         tvm.runtime.tensor(values), tvm.runtime.tensor(half), result)
     assert np.array_equal(result.numpy(), np.rint(np.clip(values * half, 0, 15)).astype(np.uint8))
+
+
+def _pool_reference(x, kind, kernel, stride, pad):
+    """numpy max / average pool (the average over the window's in-bounds elements)."""
+    fill = -np.inf if kind == "max" else 0.0
+    padded = np.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)], constant_values=fill)
+    ones = np.pad(np.ones_like(x), [(0, 0), (0, 0), (pad, pad), (pad, pad)])
+    out_h = (x.shape[2] + 2 * pad - kernel) // stride + 1
+    out_w = (x.shape[3] + 2 * pad - kernel) // stride + 1
+    out = np.empty((*x.shape[:2], out_h, out_w), np.float32)
+    for i in range(out_h):
+        for j in range(out_w):
+            window = padded[:, :, i * stride:i * stride + kernel, j * stride:j * stride + kernel]
+            if kind == "max":
+                out[:, :, i, j] = window.max(axis=(2, 3))
+            else:
+                count = ones[:, :, i * stride:i * stride + kernel, j * stride:j * stride + kernel].sum(axis=(2, 3))
+                out[:, :, i, j] = window.sum(axis=(2, 3)) / count
+    return out
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("shape, kernel, stride, pad", [
+    ((1, 16, 20, 20), 3, 2, 1),  # ResNet's stem pool, small
+    ((2, 5, 9, 11), 3, 1, 1),    # batch 2, odd sizes, stride 1
+    ((1, 3, 7, 7), 2, 2, 1),     # even window, padding past the edge
+])
+def test_a_padded_pool_writes_no_padded_copy(kind, shape, kernel, stride, pad):
+    """A pool after its padding stage: channel planes in parallel, each window padded where it is
+    reduced (no padded copy of the map written in a pass of its own), same numbers as numpy."""
+    data = te.placeholder(shape, name="data")
+    out = topi.nn.pool2d(data, (kernel, kernel), (stride, stride), (1, 1), (pad, pad, pad, pad), kind,
+                         count_include_pad=False)
+    scheduled = schedule_function(te.create_prim_func([data, out]))
+    assert "T.parallel" in scheduled.script()
+    sch = tvm.s_tir.Schedule(scheduled)
+    blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    padding = next(b for name, b in blocks.items() if name.startswith("pad"))
+    update = next(b for name, b in blocks.items() if name.startswith("pool") and name.endswith("_update"))
+    # The padding runs inside the pool's parallel loop over planes, not as a pass of its own.
+    assert sch.get(sch.get_loops(padding)[0]).same_as(sch.get(sch.get_loops(update)[0]))
+    assert sch.get(sch.get_loops(update)[0]).kind == tvm.tirx.ForKind.PARALLEL
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype("float32")
+    lib = tvm.compile(tvm.IRModule({"main": scheduled}), target=resolve("host").target)
+    got = tvm.runtime.tensor(np.zeros(topi.utils.get_const_tuple(out.shape), "float32"))
+    lib["main"](tvm.runtime.tensor(x), got)
+    np.testing.assert_allclose(got.numpy(), _pool_reference(x, kind, kernel, stride, pad), rtol=1e-6, atol=1e-6)
