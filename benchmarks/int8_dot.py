@@ -280,7 +280,11 @@ def main():
     if args.markdown_only:
         out.with_suffix(".md").write_text(markdown(json.loads(out.with_suffix(".json").read_text())))
         return
-    result = run(args.threads, args.targets, LAYERS[: args.layers], args.rounds)
+    write_results(out, run(args.threads, args.targets, LAYERS[: args.layers], args.rounds), markdown)
+
+
+def write_results(out: Path, result: dict, markdown) -> None:
+    """OUT.json (the whole result) and OUT.md (`markdown(result)`, also printed)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     text = markdown(result)

@@ -13,7 +13,6 @@ model), the two orders round-robin, ROUNDS rounds; medians (minima) in ms.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from int8_dot import INT8_BITS, LAYERS, _args, int8_func, machine  # noqa: E402
+from int8_dot import INT8_BITS, LAYERS, _args, int8_func, machine, write_results  # noqa: E402
 
 RESULTS = HERE / "results"
 ROUNDS = 6
@@ -39,15 +38,9 @@ def _build(func, order: str, spec):
     from tvm.s_tir import Schedule
 
     from schedules import int8_dot
-    from schedules.common import block_rule, inline_around_kernels, place_parallel, place_remaining_blocks, root_blocks
 
     sch = Schedule(tvm.IRModule({"main": func}))
-    others = inline_around_kernels(sch, int8_dot.INT8_CONV2D_RULE, int8_dot.PAD_NAME)
-    for block in [b for b in root_blocks(sch) if block_rule(sch, b) == int8_dot.INT8_CONV2D_RULE]:
-        kernel = int8_dot.dot_kernel(*int8_dot._layout_of(sch, block), spec.target)
-        int8_dot.conv2d(sch, block, kernel, tuning=False, order=order)
-    int8_dot._schedule_padding(sch)
-    place_remaining_blocks(sch, others, place_parallel)
+    int8_dot.schedule_function(sch, spec.target, order=order)
     mod = sch.mod
     mod["main"] = mod["main"].with_attr("tirx.is_scheduled", True)
     return tvm.compile(mod, target=spec.target)
@@ -140,13 +133,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--out", default=str(RESULTS / "int8_loop_order"), help="path without extension")
     args = parser.parse_args()
-    out = Path(args.out)
-    result = run(args.threads, args.rounds)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    text = markdown(result)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(Path(args.out), run(args.threads, args.rounds), markdown)
 
 
 if __name__ == "__main__":

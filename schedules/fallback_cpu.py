@@ -95,13 +95,12 @@ def _schedule_pool(sch: s_tir.Schedule, pool, padding) -> None:
     under a plane unrolled. ResNet-18 2x's 3x3/2 max pool of its 1x128x112x112 stem map, in the
     model (znver4, 2 threads, per-call profile): 0.58 -> 0.29 ms, the shipped log's tuned record's
     time; the padding pass it replaces wrote a 6.6 MB copy."""
-    *planes, rows, columns, _, _ = sch.get_loops(pool)
+    *planes, _, columns, window, _ = sch.get_loops(pool)
     outer = sch.fuse(*planes) if len(planes) > 1 else planes[0]
     sch.parallel(outer)
     sch.annotate(outer, "pragma_auto_unroll_max_step", POOL_UNROLL_STEPS)
     sch.annotate(outer, "pragma_unroll_explicit", 1)
     sch.compute_at(padding.block_rv, columns)
-    window = sch.get_loops(pool)[-2]
     sch.decompose_reduction(pool, window)
 
 

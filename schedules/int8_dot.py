@@ -24,6 +24,7 @@ which a rule takes from `Target.current()` or, outside one, this machine (x86 ca
 and timed on the host).
 """
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 from functools import lru_cache
@@ -278,10 +279,7 @@ def _layout_of(sch: Schedule, block) -> tuple[int, str]:
 def _weight_bytes(sch: Schedule, block) -> int:
     """The size of the int8 conv block's prepacked weights (its 6-D int8 read)."""
     weight = next(r.source for r in sch.get(block).reads if len(r.source.shape) == 6)
-    size = 1
-    for extent in weight.shape:
-        size *= int(extent)
-    return size
+    return math.prod(int(extent) for extent in weight.shape)
 
 
 def default_order(sch: Schedule, block) -> str:
@@ -393,11 +391,12 @@ def _schedule_padding(sch: Schedule) -> None:
             try_vectorize(sch, sch.split(channels, [None, lanes])[1])
 
 
-def schedule_function(sch: Schedule, target: Target) -> None:
-    """Untuned schedule of a PrimFunc holding int8 conv(s) and their fused neighbours."""
+def schedule_function(sch: Schedule, target: Target, order: "str | None" = None) -> None:
+    """Untuned schedule of a PrimFunc holding int8 conv(s) and their fused neighbours (`order`: one
+    of LOOP_ORDERS for every conv, else each conv's `default_order`)."""
     others = inline_around_kernels(sch, INT8_CONV2D_RULE, PAD_NAME)
     for block in [b for b in root_blocks(sch) if block_rule(sch, b) == INT8_CONV2D_RULE]:
-        conv2d(sch, block, dot_kernel(*_layout_of(sch, block), target), tuning=False)
+        conv2d(sch, block, dot_kernel(*_layout_of(sch, block), target), tuning=False, order=order)
     _schedule_padding(sch)
     place_remaining_blocks(sch, others, place_parallel)
 

@@ -103,7 +103,7 @@ def _levels_pack_reference(acc, multiplier, offset, next_bits, layout) -> np.nda
     """The next layer's NHWC levels (the layout's dtype) of clip(acc * m + o, 0, 1), rounded half to
     even; the padded channels 0."""
     value = acc.astype(np.float32) * multiplier[:, None, None] + offset[:, None, None]
-    levels = np.rint(np.clip(value, 0, 1) * np.float32(2**next_bits - 1)).astype(layout.activation_dtype)
+    levels = ops.quantize_activation_reference(value, next_bits).astype(layout.activation_dtype)
     batch, channels, height, width = levels.shape
     out = np.zeros((batch, height, width, ops.int8_dot.padded_channels(channels, layout)), layout.activation_dtype)
     out[..., :channels] = levels.transpose(0, 2, 3, 1)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import WrpnError
-from ..kernel_kinds import AUTO
 from ..estimate import calibration, calibration_line
+from ..kernel_kinds import AUTO
 from ..remote.session import DeviceSpec
 from ..targets import TargetSpec, resolve
 from .database import has_records, open_database
