@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from wrpn_tvm import build
+from wrpn_tvm.tuning.intrinsics import import_tensor_intrinsics
 from wrpn_tvm.remote import daemons, emulator, rpc_server, tracker
 
 EMULATOR_KEY = "rasp4-test"
@@ -62,6 +63,13 @@ def emulated_pool(isolated_state):
     for port in ports:
         emulator.stop(port)
     tracker.stop(tracker_port)
+
+
+@pytest.fixture(scope="session")
+def tensor_intrinsics():
+    """For tests that make a MetaSchedule TuneContext themselves: its first use in a process imports
+    TVM's tensor intrinsics, 1-2 minutes under pytest unless imported this way first (a tuning job does)."""
+    import_tensor_intrinsics()
 
 
 @pytest.fixture(scope="session")

@@ -190,6 +190,7 @@ def test_tuning_candidates_are_exact(target, seed):
 @pytest.mark.parametrize("target", ["host", "x86-avx2", SKYLAKE, pytest.param("x86-avx2-vnni", marks=_needs_avx_vnni)],
                          ids=str)
 @pytest.mark.parametrize("case_index", [1, 0], ids=["widening", "int16-accumulating"])
+@pytest.mark.usefixtures("tensor_intrinsics")
 def test_metaschedule_design_spaces_run_the_dot(target, case_index):
     """The design spaces MetaSchedule itself generates for the target, through the postprocs it
     runs there (x86 without VNNI runs no RewriteTensorize), are exact and use the dot instruction;

@@ -155,6 +155,7 @@ def test_tuning_candidates_are_exact(seed, case_index):
         assert np.array_equal(got, want), space.trace
 
 
+@pytest.mark.usefixtures("tensor_intrinsics")
 def test_metaschedule_design_spaces_run_the_lookups():
     """The design spaces MetaSchedule itself generates for x86-avx2, through its postprocs."""
     from tvm.s_tir import meta_schedule as ms

@@ -202,10 +202,10 @@ def test_shift_group_kernel_tunes_and_stays_exact():
     assert 'scope="local"' in scheduled.script() and "wrpn_shift_combine" in scheduled.script()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("target", ["host", "rasp4", "cuda"])
+@pytest.mark.usefixtures("tensor_intrinsics")
 def test_metaschedule_design_spaces_come_from_the_templates(target):
-    """Through MetaSchedule itself (slow: its first use imports every tensor intrinsic)."""
+    """Through MetaSchedule itself."""
     spec = resolve(target)
     ms_target = _cuda_tuning_target(spec) if spec.is_cuda else spec.target
     context = ms.TuneContext(mod=tvm.IRModule({"main": _conv_func()}), target=ms_target,

@@ -186,7 +186,7 @@ def test_every_pooling_annotation_has_a_rule_that_leaves_the_block_to_the_defaul
     assert '"schedule_rule"' not in scheduled.mod.script()
 
 
-@pytest.mark.slow  # the first TuneContext of a process imports TVM's tensor intrinsics: 30 s to 2 minutes here
+@pytest.mark.usefixtures("tensor_intrinsics")
 def test_max_pool_design_spaces_come_without_the_unknown_schedule_rule_warning(program, capfd):
     """Where a tune printed `Unknown schedule rule "meta_schedule.pool_max"`: generating the task's
     design spaces, now with the rule tuning registers, which does what MetaSchedule did after warning."""

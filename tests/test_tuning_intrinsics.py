@@ -24,6 +24,25 @@ def test_shallow_stack_gives_inspects_frames_with_source_lines_for_the_innermost
             assert a.code_context is None and a.index is None
 
 
+def test_frames_without_a_source_file_get_what_inspect_gives_them(monkeypatch):
+    """Innermost frames run from "<...>" code: no source lines, as inspect finds none; one whose
+    text linecache holds (an interactive cell) keeps its line."""
+    import linecache
+
+    cell = "result = stack()\n"
+    monkeypatch.setitem(linecache.cache, "<cell-1>", (len(cell), None, [cell], "<cell-1>"))
+    for filename in ("<ast>", "<cell-1>"):
+        code = compile(cell, filename, "exec")
+        results = []
+        for stack in (shallow_stack, inspect.stack):
+            scope = {"stack": stack}
+            exec(code, scope)
+            results.append(scope["result"][0])
+        shallow, full = results
+        assert (shallow.filename, shallow.lineno, shallow.code_context) == (full.filename, full.lineno, full.code_context)
+        assert (full.code_context is None) == (filename == "<ast>")
+
+
 CHECK = """
 import inspect, pkgutil, sys
 from wrpn_tvm.tuning.intrinsics import import_tensor_intrinsics

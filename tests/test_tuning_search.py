@@ -1,5 +1,6 @@
 """Resume without re-measuring: a recorded candidate is never sent to be measured again."""
 
+import pytest
 import tvm
 from tvm import te
 from tvm.s_tir import meta_schedule as ms
@@ -24,6 +25,7 @@ def _search(mod, target, counts):
     return context, context.generate_design_space()
 
 
+@pytest.mark.usefixtures("tensor_intrinsics")
 def test_a_resumed_search_skips_what_the_database_holds():
     mod, target = _matmul(), resolve("host").target
     database = ms.database.MemoryDatabase()
