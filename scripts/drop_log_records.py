@@ -28,12 +28,13 @@ def main() -> int:
 
     from tvm.s_tir.meta_schedule.database import Workload
 
-    from wrpn_tvm.pipeline import kernel_variants, prepare_module
+    from wrpn_tvm.pipeline import import_program, kernel_variants, lower_module
     from wrpn_tvm.targets import resolve
     from wrpn_tvm.tuning.tasks import extract_tasks
 
     spec = resolve(args.target)
-    mods = [prepare_module(args.model, spec, variant)[0] for variant in kernel_variants(spec)]
+    imported, _ = import_program(args.model)
+    mods = [lower_module(imported, spec, variant)[0] for variant in kernel_variants(spec)]
     tasks = [task for task in extract_tasks(mods, spec) if args.tasks_matching in task.task_name]
     hashes = {Workload(task.dispatched[0]).as_json()[0] for task in tasks}
     workload_lines = (args.log_dir / WORKLOAD_FILE).read_text().splitlines()

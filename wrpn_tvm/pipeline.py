@@ -35,17 +35,25 @@ register_replay_intrinsics = schedules.register_replay_intrinsics
 
 
 def prepare_module(program_path: "str | os.PathLike", spec: TargetSpec, kernels: str = AUTO, database=None):
-    """Load and import a program, then rewrite its WRPN layers: (Relax module, layer reports, input specs).
+    """Load and import a program, then rewrite its WRPN layers: (Relax module, layer reports, input specs)."""
+    imported, inputs = import_program(program_path)
+    return (*lower_module(imported, spec, kernels, database), inputs)
 
-    `kernels`: AUTO picks the kernel per layer (by `database`'s records where it holds the
-    bit-serial and int8 kernels' for a layer, else by the cost model); BITSERIAL, INT8_DOT or LUT
-    asks for one."""
+
+def import_program(program_path: "str | os.PathLike"):
+    """(The program's Relax module before lowering, its input specs): what `lower_module` lowers,
+    once per kernel choice where a caller wants several (loading and importing ResNet-18 takes
+    about 3.5 s)."""
     program = pt2.load_program(program_path)
-    inputs = pt2.input_specs(program)
-    mod = frontend.to_relax(program)
-    measured = tuned_kernel_seconds(mod, spec, database) if database is not None and kernels == AUTO else None
-    mod, reports = lower_wrpn(mod, spec, kernels, measured and measured.convs, measured and measured.passes)
-    return mod, reports, inputs
+    return frontend.to_relax(program), pt2.input_specs(program)
+
+
+def lower_module(imported, spec: TargetSpec, kernels: str = AUTO, database=None):
+    """Rewrite an imported module's WRPN layers: (Relax module, layer reports). `kernels`: AUTO
+    picks the kernel per layer (by `database`'s records where it holds the bit-serial and int8
+    kernels' for a layer, else by the cost model); BITSERIAL, INT8_DOT or LUT asks for one."""
+    measured = tuned_kernel_seconds(imported, spec, database) if database is not None and kernels == AUTO else None
+    return lower_wrpn(imported, spec, kernels, measured and measured.convs, measured and measured.passes)
 
 
 def kernel_variants(spec: TargetSpec) -> tuple[str, ...]:

@@ -77,7 +77,7 @@ def tune(
     that a build with the log runs each layer on the faster one; "bit-serial" or "int8-dot" tunes
     the lowering with that kernel wherever it applies. `confirm_only`: no search, only the
     re-timing of each task's leading records that ends a job (`confirm.py`)."""
-    from ..pipeline import kernel_variants, prepare_module
+    from ..pipeline import import_program, kernel_variants, lower_module
 
     spec = resolve(target)
     device = device if device is not None else DeviceSpec()
@@ -88,7 +88,8 @@ def tune(
     # function of its own (one followed by an int8 conv computes that conv's input pack too).
     variants = kernel_variants(spec) if kernels == AUTO else (kernels,)
     variants = (*variants, AUTO) if len(variants) > 1 else variants
-    mods = [prepare_module(program, spec, variant)[0] for variant in variants]
+    imported, _ = import_program(program)
+    mods = [lower_module(imported, spec, variant)[0] for variant in variants]
     return tune_module(mods, spec, trials, log_dir, device, seed=seed, trials_per_batch=trials_per_batch,
                        max_minutes=max_minutes, stream=stream, estimate=estimate, confirm_only=confirm_only)
 
