@@ -72,15 +72,17 @@ def _out_size(size, kernel, stride, padding):
 
 def bitserial_func(size, cin, cout, kernel, stride, padding, abits, wbits, spec):
     """The conv in the form the lowering gives it for `spec` (`splits_shift_groups`, in the words
-    `conv_words` says it reads)."""
+    `conv_words` says it reads, weights blocked by output channels where `conv_weight_block` says)."""
     from tvm import te
 
     from wrpn_tvm import ops
-    from wrpn_tvm.lowering.rewrite import conv_words, splits_shift_groups
+    from wrpn_tvm.lowering.rewrite import conv_weight_block, conv_words, splits_shift_groups
 
     dtype, words = conv_words(spec, wbits, cin)
     data = te.placeholder((1, size, size, abits, words), dtype, name="data")
-    weight = te.placeholder((kernel, kernel, wbits, words, cout), dtype, name="weight")
+    block = conv_weight_block(spec, wbits, cout)
+    shape = (kernel, kernel, wbits, words, cout) if block is None else (cout // block, kernel, kernel, wbits, words, block)
+    weight = te.placeholder(shape, dtype, name="weight")
     return _kernel([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, stride, padding,
                                                        split_shift_groups=splits_shift_groups(spec, wbits))])
 

@@ -15,7 +15,9 @@ at width 1x and 2x, activation/weight bits 1/1, 2/2, 4/2, 4/4, each timed as:
     count): an upper bound on binary MAC/s from the CPU's documented per-instruction throughput
     (AND + VPOPCNTQ + ADD, or Harley-Seal VPTERNLOG adders) at its measured clock, with the loops
     that reach it; highest bound of its repeats.
-All numbers are medians over repeats measured in this one run; binary MAC/s counts one AND +
+All numbers are medians over repeats measured in this one run, taken in ROUNDS round-robin rounds
+over every kernel and baseline of a thread count (a burst of load from another tenant of the host
+then lands on a few samples of each rather than on all of one); binary MAC/s counts one AND +
 popcount bit per activation-bit x weight-bit x MAC.
 
   python benchmarks/kernels.py                    # writes benchmarks/results/kernels.{json,md,png}
@@ -41,7 +43,10 @@ LAYERS = [(56, 64), (28, 128), (14, 256), (7, 512)]  # (image size, channels) at
 BITS = [(1, 1), (2, 2), (4, 2), (4, 4)]
 TUNED_CONFIGS = {(1, 1, 1), (2, 2, 2)}  # (width, abits, wbits) tuned by MetaSchedule
 THREADS = 2
-WORD_BITS = 32
+# Words as the lowering packs and reads them: 64-bit packs, which a shift-group conv (multi-bit
+# weights on AVX-512) reads as 32-bit halves (`rewrite.conv_words`).
+WORDS = "as the lowering packs and reads them (64-bit packs; 32-bit halves where a conv sums shift groups apart)"
+ROUNDS = 5  # the repeats of each kernel are split over this many round-robin rounds
 ROOFLINE_REPEAT = 5  # each run is the best of many short windows already
 # column -> (peers venv, peers.py peer): the same 1x conv layers, or for LCE a binary one
 LAYER_PEERS = {"ORT FP32 1x": ("ort", "ort-fp32"), "ORT int8 1x": ("ort", "ort-int8"),
@@ -49,10 +54,18 @@ LAYER_PEERS = {"ORT FP32 1x": ("ort", "ort-fp32"), "ORT int8 1x": ("ort", "ort-i
 
 
 def tvm_seconds(executable, args, repeat):
+    return tvm_timer(executable, args)(repeat)
+
+
+def tvm_timer(executable, args):
+    """repeat -> that many seconds-per-call samples of the executable on args (each at least 50 ms of calls)."""
     import tvm
 
-    evaluator = executable.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=50)
-    return [float(x) for x in evaluator(*args).results]
+    def samples(repeat):
+        evaluator = executable.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=50)
+        return [float(x) for x in evaluator(*args).results]
+
+    return samples
 
 
 def torch_seconds(fn, repeat):
@@ -77,27 +90,33 @@ def _kernel(tensors):
 
 
 def bitserial_func(size, channels, abits, wbits, target):
-    """The conv in the form the lowering gives it for `target` (`splits_shift_groups`)."""
+    """The conv in the form the lowering gives it for `target` (`splits_shift_groups`; weights
+    blocked by output channels where `conv_weight_block` says)."""
     from tvm import te
 
     from wrpn_tvm import ops
-    from wrpn_tvm.lowering.rewrite import splits_shift_groups
+    from wrpn_tvm.lowering.rewrite import conv_weight_block, conv_words, splits_shift_groups
     from wrpn_tvm.targets import resolve
 
-    words = -(-channels // WORD_BITS)
-    data = te.placeholder((1, size, size, abits, words), f"uint{WORD_BITS}", name="data")
-    weight = te.placeholder((3, 3, wbits, words, channels), f"uint{WORD_BITS}", name="weight")
-    split = splits_shift_groups(resolve(target), wbits)
+    spec = resolve(target)
+    dtype, words = conv_words(spec, wbits, channels)
+    data = te.placeholder((1, size, size, abits, words), dtype, name="data")
+    block = conv_weight_block(spec, wbits, channels)
+    shape = (3, 3, wbits, words, channels) if block is None else (channels // block, 3, 3, wbits, words, block)
+    weight = te.placeholder(shape, dtype, name="weight")
+    split = splits_shift_groups(spec, wbits)
     return _kernel([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, 1, 1, split_shift_groups=split)])
 
 
-def bitpack_func(size, channels, abits):
+def bitpack_func(size, channels, abits, target):
     from tvm import te
 
     from wrpn_tvm import ops
+    from wrpn_tvm.lowering.rewrite import word_bits_for
+    from wrpn_tvm.targets import resolve
 
     x = te.placeholder((1, channels, size, size), "float32", name="x")
-    return _kernel([x, ops.pack_activation(x, abits, WORD_BITS)])
+    return _kernel([x, ops.pack_activation(x, abits, word_bits_for(resolve(target)))])
 
 
 def fp32_conv_func(size, channels):
@@ -217,30 +236,36 @@ def time_layer_peers(maps: dict, threads: int, repeat: int, missing: dict) -> di
     return timed
 
 
-def torch_baselines(size, channels, rng, repeat, with_int8):
+def torch_baselines(size, channels, rng, with_int8) -> dict:
+    """name -> (repeat -> seconds-per-call samples) of the PyTorch convs of a layer."""
     import torch
 
     x = torch.tensor(rng.random((1, channels, size, size), dtype=np.float32))
     conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
-    with torch.no_grad():
-        result = {"torch_fp32": torch_seconds(lambda: conv(x), repeat)}
+
+    def fp32(repeat):
+        with torch.no_grad():
+            return torch_seconds(lambda: conv(x), repeat)
+
+    timers = {"torch_fp32": fp32}
     if with_int8:
         torch.backends.quantized.engine = "x86"
         qconv = torch.ao.nn.quantized.Conv2d(channels, channels, 3, padding=1, bias=False)
         qconv.set_weight_bias(torch.quantize_per_tensor(conv.weight.detach(), 0.01, 0, torch.qint8), None)
         qx = torch.quantize_per_tensor(x, 1 / 255, 0, torch.quint8)
-        result["torch_int8"] = torch_seconds(lambda: qconv(qx), repeat)
-    return result
+        timers["torch_int8"] = lambda repeat: torch_seconds(lambda: qconv(qx), repeat)
+    return timers
 
 
 def measure(threads, target, rng, repeat):
-    """Default-schedule bit-serial kernels, bitpacks and the PyTorch baselines at `threads`."""
+    """Default-schedule bit-serial kernels, bitpacks and the PyTorch baselines at `threads`: each
+    compiled first, then timed round-robin, `repeat` samples each over ROUNDS rounds."""
     import torch
     import tvm
 
     torch.set_num_threads(threads)
     tvm.get_global_func("runtime.config_threadpool")(0, threads)
-    rows, to_tune = [], {}
+    rows, to_tune, timers = [], {}, []  # timers: (the sample list a row holds, its timer)
     for width in (1, 2):
         for size, base in LAYERS:
             channels = base * width
@@ -248,22 +273,27 @@ def measure(threads, target, rng, repeat):
                 kernel = bitserial_func(size, channels, abits, wbits, target)
                 name = f"bitserial_{size}x{channels}_a{abits}w{wbits}"
                 run_args = random_args(kernel, rng)
-                pack = bitpack_func(size, channels, abits)
-                rows.append({
-                    "kind": "bitserial", "layer": f"{size}x{size}x{base}", "width": width, "channels": channels,
-                    "abits": abits, "wbits": wbits, "macs": size * size * channels * channels * 9,
-                    "default_s": tvm_seconds(default_executable(kernel, target), run_args, repeat),
-                    "bitpack_s": tvm_seconds(default_executable(pack, target), random_args(pack, rng), repeat),
-                    "name": name,
-                })
+                pack = bitpack_func(size, channels, abits, target)
+                row = {"kind": "bitserial", "layer": f"{size}x{size}x{base}", "width": width, "channels": channels,
+                       "abits": abits, "wbits": wbits, "macs": size * size * channels * channels * 9,
+                       "default_s": [], "bitpack_s": [], "name": name}
+                timers += [(row["default_s"], tvm_timer(default_executable(kernel, target), run_args)),
+                           (row["bitpack_s"], tvm_timer(default_executable(pack, target), random_args(pack, rng)))]
+                rows.append(row)
                 if (width, abits, wbits) in TUNED_CONFIGS:
                     to_tune[name] = (kernel, run_args)
             if width == 1:
                 kernel = fp32_conv_func(size, channels)
                 to_tune[f"fp32_{size}x{channels}"] = (kernel, random_args(kernel, rng))
-            rows.append({"kind": "torch", "layer": f"{size}x{size}x{base}", "width": width, "channels": channels,
-                         "macs": size * size * channels * channels * 9,
-                         **torch_baselines(size, channels, rng, repeat, with_int8=width == 1)})
+            baselines = torch_baselines(size, channels, rng, with_int8=width == 1)
+            row = {"kind": "torch", "layer": f"{size}x{size}x{base}", "width": width, "channels": channels,
+                   "macs": size * size * channels * channels * 9, **{key: [] for key in baselines}}
+            timers += [(row[key], timer) for key, timer in baselines.items()]
+            rows.append(row)
+    per_round = -(-repeat // ROUNDS)
+    for _ in range(ROUNDS):
+        for samples, timer in timers:
+            samples += timer(per_round)
     return {"rows": rows, "roofline": roofline(ROOFLINE_REPEAT, threads)}, to_tune
 
 
@@ -315,7 +345,7 @@ def main():
     result = {
         "machine": {**machine_info(), "torch": torch.__version__, "target": str(target),
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
-        "trials_per_tuned_kernel": args.trials, "repeat": args.repeat, "word_bits": WORD_BITS,
+        "trials_per_tuned_kernel": args.trials, "repeat": args.repeat, "rounds": ROUNDS, "words": WORDS,
         "runs": runs, "peers_missing": peers_missing, "wall_s": time.time() - started,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -409,8 +439,8 @@ def write_reports(result, out: Path):
         "# Bit-serial conv2d kernels (ResNet-18 3x3 layers, batch 1)",
         "",
         f"CPU: {result['machine']['cpu']} (LLVM CPU {result['machine']['llvm_cpu']}, {result['machine']['cores']} cores); TVM {result['machine']['tvm']}, "
-        f"torch {result['machine']['torch']}; word size {result['word_bits']} bits; medians (and minima) of "
-        f"{result['repeat']} repeats, ms. Load average before/after the run: "
+        f"torch {result['machine']['torch']}; {_words(result)}; medians (and minima) of "
+        f"{result['repeat']} repeats{_rounds(result)}, ms. Load average before/after the run: "
         f"{_loads(result['machine']['load_average_before'])} / {_loads(result['machine']['load_average_after'])}"
         # Only the load before counts: the run's own 2-thread work raises the one after.
         + (": the machine was shared with other jobs, so every number here was measured under contention; "
@@ -422,6 +452,15 @@ def write_reports(result, out: Path):
     out.with_suffix(".md").write_text("\n".join(header + [section["markdown"] for section in sections]))
     plot(sections, out.with_suffix(".png"))
     print(out.with_suffix(".md").read_text())
+
+
+def _rounds(result) -> str:
+    return f" taken in {result['rounds']} round-robin rounds over every kernel" if "rounds" in result else ""
+
+
+def _words(result) -> str:
+    """How the run's kernels held their bits (runs before 2026-12-03 used one word size throughout)."""
+    return f"words {result['words']}" if "words" in result else f"word size {result['word_bits']} bits"
 
 
 def _roofline_scaling_note(result):
