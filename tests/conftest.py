@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from wrpn_tvm import build
-from wrpn_tvm.tuning.intrinsics import import_tensor_intrinsics
 from wrpn_tvm.remote import daemons, emulator, rpc_server, tracker
+from wrpn_tvm.tuning.intrinsics import import_tensor_intrinsics
 
 EMULATOR_KEY = "rasp4-test"
 

@@ -9,7 +9,7 @@ job on ResNet-18, by py-spy). The parser reads the frames themselves and, to tel
 an `@I.ir_module` class, the source line of the innermost three; so the import runs here with an
 `inspect.stack` that reads source lines for those only, and not for frames with no source file
 (`<ast>`, `<frozen ...>`: inspect finds none, after scanning every loaded module for one): 2.8 s
-with torch and wrpn_tvm loaded (6.0 s reading the innermost three's wherever they come from), the
+with torch and wrpn_tvm loaded (6.0 s when it read the innermost three's whatever their file), the
 same 112 intrinsics (their structural hashes compared with a plain import's).
 """
 
