@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels import _kernel, lowered_conv_func
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
@@ -59,32 +61,8 @@ REPEAT = 3  # timings per round, each at least MIN_REPEAT_MS
 MIN_REPEAT_MS = 40
 
 
-def _kernel(tensors):
-    """(PrimFunc, [(shape, dtype) of each argument]) for TE tensors: inputs, then the output."""
-    from tvm import te
-
-    return te.create_prim_func(tensors), [([int(d) for d in t.shape], str(t.dtype)) for t in tensors]
-
-
 def _out_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
-
-
-def bitserial_func(size, cin, cout, kernel, stride, padding, abits, wbits, spec):
-    """The conv in the form the lowering gives it for `spec` (`splits_shift_groups`, in the words
-    `conv_words` says it reads, weights blocked by output channels where `conv_weight_block` says)."""
-    from tvm import te
-
-    from wrpn_tvm import ops
-    from wrpn_tvm.lowering.rewrite import conv_weight_block, conv_words, splits_shift_groups
-
-    dtype, words = conv_words(spec, wbits, cin)
-    data = te.placeholder((1, size, size, abits, words), dtype, name="data")
-    block = conv_weight_block(spec, wbits, cout)
-    shape = (kernel, kernel, wbits, words, cout) if block is None else (cout // block, kernel, kernel, wbits, words, block)
-    weight = te.placeholder(shape, dtype, name="weight")
-    return _kernel([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, stride, padding,
-                                                       split_shift_groups=splits_shift_groups(spec, wbits))])
 
 
 def int8_func(size, cin, cout, kernel, stride, padding, layout):
@@ -140,7 +118,7 @@ def measure_layer(layer, spec, layout, rng, rounds):
     from wrpn_tvm.pipeline import compile_prim_func
 
     _, size, cin, cout, kernel, stride, padding = layer
-    funcs = {f"bitserial a{a}w{w}": bitserial_func(size, cin, cout, kernel, stride, padding, a, w, spec)
+    funcs = {f"bitserial a{a}w{w}": lowered_conv_func(size, cin, cout, kernel, stride, padding, a, w, spec)
              for a, w in BITS}
     funcs["int8"] = int8_func(size, cin, cout, kernel, stride, padding, layout)
     for abits in sorted({a for a, _ in BITS}):

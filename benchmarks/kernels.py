@@ -90,22 +90,28 @@ def _kernel(tensors):
 
 
 def bitserial_func(size, channels, abits, wbits, target):
-    """The conv in the form the lowering gives it for `target` (`splits_shift_groups`; weights
-    blocked by output channels where `conv_weight_block` says)."""
+    """A 3x3 stride-1 layer's conv in the form the lowering gives it for `target`."""
+    from wrpn_tvm.targets import resolve
+
+    return lowered_conv_func(size, channels, channels, 3, 1, 1, abits, wbits, resolve(target))
+
+
+def lowered_conv_func(size, cin, cout, kernel, stride, padding, abits, wbits, spec):
+    """The bit-serial conv in the form the lowering gives it for `spec` (`splits_shift_groups`, in
+    the words `conv_words` says it reads, weights blocked by output channels where
+    `conv_weight_block` says)."""
     from tvm import te
 
     from wrpn_tvm import ops
     from wrpn_tvm.lowering.rewrite import conv_weight_block, conv_words, splits_shift_groups
-    from wrpn_tvm.targets import resolve
 
-    spec = resolve(target)
-    dtype, words = conv_words(spec, wbits, channels)
+    dtype, words = conv_words(spec, wbits, cin)
     data = te.placeholder((1, size, size, abits, words), dtype, name="data")
-    block = conv_weight_block(spec, wbits, channels)
-    shape = (3, 3, wbits, words, channels) if block is None else (channels // block, 3, 3, wbits, words, block)
+    block = conv_weight_block(spec, wbits, cout)
+    shape = (kernel, kernel, wbits, words, cout) if block is None else (cout // block, kernel, kernel, wbits, words, block)
     weight = te.placeholder(shape, dtype, name="weight")
-    split = splits_shift_groups(spec, wbits)
-    return _kernel([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, 1, 1, split_shift_groups=split)])
+    return _kernel([data, weight, ops.bitserial_conv2d(data, weight, abits, wbits, stride, padding,
+                                                       split_shift_groups=splits_shift_groups(spec, wbits))])
 
 
 def bitpack_func(size, channels, abits, target):
