@@ -35,11 +35,12 @@ from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 from tvm.target import Target
-from tvm.target.codegen import llvm_get_system_cpu, target_has_features
+from tvm.target.codegen import target_has_features
 
 from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.ops.int8_dot import INT8_CONV2D_RULE, PAD_NAME, PAIR_SUM_ATTR, REDUCE_BLOCK, pair_sums_fit_int16
 
+from . import amx
 from .common import (
     Decisions,
     attach_epilogue,
@@ -252,7 +253,9 @@ SDOT = DotKernel("wrpn_sdot_4x4", 4, "int8", 24, _sdot).register()
 
 @lru_cache(maxsize=1)
 def _host_target() -> Target:
-    return Target({"kind": "llvm", "mcpu": llvm_get_system_cpu()})
+    from wrpn_tvm.targets import resolve
+
+    return resolve("host").target
 
 
 def dot_kernel(ob: int, activation_dtype: str, target: "Target | None") -> DotKernel:
@@ -396,17 +399,25 @@ def schedule_function(sch: Schedule, target: Target, order: "str | None" = None)
     of LOOP_ORDERS for every conv, else each conv's `default_order`)."""
     others = inline_around_kernels(sch, INT8_CONV2D_RULE, PAD_NAME)
     for block in [b for b in root_blocks(sch) if block_rule(sch, b) == INT8_CONV2D_RULE]:
-        conv2d(sch, block, dot_kernel(*_layout_of(sch, block), target), tuning=False, order=order)
+        if amx.available(target) and amx.fits(sch, block):
+            amx.conv2d(sch, block, tuning=False, order=order or default_order(sch, block))
+        else:
+            conv2d(sch, block, dot_kernel(*_layout_of(sch, block), target), tuning=False, order=order)
     _schedule_padding(sch)
     place_remaining_blocks(sch, others, place_parallel)
 
 
 def conv2d_rule(sch: Schedule, block) -> list[Schedule]:
     """The MetaSchedule custom rule: one design space per loop order."""
-    kernel = dot_kernel(*_layout_of(sch, block), Target.current(allow_none=True))
+    target = Target.current(allow_none=True)
+    kernel = dot_kernel(*_layout_of(sch, block), target)
+    on_tiles = amx.available(target if target is not None else _host_target()) and amx.fits(sch, block)
     spaces = []
     for order in LOOP_ORDERS:
         space = sch.copy()
-        conv2d(space, block, kernel, tuning=True, order=order)
+        if on_tiles:
+            amx.conv2d(space, block, tuning=True, order=order)
+        else:
+            conv2d(space, block, kernel, tuning=True, order=order)
         spaces.append(space)
     return spaces

@@ -70,6 +70,30 @@ def _x86(mcpu: str, mattr: "list[str] | None" = None) -> dict:
 AVX512_MATTR = ["+avx512vpopcntdq", "+avx512vnni", "+avx512bitalg", "-prefer-256-bit"]
 
 
+# AMX tiles (Intel Sapphire Rapids and later). A virtual machine's CPU model can make LLVM name an
+# older core for the host (a Sapphire/Emerald Rapids VM here reads as rocketlake, which has no AMX),
+# so the host preset adds them where the OS reports them.
+AMX_MATTR = ["+amx-tile", "+amx-int8"]
+
+
+@lru_cache(maxsize=1)
+def host_cpu_flags() -> frozenset:
+    """The CPU flags Linux reports for this machine (/proc/cpuinfo); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def host_mattr() -> "list[str] | None":
+    """Features the host preset adds to LLVM's name for this CPU."""
+    return AMX_MATTR if {"amx_tile", "amx_int8"} <= host_cpu_flags() else None
+
+
 @lru_cache(maxsize=1)
 def host_cpu() -> str:
     """This machine's CPU as LLVM names it (e.g. znver4): the `host` preset compiles for it."""
@@ -80,7 +104,7 @@ def host_cpu() -> str:
 
 def _presets() -> dict[str, tuple[dict, str | None]]:
     return {
-        "host": (_x86(host_cpu()), None),
+        "host": (_x86(host_cpu(), host_mattr()), None),
         "x86-avx2": (_x86("x86-64-v3"), None),
         "x86-avx2-vnni": (_x86("x86-64-v3", ["+avxvnni"]), None),
         "x86-avx512": (_x86("x86-64-v4", AVX512_MATTR), None),

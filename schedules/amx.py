@@ -1,0 +1,338 @@
+"""AMX template for the int8-dot conv (`wrpn_tvm.ops.int8_dot`) on x86 CPUs with AMX-INT8 (Intel
+Sapphire Rapids and later): the VNNI template's compute and layouts, each reduction step done by
+one tdpbusd per pair of tiles instead of one vpdpbusd per pixel and weight block.
+
+A tdpbusd multiplies a tile of M pixels x 64 input channels (uint8 levels: M rows of 64 bytes, read
+straight from the padded NHWC input with the conv's stride) by a tile of 64 input channels x 16
+output channels (int8: 16 rows of the weight layout's [16, 4] blocks, which the VNNI layout already
+stores contiguously) into M x 16 int32 sums: 1024 MACs per pixel row where vpdpbusd does 64.
+The register tile is R output rows x NB weight blocks: R A tiles, NB B tiles and R * NB accumulator
+tiles of AMX's 8, the accumulators staying in tile registers over the whole reduction
+(kh, kw, channels / 64); then they are stored to a local tile the epilogue reads, as in the VNNI
+template. Three tensor intrinsics make it: the init (configure the tiles, zero the accumulators),
+the update (load the A and B tiles, multiply) and the store. AMX state is per thread and the OS
+grants it per process (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM)): the init asks for it where this
+thread's tile configuration is not in use yet (XGETBV(1)), so a library needs nothing from whoever
+loads it.
+
+Applies to layers whose input channels fill whole 64-byte tile rows (padded channels a multiple
+of 64) and whose weights come in the AVX-512 layout (16 output channels a block); other int8
+convs keep the VNNI template.
+"""
+
+from contextlib import contextmanager
+from functools import lru_cache
+
+from tvm import tirx
+from tvm.s_tir import Schedule, TensorIntrin
+from tvm.script import tirx as T
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder.tirx import prim_func as build_prim_func
+from tvm.target import Target
+from tvm.target.codegen import target_has_features
+
+from wrpn_tvm.ops.int8_dot import INT8_CONV2D_RULE, REDUCE_BLOCK
+
+from .common import (
+    Decisions,
+    attach_epilogue,
+    block_rule,
+    divisors,
+    inline_tile_copy,
+    loop_extent,
+    pad_whole_input,
+    root_blocks,
+    try_vectorize,
+)
+
+TILES = 8
+ROW_BYTES = 64  # one tile row: 64 uint8 channels of a pixel, or 16 int32 sums
+STEP_GROUPS = ROW_BYTES // REDUCE_BLOCK  # 4-channel groups per tdpbusd (the B tile's 16 rows)
+OUT_BLOCK = 16  # output channels per B tile: the AVX-512 int8 layout's block
+MAX_PIXELS = 16  # rows of an A or accumulator tile
+MAX_TILE_ROWS = 4
+MAX_TILE_BLOCKS = 4
+UNROLL_STEPS = [0, 16, 64]
+# Linux x86-64: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) asks for AMX tile data state.
+SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
+XINUSE_TILECFG = 1 << 17  # XGETBV(1): the tile configuration is in use in this thread
+
+
+def available(target: "Target | None") -> bool:
+    return target is not None and target.kind.name == "llvm" and \
+        target_has_features("amx-int8", target) and target_has_features("amx-tile", target)
+
+
+def fits(sch: Schedule, block) -> bool:
+    """Whether the int8 conv block has the AVX-512 layout and whole 64-channel tile rows."""
+    info = sch.get(block)
+    if int(info.writes[0].source.shape[-1]) != OUT_BLOCK:
+        return False
+    data = [r.source for r in info.reads if len(r.source.shape) == 4]
+    if str(data[0].dtype) != "uint8":
+        return False
+    *_, c4, _ = sch.get_loops(block)
+    return loop_extent(sch, c4) % STEP_GROUPS == 0
+
+
+def tile_counts(rows: int, blocks: int) -> bool:
+    """Whether R rows x NB blocks fit AMX's tile registers (R A, NB B and R * NB accumulator tiles)."""
+    return rows + blocks + rows * blocks <= TILES
+
+
+def default_tile(out_h: int, out_w: int, blocks: int) -> tuple[int, int, int]:
+    """(rows, pixels, blocks): the widest row of pixels (at most 16), then the most accumulator
+    tiles (each tdpbusd's operands are loaded once per R * NB of them), squarest first."""
+    pixels = max(d for d in divisors(out_w) if d <= MAX_PIXELS)
+    tiles = [(r, b) for r in divisors(out_h) if r <= MAX_TILE_ROWS for b in divisors(blocks)
+             if b <= MAX_TILE_BLOCKS and tile_counts(r, b)]
+    rows, tile_blocks = max(tiles, key=lambda t: (t[0] * t[1], -abs(t[0] - t[1])))
+    return rows, pixels, tile_blocks
+
+
+class _TileNumbers:
+    """Accumulators first (row-major over rows x blocks), then the A tiles, then the B tiles."""
+
+    def __init__(self, rows: int, blocks: int):
+        self.rows, self.blocks = rows, blocks
+
+    def accumulator(self, r: int, b: int) -> int:
+        return r * self.blocks + b
+
+    def a(self, r: int) -> int:
+        return self.rows * self.blocks + r
+
+    def b(self, b: int) -> int:
+        return self.rows * self.blocks + self.rows + b
+
+
+def _tile_op(name: str, *args):
+    return T.evaluate(T.call_llvm_intrin("void", f"llvm.x86.{name}", *args))
+
+
+def _tile(number: int):
+    return tirx.const(number, "int8")
+
+
+def _configure_tiles(rows: int, pixels: int, blocks: int) -> None:
+    """Ask for AMX state where this thread has none configured, then load the tile configuration
+    (palette 1; accumulators and A tiles `pixels` rows, B tiles 16; every row 64 bytes)."""
+    in_use = T.call_llvm_intrin("int64", "llvm.x86.xgetbv", tirx.const(1, "int32"))
+    with T.If(tirx.bitwise_and(in_use, tirx.const(XINUSE_TILECFG, "int64")) == tirx.const(0, "int64")):
+        with T.Then():
+            T.evaluate(T.call_extern("int64", "syscall", tirx.const(SYS_ARCH_PRCTL, "int64"),
+                                     tirx.const(ARCH_REQ_XCOMP_PERM, "int64"), tirx.const(XFEATURE_XTILEDATA, "int64")))
+    numbers = _TileNumbers(rows, blocks)
+    config = T.alloc_buffer((64,), "uint8", scope="local")
+    tile_rows = {numbers.accumulator(r, b): pixels for r in range(rows) for b in range(blocks)}
+    tile_rows.update({numbers.a(r): pixels for r in range(rows)})
+    tile_rows.update({numbers.b(b): STEP_GROUPS for b in range(blocks)})
+    for i in range(64):
+        T.buffer_store(config, tirx.const(0, "uint8"), [i])
+    T.buffer_store(config, tirx.const(1, "uint8"), [0])  # palette 1
+    for number, count in tile_rows.items():
+        T.buffer_store(config, tirx.const(ROW_BYTES, "uint8"), [16 + 2 * number])  # colsb, little end
+        T.buffer_store(config, tirx.const(count, "uint8"), [48 + number])
+    _tile_op("ldtilecfg", T.address_of(config[0]))
+
+
+@contextmanager
+def _tile_block(name: str, dims: list[tuple[str, int, str]]):
+    """The description's loop nest and block over the tile's dims (name, extent, "S" or "R") from
+    the first of extent above 1 inwards, as the scheduled nest has them where tensorize starts
+    (`_first_wide_loop`): yields each dim's block axis; unit dims have none (their index is 0),
+    as in the scheduled block."""
+    first = next(i for i, (_, extent, _) in enumerate(dims) if extent > 1)
+    nest = dims[first:]
+    with T.grid(*(extent for _, extent, _ in nest)) as loops:
+        with T.sblock(name):
+            wide = [(dim, kind, loop) for (dim, extent, kind), loop in zip(nest, loops) if extent > 1]
+            remapped = T.axis.remap("".join(kind for _, kind, _ in wide), [loop for *_, loop in wide])
+            axes = dict.fromkeys((dim for dim, _, _ in dims), 0)
+            axes.update(zip((dim for dim, _, _ in wide), remapped))
+            yield axes
+
+
+def _accumulators(name: str, c, rows: int, pixels: int, blocks: int, scope: str = "local", strided: bool = False):
+    strides = [T.int32(), T.int32(), T.int32(), 1] if strided else None
+    return T.match_buffer(c, (rows, pixels, blocks, OUT_BLOCK), "int32", offset_factor=1, scope=scope,
+                          strides=strides)
+
+
+def _spatial_dims(rows: int, pixels: int, blocks: int) -> list[tuple[str, int, str]]:
+    return [("r", rows, "S"), ("p", pixels, "S"), ("b", blocks, "S"), ("o", OUT_BLOCK, "S")]
+
+
+def _zero_func(rows: int, pixels: int, blocks: int, implement: bool) -> tirx.PrimFunc:
+    """C[r, p, b, o] = 0 over the accumulator tiles (the conv's init block); implemented: configure
+    the tiles, zero the accumulators."""
+    with IRBuilder() as builder:
+        with build_prim_func():
+            C = _accumulators("C", T.arg("c", T.handle()), rows, pixels, blocks)
+            with T.sblock("root"):
+                T.reads()
+                T.writes(C[0:rows, 0:pixels, 0:blocks, 0:OUT_BLOCK])
+                if implement:
+                    _configure_tiles(rows, pixels, blocks)
+                    numbers = _TileNumbers(rows, blocks)
+                    for r in range(rows):
+                        for b in range(blocks):
+                            _tile_op("tilezero", _tile(numbers.accumulator(r, b)))
+                else:
+                    with _tile_block("init", _spatial_dims(rows, pixels, blocks)) as axes:
+                        vr, vp, vb, vo = (axes[dim] for dim in "rpbo")
+                        T.reads()
+                        T.writes(C[vr, vp, vb, vo])
+                        T.buffer_store(C, tirx.const(0, "int32"), [vr, vp, vb, vo])
+    return builder.get()
+
+
+def _update_func(rows: int, pixels: int, blocks: int, stride_h: int, stride_w: int, implement: bool) -> tirx.PrimFunc:
+    """C[r, p, b, o] += sum over 64 channels of A[r * stride_h, p * stride_w, c] * B[b, c / 4, o, c % 4]
+    (one step of the conv's reduction for the whole register tile); implemented: load R A tiles
+    (pixel rows `stride_w` pixels apart) and NB B tiles, one tdpbusd per accumulator tile."""
+    a_rows, a_pixels = (rows - 1) * stride_h + 1, (pixels - 1) * stride_w + 1
+    with IRBuilder() as builder:
+        with build_prim_func():
+            a, b_handle, c = T.arg("a", T.handle()), T.arg("b", T.handle()), T.arg("c", T.handle())
+            A = T.match_buffer(a, (a_rows, a_pixels, ROW_BYTES), "uint8", offset_factor=1,
+                               strides=[T.int32(), T.int32(), 1])
+            # The weight layout's [blocks, KH, KW, C / 4, 16, 4] at one (kh, kw): tensorize drops only
+            # leading unit dimensions.
+            B = T.match_buffer(b_handle, (blocks, 1, 1, STEP_GROUPS, OUT_BLOCK, REDUCE_BLOCK), "int8", offset_factor=1,
+                               strides=[T.int32(), T.int32(), T.int32(), OUT_BLOCK * REDUCE_BLOCK, REDUCE_BLOCK, 1])
+            C = _accumulators("C", c, rows, pixels, blocks)
+            with T.sblock("root"):
+                T.reads(C[0:rows, 0:pixels, 0:blocks, 0:OUT_BLOCK], A[0:a_rows, 0:a_pixels, 0:ROW_BYTES],
+                        B[0:blocks, 0:1, 0:1, 0:STEP_GROUPS, 0:OUT_BLOCK, 0:REDUCE_BLOCK])
+                T.writes(C[0:rows, 0:pixels, 0:blocks, 0:OUT_BLOCK])
+                if implement:
+                    numbers = _TileNumbers(rows, blocks)
+                    pixel_bytes = tirx.Cast("int64", A.strides[1] * stride_w)
+                    for r in range(rows):
+                        _tile_op("tileloadd64", _tile(numbers.a(r)), T.address_of(A[r * stride_h, 0, 0]), pixel_bytes)
+                    for b in range(blocks):
+                        _tile_op("tileloadd64", _tile(numbers.b(b)), T.address_of(B[b, 0, 0, 0, 0, 0]),
+                                 tirx.const(OUT_BLOCK * REDUCE_BLOCK, "int64"))
+                    for r in range(rows):
+                        for b in range(blocks):
+                            _tile_op("tdpbusd", _tile(numbers.accumulator(r, b)), _tile(numbers.a(r)), _tile(numbers.b(b)))
+                else:
+                    dims = _spatial_dims(rows, pixels, blocks) + [("g", STEP_GROUPS, "R"), ("k", REDUCE_BLOCK, "R")]
+                    with _tile_block("update", dims) as axes:
+                        vr, vp, vb, vo, vg, vk = (axes[dim] for dim in "rpbogk")
+                        T.reads(C[vr, vp, vb, vo], A[vr * stride_h, vp * stride_w, vg * REDUCE_BLOCK + vk],
+                                B[vb, 0, 0, vg, vo, vk])
+                        T.writes(C[vr, vp, vb, vo])
+                        product = A[vr * stride_h, vp * stride_w, vg * REDUCE_BLOCK + vk].astype("int32") * \
+                            B[vb, 0, 0, vg, vo, vk].astype("int32")
+                        T.buffer_store(C, C[vr, vp, vb, vo] + product, [vr, vp, vb, vo])
+    return builder.get()
+
+
+def _store_func(rows: int, pixels: int, blocks: int, implement: bool) -> tirx.PrimFunc:
+    """D[r, p, b, o] = C[r, p, b, o]: the accumulator tiles into the local tile the epilogue reads."""
+    with IRBuilder() as builder:
+        with build_prim_func():
+            C = _accumulators("C", T.arg("c", T.handle()), rows, pixels, blocks)
+            D = _accumulators("D", T.arg("d", T.handle()), rows, pixels, blocks, strided=True)
+            with T.sblock("root"):
+                T.reads(C[0:rows, 0:pixels, 0:blocks, 0:OUT_BLOCK])
+                T.writes(D[0:rows, 0:pixels, 0:blocks, 0:OUT_BLOCK])
+                if implement:
+                    numbers = _TileNumbers(rows, blocks)
+                    pixel_bytes = tirx.Cast("int64", D.strides[1] * 4)
+                    for r in range(rows):
+                        for b in range(blocks):
+                            _tile_op("tilestored64", _tile(numbers.accumulator(r, b)), T.address_of(D[r, 0, b, 0]),
+                                     pixel_bytes)
+                else:
+                    with _tile_block("store", _spatial_dims(rows, pixels, blocks)) as axes:
+                        vr, vp, vb, vo = (axes[dim] for dim in "rpbo")
+                        T.reads(C[vr, vp, vb, vo])
+                        T.writes(D[vr, vp, vb, vo])
+                        T.buffer_store(D, C[vr, vp, vb, vo], [vr, vp, vb, vo])
+    return builder.get()
+
+
+@lru_cache(maxsize=None)
+def intrinsics(rows: int, pixels: int, blocks: int, stride_h: int, stride_w: int) -> tuple[str, str, str]:
+    """(zero, update, store) intrinsic names for this register tile, registered on first use."""
+    suffix = f"{rows}x{pixels}x{blocks}"
+    names = (f"wrpn_amx_zero_{suffix}", f"wrpn_amx_update_{suffix}_s{stride_h}x{stride_w}", f"wrpn_amx_store_{suffix}")
+    TensorIntrin.register(names[0], _zero_func(rows, pixels, blocks, False), _zero_func(rows, pixels, blocks, True),
+                          override=True)
+    TensorIntrin.register(names[1], _update_func(rows, pixels, blocks, stride_h, stride_w, False),
+                          _update_func(rows, pixels, blocks, stride_h, stride_w, True), override=True)
+    TensorIntrin.register(names[2], _store_func(rows, pixels, blocks, False), _store_func(rows, pixels, blocks, True),
+                          override=True)
+    return names
+
+
+def _strides(sch: Schedule, block) -> tuple[int, int]:
+    """(stride_h, stride_w) of the conv block: the coefficients of oh and ow in its input's indices."""
+    from tvm.sym import detect_linear_equation
+
+    info = sch.get(block)
+    data = next(r for r in info.reads if len(r.source.shape) == 4)
+    _, oh_var, ow_var = (iv.var for iv in info.iter_vars[:3])
+    return (int(detect_linear_equation(data.region[1].min, [oh_var])[0]),
+            int(detect_linear_equation(data.region[2].min, [ow_var])[0]))
+
+
+def tile_intrinsics(sch: Schedule, block) -> tuple[str, str, str]:
+    """The (zero, update, store) intrinsics of the block's default tile, registered."""
+    _, oh, ow, ob, *_ = sch.get_loops(block)
+    return intrinsics(*default_tile(*(loop_extent(sch, loop) for loop in (oh, ow, ob))), *_strides(sch, block))
+
+
+def register_replay_intrinsics(sch: Schedule) -> None:
+    """Register the intrinsics the AMX tiles of the function's int8 convs name, so that a tuning
+    record of them replays in any process."""
+    for block in root_blocks(sch):
+        if block_rule(sch, block) == INT8_CONV2D_RULE and fits(sch, block):
+            tile_intrinsics(sch, block)
+
+
+def conv2d(sch: Schedule, block, tuning: bool, order: str) -> None:
+    """Schedule one int8 conv block (`fits`) on AMX tiles; `order`: the VNNI template's loop orders
+    (weight blocks or pixel tiles outermost)."""
+    decisions = Decisions(sch, tuning)
+    n, oh, ow, ob, oi, kh, kw, c4, ci = sch.get_loops(block)
+    extents = [loop_extent(sch, loop) for loop in (oh, ow, ob)]
+    # Fixed when tuning too: the tile shape is in the intrinsics' names, which MetaSchedule's trace
+    # replays as they are. Tuning chooses the loop order (a design space each) and the unrolling.
+    rows, pixels, blocks = default_tile(*extents)
+    c4_outer, c4_inner = sch.split(c4, [None, STEP_GROUPS])
+    oh_outer, oh_inner = sch.split(oh, [None, rows])
+    ow_outer, ow_inner = sch.split(ow, [None, pixels])
+    ob_outer, ob_inner = sch.split(ob, [None, blocks])
+    pixel_loops = [n, oh_outer, ow_outer]
+    outer = [ob_outer, *pixel_loops] if order == "blocks_outer" else [*pixel_loops, ob_outer]
+    sch.reorder(*outer, kh, kw, c4_outer, oh_inner, ow_inner, ob_inner, oi, c4_inner, ci)
+    tile = sch.fuse(*outer)
+    sch.parallel(tile)
+    sch.annotate(tile, "pragma_auto_unroll_max_step", decisions.choice(UNROLL_STEPS, default=0))
+    sch.annotate(tile, "pragma_unroll_explicit", 1)
+    pad_whole_input(sch, block)
+    zero, update, store = intrinsics(rows, pixels, blocks, *_strides(sch, block))
+    # The conv accumulates into `accumulators` (tile registers: only the intrinsics touch them),
+    # stored once per tile into `local`, which the write-back and epilogue read.
+    writeback = sch.cache_write(block, 0, "local")
+    store_block = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(store_block, tile, preserve_unit_loops=True)
+    sch.reverse_compute_at(writeback, tile, preserve_unit_loops=True)
+    _, *_, writeback_lanes = sch.get_loops(writeback)
+    attach_epilogue(sch, writeback, tile)
+    try_vectorize(sch, writeback_lanes)
+    inline_tile_copy(sch, writeback, tile)
+    sch.tensorize(_first_wide_loop(sch, sch.get_loops(store_block)[-4:]), store)
+    init = sch.decompose_reduction(block, kh)
+    sch.tensorize(_first_wide_loop(sch, sch.get_loops(init)[-4:]), zero)
+    sch.tensorize(_first_wide_loop(sch, [oh_inner, ow_inner, ob_inner, oi]), update)
+
+
+def _first_wide_loop(sch: Schedule, tile_loops: list):
+    """Where an intrinsic's description starts: the tile's first loop of extent above 1 (its
+    output-channel loop, 16, at the latest)."""
+    return next(loop for loop in tile_loops if loop_extent(sch, loop) > 1)
