@@ -221,7 +221,8 @@ def compile_variant(folder: Path, name: str, width: float, abits: int, wbits: in
     memory = {str(batch): footprint.to_json() for batch, footprint in footprints.items()
               if footprint is not None}  # None: a shape that is not static
     quantized = [{"kernel": layer.lowered_to.split(" ", 1)[0], "bits": layer.bits, "macs": layer.macs,
-                  "in_channels": layer.input_shape[1], "kernel_size": layer.weight_shape[-1] if layer.op == "conv2d" else 1}
+                  "in_channels": layer.input_shape[1], "kernel_size": layer.weight_shape[-1] if layer.op == "conv2d" else 1,
+                  "out_width": layer.output_shape[-1]}
                  for layer in result.layers if layer.is_bitserial]
     return str(result.library), seconds, [str(layer) for layer in result.layers], memory, quantized
 
@@ -248,8 +249,9 @@ def _bound_seconds(layer: dict, bounds: dict) -> "float | None":
     if layer["kernel"] == "bit-serial":
         return layer["macs"] * abits * wbits / bounds["bitserial_binary_macs_per_s"]
     if layer["kernel"] == "int8-dot":
-        shape = (None, None, layer["in_channels"], None, layer["kernel_size"], None, None)
-        rate = bounds["int8_macs_per_s"].get(int8_roofline._expected_mix(resolve("host"), (abits, wbits), shape))
+        mix = int8_roofline._expected_mix(resolve("host"), (abits, wbits), layer["in_channels"], layer["kernel_size"],
+                                          layer.get("out_width"))
+        rate = bounds["int8_macs_per_s"].get(mix)
         return None if rate is None else layer["macs"] / rate
     return None
 

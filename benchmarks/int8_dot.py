@@ -151,13 +151,17 @@ def machine() -> dict:
     import tvm
     from tvm.target import codegen
 
-    return {"cpu": _cpu_model(), "llvm_cpu": codegen.llvm_get_system_cpu(), "cores": os.cpu_count(),
+    from wrpn_tvm.targets import host_mattr
+
+    return {"cpu": _cpu_model(), "llvm_cpu": codegen.llvm_get_system_cpu(), "llvm_mattr": host_mattr() or [],
+            "cores": os.cpu_count(),
             "tvm": tvm.__version__, "python": platform.python_version()}
 
 
 def run(threads_list, targets, layers, rounds) -> dict:
     import tvm
 
+    from schedules import amx
     from wrpn_tvm import ops
     from wrpn_tvm.targets import resolve
 
@@ -176,9 +180,11 @@ def run(threads_list, targets, layers, rounds) -> dict:
                 out = _out_size(size, kernel, stride, padding)
                 load = list(os.getloadavg())
                 times = measure_layer(layer, spec, layout, rng, rounds)
+                on_tiles = amx.available(spec.target) and ops.int8_dot.amx_tile_pixels(cin, out, layout)
                 result["runs"].append({
                     "threads": threads, "target": target, "int8_layout": [layout.out_block, layout.reduce_block,
                                                                           layout.activation_dtype],
+                    "int8_kernel": "amx" if on_tiles else "dot",
                     "layer": name, "size": size, "in_channels": cin, "out_channels": cout, "kernel": kernel,
                     "stride": stride, "padding": padding, "macs": out * out * cout * cin * kernel * kernel,
                     "load_average": load, "seconds": times,
@@ -202,7 +208,8 @@ def markdown(result) -> str:
     m = result["machine"]
     lines = [
         "# Bit-serial against int8-dot conv2d per layer (ResNet-18 2x, batch 1, untuned)", "",
-        f"CPU: {m['cpu']} (LLVM CPU {m['llvm_cpu']}, {m['cores']} cores); TVM {m['tvm']}. Command: "
+        f"CPU: {m['cpu']} (LLVM CPU {m['llvm_cpu']}"
+        + (f" {','.join(m['llvm_mattr'])}" if m.get("llvm_mattr") else "") + f", {m['cores']} cores); TVM {m['tvm']}. Command: "
         f"`{result['command']}`. Medians (minima) of {result['rounds']} rounds x {result['repeat']} timings "
         f"(each at least {result['min_repeat_ms']} ms of calls), in ms; kernels of a layer timed round-robin. "
         f"Load average before/after: {_loads(result['load_average_before'])} / "
@@ -213,7 +220,8 @@ def markdown(result) -> str:
            "kernel); the kernels of one layer were timed round-robin, so their ratios suffer less."
            if max(r["load_average"][0] - r["threads"] for r in result["runs"]) > 0.5 else "."), "",
         "Bit-serial: packed activations in (64-bit words), int32 NHWC out. int8: uint8 NHWC levels in, int32 "
-        "NHWC out; one kernel for every bit width (vpdpbusd zmm for host with AVX512-VNNI, vpdpbusd ymm for "
+        "NHWC out; one kernel for every bit width (tdpbusd on AMX tiles for host with AMX-INT8 where the layer's "
+        "channels fill 64-byte tile rows, every layer here; vpdpbusd zmm for host with AVX512-VNNI, vpdpbusd ymm for "
         "x86-avx2-vnni, vpmaddubsw + vpmaddwd for x86-avx2). `int8 / best`: the int8 kernel's time over the faster bit-serial one at that width, "
         "below 1 where int8 wins. The input stages (float32 NCHW levels in) are timed apart: bitpack at "
         "2/4 activation bits, int8_levels.", "",
@@ -223,7 +231,8 @@ def markdown(result) -> str:
         groups.setdefault((row["threads"], row["target"]), []).append(row)
     for (threads, target), rows in groups.items():
         bit_names = [f"a{a}w{w}" for a, w in result["bits"]]
-        lines += [f"## {target}, {threads} thread(s) (int8 layout ob={rows[0]['int8_layout'][0]})", "",
+        tiles = " on AMX tiles" if all(row.get("int8_kernel") == "amx" for row in rows) else ""
+        lines += [f"## {target}, {threads} thread(s) (int8 layout ob={rows[0]['int8_layout'][0]}{tiles})", "",
                   "| layer | MMAC | " + " | ".join(f"bit-serial {b}" for b in bit_names) +
                   " | int8 | int8 GMAC/s | " + " | ".join(f"int8 / {b}" for b in bit_names) +
                   " | bitpack a2 / a4 | int8_levels | load |",

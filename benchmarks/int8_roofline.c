@@ -9,12 +9,19 @@
  *   avx2_widen4  4 x vpmaddubsw ymm + 3 x vpaddw + vpmaddwd + vpaddd  128 (pair sums widened every 4 steps)
  *   avx512_vnni  vpdpbusd zmm                                     64  (only where the CPU has AVX512-VNNI)
  *   avx_vnni     VEX-encoded vpdpbusd ymm                         32  (only where the CPU has AVX-VNNI)
+ *   amx          tdpbusd on 16 x 64-byte tiles                  16384  (only where the CPU has AMX-INT8 and
+ *                the OS grants its state; 4 accumulator tiles, the A and B tiles loaded once)
  * The clock is timed as a chain of dependent 64-bit IMULs (3 cycles each on every x86 core since
  * Sandy Bridge and Zen; a chain of ADDs with an immediate is not: Golden Cove and later fold them in
  * the renamer and it read 9.7 GHz on Emerald Rapids), best of several tries. Prints one JSON
  * object. Build: gcc -O2 int8_roofline.c -o int8_roofline */
+#include <cpuid.h>
+#include <immintrin.h>
 #include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #define ITERATIONS 100000000L
 #define TRIES 5
@@ -120,10 +127,45 @@ __attribute__((target("avxvnni"))) static double avx_vnni(void) {
   return now() - t;
 }
 
+/* AMX-INT8 in CPUID (leaf 7: EDX bits 24 tile, 25 int8) and its tile state granted by Linux. */
+static int amx_usable(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25))) return 0;
+  return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+}
+
+#define AMX_ITERATIONS (ITERATIONS / 100)
+
+/* Seconds for AMX_ITERATIONS of 4 tdpbusd into 4 accumulator tiles (16 x 16 int32) from A tiles 4, 5
+ * (16 x 64 uint8) and B tiles 6, 7 (16 x 64 int8). */
+__attribute__((target("amx-tile,amx-int8"))) static double amx(void) {
+  struct {
+    unsigned char palette, start_row, reserved[14];
+    unsigned short colsb[16];
+    unsigned char rows[16];
+  } config;
+  memset(&config, 0, sizeof config);
+  config.palette = 1;
+  for (int i = 0; i < 8; i++) config.colsb[i] = 64, config.rows[i] = 16;
+  _tile_loadconfig(&config);
+  _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3); _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
+  long n = AMX_ITERATIONS;
+  double t = now();
+  for (long i = 0; i < n; i++) {
+    _tile_dpbusd(0, 4, 6);
+    _tile_dpbusd(1, 4, 7);
+    _tile_dpbusd(2, 5, 6);
+    _tile_dpbusd(3, 5, 7);
+  }
+  t = now() - t;
+  _tile_release();
+  return t;
+}
+
 static double best_rate(double (*loop)(void), double macs_per_iteration) {
   double best = 0;
   for (int k = 0; k < TRIES; k++) {
-    double rate = macs_per_iteration * ITERATIONS / loop();
+    double rate = macs_per_iteration * (loop == amx ? AMX_ITERATIONS : ITERATIONS) / loop();
     if (rate > best) best = rate;
   }
   return best;
@@ -136,13 +178,14 @@ static void report(const char *name, double rate, double ghz, int last) {
 
 int main(void) {
   __builtin_cpu_init();
-  int vnni = __builtin_cpu_supports("avx512vnni"), avxvnni = __builtin_cpu_supports("avxvnni");
+  int vnni = __builtin_cpu_supports("avx512vnni"), avxvnni = __builtin_cpu_supports("avxvnni"), tiles = amx_usable();
   double ghz = clock_ghz();
   printf("{\n  \"clock_ghz\": %.3f,\n  \"tries\": %d,\n  \"mixes\": {\n", ghz, TRIES);
   report("avx2_int16", best_rate(avx2_int16, 8 * 32), ghz, 0);
-  report("avx2_widen4", best_rate(avx2_widen4, 4 * 128), ghz, !vnni && !avxvnni);
-  if (vnni) report("avx512_vnni", best_rate(avx512_vnni, 12 * 64), ghz, !avxvnni);
-  if (avxvnni) report("avx_vnni", best_rate(avx_vnni, 12 * 32), ghz, 1);
+  report("avx2_widen4", best_rate(avx2_widen4, 4 * 128), ghz, !vnni && !avxvnni && !tiles);
+  if (vnni) report("avx512_vnni", best_rate(avx512_vnni, 12 * 64), ghz, !avxvnni && !tiles);
+  if (avxvnni) report("avx_vnni", best_rate(avx_vnni, 12 * 32), ghz, !tiles);
+  if (tiles) report("amx", best_rate(amx, 4 * 16 * 16 * 64), ghz, 1);
   printf("  }\n}\n");
   return 0;
 }

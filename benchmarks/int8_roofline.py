@@ -7,7 +7,8 @@ LAYERS, batch 1, default schedules, 1 thread) in each form the template emits he
   * x86-avx2 told 2/2: int16 pair sums accumulated over the whole reduction (mix avx2_int16);
   * x86-avx2 told 4/4: pair sums widened every 4 steps, as where the reduction does not fit int16
     (mix avx2_widen4);
-  * host with AVX512-VNNI: vpdpbusd zmm (mix avx512_vnni), where this CPU has it;
+  * host with AVX512-VNNI: vpdpbusd zmm (mix avx512_vnni), where this CPU has it; with AMX-INT8,
+    tdpbusd on tiles (mix amx) for the layers whose channels fill 64-byte tile rows (all of these);
   * x86-avx2-vnni: VEX-encoded vpdpbusd ymm (mix avx_vnni), where this CPU has AVX-VNNI.
 Each kernel's GMAC/s is its layer's MACs over the median of 5 rounds x 3 timings (each at least
 40 ms of calls, after one untimed), and `% of roofline` that over the mix's rate: the share of the instructions' own
@@ -38,7 +39,7 @@ RESULTS = HERE / "results"
 ROUNDS, REPEAT, MIN_REPEAT_MS = 5, 3, 40
 # (target, bits the kernel is told, the roofline mix its inner loop is): see the module docstring.
 KERNELS = [("x86-avx2", (2, 2), "avx2_int16"), ("x86-avx2", (4, 4), "avx2_widen4"), ("host", (4, 4), "avx512_vnni"),
-           ("x86-avx2-vnni", (4, 4), "avx_vnni")]
+           ("x86-avx2-vnni", (4, 4), "avx_vnni"), ("host", (4, 4), "amx")]
 
 
 def roofline() -> dict:
@@ -48,20 +49,23 @@ def roofline() -> dict:
         return json.loads(subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout)
 
 
-def _expected_mix(spec, bits, layer) -> str:
-    """The mix the template's choice gives this layer (a check that the kernel is what the row says)."""
+def _expected_mix(spec, bits, in_channels: int, kernel: int, out_width: "int | None") -> str:
+    """The mix the template's choice gives a layer (a check that the kernel is what the row says);
+    out_width None: a layer recorded without it, before AMX tiles (not counted as on them)."""
     from tvm.target.codegen import target_has_features
 
+    from schedules import amx
     from wrpn_tvm import ops
     from wrpn_tvm.ops.int8_dot import padded_channels
 
-    _, _, cin, _, kernel, _, _ = layer
     layout = ops.int8_layout(spec.target)
+    if out_width is not None and amx.available(spec.target) and ops.int8_dot.amx_tile_pixels(in_channels, out_width, layout):
+        return "amx"
     if layout.out_block == 16:
         return "avx512_vnni"
     if target_has_features("avxvnni", spec.target):
         return "avx_vnni"
-    steps = kernel * kernel * padded_channels(cin, layout) // layout.reduce_block
+    steps = kernel * kernel * padded_channels(in_channels, layout) // layout.reduce_block
     return "avx2_int16" if ops.pair_sums_fit_int16(ops.pair_sum_max(*bits), steps) else "avx2_widen4"
 
 
@@ -83,7 +87,7 @@ def measure(rates: dict) -> list:
         int8_dot.INT8_BITS = bits
         for layer in int8_dot.LAYERS:
             name, size, cin, cout, kernel, stride, padding = layer
-            if _expected_mix(spec, bits, layer) != mix:
+            if _expected_mix(spec, bits, cin, kernel, int8_dot._out_size(size, kernel, stride, padding)) != mix:
                 continue
             func = int8_dot.int8_func(size, cin, cout, kernel, stride, padding, layout)
             evaluator = compile_prim_func(func[0], spec).mod.time_evaluator(

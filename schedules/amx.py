@@ -31,7 +31,7 @@ from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
-from wrpn_tvm.ops.int8_dot import INT8_CONV2D_RULE, REDUCE_BLOCK
+from wrpn_tvm.ops.int8_dot import AMX_MAX_PIXELS, AMX_ROW_CHANNELS, INT8_CONV2D_RULE, REDUCE_BLOCK
 
 from .common import (
     Decisions,
@@ -46,10 +46,9 @@ from .common import (
 )
 
 TILES = 8
-ROW_BYTES = 64  # one tile row: 64 uint8 channels of a pixel, or 16 int32 sums
+ROW_BYTES = AMX_ROW_CHANNELS  # one tile row: 64 uint8 channels of a pixel, or 16 int32 sums
 STEP_GROUPS = ROW_BYTES // REDUCE_BLOCK  # 4-channel groups per tdpbusd (the B tile's 16 rows)
 OUT_BLOCK = 16  # output channels per B tile: the AVX-512 int8 layout's block
-MAX_PIXELS = 16  # rows of an A or accumulator tile
 MAX_TILE_ROWS = 4
 MAX_TILE_BLOCKS = 4
 UNROLL_STEPS = [0, 16, 64]
@@ -83,7 +82,7 @@ def tile_counts(rows: int, blocks: int) -> bool:
 def default_tile(out_h: int, out_w: int, blocks: int) -> tuple[int, int, int]:
     """(rows, pixels, blocks): the widest row of pixels (at most 16), then the most accumulator
     tiles (each tdpbusd's operands are loaded once per R * NB of them), squarest first."""
-    pixels = max(d for d in divisors(out_w) if d <= MAX_PIXELS)
+    pixels = max(d for d in divisors(out_w) if d <= AMX_MAX_PIXELS)
     tiles = [(r, b) for r in divisors(out_h) if r <= MAX_TILE_ROWS for b in divisors(blocks)
              if b <= MAX_TILE_BLOCKS and tile_counts(r, b)]
     rows, tile_blocks = max(tiles, key=lambda t: (t[0] * t[1], -abs(t[0] - t[1])))

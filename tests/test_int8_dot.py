@@ -19,11 +19,12 @@ from tvm.support import cc
 from tvm.target.codegen import target_has_features
 
 from kernel_cases import random_weights, tuning_spaces
+from schedules import amx
 from test_avx2 import AVX512_ONLY
 from wrpn_tvm import ops
 from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.pipeline import compile_prim_func
-from wrpn_tvm.targets import resolve
+from wrpn_tvm.targets import host_cpu, resolve
 
 REPO = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("arm_hot_loops", REPO / "benchmarks" / "arm_hot_loops.py")
@@ -34,7 +35,10 @@ _spec.loader.exec_module(arm_hot_loops)
 SKYLAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512", "num-cores": 2}
 HOST_HAS_AVX_VNNI = target_has_features("avxvnni", resolve("host").target)
 _needs_avx_vnni = pytest.mark.skipif(not HOST_HAS_AVX_VNNI, reason="this CPU has no AVX-VNNI to run the code")
-X86_TARGETS = {"host": "host", "x86-avx2": "x86-avx2", "avx512bw": SKYLAKE, "x86-avx2-vnni": "x86-avx2-vnni"}
+# This CPU without AMX tiles, so that the dot kernels are what runs (tests/test_amx.py tests the tiles).
+HOST_DOT = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": host_cpu(), "mattr": ["-amx-tile", "-amx-int8"],
+            "num-cores": 2}
+X86_TARGETS = {"host": HOST_DOT, "x86-avx2": "x86-avx2", "avx512bw": SKYLAKE, "x86-avx2-vnni": "x86-avx2-vnni"}
 # The targets whose code runs here.
 RUNNABLE_X86 = [pytest.param(name, marks=_needs_avx_vnni) if name == "x86-avx2-vnni" else name for name in X86_TARGETS]
 
@@ -110,13 +114,13 @@ def _levels_pack_reference(acc, multiplier, offset, next_bits, layout) -> np.nda
     return out
 
 
-def _conv_writing_levels_case(case, layout):
+def _conv_writing_levels_case(case, layout, seed: "int | None" = None):
     """(PrimFunc, its inputs, the output the numpy reference wants) of an int8 conv fused with the
     next layer's 4-bit pack, as FuseOps fuses them in a model (the pack one compute of the
     accumulators). Dyadic scales and offsets keep every float step exact, with or without FMA, and
     put values exactly halfway between levels, where both sides round to even."""
     abits, wbits, channels, out_channels, kernel, stride, padding, batch, image = case
-    x, w, acc = _case_data(case, CONV_CASES.index(case))
+    x, w, acc = _case_data(case, CONV_CASES.index(case) if seed is None else seed)
     rng = np.random.default_rng(7)
     multiplier = (rng.integers(1, 9, out_channels) / 64).astype(np.float32)
     offset = (rng.integers(-8, 9, out_channels) / 32).astype(np.float32)
@@ -168,7 +172,8 @@ def test_extreme_levels_are_exact(target, abits, wbits):
                   (abits, wbits))
 
 
-@pytest.mark.parametrize("target", ["host", "x86-avx2", pytest.param("x86-avx2-vnni", marks=_needs_avx_vnni)])
+@pytest.mark.parametrize("target", [HOST_DOT, "x86-avx2", pytest.param("x86-avx2-vnni", marks=_needs_avx_vnni)],
+                         ids=str)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_tuning_candidates_are_exact(target, seed):
     """Sampled design spaces of both loop orders, after MetaSchedule's postprocs, built and run."""
@@ -187,7 +192,7 @@ def test_tuning_candidates_are_exact(target, seed):
         assert np.array_equal(got, want), space.trace
 
 
-@pytest.mark.parametrize("target", ["host", "x86-avx2", SKYLAKE, pytest.param("x86-avx2-vnni", marks=_needs_avx_vnni)],
+@pytest.mark.parametrize("target", [HOST_DOT, "x86-avx2", SKYLAKE, pytest.param("x86-avx2-vnni", marks=_needs_avx_vnni)],
                          ids=str)
 @pytest.mark.parametrize("case_index", [1, 0], ids=["widening", "int16-accumulating"])
 @pytest.mark.usefixtures("tensor_intrinsics")
@@ -257,7 +262,9 @@ def test_x86_dot_loops_do_not_spill(target, size, channels):
 
 def test_host_uses_its_dot_instruction():
     asm = _asm("host")
-    if target_has_features("avx512vnni", resolve("host").target):
+    if amx.available(resolve("host").target):
+        assert re.search(r"\btdpbusd\b", asm)
+    elif target_has_features("avx512vnni", resolve("host").target):
         assert re.search(r"\bvpdpbusd\t.*%zmm", asm)
         assert not re.search(r"\bvpmaddubsw\b", asm)
     else:

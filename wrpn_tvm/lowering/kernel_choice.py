@@ -65,6 +65,7 @@ class LayerWork:
     lut_tables: int = 0
     lut_steps: int = 1  # lookups added in bytes between widenings (the template's chunk)
     lut_int16: bool = False  # the whole reduction's table sums fit int16 (the template then widens into int16)
+    amx_tile_pixels: int = 0  # pixels per AMX tile on CPUs with AMX (ops.amx_tile_pixels; 0: VNNI runs it)
 
 
 def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, layout: "ops.Int8Layout",
@@ -91,7 +92,7 @@ def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, l
     return LayerWork(bitserial_words=window * out_channels * pairs * words, int8_dots=window * blocks * groups,
                      int8_pair_sums_fit_int16=ops.pair_sums_fit_int16(ops.pair_sum_max(abits, wbits), steps),
                      lut_lookups=lookups, lut_tables=tables, lut_steps=chunk,
-                     lut_int16=int16)
+                     lut_int16=int16, amx_tile_pixels=ops.int8_dot.amx_tile_pixels(channels, out_w, layout))
 
 
 # The cost of one int8 dot step in bit-serial word steps, per CPU kind: a layer's predicted time
@@ -121,6 +122,15 @@ _WORDS_PER_DOT = {
 # 10-30% (ResNet-18 2x 2/2 end to end, benchmarks/results/end_to_end_emeraldrapids.md: 35.3 against
 # 41.8 ms all bit-serial, medians of a noisy run; minima 21.7 against 32.5).
 _WORDS_PER_DOT_BY_VENDOR = {("avx512-vnni", "intel"): 3.5}
+# AMX (tdpbusd on tiles, `schedules.amx`) per dot step of a full 16-pixel tile; a tile of fewer
+# pixels costs as much per tdpbusd, so a layer's dot steps cost this x 16 / its tile's pixels.
+# Sapphire/Emerald Rapids (a VM that LLVM reads as rocketlake), 1 thread, ResNet-18's 2x 3x3 layers,
+# untuned (benchmarks/results/int8_dot_amx.md), AMX / bit-serial: 0.23-0.35 at 2/2 and 0.72-0.81
+# at 1/1 on 14-pixel tiles; 0.55 and 1.89 on the 7-pixel tiles of 7x7 outputs. One figure fits
+# the 1/1 layers, where the choice is close, at 0.75 (every 2/2 layer is int8's at any figure
+# from 0.5 to 2; 2/2 alone would fit 0.8-1.2, the bit-serial 1/1 kernels run further from their
+# bound than the 2/2 ones).
+_AMX_WORDS_PER_FULL_TILE_DOT = 0.75
 # vpmaddubsw kernels on layers whose whole reduction fits the int16 lanes (no vpmaddwd every 4
 # steps): ResNet-18's 2x-wide 3x3 layers at 2/2 on x86-avx2, znver4, 1 thread, 1.15-1.20x as fast
 # as the same kernel widening (1.09-1.18x at 2 threads). AVX-512BW: the same sequence, not measured.
@@ -171,6 +181,8 @@ def cpu_kind(target) -> str:
 
     if is_aarch64(target):
         return "neon-sdot"
+    if target_has_features("amx-int8", target):
+        return "amx"  # its layers that AMX does not take run on AVX512-VNNI
     if target_has_features("avx512vnni", target):
         return "avx512-vnni"
     if target_has_features("avx512bw", target):
@@ -195,11 +207,16 @@ def cpu_vendor(target) -> "str | None":
 
 
 def _words_per_dot(kind: str, vendor: "str | None") -> float:
+    """Per VNNI-sized dot step; AMX CPUs' VNNI rate (what AMX's layers are priced by: `estimated_ratio`)."""
+    kind = "avx512-vnni" if kind == "amx" else kind
     return _WORDS_PER_DOT_BY_VENDOR.get((kind, vendor), _WORDS_PER_DOT[kind])
 
 
 def estimated_ratio(work: LayerWork, kind: str, vendor: "str | None" = None) -> float:
     """int8-dot time / bit-serial time predicted for a layer on a CPU of this kind (and vendor)."""
+    if kind == "amx" and work.amx_tile_pixels:
+        words_per_dot = _AMX_WORDS_PER_FULL_TILE_DOT * ops.int8_dot.AMX_MAX_PIXELS / work.amx_tile_pixels
+        return work.int8_dots * words_per_dot / work.bitserial_words
     speedup = _INT16_ACCUMULATING_SPEEDUP.get(kind, 1.0) if work.int8_pair_sums_fit_int16 else 1.0
     return work.int8_dots * _words_per_dot(kind, vendor) / speedup / work.bitserial_words
 
@@ -251,7 +268,8 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
         return Choice(BITSERIAL, "")  # the only kernel there is: nothing to explain
     work = layer_work(plan.quantizer.bits, plan.grid.bits, plan.grid.levels.shape[2:], input_shape, output_shape, layout,
                       plan.padding)
-    costs = estimated_costs(work, cpu_kind(target), cpu_vendor(target), kernels)
+    kind = cpu_kind(target)
+    costs = estimated_costs(work, kind, cpu_vendor(target), kernels)
     if measured is not None:
         seconds = {kernel: measured[kernel] for kernel in kernels if kernel in measured}
         why = "kernel by tuning: " + ", ".join(f"{kernel} {seconds[kernel] * 1e3:.3f} ms"
@@ -259,12 +277,21 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
         if LUT in kernels and LUT not in seconds:
             seconds[LUT] = seconds[INT8_DOT] * costs[LUT] / costs[INT8_DOT]
             why += f", lut {seconds[LUT] * 1e3:.3f} ms (no record: int8-dot's time x the cost model's ratio)"
-        return Choice(min(seconds, key=seconds.get), why, seconds, costs)
+        kernel = min(seconds, key=seconds.get)
+        return Choice(kernel, why + _on_tiles(kernel, kind, work), seconds, costs)
     kernel = min(costs, key=costs.get)
     if LUT not in kernels:
-        return Choice(kernel, f"kernel by cost model: int8-dot {costs[INT8_DOT] / costs[BITSERIAL]:.2f}x bit-serial's time",
-                      estimated=costs)
-    return Choice(kernel, f"kernel by cost model: {_times(costs, BITSERIAL)} bit-serial's time", estimated=costs)
+        why = f"kernel by cost model: int8-dot {costs[INT8_DOT] / costs[BITSERIAL]:.2f}x bit-serial's time"
+    else:
+        why = f"kernel by cost model: {_times(costs, BITSERIAL)} bit-serial's time"
+    return Choice(kernel, why + _on_tiles(kernel, kind, work), estimated=costs)
+
+
+def _on_tiles(kernel: str, kind: str, work: LayerWork) -> str:
+    """What `--explain` adds where the int8 dot product runs on AMX tiles."""
+    if kernel == INT8_DOT and kind == "amx" and work.amx_tile_pixels:
+        return f"; int8-dot on AMX tiles of {work.amx_tile_pixels} pixels"
+    return ""
 
 
 def pack_key(plan: LayerPlan, kernel: str) -> tuple:

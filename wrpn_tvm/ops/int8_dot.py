@@ -64,6 +64,20 @@ def int8_layout(target) -> "Int8Layout | None":
     return None
 
 
+# AMX (schedules/amx.py): a tile row holds 64 uint8 channels of one pixel, a tile up to 16 rows.
+AMX_ROW_CHANNELS = 64
+AMX_MAX_PIXELS = 16
+
+
+def amx_tile_pixels(channels: int, out_width: int, layout: Int8Layout) -> int:
+    """Pixels per AMX tile of a layer (the largest divisor of its output width up to 16), or 0
+    where AMX does not run it: its channels do not fill whole 64-byte tile rows, or its layout is
+    not the AVX-512 one (16 output channels a block, uint8 activations)."""
+    if layout.out_block != 16 or layout.activation_dtype != "uint8" or padded_channels(channels, layout) % AMX_ROW_CHANNELS:
+        return 0
+    return max(d for d in range(1, min(out_width, AMX_MAX_PIXELS) + 1) if out_width % d == 0)
+
+
 def int8_fits(abits: int, wbits: int) -> bool:
     """Whether levels of these widths are exact in every int8 kernel: weights (at most 8 bits) are
     within +-127 always; activations must fit sdot's signed bytes."""
