@@ -189,3 +189,17 @@ def test_the_cost_model_prices_amx_layers_by_their_tiles():
     off_rows = layer_work(2, 2, (3, 3), shape, shape, layout, 1)
     assert off_rows.amx_tile_pixels == 0
     assert estimated_ratio(off_rows, "amx", "intel") == estimated_ratio(off_rows, "avx512-vnni", "intel")
+
+
+def test_a_log_tuned_without_amx_leaves_the_tiled_convs_untuned(capsys, monkeypatch):
+    """The shipped x86-avx512 log's int8 conv records schedule VNNI: on a CPU with AMX they are
+    left out (those convs run on the tiles at their default decisions), the rest applies."""
+    from wrpn_tvm.tuning import database
+
+    log = database.read_log(REPO / "tuning_logs" / "resnet18-2x-a2w2-x86-avx512")
+    monkeypatch.setattr(database, "read_log", lambda _: log)  # read once (12 s)
+    assert len(database.load_database(log.log_dir, resolve("x86-avx512")).get_all_tuning_records()) == len(log.records)
+    capsys.readouterr()
+    kept = len(database.load_database(log.log_dir, resolve(SAPPHIRE_RAPIDS)).get_all_tuning_records())
+    left_out = re.search(r"(\d+) record\(s\) of int8-dot convs were tuned without AMX tiles", capsys.readouterr().err)
+    assert left_out and 0 < kept == len(log.records) - int(left_out.group(1))

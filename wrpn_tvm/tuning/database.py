@@ -191,6 +191,8 @@ def load_database(log_dir: "str | os.PathLike", spec: TargetSpec, strict_target:
     """
     from tvm.s_tir.meta_schedule.database import MemoryDatabase, TuningRecord
 
+    from schedules import amx
+
     log_dir = Path(log_dir)
     if not log_dir.is_dir():
         raise WrpnError(f"{log_dir}: no such tuning log directory")
@@ -205,11 +207,40 @@ def load_database(log_dir: "str | os.PathLike", spec: TargetSpec, strict_target:
               "its schedules were ranked by the estimate, not by measurement", file=sys.stderr)
     database = MemoryDatabase()
     workloads = [database.commit_workload(workload.mod) for workload in log.workloads]
+    on_tiles = _convs_on_amx_tiles(log, spec)
+    left_out = 0
     for index, record in log.records:
+        if index in on_tiles and not amx.available(record.target):
+            left_out += 1
+            continue
         database.commit_tuning_record(
             TuningRecord(record.trace, workloads[index], record.run_secs, record.target, record.args_info)
         )
+    if left_out:
+        print(f"wrpn-tvm: note: {log_dir}: {left_out} record(s) of int8-dot convs were tuned without AMX tiles; "
+              f"{spec.name} runs those convs on its tiles, untuned (re-tune for best speed on this CPU)", file=sys.stderr)
     return database
+
+
+def _convs_on_amx_tiles(log: "TuningLog", spec: TargetSpec) -> set:
+    """Indices of the log's workloads that hold an int8 conv spec's target runs on AMX tiles (none
+    where it has no AMX): a record tuned for a CPU without AMX schedules them on VNNI, at a
+    quarter of the tiles' speed or less."""
+    from tvm.s_tir import Schedule
+
+    from schedules import amx
+    from schedules.common import block_rule, root_blocks
+
+    if not amx.available(spec.target):
+        return set()
+    from ..ops.int8_dot import INT8_CONV2D_RULE
+
+    on_tiles = set()
+    for index, workload in enumerate(log.workloads):
+        sch = Schedule(workload.mod)
+        if any(block_rule(sch, block) == INT8_CONV2D_RULE and amx.fits(sch, block) for block in root_blocks(sch)):
+            on_tiles.add(index)
+    return on_tiles
 
 
 def open_database(log_dir: "str | os.PathLike", spec: TargetSpec, timing: str):
