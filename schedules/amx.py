@@ -116,7 +116,8 @@ def _tile(number: int):
 def _configure_tiles(rows: int, pixels: int, blocks: int) -> None:
     """Ask for AMX state where this thread has none configured, then load the tile configuration
     (palette 1; accumulators and A tiles `pixels` rows, B tiles 16; every row 64 bytes)."""
-    in_use = T.call_llvm_intrin("int64", "llvm.x86.xgetbv", tirx.const(1, "int32"))
+    # uint32: an int32 constant is widened with the indices of a Relax-built function (int64 there).
+    in_use = T.call_llvm_intrin("int64", "llvm.x86.xgetbv", tirx.const(1, "uint32"))
     with T.If(tirx.bitwise_and(in_use, tirx.const(XINUSE_TILECFG, "int64")) == tirx.const(0, "int64")):
         with T.Then():
             T.evaluate(T.call_extern("int64", "syscall", tirx.const(SYS_ARCH_PRCTL, "int64"),

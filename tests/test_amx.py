@@ -203,3 +203,30 @@ def test_a_log_tuned_without_amx_leaves_the_tiled_convs_untuned(capsys, monkeypa
     kept = len(database.load_database(log.log_dir, resolve(SAPPHIRE_RAPIDS)).get_all_tuning_records())
     left_out = re.search(r"(\d+) record\(s\) of int8-dot convs were tuned without AMX tiles", capsys.readouterr().err)
     assert left_out and 0 < kept == len(log.records) - int(left_out.group(1))
+
+
+def test_a_model_runs_its_int8_convs_on_amx_tiles(tmp_path):
+    """ResNet-18 at 1/4 width on 32x32 images (its 64- and 128-channel convs on tiles of 2 and 1
+    pixels, the rest on VNNI), every quantized conv int8: built for Sapphire Rapids on any host; where this CPU has AMX, the same
+    logits, bit for bit, as the bit-serial build, and `--explain` names the tiles."""
+    import json
+
+    import torch
+
+    from test_lowering_models import randomize_batch_norm
+    from wrpn_tvm import build, runtime
+    from wrpn_tvm.nn import build_model, export_model
+
+    torch.manual_seed(0)
+    model = randomize_batch_norm(build_model("resnet18", 0.25, 2, 2, in_channels=3, image_size=32))
+    x = torch.rand(2, 3, 32, 32)
+    path = tmp_path / "resnet.pt2"
+    torch.export.save(export_model(model, x), str(path))
+    target = "host" if HOST_HAS_AMX else json.dumps(SAPPHIRE_RAPIDS)
+    tiled = build.compile_model(path, target, tmp_path / "amx.so", kernels="int8-dot")
+    on_tiles = [layer.index for layer in tiled.layers if "int8-dot on AMX tiles" in layer.reason]
+    assert on_tiles == [11, 13, 14, 15, 16, 17, 18, 19]  # 64 input channels and more (2x2 and 1x1 outputs)
+    if HOST_HAS_AMX:
+        (got,) = runtime.run(tiled.library, [x.numpy()])
+        bitserial = build.compile_model(path, "host", tmp_path / "bs.so", kernels="bit-serial").library
+        assert np.array_equal(got, runtime.run(bitserial, [x.numpy()])[0])

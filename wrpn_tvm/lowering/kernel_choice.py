@@ -261,7 +261,11 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
         why = _unavailable(plan, target, layout, mode)
         if why is not None:
             return Choice(BITSERIAL, f"{mode} asked for, but {why}")
-        return Choice(mode, "" if mode == BITSERIAL and _only_bitserial(plan, target, layout) else f"{mode} asked for")
+        if mode == BITSERIAL:
+            return Choice(mode, "" if _only_bitserial(plan, target, layout) else f"{mode} asked for")
+        work = layer_work(plan.quantizer.bits, plan.grid.bits, plan.grid.levels.shape[2:], input_shape, output_shape,
+                          layout, plan.padding)
+        return Choice(mode, f"{mode} asked for" + _on_tiles(mode, cpu_kind(target), work))
     kernels = [kernel for kernel in KERNELS if _unavailable(plan, target, layout, kernel) is None
                and (kernel != LUT or lut_offered(target))]
     if kernels == [BITSERIAL]:
