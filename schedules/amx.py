@@ -58,8 +58,14 @@ XINUSE_TILECFG = 1 << 17  # XGETBV(1): the tile configuration is in use in this 
 
 
 def available(target: "Target | None") -> bool:
-    return target is not None and target.kind.name == "llvm" and \
-        target_has_features("amx-int8", target) and target_has_features("amx-tile", target)
+    """Whether the target has AMX-INT8 (x86-64 LLVM targets only: LLVM is never asked about a
+    triple it may not know)."""
+    if target is None or target.kind.name != "llvm":
+        return False
+    triple = str(target.attrs.get("mtriple", ""))
+    if triple and not triple.startswith("x86_64"):
+        return False
+    return target_has_features("amx-int8", target) and target_has_features("amx-tile", target)
 
 
 def fits(sch: Schedule, block) -> bool:
