@@ -292,6 +292,12 @@ def tile_intrinsics(sch: Schedule, block) -> tuple[str, str, str]:
     return intrinsics(*default_tile(*(loop_extent(sch, loop) for loop in (oh, ow, ob))), *_strides(sch, block))
 
 
+def holds_tiled_conv(mod) -> bool:
+    """Whether mod's "main" holds an int8 conv that AMX tiles run (on a target that has them)."""
+    sch = Schedule(mod)
+    return any(block_rule(sch, block) == INT8_CONV2D_RULE and fits(sch, block) for block in root_blocks(sch))
+
+
 def register_replay_intrinsics(sch: Schedule) -> None:
     """Register the intrinsics the AMX tiles of the function's int8 convs name, so that a tuning
     record of them replays in any process."""

@@ -35,7 +35,7 @@ from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 from tvm.target import Target
-from tvm.target.codegen import target_has_features
+from tvm.target.codegen import llvm_get_system_cpu, target_has_features
 
 from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.ops.int8_dot import INT8_CONV2D_RULE, PAD_NAME, PAIR_SUM_ATTR, REDUCE_BLOCK, pair_sums_fit_int16
@@ -253,9 +253,8 @@ SDOT = DotKernel("wrpn_sdot_4x4", 4, "int8", 24, _sdot).register()
 
 @lru_cache(maxsize=1)
 def _host_target() -> Target:
-    from wrpn_tvm.targets import resolve
-
-    return resolve("host").target
+    """This machine as LLVM names its CPU (a tuner enters its target, `host` with AMX included)."""
+    return Target({"kind": "llvm", "mcpu": llvm_get_system_cpu()})
 
 
 def dot_kernel(ob: int, activation_dtype: str, target: "Target | None") -> DotKernel:

@@ -32,6 +32,9 @@ default_schedule = schedules.default_schedule
 is_scheduled = schedules.is_scheduled
 # What reading a tuning log needs: the intrinsics its records' traces can name, registered.
 register_replay_intrinsics = schedules.register_replay_intrinsics
+# And on a CPU with AMX: which records a log tuned without it must leave out (they schedule VNNI).
+amx_available = schedules.amx.available
+holds_tiled_conv = schedules.amx.holds_tiled_conv
 
 
 def prepare_module(program_path: "str | os.PathLike", spec: TargetSpec, kernels: str = AUTO, database=None):

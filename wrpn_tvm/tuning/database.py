@@ -191,7 +191,7 @@ def load_database(log_dir: "str | os.PathLike", spec: TargetSpec, strict_target:
     """
     from tvm.s_tir.meta_schedule.database import MemoryDatabase, TuningRecord
 
-    from schedules import amx
+    from ..pipeline import amx_available
 
     log_dir = Path(log_dir)
     if not log_dir.is_dir():
@@ -210,7 +210,7 @@ def load_database(log_dir: "str | os.PathLike", spec: TargetSpec, strict_target:
     on_tiles = _convs_on_amx_tiles(log, spec)
     left_out = 0
     for index, record in log.records:
-        if index in on_tiles and not amx.available(record.target):
+        if index in on_tiles and not amx_available(record.target):
             left_out += 1
             continue
         database.commit_tuning_record(
@@ -226,21 +226,11 @@ def _convs_on_amx_tiles(log: "TuningLog", spec: TargetSpec) -> set:
     """Indices of the log's workloads that hold an int8 conv spec's target runs on AMX tiles (none
     where it has no AMX): a record tuned for a CPU without AMX schedules them on VNNI, at a
     quarter of the tiles' speed or less."""
-    from tvm.s_tir import Schedule
+    from ..pipeline import amx_available, holds_tiled_conv
 
-    from schedules import amx
-    from schedules.common import block_rule, root_blocks
-
-    if not amx.available(spec.target):
+    if not amx_available(spec.target):
         return set()
-    from ..ops.int8_dot import INT8_CONV2D_RULE
-
-    on_tiles = set()
-    for index, workload in enumerate(log.workloads):
-        sch = Schedule(workload.mod)
-        if any(block_rule(sch, block) == INT8_CONV2D_RULE and amx.fits(sch, block) for block in root_blocks(sch)):
-            on_tiles.add(index)
-    return on_tiles
+    return {index for index, workload in enumerate(log.workloads) if holds_tiled_conv(workload.mod)}
 
 
 def open_database(log_dir: "str | os.PathLike", spec: TargetSpec, timing: str):
