@@ -159,9 +159,10 @@ def _tile_block(name: str, dims: list[tuple[str, int, str]]):
             yield axes
 
 
-def _accumulators(name: str, c, rows: int, pixels: int, blocks: int, scope: str = "local", strided: bool = False):
+def _accumulators(c, rows: int, pixels: int, blocks: int, strided: bool = False):
+    """A local [rows, pixels, blocks, 16] int32 tile (`strided`: its strides left to the match)."""
     strides = [T.int32(), T.int32(), T.int32(), 1] if strided else None
-    return T.match_buffer(c, (rows, pixels, blocks, OUT_BLOCK), "int32", offset_factor=1, scope=scope,
+    return T.match_buffer(c, (rows, pixels, blocks, OUT_BLOCK), "int32", offset_factor=1, scope="local",
                           strides=strides)
 
 
@@ -174,7 +175,7 @@ def _zero_func(rows: int, pixels: int, blocks: int, implement: bool) -> tirx.Pri
     the tiles, zero the accumulators."""
     with IRBuilder() as builder:
         with build_prim_func():
-            C = _accumulators("C", T.arg("c", T.handle()), rows, pixels, blocks)
+            C = _accumulators(T.arg("c", T.handle()), rows, pixels, blocks)
             with T.sblock("root"):
                 T.reads()
                 T.writes(C[0:rows, 0:pixels, 0:blocks, 0:OUT_BLOCK])
@@ -207,7 +208,7 @@ def _update_func(rows: int, pixels: int, blocks: int, stride_h: int, stride_w: i
             # leading unit dimensions.
             B = T.match_buffer(b_handle, (blocks, 1, 1, STEP_GROUPS, OUT_BLOCK, REDUCE_BLOCK), "int8", offset_factor=1,
                                strides=[T.int32(), T.int32(), T.int32(), OUT_BLOCK * REDUCE_BLOCK, REDUCE_BLOCK, 1])
-            C = _accumulators("C", c, rows, pixels, blocks)
+            C = _accumulators(c, rows, pixels, blocks)
             with T.sblock("root"):
                 T.reads(C[0:rows, 0:pixels, 0:blocks, 0:OUT_BLOCK], A[0:a_rows, 0:a_pixels, 0:ROW_BYTES],
                         B[0:blocks, 0:1, 0:1, 0:STEP_GROUPS, 0:OUT_BLOCK, 0:REDUCE_BLOCK])
@@ -240,8 +241,8 @@ def _store_func(rows: int, pixels: int, blocks: int, implement: bool) -> tirx.Pr
     """D[r, p, b, o] = C[r, p, b, o]: the accumulator tiles into the local tile the epilogue reads."""
     with IRBuilder() as builder:
         with build_prim_func():
-            C = _accumulators("C", T.arg("c", T.handle()), rows, pixels, blocks)
-            D = _accumulators("D", T.arg("d", T.handle()), rows, pixels, blocks, strided=True)
+            C = _accumulators(T.arg("c", T.handle()), rows, pixels, blocks)
+            D = _accumulators(T.arg("d", T.handle()), rows, pixels, blocks, strided=True)
             with T.sblock("root"):
                 T.reads(C[0:rows, 0:pixels, 0:blocks, 0:OUT_BLOCK])
                 T.writes(D[0:rows, 0:pixels, 0:blocks, 0:OUT_BLOCK])
@@ -292,18 +293,20 @@ def tile_intrinsics(sch: Schedule, block) -> tuple[str, str, str]:
     return intrinsics(*default_tile(*(loop_extent(sch, loop) for loop in (oh, ow, ob))), *_strides(sch, block))
 
 
+def _tiled_convs(sch: Schedule) -> list:
+    """The function's int8 conv blocks that AMX tiles run (on a target that has them)."""
+    return [block for block in root_blocks(sch) if block_rule(sch, block) == INT8_CONV2D_RULE and fits(sch, block)]
+
+
 def holds_tiled_conv(mod) -> bool:
-    """Whether mod's "main" holds an int8 conv that AMX tiles run (on a target that has them)."""
-    sch = Schedule(mod)
-    return any(block_rule(sch, block) == INT8_CONV2D_RULE and fits(sch, block) for block in root_blocks(sch))
+    return bool(_tiled_convs(Schedule(mod)))
 
 
 def register_replay_intrinsics(sch: Schedule) -> None:
     """Register the intrinsics the AMX tiles of the function's int8 convs name, so that a tuning
     record of them replays in any process."""
-    for block in root_blocks(sch):
-        if block_rule(sch, block) == INT8_CONV2D_RULE and fits(sch, block):
-            tile_intrinsics(sch, block)
+    for block in _tiled_convs(sch):
+        tile_intrinsics(sch, block)
 
 
 def conv2d(sch: Schedule, block, tuning: bool, order: str) -> None:
