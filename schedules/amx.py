@@ -31,7 +31,7 @@ from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
-from wrpn_tvm.ops.int8_dot import AMX_MAX_PIXELS, AMX_ROW_CHANNELS, INT8_CONV2D_RULE, REDUCE_BLOCK
+from wrpn_tvm.ops.int8_dot import AMX_ROW_CHANNELS, INT8_CONV2D_RULE, REDUCE_BLOCK, amx_row_pixels
 
 from .common import (
     Decisions,
@@ -88,7 +88,7 @@ def tile_counts(rows: int, blocks: int) -> bool:
 def default_tile(out_h: int, out_w: int, blocks: int) -> tuple[int, int, int]:
     """(rows, pixels, blocks): the widest row of pixels (at most 16), then the most accumulator
     tiles (each tdpbusd's operands are loaded once per R * NB of them), squarest first."""
-    pixels = max(d for d in divisors(out_w) if d <= AMX_MAX_PIXELS)
+    pixels = amx_row_pixels(out_w)
     tiles = [(r, b) for r in divisors(out_h) if r <= MAX_TILE_ROWS for b in divisors(blocks)
              if b <= MAX_TILE_BLOCKS and tile_counts(r, b)]
     rows, tile_blocks = max(tiles, key=lambda t: (t[0] * t[1], -abs(t[0] - t[1])))

@@ -17,7 +17,7 @@ import pytest
 import tvm
 
 from kernel_cases import tuning_spaces
-from test_int8_dot import _case_data, _conv_func, _conv_writing_levels_case, _run
+from test_int8_dot import _case_data, _compile_case, _conv_func, _conv_writing_levels_case, _run
 from schedules import amx
 from wrpn_tvm import ops
 from wrpn_tvm.lowering.kernel_choice import cpu_kind, estimated_ratio, layer_work
@@ -46,20 +46,11 @@ def _asm(executable) -> str:
     return executable.mod.inspect_source("asm")
 
 
-def _compile_case(case, target):
-    abits, wbits, channels, out_channels, kernel, stride, padding, batch, image = case
-    spec = resolve(target)
-    layout = ops.int8_layout(spec.target)
-    func = _conv_func(layout, (batch, channels, image, image), out_channels, channels, kernel, stride, padding,
-                      (abits, wbits))
-    return compile_prim_func(func, spec), layout
-
-
 @needs_amx
 @pytest.mark.parametrize("case", AMX_CASES, ids=str)
 def test_conv2d_on_amx_tiles_is_exact(case):
     x, w, want = _case_data(case, AMX_CASES.index(case))
-    executable, layout = _compile_case(case, "host")
+    executable, layout = _compile_case(case, "host", case[:2])
     assert "tdpbusd" in _asm(executable)
     got = _run(executable, x, ops.prepack_int8_weight(w, layout), (case[7], *want.shape[2:], case[3]))
     assert np.array_equal(got, want)
@@ -71,7 +62,7 @@ def test_extreme_levels_on_amx_tiles_are_exact():
     case = (4, 4, 256, 32, 3, 1, 1, 1, 5)
     x = np.full((1, 256, 5, 5), 15)
     w = np.concatenate([np.full((16, 256, 3, 3), -7), np.full((16, 256, 3, 3), 7)])
-    executable, layout = _compile_case(case, "host")
+    executable, layout = _compile_case(case, "host", case[:2])
     got = _run(executable, x, ops.prepack_int8_weight(w, layout), (1, 5, 5, 32))
     assert np.array_equal(got, ops.conv2d_levels_reference(x, w, 4, 4, 1, 1))
 
@@ -90,7 +81,7 @@ def test_conv_writing_the_next_layers_levels_on_amx_tiles_is_exact():
 
 
 def test_layers_whose_channels_do_not_fill_tile_rows_stay_on_vnni():
-    executable, _ = _compile_case((2, 2, 96, 32, 3, 1, 1, 1, 8), SAPPHIRE_RAPIDS)
+    executable, _ = _compile_case((2, 2, 96, 32, 3, 1, 1, 1, 8), SAPPHIRE_RAPIDS, (2, 2))
     asm = _asm(executable)
     assert "tdpbusd" not in asm and re.search(r"\bvpdpbusd\b", asm)
     assert ops.int8_dot.amx_tile_pixels(96, 8, ops.int8_layout(resolve(SAPPHIRE_RAPIDS).target)) == 0
@@ -101,7 +92,7 @@ def test_the_build_for_an_amx_cpu_loads_multiplies_and_stores_tiles():
     where the thread has none configured), R x NB tdpbusd per reduction step after R + NB tile
     loads (2 x 2 here), and R x NB stores."""
     case = (2, 2, 128, 64, 3, 1, 1, 1, 14)  # 14x14 out: tiles of 2 rows x 14 pixels x 2 blocks
-    asm = _asm(_compile_case(case, SAPPHIRE_RAPIDS)[0])
+    asm = _asm(_compile_case(case, SAPPHIRE_RAPIDS, case[:2])[0])
     assert amx.default_tile(14, 14, 4) == (2, 14, 2)
     assert len(re.findall(r"\bldtilecfg\b", asm)) == 1
     # LLVM may unroll the reduction's 3 x 3 x 2 steps (it does, fully, at this size).
@@ -150,7 +141,7 @@ def test_a_fresh_process_runs_amx_code_without_asking_the_os_itself(tmp_path):
     """Linux grants AMX state per process on request; the library's init asks for it, so a
     process that only loads the library and calls it (no torch, no ctypes) runs it."""
     case = AMX_CASES[0]
-    executable, layout = _compile_case(case, "host")
+    executable, layout = _compile_case(case, "host", case[:2])
     library = tmp_path / "conv.so"
     executable.export_library(str(library))
     x, w, want = _case_data(case, 0)

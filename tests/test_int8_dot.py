@@ -84,13 +84,18 @@ def _case_data(case, seed):
     return x, w, ops.conv2d_levels_reference(x, w, abits, wbits, stride, padding)
 
 
-def _exact(target, x, w, want, case, bits) -> bool:
+def _compile_case(case, target, bits):
+    """(the case's conv compiled for target at default decisions, its int8 layout); `bits` told or None."""
     abits, wbits, channels, out_channels, kernel, stride, padding, batch, image = case
     spec = resolve(target)
     layout = ops.int8_layout(spec.target)
-    func = _conv_func(layout, x.shape, out_channels, channels, kernel, stride, padding, bits)
-    got = _run(compile_prim_func(func, spec), x, ops.prepack_int8_weight(w, layout),
-               (batch, *want.shape[2:], out_channels))
+    func = _conv_func(layout, (batch, channels, image, image), out_channels, channels, kernel, stride, padding, bits)
+    return compile_prim_func(func, spec), layout
+
+
+def _exact(target, x, w, want, case, bits) -> bool:
+    executable, layout = _compile_case(case, target, bits)
+    got = _run(executable, x, ops.prepack_int8_weight(w, layout), (case[7], *want.shape[2:], case[3]))
     return np.array_equal(got, want)
 
 

@@ -69,13 +69,18 @@ AMX_ROW_CHANNELS = 64
 AMX_MAX_PIXELS = 16
 
 
+def amx_row_pixels(out_width: int) -> int:
+    """Pixels of an output row per AMX tile: the largest divisor of the width up to 16."""
+    return max(d for d in range(1, min(out_width, AMX_MAX_PIXELS) + 1) if out_width % d == 0)
+
+
 def amx_tile_pixels(channels: int, out_width: int, layout: Int8Layout) -> int:
-    """Pixels per AMX tile of a layer (the largest divisor of its output width up to 16), or 0
-    where AMX does not run it: its channels do not fill whole 64-byte tile rows, or its layout is
-    not the AVX-512 one (16 output channels a block, uint8 activations)."""
+    """Pixels per AMX tile of a layer (`amx_row_pixels`), or 0 where AMX does not run it: its
+    channels do not fill whole 64-byte tile rows, or its layout is not the AVX-512 one (16 output
+    channels a block, uint8 activations)."""
     if layout.out_block != 16 or layout.activation_dtype != "uint8" or padded_channels(channels, layout) % AMX_ROW_CHANNELS:
         return 0
-    return max(d for d in range(1, min(out_width, AMX_MAX_PIXELS) + 1) if out_width % d == 0)
+    return amx_row_pixels(out_width)
 
 
 def int8_fits(abits: int, wbits: int) -> bool:
