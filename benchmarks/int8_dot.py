@@ -73,7 +73,7 @@ def int8_func(size, cin, cout, kernel, stride, padding, layout):
     data = te.placeholder((1, size, size, -(-cin // 4) * 4), layout.activation_dtype, name="data")
     w_shape = ops.prepack_int8_weight(np.zeros((cout, cin, kernel, kernel), np.int64), layout).shape
     weight = te.placeholder(w_shape, "int8", name="weight")
-    return _kernel([data, weight, ops.int8_conv2d(data, weight, cout, stride, padding, bits=INT8_BITS)])
+    return _kernel([data, weight, ops.int8_conv2d(data, weight, cout, stride, padding, INT8_BITS, layout)])
 
 
 def bitpack_func(size, cin, abits):
@@ -180,7 +180,7 @@ def run(threads_list, targets, layers, rounds) -> dict:
                 out = _out_size(size, kernel, stride, padding)
                 load = list(os.getloadavg())
                 times = measure_layer(layer, spec, layout, rng, rounds)
-                on_tiles = amx.available(spec.target) and ops.int8_dot.amx_tile_pixels(cin, out, layout)
+                on_tiles = amx.available(spec.target) and ops.int8_dot.amx_runs(cin, layout)
                 result["runs"].append({
                     "threads": threads, "target": target, "int8_layout": [layout.out_block, layout.reduce_block,
                                                                           layout.activation_dtype],

@@ -59,7 +59,7 @@ def _expected_mix(spec, bits, in_channels: int, kernel: int, out_width: "int | N
     from wrpn_tvm.ops.int8_dot import padded_channels
 
     layout = ops.int8_layout(spec.target)
-    if out_width is not None and amx.available(spec.target) and ops.int8_dot.amx_tile_pixels(in_channels, out_width, layout):
+    if out_width is not None and amx.available(spec.target) and ops.int8_dot.amx_runs(in_channels, layout):
         return "amx"
     if layout.out_block == 16:
         return "avx512_vnni"

@@ -21,6 +21,7 @@ convs keep the VNNI template.
 """
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 
 from tvm import tirx
@@ -31,7 +32,8 @@ from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
-from wrpn_tvm.ops.int8_dot import AMX_ROW_CHANNELS, INT8_CONV2D_RULE, REDUCE_BLOCK, amx_row_pixels
+from wrpn_tvm.ops.int8_dot import (AMX_ROW_CHANNELS, INT8_CONV2D_RULE, REDUCE_BLOCK, AmxTile, Int8Layout, amx_row_pixels,
+                                   amx_tile)
 
 from .common import (
     Decisions,
@@ -85,30 +87,42 @@ def tile_counts(rows: int, blocks: int) -> bool:
     return rows + blocks + rows * blocks <= TILES
 
 
-def default_tile(out_h: int, out_w: int, blocks: int) -> tuple[int, int, int]:
-    """(rows, pixels, blocks): the widest row of pixels (at most 16), then the most accumulator
-    tiles (each tdpbusd's operands are loaded once per R * NB of them), squarest first."""
-    pixels = amx_row_pixels(out_w)
-    tiles = [(r, b) for r in divisors(out_h) if r <= MAX_TILE_ROWS for b in divisors(blocks)
+def default_tile(tile: AmxTile, blocks: int) -> tuple[int, int]:
+    """(A tiles, weight blocks) of the register tile: the most accumulator tiles (each tdpbusd's
+    operands are loaded once per R * NB of them), squarest first."""
+    tiles = [(r, b) for r in divisors(tile.computed_rows // tile.rows) if r <= MAX_TILE_ROWS for b in divisors(blocks)
              if b <= MAX_TILE_BLOCKS and tile_counts(r, b)]
-    rows, tile_blocks = max(tiles, key=lambda t: (t[0] * t[1], -abs(t[0] - t[1])))
-    return rows, pixels, tile_blocks
+    return max(tiles, key=lambda t: (t[0] * t[1], -abs(t[0] - t[1])))
 
 
-class _TileNumbers:
-    """Accumulators first (row-major over rows x blocks), then the A tiles, then the B tiles."""
+@dataclass(frozen=True)
+class RegisterTile:
+    """One step of the conv's tiled loop nest: `a_tiles` A tiles of `layer.rows` output rows each
+    (several where short rows share a tile: `ops.int8_dot.AmxTile`) times `blocks` weight blocks,
+    an accumulator tile for each pair."""
 
-    def __init__(self, rows: int, blocks: int):
-        self.rows, self.blocks = rows, blocks
+    a_tiles: int
+    layer: AmxTile
+    blocks: int
 
-    def accumulator(self, r: int, b: int) -> int:
-        return r * self.blocks + b
+    @property
+    def out_rows(self) -> int:
+        return self.a_tiles * self.layer.rows
 
-    def a(self, r: int) -> int:
-        return self.rows * self.blocks + r
+    @property
+    def name(self) -> str:
+        shared = f"r{self.layer.rows}w{self.layer.padded_width}" if self.layer.rows > 1 else ""
+        return f"{self.a_tiles}x{shared}{self.layer.pixels}x{self.blocks}"
+
+    def accumulator(self, a: int, b: int) -> int:
+        """Tile register numbers: accumulators first (row-major), then the A tiles, then the B tiles."""
+        return a * self.blocks + b
+
+    def a(self, a: int) -> int:
+        return self.a_tiles * self.blocks + a
 
     def b(self, b: int) -> int:
-        return self.rows * self.blocks + self.rows + b
+        return self.a_tiles * self.blocks + self.a_tiles + b
 
 
 def _tile_op(name: str, *args):
@@ -119,20 +133,20 @@ def _tile(number: int):
     return tirx.const(number, "int8")
 
 
-def _configure_tiles(rows: int, pixels: int, blocks: int) -> None:
+def _configure_tiles(tile: RegisterTile) -> None:
     """Ask for AMX state where this thread has none configured, then load the tile configuration
-    (palette 1; accumulators and A tiles `pixels` rows, B tiles 16; every row 64 bytes)."""
+    (palette 1; A tiles and accumulators `layer.tile_rows` rows, B tiles 16; every row 64 bytes)."""
     # uint32: an int32 constant is widened with the indices of a Relax-built function (int64 there).
     in_use = T.call_llvm_intrin("int64", "llvm.x86.xgetbv", tirx.const(1, "uint32"))
     with T.If(tirx.bitwise_and(in_use, tirx.const(XINUSE_TILECFG, "int64")) == tirx.const(0, "int64")):
         with T.Then():
             T.evaluate(T.call_extern("int64", "syscall", tirx.const(SYS_ARCH_PRCTL, "int64"),
                                      tirx.const(ARCH_REQ_XCOMP_PERM, "int64"), tirx.const(XFEATURE_XTILEDATA, "int64")))
-    numbers = _TileNumbers(rows, blocks)
     config = T.alloc_buffer((64,), "uint8", scope="local")
-    tile_rows = {numbers.accumulator(r, b): pixels for r in range(rows) for b in range(blocks)}
-    tile_rows.update({numbers.a(r): pixels for r in range(rows)})
-    tile_rows.update({numbers.b(b): STEP_GROUPS for b in range(blocks)})
+    pixel_rows = tile.layer.tile_rows
+    tile_rows = {tile.accumulator(a, b): pixel_rows for a in range(tile.a_tiles) for b in range(tile.blocks)}
+    tile_rows.update({tile.a(a): pixel_rows for a in range(tile.a_tiles)})
+    tile_rows.update({tile.b(b): STEP_GROUPS for b in range(tile.blocks)})
     for i in range(64):
         T.buffer_store(config, tirx.const(0, "uint8"), [i])
     T.buffer_store(config, tirx.const(1, "uint8"), [0])  # palette 1
@@ -159,34 +173,37 @@ def _tile_block(name: str, dims: list[tuple[str, int, str]]):
             yield axes
 
 
-def _accumulators(c, rows: int, pixels: int, blocks: int, strided: bool = False):
-    """A local [rows, pixels, blocks, 16] int32 tile (`strided`: its strides left to the match)."""
+def _accumulators(c, tile: RegisterTile, strided: bool = False):
+    """A local [out rows, pixels, blocks, 16] int32 tile (`strided`: its strides left to the match)."""
     strides = [T.int32(), T.int32(), T.int32(), 1] if strided else None
-    return T.match_buffer(c, (rows, pixels, blocks, OUT_BLOCK), "int32", offset_factor=1, scope="local",
-                          strides=strides)
+    return T.match_buffer(c, (tile.out_rows, tile.layer.pixels, tile.blocks, OUT_BLOCK), "int32", offset_factor=1,
+                          scope="local", strides=strides)
 
 
-def _spatial_dims(rows: int, pixels: int, blocks: int) -> list[tuple[str, int, str]]:
-    return [("r", rows, "S"), ("p", pixels, "S"), ("b", blocks, "S"), ("o", OUT_BLOCK, "S")]
+def _spatial_dims(tile: RegisterTile) -> list[tuple[str, int, str]]:
+    return [("r", tile.out_rows, "S"), ("p", tile.layer.pixels, "S"), ("b", tile.blocks, "S"), ("o", OUT_BLOCK, "S")]
 
 
-def _zero_func(rows: int, pixels: int, blocks: int, implement: bool) -> tirx.PrimFunc:
+def _whole(tile: RegisterTile):
+    return (slice(0, tile.out_rows), slice(0, tile.layer.pixels), slice(0, tile.blocks), slice(0, OUT_BLOCK))
+
+
+def _zero_func(tile: RegisterTile, implement: bool) -> tirx.PrimFunc:
     """C[r, p, b, o] = 0 over the accumulator tiles (the conv's init block); implemented: configure
     the tiles, zero the accumulators."""
     with IRBuilder() as builder:
         with build_prim_func():
-            C = _accumulators(T.arg("c", T.handle()), rows, pixels, blocks)
+            C = _accumulators(T.arg("c", T.handle()), tile)
             with T.sblock("root"):
                 T.reads()
-                T.writes(C[0:rows, 0:pixels, 0:blocks, 0:OUT_BLOCK])
+                T.writes(C[_whole(tile)])
                 if implement:
-                    _configure_tiles(rows, pixels, blocks)
-                    numbers = _TileNumbers(rows, blocks)
-                    for r in range(rows):
-                        for b in range(blocks):
-                            _tile_op("tilezero", _tile(numbers.accumulator(r, b)))
+                    _configure_tiles(tile)
+                    for a in range(tile.a_tiles):
+                        for b in range(tile.blocks):
+                            _tile_op("tilezero", _tile(tile.accumulator(a, b)))
                 else:
-                    with _tile_block("init", _spatial_dims(rows, pixels, blocks)) as axes:
+                    with _tile_block("init", _spatial_dims(tile)) as axes:
                         vr, vp, vb, vo = (axes[dim] for dim in "rpbo")
                         T.reads()
                         T.writes(C[vr, vp, vb, vo])
@@ -194,10 +211,12 @@ def _zero_func(rows: int, pixels: int, blocks: int, implement: bool) -> tirx.Pri
     return builder.get()
 
 
-def _update_func(rows: int, pixels: int, blocks: int, stride_h: int, stride_w: int, implement: bool) -> tirx.PrimFunc:
+def _update_func(tile: RegisterTile, stride_h: int, stride_w: int, implement: bool) -> tirx.PrimFunc:
     """C[r, p, b, o] += sum over 64 channels of A[r * stride_h, p * stride_w, c] * B[b, c / 4, o, c % 4]
-    (one step of the conv's reduction for the whole register tile); implemented: load R A tiles
-    (pixel rows `stride_w` pixels apart) and NB B tiles, one tdpbusd per accumulator tile."""
+    (one step of the conv's reduction for the whole register tile); implemented: load the A tiles
+    (pixel rows `stride_w` pixels apart, so that with rows shared a tile row's pixels follow on into
+    the next input rows `stride_h` below) and the B tiles, one tdpbusd per accumulator tile."""
+    rows, pixels = tile.out_rows, tile.layer.pixels
     a_rows, a_pixels = (rows - 1) * stride_h + 1, (pixels - 1) * stride_w + 1
     with IRBuilder() as builder:
         with build_prim_func():
@@ -206,26 +225,29 @@ def _update_func(rows: int, pixels: int, blocks: int, stride_h: int, stride_w: i
                                strides=[T.int32(), T.int32(), 1])
             # The weight layout's [blocks, KH, KW, C / 4, 16, 4] at one (kh, kw): tensorize drops only
             # leading unit dimensions.
-            B = T.match_buffer(b_handle, (blocks, 1, 1, STEP_GROUPS, OUT_BLOCK, REDUCE_BLOCK), "int8", offset_factor=1,
+            B = T.match_buffer(b_handle, (tile.blocks, 1, 1, STEP_GROUPS, OUT_BLOCK, REDUCE_BLOCK), "int8",
+                               offset_factor=1,
                                strides=[T.int32(), T.int32(), T.int32(), OUT_BLOCK * REDUCE_BLOCK, REDUCE_BLOCK, 1])
-            C = _accumulators(c, rows, pixels, blocks)
+            C = _accumulators(c, tile)
             with T.sblock("root"):
-                T.reads(C[0:rows, 0:pixels, 0:blocks, 0:OUT_BLOCK], A[0:a_rows, 0:a_pixels, 0:ROW_BYTES],
-                        B[0:blocks, 0:1, 0:1, 0:STEP_GROUPS, 0:OUT_BLOCK, 0:REDUCE_BLOCK])
-                T.writes(C[0:rows, 0:pixels, 0:blocks, 0:OUT_BLOCK])
+                T.reads(C[_whole(tile)], A[0:a_rows, 0:a_pixels, 0:ROW_BYTES],
+                        B[0:tile.blocks, 0:1, 0:1, 0:STEP_GROUPS, 0:OUT_BLOCK, 0:REDUCE_BLOCK])
+                T.writes(C[_whole(tile)])
                 if implement:
-                    numbers = _TileNumbers(rows, blocks)
+                    # With rows shared, the input's rows must lie `padded_width` pixels apart: they
+                    # do in the whole padded input the template computes first (`pad_whole_input`).
                     pixel_bytes = tirx.Cast("int64", A.strides[1] * stride_w)
-                    for r in range(rows):
-                        _tile_op("tileloadd64", _tile(numbers.a(r)), T.address_of(A[r * stride_h, 0, 0]), pixel_bytes)
-                    for b in range(blocks):
-                        _tile_op("tileloadd64", _tile(numbers.b(b)), T.address_of(B[b, 0, 0, 0, 0, 0]),
+                    for r in range(tile.a_tiles):
+                        _tile_op("tileloadd64", _tile(tile.a(r)), T.address_of(A[r * tile.layer.rows * stride_h, 0, 0]),
+                                 pixel_bytes)
+                    for b in range(tile.blocks):
+                        _tile_op("tileloadd64", _tile(tile.b(b)), T.address_of(B[b, 0, 0, 0, 0, 0]),
                                  tirx.const(OUT_BLOCK * REDUCE_BLOCK, "int64"))
-                    for r in range(rows):
-                        for b in range(blocks):
-                            _tile_op("tdpbusd", _tile(numbers.accumulator(r, b)), _tile(numbers.a(r)), _tile(numbers.b(b)))
+                    for r in range(tile.a_tiles):
+                        for b in range(tile.blocks):
+                            _tile_op("tdpbusd", _tile(tile.accumulator(r, b)), _tile(tile.a(r)), _tile(tile.b(b)))
                 else:
-                    dims = _spatial_dims(rows, pixels, blocks) + [("g", STEP_GROUPS, "R"), ("k", REDUCE_BLOCK, "R")]
+                    dims = _spatial_dims(tile) + [("g", STEP_GROUPS, "R"), ("k", REDUCE_BLOCK, "R")]
                     with _tile_block("update", dims) as axes:
                         vr, vp, vb, vo, vg, vk = (axes[dim] for dim in "rpbogk")
                         T.reads(C[vr, vp, vb, vo], A[vr * stride_h, vp * stride_w, vg * REDUCE_BLOCK + vk],
@@ -237,24 +259,24 @@ def _update_func(rows: int, pixels: int, blocks: int, stride_h: int, stride_w: i
     return builder.get()
 
 
-def _store_func(rows: int, pixels: int, blocks: int, implement: bool) -> tirx.PrimFunc:
-    """D[r, p, b, o] = C[r, p, b, o]: the accumulator tiles into the local tile the epilogue reads."""
+def _store_func(tile: RegisterTile, implement: bool) -> tirx.PrimFunc:
+    """D[r, p, b, o] = C[r, p, b, o]: the accumulator tiles into the local tile the epilogue reads
+    (with rows shared, its rows `padded_width` pixels apart: `conv2d` aligns it so)."""
     with IRBuilder() as builder:
         with build_prim_func():
-            C = _accumulators(T.arg("c", T.handle()), rows, pixels, blocks)
-            D = _accumulators(T.arg("d", T.handle()), rows, pixels, blocks, strided=True)
+            C = _accumulators(T.arg("c", T.handle()), tile)
+            D = _accumulators(T.arg("d", T.handle()), tile, strided=True)
             with T.sblock("root"):
-                T.reads(C[0:rows, 0:pixels, 0:blocks, 0:OUT_BLOCK])
-                T.writes(D[0:rows, 0:pixels, 0:blocks, 0:OUT_BLOCK])
+                T.reads(C[_whole(tile)])
+                T.writes(D[_whole(tile)])
                 if implement:
-                    numbers = _TileNumbers(rows, blocks)
                     pixel_bytes = tirx.Cast("int64", D.strides[1] * 4)
-                    for r in range(rows):
-                        for b in range(blocks):
-                            _tile_op("tilestored64", _tile(numbers.accumulator(r, b)), T.address_of(D[r, 0, b, 0]),
-                                     pixel_bytes)
+                    for r in range(tile.a_tiles):
+                        for b in range(tile.blocks):
+                            _tile_op("tilestored64", _tile(tile.accumulator(r, b)),
+                                     T.address_of(D[r * tile.layer.rows, 0, b, 0]), pixel_bytes)
                 else:
-                    with _tile_block("store", _spatial_dims(rows, pixels, blocks)) as axes:
+                    with _tile_block("store", _spatial_dims(tile)) as axes:
                         vr, vp, vb, vo = (axes[dim] for dim in "rpbo")
                         T.reads(C[vr, vp, vb, vo])
                         T.writes(D[vr, vp, vb, vo])
@@ -263,34 +285,56 @@ def _store_func(rows: int, pixels: int, blocks: int, implement: bool) -> tirx.Pr
 
 
 @lru_cache(maxsize=None)
-def intrinsics(rows: int, pixels: int, blocks: int, stride_h: int, stride_w: int) -> tuple[str, str, str]:
+def intrinsics(tile: RegisterTile, stride_h: int, stride_w: int) -> tuple[str, str, str]:
     """(zero, update, store) intrinsic names for this register tile, registered on first use."""
-    suffix = f"{rows}x{pixels}x{blocks}"
-    names = (f"wrpn_amx_zero_{suffix}", f"wrpn_amx_update_{suffix}_s{stride_h}x{stride_w}", f"wrpn_amx_store_{suffix}")
-    TensorIntrin.register(names[0], _zero_func(rows, pixels, blocks, False), _zero_func(rows, pixels, blocks, True),
-                          override=True)
-    TensorIntrin.register(names[1], _update_func(rows, pixels, blocks, stride_h, stride_w, False),
-                          _update_func(rows, pixels, blocks, stride_h, stride_w, True), override=True)
-    TensorIntrin.register(names[2], _store_func(rows, pixels, blocks, False), _store_func(rows, pixels, blocks, True),
-                          override=True)
+    names = (f"wrpn_amx_zero_{tile.name}", f"wrpn_amx_update_{tile.name}_s{stride_h}x{stride_w}",
+             f"wrpn_amx_store_{tile.name}")
+    TensorIntrin.register(names[0], _zero_func(tile, False), _zero_func(tile, True), override=True)
+    TensorIntrin.register(names[1], _update_func(tile, stride_h, stride_w, False),
+                          _update_func(tile, stride_h, stride_w, True), override=True)
+    TensorIntrin.register(names[2], _store_func(tile, False), _store_func(tile, True), override=True)
     return names
+
+
+def _data(sch: Schedule, block):
+    """The conv block's read of its (padded) NHWC input."""
+    return next(r for r in sch.get(block).reads if len(r.source.shape) == 4)
 
 
 def _strides(sch: Schedule, block) -> tuple[int, int]:
     """(stride_h, stride_w) of the conv block: the coefficients of oh and ow in its input's indices."""
     from tvm.sym import detect_linear_equation
 
-    info = sch.get(block)
-    data = next(r for r in info.reads if len(r.source.shape) == 4)
-    _, oh_var, ow_var = (iv.var for iv in info.iter_vars[:3])
+    data = _data(sch, block)
+    _, oh_var, ow_var = (iv.var for iv in sch.get(block).iter_vars[:3])
     return (int(detect_linear_equation(data.region[1].min, [oh_var])[0]),
             int(detect_linear_equation(data.region[2].min, [ow_var])[0]))
 
 
+def layer_tile(sch: Schedule, block) -> AmxTile:
+    """The conv block's AMX tiling (`ops.int8_dot.amx_tile`), rows shared only where the compute
+    has the rows that takes (`ops.int8_conv2d` with an AMX layout computes them)."""
+    _, oh, ow, _, _, _, _, c4, ci = sch.get_loops(block)
+    rows, width = loop_extent(sch, oh), loop_extent(sch, ow)
+    padded_width = int(_data(sch, block).source.shape[2])
+    channels = loop_extent(sch, c4) * loop_extent(sch, ci)
+    tile = amx_tile(channels, rows, width, padded_width, _strides(sch, block), Int8Layout(OUT_BLOCK))
+    if tile.computed_rows != rows:
+        return AmxTile(1, amx_row_pixels(width), padded_width, rows)
+    return tile
+
+
+def register_tile(sch: Schedule, block) -> RegisterTile:
+    """The block's register tile: its layer tiling and `default_tile`'s A tiles and weight blocks."""
+    _, _, _, ob, *_ = sch.get_loops(block)
+    tile = layer_tile(sch, block)
+    a_tiles, blocks = default_tile(tile, loop_extent(sch, ob))
+    return RegisterTile(a_tiles, tile, blocks)
+
+
 def tile_intrinsics(sch: Schedule, block) -> tuple[str, str, str]:
     """The (zero, update, store) intrinsics of the block's default tile, registered."""
-    _, oh, ow, ob, *_ = sch.get_loops(block)
-    return intrinsics(*default_tile(*(loop_extent(sch, loop) for loop in (oh, ow, ob))), *_strides(sch, block))
+    return intrinsics(register_tile(sch, block), *_strides(sch, block))
 
 
 def _tiled_convs(sch: Schedule) -> list:
@@ -313,35 +357,40 @@ def conv2d(sch: Schedule, block, tuning: bool, order: str) -> None:
     """Schedule one int8 conv block (`fits`) on AMX tiles; `order`: the VNNI template's loop orders
     (weight blocks or pixel tiles outermost)."""
     decisions = Decisions(sch, tuning)
-    n, oh, ow, ob, oi, kh, kw, c4, ci = sch.get_loops(block)
-    extents = [loop_extent(sch, loop) for loop in (oh, ow, ob)]
     # Fixed when tuning too: the tile shape is in the intrinsics' names, which MetaSchedule's trace
     # replays as they are. Tuning chooses the loop order (a design space each) and the unrolling.
-    rows, pixels, blocks = default_tile(*extents)
+    tile = register_tile(sch, block)
+    zero, update, store = intrinsics(tile, *_strides(sch, block))
+    n, oh, ow, ob, oi, kh, kw, c4, ci = sch.get_loops(block)
     c4_outer, c4_inner = sch.split(c4, [None, STEP_GROUPS])
-    oh_outer, oh_inner = sch.split(oh, [None, rows])
-    ow_outer, ow_inner = sch.split(ow, [None, pixels])
-    ob_outer, ob_inner = sch.split(ob, [None, blocks])
+    oh_outer, oh_inner = sch.split(oh, [None, tile.out_rows])
+    ow_outer, ow_inner = sch.split(ow, [None, tile.layer.pixels])
+    ob_outer, ob_inner = sch.split(ob, [None, tile.blocks])
     pixel_loops = [n, oh_outer, ow_outer]
     outer = [ob_outer, *pixel_loops] if order == "blocks_outer" else [*pixel_loops, ob_outer]
     sch.reorder(*outer, kh, kw, c4_outer, oh_inner, ow_inner, ob_inner, oi, c4_inner, ci)
-    tile = sch.fuse(*outer)
-    sch.parallel(tile)
-    sch.annotate(tile, "pragma_auto_unroll_max_step", decisions.choice(UNROLL_STEPS, default=0))
-    sch.annotate(tile, "pragma_unroll_explicit", 1)
+    fused = sch.fuse(*outer)
+    sch.parallel(fused)
+    sch.annotate(fused, "pragma_auto_unroll_max_step", decisions.choice(UNROLL_STEPS, default=0))
+    sch.annotate(fused, "pragma_unroll_explicit", 1)
     pad_whole_input(sch, block)
-    zero, update, store = intrinsics(rows, pixels, blocks, *_strides(sch, block))
     # The conv accumulates into `accumulators` (tile registers: only the intrinsics touch them),
     # stored once per tile into `local`, which the write-back and epilogue read.
     writeback = sch.cache_write(block, 0, "local")
     store_block = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(store_block, tile, preserve_unit_loops=True)
-    sch.reverse_compute_at(writeback, tile, preserve_unit_loops=True)
+    sch.reverse_compute_at(store_block, fused, preserve_unit_loops=True)
+    sch.reverse_compute_at(writeback, fused, preserve_unit_loops=True)
     _, *_, writeback_lanes = sch.get_loops(writeback)
-    attach_epilogue(sch, writeback, tile)
+    attach_epilogue(sch, writeback, fused)
     try_vectorize(sch, writeback_lanes)
-    inline_tile_copy(sch, writeback, tile)
+    inline_tile_copy(sch, writeback, fused)
+    store_name = sch.get(store_block).name_hint
     sch.tensorize(_first_wide_loop(sch, sch.get_loops(store_block)[-4:]), store)
+    if tile.layer.rows > 1:
+        # Shared rows: the store writes an accumulator tile's rows `padded_width` pixels apart (on
+        # the tensorized block: tensorize keeps no annotation of the block it replaces).
+        sch.storage_align(sch.get_sblock(f"{store_name}_o"), 0, axis=1,
+                          factor=tile.layer.padded_width * tile.blocks * OUT_BLOCK, offset=0)
     init = sch.decompose_reduction(block, kh)
     sch.tensorize(_first_wide_loop(sch, sch.get_loops(init)[-4:]), zero)
     sch.tensorize(_first_wide_loop(sch, [oh_inner, ow_inner, ob_inner, oi]), update)

@@ -84,7 +84,7 @@ def test_layers_whose_channels_do_not_fill_tile_rows_stay_on_vnni():
     executable, _ = _compile_case((2, 2, 96, 32, 3, 1, 1, 1, 8), SAPPHIRE_RAPIDS, (2, 2))
     asm = _asm(executable)
     assert "tdpbusd" not in asm and re.search(r"\bvpdpbusd\b", asm)
-    assert ops.int8_dot.amx_tile_pixels(96, 8, ops.int8_layout(resolve(SAPPHIRE_RAPIDS).target)) == 0
+    assert ops.int8_dot.amx_tile(96, 8, 8, 10, 1, ops.int8_layout(resolve(SAPPHIRE_RAPIDS).target)) is None
 
 
 def test_the_build_for_an_amx_cpu_loads_multiplies_and_stores_tiles():
@@ -93,7 +93,8 @@ def test_the_build_for_an_amx_cpu_loads_multiplies_and_stores_tiles():
     loads (2 x 2 here), and R x NB stores."""
     case = (2, 2, 128, 64, 3, 1, 1, 1, 14)  # 14x14 out: tiles of 2 rows x 14 pixels x 2 blocks
     asm = _asm(_compile_case(case, SAPPHIRE_RAPIDS, case[:2])[0])
-    assert amx.default_tile(14, 14, 4) == (2, 14, 2)
+    tile = ops.int8_dot.amx_tile(128, 14, 14, 16, 1, ops.int8_layout(resolve(SAPPHIRE_RAPIDS).target))
+    assert tile == ops.AmxTile(rows=1, pixels=14, padded_width=16, computed_rows=14) and amx.default_tile(tile, 4) == (2, 2)
     assert len(re.findall(r"\bldtilecfg\b", asm)) == 1
     # LLVM may unroll the reduction's 3 x 3 x 2 steps (it does, fully, at this size).
     multiplies = len(re.findall(r"\btdpbusd\b", asm))
@@ -102,11 +103,30 @@ def test_the_build_for_an_amx_cpu_loads_multiplies_and_stores_tiles():
     assert re.search(r"\bxgetbv\b", asm) and re.search(r"\bsyscall\b", asm)
 
 
-@pytest.mark.parametrize("height, width, blocks", [(56, 56, 8), (7, 7, 64), (13, 11, 3), (1, 1, 1), (28, 28, 1)])
-def test_default_tiles_fit_the_tile_registers(height, width, blocks):
-    rows, pixels, tile_blocks = amx.default_tile(height, width, blocks)
-    assert height % rows == 0 and width % pixels == 0 and blocks % tile_blocks == 0
-    assert pixels <= 16 and amx.tile_counts(rows, tile_blocks)
+# (out height, out width, padded input width, stride, weight blocks)
+TILINGS = [(56, 56, 58, 1, 8), (7, 7, 9, 1, 64), (7, 7, 16, 2, 64), (13, 11, 13, 1, 3), (5, 5, 5, 1, 1),
+           (1, 1, 3, 1, 1), (28, 28, 30, 1, 1), (4, 4, 6, (1, 2), 2)]
+
+
+@pytest.mark.parametrize("height, width, padded_width, stride, blocks", TILINGS)
+def test_default_tiles_fit_the_tile_registers(height, width, padded_width, stride, blocks):
+    layer = ops.int8_dot.amx_tile(64, height, width, padded_width, stride, ops.Int8Layout(16))
+    a_tiles, tile_blocks = amx.default_tile(layer, blocks)
+    assert layer.computed_rows % (a_tiles * layer.rows) == 0 and width % layer.pixels == 0 and blocks % tile_blocks == 0
+    assert layer.tile_rows <= 16 and amx.tile_counts(a_tiles, tile_blocks)
+    assert height <= layer.computed_rows < height + layer.rows
+
+
+def test_short_rows_share_a_tile_through_the_padding_columns():
+    """7x7 outputs of a padded 3x3 conv: 2 rows a tile (9 + 7 tile rows), 8 rows computed; not with
+    unequal strides, nor where a row fills a tile."""
+    layout = ops.Int8Layout(16)
+    tile = ops.int8_dot.amx_tile(1024, 7, 7, 9, 1, layout)
+    assert (tile.rows, tile.pixels, tile.tile_rows, tile.computed_rows) == (2, 7, 16, 8)
+    assert tile.useful_fraction(7, 7) == pytest.approx(49 / 64)
+    assert ops.int8_dot.amx_tile(64, 5, 5, 5, 1, layout).rows == 3
+    assert ops.int8_dot.amx_tile(64, 4, 4, 6, (1, 2), layout).rows == 1
+    assert ops.int8_dot.amx_tile(64, 14, 14, 16, 1, layout).rows == 1
 
 
 @pytest.mark.usefixtures("tensor_intrinsics")
@@ -163,7 +183,8 @@ def test_a_fresh_process_runs_amx_code_without_asking_the_os_itself(tmp_path):
 
 def test_the_cost_model_prices_amx_layers_by_their_tiles():
     """On an AMX CPU, int8 wins every multi-bit 3x3 layer of ResNet-18 2x and the 1/1 ones on
-    14-pixel tiles; a 7-pixel tile costs twice per MAC; channels off 64 are priced as VNNI."""
+    14-pixel tiles; a layer is priced by the tile rows its pixels fill; channels off 64 are priced
+    as VNNI."""
     target = resolve(SAPPHIRE_RAPIDS).target
     layout = ops.int8_layout(target)
     assert cpu_kind(target) == "amx"
@@ -174,11 +195,12 @@ def test_the_cost_model_prices_amx_layers_by_their_tiles():
 
     for size, channels in [(56, 128), (28, 256), (14, 512), (7, 1024)]:
         assert ratio(2, 2, size, channels) < 1 and ratio(4, 2, size, channels) < ratio(2, 2, size, channels)
-    assert ratio(1, 1, 28, 256) < 1 < ratio(1, 1, 7, 1024)
-    assert ratio(2, 2, 7, 1024) == pytest.approx(2 * ratio(2, 2, 14, 512))
+    assert ratio(1, 1, 28, 256) < 1
+    # 7x7: 49 pixels on 4 tiles of 16 rows (2 rows shared a tile), 14x14: 14 of 16 rows
+    assert ratio(2, 2, 7, 1024) == pytest.approx(ratio(2, 2, 14, 512) * (14 / 16) / (49 / 64))
     shape = (1, 96, 28, 28)
     off_rows = layer_work(2, 2, (3, 3), shape, shape, layout, 1)
-    assert off_rows.amx_tile_pixels == 0
+    assert off_rows.amx_tile is None
     assert estimated_ratio(off_rows, "amx", "intel") == estimated_ratio(off_rows, "avx512-vnni", "intel")
 
 
@@ -197,8 +219,8 @@ def test_a_log_tuned_without_amx_leaves_the_tiled_convs_untuned(capsys, monkeypa
 
 
 def test_a_model_runs_its_int8_convs_on_amx_tiles(tmp_path):
-    """ResNet-18 at 1/4 width on 32x32 images (its 64- and 128-channel convs on tiles of 2 and 1
-    pixels, the rest on VNNI), every quantized conv int8: built for Sapphire Rapids on any host; where this CPU has AMX, the same
+    """ResNet-18 at 1/4 width on 32x32 images (its 64- and 128-channel convs on tiles of 2 rows x 2
+    pixels and of 1 pixel, the rest on VNNI), every quantized conv int8: built for Sapphire Rapids on any host; where this CPU has AMX, the same
     logits, bit for bit, as the bit-serial build, and `--explain` names the tiles."""
     import json
 

@@ -65,7 +65,7 @@ def _conv_func(layout, x_shape, out_channels, channels, kernel, stride, padding,
     x = te.placeholder(x_shape, "float32", name="x")
     w_shape = ops.prepack_int8_weight(np.zeros((out_channels, channels, kernel, kernel), np.int64), layout).shape
     w = te.placeholder(w_shape, "int8", name="w")
-    out = ops.int8_conv2d(ops.int8_levels(x, layout), w, out_channels, stride, padding, bits)
+    out = ops.int8_conv2d(ops.int8_levels(x, layout), w, out_channels, stride, padding, bits, layout)
     return te.create_prim_func([x, w, out])
 
 
@@ -135,7 +135,7 @@ def _conv_writing_levels_case(case, layout, seed: "int | None" = None):
     weight = te.placeholder(ops.prepack_int8_weight(w, layout).shape, "int8", name="weight")
     m = te.placeholder((out_channels,), "float32", name="m")
     o = te.placeholder((out_channels,), "float32", name="o")
-    conv = ops.int8_conv2d(data, weight, out_channels, stride, padding, (abits, wbits))
+    conv = ops.int8_conv2d(data, weight, out_channels, stride, padding, (abits, wbits), layout)
     top = tvm.tirx.const(float(2**next_bits - 1), "float32")
 
     def level(n, c, h, v):

@@ -65,12 +65,13 @@ class LayerWork:
     lut_tables: int = 0
     lut_steps: int = 1  # lookups added in bytes between widenings (the template's chunk)
     lut_int16: bool = False  # the whole reduction's table sums fit int16 (the template then widens into int16)
-    amx_tile_pixels: int = 0  # pixels per AMX tile on CPUs with AMX (ops.amx_tile_pixels; 0: VNNI runs it)
+    amx_tile: "ops.AmxTile | None" = None  # the AMX tiling on CPUs with AMX (ops.amx_tile; None: VNNI runs it)
+    amx_useful_fraction: float = 0.0  # output pixels over the AMX tiles' rows computing them
 
 
 def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, layout: "ops.Int8Layout",
-               padding=0) -> LayerWork:
-    """The work of an NCHW conv with these bits, (KH, KW) kernel, shapes and padding."""
+               padding=0, stride=1) -> LayerWork:
+    """The work of an NCHW conv with these bits, (KH, KW) kernel, shapes, padding and stride."""
     _, channels, in_h, in_w = input_shape
     batch, out_channels, out_h, out_w = output_shape
     kernel_h, kernel_w = kernel_size
@@ -80,19 +81,21 @@ def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, l
     groups = -(-channels // layout.reduce_block)
     blocks = -(-out_channels // layout.out_block)
     steps = kernel_h * kernel_w * groups
+    top, left, bottom, right = as_padding4(padding)
+    amx_tile = ops.int8_dot.amx_tile(channels, out_h, out_w, in_w + left + right, stride, layout)
     lookups = tables = 0
     chunk, int16 = 1, False
     if ops.lut_fits(abits, wbits):
         lut_groups = ops.lut.groups(channels, wbits)
         chunk = max(d for d in range(1, ops.lut.int8_steps(abits, wbits) + 1) if lut_groups % d == 0)
         lookups = window * -(-out_channels // ops.lut.LANES) * lut_groups
-        top, left, bottom, right = as_padding4(padding)
         tables = batch * (in_h + top + bottom) * (in_w + left + right) * lut_groups
         int16 = kernel_h * kernel_w * lut_groups * ops.lut.table_bound(abits, wbits) <= 2**15 - 1
     return LayerWork(bitserial_words=window * out_channels * pairs * words, int8_dots=window * blocks * groups,
                      int8_pair_sums_fit_int16=ops.pair_sums_fit_int16(ops.pair_sum_max(abits, wbits), steps),
                      lut_lookups=lookups, lut_tables=tables, lut_steps=chunk,
-                     lut_int16=int16, amx_tile_pixels=ops.int8_dot.amx_tile_pixels(channels, out_w, layout))
+                     lut_int16=int16, amx_tile=amx_tile,
+                     amx_useful_fraction=amx_tile.useful_fraction(out_h, out_w) if amx_tile else 0.0)
 
 
 # The cost of one int8 dot step in bit-serial word steps, per CPU kind: a layer's predicted time
@@ -214,8 +217,8 @@ def _words_per_dot(kind: str, vendor: "str | None") -> float:
 
 def estimated_ratio(work: LayerWork, kind: str, vendor: "str | None" = None) -> float:
     """int8-dot time / bit-serial time predicted for a layer on a CPU of this kind (and vendor)."""
-    if kind == "amx" and work.amx_tile_pixels:
-        words_per_dot = _AMX_WORDS_PER_FULL_TILE_DOT * ops.int8_dot.AMX_MAX_PIXELS / work.amx_tile_pixels
+    if kind == "amx" and work.amx_tile:
+        words_per_dot = _AMX_WORDS_PER_FULL_TILE_DOT / work.amx_useful_fraction
         return work.int8_dots * words_per_dot / work.bitserial_words
     speedup = _INT16_ACCUMULATING_SPEEDUP.get(kind, 1.0) if work.int8_pair_sums_fit_int16 else 1.0
     return work.int8_dots * _words_per_dot(kind, vendor) / speedup / work.bitserial_words
@@ -264,14 +267,14 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
         if mode == BITSERIAL:
             return Choice(mode, "" if _only_bitserial(plan, target, layout) else f"{mode} asked for")
         work = layer_work(plan.quantizer.bits, plan.grid.bits, plan.grid.levels.shape[2:], input_shape, output_shape,
-                          layout, plan.padding)
+                          layout, plan.padding, plan.stride)
         return Choice(mode, f"{mode} asked for" + _on_tiles(mode, cpu_kind(target), work))
     kernels = [kernel for kernel in KERNELS if _unavailable(plan, target, layout, kernel) is None
                and (kernel != LUT or lut_offered(target))]
     if kernels == [BITSERIAL]:
         return Choice(BITSERIAL, "")  # the only kernel there is: nothing to explain
     work = layer_work(plan.quantizer.bits, plan.grid.bits, plan.grid.levels.shape[2:], input_shape, output_shape, layout,
-                      plan.padding)
+                      plan.padding, plan.stride)
     kind = cpu_kind(target)
     costs = estimated_costs(work, kind, cpu_vendor(target), kernels)
     if measured is not None:
@@ -293,8 +296,10 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
 
 def _on_tiles(kernel: str, kind: str, work: LayerWork) -> str:
     """What `--explain` adds where the int8 dot product runs on AMX tiles."""
-    if kernel == INT8_DOT and kind == "amx" and work.amx_tile_pixels:
-        return f"; int8-dot on AMX tiles of {work.amx_tile_pixels} pixels"
+    tile = work.amx_tile
+    if kernel == INT8_DOT and kind == "amx" and tile:
+        rows = f"{tile.rows} rows x {tile.pixels}" if tile.rows > 1 else f"{tile.pixels}"
+        return f"; int8-dot on AMX tiles of {rows} pixels"
     return ""
 
 

@@ -26,6 +26,7 @@ from its register tile (ResNet-18 2x 4/2: 14 of its 19 int8 convs; activations w
 12.8 MiB per inference).
 """
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -301,8 +302,9 @@ class _Lowerer(relax.PyExprMutator):
         if self.kernel_of[plan.report_index] == INT8_DOT:
             weight = relax.const(ops.prepack_int8_weight(plan.grid.levels, self.int8_layout))
             acc = self.builder_.emit_te(
-                ops.int8_conv2d, packed, weight, int(plan.grid.levels.shape[0]), plan.stride, plan.padding,
-                (abits, wbits), primfunc_name_hint=f"wrpn_int8_conv2d_{tag}",
+                # The layout by keyword: emit_te takes only tensors and plain values positionally.
+                functools.partial(ops.int8_conv2d, layout=self.int8_layout), packed, weight,
+                int(plan.grid.levels.shape[0]), plan.stride, plan.padding, (abits, wbits), primfunc_name_hint=f"wrpn_int8_conv2d_{tag}",
             )
         elif self.kernel_of[plan.report_index] == LUT:
             codes = relax.const(ops.prepack_lut_codes(plan.grid.levels, wbits))

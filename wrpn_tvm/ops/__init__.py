@@ -6,7 +6,7 @@ runs them one at a time)."""
 from .bitpack import BITPACK_RULE, CONV_WEIGHT_BLOCK, block_conv_weight, pack_activation, pack_weight
 from .bitserial import CONV2D_RULE, DENSE_RULE, SHIFT_COMBINE, bitserial_conv2d, bitserial_dense
 from .blocked_conv2d import CHANNEL_BLOCK, FP32_CONV2D_RULE, block_weight, blocked_conv2d
-from .int8_dot import (INT8_CONV2D_RULE, Int8Layout, int8_conv2d, int8_fits, int8_layout, int8_levels,
+from .int8_dot import (INT8_CONV2D_RULE, AmxTile, Int8Layout, int8_conv2d, int8_fits, int8_layout, int8_levels,
                        int8_levels_of, pair_sum_max, pair_sums_fit_int16, prepack_int8_weight)
 from .lut import (LUT_CONV2D_RULE, lut_conv2d, lut_conv2d_reference, lut_fits, lut_tables,
                   prepack_lut_codes)
@@ -38,6 +38,7 @@ __all__ = [
     "conv2d_levels_reference",
     "dense_levels_reference",
     "int8_conv2d",
+    "AmxTile",
     "int8_fits",
     "int8_layout",
     "int8_levels",

@@ -37,12 +37,14 @@ INT16_MAX = 2**15 - 1
 
 @dataclass(frozen=True)
 class Int8Layout:
-    """ob output channels per dot instruction, reduce_block input channels per 32-bit lane, and
-    the activations' dtype (what the instruction multiplies: uint8 on x86, int8 for sdot)."""
+    """ob output channels per dot instruction, reduce_block input channels per 32-bit lane, the
+    activations' dtype (what the instruction multiplies: uint8 on x86, int8 for sdot), and whether
+    the target has AMX tiles (schedules/amx.py runs the layers `amx_tile` accepts on them)."""
 
     out_block: int
     reduce_block: int = REDUCE_BLOCK
     activation_dtype: str = "uint8"
+    amx: bool = False
 
 
 def int8_layout(target) -> "Int8Layout | None":
@@ -58,7 +60,9 @@ def int8_layout(target) -> "Int8Layout | None":
     if triple.startswith("aarch64"):
         return Int8Layout(4, REDUCE_BLOCK, "int8") if target_has_features("dotprod", target) else None
     if target_has_features("avx512bw", target):  # with or without VNNI: 16 int32 lanes per zmm
-        return Int8Layout(16, REDUCE_BLOCK, "uint8")
+        amx = (not triple or triple.startswith("x86_64")) and target_has_features("amx-int8", target) \
+            and target_has_features("amx-tile", target)
+        return Int8Layout(16, REDUCE_BLOCK, "uint8", amx)
     if target_has_features("avx2", target):
         return Int8Layout(8, REDUCE_BLOCK, "uint8")
     return None
@@ -74,13 +78,55 @@ def amx_row_pixels(out_width: int) -> int:
     return max(d for d in range(1, min(out_width, AMX_MAX_PIXELS) + 1) if out_width % d == 0)
 
 
-def amx_tile_pixels(channels: int, out_width: int, layout: Int8Layout) -> int:
-    """Pixels per AMX tile of a layer (`amx_row_pixels`), or 0 where AMX does not run it: its
-    channels do not fill whole 64-byte tile rows, or its layout is not the AVX-512 one (16 output
-    channels a block, uint8 activations)."""
-    if layout.out_block != 16 or layout.activation_dtype != "uint8" or padded_channels(channels, layout) % AMX_ROW_CHANNELS:
-        return 0
-    return amx_row_pixels(out_width)
+@dataclass(frozen=True)
+class AmxTile:
+    """How an int8 conv's output maps onto AMX tiles of up to 16 pixel rows.
+
+    A tile holds `rows` output rows of `pixels` pixels each. Where a whole output row is short
+    (7x7 maps), several fit one tile through the padded input's columns: tile row j reads the input
+    `j` conv strides after the tile's first pixel, so rows of the padded input `padded_width`
+    pixels wide follow each other `padded_width` tile rows apart, the padding columns' tile rows
+    between them computed and dropped. The conv then computes `computed_rows` output rows (a
+    multiple of `rows`; the extra ones read zero padding and are dropped too)."""
+
+    rows: int
+    pixels: int
+    padded_width: int
+    computed_rows: int
+
+    @property
+    def tile_rows(self) -> int:
+        """Rows of the AMX tile (a pixel each): whole padded rows, then the last row's pixels."""
+        return (self.rows - 1) * self.padded_width + self.pixels
+
+    def useful_fraction(self, out_height: int, out_width: int) -> float:
+        """Output pixels over the tiles' 16-row capacity that computing the layer takes."""
+        tiles = (self.computed_rows // self.rows) * (out_width // self.pixels)
+        return out_height * out_width / (tiles * AMX_MAX_PIXELS)
+
+
+def amx_runs(channels: int, layout: Int8Layout) -> bool:
+    """Whether AMX tiles run a layer of these input channels in this layout: the channels fill
+    whole 64-byte tile rows, and the layout is the AVX-512 one (16 output channels a block, uint8
+    activations)."""
+    return layout.out_block == 16 and layout.activation_dtype == "uint8" \
+        and padded_channels(channels, layout) % AMX_ROW_CHANNELS == 0
+
+
+def amx_tile(channels: int, out_height: int, out_width: int, padded_width: int, stride,
+             layout: Int8Layout) -> "AmxTile | None":
+    """The AMX tiling of a layer, or None where AMX does not run it (`amx_runs`). Several output
+    rows share a tile where whole rows fit and the strides are equal (one tile row pitch for
+    both); otherwise a tile is `amx_row_pixels` of one row."""
+    if not amx_runs(channels, layout):
+        return None
+    stride_h, stride_w = as_pair(stride, "stride")
+    rows = 1
+    if stride_h == stride_w and out_width < AMX_MAX_PIXELS:
+        rows = min(1 + (AMX_MAX_PIXELS - out_width) // padded_width, out_height)
+    if rows > 1:
+        return AmxTile(rows, out_width, padded_width, -(-out_height // rows) * rows)
+    return AmxTile(1, amx_row_pixels(out_width), padded_width, out_height)
 
 
 def int8_fits(abits: int, wbits: int) -> bool:
@@ -150,14 +196,18 @@ def pair_sums_fit_int16(pair_sum_bound: int, steps: int) -> bool:
     return steps * pair_sum_bound <= INT16_MAX
 
 
-def int8_conv2d(data, weight, out_channels: int, stride=1, padding=0, bits=None) -> te.Tensor:
+def int8_conv2d(data, weight, out_channels: int, stride=1, padding=0, bits=None,
+                layout: "Int8Layout | None" = None) -> te.Tensor:
     """int32 NHWC [N, OH, OW, out_channels] conv of int8_levels data [N, H, W, Cp] with
     prepack_int8_weight weights [OB, KH, KW, Cp / 4, ob, 4]; zero padding is level 0.
 
     bits: the layer's (abits, wbits), optional. The result is the same either way; knowing how
     small the levels are lets the vpmaddubsw kernels (AVX2, AVX-512BW) add int16 pair sums before
     widening them, over the whole reduction where `pair_sums_fit_int16` (the block records
-    `pair_sum_max`)."""
+    `pair_sum_max`).
+
+    layout: the target's, optional. On AMX (`layout.amx`) the accumulators get the rows
+    `amx_tile` computes (whole tiles of several short rows); the result is the same."""
     batch, height, width, channels = (int(d) for d in data.shape)
     blocks, kernel_h, kernel_w, lanes_c, ob, lane = (int(d) for d in weight.shape)
     if str(weight.dtype) != "int8" or str(data.dtype) not in ("uint8", "int8"):
@@ -170,6 +220,10 @@ def int8_conv2d(data, weight, out_channels: int, stride=1, padding=0, bits=None)
     top, left, bottom, right = as_padding4(padding)
     out_h = (height + top + bottom - kernel_h) // stride_h + 1
     out_w = (width + left + right - kernel_w) // stride_w + 1
+    tile = amx_tile(channels, out_h, out_w, width + left + right, stride, layout) if layout is not None and layout.amx else None
+    acc_h = tile.computed_rows if tile is not None else out_h
+    # Extra accumulator rows read zero padding below the input.
+    bottom += (acc_h - out_h) * stride_h
 
     if top or left or bottom or right:
         zero = tirx.const(0, data.dtype)
@@ -188,7 +242,7 @@ def int8_conv2d(data, weight, out_channels: int, stride=1, padding=0, bits=None)
     c4 = te.reduce_axis((0, lanes_c), name="c4")
     ci = te.reduce_axis((0, lane), name="ci")
     acc = te.compute(
-        (batch, out_h, out_w, blocks, ob),
+        (batch, acc_h, out_w, blocks, ob),
         lambda n, oh, ow, b, oi: te.sum(
             padded[n, oh * stride_h + kh, ow * stride_w + kw, c4 * lane + ci].astype("int32")
             * weight[b, kh, kw, c4, oi, ci].astype("int32"),
