@@ -30,6 +30,7 @@ PADDING_PREFIXES = ("pad", "wrpn_pad")
 MIN_PARALLEL_WORK = 1 << 15
 POOL_PREFIX = "pool"  # TOPI's pool_max / pool_sum
 POOL_UNROLL_STEPS = 512
+MATVEC_ROW_FLOATS = 64  # outputs a matrix-vector step reads of a weight row: 256 bytes, 4 cache lines
 
 
 def _extent(sch: s_tir.Schedule, loop) -> int:
@@ -48,16 +49,20 @@ def _schedule_block(sch: s_tir.Schedule, info) -> None:
         return
     spatial = [loop for loop, kind in zip(loops, kinds) if kind == "S"]
     reduction = [loop for loop, kind in zip(loops, kinds) if kind == "R"]
+    row_vectors = None
     if len(spatial) == 1 and reduction and _reads_along_spatial_axis(sch, block):
-        # A matrix-vector product (a classifier at batch 1): a vector of outputs per step of the
-        # reduction, over contiguous weight rows, instead of one strided column per output.
+        # A matrix-vector product (a classifier at batch 1): vectors of outputs per step of the
+        # reduction, over contiguous weight rows, instead of one strided column per output; several
+        # vectors a step, so that each weight row is read in whole cache lines.
         lanes = next((n for n in (VECTOR_LANES, 8, 4) if extents[0] % n == 0 and extents[0] > n), None)
         if lanes is not None:
-            spatial = list(sch.split(spatial[0], [None, lanes]))
+            vectors = max(v for v in range(1, MATVEC_ROW_FLOATS // lanes + 1) if extents[0] % (v * lanes) == 0)
+            chunks, row_vectors, vector = sch.split(spatial[0], [None, vectors, lanes])
+            spatial = [chunks, vector]
     inner = spatial[-1] if len(spatial) > 1 else None
     outer = spatial[:-1] if inner is not None else spatial
     if inner is not None:
-        sch.reorder(*outer, *reduction, inner)
+        sch.reorder(*outer, *reduction, *([row_vectors] if row_vectors is not None else []), inner)
     if int(np.prod(extents)) >= MIN_PARALLEL_WORK:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
     if inner is None:
@@ -74,6 +79,8 @@ def _schedule_block(sch: s_tir.Schedule, info) -> None:
         # The update of a reduction cannot take `vectorize`; an innermost spatial loop of fixed
         # extent with no loop-carried dependence is what LLVM's loop vectorizer wants instead.
         sch.unroll(inner)
+        if row_vectors is not None:
+            sch.unroll(row_vectors)
     else:
         sch.vectorize(inner)
 
