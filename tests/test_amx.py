@@ -1,6 +1,6 @@
 """The int8-dot conv on AMX tiles (schedules/amx.py): bit-exact against the numpy reference on
-awkward shapes (output channels off 16, odd images, stride 2, 1x1, asymmetric padding, batch 2, a
-7-pixel tile, the widest levels), fused with the next layer's pack, in MetaSchedule's design spaces
+awkward shapes (output channels off 16, odd images, stride 2, 1x1, asymmetric padding, batch 2,
+short rows sharing a tile, the widest levels), fused with the next layer's pack, in MetaSchedule's design spaces
 after its postprocs, and in a fresh process that nothing else asked AMX for (the kernel asks the
 OS itself); layers whose channels do not fill 64-byte tile rows stay on VNNI. The code runs only
 where this CPU has AMX-INT8 (Intel Sapphire Rapids and later); everywhere, the build for such a

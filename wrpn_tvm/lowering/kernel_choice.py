@@ -125,11 +125,13 @@ _WORDS_PER_DOT = {
 # 10-30% (ResNet-18 2x 2/2 end to end, benchmarks/results/end_to_end_emeraldrapids.md: 35.3 against
 # 41.8 ms all bit-serial, medians of a noisy run; minima 21.7 against 32.5).
 _WORDS_PER_DOT_BY_VENDOR = {("avx512-vnni", "intel"): 3.5}
-# AMX (tdpbusd on tiles, `schedules.amx`) per dot step of a full 16-pixel tile; a tile of fewer
-# pixels costs as much per tdpbusd, so a layer's dot steps cost this x 16 / its tile's pixels.
-# Sapphire/Emerald Rapids (a VM that LLVM reads as rocketlake), 1 thread, ResNet-18's 2x 3x3 layers,
-# untuned (benchmarks/results/int8_dot_amx.md), AMX / bit-serial: 0.23-0.35 at 2/2 and 0.72-0.81
-# at 1/1 on 14-pixel tiles; 0.55 and 1.89 on the 7-pixel tiles of 7x7 outputs. One figure fits
+# AMX (tdpbusd on tiles, `schedules.amx`) per dot step of a full 16-row tile; a tile of fewer
+# pixels costs as much per tdpbusd, so a layer's dot steps cost this / the share of its tiles' rows
+# its pixels fill (`ops.AmxTile.useful_fraction`). Sapphire/Emerald Rapids (a VM that LLVM reads as
+# rocketlake), 1 thread, ResNet-18's 2x 3x3 layers, untuned (benchmarks/results/int8_dot_amx.md,
+# before rows were shared), AMX / bit-serial: 0.23-0.35 at 2/2 and 0.72-0.81 at 1/1 on 14-pixel
+# tiles; 0.55 and 1.89 on the 7-pixel tiles of 7x7 outputs (now 0.34 and 1.11 on 2 rows a tile,
+# 0.98 predicted at 1/1). One figure fits
 # the 1/1 layers, where the choice is close, at 0.75 (every 2/2 layer is int8's at any figure
 # from 0.5 to 2; 2/2 alone would fit 0.8-1.2, the bit-serial 1/1 kernels run further from their
 # bound than the 2/2 ones).
