@@ -22,8 +22,9 @@ convs keep the VNNI template.
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, reduce
 
+import numpy as np
 from tvm import tirx
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
@@ -133,27 +134,43 @@ def _tile(number: int):
     return tirx.const(number, "int8")
 
 
+def tile_config(tile: RegisterTile) -> bytes:
+    """The 64-byte tile configuration (palette 1; A tiles and accumulators `layer.tile_rows` rows,
+    B tiles 16; every row 64 bytes)."""
+    config = bytearray(64)
+    config[0] = 1  # palette 1
+    pixel_rows = tile.layer.tile_rows
+    rows = {tile.accumulator(a, b): pixel_rows for a in range(tile.a_tiles) for b in range(tile.blocks)}
+    rows.update({tile.a(a): pixel_rows for a in range(tile.a_tiles)})
+    rows.update({tile.b(b): STEP_GROUPS for b in range(tile.blocks)})
+    for number, count in rows.items():
+        config[16 + 2 * number] = ROW_BYTES  # colsb, a little-endian uint16
+        config[48 + number] = count
+    return bytes(config)
+
+
 def _configure_tiles(tile: RegisterTile) -> None:
     """Ask for AMX state where this thread has none configured, then load the tile configuration
-    (palette 1; A tiles and accumulators `layer.tile_rows` rows, B tiles 16; every row 64 bytes)."""
+    where the thread's is another: a tile's configuration costs about 8% of a tile's time
+    (`benchmarks/amx_tile_costs.c`), reading it back and comparing almost nothing, and
+    consecutive tiles of a thread mostly run one kernel."""
     # uint32: an int32 constant is widened with the indices of a Relax-built function (int64 there).
     in_use = T.call_llvm_intrin("int64", "llvm.x86.xgetbv", tirx.const(1, "uint32"))
     with T.If(tirx.bitwise_and(in_use, tirx.const(XINUSE_TILECFG, "int64")) == tirx.const(0, "int64")):
         with T.Then():
             T.evaluate(T.call_extern("int64", "syscall", tirx.const(SYS_ARCH_PRCTL, "int64"),
                                      tirx.const(ARCH_REQ_XCOMP_PERM, "int64"), tirx.const(XFEATURE_XTILEDATA, "int64")))
-    config = T.alloc_buffer((64,), "uint8", scope="local")
-    pixel_rows = tile.layer.tile_rows
-    tile_rows = {tile.accumulator(a, b): pixel_rows for a in range(tile.a_tiles) for b in range(tile.blocks)}
-    tile_rows.update({tile.a(a): pixel_rows for a in range(tile.a_tiles)})
-    tile_rows.update({tile.b(b): STEP_GROUPS for b in range(tile.blocks)})
-    for i in range(64):
-        T.buffer_store(config, tirx.const(0, "uint8"), [i])
-    T.buffer_store(config, tirx.const(1, "uint8"), [0])  # palette 1
-    for number, count in tile_rows.items():
-        T.buffer_store(config, tirx.const(ROW_BYTES, "uint8"), [16 + 2 * number])  # colsb, little end
-        T.buffer_store(config, tirx.const(count, "uint8"), [48 + number])
-    _tile_op("ldtilecfg", T.address_of(config[0]))
+    words = np.frombuffer(tile_config(tile), dtype="<u8")
+    wanted = T.alloc_buffer((len(words),), "uint64", scope="local")
+    current = T.alloc_buffer((len(words),), "uint64", scope="local")
+    for i, word in enumerate(words):
+        T.buffer_store(wanted, tirx.const(int(word), "uint64"), [i])
+    # Zeros where no configuration is in use, so then it is loaded too.
+    _tile_op("sttilecfg", T.address_of(current[0]))
+    differs = reduce(tirx.Or, [current[i] != wanted[i] for i in range(len(words))])
+    with T.If(differs):
+        with T.Then():
+            _tile_op("ldtilecfg", T.address_of(wanted[0]))
 
 
 @contextmanager

@@ -4,7 +4,7 @@ short rows sharing a tile, the widest levels), fused with the next layer's pack,
 after its postprocs, and in a fresh process that nothing else asked AMX for (the kernel asks the
 OS itself); layers whose channels do not fill 64-byte tile rows stay on VNNI. The code runs only
 where this CPU has AMX-INT8 (Intel Sapphire Rapids and later); everywhere, the build for such a
-CPU is read: tile loads, tdpbusd and stores, one configuration per tile."""
+CPU is read: tile loads, tdpbusd and stores, the configuration loaded where the thread's differs."""
 
 import re
 import subprocess
@@ -88,14 +88,15 @@ def test_layers_whose_channels_do_not_fill_tile_rows_stay_on_vnni():
 
 
 def test_the_build_for_an_amx_cpu_loads_multiplies_and_stores_tiles():
-    """Read, not run (any x86 host): per tile, one configuration (with the OS asked for AMX state
-    where the thread has none configured), R x NB tdpbusd per reduction step after R + NB tile
-    loads (2 x 2 here), and R x NB stores."""
+    """Read, not run (any x86 host): per tile, the thread's configuration read back and this
+    kernel's loaded where it differs (with the OS asked for AMX state where the thread has none
+    configured), R x NB tdpbusd per reduction step after R + NB tile loads (2 x 2 here), and R x NB
+    stores."""
     case = (2, 2, 128, 64, 3, 1, 1, 1, 14)  # 14x14 out: tiles of 2 rows x 14 pixels x 2 blocks
     asm = _asm(_compile_case(case, SAPPHIRE_RAPIDS, case[:2])[0])
     tile = ops.int8_dot.amx_tile(128, 14, 14, 16, 1, ops.int8_layout(resolve(SAPPHIRE_RAPIDS).target))
     assert tile == ops.AmxTile(rows=1, pixels=14, padded_width=16, computed_rows=14) and amx.default_tile(tile, 4) == (2, 2)
-    assert len(re.findall(r"\bldtilecfg\b", asm)) == 1
+    assert len(re.findall(r"\bldtilecfg\b", asm)) == 1 and len(re.findall(r"\bsttilecfg\b", asm)) == 1
     # LLVM may unroll the reduction's 3 x 3 x 2 steps (it does, fully, at this size).
     multiplies = len(re.findall(r"\btdpbusd\b", asm))
     assert multiplies in (4, 4 * 18) and len(re.findall(r"\btileloadd\b", asm)) == multiplies
@@ -127,6 +128,35 @@ def test_short_rows_share_a_tile_through_the_padding_columns():
     assert ops.int8_dot.amx_tile(64, 5, 5, 5, 1, layout).rows == 3
     assert ops.int8_dot.amx_tile(64, 4, 4, 6, (1, 2), layout).rows == 1
     assert ops.int8_dot.amx_tile(64, 14, 14, 16, 1, layout).rows == 1
+
+
+def test_the_tile_configuration_names_each_tiles_rows():
+    """Palette 1; accumulators then A tiles of the layer's tile rows (16 where 2 rows of a 7x7 map
+    share one), B tiles of 16 rows (64 channels in groups of 4); 64 bytes a row; unused tiles 0."""
+    layer = ops.int8_dot.amx_tile(1024, 7, 7, 9, 1, ops.Int8Layout(16))
+    config = amx.tile_config(amx.RegisterTile(2, layer, 2))
+    assert config[0] == 1 and len(config) == 64
+    assert list(config[48:56]) == [16, 16, 16, 16, 16, 16, 16, 16]
+    assert list(config[16:32:2]) == [64] * 8 and not any(config[17:32:2])
+    config = amx.tile_config(amx.RegisterTile(1, ops.int8_dot.amx_tile(64, 14, 14, 16, 1, ops.Int8Layout(16)), 2))
+    assert list(config[48:56]) == [14, 14, 14, 16, 16, 0, 0, 0] and list(config[16:32:2]) == [64] * 5 + [0] * 3
+
+
+@needs_amx
+def test_kernels_of_different_tiles_take_turns_on_one_thread():
+    """A thread keeps its tile configuration between calls: a kernel whose tiles have other rows
+    loads its own (14-row tiles, then 16-row tiles of two 7x7 rows, and back), exact every time
+    (a kernel that kept the other's configuration would read 14 of 16 rows, or 16 of 14)."""
+    cases = [(2, 2, 64, 32, 3, 1, 1, 1, 14), (4, 4, 64, 48, 3, 1, 1, 1, 7)]
+    compiled = []
+    for index, case in enumerate(cases):
+        x, w, want = _case_data(case, index)
+        executable, layout = _compile_case(case, "host", case[:2])
+        compiled.append((executable, x, ops.prepack_int8_weight(w, layout), want, case))
+    for _ in range(3):  # every thread of the pool runs tiles of both, in turn
+        for executable, x, w_packed, want, case in compiled:
+            got = _run(executable, x, w_packed, (case[7], *want.shape[2:], case[3]))
+            assert np.array_equal(got, want)
 
 
 @pytest.mark.usefixtures("tensor_intrinsics")
