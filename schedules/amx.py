@@ -6,11 +6,13 @@ A tdpbusd multiplies a tile of M pixels x 64 input channels (uint8 levels: M row
 straight from the padded NHWC input with the conv's stride) by a tile of 64 input channels x 16
 output channels (int8: 16 rows of the weight layout's [16, 4] blocks, which the VNNI layout already
 stores contiguously) into M x 16 int32 sums: 1024 MACs per pixel row where vpdpbusd does 64.
-The register tile is R output rows x NB weight blocks: R A tiles, NB B tiles and R * NB accumulator
-tiles of AMX's 8, the accumulators staying in tile registers over the whole reduction
-(kh, kw, channels / 64); then they are stored to a local tile the epilogue reads, as in the VNNI
-template. Three tensor intrinsics make it: the init (configure the tiles, zero the accumulators),
-the update (load the A and B tiles, multiply) and the store. AMX state is per thread and the OS
+An A tile holds the pixels of one output row, or of several short rows (`ops.int8_dot.AmxTile`:
+tile rows one stride apart run on through the padding columns into the next row). The register
+tile is R A tiles x NB weight blocks: R A tiles, NB B tiles and R * NB accumulator tiles of AMX's
+8, the accumulators staying in tile registers over the whole reduction (kh, kw, channels / 64);
+then they are stored to a local tile the epilogue reads, as in the VNNI template. Three tensor
+intrinsics make it: the init (load this kernel's tile configuration where the thread's differs,
+zero the accumulators), the update (load the A and B tiles, multiply) and the store. AMX state is per thread and the OS
 grants it per process (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM)): the init asks for it where this
 thread's tile configuration is not in use yet (XGETBV(1)), so a library needs nothing from whoever
 loads it.
