@@ -32,11 +32,9 @@ from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder.tirx import prim_func as build_prim_func
-from tvm.target import Target
-from tvm.target.codegen import target_has_features
 
 from wrpn_tvm.ops.int8_dot import (AMX_ROW_CHANNELS, INT8_CONV2D_RULE, REDUCE_BLOCK, AmxTile, Int8Layout, amx_row_pixels,
-                                   amx_tile)
+                                   amx_tile, has_amx)
 
 from .common import (
     Decisions,
@@ -62,15 +60,7 @@ SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
 XINUSE_TILECFG = 1 << 17  # XGETBV(1): the tile configuration is in use in this thread
 
 
-def available(target: "Target | None") -> bool:
-    """Whether the target has AMX-INT8 (x86-64 LLVM targets only: LLVM is never asked about a
-    triple it may not know)."""
-    if target is None or target.kind.name != "llvm":
-        return False
-    triple = str(target.attrs.get("mtriple", ""))
-    if triple and not triple.startswith("x86_64"):
-        return False
-    return target_has_features("amx-int8", target) and target_has_features("amx-tile", target)
+available = has_amx  # whether a target has AMX-INT8 (the int8 layout says it too: `Int8Layout.amx`)
 
 
 def fits(sch: Schedule, block) -> bool:
@@ -339,7 +329,7 @@ def layer_tile(sch: Schedule, block) -> AmxTile:
     channels = loop_extent(sch, c4) * loop_extent(sch, ci)
     tile = amx_tile(channels, rows, width, padded_width, _strides(sch, block), Int8Layout(OUT_BLOCK))
     if tile.computed_rows != rows:
-        return AmxTile(1, amx_row_pixels(width), padded_width, rows)
+        return AmxTile(1, amx_row_pixels(width), padded_width, rows, width)
     return tile
 
 

@@ -66,7 +66,6 @@ class LayerWork:
     lut_steps: int = 1  # lookups added in bytes between widenings (the template's chunk)
     lut_int16: bool = False  # the whole reduction's table sums fit int16 (the template then widens into int16)
     amx_tile: "ops.AmxTile | None" = None  # the AMX tiling on CPUs with AMX (ops.amx_tile; None: VNNI runs it)
-    amx_useful_fraction: float = 0.0  # output pixels over the AMX tiles' rows computing them
 
 
 def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, layout: "ops.Int8Layout",
@@ -94,8 +93,7 @@ def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, l
     return LayerWork(bitserial_words=window * out_channels * pairs * words, int8_dots=window * blocks * groups,
                      int8_pair_sums_fit_int16=ops.pair_sums_fit_int16(ops.pair_sum_max(abits, wbits), steps),
                      lut_lookups=lookups, lut_tables=tables, lut_steps=chunk,
-                     lut_int16=int16, amx_tile=amx_tile,
-                     amx_useful_fraction=amx_tile.useful_fraction(out_h, out_w) if amx_tile else 0.0)
+                     lut_int16=int16, amx_tile=amx_tile)
 
 
 # The cost of one int8 dot step in bit-serial word steps, per CPU kind: a layer's predicted time
@@ -220,7 +218,7 @@ def _words_per_dot(kind: str, vendor: "str | None") -> float:
 def estimated_ratio(work: LayerWork, kind: str, vendor: "str | None" = None) -> float:
     """int8-dot time / bit-serial time predicted for a layer on a CPU of this kind (and vendor)."""
     if kind == "amx" and work.amx_tile:
-        words_per_dot = _AMX_WORDS_PER_FULL_TILE_DOT / work.amx_useful_fraction
+        words_per_dot = _AMX_WORDS_PER_FULL_TILE_DOT / work.amx_tile.useful_fraction
         return work.int8_dots * words_per_dot / work.bitserial_words
     speedup = _INT16_ACCUMULATING_SPEEDUP.get(kind, 1.0) if work.int8_pair_sums_fit_int16 else 1.0
     return work.int8_dots * _words_per_dot(kind, vendor) / speedup / work.bitserial_words

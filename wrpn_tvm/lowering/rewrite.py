@@ -304,7 +304,8 @@ class _Lowerer(relax.PyExprMutator):
             acc = self.builder_.emit_te(
                 # The layout by keyword: emit_te takes only tensors and plain values positionally.
                 functools.partial(ops.int8_conv2d, layout=self.int8_layout), packed, weight,
-                int(plan.grid.levels.shape[0]), plan.stride, plan.padding, (abits, wbits), primfunc_name_hint=f"wrpn_int8_conv2d_{tag}",
+                int(plan.grid.levels.shape[0]), plan.stride, plan.padding, (abits, wbits),
+                primfunc_name_hint=f"wrpn_int8_conv2d_{tag}",
             )
         elif self.kernel_of[plan.report_index] == LUT:
             codes = relax.const(ops.prepack_lut_codes(plan.grid.levels, wbits))

@@ -47,6 +47,23 @@ class Int8Layout:
     amx: bool = False
 
 
+def has_amx(target) -> bool:
+    """Whether the target has AMX-INT8 (x86-64 LLVM targets only: LLVM is never asked about a
+    triple it may not know, such as a tuning log's)."""
+    from tvm.target import Target
+    from tvm.target.codegen import target_has_features
+
+    if target is None:
+        return False
+    target = target if isinstance(target, Target) else Target(target)
+    if target.kind.name != "llvm":
+        return False
+    triple = str(target.attrs.get("mtriple", ""))
+    if triple and not triple.startswith("x86_64"):
+        return False
+    return target_has_features("amx-int8", target) and target_has_features("amx-tile", target)
+
+
 def int8_layout(target) -> "Int8Layout | None":
     """The int8 layout a target's dot instruction wants, or None where it has none worth taking
     (aarch64 without dotprod, CUDA, other CPUs)."""
@@ -60,9 +77,7 @@ def int8_layout(target) -> "Int8Layout | None":
     if triple.startswith("aarch64"):
         return Int8Layout(4, REDUCE_BLOCK, "int8") if target_has_features("dotprod", target) else None
     if target_has_features("avx512bw", target):  # with or without VNNI: 16 int32 lanes per zmm
-        amx = (not triple or triple.startswith("x86_64")) and target_has_features("amx-int8", target) \
-            and target_has_features("amx-tile", target)
-        return Int8Layout(16, REDUCE_BLOCK, "uint8", amx)
+        return Int8Layout(16, REDUCE_BLOCK, "uint8", has_amx(target))
     if target_has_features("avx2", target):
         return Int8Layout(8, REDUCE_BLOCK, "uint8")
     return None
@@ -80,7 +95,7 @@ def amx_row_pixels(out_width: int) -> int:
 
 @dataclass(frozen=True)
 class AmxTile:
-    """How an int8 conv's output maps onto AMX tiles of up to 16 pixel rows.
+    """How an int8 conv's out_height x out_width output maps onto AMX tiles of up to 16 pixel rows.
 
     A tile holds `rows` output rows of `pixels` pixels each. Where a whole output row is short
     (7x7 maps), several fit one tile through the padded input's columns: tile row j reads the input
@@ -92,17 +107,23 @@ class AmxTile:
     rows: int
     pixels: int
     padded_width: int
-    computed_rows: int
+    out_height: int
+    out_width: int
+
+    @property
+    def computed_rows(self) -> int:
+        return -(-self.out_height // self.rows) * self.rows
 
     @property
     def tile_rows(self) -> int:
         """Rows of the AMX tile (a pixel each): whole padded rows, then the last row's pixels."""
         return (self.rows - 1) * self.padded_width + self.pixels
 
-    def useful_fraction(self, out_height: int, out_width: int) -> float:
+    @property
+    def useful_fraction(self) -> float:
         """Output pixels over the tiles' 16-row capacity that computing the layer takes."""
-        tiles = (self.computed_rows // self.rows) * (out_width // self.pixels)
-        return out_height * out_width / (tiles * AMX_MAX_PIXELS)
+        tiles = (self.computed_rows // self.rows) * (self.out_width // self.pixels)
+        return self.out_height * self.out_width / (tiles * AMX_MAX_PIXELS)
 
 
 def amx_runs(channels: int, layout: Int8Layout) -> bool:
@@ -124,9 +145,8 @@ def amx_tile(channels: int, out_height: int, out_width: int, padded_width: int, 
     rows = 1
     if stride_h == stride_w and out_width < AMX_MAX_PIXELS:
         rows = min(1 + (AMX_MAX_PIXELS - out_width) // padded_width, out_height)
-    if rows > 1:
-        return AmxTile(rows, out_width, padded_width, -(-out_height // rows) * rows)
-    return AmxTile(1, amx_row_pixels(out_width), padded_width, out_height)
+    pixels = out_width if rows > 1 else amx_row_pixels(out_width)
+    return AmxTile(rows, pixels, padded_width, out_height, out_width)
 
 
 def int8_fits(abits: int, wbits: int) -> bool:
