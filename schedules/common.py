@@ -281,17 +281,25 @@ def place_remaining_blocks(sch: Schedule, names: list[str], place) -> None:
             place(sch, existing[name], spatial)
 
 
-def weight_bytes(sch: Schedule, block) -> int:
-    """The size of the weight buffer an unscheduled kernel block reads: the one indexed by its
-    output channel innermost (`o`, or `o % B` in blocked weights)."""
+def weight_read(sch: Schedule, block) -> "tirx.BufferRegion | None":
+    """The weights an unscheduled kernel block reads: the buffer indexed by its output channel
+    innermost (`o`, or `o % B` in blocked weights)."""
     channel = [iv for iv in sch.get(block).iter_vars if int(iv.iter_type) == _DATA_PAR][-1].var
     for read in sch.get(block).reads:
         innermost = read.region[-1].min
         if isinstance(innermost, tirx.FloorMod):
             innermost = innermost.a
         if innermost.same_as(channel):
-            size = tvm.DataType(read.source.dtype).bits // 8
-            for extent in read.source.shape:
-                size *= int(extent)
-            return size
-    return 0
+            return read
+    return None
+
+
+def weight_bytes(sch: Schedule, block) -> int:
+    """The size of the weight buffer an unscheduled kernel block reads (`weight_read`), 0 if none."""
+    read = weight_read(sch, block)
+    if read is None:
+        return 0
+    size = tvm.DataType(read.source.dtype).bits // 8
+    for extent in read.source.shape:
+        size *= int(extent)
+    return size

@@ -12,6 +12,7 @@ from tvm.s_tir import Schedule
 
 from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE
 
+from . import prefetch
 from .common import (
     Decisions,
     attach_epilogue,
@@ -88,6 +89,8 @@ def _conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, order: str) 
     parallel = sch.fuse(*outer)
     sch.parallel(parallel)
     annotate_unroll(sch, parallel, decisions)
+    if lanes >= 16 and weight_bytes(sch, block) > CACHED_WEIGHT_BYTES:
+        prefetch.mark(sch, parallel, block)
     pad_whole_input(sch, block)
     registers_and_writeback(sch, block, parallel, [oh_inner, ow_inner, o_regs], o_vec, kh, tuning)
 
@@ -133,6 +136,8 @@ def _grouped_conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, orde
     parallel = sch.fuse(*outer)
     sch.parallel(parallel)
     annotate_unroll(sch, parallel, decisions)
+    if weight_bytes(sch, block) > CACHED_WEIGHT_BYTES:
+        prefetch.mark(sch, parallel, block)
     try_vectorize(sch, o_vector)
     sch.compute_at(block, parallel, preserve_unit_loops=True)
     sch.set_scope(block, 0, "local")

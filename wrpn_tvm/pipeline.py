@@ -36,6 +36,18 @@ register_replay_intrinsics = schedules.register_replay_intrinsics
 amx_available = schedules.amx.available
 holds_tiled_conv = schedules.amx.holds_tiled_conv
 
+# TVM's TIR lowering with the templates' prefetches inserted first (`schedules.prefetch`): every
+# build of scheduled TIR goes through it, tuning candidates too, so that they run as a build would.
+TIR_PIPELINE = "wrpn"
+
+
+def _tir_pipeline():
+    lower, finalize_host, finalize_device = tvm.tirx.get_tir_pipeline("default")
+    return tvm.transform.Sequential([schedules.prefetch.PrefetchNextTile, lower]), finalize_host, finalize_device
+
+
+tvm.tirx.compilation_pipeline.register_tir_pipeline(TIR_PIPELINE, _tir_pipeline)
+
 
 def prepare_module(program_path: "str | os.PathLike", spec: TargetSpec, kernels: str = AUTO, database=None):
     """Load and import a program, then rewrite its WRPN layers: (Relax module, layer reports, input specs)."""
@@ -230,7 +242,8 @@ def relax_pipeline(spec: TargetSpec, database=None, coverage: "LogCoverage | Non
 def build_module(mod, spec: TargetSpec, database=None, coverage: "LogCoverage | None" = None):
     """Compile a Relax module for the target; returns a tvm Executable (`coverage`: see relax_pipeline)."""
     try:
-        return tvm.compile(mod, target=spec.target, relax_pipeline=relax_pipeline(spec, database, coverage))
+        return tvm.compile(mod, target=spec.target, relax_pipeline=relax_pipeline(spec, database, coverage),
+                           tir_pipeline=TIR_PIPELINE)
     except WrpnError:
         raise
     except Exception as err:  # TVM surfaces codegen problems as assorted error types
@@ -240,4 +253,5 @@ def build_module(mod, spec: TargetSpec, database=None, coverage: "LogCoverage | 
 def compile_prim_func(func, spec: TargetSpec):
     """Compile one PrimFunc (a kernel alone, outside a model) with the templates at their defaults."""
     mod = schedules.apply_default_schedules(tvm.IRModule({"main": func}), spec.target)
-    return tvm.compile(mod, target=tvm.target.Target(spec.target, host="llvm") if spec.is_cuda else spec.target)
+    return tvm.compile(mod, target=tvm.target.Target(spec.target, host="llvm") if spec.is_cuda else spec.target,
+                       tir_pipeline=TIR_PIPELINE)

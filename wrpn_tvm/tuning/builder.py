@@ -28,6 +28,8 @@ class InProcessBuilder(PyBuilder):
         from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
         from tvm.support import cc
 
+        from ..pipeline import TIR_PIPELINE
+
         fcompile = cc.cross_compiler(self.cross_compiler) if self.cross_compiler else None
         results = []
         for build_input in build_inputs:
@@ -35,7 +37,7 @@ class InProcessBuilder(PyBuilder):
                 # As MetaSchedule's default_build: weights are given already laid out at run time.
                 mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(build_input.mod)
                 path = os.path.join(tempfile.mkdtemp(prefix="wrpn-tune-"), "candidate.so")
-                tvm_build(mod, target=build_input.target).export_library(path, fcompile=fcompile)
+                tvm_build(mod, target=build_input.target, pipeline=TIR_PIPELINE).export_library(path, fcompile=fcompile)
                 results.append(BuilderResult(path, None))
             except Exception as err:  # a candidate that fails to build is a recorded failure, not a crash
                 results.append(BuilderResult(None, f"build failed: {err}"))
