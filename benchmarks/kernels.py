@@ -162,6 +162,7 @@ def tune(funcs: dict, target, trials: int, work_dir: str) -> dict:
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
+    from wrpn_tvm.pipeline import TIR_PIPELINE
     from wrpn_tvm.targets import resolve
     from wrpn_tvm.tuning import load_database
     from wrpn_tvm.tuning.job import tune_tasks
@@ -174,7 +175,7 @@ def tune(funcs: dict, target, trials: int, work_dir: str) -> dict:
     executables = {}
     for name, mod in modules.items():
         tuned = database.query_ir_module(mod, target, "main")
-        executables[name] = None if tuned is None else tvm.compile(tuned, target=target)
+        executables[name] = None if tuned is None else tvm.compile(tuned, target=target, tir_pipeline=TIR_PIPELINE)
     return executables
 
 

@@ -27,6 +27,7 @@ from .common import (
     shift_groups,
     try_vectorize,
     weight_bytes,
+    weight_read,
 )
 
 UNROLL_STEPS = [0, 4, 16]  # the register tile is unrolled already; more only bloats code
@@ -90,7 +91,7 @@ def _conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, order: str) 
     sch.parallel(parallel)
     annotate_unroll(sch, parallel, decisions)
     if lanes >= 16 and weight_bytes(sch, block) > CACHED_WEIGHT_BYTES:
-        prefetch.mark(sch, parallel, block)
+        prefetch.mark(sch, parallel, weight_read(sch, block).source)
     pad_whole_input(sch, block)
     registers_and_writeback(sch, block, parallel, [oh_inner, ow_inner, o_regs], o_vec, kh, tuning)
 
@@ -137,7 +138,7 @@ def _grouped_conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, orde
     sch.parallel(parallel)
     annotate_unroll(sch, parallel, decisions)
     if weight_bytes(sch, block) > CACHED_WEIGHT_BYTES:
-        prefetch.mark(sch, parallel, block)
+        prefetch.mark(sch, parallel, weight_read(sch, block).source)
     try_vectorize(sch, o_vector)
     sch.compute_at(block, parallel, preserve_unit_loops=True)
     sch.set_scope(block, 0, "local")

@@ -24,22 +24,15 @@ from tvm import tirx
 from tvm.s_tir import SBlockRealize, Schedule
 from tvm.sym.analyzer import Analyzer
 
-from .common import weight_read
-
 ANNOTATION = "wrpn_prefetch_weights"
 LINE_BYTES = 64
 _READ, _L2_LOCALITY, _DATA_CACHE = 0, 2, 1  # llvm.prefetch's rw, locality and cache type
 
 
-def mark(sch: Schedule, loop, block) -> None:
-    """Mark `loop` (a parallel tile loop around `block`) to prefetch the weights `block` reads, where
-    they are a parameter of the function."""
-    read = weight_read(sch, block)
-    if read is None:
-        return
-    func = sch.mod["main"]
-    for index, param in enumerate(func.params):
-        if param.same_as(read.source):  # a buffer parameter is its buffer
+def mark(sch: Schedule, loop, weight: tirx.Buffer) -> None:
+    """Mark `loop` (a parallel tile loop) to prefetch `weight`, where it is a parameter of the function."""
+    for index, param in enumerate(sch.mod["main"].params):
+        if param.same_as(weight):  # a buffer parameter is its buffer
             sch.annotate(loop, ANNOTATION, index)
             return
 
