@@ -26,6 +26,7 @@ from tvm.sym.analyzer import Analyzer
 
 ANNOTATION = "wrpn_prefetch_weights"
 LINE_BYTES = 64
+MAX_PERIOD = 256  # iterations looked at for the next tile: a tile reused longer needs no prefetch
 _READ, _L2_LOCALITY, _DATA_CACHE = 0, 2, 1  # llvm.prefetch's rw, locality and cache type
 
 
@@ -80,9 +81,26 @@ def _strides(buffer: tirx.Buffer) -> list[int]:
     return strides[::-1]
 
 
-def _flat_span(regions: list, strides: list[int], loop_var, iteration: int) -> "tuple[int, int] | None":
-    """The first and last element of the weights that iteration `iteration` of the loop reads, or
-    None where they are not one contiguous run (a prefetch of the span would fetch the lines between)."""
+def _elements_per_line(weight: tirx.Buffer) -> int:
+    return LINE_BYTES * 8 // tvm.DataType(weight.dtype).bits
+
+
+def _dims_within_a_line(weight: tirx.Buffer) -> int:
+    """How many of the weight's innermost dimensions one cache line holds whole."""
+    count, size = 0, 1
+    while count < len(weight.shape) and size * int(weight.shape[-1 - count]) <= _elements_per_line(weight):
+        size *= int(weight.shape[-1 - count])
+        count += 1
+    return count
+
+
+def _flat_span(regions: list, weight: tirx.Buffer, loop_var, iteration: int) -> "tuple[int, int] | None":
+    """The first and last element of the cache lines of the weights that iteration `iteration` of
+    the loop reads, or None where those lines are not one contiguous run (a prefetch of the span
+    would fetch the lines between). The innermost dimensions that fit in a line count whole: a tile
+    of 8 of a 16-channel block's channels reads all its lines."""
+    shape, strides = [int(extent) for extent in weight.shape], _strides(weight)
+    within_line = _dims_within_a_line(weight)
     first, last, boxes = None, None, []
     for mins, extents, loops in regions:
         analyzer = Analyzer()
@@ -91,6 +109,8 @@ def _flat_span(regions: list, strides: list[int], loop_var, iteration: int) -> "
             analyzer.bind(var, domain)
         lows = [analyzer.const_int_bound(m).min_value for m in mins]
         highs = [analyzer.const_int_bound(m + e - 1).max_value for m, e in zip(mins, extents)]
+        for d in range(len(shape) - within_line, len(shape)):
+            lows[d], highs[d] = 0, shape[d] - 1
         low, high = sum(l * s for l, s in zip(lows, strides)), sum(h * s for h, s in zip(highs, strides))
         elements = 1
         for l, h in zip(lows, highs):
@@ -105,12 +125,14 @@ def _flat_span(regions: list, strides: list[int], loop_var, iteration: int) -> "
     return first, last
 
 
-def _tile_start(regions: list, strides: list[int]):
-    """The flat offset of the weights an iteration reads, in the loop's variable: the first read's
-    region at the start of the loops inside the iteration."""
+def _tile_start(regions: list, weight: tirx.Buffer):
+    """The flat offset of the first line of the weights an iteration reads, in the loop's variable:
+    the first read's region at the start of the loops inside the iteration, the dimensions within a
+    line at 0."""
     mins, _, loops = regions[0]
     at_start = {var: domain.min for var, domain in loops.items()}
-    return sum(_substitute(m, at_start) * s for m, s in zip(mins, strides))
+    outer = len(weight.shape) - _dims_within_a_line(weight)
+    return sum(_substitute(m, at_start) * s for m, s in list(zip(mins, _strides(weight)))[:outer])
 
 
 def _evaluate(expr, loop_var, iteration: int) -> int:
@@ -124,26 +146,26 @@ def _prefetches(loop: tirx.For, weight: tirx.Buffer):
     extent = int(loop.extent)
     if not regions or int(loop.min) != 0:
         return None
-    strides = _strides(weight)
     var = loop.loop_var
     spans = {}
 
     def span(iteration):
         if iteration not in spans:
-            spans[iteration] = _flat_span(regions, strides, var, iteration)
+            spans[iteration] = _flat_span(regions, weight, var, iteration)
         return spans[iteration]
 
     if span(0) is None:
         return None
-    period = next((i for i in range(1, extent) if span(i) != span(0)), extent)
-    if period == extent:
-        return None
-    start = _tile_start(regions, strides)
+    period = next((i for i in range(1, min(extent, MAX_PERIOD + 1)) if span(i) != span(0)), None)
+    if period is None:
+        return None  # one tile for the whole loop, or one read so often that its first pass does not matter
+    start = _tile_start(regions, weight)
     # Tiles of `period` iterations from 0, each starting where its region does.
     checks = [i for i in (0, period - 1, period, extent - 1) if i < extent]
-    if any(span(i) != span(i // period * period) or _evaluate(start, var, i) != span(i)[0] for i in checks):
+    if any(span(i) is None or span(i) != span(i // period * period) or _evaluate(start, var, i) != span(i)[0]
+           for i in checks):
         return None
-    elements_per_line = LINE_BYTES * 8 // tvm.DataType(weight.dtype).bits
+    elements_per_line = _elements_per_line(weight)
     first, last = span(0)
     lines = -(-(last - first + 1) // elements_per_line)
     share = -(-lines // period)
@@ -156,7 +178,7 @@ def _prefetches(loop: tirx.For, weight: tirx.Buffer):
 
     line = tirx.Var("prefetch_line", index_dtype)
     next_start = _substitute(start, {var: var + period})
-    offset = Analyzer().simplify(next_start + (tirx.floormod(var, period) * share + line) * elements_per_line)
+    offset = Analyzer().simplify(index(next_start) + (index(tirx.floormod(var, period)) * share + line) * elements_per_line)
     # The offset is flat: every other index 0, so lowering's flattening leaves it as it is.
     address = tirx.address_of(tirx.BufferLoad(weight, [index(0)] * (len(weight.shape) - 1) + [index(offset)]))
     prefetch = tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, tirx.IntImm("int32", _READ),
