@@ -11,7 +11,9 @@ accumulator is int64, two zmm registers per 16 output channels; in 32-bit words 
 read as halves, as the lowering does on AVX-512) it is int32, one register, so the tile holds twice
 the channels. Blocked weights ([O/16, KH, KW, planes, words, 16], `ops.block_conv_weight`) keep
 each 16-channel tile's weights contiguous: one sequential stream from memory instead of 64-byte pieces
-a row of O words apart. All forms compute the same integers (checked here before timing). Each kernel is timed
+a row of O words apart; where the weights exceed the template's CACHED_WEIGHT_BYTES its tile loop
+prefetches the next tile's (`schedules/prefetch.py`), and the last form is the same kernel built
+without the prefetch. All forms compute the same integers (checked here before timing). Each kernel is timed
 two ways: warm (calls averaged over at least 40 ms, MetaSchedule's default) and cold (every argument
 but the input flushed from the caches before each call, as a conv runs in a model). Rates are binary
 MACs (activation bit x weight bit x MAC) per second against this run's popcount bound
@@ -77,9 +79,11 @@ REPEAT = 10  # timings per kernel per round
 ROOFLINE_RUNS = 2
 
 
-# (name, word bits, sums shift groups apart, output channels per weight block or None)
-FORMS = [("single 64-bit", 64, False, None), ("groups 64-bit", 64, True, None), ("groups 32-bit", 32, True, None),
-         ("groups 32-bit, blocked weights", 32, True, 16)]
+# (name, word bits, sums shift groups apart, output channels per weight block or None, built through
+# the compiler's TIR pipeline, which inserts the next weight tile's prefetch where the template marks it)
+FORMS = [("single 64-bit", 64, False, None, True), ("groups 64-bit", 64, True, None, True),
+         ("groups 32-bit", 32, True, None, True), ("groups 32-bit, blocked weights", 32, True, 16, True),
+         ("the same, no prefetch", 32, True, 16, False)]
 
 
 def conv_func(layer: Layer, split: bool, word_bits: int = 64, block: "int | None" = None):
@@ -111,6 +115,15 @@ def packed_bits(rng, shape: tuple, channels: int) -> np.ndarray:
     return (bits.reshape(*shape, 64) << np.arange(64, dtype=np.uint64)).sum(-1, dtype=np.uint64)
 
 
+def compile_without_prefetch(func, spec):
+    """As `compile_prim_func`, through TVM's own TIR pipeline, which leaves the prefetch marks unused."""
+    import tvm
+
+    import schedules
+
+    return tvm.compile(schedules.apply_default_schedules(tvm.IRModule({"main": func}), spec.target), target=spec.target)
+
+
 def measure_layer(layer: Layer, spec, rng) -> dict:
     """{form: {caching: [seconds per round]}} for one layer, after checking the forms agree."""
     import tvm
@@ -125,14 +138,15 @@ def measure_layer(layer: Layer, spec, rng) -> dict:
     by_word = {64: (data, weight), 32: (data.view(np.uint32), as_halves(weight))}  # little-endian halves
     out_shape = (1, layer.out_size, layer.out_size, layer.out_channels)
     runs = {}
-    for name, word_bits, split, block in FORMS:
+    for name, word_bits, split, block, prefetch in FORMS:
         if block and layer.out_channels % block:
             continue
         data_words, weight_words = by_word[word_bits]
         args = [tvm.runtime.tensor(data_words),
                 tvm.runtime.tensor(ops.block_conv_weight(weight_words, block) if block else weight_words),
                 tvm.runtime.tensor(np.zeros(out_shape, np.int32))]
-        runs[name] = (compile_prim_func(conv_func(layer, split, word_bits, block), spec), args)
+        func = conv_func(layer, split, word_bits, block)
+        runs[name] = (compile_prim_func(func, spec) if prefetch else compile_without_prefetch(func, spec), args)
     outputs = {}
     for name, (executable, args) in runs.items():
         executable(*args)
@@ -154,7 +168,7 @@ def lowering_form(spec, layer: Layer) -> str:
     from wrpn_tvm.lowering.rewrite import conv_lane_bits, conv_weight_block, splits_shift_groups
 
     form = (conv_lane_bits(spec, layer.wbits), splits_shift_groups(spec, layer.wbits),
-            conv_weight_block(spec, layer.wbits, layer.out_channels))
+            conv_weight_block(spec, layer.wbits, layer.out_channels), True)
     return next(name for name, *rest in FORMS if tuple(rest) == form)
 
 
