@@ -4,15 +4,16 @@ A CPU template that takes channel tiles outermost reuses a tile's weights over t
 iterations of its parallel loop that compute the tile's pixels, and reads them from L3 on the
 first of those. Where the weights do not stay in the core's L2 from one call to the next (ResNet-18
 2x's 7x7 stage: 2.4 MB per conv, another conv's weights at every call), that first pass waits on a
-36 KB stream in 4 KB pages, which the hardware prefetcher restarts at every page: in WRPN 2x 2/2 on
-an AMX Xeon (2 threads), the 7x7x1024 convs ran at 72% of the popcount bound against 88-91% for the
-layers whose weights stay in L2.
+36 KB stream in 4 KB pages, which the hardware prefetcher restarts at every page: on an AMX Xeon
+(2 threads, weights flushed before each call) the 7x7x1024 2/2 conv ran at 68% of the popcount bound,
+against 89% for the 28x28 layer whose weights fit in L2 (benchmarks/results/shift_groups_xeon_amx.md).
 
 The templates mark that loop with ANNOTATION (its value: the weight's position among the
 function's parameters). `PrefetchNextTile`, run on the scheduled TIR before TVM's lowering, reads
 off the loop nest how many consecutive iterations share one tile of weights and where the next
 tile starts, and spreads the next tile over them: each iteration prefetches its share of the next
-tile's cache lines into L2 before its reduction. The same 7x7x1024 convs then ran at 85-87%.
+tile's cache lines into L2 before its reduction. The same conv then ran at 84%, unchanged with warm
+caches; ResNet-18 2x 2/2's bit-serial convs went from 83% to 89% of the bound in the model.
 Prefetches sit outside the reduction loops on purpose: a call inside them keeps LLVM from holding
 the accumulators in registers. A prefetch never faults (x86 `prefetcht1`, ARM `prfm`), and the
 last tile of the loop prefetches nothing.
@@ -178,7 +179,8 @@ def _prefetches(loop: tirx.For, weight: tirx.Buffer):
 
     line = tirx.Var("prefetch_line", index_dtype)
     next_start = _substitute(start, {var: var + period})
-    offset = Analyzer().simplify(index(next_start) + (index(tirx.floormod(var, period)) * share + line) * elements_per_line)
+    line_in_tile = index(tirx.floormod(var, period)) * share + line
+    offset = Analyzer().simplify(index(next_start) + line_in_tile * elements_per_line)
     # The offset is flat: every other index 0, so lowering's flattening leaves it as it is.
     address = tirx.address_of(tirx.BufferLoad(weight, [index(0)] * (len(weight.shape) - 1) + [index(offset)]))
     prefetch = tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, tirx.IntImm("int32", _READ),

@@ -53,7 +53,8 @@ def _prefetched_lines(func) -> dict:
     analyzer = Analyzer()
 
     def value(expr, **values):
-        bound = {var: tirx.IntImm(var.ty.dtype, values["tile"]), line: tirx.IntImm(line.ty.dtype, values.get("line", 0))}
+        bound = {var: tirx.IntImm(var.ty.dtype, values["tile"]),
+                 line: tirx.IntImm(line.ty.dtype, values.get("line", 0))}
         return int(analyzer.simplify(tvm_ffi.structural_map(expr, (tirx.Var, lambda v: bound.get(v, v)))))
 
     lines = {}

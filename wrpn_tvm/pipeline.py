@@ -242,8 +242,8 @@ def relax_pipeline(spec: TargetSpec, database=None, coverage: "LogCoverage | Non
 def build_module(mod, spec: TargetSpec, database=None, coverage: "LogCoverage | None" = None):
     """Compile a Relax module for the target; returns a tvm Executable (`coverage`: see relax_pipeline)."""
     try:
-        return tvm.compile(mod, target=spec.target, relax_pipeline=relax_pipeline(spec, database, coverage),
-                           tir_pipeline=TIR_PIPELINE)
+        return tvm.compile(mod, target=spec.target, tir_pipeline=TIR_PIPELINE,
+                           relax_pipeline=relax_pipeline(spec, database, coverage))
     except WrpnError:
         raise
     except Exception as err:  # TVM surfaces codegen problems as assorted error types
