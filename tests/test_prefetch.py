@@ -17,11 +17,11 @@ from wrpn_tvm.targets import resolve
 LINE_ELEMENTS = prefetch.LINE_BYTES // 4  # uint32 weights
 
 
-def _conv(size, channels, out_channels, blocked=True, stride=1):
+def _conv(size, channels, out_channels, blocked=True, stride=1, batch=1):
     """The AVX-512 lowering's form of a 2/2 3x3 conv: 32-bit shift groups, weights blocked by 16
     output channels (or in the plain layout)."""
     words = -(-channels // 32)
-    data = te.placeholder((1, size, size, 2, words), "uint32", name="data")
+    data = te.placeholder((batch, size, size, 2, words), "uint32", name="data")
     block = ops.CONV_WEIGHT_BLOCK
     layout = (out_channels // block, 3, 3, 2, words, block) if blocked else (3, 3, 2, words, out_channels)
     weight = te.placeholder(layout, "uint32", name="weight")
@@ -66,13 +66,13 @@ def _prefetched_lines(func) -> dict:
     return lines
 
 
-@pytest.mark.parametrize("size, stride", [(7, 1), (5, 1), (13, 2)])
-def test_each_tile_of_rows_prefetches_the_next_channel_tile(size, stride):
+@pytest.mark.parametrize("size, stride, batch", [(7, 1, 1), (5, 1, 1), (13, 2, 1), (7, 1, 3)])
+def test_each_tile_of_rows_prefetches_the_next_channel_tile(size, stride, batch):
     """Weights past L2's share (7x7 outputs of 512 -> 576 channels: 663 KB) take channel tiles
-    outermost, each tile over the output rows; the rows of tile k together prefetch every line
-    of tile k+1's weights (its 16 output channels' block), the last tile none."""
-    func = prefetch.insert_prefetches(_scheduled(_conv(size, 500, 576, stride=stride)))
-    rows = (size - 1) // stride + 1
+    outermost, each tile over the output rows (of every image); the rows of tile k together
+    prefetch every line of tile k+1's weights (its 16 output channels' block), the last tile none."""
+    func = prefetch.insert_prefetches(_scheduled(_conv(size, 500, 576, stride=stride, batch=batch)))
+    rows = batch * ((size - 1) // stride + 1)
     block_lines = 9 * 2 * 16 * ops.CONV_WEIGHT_BLOCK // LINE_ELEMENTS  # 3x3, 2 planes, 16 words of 16 channels
     lines = _prefetched_lines(func)
     tiles = 576 // ops.CONV_WEIGHT_BLOCK
