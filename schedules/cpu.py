@@ -45,6 +45,13 @@ CACHED_WEIGHT_BYTES = 512 * 1024
 CONV_LOOP_ORDERS = ("pixels_outer", "channels_outer")
 
 
+def _prefetch_weights_past_cache(sch: Schedule, parallel, block) -> None:
+    """Mark the tile loop to prefetch the next tile's weights (`prefetch`) where they exceed
+    CACHED_WEIGHT_BYTES: those come from L3 at every call."""
+    if weight_bytes(sch, block) > CACHED_WEIGHT_BYTES:
+        prefetch.mark(sch, parallel, weight_read(sch, block).source)
+
+
 def _default_pixels(width: int, lanes: int) -> int:
     """Pixels of an output row in the default register tile: 4 where the row divides by 4. With
     AVX-512 a row that does not (7 or 14 wide) takes 7: a 1-pixel tile loads every weight vector for
@@ -90,8 +97,8 @@ def _conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, order: str) 
     parallel = sch.fuse(*outer)
     sch.parallel(parallel)
     annotate_unroll(sch, parallel, decisions)
-    if lanes >= 16 and weight_bytes(sch, block) > CACHED_WEIGHT_BYTES:
-        prefetch.mark(sch, parallel, weight_read(sch, block).source)
+    if lanes >= 16:
+        _prefetch_weights_past_cache(sch, parallel, block)
     pad_whole_input(sch, block)
     registers_and_writeback(sch, block, parallel, [oh_inner, ow_inner, o_regs], o_vec, kh, tuning)
 
@@ -137,8 +144,7 @@ def _grouped_conv2d_variant(sch: Schedule, block, lanes: int, tuning: bool, orde
     parallel = sch.fuse(*outer)
     sch.parallel(parallel)
     annotate_unroll(sch, parallel, decisions)
-    if weight_bytes(sch, block) > CACHED_WEIGHT_BYTES:
-        prefetch.mark(sch, parallel, weight_read(sch, block).source)
+    _prefetch_weights_past_cache(sch, parallel, block)
     try_vectorize(sch, o_vector)
     sch.compute_at(block, parallel, preserve_unit_loops=True)
     sch.set_scope(block, 0, "local")

@@ -9,7 +9,7 @@ from tvm import te, tirx
 from tvm.sym.analyzer import Analyzer
 
 import schedules
-from kernel_cases import random_weights
+from kernel_cases import random_weights, tuning_spaces
 from schedules import prefetch
 from wrpn_tvm import kernels, ops
 from wrpn_tvm.targets import resolve
@@ -125,9 +125,6 @@ def test_tuning_spaces_keep_the_prefetch_and_stay_exact():
     """The x86 rule marks its sampled spaces too (the mark is an instruction of the trace, which
     records replay): after MetaSchedule's CPU postprocs, built as tuning candidates are (through the
     wrpn TIR pipeline), they prefetch and compute exactly."""
-    from tvm.s_tir import Schedule
-    from tvm.s_tir import meta_schedule as ms
-
     from wrpn_tvm.pipeline import TIR_PIPELINE
 
     rng = np.random.default_rng(5)
@@ -135,20 +132,13 @@ def test_tuning_spaces_keep_the_prefetch_and_stay_exact():
     w = random_weights(rng, 2, (576, 500, 3, 3))
     want = ops.conv2d_levels_reference(x, w, 2, 2, 1, 1)
     args = [ops.pack_activation_reference(x, 2), ops.block_conv_weight(ops.pack_weight(w, 2), ops.CONV_WEIGHT_BLOCK)]
-    func = _conv(7, 500, 576)
+    with resolve("x86-avx512").target:  # the rule reads the ISA off the current target, as `tune` sets it
+        spaces = tuning_spaces(_conv(7, 500, 576), "cpu", ops.CONV2D_RULE, "wrpn_bitserial_conv2d", seed=4)
     prefetching = 0
-    with resolve("x86-avx512").target:
-        rule = tvm.get_global_func(schedules.rule_name("cpu", ops.CONV2D_RULE))
-        sch = Schedule(func, seed=4)
-        for space in rule(sch, sch.get_sblock("wrpn_bitserial_conv2d")):
-            root = space.get_sblock("root")
-            for annotation, value in (("parallel", 32), ("vectorize", 64), ("unroll_explicit", 512)):
-                space.annotate(root, f"meta_schedule.{annotation}", value)
-            assert ms.postproc.RewriteParallelVectorizeUnroll().apply(space)
-            assert ms.postproc.RewriteReductionBlock().apply(space)
-            executable = tvm.compile(space.mod, target=resolve("host").target, tir_pipeline=TIR_PIPELINE)
-            prefetching += "prefetch" in executable.mod.inspect_source("asm")
-            out = tvm.runtime.tensor(np.zeros((1, 7, 7, 576), np.int32))
-            executable["main"](*(tvm.runtime.tensor(a) for a in args), out)
-            assert np.array_equal(out.numpy().transpose(0, 3, 1, 2), want)
+    for space in spaces:
+        executable = tvm.compile(space.mod, target=resolve("host").target, tir_pipeline=TIR_PIPELINE)
+        prefetching += "prefetch" in executable.mod.inspect_source("asm")
+        out = tvm.runtime.tensor(np.zeros((1, 7, 7, 576), np.int32))
+        executable["main"](*(tvm.runtime.tensor(a) for a in args), out)
+        assert np.array_equal(out.numpy().transpose(0, 3, 1, 2), want)
     assert prefetching
