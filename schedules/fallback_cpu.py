@@ -30,6 +30,7 @@ PADDING_PREFIXES = ("pad", "wrpn_pad")
 MIN_PARALLEL_WORK = 1 << 15
 POOL_PREFIX = "pool"  # TOPI's pool_max / pool_sum
 POOL_UNROLL_STEPS = 512
+BLOCKED_POOL_RANK = 5  # an NCHW{B}c pool's output: N, C/B, H, W, B
 MATVEC_ROW_FLOATS = 64  # outputs a matrix-vector step reads of a weight row: 256 bytes, 4 cache lines
 
 
@@ -102,6 +103,9 @@ def _schedule_pool(sch: s_tir.Schedule, pool, padding) -> None:
     under a plane unrolled. ResNet-18 2x's 3x3/2 max pool of its 1x128x112x112 stem map, in the
     model (znver4, 2 threads, per-call profile): 0.58 -> 0.29 ms, the shipped log's tuned record's
     time; the padding pass it replaces wrote a 6.6 MB copy."""
+    if len(sch.get(pool).writes[0].source.shape) == BLOCKED_POOL_RANK:
+        _schedule_blocked_pool(sch, pool, padding)
+        return
     *planes, _, columns, window, _ = sch.get_loops(pool)
     outer = sch.fuse(*planes) if len(planes) > 1 else planes[0]
     sch.parallel(outer)
@@ -109,6 +113,23 @@ def _schedule_pool(sch: s_tir.Schedule, pool, padding) -> None:
     sch.annotate(outer, "pragma_unroll_explicit", 1)
     sch.compute_at(padding.block_rv, columns)
     sch.decompose_reduction(pool, window)
+
+
+def _schedule_blocked_pool(sch: s_tir.Schedule, pool, padding) -> None:
+    """A pool over NCHW{B}c (`lowering.fp32`'s stem pools): rows of channel blocks in parallel,
+    each output's window padded where it is reduced, the block's lanes innermost under the window
+    so that every step is one vector max."""
+    *planes, columns, lanes, window_h, window_w = sch.get_loops(pool)  # planes: batch (unless 1), blocks, rows
+    sch.reorder(columns, window_h, window_w, lanes)
+    outer = sch.fuse(*planes)
+    sch.parallel(outer)
+    sch.annotate(outer, "pragma_auto_unroll_max_step", POOL_UNROLL_STEPS)
+    sch.annotate(outer, "pragma_unroll_explicit", 1)
+    sch.compute_at(padding.block_rv, columns)
+    sch.vectorize(sch.get_loops(padding.block_rv)[-1])
+    init = sch.decompose_reduction(pool, window_h)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(lanes)  # a reduction's update takes no `vectorize`; LLVM vectorizes the unrolled lanes
 
 
 def _reads_along_spatial_axis(sch: s_tir.Schedule, block) -> bool:

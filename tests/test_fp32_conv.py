@@ -17,6 +17,7 @@ import schedules
 from kernel_cases import tuning_spaces
 from schedules import fp32_conv
 from wrpn_tvm import ops
+from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.targets import resolve
 
 # (N, C, H, W, O, kernel, stride, padding, dilation): channels off every block size, odd sizes,
@@ -45,6 +46,34 @@ def _conv_with_relu(shape):
     relu = te.compute(conv.shape, lambda *i: tvm.tirx.max(conv(*i), tvm.tirx.const(0, "float32")), name="relu")
     want = np.maximum(ops.conv2d_float_reference(x, weight, bias, stride, padding, dilation), 0)
     return te.create_prim_func([data, blocked, bias_t, relu]), [x, ops.block_weight(weight), bias], want
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 33, 33, 32, 7, 2, 3, 1), (2, 5, 9, 11, 16, 3, 1, 1, 1),
+                                   (1, 16, 14, 14, 48, 1, 1, 0, 1)], ids=str)
+def test_blocked_output_matches_reference(shape):
+    """NCHW16c output (a stem written into a max pool): the reference's channels regrouped."""
+    n, c, h, w, o, k, stride, padding, dilation = shape
+    rng = np.random.default_rng(sum(shape[:6]))
+    x = rng.standard_normal((n, c, h, w)).astype("float32")
+    weight = rng.standard_normal((o, c, k, k)).astype("float32")
+    bias = rng.standard_normal(o).astype("float32")
+    data = te.placeholder(x.shape, name="data")
+    blocked = te.placeholder(ops.block_weight(weight).shape, name="weight")
+    bias_t = te.placeholder(bias.shape, name="bias")
+    conv = ops.blocked_conv2d(data, blocked, bias_t, stride, padding, dilation, blocked_output=True)
+    reference = ops.conv2d_float_reference(x, weight, bias, stride, padding, dilation)
+    want = reference.reshape(n, o // ops.CHANNEL_BLOCK, ops.CHANNEL_BLOCK, *reference.shape[2:]).transpose(0, 1, 3, 4, 2)
+    func = te.create_prim_func([data, blocked, bias_t, conv])
+    scheduled = schedules.apply_default_schedules(tvm.IRModule({"main": func}), resolve("host").target)
+    assert scheduled["main"].attrs[schedules.SCHEDULED_ATTR]
+    _run(scheduled, "host", [x, ops.block_weight(weight), bias], want)
+
+
+def test_blocked_output_needs_whole_channel_blocks():
+    data = te.placeholder((1, 3, 8, 8), name="data")
+    blocked = te.placeholder((2, 3, 3, 3, ops.CHANNEL_BLOCK), name="weight")
+    with pytest.raises(WrpnError, match="whole blocks"):
+        ops.blocked_conv2d(data, blocked, te.placeholder((24,), name="bias"), blocked_output=True)
 
 
 def _run(mod, target: str, args, want) -> None:
@@ -139,3 +168,52 @@ def test_plain_model_convs_fold_their_batch_norms_and_match_torch(tmp_path):
     names = [gvar.name_hint for gvar in lowered.functions]
     assert sum(name.startswith("wrpn_fp32_conv2d") for name in names) == 3
     assert not any("batch_norm" in name for name in names)
+
+
+class _StemNet(torch.nn.Module):
+    """A torchvision-style stem a user brings: conv, batch norm, ReLU, 3x3/2 max pool; a second
+    conv and pool after it with channels off the 16-channel block."""
+
+    def __init__(self, stem_channels: int):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, stem_channels, 7, stride=2, padding=3, bias=False)
+        self.bn = torch.nn.BatchNorm2d(stem_channels)
+        self.pool = torch.nn.MaxPool2d(3, stride=2, padding=1)
+        self.conv = torch.nn.Conv2d(stem_channels, 20, 3, padding=1)
+        self.head = torch.nn.Linear(20, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.bn(self.stem(x))))
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("stem_channels, blocked", [(32, True), (24, False)])
+def test_a_stem_into_a_max_pool_writes_blocks_and_matches_torch(tmp_path, stem_channels, blocked):
+    """The stem writes NCHW16c and its pool runs in that layout where its channels fill blocks
+    (batch 2: the pool's schedule then has a batch loop); channels that do not stay NCHW."""
+    from wrpn_tvm import build, pipeline, runtime
+    from wrpn_tvm.lowering.fp32 import BLOCKED_LAYOUT
+
+    torch.manual_seed(stem_channels)
+    model = _StemNet(stem_channels)
+    model.bn.running_mean.uniform_(-0.5, 0.5)
+    model.bn.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(2, 3, 37, 35)
+    program = tmp_path / "stem.pt2"
+    torch.export.save(torch.export.export(model, (x,)), str(program))
+    result = build.compile_model(program, "host", tmp_path / "stem.so")
+    got = runtime.run(result.library, [x.numpy()])[0]
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    kinds = [layer.kernel for layer in result.layers if layer.op == "conv2d"]
+    assert kinds[0] == "blocked conv (batch_norm folded)" + (f", written {BLOCKED_LAYOUT} into a max pool in that layout"
+                                                             if blocked else "")
+    assert kinds[1] == "blocked conv (bias folded)"  # its ReLU and pool read 20 channels: not whole blocks
+
+    lowered, _, _ = pipeline.prepare_module(program, resolve("host"))
+    pools = [b.value for block in lowered["main"].body.blocks for b in block.bindings
+             if isinstance(b.value, tvm.relax.Call) and getattr(b.value.op, "name", "") == "relax.nn.max_pool2d"]
+    assert [str(pool.attrs.layout) for pool in pools] == [BLOCKED_LAYOUT if blocked else "NCHW", "NCHW"]

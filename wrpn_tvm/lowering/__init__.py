@@ -67,8 +67,8 @@ def lower_wrpn(mod, spec, kernels: str = AUTO, measured: "dict | None" = None, p
         mod, outcomes = lower_fp32_convs(mod)
         # The convs left after the rewrite are the FP32 conv reports, in the same program order.
         fp32_convs = [i for i, report in enumerate(reports) if report.op == "conv2d" and not report.is_bitserial]
-        for index, epilogue in zip(fp32_convs, outcomes, strict=True):
-            reports[index] = replace(reports[index], kernel=describe_fp32(epilogue))
+        for index, conv in zip(fp32_convs, outcomes, strict=True):
+            reports[index] = replace(reports[index], kernel=describe_fp32(conv))
     return mod, reports
 
 

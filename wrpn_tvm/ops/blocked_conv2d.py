@@ -34,9 +34,11 @@ def block_weight(weight: np.ndarray, block: int = CHANNEL_BLOCK) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(blocks, block, *weight.shape[1:]).transpose(0, 2, 3, 4, 1))
 
 
-def blocked_conv2d(data, weight_blocked, bias, stride=1, padding=0, dilation=1):
+def blocked_conv2d(data, weight_blocked, bias, stride=1, padding=0, dilation=1, blocked_output=False):
     """float32 NCHW conv of data [N, I, H, W] with blocked weights [O/B, I, KH, KW, B] plus
-    bias [O] (O = bias length, at most O/B * B; the padded channels are never written)."""
+    bias [O] (O = bias length, at most O/B * B; the padded channels are never written).
+    `blocked_output`: the result as NCHW{B}c, [N, O/B, OH, OW, B] (O a multiple of B), written
+    from the register tile as whole vectors where NCHW scatters each tile's channels over rows."""
     batch, in_channels, height, width = data.shape
     blocks, w_in, kernel_h, kernel_w, block = weight_blocked.shape
     (out_channels,) = bias.shape
@@ -75,6 +77,14 @@ def blocked_conv2d(data, weight_blocked, bias, stride=1, padding=0, dilation=1):
         name="wrpn_fp32_conv2d",
         attrs={"schedule_rule": FP32_CONV2D_RULE},
     )
+    if blocked_output:
+        if int(out_channels) != int(blocks) * int(block):
+            raise WrpnError(f"a blocked output needs channels in whole blocks of {int(block)}, got {int(out_channels)}")
+        return te.compute(
+            acc.shape,
+            lambda n, ob, y, x, oi: acc[n, ob, y, x, oi] + bias[ob * block + oi],
+            name="wrpn_fp32_conv2d_bias",
+        )
     return te.compute(
         (batch, out_channels, out_h, out_w),
         lambda n, o, y, x: acc[n, o // block, y, x, o % block] + bias[o],
