@@ -18,6 +18,8 @@ instrumentation, one run) says where the time goes. Activation memory (bytes wri
 and the planned workspace, batch 1 and 32) is read off each compiled program (wrpn_tvm.memory).
 Each WRPN model's floor (`floor_ms`) says how close it is to this CPU's limit: its quantized convs at
 their kernel's instruction bound (popcount_roofline.c, int8_roofline.c, run here), the rest as profiled.
+On a CPU with AMX tiles, 2x 2/2 and 2x 4/2 are also compiled for the x86-avx512 preset, which leaves
+AMX out: what an AVX-512 CPU without it (AMD Zen 4/5, Intel Ice Lake) runs, timed on this one.
 
     python benchmarks/end_to_end.py [--repeat 30] [--rounds 3] [--no-peers] [--out benchmarks/results/end_to_end]
 """
@@ -39,6 +41,10 @@ WRPN_VARIANTS = [(2.0, 2, 2), (2.0, 4, 2), (2.0, 4, 4), (1.0, 1, 1)]  # (width, 
 # The same models with every quantized conv on the bit-serial kernel (`compile --kernels bit-serial`):
 # what the per-layer choice of the int8 dot product gains.
 BITSERIAL_VARIANTS = [(2.0, 2, 2), (2.0, 4, 2)]
+# Compiled for this preset too where the host has AMX (the int8 convs then run on VNNI).
+WITHOUT_AMX_VARIANTS = [(2.0, 2, 2), (2.0, 4, 2)]
+WITHOUT_AMX_TARGET = "x86-avx512"
+WITHOUT_AMX = f"without AMX ({WITHOUT_AMX_TARGET})"
 TARGET_VARIANT = "wrpn 2x a2/w2"
 TUNED_VARIANT = "wrpn 2x a2/w2 tuned"  # compiled with the shipped tuning log, as `compile --tuning-log` does
 TUNED_LOG = Path(__file__).resolve().parent.parent / "tuning_logs" / "resnet18-2x-a2w2-x86-avx512"
@@ -196,7 +202,8 @@ def prepare_peers(folder: Path, fp32_program: Path) -> tuple[dict, dict]:
 
 
 def compile_variant(folder: Path, name: str, width: float, abits: int, wbits: int,
-                    tuning_log: Path | None = None, kernels: str = "auto") -> tuple[str, float, list, dict, list]:
+                    tuning_log: Path | None = None, kernels: str = "auto",
+                    target: str = "host") -> tuple[str, float, list, dict, list]:
     """(library, compile seconds, layer reports, activation memory at MEMORY_BATCHES read off the
     compiled program: bytes written per inference and planned workspace, the quantized layers' work
     for `floor_ms`)."""
@@ -211,18 +218,18 @@ def compile_variant(folder: Path, name: str, width: float, abits: int, wbits: in
     program = folder / f"{name.replace(' ', '_').replace('/', '')}.pt2"
     torch.export.save(export_model(model, torch.rand(1, 3, IMAGE, IMAGE)), str(program))
     start = time.perf_counter()
-    result = build.compile_model(program, "host", program.with_suffix(".so"), tuning_log=tuning_log, kernels=kernels)
+    result = build.compile_model(program, target, program.with_suffix(".so"), tuning_log=tuning_log, kernels=kernels)
     seconds = time.perf_counter() - start
     # The build recorded its own batch (the program is exported at batch 1); the others are the
     # program traced again at that batch.
     others = tuple(batch for batch in MEMORY_BATCHES if batch != 1)
-    footprints = {1: result.memory, **program_footprints(program, batches=others, target="host",
+    footprints = {1: result.memory, **program_footprints(program, batches=others, target=target,
                                                                kernels=kernels)}
     memory = {str(batch): footprint.to_json() for batch, footprint in footprints.items()
               if footprint is not None}  # None: a shape that is not static
     quantized = [{"kernel": layer.lowered_to.split(" ", 1)[0], "bits": layer.bits, "macs": layer.macs,
                   "in_channels": layer.input_shape[1], "kernel_size": layer.weight_shape[-1] if layer.op == "conv2d" else 1,
-                  "out_width": layer.output_shape[-1]}
+                  "out_width": layer.output_shape[-1], "target": target}
                  for layer in result.layers if layer.is_bitserial]
     return str(result.library), seconds, [str(layer) for layer in result.layers], memory, quantized
 
@@ -249,7 +256,7 @@ def _bound_seconds(layer: dict, bounds: dict) -> "float | None":
     if layer["kernel"] == "bit-serial":
         return layer["macs"] * abits * wbits / bounds["bitserial_binary_macs_per_s"]
     if layer["kernel"] == "int8-dot":
-        mix = int8_roofline._expected_mix(resolve("host"), (abits, wbits), layer["in_channels"], layer["kernel_size"],
+        mix = int8_roofline._expected_mix(resolve(layer.get("target", "host")), (abits, wbits), layer["in_channels"], layer["kernel_size"],
                                           layer.get("out_width"))
         rate = bounds["int8_macs_per_s"].get(mix)
         return None if rate is None else layer["macs"] / rate
@@ -293,6 +300,13 @@ def _merge(rounds: list[dict]) -> dict:
     return merged
 
 
+def _host_has_amx() -> bool:
+    from wrpn_tvm.pipeline import amx_available
+    from wrpn_tvm.targets import resolve
+
+    return amx_available(resolve("host").target)
+
+
 def run(repeat: int, rounds: int, out: Path, with_peers: bool = True) -> dict:
     import torch
 
@@ -300,16 +314,20 @@ def run(repeat: int, rounds: int, out: Path, with_peers: bool = True) -> dict:
 
     load_before = os.getloadavg()
     load_per_round = []
-    variants = [("tvm fp32 1x", 1.0, 32, 32, None, "auto")]
-    variants += [(f"wrpn {w:g}x a{a}/w{b}", w, a, b, None, "auto") for w, a, b in WRPN_VARIANTS]
-    variants += [(f"wrpn {w:g}x a{a}/w{b} bit-serial", w, a, b, None, "bit-serial") for w, a, b in BITSERIAL_VARIANTS]
-    variants.append((TUNED_VARIANT, 2.0, 2, 2, TUNED_LOG, "auto"))
+    variants = [("tvm fp32 1x", 1.0, 32, 32, None, "auto", "host")]
+    variants += [(f"wrpn {w:g}x a{a}/w{b}", w, a, b, None, "auto", "host") for w, a, b in WRPN_VARIANTS]
+    variants += [(f"wrpn {w:g}x a{a}/w{b} bit-serial", w, a, b, None, "bit-serial", "host")
+                 for w, a, b in BITSERIAL_VARIANTS]
+    variants.append((TUNED_VARIANT, 2.0, 2, 2, TUNED_LOG, "auto", "host"))
+    if _host_has_amx():
+        variants += [(f"wrpn {w:g}x a{a}/w{b} {WITHOUT_AMX}", w, a, b, None, "auto", WITHOUT_AMX_TARGET)
+                     for w, a, b in WITHOUT_AMX_VARIANTS]
     compiled = {}
     with tempfile.TemporaryDirectory(prefix="wrpn-e2e-") as tmp:
         folder = Path(tmp)
-        for name, width, abits, wbits, log, kernels in variants:
+        for name, width, abits, wbits, log, kernels, target in variants:
             print(f"[{time.strftime('%H:%M:%S')}] compiling {name}", flush=True)
-            compiled[name] = compile_variant(folder, name, width, abits, wbits, log, kernels)
+            compiled[name] = compile_variant(folder, name, width, abits, wbits, log, kernels, target)
         peers, peers_missing = {}, {}
         if with_peers:
             peers, peers_missing = prepare_peers(folder, Path(compiled["tvm fp32 1x"][0]).with_suffix(".pt2"))
@@ -460,6 +478,8 @@ PEER_TARGETS = [
     (TUNED_VARIANT, "onnxruntime fp32", 1.0),
     ("wrpn 1x a1/w1", "onnxruntime int8 (static, QDQ)", 1.0),
     ("wrpn 2x a4/w2", BASELINE, 0.6),
+    (f"wrpn 2x a2/w2 {WITHOUT_AMX}", "onnxruntime fp32", 1.0),
+    (f"wrpn 2x a4/w2 {WITHOUT_AMX}", BASELINE, 0.6),
     (MEMORY_BASELINE, "onnxruntime fp32", 1.3),
 ]
 
