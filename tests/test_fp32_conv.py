@@ -62,7 +62,8 @@ def test_blocked_output_matches_reference(shape):
     bias_t = te.placeholder(bias.shape, name="bias")
     conv = ops.blocked_conv2d(data, blocked, bias_t, stride, padding, dilation, blocked_output=True)
     reference = ops.conv2d_float_reference(x, weight, bias, stride, padding, dilation)
-    want = reference.reshape(n, o // ops.CHANNEL_BLOCK, ops.CHANNEL_BLOCK, *reference.shape[2:]).transpose(0, 1, 3, 4, 2)
+    blocks = reference.reshape(n, o // ops.CHANNEL_BLOCK, ops.CHANNEL_BLOCK, *reference.shape[2:])
+    want = blocks.transpose(0, 1, 3, 4, 2)
     func = te.create_prim_func([data, blocked, bias_t, conv])
     scheduled = schedules.apply_default_schedules(tvm.IRModule({"main": func}), resolve("host").target)
     assert scheduled["main"].attrs[schedules.SCHEDULED_ATTR]
@@ -209,8 +210,8 @@ def test_a_stem_into_a_max_pool_writes_blocks_and_matches_torch(tmp_path, stem_c
         want = model(x).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     kinds = [layer.kernel for layer in result.layers if layer.op == "conv2d"]
-    assert kinds[0] == "blocked conv (batch_norm folded)" + (f", written {BLOCKED_LAYOUT} into a max pool in that layout"
-                                                             if blocked else "")
+    written = f", written {BLOCKED_LAYOUT} into a max pool in that layout" if blocked else ""
+    assert kinds[0] == "blocked conv (batch_norm folded)" + written
     assert kinds[1] == "blocked conv (bias folded)"  # its ReLU and pool read 20 channels: not whole blocks
 
     lowered, _, _ = pipeline.prepare_module(program, resolve("host"))

@@ -65,7 +65,6 @@ def _blocked_pool(graph: BindingGraph, output, channels: int) -> "_BlockedPool |
     return _BlockedPool(relu, user)
 
 
-
 @relax.expr_functor.mutator
 class _Fp32ConvLowerer(relax.PyExprMutator):
     def __init__(self, mod, graph: BindingGraph, layers: dict):
@@ -87,7 +86,8 @@ class _Fp32ConvLowerer(relax.PyExprMutator):
         if layer is not None:
             self.set_var_remap(binding.var, self._emit(*layer))
         elif binding.var in self.relus:
-            self.set_var_remap(binding.var, self.builder_.emit(relax.op.nn.relu(self.visit_expr(binding.value.args[0]))))
+            relu = relax.op.nn.relu(self.visit_expr(binding.value.args[0]))
+            self.set_var_remap(binding.var, self.builder_.emit(relu))
         elif binding.var in self.pools:
             self.set_var_remap(binding.var, self._emit_blocked_pool(binding.value))
         else:
