@@ -8,7 +8,9 @@ LAYERS, batch 1, default schedules, 1 thread) in each form the template emits he
   * x86-avx2 told 4/4: pair sums widened every 4 steps, as where the reduction does not fit int16
     (mix avx2_widen4);
   * host with AVX512-VNNI: vpdpbusd zmm (mix avx512_vnni), where this CPU has it; with AMX-INT8,
-    tdpbusd on tiles (mix amx) for the layers whose channels fill 64-byte tile rows (all of these);
+    tdpbusd on tiles (mix amx) for the layers whose channels fill 64-byte tile rows (all of these),
+    and then the x86-avx512 preset as well, which leaves AMX out: vpdpbusd zmm, what an AVX-512 CPU
+    without tiles runs;
   * x86-avx2-vnni: VEX-encoded vpdpbusd ymm (mix avx_vnni), where this CPU has AVX-VNNI.
 Each kernel's GMAC/s is its layer's MACs over the median of 5 rounds x 3 timings (each at least
 40 ms of calls, after one untimed), and `% of roofline` that over the mix's rate: the share of the instructions' own
@@ -39,7 +41,7 @@ RESULTS = HERE / "results"
 ROUNDS, REPEAT, MIN_REPEAT_MS = 5, 3, 40
 # (target, bits the kernel is told, the roofline mix its inner loop is): see the module docstring.
 KERNELS = [("x86-avx2", (2, 2), "avx2_int16"), ("x86-avx2", (4, 4), "avx2_widen4"), ("host", (4, 4), "avx512_vnni"),
-           ("x86-avx2-vnni", (4, 4), "avx_vnni"), ("host", (4, 4), "amx")]
+           ("x86-avx512", (4, 4), "avx512_vnni"), ("x86-avx2-vnni", (4, 4), "avx_vnni"), ("host", (4, 4), "amx")]
 
 
 def roofline() -> dict:
@@ -72,6 +74,7 @@ def _expected_mix(spec, bits, in_channels: int, kernel: int, out_width: "int | N
 def measure(rates: dict) -> list:
     import tvm
 
+    from schedules import amx
     from wrpn_tvm import ops
     from wrpn_tvm.pipeline import compile_prim_func
     from wrpn_tvm.targets import resolve
@@ -79,9 +82,12 @@ def measure(rates: dict) -> list:
     tvm.get_global_func("runtime.config_threadpool")(0, 1)
     rng = np.random.default_rng(0)
     rows = []
+    host_on_tiles = amx.available(resolve("host").target)
     for target, bits, mix in KERNELS:
         if mix not in rates:
             continue  # the CPU lacks the instructions (e.g. no VNNI)
+        if target == "x86-avx512" and not host_on_tiles:
+            continue  # the host rows are these kernels already
         spec = resolve(target)
         layout = ops.int8_layout(spec.target)
         int8_dot.INT8_BITS = bits
@@ -118,7 +124,8 @@ def markdown(result: dict) -> str:
              "| mix | instructions per group | GMAC/s | MAC/cycle |", "| --- | --- | ---: | ---: |"]
     groups = {"avx2_int16": "vpmaddubsw + vpaddw (ymm)",
               "avx2_widen4": "4 vpmaddubsw + 3 vpaddw + vpmaddwd + vpaddd (ymm)",
-              "avx512_vnni": "vpdpbusd (zmm)", "avx_vnni": "{vex} vpdpbusd (ymm)"}
+              "avx512_vnni": "vpdpbusd (zmm)", "avx_vnni": "{vex} vpdpbusd (ymm)",
+              "amx": "tdpbusd (16x64 by 64x16 byte tiles)"}
     for mix, rate in peak["mixes"].items():
         lines.append(f"| {mix} | {groups[mix]} | {rate['gmac_per_s']:.0f} | {rate['mac_per_cycle']:.1f} |")
     lines += ["", "TVM int8 conv (default schedule, batch 1, 1 thread; ResNet-18 2x layers):", "",
