@@ -175,11 +175,11 @@ class _StemNet(torch.nn.Module):
     """A torchvision-style stem a user brings: conv, batch norm, ReLU, 3x3/2 max pool; a second
     conv and pool after it with channels off the 16-channel block."""
 
-    def __init__(self, stem_channels: int):
+    def __init__(self, stem_channels: int, ceil_mode: bool = False):
         super().__init__()
         self.stem = torch.nn.Conv2d(3, stem_channels, 7, stride=2, padding=3, bias=False)
         self.bn = torch.nn.BatchNorm2d(stem_channels)
-        self.pool = torch.nn.MaxPool2d(3, stride=2, padding=1)
+        self.pool = torch.nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=ceil_mode)
         self.conv = torch.nn.Conv2d(stem_channels, 20, 3, padding=1)
         self.head = torch.nn.Linear(20, 10)
 
@@ -189,15 +189,16 @@ class _StemNet(torch.nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-@pytest.mark.parametrize("stem_channels, blocked", [(32, True), (24, False)])
-def test_a_stem_into_a_max_pool_writes_blocks_and_matches_torch(tmp_path, stem_channels, blocked):
+@pytest.mark.parametrize("stem_channels, blocked, ceil_mode", [(32, True, False), (32, True, True), (24, False, False)])
+def test_a_stem_into_a_max_pool_writes_blocks_and_matches_torch(tmp_path, stem_channels, blocked, ceil_mode):
     """The stem writes NCHW16c and its pool runs in that layout where its channels fill blocks
-    (batch 2: the pool's schedule then has a batch loop); channels that do not stay NCHW."""
+    (batch 2: the pool's schedule then has a batch loop; odd sizes, with ceil_mode a last window
+    that overhangs); channels that do not stay NCHW."""
     from wrpn_tvm import build, pipeline, runtime
     from wrpn_tvm.lowering.fp32 import BLOCKED_LAYOUT
 
     torch.manual_seed(stem_channels)
-    model = _StemNet(stem_channels)
+    model = _StemNet(stem_channels, ceil_mode)
     model.bn.running_mean.uniform_(-0.5, 0.5)
     model.bn.running_var.uniform_(0.5, 2.0)
     model.eval()
