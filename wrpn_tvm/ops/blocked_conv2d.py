@@ -1,13 +1,14 @@
 """FP32 conv2d for the layers a WRPN model keeps in full precision (the stem, shortcut convs of a
 partly quantized net, every conv of an FP32 model), as a TE compute our CPU templates schedule.
 
-Activations and the result stay NCHW, so nothing around the layer changes; only the constant
-weights are re-laid out, as [O/B, I, KH, KW, B] with B output channels innermost. The template
-vectorizes over those B channels: one broadcast input pixel meets a vector of weights, the FMA
-register tile a direct conv needs on any SIMD ISA, and any stride or kernel size works the same.
+The input stays NCHW, so nothing before the layer changes; the constant weights are re-laid out,
+as [O/B, I, KH, KW, B] with B output channels innermost. The template vectorizes over those B
+channels: one broadcast input pixel meets a vector of weights, the FMA register tile a direct conv
+needs on any SIMD ISA, and any stride or kernel size works the same.
 The conv accumulates into a blocked [N, O/B, OH, OW, B] tile that the schedule keeps in
-registers; one elementwise stage adds the per-channel bias and writes NCHW. A folded batch norm
-or scale arrives already multiplied into the weights and bias (`block_weight`).
+registers; one elementwise stage adds the per-channel bias and writes NCHW, or NCHW{B}c where the
+lowering asks for it (a stem whose max pool runs in that layout: `lowering.fp32`). A folded batch
+norm or scale arrives already multiplied into the weights and bias (`block_weight`).
 """
 
 import numpy as np
