@@ -32,42 +32,39 @@ SHAPES = [
 ]
 
 
-def _conv_with_relu(shape):
-    """A PrimFunc computing relu(blocked_conv2d(x) + bias) as FuseOps would hand it over, and its inputs."""
+def _random_conv(shape, blocked_output=False):
+    """The blocked conv of a random case: (its placeholders, its output, the inputs, the float
+    reference in NCHW)."""
     n, c, h, w, o, k, stride, padding, dilation = shape
     rng = np.random.default_rng(sum(shape[:6]))
     x = rng.standard_normal((n, c, h, w)).astype("float32")
     weight = rng.standard_normal((o, c, k, k)).astype("float32")
     bias = rng.standard_normal(o).astype("float32")
-    data = te.placeholder(x.shape, name="data")
-    blocked = te.placeholder(ops.block_weight(weight).shape, name="weight")
-    bias_t = te.placeholder(bias.shape, name="bias")
-    conv = ops.blocked_conv2d(data, blocked, bias_t, stride, padding, dilation)
+    placeholders = [te.placeholder(x.shape, name="data"), te.placeholder(ops.block_weight(weight).shape, name="weight"),
+                    te.placeholder(bias.shape, name="bias")]
+    conv = ops.blocked_conv2d(*placeholders, stride, padding, dilation, blocked_output=blocked_output)
+    reference = ops.conv2d_float_reference(x, weight, bias, stride, padding, dilation)
+    return placeholders, conv, [x, ops.block_weight(weight), bias], reference
+
+
+def _conv_with_relu(shape):
+    """A PrimFunc computing relu(blocked_conv2d(x) + bias) as FuseOps would hand it over, and its inputs."""
+    placeholders, conv, args, reference = _random_conv(shape)
     relu = te.compute(conv.shape, lambda *i: tvm.tirx.max(conv(*i), tvm.tirx.const(0, "float32")), name="relu")
-    want = np.maximum(ops.conv2d_float_reference(x, weight, bias, stride, padding, dilation), 0)
-    return te.create_prim_func([data, blocked, bias_t, relu]), [x, ops.block_weight(weight), bias], want
+    return te.create_prim_func([*placeholders, relu]), args, np.maximum(reference, 0)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 33, 33, 32, 7, 2, 3, 1), (2, 5, 9, 11, 16, 3, 1, 1, 1),
                                    (1, 16, 14, 14, 48, 1, 1, 0, 1)], ids=str)
 def test_blocked_output_matches_reference(shape):
     """NCHW16c output (a stem written into a max pool): the reference's channels regrouped."""
-    n, c, h, w, o, k, stride, padding, dilation = shape
-    rng = np.random.default_rng(sum(shape[:6]))
-    x = rng.standard_normal((n, c, h, w)).astype("float32")
-    weight = rng.standard_normal((o, c, k, k)).astype("float32")
-    bias = rng.standard_normal(o).astype("float32")
-    data = te.placeholder(x.shape, name="data")
-    blocked = te.placeholder(ops.block_weight(weight).shape, name="weight")
-    bias_t = te.placeholder(bias.shape, name="bias")
-    conv = ops.blocked_conv2d(data, blocked, bias_t, stride, padding, dilation, blocked_output=True)
-    reference = ops.conv2d_float_reference(x, weight, bias, stride, padding, dilation)
-    blocks = reference.reshape(n, o // ops.CHANNEL_BLOCK, ops.CHANNEL_BLOCK, *reference.shape[2:])
-    want = blocks.transpose(0, 1, 3, 4, 2)
-    func = te.create_prim_func([data, blocked, bias_t, conv])
+    placeholders, conv, args, reference = _random_conv(shape, blocked_output=True)
+    n, o, *spatial = reference.shape
+    want = reference.reshape(n, o // ops.CHANNEL_BLOCK, ops.CHANNEL_BLOCK, *spatial).transpose(0, 1, 3, 4, 2)
+    func = te.create_prim_func([*placeholders, conv])
     scheduled = schedules.apply_default_schedules(tvm.IRModule({"main": func}), resolve("host").target)
     assert scheduled["main"].attrs[schedules.SCHEDULED_ATTR]
-    _run(scheduled, "host", [x, ops.block_weight(weight), bias], want)
+    _run(scheduled, "host", args, want)
 
 
 def test_blocked_output_needs_whole_channel_blocks():

@@ -34,12 +34,6 @@ class Fp32Conv:
     blocked_pool: bool = False
 
 
-@dataclass(frozen=True)
-class _BlockedPool:
-    relu: "relax.Var | None"
-    pool: relax.Var
-
-
 def _foldable_conv(graph: BindingGraph, var) -> "np.ndarray | None":
     """The constant OIHW weight of a float32 NCHW conv2d the blocked kernel computes, else None."""
     call = graph.value(var)
@@ -51,18 +45,19 @@ def _foldable_conv(graph: BindingGraph, var) -> "np.ndarray | None":
     return graph.constant(call.args[1])
 
 
-def _blocked_pool(graph: BindingGraph, output, channels: int) -> "_BlockedPool | None":
-    """The NCHW max pool that alone reads a conv's output, through one ReLU at most, where the
-    channels fill whole blocks; else None."""
+def _blocked_pool(graph: BindingGraph, output, channels: int) -> "relax.Var | None":
+    """The NCHW max pool that alone reads a conv's output, through one ReLU at most (elementwise:
+    the mutator re-emits it over the blocked map as it is), where the channels fill whole blocks;
+    else None."""
     if channels % ops.CHANNEL_BLOCK:
         return None
-    relu, user = None, graph.sole_user(output)
+    user = graph.sole_user(output)
     if user is not None and op_name(graph.value(user)) == "relax.nn.relu":
-        relu, user = user, graph.sole_user(user)
+        user = graph.sole_user(user)
     value = graph.value(user) if user is not None else None
     if op_name(value) != "relax.nn.max_pool2d" or (value.attrs.layout, value.attrs.out_layout) != ("NCHW", "NCHW"):
         return None
-    return _BlockedPool(relu, user)
+    return user
 
 
 @relax.expr_functor.mutator
@@ -71,10 +66,8 @@ class _Fp32ConvLowerer(relax.PyExprMutator):
         super().__init__(mod)
         self.mod = mod
         self.graph = graph
-        self.layers = layers  # epilogue output var -> (conv var, weight, epilogue, _BlockedPool or None)
-        pools = [layer[3] for layer in layers.values() if layer[3] is not None]
-        self.relus = {pool.relu for pool in pools if pool.relu is not None}
-        self.pools = {pool.pool for pool in pools}
+        self.layers = layers  # epilogue output var -> (conv var, weight, epilogue, its blocked pool's var or None)
+        self.pools = {pool for *_, pool in layers.values() if pool is not None}
 
     def lower(self):
         main = self.mod.get_global_var("main")
@@ -85,16 +78,13 @@ class _Fp32ConvLowerer(relax.PyExprMutator):
         layer = self.layers.get(binding.var)
         if layer is not None:
             self.set_var_remap(binding.var, self._emit(*layer))
-        elif binding.var in self.relus:
-            relu = relax.op.nn.relu(self.visit_expr(binding.value.args[0]))
-            self.set_var_remap(binding.var, self.builder_.emit(relu))
         elif binding.var in self.pools:
             self.set_var_remap(binding.var, self._emit_blocked_pool(binding.value))
         else:
             return super().visit_var_binding_(binding)
         return None
 
-    def _emit(self, conv_var, weight: np.ndarray, epilogue: Epilogue, blocked_pool: "_BlockedPool | None"):
+    def _emit(self, conv_var, weight: np.ndarray, epilogue: Epilogue, blocked_pool: "relax.Var | None"):
         call = self.graph.value(conv_var)
         folded = weight.astype(np.float64) * epilogue.multiplier.reshape(-1, 1, 1, 1)
         attrs = call.attrs
