@@ -10,7 +10,8 @@ A conv whose output only a max pool reads (a ResNet stem, through a ReLU or not)
 NCHW16c and the pool runs in that layout; the pooled map, a quarter of the conv's, goes back to
 NCHW for its reader (a pack fuses the transform). NCHW makes each register tile's write-back
 scatter its 16 channels over 16 rows: ResNet-18 2x's stem (3 -> 128 channels, 112x112 out) took
-1.46 ms that way against 1.34 blocked (Xeon with AVX-512, 2 threads, the conv alone).
+1.46 ms that way against 1.34 blocked (Xeon with AVX-512, 2 threads, the conv alone; a
+diagnostic timing, not a committed benchmark).
 """
 
 from dataclasses import dataclass
