@@ -39,7 +39,7 @@ def _nodes(root, kind) -> list:
     return found
 
 
-def _prefetched_lines(func) -> dict:
+def _prefetched_lines(func, line_elements=LINE_ELEMENTS) -> dict:
     """iteration of the parallel tile loop -> the weight lines (flat element offset // a line) it
     prefetches, evaluated from the inserted statement."""
     (tile_loop,) = [loop for loop in _nodes(func.body, tirx.For) if loop.kind == tirx.ForKind.PARALLEL
@@ -62,7 +62,7 @@ def _prefetched_lines(func) -> dict:
         lines[iteration] = set()
         if value(guard.condition, tile=iteration):
             for step in range(int(line_loop.extent)):
-                lines[iteration].add(value(offset, tile=iteration, line=step) // LINE_ELEMENTS)
+                lines[iteration].add(value(offset, tile=iteration, line=step) // line_elements)
     return lines
 
 
@@ -142,3 +142,27 @@ def test_tuning_spaces_keep_the_prefetch_and_stay_exact():
         executable["main"](*(tvm.runtime.tensor(a) for a in args), out)
         assert np.array_equal(out.numpy().transpose(0, 3, 1, 2), want)
     assert prefetching
+
+
+def test_int8_conv_with_channel_blocks_outermost_prefetches_the_next_blocks():
+    """The int8-dot template takes weight blocks outermost past BLOCKS_OUTER_WEIGHT_BYTES (7x7x512
+    3x3: 2.4 MB) and marks that loop: the 7 rows of each tile of weight blocks together prefetch
+    every line of the next tile's blocks, the last tile none."""
+    layout = ops.int8_layout(resolve("x86-avx512").target)
+    data = te.placeholder((1, 7, 7, 512), "uint8", name="data")
+    weight = te.placeholder((512 // layout.out_block, 3, 3, 128, layout.out_block, 4), "int8", name="weight")
+    conv = ops.int8_conv2d(data, weight, 512, 1, 1, bits=(2, 2), layout=layout)
+    func = prefetch.insert_prefetches(_scheduled(te.create_prim_func([data, weight, conv])))
+    lines = _prefetched_lines(func, line_elements=prefetch.LINE_BYTES)
+    block_lines = 9 * 128 * layout.out_block * 4 // prefetch.LINE_BYTES
+    rows = 7
+    tiles = len(lines) // rows
+    blocks_per_tile = 512 // layout.out_block // tiles
+    for tile in range(tiles):
+        fetched = set().union(*(lines[tile * rows + row] for row in range(rows)))
+        if tile == tiles - 1:
+            assert not fetched
+        else:
+            first = (tile + 1) * blocks_per_tile * block_lines
+            wanted = set(range(first, first + blocks_per_tile * block_lines))
+            assert wanted <= fetched and len(fetched - wanted) < rows, tile
