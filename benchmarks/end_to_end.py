@@ -45,6 +45,10 @@ BITSERIAL_VARIANTS = [(2.0, 2, 2), (2.0, 4, 2)]
 WITHOUT_AMX_VARIANTS = [(2.0, 2, 2), (2.0, 4, 2)]
 WITHOUT_AMX_TARGET = "x86-avx512"
 WITHOUT_AMX = f"without AMX ({WITHOUT_AMX_TARGET})"
+# `compile --kernels int8-winograd`: the 3x3 stride-1 convs of at least 14x14 outputs as int8 dot
+# products in the Winograd F(2x2, 3x3) domain (the VNNI kernels; for the x86-avx512 preset on AMX hosts).
+WINOGRAD_VARIANTS = [(2.0, 2, 2), (2.0, 4, 2)]
+WINOGRAD = "int8-winograd"
 TARGET_VARIANT = "wrpn 2x a2/w2"
 TUNED_VARIANT = "wrpn 2x a2/w2 tuned"  # compiled with the shipped tuning log, as `compile --tuning-log` does
 TUNED_LOG = Path(__file__).resolve().parent.parent / "tuning_logs" / "resnet18-2x-a2w2-x86-avx512"
@@ -85,7 +89,7 @@ ROOFLINE_RUNS = 3
 
 
 def _call_kind(symbol: str) -> str:
-    if "wrpn_int8_conv2d" in symbol:
+    if "wrpn_int8_conv2d" in symbol or "wrpn_int8_winograd" in symbol:
         return INT8_CONV
     if "wrpn_conv2d" in symbol or "wrpn_dense" in symbol:
         return BITSERIAL_CONV
@@ -227,11 +231,22 @@ def compile_variant(folder: Path, name: str, width: float, abits: int, wbits: in
                                                                kernels=kernels)}
     memory = {str(batch): footprint.to_json() for batch, footprint in footprints.items()
               if footprint is not None}  # None: a shape that is not static
-    quantized = [{"kernel": layer.lowered_to.split(" ", 1)[0], "bits": layer.bits, "macs": layer.macs,
+    quantized = [{"kernel": layer.lowered_to.split(" ", 1)[0], "bits": layer.bits, "macs": _multiplies(layer),
                   "in_channels": layer.input_shape[1], "kernel_size": layer.weight_shape[-1] if layer.op == "conv2d" else 1,
                   "out_width": layer.output_shape[-1], "target": target}
                  for layer in result.layers if layer.is_bitserial]
     return str(result.library), seconds, [str(layer) for layer in result.layers], memory, quantized
+
+
+def _multiplies(layer) -> int:
+    """The layer's MACs, or in the Winograd domain its dot products' (16 per 2x2 tile, input and
+    output channel): what its instruction bound counts."""
+    from wrpn_tvm.lowering.report import WINOGRAD
+
+    if layer.kernel != WINOGRAD:
+        return layer.macs
+    batch, out_channels, height, width = layer.output_shape
+    return batch * -(-height // 2) * -(-width // 2) * 16 * layer.weight_shape[1] * out_channels
 
 
 def instruction_bounds() -> dict:
@@ -300,6 +315,10 @@ def _merge(rounds: list[dict]) -> dict:
     return merged
 
 
+def _winograd_name(width: float, abits: int, wbits: int) -> str:
+    return f"wrpn {width:g}x a{abits}/w{wbits} {WINOGRAD}" + (f" {WITHOUT_AMX}" if _host_has_amx() else "")
+
+
 def _host_has_amx() -> bool:
     from wrpn_tvm.pipeline import amx_available
     from wrpn_tvm.targets import resolve
@@ -322,6 +341,8 @@ def run(repeat: int, rounds: int, out: Path, with_peers: bool = True) -> dict:
     if _host_has_amx():
         variants += [(f"wrpn {w:g}x a{a}/w{b} {WITHOUT_AMX}", w, a, b, None, "auto", WITHOUT_AMX_TARGET)
                      for w, a, b in WITHOUT_AMX_VARIANTS]
+    variants += [(_winograd_name(w, a, b), w, a, b, None, WINOGRAD, WITHOUT_AMX_TARGET if _host_has_amx() else "host")
+                 for w, a, b in WINOGRAD_VARIANTS]
     compiled = {}
     with tempfile.TemporaryDirectory(prefix="wrpn-e2e-") as tmp:
         folder = Path(tmp)
@@ -378,7 +399,9 @@ def run(repeat: int, rounds: int, out: Path, with_peers: bool = True) -> dict:
         "peers_missing": peers_missing,
         "note": "untuned compile: each quantized conv on the kernel the cost model picks (bit-serial or int8 dot), "
                 "templates at their default decisions, other TIR under the build's generic parallel fallback schedule; "
-                "'... bit-serial': every quantized conv bit-serial; "
+                "'... bit-serial': every quantized conv bit-serial; '... int8-winograd': compile --kernels int8-winograd "
+                "(3x3 stride-1 convs of at least 14x14 outputs as int8 dot products in the Winograd F(2x2, 3x3) "
+                "domain, the others int8-dot); "
                 f"'{TUNED_VARIANT}': compiled with {TUNED_LOG.relative_to(TUNED_LOG.parent.parent)}",
         "target": f"{TARGET_VARIANT} no slower than {BASELINE}",
         "target_met": results[TARGET_VARIANT]["median_ms"] <= baseline_ms,
@@ -480,6 +503,10 @@ PEER_TARGETS = [
     ("wrpn 2x a4/w2", BASELINE, 0.6),
     (f"wrpn 2x a2/w2 {WITHOUT_AMX}", "onnxruntime fp32", 1.0),
     (f"wrpn 2x a4/w2 {WITHOUT_AMX}", BASELINE, 0.6),
+    (f"wrpn 2x a2/w2 {WINOGRAD}", "onnxruntime fp32", 1.0),
+    (f"wrpn 2x a4/w2 {WINOGRAD}", BASELINE, 0.6),
+    (f"wrpn 2x a2/w2 {WINOGRAD} {WITHOUT_AMX}", "onnxruntime fp32", 1.0),
+    (f"wrpn 2x a4/w2 {WINOGRAD} {WITHOUT_AMX}", BASELINE, 0.6),
     (MEMORY_BASELINE, "onnxruntime fp32", 1.3),
 ]
 

@@ -34,7 +34,7 @@ from tvm.target import Target
 from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE, FP32_CONV2D_RULE, INT8_CONV2D_RULE, LUT_CONV2D_RULE
 
-from . import amx, arm_cpu, cuda, fp32_conv, int8_dot, lut, prefetch, x86
+from . import amx, arm_cpu, cuda, fp32_conv, int8_dot, int8_winograd, lut, prefetch, x86
 from .common import SCHEDULED_ATTR, has_wrpn_block, is_scheduled, with_scheduled
 
 _FAMILIES = {"cpu": x86.TEMPLATES, "arm_cpu": arm_cpu.TEMPLATES, "cuda": cuda}
@@ -57,6 +57,9 @@ def _schedule_with_template(sch: Schedule, target: Target) -> bool:
     CPU, or the int8-dot conv) at default decisions; False when none applies."""
     if has_wrpn_block(sch.mod["main"]):
         family(target).schedule_function(sch, target)
+        return True
+    if "cpu" in target.keys and int8_winograd.has_winograd_conv(sch):
+        int8_winograd.schedule_function(sch, target)
         return True
     if "cpu" in target.keys and int8_dot.has_int8_conv(sch):
         int8_dot.schedule_function(sch, target)
@@ -96,8 +99,8 @@ def apply_default_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
 def apply_fixed_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     """A copy of mod with every PrimFunc that has nothing to tune scheduled by its template and
     marked, so that tuning makes no task of it and a database cannot replace it: those whose WRPN
-    kernels are all packs the template stages (levels computed once, packed by an intrinsic), and
-    the lookup convs' tables passes. The
+    kernels are all packs the template stages (levels computed once, packed by an intrinsic), the
+    lookup convs' tables passes, and the Winograd int8 convs (their template samples nothing). The
     tuning rule's only alternative for them, the generic inlined pack, can time faster alone and
     slower among the model's calls: two of ResNet-18 2x 2/2's packs tuned so took 0.41 and 0.14 ms
     in the model against their staged default's 0.22 and 0.04
@@ -110,6 +113,9 @@ def apply_fixed_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     def schedule_if_fixed(sch: Schedule) -> bool:
         if "cpu" in target.keys and lut.has_lut_tables(sch):
             lut.schedule_tables(sch)
+            return True
+        if "cpu" in target.keys and int8_winograd.has_winograd_conv(sch):
+            int8_winograd.schedule_function(sch, target)
             return True
         if not templates.has_no_decisions(sch, target):
             return False

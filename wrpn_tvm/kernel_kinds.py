@@ -6,4 +6,7 @@ INT8_DOT = "int8-dot"  # an int8 dot product over the integer levels
 LUT = "lut"  # vpshufb lookups in per-pixel tables of level sums (AVX2; 1- and 2-bit weights)
 KERNELS = (BITSERIAL, INT8_DOT, LUT)
 AUTO = "auto"  # per layer, whichever is faster
-MODES = (AUTO, *KERNELS)
+# int8-dot with every 3x3 stride-1 conv it can take in the Winograd F(2x2, 3x3) domain (x86 without
+# AMX tiles; `ops.int8_winograd`), asked for by name: `auto` does not choose it yet.
+INT8_WINOGRAD = "int8-winograd"
+MODES = (AUTO, *KERNELS, INT8_WINOGRAD)

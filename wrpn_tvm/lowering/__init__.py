@@ -26,7 +26,7 @@ from .graph import BindingGraph
 from ..kernel_kinds import AUTO, BITSERIAL, KERNELS, MODES
 from .kernel_choice import SharedInput, choose, estimated_pass, pack_key, settle_shared_inputs
 from .recognize import plan_function
-from .report import FP32, LayerReport, program_warnings, summary
+from .report import FP32, WINOGRAD, LayerReport, program_warnings, summary
 from .rewrite import layer_tag, rewrite
 from .ste import remove_straight_through
 
@@ -62,7 +62,8 @@ def lower_wrpn(mod, spec, kernels: str = AUTO, measured: "dict | None" = None, p
             reason = report.reason + ("; input packed in its producer's epilogue" if fused else "")
             reason += f"; {choice.why}" if choice.why else ""
             reports[plan.report_index] = replace(report, reason=reason,
-                                                 lowered_to=report.lowered_to.replace("bit-serial", choice.kernel, 1))
+                                                 lowered_to=report.lowered_to.replace("bit-serial", choice.kernel, 1),
+                                                 kernel=WINOGRAD if choice.winograd else report.kernel)
     if not spec.is_cuda:
         mod, outcomes = lower_fp32_convs(mod)
         # The convs left after the rewrite are the FP32 conv reports, in the same program order.

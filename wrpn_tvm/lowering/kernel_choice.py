@@ -29,11 +29,11 @@ both (three round-robin `bench` runs, znver4).
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .. import ops
 from ..ops.bitserial import as_padding4
-from ..kernel_kinds import AUTO, BITSERIAL, INT8_DOT, KERNELS, LUT
+from ..kernel_kinds import AUTO, BITSERIAL, INT8_DOT, INT8_WINOGRAD, KERNELS, LUT
 from ..targets import is_aarch64
 from .recognize import LayerPlan
 
@@ -48,6 +48,7 @@ class Choice:
     # records) and the cost model's estimate (bit-serial word steps).
     seconds: dict = field(default_factory=dict)
     estimated: dict = field(default_factory=dict)
+    winograd: bool = False  # an int8-dot conv computed in the Winograd F(2x2, 3x3) domain
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,8 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
            measured: "dict | None" = None) -> Choice:
     """The kernel for one quantized layer. `mode`: AUTO, or the kernel asked for; `measured`: the
     best tuned seconds of each kernel with records for this layer (bit-serial and int8-dot at least)."""
+    if mode == INT8_WINOGRAD:
+        return _winograd(plan, target, layout, input_shape, output_shape)
     if mode != AUTO:
         why = _unavailable(plan, target, layout, mode)
         if why is not None:
@@ -292,6 +295,20 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
     else:
         why = f"kernel by cost model: {_times(costs, BITSERIAL)} bit-serial's time"
     return Choice(kernel, why + _on_tiles(kernel, kind, work), estimated=costs)
+
+
+def _winograd(plan: LayerPlan, target, layout, input_shape, output_shape) -> Choice:
+    """INT8_WINOGRAD asked for: int8-dot, in the Winograd domain where `ops.winograd_applies`."""
+    why = _unavailable(plan, target, layout, INT8_DOT)
+    if why is not None:
+        return Choice(BITSERIAL, f"{INT8_WINOGRAD} asked for, but {why}")
+    choice = choose(plan, target, layout, INT8_DOT, input_shape, output_shape)
+    if ops.winograd_applies(plan.grid.levels.shape[2:], plan.stride, output_shape[2:], layout, plan.quantizer.bits,
+                            plan.grid.bits):
+        return replace(choice, why=f"{INT8_WINOGRAD} asked for: 16 dot products per 2x2 outputs where the direct "
+                                   "conv takes 36", winograd=True)
+    return replace(choice, why=f"{INT8_WINOGRAD} asked for; direct int8-dot: Winograd F(2x2, 3x3) takes 3x3 stride-1 "
+                               "convs of at least 14x14 outputs with levels of at most 4 bits (5/4), on x86 without AMX tiles")
 
 
 def _on_tiles(kernel: str, kind: str, work: LayerWork) -> str:

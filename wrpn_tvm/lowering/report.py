@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from .graph import BindingGraph, op_name
 
 FP32 = "fp32"
+WINOGRAD = "Winograd F(2x2, 3x3)"  # the kernel of an int8-dot conv in the Winograd domain
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class LayerReport:
     output_shape: tuple[int, ...]
     lowered_to: str  # "bit-serial conv2d a2/w2", "int8-dot conv2d a2/w2" or FP32
     reason: str = ""  # why the layer stayed FP32; what was folded for a bit-serial layer
-    kernel: str = ""  # for an FP32 layer, the kernel it runs as (and what was folded into it)
+    kernel: str = ""  # for an FP32 layer, the kernel it runs as (and what was folded into it); WINOGRAD
     weight_shape: tuple[int, ...] = ()  # conv OIHW (I per group), dense [K, O] as the matmul reads it
 
     @property

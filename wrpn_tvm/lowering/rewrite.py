@@ -134,6 +134,7 @@ class _Lowerer(relax.PyExprMutator):
         self.int8_layout = int8_layout
         self.plan_at = {plan.epilogue.output: plan for plan in plans}
         self.kernel_of = {plan.report_index: choice.kernel for plan, choice in zip(plans, choices, strict=True)}
+        self.winograd = {plan.report_index for plan, choice in zip(plans, choices) if choice.winograd}
         self.emitted: dict = {}  # original epilogue output var -> _Emitted
         self.packed: dict = {}  # pack_key -> packed var
         self.views: dict = {}  # (packed var, lane bits) -> its view in words of that size
@@ -299,7 +300,14 @@ class _Lowerer(relax.PyExprMutator):
         packed = self._pack(plan)
         # The layer's index in the kernel's name lets the kernel choice find its tuning records.
         tag = f"a{abits}w{wbits}_{layer_tag(plan.report_index)}"
-        if self.kernel_of[plan.report_index] == INT8_DOT:
+        if plan.report_index in self.winograd:
+            weight, correction = ops.prepack_winograd_weight(plan.grid.levels, abits, self.int8_layout)
+            acc = self.builder_.emit_te(
+                ops.int8_winograd_conv2d, packed, relax.const(weight), relax.const(correction),
+                int(plan.grid.levels.shape[0]), plan.padding, (abits, wbits),
+                primfunc_name_hint=f"wrpn_int8_winograd_{tag}",
+            )
+        elif self.kernel_of[plan.report_index] == INT8_DOT:
             weight = relax.const(ops.prepack_int8_weight(plan.grid.levels, self.int8_layout))
             acc = self.builder_.emit_te(
                 # The layout by keyword: emit_te takes only tensors and plain values positionally.

@@ -8,6 +8,8 @@ from .bitserial import CONV2D_RULE, DENSE_RULE, SHIFT_COMBINE, bitserial_conv2d,
 from .blocked_conv2d import CHANNEL_BLOCK, FP32_CONV2D_RULE, block_weight, blocked_conv2d
 from .int8_dot import (INT8_CONV2D_RULE, AmxTile, Int8Layout, int8_conv2d, int8_fits, int8_layout, int8_levels,
                        int8_levels_of, pair_sum_max, pair_sums_fit_int16, prepack_int8_weight)
+from .int8_winograd import (WINOGRAD_RULE, int8_winograd_conv2d, prepack_winograd_weight, winograd_applies,
+                            winograd_fits)
 from .lut import (LUT_CONV2D_RULE, lut_conv2d, lut_conv2d_reference, lut_fits, lut_tables,
                   prepack_lut_codes)
 from .reference import (
@@ -28,6 +30,7 @@ __all__ = [
     "FP32_CONV2D_RULE",
     "INT8_CONV2D_RULE",
     "LUT_CONV2D_RULE",
+    "WINOGRAD_RULE",
     "Int8Layout",
     "block_conv_weight",
     "block_weight",
@@ -43,6 +46,7 @@ __all__ = [
     "int8_layout",
     "int8_levels",
     "int8_levels_of",
+    "int8_winograd_conv2d",
     "lut_conv2d",
     "lut_conv2d_reference",
     "lut_fits",
@@ -54,5 +58,8 @@ __all__ = [
     "pack_activation_reference",
     "pack_weight",
     "prepack_int8_weight",
+    "prepack_winograd_weight",
+    "winograd_applies",
+    "winograd_fits",
     "quantize_activation_reference",
 ]
