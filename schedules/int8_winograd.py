@@ -94,7 +94,7 @@ def schedule_function(sch: Schedule, target: "Target | None") -> None:
     sch.parallel(row)
     _vectorize_channels(sch, sch.get_loops(output)[-1], OUTPUT_LANES)
     sch.compute_at(tiles, row)
-    sch.compute_at(gemm, row)
+    sch.compute_at(gemm, row, preserve_unit_loops=True)
     sch.compute_at(inputs, row)
     sch.compute_at(rows, row)
     for stage in (rows, inputs):

@@ -303,12 +303,12 @@ def _winograd(plan: LayerPlan, target, layout, input_shape, output_shape) -> Cho
     if why is not None:
         return Choice(BITSERIAL, f"{INT8_WINOGRAD} asked for, but {why}")
     choice = choose(plan, target, layout, INT8_DOT, input_shape, output_shape)
-    if ops.winograd_applies(plan.grid.levels.shape[2:], plan.stride, output_shape[2:], layout, plan.quantizer.bits,
-                            plan.grid.bits):
+    if ops.winograd_applies(plan.grid.levels.shape[2:], plan.stride, output_shape[2:], output_shape[1], layout,
+                            plan.quantizer.bits, plan.grid.bits):
         return replace(choice, why=f"{INT8_WINOGRAD} asked for: 16 dot products per 2x2 outputs where the direct "
                                    "conv takes 36", winograd=True)
     return replace(choice, why=f"{INT8_WINOGRAD} asked for; direct int8-dot: Winograd F(2x2, 3x3) takes 3x3 stride-1 "
-                               "convs of at least 14x14 outputs with levels of at most 4 bits (5/4), on x86 without AMX tiles")
+                               "convs of at least 14x14 outputs and one block of output channels, with levels of at most 4 bits (5/4), on x86 without AMX tiles")
 
 
 def _on_tiles(kernel: str, kind: str, work: LayerWork) -> str:

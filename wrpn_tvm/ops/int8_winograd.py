@@ -57,11 +57,13 @@ def winograd_fits(abits: int, wbits: int) -> bool:
     return inputs <= 255 and weights <= 127 and 2 * inputs * weights <= 2**15 - 1
 
 
-def winograd_applies(kernel_size, stride, out_size, layout: "Int8Layout | None", abits: int, wbits: int) -> bool:
-    """A 3x3 stride-1 conv whose levels fit (`winograd_fits`) and whose output has at least
-    MIN_TILES tiles, on a layout of uint8 activations (x86) without AMX tiles."""
+def winograd_applies(kernel_size, stride, out_size, out_channels: int, layout: "Int8Layout | None", abits: int,
+                     wbits: int) -> bool:
+    """A 3x3 stride-1 conv whose levels fit (`winograd_fits`), whose output has at least MIN_TILES
+    tiles and a whole block of channels, on a layout of uint8 activations (x86) without AMX tiles."""
     tiles = math.prod(-(-int(extent) // TILE) for extent in out_size)
     return (layout is not None and layout.activation_dtype == "uint8" and not layout.amx
+            and out_channels >= layout.out_block
             and tuple(kernel_size) == (3, 3) and tuple(np.broadcast_to(stride, 2)) == (1, 1)
             and tiles >= MIN_TILES and winograd_fits(abits, wbits))
 
@@ -121,6 +123,10 @@ def int8_winograd_conv2d(data, weight, correction, out_channels: int, padding=1,
         raise WrpnError(f"Winograd weights of shape {tuple(weight.shape)} do not fit {channels} input channels")
     if not (blocks - 1) * ob < int(out_channels) <= blocks * ob:
         raise WrpnError(f"{int(out_channels)} output channels do not fit {blocks} weight blocks of {ob}")
+    if int(out_channels) < ob:
+        # The GEMM's register tile is a whole block, and the stages it is computed at take only
+        # the channels the output reads.
+        raise WrpnError(f"the Winograd int8 conv needs at least {ob} output channels, got {int(out_channels)}")
     if not winograd_fits(*bits):
         raise WrpnError(f"a{bits[0]}/w{bits[1]} levels do not fit the Winograd int8 transforms")
     top, left, bottom, right = as_padding4(padding)
