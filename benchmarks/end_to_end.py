@@ -315,10 +315,6 @@ def _merge(rounds: list[dict]) -> dict:
     return merged
 
 
-def _winograd_name(width: float, abits: int, wbits: int) -> str:
-    return f"wrpn {width:g}x a{abits}/w{wbits} {WINOGRAD}" + (f" {WITHOUT_AMX}" if _host_has_amx() else "")
-
-
 def _host_has_amx() -> bool:
     from wrpn_tvm.pipeline import amx_available
     from wrpn_tvm.targets import resolve
@@ -338,10 +334,12 @@ def run(repeat: int, rounds: int, out: Path, with_peers: bool = True) -> dict:
     variants += [(f"wrpn {w:g}x a{a}/w{b} bit-serial", w, a, b, None, "bit-serial", "host")
                  for w, a, b in BITSERIAL_VARIANTS]
     variants.append((TUNED_VARIANT, 2.0, 2, 2, TUNED_LOG, "auto", "host"))
-    if _host_has_amx():
+    on_tiles = _host_has_amx()
+    if on_tiles:
         variants += [(f"wrpn {w:g}x a{a}/w{b} {WITHOUT_AMX}", w, a, b, None, "auto", WITHOUT_AMX_TARGET)
                      for w, a, b in WITHOUT_AMX_VARIANTS]
-    variants += [(_winograd_name(w, a, b), w, a, b, None, WINOGRAD, WITHOUT_AMX_TARGET if _host_has_amx() else "host")
+    winograd_suffix, winograd_target = (f" {WITHOUT_AMX}", WITHOUT_AMX_TARGET) if on_tiles else ("", "host")
+    variants += [(f"wrpn {w:g}x a{a}/w{b} {WINOGRAD}{winograd_suffix}", w, a, b, None, WINOGRAD, winograd_target)
                  for w, a, b in WINOGRAD_VARIANTS]
     compiled = {}
     with tempfile.TemporaryDirectory(prefix="wrpn-e2e-") as tmp:

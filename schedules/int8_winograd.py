@@ -10,7 +10,6 @@ sums stay in the L2 of the core that wrote them: that pass reads its own half). 
 them.
 """
 
-from tvm import s_tir
 from tvm.s_tir import Schedule
 from tvm.target import Target
 
@@ -18,6 +17,7 @@ from wrpn_tvm.ops.int8_winograd import TILE, WINOGRAD_RULE
 
 from .common import (
     block_rule,
+    inline_other_blocks,
     largest_divisor_at_most,
     loop_extent,
     place_parallel,
@@ -64,8 +64,8 @@ def _height_loop(sch: Schedule, block, tiles_buffer):
     variable that the tiles' row-of-tiles index is computed from."""
     (read,) = [r for r in sch.get(block).reads if r.source.same_as(tiles_buffer)]
     row_var = read.region[1].min.a  # oh // TILE
-    names = [iv.var for iv in sch.get(block).iter_vars]
-    return sch.get_loops(block)[[var.same_as(row_var) for var in names].index(True)]
+    block_vars = [iv.var for iv in sch.get(block).iter_vars]
+    return sch.get_loops(block)[[var.same_as(row_var) for var in block_vars].index(True)]
 
 
 def schedule_function(sch: Schedule, target: "Target | None") -> None:
@@ -73,20 +73,13 @@ def schedule_function(sch: Schedule, target: "Target | None") -> None:
     neighbours (the epilogue after its output, an int8 pack before it): the parallel loop runs over
     pairs of output rows of the function's output, and each iteration computes its row of tiles
     (inputs, GEMMs, output transform) in cache before the epilogue writes the two rows."""
-    blocks = {sch.get(block).name_hint: block for block in root_blocks(sch)}
     (gemm,) = [block for block in root_blocks(sch) if block_rule(sch, block) == WINOGRAD_RULE]
+    others = inline_other_blocks(sch, frozenset({*STAGES, sch.get(gemm).name_hint}))  # outputs, reductions
+    blocks = {sch.get(block).name_hint: block for block in root_blocks(sch)}
     rows, inputs, tiles = (blocks[name] for name in STAGES)
     tiles_buffer = sch.get(tiles).writes[0].source
-    others = []
-    for block in root_blocks(sch):
-        name = sch.get(block).name_hint
-        if name in STAGES or block_rule(sch, block) == WINOGRAD_RULE:
-            continue
-        try:
-            sch.compute_inline(block)
-        except s_tir.ScheduleError:  # an output, or a reduction
-            others.append(block)
-    (output,) = [block for block in others if any(r.source.same_as(tiles_buffer) for r in sch.get(block).reads)]
+    (output,) = [blocks[name] for name in others
+                 if any(r.source.same_as(tiles_buffer) for r in sch.get(blocks[name]).reads)]
     row_pair, _ = sch.split(_height_loop(sch, output, tiles_buffer), [None, TILE])
     batch, *rest = [loop for loop in sch.get_loops(output) if not sch.get(loop).same_as(sch.get(row_pair))]
     sch.reorder(batch, row_pair, *rest)  # an NCHW output's channels go inside the row pair
@@ -106,5 +99,4 @@ def schedule_function(sch: Schedule, target: "Target | None") -> None:
     sch.unroll(s)
     _vectorize_channels(sch, channels, OUTPUT_LANES)
     _gemm(sch, gemm, target)
-    place_remaining_blocks(sch, [sch.get(b).name_hint for b in others if not sch.get(b).same_as(sch.get(output))],
-                           place_parallel)
+    place_remaining_blocks(sch, [name for name in others if name != sch.get(output).name_hint], place_parallel)

@@ -20,7 +20,9 @@ class LayerReport:
     output_shape: tuple[int, ...]
     lowered_to: str  # "bit-serial conv2d a2/w2", "int8-dot conv2d a2/w2" or FP32
     reason: str = ""  # why the layer stayed FP32; what was folded for a bit-serial layer
-    kernel: str = ""  # for an FP32 layer, the kernel it runs as (and what was folded into it); WINOGRAD
+    # For an FP32 layer, the kernel it runs as (and what was folded into it); WINOGRAD for an int8-dot
+    # layer computed in that domain.
+    kernel: str = ""
     weight_shape: tuple[int, ...] = ()  # conv OIHW (I per group), dense [K, O] as the matmul reads it
 
     @property
