@@ -1,19 +1,26 @@
 """CPU template for the Winograd int8 conv (`wrpn_tvm.ops.int8_winograd`): x86 dot kernels.
 
-Per row of 2x2 output tiles (the parallel loop) the input transform of the row's 4 input rows is
-computed in cache (`wino_rows`, then the 16 positions' uint8 inputs, vectorized over channels), then
-the 16 GEMMs of the row's tiles by the position's weights on `int8_dot`'s register tiles (weight
-blocks x tiles, tensorized with the same dot instructions), then the output transform of the row's
-tiles. The tiles' int32 sums are read back as NHWC by the epilogue's own parallel pass (a layer's
-sums stay in the L2 of the core that wrote them: that pass reads its own half). Nothing is sampled:
-`schedules.apply_fixed_schedules` schedules these functions before tuning, which makes no task of
-them.
+Two structures, by the size of the transformed weights (16 positions x out x in channels bytes):
+
+* up to ROW_WEIGHT_BYTES, per row of 2x2 output tiles (the parallel loop): the input transform of
+  the row's 4 input rows in cache (`wino_rows`, then the 16 positions' uint8 inputs, vectorized over
+  channels), the 16 GEMMs of the row's tiles by the position's weights, the output transform of the
+  row's tiles, then the epilogue's two output rows. Each core reads all the weights once a row, from
+  its L2;
+* beyond it the weights would come from L3 or memory once a row, so the input transform is a
+  parallel pass of its own and the parallel loop runs over groups of output channels
+  (GROUP_WEIGHT_BYTES of weights each): each group's GEMMs for every tile of the map, its output
+  transform and epilogue. Every weight is read once a call.
+
+The GEMMs run on `int8_dot`'s register tiles (weight blocks x rows x columns of tiles, tensorized
+with the same dot instructions). Nothing is sampled: `schedules.apply_fixed_schedules` schedules
+these functions before tuning, which makes no task of them.
 """
 
 from tvm.s_tir import Schedule
 from tvm.target import Target
 
-from wrpn_tvm.ops.int8_winograd import TILE, WINOGRAD_RULE
+from wrpn_tvm.ops.int8_winograd import POSITIONS, TILE, WINOGRAD_RULE
 
 from .common import (
     block_rule,
@@ -29,6 +36,12 @@ from .int8_dot import PAD_VECTOR_BYTES, default_tile, dot_kernel
 
 STAGES = ("wino_rows", "wino_input", "wino_output_tiles")
 OUTPUT_LANES = 16  # int32 lanes of a zmm
+# ResNet-18 2x 2/2's layers, x86-avx512 on an AMX Xeon (2 MiB L2 a core), 2 threads, weights flushed
+# from cache before each call: 28x28x256 (1 MiB of weights) 0.34-0.37 ms by rows, 0.54-0.57 in groups
+# (whose GEMM sums for all 196 tiles outgrow L2); 14x14x512 (4 MiB) 0.55-0.57 by rows, 0.41 in groups
+# of 512 KiB; 7x7x1024 0.60 in groups. The direct conv: 0.67, 0.64, 0.84.
+ROW_WEIGHT_BYTES = 1 << 20
+GROUP_WEIGHT_BYTES = 1 << 19
 
 
 def has_winograd_conv(sch: Schedule) -> bool:
@@ -44,12 +57,13 @@ def _gemm(sch: Schedule, block, target: "Target | None") -> None:
     instruction tensorized, accumulators written back after the channel loop."""
     ob = int(sch.get(block).writes[0].source.shape[-1])
     kernel = dot_kernel(ob, "uint8", target)
-    *_, tw, xi, b, oi, c4, ci = sch.get_loops(block)
-    blocks, _, columns = default_tile(loop_extent(sch, b), 1, loop_extent(sch, tw), kernel, 1)
+    *_, th, tw, xi, b, oi, c4, ci = sch.get_loops(block)
+    blocks, rows, columns = default_tile(loop_extent(sch, b), loop_extent(sch, th), loop_extent(sch, tw), kernel, 1)
     b_outer, b_inner = sch.split(b, [None, blocks])
+    th_outer, th_inner = sch.split(th, [None, rows])
     tw_outer, tw_inner = sch.split(tw, [None, columns])
-    sch.reorder(xi, b_outer, tw_outer, c4, b_inner, tw_inner, oi, ci)
-    for loop in (b_inner, tw_inner):
+    sch.reorder(xi, b_outer, th_outer, tw_outer, c4, b_inner, th_inner, tw_inner, oi, ci)
+    for loop in (b_inner, th_inner, tw_inner):
         sch.unroll(loop)
     writeback = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(writeback, tw_outer, preserve_unit_loops=True)
@@ -59,20 +73,29 @@ def _gemm(sch: Schedule, block, target: "Target | None") -> None:
     sch.tensorize(oi, kernel.intrin(1))
 
 
-def _height_loop(sch: Schedule, block, tiles_buffer):
-    """The loop of `block` (a consumer of the tiles, unscheduled) over output rows: the block
-    variable that the tiles' row-of-tiles index is computed from."""
+def _output_loop(sch: Schedule, block, tiles_buffer, axis: int):
+    """The loop of `block` (a consumer of the tiles, unscheduled) whose block variable the tiles'
+    index on `axis` is computed from (1: the row of tiles, oh // TILE; 5: the channel, o)."""
     (read,) = [r for r in sch.get(block).reads if r.source.same_as(tiles_buffer)]
-    row_var = read.region[1].min.a  # oh // TILE
+    start = read.region[axis].min
+    var = start.a if axis == 1 else start
     block_vars = [iv.var for iv in sch.get(block).iter_vars]
-    return sch.get_loops(block)[[var.same_as(row_var) for var in block_vars].index(True)]
+    return sch.get_loops(block)[[v.same_as(var) for v in block_vars].index(True)]
+
+
+def channel_group_blocks(blocks: int, channels: int, ob: int) -> int:
+    """Weight blocks per channel group where the layer's transformed weights outgrow
+    ROW_WEIGHT_BYTES (each group's in cache for all of the map's tiles); 0: parallel over rows."""
+    if POSITIONS * blocks * ob * channels <= ROW_WEIGHT_BYTES:
+        return 0
+    per_block = POSITIONS * ob * channels
+    return largest_divisor_at_most(blocks, max(1, GROUP_WEIGHT_BYTES // per_block))
 
 
 def schedule_function(sch: Schedule, target: "Target | None") -> None:
     """Untuned (and only) schedule of a PrimFunc holding a Winograd int8 conv and its fused
-    neighbours (the epilogue after its output, an int8 pack before it): the parallel loop runs over
-    pairs of output rows of the function's output, and each iteration computes its row of tiles
-    (inputs, GEMMs, output transform) in cache before the epilogue writes the two rows."""
+    neighbours (the epilogue after its output, an int8 pack before it): the parallel loop over the
+    output's row pairs or channel groups (see the module's docstring), the tiles computed at it."""
     (gemm,) = [block for block in root_blocks(sch) if block_rule(sch, block) == WINOGRAD_RULE]
     others = inline_other_blocks(sch, frozenset({*STAGES, sch.get(gemm).name_hint}))  # outputs, reductions
     blocks = {sch.get(block).name_hint: block for block in root_blocks(sch)}
@@ -80,23 +103,33 @@ def schedule_function(sch: Schedule, target: "Target | None") -> None:
     tiles_buffer = sch.get(tiles).writes[0].source
     (output,) = [blocks[name] for name in others
                  if any(r.source.same_as(tiles_buffer) for r in sch.get(blocks[name]).reads)]
-    row_pair, _ = sch.split(_height_loop(sch, output, tiles_buffer), [None, TILE])
-    batch, *rest = [loop for loop in sch.get_loops(output) if not sch.get(loop).same_as(sch.get(row_pair))]
-    sch.reorder(batch, row_pair, *rest)  # an NCHW output's channels go inside the row pair
-    row = sch.fuse(batch, row_pair)
-    sch.parallel(row)
+    weight_blocks, _, ob = (int(d) for d in sch.get(gemm).writes[0].source.shape[-3:])
+    channels = int(sch.get(inputs).writes[0].source.shape[-1])
+    group = channel_group_blocks(weight_blocks, channels, ob)
+    if group:
+        outer, _ = sch.split(_output_loop(sch, output, tiles_buffer, 5), [None, group * ob])
+    else:
+        outer, _ = sch.split(_output_loop(sch, output, tiles_buffer, 1), [None, TILE])
+    batch, *rest = [loop for loop in sch.get_loops(output) if not sch.get(loop).same_as(sch.get(outer))]
+    sch.reorder(batch, outer, *rest)  # an NCHW output's channels go inside the parallel loop
+    parallel = sch.fuse(batch, outer)
+    sch.parallel(parallel)
     _vectorize_channels(sch, sch.get_loops(output)[-1], OUTPUT_LANES)
-    sch.compute_at(tiles, row)
-    sch.compute_at(gemm, row, preserve_unit_loops=True)
-    sch.compute_at(inputs, row)
-    sch.compute_at(rows, row)
+    sch.compute_at(tiles, parallel)
+    sch.compute_at(gemm, parallel, preserve_unit_loops=True)
+    if group:
+        sch.compute_at(rows, sch.get_loops(inputs)[1])
+        sch.parallel(sch.fuse(*sch.get_loops(inputs)[:2]))
+    else:
+        sch.compute_at(inputs, parallel)
+        sch.compute_at(rows, parallel)
     for stage in (rows, inputs):
         *_, unrolled, stage_channels = sch.get_loops(stage)
         sch.unroll(unrolled)
         _vectorize_channels(sch, stage_channels, PAD_VECTOR_BYTES)
-    *_, r, s, channels = sch.get_loops(tiles)
+    *_, r, s, channels_loop = sch.get_loops(tiles)
     sch.unroll(r)
     sch.unroll(s)
-    _vectorize_channels(sch, channels, OUTPUT_LANES)
+    _vectorize_channels(sch, channels_loop, OUTPUT_LANES)
     _gemm(sch, gemm, target)
     place_remaining_blocks(sch, [name for name in others if name != sch.get(output).name_hint], place_parallel)

@@ -20,6 +20,7 @@ from wrpn_tvm.kernel_kinds import INT8_WINOGRAD
 from wrpn_tvm.lowering.report import WINOGRAD
 from wrpn_tvm.pipeline import compile_prim_func
 from wrpn_tvm.targets import resolve
+from schedules import int8_winograd as winograd_template
 
 TARGETS = {"host": HOST_DOT, "x86-avx2": "x86-avx2", "avx512bw": SKYLAKE}
 # (abits, wbits, channels, out_channels, padding, batch, height, width): channels off every
@@ -75,6 +76,31 @@ def test_winograd_conv_is_exact(target, case):
     got = _run(te.create_prim_func([data, weight, correction, out]), spec, inputs,
                [int(d) for d in out.shape], np.int32)
     assert np.array_equal(got.transpose(0, 3, 1, 2), want)
+
+
+@pytest.fixture
+def channel_groups(monkeypatch):
+    """The template's other structure on small layers: parallel over groups of one weight block,
+    each computing its GEMMs for every tile of the map (what layers with large weights get)."""
+    monkeypatch.setattr(winograd_template, "ROW_WEIGHT_BYTES", 0)
+    monkeypatch.setattr(winograd_template, "GROUP_WEIGHT_BYTES", 1)
+
+
+def test_layers_with_large_weights_run_in_channel_groups():
+    assert winograd_template.channel_group_blocks(8, 128, 16) == 0  # 56x56x128: 256 KiB, by rows
+    assert winograd_template.channel_group_blocks(32, 512, 16) == 4  # 14x14x512: 4 MiB, 512 KiB a group
+    assert winograd_template.channel_group_blocks(3, 4096, 16) == 1
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", CASES[:4], ids=str)
+def test_winograd_conv_in_channel_groups_is_exact(target, case, channel_groups):
+    test_winograd_conv_is_exact(target, case)
+
+
+def test_channel_groups_writing_levels_and_nchw_floats_are_exact(channel_groups):
+    test_winograd_conv_writing_the_next_layers_levels_is_exact(CASES[0])
+    test_winograd_conv_writing_an_nchw_float_map_is_exact()
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -148,7 +174,8 @@ def test_which_convs_the_transforms_take():
     assert not ops.winograd_fits(6, 2)  # 6 x 63 > 255
     assert not ops.winograd_fits(2, 5)  # 9 x 15 > 127
     assert ops.winograd_applies((3, 3), 1, (14, 14), 16, layout, 2, 2)
-    assert not ops.winograd_applies((3, 3), 1, (7, 7), 16, layout, 2, 2)  # 16 tiles: slower than the direct conv
+    assert ops.winograd_applies((3, 3), 1, (7, 7), 16, layout, 2, 2)  # 16 tiles
+    assert not ops.winograd_applies((3, 3), 1, (6, 6), 16, layout, 2, 2)  # 9 tiles: not measured
     assert not ops.winograd_applies((3, 3), 1, (14, 14), 15, layout, 2, 2)  # less than a block of channels
     assert not ops.winograd_applies((3, 3), 2, (28, 28), 16, layout, 2, 2)
     assert not ops.winograd_applies((1, 1), 1, (28, 28), 16, layout, 2, 2)
@@ -163,8 +190,8 @@ def test_which_convs_the_transforms_take():
 
 
 class PlainNet(nn.Module):
-    """A WRPN network in plain PyTorch: 3x3 stride-1 convs on 14x14 maps (Winograd), a strided one
-    and one on a 7x7 map (direct int8-dot), 2/2 and 4/2."""
+    """A WRPN network in plain PyTorch: 3x3 stride-1 convs on 12x12 maps (Winograd), a strided one
+    and one on a 6x6 map (direct int8-dot), 2/2 and 4/2."""
 
     def __init__(self):
         super().__init__()
@@ -188,10 +215,10 @@ class PlainNet(nn.Module):
 
 
 def test_compiler_runs_the_stride_1_convs_as_winograd(tmp_path):
-    """`--kernels int8-winograd` on x86-avx512: the 14x14 convs in the Winograd domain, the strided
-    and the 7x7 ones direct, and the model's output that of the direct int8-dot compile, bit for bit."""
+    """`--kernels int8-winograd` on x86-avx512: the 12x12 convs in the Winograd domain, the strided
+    and the 6x6 ones direct, and the model's output that of the direct int8-dot compile, bit for bit."""
     model = randomize_batch_norm(PlainNet()).eval()
-    x = torch.rand(2, 3, 14, 14)
+    x = torch.rand(2, 3, 12, 12)
     path = tmp_path / "plain.pt2"
     torch.export.save(torch.export.export(model, (x,)), str(path))
     winograd = build.compile_model(path, "x86-avx512", tmp_path / "winograd.so", kernels=INT8_WINOGRAD)

@@ -310,7 +310,7 @@ def _winograd(plan: LayerPlan, target, layout, input_shape, output_shape) -> Cho
     # The direct conv's own note (where it runs on AMX tiles) stays.
     direct = choice.why.removeprefix(f"{INT8_DOT} asked for")
     return replace(choice, why=f"{INT8_WINOGRAD} asked for; direct int8-dot: Winograd F(2x2, 3x3) takes 3x3 stride-1 "
-                               "convs of at least 14x14 outputs and one block of output channels, with levels of at "
+                               "convs of at least 16 tiles (7x7 outputs) and one block of output channels, with levels of at "
                                f"most 4 bits (5/4), on x86 without AMX tiles{direct}")
 
 
