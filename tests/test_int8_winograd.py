@@ -10,13 +10,16 @@ import tvm
 from torch import nn
 from tvm import te
 
+from test_amx import SAPPHIRE_RAPIDS
 from test_int8_dot import SKYLAKE, HOST_DOT, _levels_pack_reference
 from test_lowering_models import randomize_batch_norm
 from test_lowering_recognition import _quantize, on_grid
 from kernel_cases import random_weights
 from wrpn_tvm import build, ops, runtime
 from wrpn_tvm.errors import WrpnError
-from wrpn_tvm.kernel_kinds import INT8_WINOGRAD
+from wrpn_tvm.frontend import to_relax
+from wrpn_tvm.kernel_kinds import BITSERIAL, INT8_DOT, INT8_WINOGRAD
+from wrpn_tvm.lowering import lower_wrpn
 from wrpn_tvm.lowering.report import WINOGRAD
 from wrpn_tvm.pipeline import compile_prim_func
 from wrpn_tvm.targets import resolve
@@ -228,3 +231,33 @@ def test_compiler_runs_the_stride_1_convs_as_winograd(tmp_path):
     (got,) = runtime.run(winograd.library, [x.numpy()])
     (want,) = runtime.run(direct.library, [x.numpy()])
     assert np.array_equal(got, want)
+
+
+def _plain_net_module():
+    model = randomize_batch_norm(PlainNet()).eval()
+    return to_relax(torch.export.export(model, (torch.rand(1, 3, 12, 12),)))
+
+
+def test_auto_runs_int8_dot_as_winograd_where_the_transforms_take_the_conv():
+    """`auto` on x86-avx512 weighs int8-dot at the Winograd conv's cost where it applies: by the
+    cost model, and with tuned records (the direct conv's, scaled by the cost model's ratio: the
+    Winograd conv has no record). Records with int8-dot 1.2x bit-serial's time leave the strided and
+    6x6 convs bit-serial and run the 12x12 ones as Winograd (0.63 x 1.2 < 1)."""
+    mod = _plain_net_module()
+    spec = resolve("x86-avx512")
+    _, reports = lower_wrpn(mod, spec, "auto")
+    quantized = [report for report in reports if report.is_bitserial]
+    assert [r.lowered_to.split(" ")[0] for r in quantized] == [INT8_DOT] * 4, [str(r) for r in quantized]
+    assert [r.kernel for r in quantized] == [WINOGRAD, WINOGRAD, "", ""]
+    assert "(int8-dot as Winograd)" in quantized[0].reason
+    records = {r.index: {BITSERIAL: 1.0e-3, INT8_DOT: 1.2e-3} for r in quantized}
+    _, reports = lower_wrpn(mod, spec, "auto", records)
+    quantized = [report for report in reports if report.is_bitserial]
+    assert [r.lowered_to.split(" ")[0] for r in quantized] == [INT8_DOT, INT8_DOT, BITSERIAL, BITSERIAL]
+    assert [r.kernel for r in quantized] == [WINOGRAD, WINOGRAD, "", ""]
+    assert "int8-dot as Winograd 0.756 ms (its record x the cost model's 0.63)" in quantized[0].reason
+    # An AMX build keeps its int8 convs direct (on tiles), a bit-serial one never looks at Winograd.
+    _, reports = lower_wrpn(mod, resolve(SAPPHIRE_RAPIDS), "auto")
+    assert all(report.kernel != WINOGRAD for report in reports)
+    _, reports = lower_wrpn(mod, spec, BITSERIAL)
+    assert all(report.kernel != WINOGRAD for report in reports)

@@ -6,7 +6,8 @@ INT8_DOT = "int8-dot"  # an int8 dot product over the integer levels
 LUT = "lut"  # vpshufb lookups in per-pixel tables of level sums (AVX2; 1- and 2-bit weights)
 KERNELS = (BITSERIAL, INT8_DOT, LUT)
 AUTO = "auto"  # per layer, whichever is faster
-# int8-dot with every 3x3 stride-1 conv it can take in the Winograd F(2x2, 3x3) domain (x86 without
-# AMX tiles; `ops.int8_winograd`), asked for by name: `auto` does not choose it yet.
+# int8-dot on every conv it can run, those that the Winograd F(2x2, 3x3) transforms take in that domain
+# (3x3 stride 1, x86 without AMX tiles; `ops.int8_winograd`). `auto` weighs int8-dot at the Winograd
+# conv's cost where it applies; `int8-dot` asked for is the direct conv everywhere.
 INT8_WINOGRAD = "int8-winograd"
 MODES = (AUTO, *KERNELS, INT8_WINOGRAD)

@@ -63,7 +63,7 @@ def lower_wrpn(mod, spec, kernels: str = AUTO, measured: "dict | None" = None, p
             reason += f"; {choice.why}" if choice.why else ""
             reports[plan.report_index] = replace(report, reason=reason,
                                                  lowered_to=report.lowered_to.replace("bit-serial", choice.kernel, 1),
-                                                 kernel=WINOGRAD if choice.winograd else report.kernel)
+                                                 kernel=WINOGRAD if choice.runs_winograd else report.kernel)
     if not spec.is_cuda:
         mod, outcomes = lower_fp32_convs(mod)
         # The convs left after the rewrite are the FP32 conv reports, in the same program order.

@@ -17,6 +17,10 @@ the layer and the CPU, so the choice is per layer:
   on this kind of CPU, the rates fitted to default-schedule timings (benchmarks/int8_dot.py,
   benchmarks/avx2.py).
 
+Where the int8 dot product runs a conv in the Winograd F(2x2, 3x3) domain (x86 without AMX,
+`ops.winograd_applies`), its cost, modelled or tuned (the direct conv's record: the Winograd conv
+has a fixed schedule), is scaled by WINOGRAD_TIME_RATIO.
+
 Convs that read one quantized map (a residual stage's first conv and its shortcut conv) share one
 pass that packs it, computed in its producer's epilogue, only where they run one kernel; two
 kernels need two passes. So such a group is settled together (`settle_shared_inputs`): each set of
@@ -48,7 +52,11 @@ class Choice:
     # records) and the cost model's estimate (bit-serial word steps).
     seconds: dict = field(default_factory=dict)
     estimated: dict = field(default_factory=dict)
-    winograd: bool = False  # an int8-dot conv computed in the Winograd F(2x2, 3x3) domain
+    winograd: bool = False  # int8-dot, where it runs the layer, computes it in the Winograd F(2x2, 3x3) domain
+
+    @property
+    def runs_winograd(self) -> bool:
+        return self.kernel == INT8_DOT and self.winograd
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class LayerWork:
     lut_steps: int = 1  # lookups added in bytes between widenings (the template's chunk)
     lut_int16: bool = False  # the whole reduction's table sums fit int16 (the template then widens into int16)
     amx_tile: "ops.AmxTile | None" = None  # the AMX tiling on CPUs with AMX (ops.amx_tile; None: VNNI runs it)
+    winograd: bool = False  # the int8 dot product runs it in the Winograd domain (ops.winograd_applies)
 
 
 def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, layout: "ops.Int8Layout",
@@ -94,7 +103,9 @@ def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, l
     return LayerWork(bitserial_words=window * out_channels * pairs * words, int8_dots=window * blocks * groups,
                      int8_pair_sums_fit_int16=ops.pair_sums_fit_int16(ops.pair_sum_max(abits, wbits), steps),
                      lut_lookups=lookups, lut_tables=tables, lut_steps=chunk,
-                     lut_int16=int16, amx_tile=amx_tile)
+                     lut_int16=int16, amx_tile=amx_tile,
+                     winograd=ops.winograd_applies(kernel_size, stride, output_shape[2:], out_channels, layout,
+                                                   abits, wbits))
 
 
 # The cost of one int8 dot step in bit-serial word steps, per CPU kind: a layer's predicted time
@@ -139,6 +150,13 @@ _AMX_WORDS_PER_FULL_TILE_DOT = 0.75
 # steps): ResNet-18's 2x-wide 3x3 layers at 2/2 on x86-avx2, znver4, 1 thread, 1.15-1.20x as fast
 # as the same kernel widening (1.09-1.18x at 2 threads). AVX-512BW: the same sequence, not measured.
 _INT16_ACCUMULATING_SPEEDUP = {"avx2": 1.18, "avx512bw": 1.18}
+# The Winograd F(2x2, 3x3) int8 conv's time over the direct conv's where it applies (a quarter of
+# the dot steps, plus its transforms). ResNet-18 2x 2/2's 3x3 stride-1 layers on an AMX Xeon built
+# without AMX, 2 threads, weights flushed from cache, the two convs alone: x86-avx512 (VNNI) 0.58-0.68
+# on 56x56 to 14x14 maps, 0.71-0.93 on 7x7; AVX-512BW 0.75 (56x56, 14x14); AVX-VNNI 0.65 (56x56),
+# 0.99 (14x14); AVX2 0.74 (56x56, 28x28), 1.0 (14x14, 7x7: the direct 2/2 kernel accumulates in
+# int16 there, the Winograd one's larger products cannot).
+WINOGRAD_TIME_RATIO = {"avx512-vnni": 0.63, "avx512bw": 0.75, "avx-vnni": 0.8, "avx2": 0.87}
 
 
 # The cost of one table lookup (32 output channels x 2 input channels at 2-bit weights) with its
@@ -225,12 +243,18 @@ def estimated_ratio(work: LayerWork, kind: str, vendor: "str | None" = None) -> 
     return work.int8_dots * _words_per_dot(kind, vendor) / speedup / work.bitserial_words
 
 
+def winograd_ratio(work: LayerWork, kind: str) -> float:
+    """The int8 dot product's time on a layer over its direct conv's: WINOGRAD_TIME_RATIO where it
+    runs in the Winograd domain, else 1."""
+    return WINOGRAD_TIME_RATIO[kind] if work.winograd else 1.0
+
+
 def estimated_costs(work: LayerWork, kind: str, vendor: "str | None", kernels) -> dict:
     """Predicted time of each of `kernels` for a layer, in bit-serial word steps."""
     int8 = estimated_ratio(work, kind, vendor) * work.bitserial_words
-    costs = {BITSERIAL: float(work.bitserial_words), INT8_DOT: int8}
+    costs = {BITSERIAL: float(work.bitserial_words), INT8_DOT: int8 * winograd_ratio(work, kind)}
     if LUT in kernels:
-        dot = int8 / work.int8_dots
+        dot = int8 / work.int8_dots  # the direct conv's dot step
         into = "int16" if work.lut_int16 else "int32"
         lookup = _DOTS_PER_LOOKUP[kind][into] * (1 + _LOOKUPS_PER_WIDENING[into] / work.lut_steps)
         costs[LUT] = (work.lut_lookups * lookup + work.lut_tables * _DOTS_PER_TABLE[kind]) * dot
@@ -284,17 +308,25 @@ def choose(plan: LayerPlan, target, layout: "ops.Int8Layout | None", mode: str, 
         seconds = {kernel: measured[kernel] for kernel in kernels if kernel in measured}
         why = "kernel by tuning: " + ", ".join(f"{kernel} {seconds[kernel] * 1e3:.3f} ms"
                                                for kernel in (INT8_DOT, BITSERIAL, LUT) if kernel in seconds)
+        winograd = winograd_ratio(work, kind)
         if LUT in kernels and LUT not in seconds:
-            seconds[LUT] = seconds[INT8_DOT] * costs[LUT] / costs[INT8_DOT]
+            seconds[LUT] = seconds[INT8_DOT] * costs[LUT] / (costs[INT8_DOT] / winograd)
             why += f", lut {seconds[LUT] * 1e3:.3f} ms (no record: int8-dot's time x the cost model's ratio)"
+        if work.winograd:
+            # The tuner times the direct conv; the Winograd one has a fixed schedule and no record.
+            seconds[INT8_DOT] *= winograd
+            why += (f"; int8-dot as Winograd {seconds[INT8_DOT] * 1e3:.3f} ms (its record x the cost model's "
+                    f"{winograd:.2f})")
         kernel = min(seconds, key=seconds.get)
-        return Choice(kernel, why + _on_tiles(kernel, kind, work), seconds, costs)
+        return Choice(kernel, why + _on_tiles(kernel, kind, work), seconds, costs, work.winograd)
     kernel = min(costs, key=costs.get)
     if LUT not in kernels:
         why = f"kernel by cost model: int8-dot {costs[INT8_DOT] / costs[BITSERIAL]:.2f}x bit-serial's time"
     else:
         why = f"kernel by cost model: {_times(costs, BITSERIAL)} bit-serial's time"
-    return Choice(kernel, why + _on_tiles(kernel, kind, work), estimated=costs)
+    if work.winograd:
+        why += " (int8-dot as Winograd)"
+    return Choice(kernel, why + _on_tiles(kernel, kind, work), estimated=costs, winograd=work.winograd)
 
 
 def _winograd(plan: LayerPlan, target, layout, input_shape, output_shape) -> Choice:
@@ -406,7 +438,7 @@ def settle_shared_inputs(groups: "list[SharedInput]", choices: list, names=None)
                 reason = (f"{kernel}, as {others} on the same input: a second pass packing it "
                           f"({per_pass / c.estimated[BITSERIAL]:.2f}x this layer's bit-serial time) costs more than "
                           f"{c.kernel} saves")
-            settled[i] = Choice(kernel, f"{c.why}; {reason}", c.seconds, c.estimated)
+            settled[i] = replace(c, kernel=kernel, why=f"{c.why}; {reason}")
     return settled
 
 

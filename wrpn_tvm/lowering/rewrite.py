@@ -134,7 +134,7 @@ class _Lowerer(relax.PyExprMutator):
         self.int8_layout = int8_layout
         self.plan_at = {plan.epilogue.output: plan for plan in plans}
         self.kernel_of = {plan.report_index: choice.kernel for plan, choice in zip(plans, choices, strict=True)}
-        self.winograd = {plan.report_index for plan, choice in zip(plans, choices) if choice.winograd}
+        self.winograd = {plan.report_index for plan, choice in zip(plans, choices) if choice.runs_winograd}
         self.emitted: dict = {}  # original epilogue output var -> _Emitted
         self.packed: dict = {}  # pack_key -> packed var
         self.views: dict = {}  # (packed var, lane bits) -> its view in words of that size
