@@ -86,9 +86,9 @@ def _output_loop(sch: Schedule, block, tiles_buffer, axis: int):
 def channel_group_blocks(blocks: int, channels: int, ob: int) -> int:
     """Weight blocks per channel group where the layer's transformed weights outgrow
     ROW_WEIGHT_BYTES (each group's in cache for all of the map's tiles); 0: parallel over rows."""
-    if POSITIONS * blocks * ob * channels <= ROW_WEIGHT_BYTES:
-        return 0
     per_block = POSITIONS * ob * channels
+    if blocks * per_block <= ROW_WEIGHT_BYTES:
+        return 0
     return largest_divisor_at_most(blocks, max(1, GROUP_WEIGHT_BYTES // per_block))
 
 
