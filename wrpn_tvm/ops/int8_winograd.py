@@ -19,7 +19,7 @@ Layouts (ob, Cp as in `int8_dot`):
   output        int32 NHWC [N, OH, OW, O]
 The stages: the input transform per row of 2x2 tiles (`wino_rows`, `wino_input`), one dot-product
 GEMM per Winograd position (`wino_gemm`, rule WINOGRAD_RULE, which the CPU template tensorizes),
-the output transform per tile (`wino_output_tiles`) and the tiles read back as NHWC.
+the output transform per tile and weight block (`wino_output_tiles`) and the tiles read back as NHWC.
 """
 
 import math
@@ -162,16 +162,16 @@ def int8_winograd_conv2d(data, weight, correction, out_channels: int, padding=1,
             axis=[c4, ci]),
         name="wino_gemm", attrs={"schedule_rule": WINOGRAD_RULE})
 
-    def output_value(n, th, tw, r, s, o):
-        m = [[products[n, th, tw, 4 * i + j, o // ob, o % ob] for j in range(4)] for i in range(4)]
+    def output_value(n, th, tw, b, r, s, oi):
+        m = [[products[n, th, tw, 4 * i + j, b, oi] for j in range(4)] for i in range(4)]
         by_column = [[_rows_times(A_T, col, m[i]) for col in range(2)] for i in range(4)]
         per_position = [[_rows_times(A_T, row, [by_column[i][col] for i in range(4)]) for col in range(2)]
                         for row in range(2)]
-        return _select(r, [_select(s, per_position[row]) for row in range(2)]) - correction[r, s, o]
+        return _select(r, [_select(s, per_position[row]) for row in range(2)]) - correction[r, s, b * ob + oi]
 
-    tiles = te.compute((batch, tiles_h, tiles_w, TILE, TILE, int(out_channels)), output_value,
-                       name="wino_output_tiles")
+    # By weight block, as the GEMM writes them, so a block's tiles can follow its GEMMs in cache.
+    tiles = te.compute((batch, tiles_h, tiles_w, blocks, TILE, TILE, ob), output_value, name="wino_output_tiles")
     return te.compute(
         (batch, out_h, out_w, int(out_channels)),
-        lambda n, oh, ow, o: tiles[n, oh // TILE, ow // TILE, oh % TILE, ow % TILE, o] >> 2,
+        lambda n, oh, ow, o: tiles[n, oh // TILE, ow // TILE, o // ob, oh % TILE, ow % TILE, o % ob] >> 2,
         name="wino_output")
