@@ -230,8 +230,10 @@ class DotKernel:
 
 
 WIDENING_STEPS = (1, 2, 4)
-# 32 zmm (a 2x14 tile of 16-lane vpdpbusd spilled on znver4, 1x28 did not).
-VNNI = DotKernel("wrpn_vnni_dot_16x4", 16, "uint8", 29, _vnni(16)).register()
+# 32 zmm less a broadcast and a spare: 2x(2x7) tiles (28 accumulators, 2 weight vectors) fit with
+# the blocks innermost. ResNet-18 2x 2/2's direct 3x3 convs, x86-avx512 on an Intel Xeon, 1 thread,
+# weights flushed: 2x(2x7) 0.81-0.88x the time of 1x(2x14), 7x7 maps (2x(1x7) either way) unchanged.
+VNNI = DotKernel("wrpn_vnni_dot_16x4", 16, "uint8", 30, _vnni(16)).register()
 # 16 ymm less a broadcast. vpdpbusd's accumulator is its own chain (latency 5, 2 per cycle on
 # Golden Cove): at 14 (a 2x(2x2) tile, 8 chains) the kernels ran latency-bound at 113-117 GMAC/s
 # on ResNet-18's 56x56 and 28x28 layers, at 15 (1x(2x7)) 147-168 (Emerald Rapids, 1 thread); 16 spilled.
@@ -320,10 +322,12 @@ def has_int8_conv(sch: Schedule) -> bool:
 
 def default_tile(blocks: int, rows: int, columns: int, kernel: DotKernel, steps: int) -> tuple[int, int, int]:
     """(weight blocks, rows, columns) per tile, each dividing its extent, whose registers fit: the
-    most accumulators (independent chains that hide the dot latency; the multiplies, not the loads,
-    bound these kernels), then the most dot instructions per load (a weight vector per block, a
-    broadcast per pixel). Measured on znver4 (CPU time, 1 thread): VNNI 1x28 / 4x4 / 2x7 within 2%
-    of each other; AVX2 at 4 steps 1x8 (2 rows of 4) 145 GMAC/s, 2x2 135, 2x4 (spilling) 116."""
+    most accumulators (independent chains that hide the dot latency), then the most dot instructions
+    per load (a weight vector per block, a broadcast per pixel). Measured on znver4 (CPU time, 1
+    thread): VNNI 1x28 / 4x4 / 2x7 within 2% of each other; AVX2 at 4 steps 1x8 (2 rows of 4) 145
+    GMAC/s, 2x2 135, 2x4 (spilling) 116. On an Intel Xeon (Sapphire/Emerald Rapids) the loads count:
+    the VNNI loop alone (hand-written, operands in L1) ran 320-337 GMAC/s as 1x28 (29 loads per 28
+    dots), 372-395 as 2x14, 379-391 as 4x7, against 474 for vpdpbusd alone."""
 
     def score(tile):
         b, r, c = tile
@@ -354,7 +358,10 @@ def conv2d(sch: Schedule, block, kernel: DotKernel, tuning: bool, order: "str | 
     ow_outer, ow_inner = sch.split(ow, decisions.tile(ow, 2, kernel.registers, [extents[2] // columns, columns]))
     pixels = [n, oh_outer, ow_outer]
     outer = [ob_outer, *pixels] if order == "blocks_outer" else [*pixels, ob_outer]
-    register_loops = [ob_inner, oh_inner, ow_inner]
+    # Blocks innermost: each pixel's broadcast feeds every block's dot at once, so only the tile's
+    # weight vectors stay live beside the accumulators (blocks outermost, LLVM kept every pixel's
+    # broadcast live across the blocks and a 2x14 tile spilled).
+    register_loops = [oh_inner, ow_inner, ob_inner]
     sch.reorder(*outer, kh, kw, c4, *register_loops, *inner)
     tile = sch.fuse(*outer)
     sch.parallel(tile)

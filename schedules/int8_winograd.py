@@ -63,7 +63,8 @@ def _gemm(sch: Schedule, block, target: "Target | None") -> None:
     b_outer, b_inner = sch.split(b, [None, blocks])
     th_outer, th_inner = sch.split(th, [None, rows])
     tw_outer, tw_inner = sch.split(tw, [None, columns])
-    sch.reorder(xi, b_outer, th_outer, tw_outer, c4, b_inner, th_inner, tw_inner, oi, ci)
+    # Blocks innermost, as in int8_dot.conv2d: 56x56x128 as 2x(1x14) 0.87-0.91x the time of 1x(1x28).
+    sch.reorder(xi, b_outer, th_outer, tw_outer, c4, th_inner, tw_inner, b_inner, oi, ci)
     for loop in (b_inner, th_inner, tw_inner):
         sch.unroll(loop)
     writeback = sch.cache_write(block, 0, "local")
