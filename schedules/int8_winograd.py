@@ -5,8 +5,8 @@ Two structures, by the size of the transformed weights (16 positions x out x in 
 * up to ROW_WEIGHT_BYTES, per row of 2x2 output tiles (the parallel loop): the input transform of
   the row's 4 input rows in cache (`wino_rows`, then the 16 positions' uint8 inputs, vectorized over
   channels), then for each register tile's weight blocks the 16 GEMMs of the row's tiles by the
-  position's weights and those blocks' output transform, then the epilogue's two output rows. Each core reads all the weights once a row, from
-  its L2;
+  position's weights and those blocks' output transform, then the epilogue's two output rows. Each
+  core reads all the weights once a row, from its L2;
 * beyond it the weights would come from L3 or memory once a row, so the input transform is a
   parallel pass of its own and the parallel loop runs over groups of output channels
   (GROUP_WEIGHT_BYTES of weights each): for each register tile's weight blocks of the group, their
