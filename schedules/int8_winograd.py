@@ -33,7 +33,7 @@ from .common import (
     root_blocks,
     try_vectorize,
 )
-from .int8_dot import PAD_VECTOR_BYTES, default_tile, dot_kernel
+from .int8_dot import PAD_VECTOR_BYTES, DotKernel, default_tile, dot_kernel
 
 STAGES = ("wino_rows", "wino_input", "wino_output_tiles")
 OUTPUT_LANES = 16  # int32 lanes of a zmm
@@ -53,19 +53,16 @@ def _vectorize_channels(sch: Schedule, loop, lanes: int) -> None:
     try_vectorize(sch, sch.split(loop, [None, largest_divisor_at_most(loop_extent(sch, loop), lanes)])[1])
 
 
-def _gemm(sch: Schedule, block, target: "Target | None") -> None:
-    """The positions' GEMMs under the tile row: register tiles of weight blocks x tiles, the dot
-    instruction tensorized, accumulators written back after the channel loop."""
-    ob = int(sch.get(block).writes[0].source.shape[-1])
-    kernel = dot_kernel(ob, "uint8", target)
+def _gemm(sch: Schedule, block, kernel: DotKernel, rows: int, columns: int) -> None:
+    """The positions' GEMMs under their register tile's weight blocks (the block loop's whole
+    extent): tiles of rows x columns of tiles, the dot instruction tensorized, accumulators written
+    back after the channel loop."""
     *_, th, tw, xi, b, oi, c4, ci = sch.get_loops(block)
-    blocks, rows, columns = default_tile(loop_extent(sch, b), loop_extent(sch, th), loop_extent(sch, tw), kernel, 1)
-    b_outer, b_inner = sch.split(b, [None, blocks])
     th_outer, th_inner = sch.split(th, [None, rows])
     tw_outer, tw_inner = sch.split(tw, [None, columns])
     # Blocks innermost, as in int8_dot.conv2d: 56x56x128 as 2x(1x14) 0.87-0.91x the time of 1x(1x28).
-    sch.reorder(xi, b_outer, th_outer, tw_outer, c4, th_inner, tw_inner, b_inner, oi, ci)
-    for loop in (b_inner, th_inner, tw_inner):
+    sch.reorder(xi, th_outer, tw_outer, c4, th_inner, tw_inner, b, oi, ci)
+    for loop in (b, th_inner, tw_inner):
         sch.unroll(loop)
     writeback = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(writeback, tw_outer, preserve_unit_loops=True)
@@ -122,7 +119,7 @@ def schedule_function(sch: Schedule, target: "Target | None") -> None:
     sch.compute_at(tiles, parallel, preserve_unit_loops=True)
     *_, th, tw, b, row, column, lanes = sch.get_loops(tiles)
     kernel = dot_kernel(ob, "uint8", target)
-    blocks = default_tile(*(loop_extent(sch, loop) for loop in (b, th, tw)), kernel, 1)[0]
+    blocks, tile_rows, tile_columns = default_tile(*(loop_extent(sch, loop) for loop in (b, th, tw)), kernel, 1)
     b_outer, b_inner = sch.split(b, [None, blocks])
     sch.reorder(b_outer, th, tw, b_inner, row, column, lanes)
     sch.unroll(row)
@@ -139,5 +136,5 @@ def schedule_function(sch: Schedule, target: "Target | None") -> None:
         *_, unrolled, stage_channels = sch.get_loops(stage)
         sch.unroll(unrolled)
         _vectorize_channels(sch, stage_channels, PAD_VECTOR_BYTES)
-    _gemm(sch, gemm, target)
+    _gemm(sch, gemm, kernel, tile_rows, tile_columns)
     place_remaining_blocks(sch, [name for name in others if name != sch.get(output).name_hint], place_parallel)
