@@ -140,12 +140,10 @@ def test_a_non_editable_install_finds_the_shipped_logs(tmp_path):
     assert plot == "True"
 
 
-def _uncovered_tasks(program, log) -> tuple[list, set]:
-    """The tasks of a program that a log holds no record for (they would compile untuned, silently,
-    and a conv whose other kernel has no record would be left to the cost model), and the names of
-    those left out: on a host with AMX, the int8 convs its tiles run, to which a log tuned without
-    AMX is not applied (`load_database`) and whose compute takes AMX's shape (short rows sharing a
-    tile)."""
+def _uncovered_tasks(program, log) -> list:
+    """The tasks of a program that a log holds no record for, leaving out, on a host with AMX, the
+    int8 convs its tiles run: a log tuned without AMX is not applied to them (`load_database`) and
+    their compute takes AMX's shape (short rows sharing a tile)."""
     from tvm_ffi import structural_equal
 
     from wrpn_tvm.pipeline import amx_available, holds_tiled_conv, kernel_variants, prepare_module
@@ -159,46 +157,19 @@ def _uncovered_tasks(program, log) -> tuple[list, set]:
     on_tiles = {task.task_name for task in tasks if amx_available(spec.target) and holds_tiled_conv(task.dispatched[0])}
     uncovered = [task.task_name for task in tasks if task.task_name not in on_tiles
                  and not any(structural_equal(mod, task.dispatched[0]) for mod in workloads)]
-    return uncovered, on_tiles
+    return uncovered
 
 
-@pytest.mark.parametrize("preset", ["x86-avx512"])
-def test_the_shipped_smallcnn_logs_cover_every_task_of_the_model(tmp_path, preset):
+@pytest.mark.parametrize("model, options", [
+    ("smallcnn", {}),
+    pytest.param("resnet18", {"in_channels": 3, "num_classes": 1000, "seed": 0}, marks=pytest.mark.slow),
+])
+def test_the_shipped_logs_cover_every_task_of_their_model(tmp_path, model, options):
     """A change to the lowering changes the fused functions MetaSchedule keys its records on; a
-    shipped log must then be re-tuned, or the demo silently compiles those kernels untuned."""
+    shipped log must then be re-tuned, or a build with it silently compiles those kernels untuned
+    (and a conv whose kernels lack records is left to the cost model)."""
     from wrpn_tvm.nn import export
 
-    program = tmp_path / "smallcnn.pt2"
-    export("smallcnn", 2.0, 2, 2, program)
-    assert _uncovered_tasks(program, resolve_log(f"smallcnn-2x-a2w2-{preset}"))[0] == []
-
-
-# The tasks of the current lowering that the shipped ResNet-18 log predates, as its README lists them:
-# the log is timed warm, so no job adds to it, and a fresh 25-minute job timed as in the model
-# built a slower model than this log or none (2026-12-02). Any other uncovered task is a new change.
-RESNET18_LOG_STALE = {
-    *(f"wrpn_conv2d_a2w2_layer{index}_" for index in (1, 5, 6, 7, 10, 11, 12, 15, 16, 17)),
-    # Records dropped when rounding became vectorizable (their schedules were fitted to scalar rounding).
-    "wrpn_bitpack",
-    "wrpn_epilogue_int8_levels9",
-    "fused_wrpn_epilogue3_wrpn_epilogue3_add3_tir_clip1_multiply1_tir_round1_divide1_wrpn_epilogue3_add3_tir_clip1_"
-    "multiply1_tir_round1_divide1",
-    # int8 convs that compute the next int8 conv's input pack in their own function (2026-12-03).
-    *(f"fused_wrpn_int8_conv2d_a2w2_layer{index}__wrpn_epilogue_int8_levels{suffix}"
-      for index, suffix in ((1, ""), (1, "1"), (5, "2"), (6, "2"), (6, "3"), (6, "4"), (10, "5"), (11, "5"),
-                            (11, "6"), (11, "7"), (15, "8"), (16, "8"))),
-    # The stem written NCHW16c into its pool in that layout, the pooled map back to NCHW (2026-12-03).
-    "wrpn_fp32_conv2d", "max_pool2d", "fused_transpose_reshape", "fused_transpose_reshape_wrpn_int8_levels",
-}
-
-
-@pytest.mark.slow
-def test_the_shipped_resnet18_log_covers_every_task_of_the_model_but_those_it_lists(tmp_path):
-    from wrpn_tvm.nn import export
-
-    program = tmp_path / "resnet18.pt2"
-    export("resnet18", 2.0, 2, 2, program, in_channels=3, num_classes=1000, seed=0)
-    uncovered, on_tiles = _uncovered_tasks(program, resolve_log("resnet18-2x-a2w2-x86-avx512"))
-    assert set(uncovered) == RESNET18_LOG_STALE - on_tiles
-    readme = (REPO / "tuning_logs" / "resnet18-2x-a2w2-x86-avx512" / "README.md").read_text()
-    assert all(f"`{task}`" in readme for task in RESNET18_LOG_STALE)
+    program = tmp_path / f"{model}.pt2"
+    export(model, 2.0, 2, 2, program, **options)
+    assert _uncovered_tasks(program, resolve_log(f"{model}-2x-a2w2-x86-avx512")) == []
