@@ -187,6 +187,24 @@ def test_vnni_cost_follows_the_vendor_where_it_was_measured_apart():
     assert estimated_ratio(work, "avx512-vnni", "amd") == estimated_ratio(work, "avx512-vnni", None)
 
 
+def test_winograd_is_priced_by_the_share_of_its_tiles_outputs_that_the_layer_keeps():
+    """The Winograd conv computes whole 2x2 tiles: a 7x7 map computes 64 outputs for its 49, so it
+    costs 64/49 of an even map's ratio to the direct conv (measured 0.88-0.93 against 0.57-0.74 on
+    znver4); a direct conv's ratio is 1."""
+    from wrpn_tvm.lowering.kernel_choice import winograd_ratio
+
+    layout = int8_layout(resolve("x86-avx512").target)
+
+    def ratio(size, channels, stride=1):
+        out = -(-size // stride)
+        return winograd_ratio(layer_work(2, 2, (3, 3), (1, channels, size, size), (1, channels, out, out), layout, 1,
+                                         stride), "avx512-vnni")
+
+    assert ratio(14, 512) == WINOGRAD_TIME_RATIO["avx512-vnni"]
+    assert ratio(7, 1024) == pytest.approx(WINOGRAD_TIME_RATIO["avx512-vnni"] * 64 / 49)
+    assert ratio(14, 512, stride=2) == 1.0
+
+
 def test_tuning_measures_both_kernels_and_the_build_runs_the_faster(program, tmp_path, capsys):
     """A tuning job's first trial of a task measures its template default: tuning the conv tasks
     of both lowerings for one trial each records both kernels of every quantized conv, and the

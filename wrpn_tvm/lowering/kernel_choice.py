@@ -76,6 +76,9 @@ class LayerWork:
     lut_int16: bool = False  # the whole reduction's table sums fit int16 (the template then widens into int16)
     amx_tile: "ops.AmxTile | None" = None  # the AMX tiling on CPUs with AMX (ops.amx_tile; None: VNNI runs it)
     winograd: bool = False  # the int8 dot product runs it in the Winograd domain (ops.winograd_applies)
+    # The share of the Winograd conv's computed outputs that are the layer's: it computes whole 2x2
+    # tiles, so an odd map computes a row and a column more (7x7: 49 of 64).
+    winograd_useful_fraction: float = 1.0
 
 
 def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, layout: "ops.Int8Layout",
@@ -105,7 +108,13 @@ def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, l
                      lut_lookups=lookups, lut_tables=tables, lut_steps=chunk,
                      lut_int16=int16, amx_tile=amx_tile,
                      winograd=ops.winograd_applies(kernel_size, stride, output_shape[2:], out_channels, layout,
-                                                   abits, wbits))
+                                                   abits, wbits),
+                     winograd_useful_fraction=out_h * out_w / (_whole_tiles(out_h) * _whole_tiles(out_w)))
+
+
+def _whole_tiles(extent: int) -> int:
+    """The outputs along one side that the Winograd conv's 2x2 tiles compute."""
+    return -(-extent // ops.int8_winograd.TILE) * ops.int8_winograd.TILE
 
 
 # The cost of one int8 dot step in bit-serial word steps, per CPU kind: a layer's predicted time
@@ -151,11 +160,14 @@ _AMX_WORDS_PER_FULL_TILE_DOT = 0.75
 # as the same kernel widening (1.09-1.18x at 2 threads). AVX-512BW: the same sequence, not measured.
 _INT16_ACCUMULATING_SPEEDUP = {"avx2": 1.18, "avx512bw": 1.18}
 # The Winograd F(2x2, 3x3) int8 conv's time over the direct conv's where it applies (a quarter of
-# the dot steps, plus its transforms). ResNet-18 2x 2/2's 3x3 stride-1 layers on an AMX Xeon built
-# without AMX, 2 threads, weights flushed from cache, the two convs alone: x86-avx512 (VNNI) 0.58-0.68
-# on 56x56 to 14x14 maps, 0.71-0.93 on 7x7; AVX-512BW 0.75 (56x56, 14x14); AVX-VNNI 0.65 (56x56),
-# 0.99 (14x14); AVX2 0.74 (56x56, 28x28), 1.0 (14x14, 7x7: the direct 2/2 kernel accumulates in
-# int16 there, the Winograd one's larger products cannot).
+# the dot steps, plus its transforms), on maps of whole 2x2 tiles: `winograd_ratio` divides it by the
+# share of the tiles' outputs that are the layer's. ResNet-18 2x 2/2's 3x3 stride-1 layers, the two
+# convs alone, weights flushed from cache: on an AMX Xeon built without AMX, 2 threads, x86-avx512
+# (VNNI) 0.58-0.68 on 56x56 to 14x14 maps, 0.71-0.93 on 7x7 (0.82 predicted: 49 of 64 outputs);
+# AVX-512BW 0.75 (56x56, 14x14); AVX-VNNI 0.65 (56x56), 0.99 (14x14); AVX2 0.74 (56x56, 28x28), 1.0
+# (14x14, 7x7: the direct 2/2 kernel accumulates in int16 there, the Winograd one's larger products
+# cannot). On znver4, 1 and 2 threads, VNNI: 0.57-0.74 on 56x56 to 14x14, 0.88-0.93 on 7x7
+# (benchmarks/results/winograd.md).
 WINOGRAD_TIME_RATIO = {"avx512-vnni": 0.63, "avx512bw": 0.75, "avx-vnni": 0.8, "avx2": 0.87}
 
 
@@ -244,9 +256,9 @@ def estimated_ratio(work: LayerWork, kind: str, vendor: "str | None" = None) -> 
 
 
 def winograd_ratio(work: LayerWork, kind: str) -> float:
-    """The int8 dot product's time on a layer over its direct conv's: WINOGRAD_TIME_RATIO where it
-    runs in the Winograd domain, else 1."""
-    return WINOGRAD_TIME_RATIO[kind] if work.winograd else 1.0
+    """The int8 dot product's time on a layer over its direct conv's: WINOGRAD_TIME_RATIO over the
+    share of its tiles' outputs that are the layer's where it runs in the Winograd domain, else 1."""
+    return WINOGRAD_TIME_RATIO[kind] / work.winograd_useful_fraction if work.winograd else 1.0
 
 
 def estimated_costs(work: LayerWork, kind: str, vendor: "str | None", kernels) -> dict:
