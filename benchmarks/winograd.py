@@ -64,15 +64,16 @@ def int8_winograd_func(size, channels, layout):
 def modelled(size, channels, spec, layout) -> dict:
     """What an untuned compile predicts for the layer: each kernel's cost in bit-serial word steps,
     and the ratio it prices Winograd at."""
+    from wrpn_tvm.kernel_kinds import BITSERIAL, INT8_DOT
     from wrpn_tvm.lowering.kernel_choice import (
         WINOGRAD_TIME_RATIO, cpu_kind, cpu_vendor, estimated_costs, layer_work)
 
     shape = (1, channels, size, size)
     work = layer_work(*BITS, (3, 3), shape, shape, layout, 1)
     kind = cpu_kind(spec.target)
-    costs = estimated_costs(work, kind, cpu_vendor(spec.target), ("bit-serial", "int8-dot"))
+    costs = estimated_costs(work, kind, cpu_vendor(spec.target), (BITSERIAL, INT8_DOT))
     return {"kind": kind, "winograd_time_ratio": WINOGRAD_TIME_RATIO.get(kind),
-            "int8_over_bitserial": costs["int8-dot"] / costs["bit-serial"]}
+            "int8_over_bitserial": costs[INT8_DOT] / costs[BITSERIAL]}
 
 
 def measure_layer(size, channels, spec, layout, rng, rounds):
