@@ -232,6 +232,23 @@ def test_confirm_only_times_the_leading_records_again_without_new_trials(program
     assert slowest not in untouched and untouched  # only leaders were timed again
 
 
+def test_confirming_times_each_tasks_default_again_with_its_first_leaders():
+    """A task's first record is its template default, measured in the job's first batch beside every
+    task's build: the first pass times it again with the leaders, once, so that the build compares
+    tuned records with an untuned time taken alike."""
+    from wrpn_tvm.tuning.confirm import _next_to_retime
+
+    positions = [0, 3, 5, 7, 9]  # log order
+    seconds = {0: 5.0, 3: 1.0, 5: 2.0, 7: 3.0, 9: 4.0}
+    assert _next_to_retime(positions, seconds, {}) == [3, 5, 7, 0]
+    retimed = {3: [9.0], 5: [8.0], 7: [7.0], 0: [6.0]}
+    seconds.update({3: 9.0, 5: 8.0, 7: 7.0, 0: 6.0})
+    assert _next_to_retime(positions, seconds, retimed) == [9]  # it leads untimed now; the default is done
+    seconds[0] = 1.5
+    assert _next_to_retime(positions, seconds, retimed) == []  # the re-timed default leads
+    assert _next_to_retime([0, 1], {0: 1.0, 1: 2.0}, {}) == [0, 1]  # a leading default is asked once
+
+
 def test_a_spent_time_budget_stops_the_job_cleanly(program, tmp_path, capsys):
     assert main(["tune", str(program), "--trials", "64", "--max-minutes", "0.0001", "--log-dir", str(tmp_path)]) == 0
     assert "stopped early (time budget spent)" in capsys.readouterr().out
