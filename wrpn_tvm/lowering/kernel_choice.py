@@ -103,18 +103,14 @@ def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, l
         lookups = window * -(-out_channels // ops.lut.LANES) * lut_groups
         tables = batch * (in_h + top + bottom) * (in_w + left + right) * lut_groups
         int16 = kernel_h * kernel_w * lut_groups * ops.lut.table_bound(abits, wbits) <= 2**15 - 1
+    winograd_outputs = math.prod(ops.int8_winograd.tiles_per_side((out_h, out_w))) * ops.int8_winograd.TILE**2
     return LayerWork(bitserial_words=window * out_channels * pairs * words, int8_dots=window * blocks * groups,
                      int8_pair_sums_fit_int16=ops.pair_sums_fit_int16(ops.pair_sum_max(abits, wbits), steps),
                      lut_lookups=lookups, lut_tables=tables, lut_steps=chunk,
                      lut_int16=int16, amx_tile=amx_tile,
                      winograd=ops.winograd_applies(kernel_size, stride, output_shape[2:], out_channels, layout,
                                                    abits, wbits),
-                     winograd_useful_fraction=out_h * out_w / (_whole_tiles(out_h) * _whole_tiles(out_w)))
-
-
-def _whole_tiles(extent: int) -> int:
-    """The outputs along one side that the Winograd conv's 2x2 tiles compute."""
-    return -(-extent // ops.int8_winograd.TILE) * ops.int8_winograd.TILE
+                     winograd_useful_fraction=out_h * out_w / winograd_outputs)
 
 
 # The cost of one int8 dot step in bit-serial word steps, per CPU kind: a layer's predicted time

@@ -58,11 +58,17 @@ def winograd_fits(abits: int, wbits: int) -> bool:
     return inputs <= 255 and weights <= 127 and 2 * inputs * weights <= 2**15 - 1
 
 
+def tiles_per_side(out_size) -> tuple[int, ...]:
+    """The 2x2 output tiles along each side of an output of out_size (an odd side's last one half
+    outside it)."""
+    return tuple(-(-int(extent) // TILE) for extent in out_size)
+
+
 def winograd_applies(kernel_size, stride, out_size, out_channels: int, layout: "Int8Layout | None", abits: int,
                      wbits: int) -> bool:
     """A 3x3 stride-1 conv whose levels fit (`winograd_fits`), whose output has at least MIN_TILES
     tiles and a whole block of channels, on a layout of uint8 activations (x86) without AMX tiles."""
-    tiles = math.prod(-(-int(extent) // TILE) for extent in out_size)
+    tiles = math.prod(tiles_per_side(out_size))
     return (layout is not None and layout.activation_dtype == "uint8" and not layout.amx
             and out_channels >= layout.out_block
             and tuple(kernel_size) == (3, 3) and tuple(np.broadcast_to(stride, 2)) == (1, 1)
@@ -132,7 +138,7 @@ def int8_winograd_conv2d(data, weight, correction, out_channels: int, padding=1,
         raise WrpnError(f"a{bits[0]}/w{bits[1]} levels do not fit the Winograd int8 transforms")
     top, left, bottom, right = as_padding4(padding)
     out_h, out_w = height + top + bottom - 2, width + left + right - 2
-    tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
+    tiles_h, tiles_w = tiles_per_side((out_h, out_w))
     offset = tirx.const(input_offset(bits[0]), "int16")
 
     def level(n, y, x, c):
