@@ -265,11 +265,17 @@ def main():
     parser.add_argument("--out", default=str(RESULTS / "int8_dot"), help="path without extension")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite OUT.md from OUT.json")
     args = parser.parse_args()
-    out = Path(args.out)
-    if args.markdown_only:
+    measure_or_render(Path(args.out), args.markdown_only, markdown,
+                      lambda: run(args.threads, args.targets, LAYERS[: args.layers], args.rounds))
+
+
+def measure_or_render(out: Path, markdown_only: bool, markdown, measure) -> None:
+    """With --markdown-only, OUT.md rewritten from OUT.json; else `measure()`'s result written
+    (`write_results`)."""
+    if markdown_only:
         out.with_suffix(".md").write_text(markdown(json.loads(out.with_suffix(".json").read_text())))
         return
-    write_results(out, run(args.threads, args.targets, LAYERS[: args.layers], args.rounds), markdown)
+    write_results(out, measure(), markdown)
 
 
 def write_results(out: Path, result: dict, markdown) -> None:

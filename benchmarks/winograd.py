@@ -14,7 +14,6 @@ hits all of them alike; figures are medians (and minima) in ms.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from int8_dot import _args, machine, write_results
+from int8_dot import _args, machine, measure_or_render
 from kernels import _kernel, lowered_conv_func
 
 HERE = Path(__file__).resolve().parent
@@ -161,11 +160,7 @@ def main():
     parser.add_argument("--out", default=str(RESULTS / "winograd"), help="path without extension")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite OUT.md from OUT.json")
     args = parser.parse_args()
-    out = Path(args.out)
-    if args.markdown_only:
-        out.with_suffix(".md").write_text(markdown(json.loads(out.with_suffix(".json").read_text())))
-        return
-    write_results(out, run(args.threads, args.target, args.rounds), markdown)
+    measure_or_render(Path(args.out), args.markdown_only, markdown, lambda: run(args.threads, args.target, args.rounds))
 
 
 if __name__ == "__main__":
