@@ -233,9 +233,9 @@ def test_confirm_only_times_the_leading_records_again_without_new_trials(program
 
 
 def test_confirming_times_each_tasks_default_again_with_its_first_leaders():
-    """A task's first record is its template default, measured in the job's first batch beside every
-    task's build: the first pass times it again with the leaders, once, so that the build compares
-    tuned records with an untuned time taken alike."""
+    """A task's first record is its template default, timed in the job's first batch: the first pass
+    times it again with the leaders, once, so that the build compares tuned records with an untuned
+    time taken alike."""
     from wrpn_tvm.tuning.confirm import _next_to_retime
 
     positions = [0, 3, 5, 7, 9]  # log order

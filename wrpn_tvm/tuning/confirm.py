@@ -11,8 +11,8 @@ task's fastest record by its recorded times). The first pass also times the task
 again, its template default (a job measures that first, in its first batch): ResNet-18 2x 2/2's
 bit-serial `layer11_` default was recorded at 1.62 ms in all 20 calls and times 0.94 alone (the
 cause was not isolated; in that batch the builder compiles every task's default beside the
-runner), which would let a tuned record slower than the untuned build lead. Estimated logs have nothing to confirm: an estimate does not
-vary.
+runner), which would let a tuned record slower than the untuned build lead. Estimated logs have
+nothing to confirm: an estimate does not vary.
 """
 
 import json
