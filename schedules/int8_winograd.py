@@ -1,17 +1,19 @@
 """CPU template for the Winograd int8 conv (`wrpn_tvm.ops.int8_winograd`): x86 dot kernels.
 
-Two structures, by the size of the transformed weights (16 positions x out x in channels bytes):
+Two structures, by the size of the transformed weights (16 positions x out x in channels bytes),
+which the op's weight form tells (`ops.int8_winograd.IN_KERNEL_TRANSFORM_BYTES`):
 
-* up to ROW_WEIGHT_BYTES, per row of 2x2 output tiles (the parallel loop): the input transform of
-  the row's 4 input rows in cache (`wino_rows`, then the 16 positions' uint8 inputs, vectorized over
-  channels), then for each register tile's weight blocks the 16 GEMMs of the row's tiles by the
-  position's weights and those blocks' output transform, then the epilogue's two output rows. Each
-  core reads all the weights once a row, from its L2;
+* up to that size (weights transformed ahead), per row of 2x2 output tiles (the parallel loop):
+  the input transform of the row's 4 input rows in cache (`wino_rows`, then the 16 positions'
+  uint8 inputs, vectorized over channels), then for each register tile's weight blocks the 16
+  GEMMs of the row's tiles by the position's weights and those blocks' output transform, then the
+  epilogue's two output rows. Each core reads all the weights once a row, from its L2;
 * beyond it the weights would come from L3 or memory once a row, so the input transform is a
   parallel pass of its own and the parallel loop runs over groups of output channels
-  (GROUP_WEIGHT_BYTES of weights each): for each register tile's weight blocks of the group, their
-  GEMMs for every tile of the map and their output transform; then the group's epilogue. Every
-  weight is read once a call.
+  (GROUP_WEIGHT_BYTES of transformed weights each): the group's weights transformed from the
+  direct ones the op takes for such layers into a buffer, then for each register tile's weight
+  blocks of the group, their GEMMs for every tile of the map and their output transform; then the
+  group's epilogue. Every weight is read once a call.
 
 The GEMMs run on `int8_dot`'s register tiles (weight blocks x rows x columns of tiles, tensorized
 with the same dot instructions). Nothing is sampled: `schedules.apply_fixed_schedules` schedules
@@ -36,12 +38,13 @@ from .common import (
 from .int8_dot import PAD_VECTOR_BYTES, DotKernel, default_tile, dot_kernel
 
 STAGES = ("wino_rows", "wino_input", "wino_output_tiles")
+WEIGHT_STAGES = ("wino_weight_rows", "wino_weight")  # where the op transforms the weights
+INT8_LANES = 64  # int8 lanes of a zmm
 OUTPUT_LANES = 16  # int32 lanes of a zmm
 # ResNet-18 2x 2/2's layers, x86-avx512 on an AMX Xeon (2 MiB L2 a core), 2 threads, weights flushed
 # from cache before each call: 28x28x256 (1 MiB of weights) 0.34-0.37 ms by rows, 0.54-0.57 in groups
 # (whose GEMM sums for all 196 tiles outgrow L2); 14x14x512 (4 MiB) 0.55-0.57 by rows, 0.41 in groups
 # of 512 KiB; 7x7x1024 0.60 in groups. The direct conv: 0.67, 0.64, 0.84.
-ROW_WEIGHT_BYTES = 1 << 20
 GROUP_WEIGHT_BYTES = 1 << 19
 
 
@@ -82,12 +85,24 @@ def _output_loop(sch: Schedule, block, tiles_buffer, axis: int):
 
 
 def channel_group_blocks(blocks: int, channels: int, ob: int) -> int:
-    """Weight blocks per channel group where the layer's transformed weights outgrow
-    ROW_WEIGHT_BYTES (each group's in cache for all of the map's tiles); 0: parallel over rows."""
-    per_block = POSITIONS * ob * channels
-    if blocks * per_block <= ROW_WEIGHT_BYTES:
-        return 0
-    return largest_divisor_at_most(blocks, max(1, GROUP_WEIGHT_BYTES // per_block))
+    """Weight blocks per channel group: its transformed weights GROUP_WEIGHT_BYTES at most (in
+    cache for all of the map's tiles)."""
+    return largest_divisor_at_most(blocks, max(1, GROUP_WEIGHT_BYTES // (POSITIONS * ob * channels)))
+
+
+def _transform_weights_per_group(sch: Schedule, rows, weights, parallel) -> None:
+    """The group's transformed weights into a buffer at the start of its iteration: per weight
+    block and channel group of 4, the 12 vectors of 2G g, then the 16 positions, 64 int8 lanes each."""
+    sch.compute_at(weights, parallel, preserve_unit_loops=True)
+    *_, xi, b, c4, oi, ci = sch.get_loops(weights)
+    sch.reorder(b, c4, xi, oi, ci)
+    sch.unroll(xi)
+    _vectorize_channels(sch, sch.fuse(oi, ci), INT8_LANES)
+    sch.compute_at(rows, c4)
+    *_, i, l, oi, ci = sch.get_loops(rows)
+    sch.unroll(i)
+    sch.unroll(l)
+    _vectorize_channels(sch, sch.fuse(oi, ci), INT8_LANES)
 
 
 def schedule_function(sch: Schedule, target: "Target | None") -> None:
@@ -95,7 +110,7 @@ def schedule_function(sch: Schedule, target: "Target | None") -> None:
     neighbours (the epilogue after its output, an int8 pack before it): the parallel loop over the
     output's row pairs or channel groups (see the module's docstring), the tiles computed at it."""
     (gemm,) = [block for block in root_blocks(sch) if block_rule(sch, block) == WINOGRAD_RULE]
-    others = inline_other_blocks(sch, frozenset({*STAGES, sch.get(gemm).name_hint}))  # outputs, reductions
+    others = inline_other_blocks(sch, frozenset({*STAGES, *WEIGHT_STAGES, sch.get(gemm).name_hint}))
     blocks = {sch.get(block).name_hint: block for block in root_blocks(sch)}
     rows, inputs, tiles = (blocks[name] for name in STAGES)
     tiles_buffer = sch.get(tiles).writes[0].source
@@ -103,7 +118,8 @@ def schedule_function(sch: Schedule, target: "Target | None") -> None:
                  if any(r.source.same_as(tiles_buffer) for r in sch.get(blocks[name]).reads)]
     weight_blocks, _, ob = (int(d) for d in sch.get(gemm).writes[0].source.shape[-3:])
     channels = int(sch.get(inputs).writes[0].source.shape[-1])
-    group = channel_group_blocks(weight_blocks, channels, ob)
+    weight_stages = [blocks[name] for name in WEIGHT_STAGES if name in blocks]
+    group = channel_group_blocks(weight_blocks, channels, ob) if weight_stages else 0
     if group:
         outer, _ = sch.split(_output_loop(sch, output, tiles_buffer, 3), [None, group * ob])
     else:
@@ -127,6 +143,7 @@ def schedule_function(sch: Schedule, target: "Target | None") -> None:
     _vectorize_channels(sch, lanes, OUTPUT_LANES)
     sch.compute_at(gemm, b_outer, preserve_unit_loops=True)
     if group:
+        _transform_weights_per_group(sch, *weight_stages, parallel)
         sch.compute_at(rows, sch.get_loops(inputs)[1])
         sch.parallel(sch.fuse(*sch.get_loops(inputs)[:2]))
     else:

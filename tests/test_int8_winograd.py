@@ -83,21 +83,43 @@ def test_winograd_conv_is_exact(target, case):
 
 @pytest.fixture
 def channel_groups(monkeypatch):
-    """The template's other structure on small layers: parallel over groups of one weight block,
-    each computing its GEMMs for every tile of the map (what layers with large weights get)."""
-    monkeypatch.setattr(winograd_template, "ROW_WEIGHT_BYTES", 0)
+    """The other weight form and template structure on small layers: the direct weights, transformed
+    in the kernel per group of one weight block, each group computing its GEMMs for every tile of the
+    map (what layers with large weights get)."""
+    monkeypatch.setattr(ops.int8_winograd, "IN_KERNEL_TRANSFORM_BYTES", 0)
     monkeypatch.setattr(winograd_template, "GROUP_WEIGHT_BYTES", 1)
 
 
-def test_layers_with_large_weights_run_in_channel_groups():
-    assert winograd_template.channel_group_blocks(8, 128, 16) == 0  # 56x56x128: 256 KiB, by rows
-    assert winograd_template.channel_group_blocks(32, 512, 16) == 4  # 14x14x512: 4 MiB, 512 KiB a group
+def test_layers_with_large_weights_take_direct_weights_and_run_in_channel_groups():
+    """ResNet-18 2x: 56x56x128 (256 KiB transformed) and 28x28x256 (1 MiB) by rows with their
+    weights transformed ahead; 14x14x512 (4 MiB) and 7x7x1024 (16 MiB) transform theirs in the
+    kernel, per group of 512 KiB."""
+    layout = ops.int8_layout(resolve("x86-avx512").target)
+    in_kernel = ops.int8_winograd.transforms_weights_in_kernel
+    assert not in_kernel(128, 128, layout) and not in_kernel(256, 256, layout)
+    assert in_kernel(512, 512, layout) and in_kernel(1024, 1024, layout)
+    levels = np.ones((512, 512, 3, 3), np.int64)
+    weight, correction = ops.prepack_winograd_weight(levels, 2, layout)
+    assert weight.shape == ops.prepack_int8_weight(levels, layout).shape and correction.shape == (2, 2, 512)
+    assert ops.prepack_winograd_weight(levels[:256, :256], 2, layout)[0].shape == (16, 16, 64, 16, 4)
+    assert winograd_template.channel_group_blocks(32, 512, 16) == 4  # 14x14x512: 512 KiB a group
     assert winograd_template.channel_group_blocks(3, 4096, 16) == 1
+
+
+def test_both_weight_forms_have_one_correction():
+    """The offset's correction comes from the transformed weights' sums whichever form the kernel gets."""
+    layout = ops.int8_layout(resolve("x86-avx512").target)
+    w = random_weights(np.random.default_rng(2), 4, (40, 130, 3, 3))
+    transformed, ahead = ops.prepack_winograd_weight(w, 4, layout, in_kernel=False)
+    direct, in_kernel = ops.prepack_winograd_weight(w, 4, layout, in_kernel=True)
+    assert np.array_equal(ahead, in_kernel) and transformed.ndim == 5 and direct.ndim == 6
 
 
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("case", CASES[:4], ids=str)
 def test_winograd_conv_in_channel_groups_is_exact(target, case, channel_groups):
+    assert ops.prepack_winograd_weight(np.zeros((16, 4, 3, 3), np.int64), 2,
+                                       ops.int8_layout(resolve(TARGETS[target]).target))[0].ndim == 6
     test_winograd_conv_is_exact(target, case)
 
 
@@ -190,6 +212,12 @@ def test_which_convs_the_transforms_take():
     with pytest.raises(WrpnError, match="at least 16 output channels"):
         ops.int8_winograd_conv2d(data, te.placeholder(weight.shape, "int8"), te.placeholder(correction.shape, "int32"),
                                  8, 1, (2, 2))
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_extreme_levels_transformed_in_the_kernel_are_exact(sign, channel_groups):
+    """The in-kernel transform adds in int8: 9 W at the widest weights the transforms take."""
+    test_extreme_levels_are_exact("host", 5, 4, sign)
 
 
 class PlainNet(nn.Module):

@@ -14,12 +14,22 @@ exactly 4 times the conv, is shifted right by 2.
 
 Layouts (ob, Cp as in `int8_dot`):
   input levels  NHWC [N, H, W, Cp] uint8 (`int8_levels`)
-  weights       int8 [16, ceil(O / ob), Cp / 4, ob, 4] (one [O, C] matrix per Winograd position)
+  weights       int8 [16, ceil(O / ob), Cp / 4, ob, 4] (one [O, C] matrix per Winograd position), or,
+                for layers whose transformed weights exceed IN_KERNEL_TRANSFORM_BYTES, the direct
+                conv's [ceil(O / ob), 3, 3, Cp / 4, ob, 4] (`prepack_int8_weight`), transformed in
+                the kernel (`wino_weight_rows`, `wino_weight`)
   correction    int32 [2, 2, ceil(O / ob) * ob]
   output        int32 NHWC [N, OH, OW, O]
 The stages: the input transform per row of 2x2 tiles (`wino_rows`, `wino_input`), one dot-product
 GEMM per Winograd position (`wino_gemm`, rule WINOGRAD_RULE, which the CPU template tensorizes),
 the output transform per tile and weight block (`wino_output_tiles`) and the tiles read back as NHWC.
+
+Why two weight forms: a layer with large weights runs in groups of output channels, each reading
+its weights once a call (`schedules.int8_winograd`), so they come from memory at every call, and
+the transformed form is 16/9 the bytes of the direct one (ResNet-18 2x's 7x7x1024: 16.8 MB against
+9.4 MB a conv). Transformed per group into a buffer the group's GEMMs then read from L2, the
+weights cost 9/16 the memory traffic and the model 9/16 the bytes on disk, for a few int8 adds per
+weight.
 """
 
 import math
@@ -29,7 +39,7 @@ from tvm import te, tirx
 
 from .bitserial import as_padding4
 from .grid import check_bits, check_weight_levels
-from .int8_dot import Int8Layout, padded_channels
+from .int8_dot import Int8Layout, padded_channels, prepack_int8_weight
 from ..errors import WrpnError
 
 WINOGRAD_RULE = "wrpn_int8_winograd"
@@ -40,6 +50,9 @@ POSITIONS = 16  # Winograd positions of a 4x4 input patch
 # (16 tiles, 1024 channels) took 0.71x the direct conv's time (x86-avx512 on an AMX Xeon, 2 threads,
 # weights flushed from cache); smaller maps were not measured.
 MIN_TILES = 16
+# Transformed weights beyond this come from L3 or memory at every call (a row of tiles would read
+# them all): such layers run in channel groups and take the direct weights (see above).
+IN_KERNEL_TRANSFORM_BYTES = 1 << 20
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
 G_TWICE = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]])
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
@@ -80,9 +93,19 @@ def input_offset(abits: int) -> int:
     return 2 * _max_level(abits, False)
 
 
-def prepack_winograd_weight(w_levels: np.ndarray, abits: int, layout: Int8Layout) -> tuple[np.ndarray, np.ndarray]:
-    """OIHW 3x3 integer weight levels -> (int8 [16, OB, Cp / 4, ob, 4] transformed weights, int32
-    [2, 2, OB * ob] correction for the input offset), padded outputs and channels 0."""
+def transforms_weights_in_kernel(out_channels: int, channels: int, layout: Int8Layout) -> bool:
+    """Whether a layer's transformed weights exceed IN_KERNEL_TRANSFORM_BYTES, so that it takes
+    the direct weights and transforms them in the kernel."""
+    blocks = -(-int(out_channels) // layout.out_block)
+    return POSITIONS * blocks * layout.out_block * padded_channels(channels, layout) > IN_KERNEL_TRANSFORM_BYTES
+
+
+def prepack_winograd_weight(w_levels: np.ndarray, abits: int, layout: Int8Layout,
+                            in_kernel: "bool | None" = None) -> tuple[np.ndarray, np.ndarray]:
+    """OIHW 3x3 integer weight levels -> (int8 weights, int32 [2, 2, OB * ob] correction for the
+    input offset), padded outputs and channels 0. The weights: transformed, [16, OB, Cp / 4, ob, 4],
+    or, where `in_kernel` (default: `transforms_weights_in_kernel`), the direct conv's
+    [OB, 3, 3, Cp / 4, ob, 4] for the kernel to transform."""
     levels = check_weight_levels(np.asarray(w_levels), 8)
     if levels.ndim != 4 or levels.shape[2:] != (3, 3):
         raise WrpnError(f"Winograd F(2x2, 3x3) takes 3x3 OIHW weights, got shape {levels.shape}")
@@ -94,10 +117,12 @@ def prepack_winograd_weight(w_levels: np.ndarray, abits: int, layout: Int8Layout
                                                             G_TWICE)
     if np.abs(transformed).max(initial=0) > 127:
         raise WrpnError("the transformed weights do not fit int8 (weight levels beyond +-14)")
-    # [16, OB, ob, C4, lane] -> [16, OB, C4, ob, lane]
-    packed = transformed.reshape(POSITIONS, blocks, ob, cp // lane, lane).transpose(0, 1, 3, 2, 4)
     sums = transformed.sum(axis=3)  # [4, 4, O]: sum_c U per position
     correction = input_offset(abits) * np.einsum("ri,ijo,sj->rso", A_T, sums, A_T)
+    if in_kernel if in_kernel is not None else transforms_weights_in_kernel(out_channels, channels, layout):
+        return prepack_int8_weight(levels, layout), correction.astype(np.int32)
+    # [16, OB, ob, C4, lane] -> [16, OB, C4, ob, lane]
+    packed = transformed.reshape(POSITIONS, blocks, ob, cp // lane, lane).transpose(0, 1, 3, 2, 4)
     return np.ascontiguousarray(packed.astype(np.int8)), correction.astype(np.int32)
 
 
@@ -110,19 +135,42 @@ def _select(index, values):
 
 
 def _rows_times(matrix: np.ndarray, row: int, values: list):
-    """(matrix @ values)[row] for a matrix of -1, 0 and 1 (B^T, A^T), as adds and subtracts."""
+    """(matrix @ values)[row] for a small integer matrix (B^T, A^T, 2G), as adds and subtracts."""
     total = None
     for coefficient, value in zip(matrix[row], values):
-        if coefficient:
-            term = value if coefficient == 1 else -value
-            total = term if total is None else total + term
+        for _ in range(abs(int(coefficient))):
+            if total is None:
+                total = value if coefficient > 0 else -value
+            else:
+                total = total + value if coefficient > 0 else total - value
     return total
+
+
+def _transformed_weight(weight) -> te.Tensor:
+    """int8 [16, OB, Cp / 4, ob, 4] U = (2G) g (2G)^T of direct weights [OB, 3, 3, Cp / 4, ob, 4]:
+    per output row of 2G then per column, adds in int8 (|U| <= 9 W fits, `winograd_fits`)."""
+    blocks, kernel_h, kernel_w, lanes_c, ob, lane = (int(d) for d in weight.shape)
+    if (kernel_h, kernel_w) != (3, 3) or str(weight.dtype) != "int8":
+        raise WrpnError(f"Winograd direct weights must be int8 [OB, 3, 3, C4, ob, 4], got {tuple(weight.shape)} "
+                        f"{weight.dtype}")
+    rows = te.compute(
+        (blocks, 4, 3, lanes_c, ob, lane),
+        lambda b, i, l, c4, oi, ci: _select(i, [_rows_times(G_TWICE, r, [weight[b, k, l, c4, oi, ci] for k in range(3)])
+                                                for r in range(4)]),
+        name="wino_weight_rows")
+    return te.compute(
+        (POSITIONS, blocks, lanes_c, ob, lane),
+        lambda xi, b, c4, oi, ci: _select(xi % 4, [_rows_times(G_TWICE, s, [rows[b, xi // 4, l, c4, oi, ci]
+                                                                             for l in range(3)]) for s in range(4)]),
+        name="wino_weight")
 
 
 def int8_winograd_conv2d(data, weight, correction, out_channels: int, padding=1, bits=(2, 2)) -> te.Tensor:
     """int32 NHWC [N, OH, OW, out_channels] 3x3 stride-1 conv of int8_levels data [N, H, W, Cp]
-    with `prepack_winograd_weight`'s weights and correction; zero padding is level 0."""
+    with `prepack_winograd_weight`'s weights (either form) and correction; zero padding is level 0."""
     batch, height, width, channels = (int(d) for d in data.shape)
+    if len(weight.shape) == 6:
+        weight = _transformed_weight(weight)
     positions, blocks, lanes_c, ob, lane = (int(d) for d in weight.shape)
     if str(weight.dtype) != "int8" or str(data.dtype) != "uint8":
         raise WrpnError(f"Winograd int8 conv2d takes uint8 data and int8 weights, got {data.dtype} and {weight.dtype}")
