@@ -34,7 +34,7 @@ from tvm.target import Target
 from wrpn_tvm.errors import WrpnError
 from wrpn_tvm.ops import BITPACK_RULE, CONV2D_RULE, DENSE_RULE, FP32_CONV2D_RULE, INT8_CONV2D_RULE, LUT_CONV2D_RULE
 
-from . import amx, arm_cpu, cuda, fp32_conv, int8_dot, int8_winograd, lut, prefetch, x86
+from . import amx, arm_cpu, cuda, fp32_conv, int8_dot, int8_winograd, lut, prefetch, stack_tiles, x86
 from .common import SCHEDULED_ATTR, has_wrpn_block, is_scheduled, with_scheduled
 
 _FAMILIES = {"cpu": x86.TEMPLATES, "arm_cpu": arm_cpu.TEMPLATES, "cuda": cuda}

@@ -41,13 +41,15 @@ BITPACK_GROUP = 16  # channels per vector of level bytes the implementations nar
 # row allows, else half of one (a 14-pixel row: MNIST's first quantized layer).
 COLUMN_PIXELS = (4, 2)
 WORD = "uint64"
-# Where the staged levels live. TVM puts a CPU "local" allocation in a backend workspace, which LLVM
-# must treat as escaping memory: the levels stay in memory between their loop and the pack, as
-# staging means. A small "global" one (under 1 KiB) is a stack alloca, which LLVM may promote to
-# registers: right for a column pack's few pixels (in a workspace, LLVM kept a 14x14x16 4-bit row's
-# last levels live across the row loop to store them after it, and spilled), wrong for a pixel's
-# channels (promoted, the levels loop and the pack merge into one loop that spills).
-LEVELS_SCOPE = "local"
+# Where the staged levels live. TVM puts a CPU allocation of any scope but a small "global" one in a
+# backend workspace, which LLVM must treat as escaping memory: the levels stay in memory between
+# their loop and the pack, as staging means (a scope of their own: `stack_tiles` keeps "local"
+# buffers, register tiles, on the stack). A small "global" one (under 1 KiB) is a stack alloca,
+# which LLVM may promote to registers: right for a column pack's few pixels (in a workspace, LLVM
+# kept a 14x14x16 4-bit row's last levels live across the row loop to store them after it, and
+# spilled), wrong for a pixel's channels (promoted, the levels loop and the pack merge into one
+# loop that spills).
+LEVELS_SCOPE = "local.staged"
 COLUMN_LEVELS_SCOPE = "global"
 # A levels loop split into vector-register steps, several unrolled (`Interleave`) runs only where it
 # keeps this many trips (counting its pixels'): with fewer, LLVM unrolls it whole, hoists every

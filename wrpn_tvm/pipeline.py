@@ -36,14 +36,20 @@ register_replay_intrinsics = schedules.register_replay_intrinsics
 amx_available = schedules.amx.available
 holds_tiled_conv = schedules.amx.holds_tiled_conv
 
-# TVM's TIR lowering with the templates' prefetches inserted first (`schedules.prefetch`): every
-# build of scheduled TIR goes through it, tuning candidates too, so that they run as a build would.
+# TVM's TIR lowering with the templates' prefetches inserted first (`schedules.prefetch`) and
+# their register tiles kept on the stack (`schedules.stack_tiles`): every build of scheduled TIR
+# goes through it, tuning candidates too, so that they run as a build would.
 TIR_PIPELINE = "wrpn"
 
 
 def _tir_pipeline():
     lower, finalize_host, finalize_device = tvm.tirx.get_tir_pipeline("default")
-    return tvm.transform.Sequential([schedules.prefetch.PrefetchNextTile, lower]), finalize_host, finalize_device
+
+    def finalize_host_with_tiles_on_stack():
+        return tvm.transform.Sequential([schedules.stack_tiles.KeepTilesOnStack, finalize_host()])
+
+    return (tvm.transform.Sequential([schedules.prefetch.PrefetchNextTile, lower]), finalize_host_with_tiles_on_stack,
+            finalize_device)
 
 
 tvm.tirx.compilation_pipeline.register_tir_pipeline(TIR_PIPELINE, _tir_pipeline)
