@@ -116,10 +116,11 @@ def layer_work(abits: int, wbits: int, kernel_size, input_shape, output_shape, l
 # The cost of one int8 dot step in bit-serial word steps, per CPU kind: a layer's predicted time
 # ratio is int8_dots * this / bitserial_words.
 _WORDS_PER_DOT = {
-    # Fitted to the 3x3 layers of benchmarks/results/int8_dot.md (znver4, default schedules, 1 thread):
-    # int8 / bit-serial measured 0.93-1.06 at 2/2, 0.52-0.55 at 4/2, 0.46-0.52 at 2/4, 0.27-0.29 at
-    # 4/4, which give 4.0-4.5; ties at 2/2 go to bit-serial (its kernels scale better to 2 threads).
-    "avx512-vnni": 4.2,
+    # Fitted to the 3x3 layers of benchmarks/results/int8_dot.md (znver4, default schedules, 1 and 2
+    # threads): int8 / bit-serial measured 1.30-1.33 at 2/2, 0.67-0.68 at 4/2, 0.65-0.67 at 2/4,
+    # 0.33-0.34 at 4/4, which give 5.2-5.4 (4.2 before the register tiles moved to the stack, which
+    # made the bit-serial kernels 1.3x as fast and the int8 ones 1.05x).
+    "avx512-vnni": 5.3,
     # x86-avx2 on the same CPU: 0.66-0.84 at 2/2, 0.22-0.34 at 4/2 and 2/4, 0.11-0.16 at 4/4: 1.1-1.4
     # (the int8 kernel built for 4/4 there: pair sums widened every 4 steps).
     "avx2": 1.3,
@@ -135,8 +136,9 @@ _WORDS_PER_DOT = {
     "neon-sdot": 1.0,
 }
 # Where one vendor's cores measured apart from the kind's figure above. Emerald Rapids (1 thread,
-# benchmarks/results/int8_dot_emeraldrapids.md): 3.4-3.6 at the multi-bit widths, against znver4's
-# 4.0-4.7: two 512-bit vpdpbusd per cycle where Zen 4 does one, so there int8 wins 2/2 layers by
+# benchmarks/results/int8_dot_emeraldrapids.md, before the register tiles moved to the stack, not
+# measured since): 3.4-3.6 at the multi-bit widths, against znver4's 4.0-4.7 then: two 512-bit
+# vpdpbusd per cycle where Zen 4 does one, so there int8 wins 2/2 layers by
 # 10-30% (ResNet-18 2x 2/2 end to end, benchmarks/results/end_to_end_emeraldrapids.md: 35.3 against
 # 41.8 ms all bit-serial, medians of a noisy run; minima 21.7 against 32.5).
 _WORDS_PER_DOT_BY_VENDOR = {("avx512-vnni", "intel"): 3.5}
