@@ -111,12 +111,28 @@ def _args(kernel, rng):
     return args
 
 
-def measure_layer(layer, spec, layout, rng, rounds):
-    """name -> list of seconds, for every kernel of one layer, timed round-robin."""
+def time_round_robin(funcs: dict, spec, rng, rounds: int, repeat: int, **evaluator_options) -> dict:
+    """name -> list of seconds: each kernel of `funcs` (name -> `_kernel`'s (func, arg specs))
+    compiled for `spec` and timed on random arguments by `time_evaluator(number=1, repeat=repeat,
+    **evaluator_options)`, `rounds` rounds over all of them in turn, so a busy spell hits all alike."""
     import tvm
 
     from wrpn_tvm.pipeline import compile_prim_func
 
+    timers = {}
+    for name, kernel in funcs.items():
+        evaluator = compile_prim_func(kernel[0], spec).mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat,
+                                                                          **evaluator_options)
+        timers[name] = (evaluator, _args(kernel, rng))
+    times = {name: [] for name in funcs}
+    for _ in range(rounds):
+        for name, (evaluator, args) in timers.items():
+            times[name] += [float(t) for t in evaluator(*args).results]
+    return times
+
+
+def measure_layer(layer, spec, layout, rng, rounds):
+    """name -> list of seconds, for every kernel of one layer, timed round-robin."""
     _, size, cin, cout, kernel, stride, padding = layer
     funcs = {f"bitserial a{a}w{w}": lowered_conv_func(size, cin, cout, kernel, stride, padding, a, w, spec)
              for a, w in BITS}
@@ -124,17 +140,7 @@ def measure_layer(layer, spec, layout, rng, rounds):
     for abits in sorted({a for a, _ in BITS}):
         funcs[f"bitpack a{abits}"] = bitpack_func(size, cin, abits)
     funcs["int8_levels"] = int8_levels_func(size, cin, layout)
-    timers = {}
-    for name, kernel in funcs.items():
-        executable = compile_prim_func(kernel[0], spec)
-        evaluator = executable.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=REPEAT,
-                                                  min_repeat_ms=MIN_REPEAT_MS)
-        timers[name] = (evaluator, _args(kernel, rng))
-    times = {name: [] for name in funcs}
-    for _ in range(rounds):
-        for name, (evaluator, args) in timers.items():
-            times[name] += [float(t) for t in evaluator(*args).results]
-    return times
+    return time_round_robin(funcs, spec, rng, rounds, REPEAT, min_repeat_ms=MIN_REPEAT_MS)
 
 
 def _cpu_model() -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from int8_dot import _args, machine, measure_or_render
+from int8_dot import machine, measure_or_render, time_round_robin
 from kernels import _kernel, lowered_conv_func
 
 HERE = Path(__file__).resolve().parent
@@ -76,23 +76,10 @@ def modelled(size, channels, spec, layout) -> dict:
 
 
 def measure_layer(size, channels, spec, layout, rng, rounds):
-    import tvm
-
-    from wrpn_tvm.pipeline import compile_prim_func
-
     funcs = {"bit-serial": lowered_conv_func(size, channels, channels, 3, 1, 1, *BITS, spec),
              "int8 direct": int8_direct_func(size, channels, layout),
              "int8 Winograd": int8_winograd_func(size, channels, layout)}
-    timers = {}
-    for name, kernel in funcs.items():
-        evaluator = compile_prim_func(kernel[0], spec).mod.time_evaluator(
-            "main", tvm.cpu(), number=1, repeat=REPEAT, f_preproc="cache_flush_cpu_non_first_arg")
-        timers[name] = (evaluator, _args(kernel, rng))
-    times = {name: [] for name in funcs}
-    for _ in range(rounds):
-        for name, (evaluator, args) in timers.items():
-            times[name] += [float(t) for t in evaluator(*args).results]
-    return times
+    return time_round_robin(funcs, spec, rng, rounds, REPEAT, f_preproc="cache_flush_cpu_non_first_arg")
 
 
 def run(threads_list, target, rounds) -> dict:
