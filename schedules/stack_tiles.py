@@ -5,10 +5,11 @@ The CPU templates accumulate each register tile in a "local" buffer (`cache_writ
 allocates on the stack only "global" buffers under 1 KB; every other allocation, these tiles
 included whatever their size (an AVX2 tile of 128 bytes too), goes to the runtime's workspace
 pool: a call to allocate, a memset, the accumulators' stores and reloads behind a pointer LLVM
-cannot see through, and a call to free, for every tile (3136 tiles per call of a 56x56x128 conv). `KeepTilesOnStack`, run before it, marks such allocations to stay allocas, which
-LLVM promotes to registers. Weights flushed, 2 threads, znver4, each pair round-robin: the 56x56x128
-2/2 bit-serial conv 0.85 against 1.10 ms, 14x14x512 0.87 against 0.98; the int8 Winograd and
-direct convs 2-9% faster.
+cannot see through, and a call to free, for every tile (3136 tiles per call of a 56x56x128 conv).
+`KeepTilesOnStack`, run before it, marks such allocations to stay allocas, which LLVM promotes to
+registers. Weights flushed, 2 threads, znver4, each pair round-robin: the 56x56x128 2/2 bit-serial
+conv 0.85 against 1.10 ms, 14x14x512 0.87 against 0.98; the int8 Winograd and direct convs 2-9%
+faster.
 
 Only "local" buffers of a known size up to MAX_STACK_BYTES: those are a tile's; larger or dynamic
 ones stay on the pool, off the worker threads' stacks, as do other scopes (a padded input and a

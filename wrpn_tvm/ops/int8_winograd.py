@@ -119,7 +119,9 @@ def prepack_winograd_weight(w_levels: np.ndarray, abits: int, layout: Int8Layout
         raise WrpnError("the transformed weights do not fit int8 (weight levels beyond +-14)")
     sums = transformed.sum(axis=3)  # [4, 4, O]: sum_c U per position
     correction = input_offset(abits) * np.einsum("ri,ijo,sj->rso", A_T, sums, A_T)
-    if in_kernel if in_kernel is not None else transforms_weights_in_kernel(out_channels, channels, layout):
+    if in_kernel is None:
+        in_kernel = transforms_weights_in_kernel(out_channels, channels, layout)
+    if in_kernel:
         return prepack_int8_weight(levels, layout), correction.astype(np.int32)
     # [16, OB, ob, C4, lane] -> [16, OB, C4, ob, lane]
     packed = transformed.reshape(POSITIONS, blocks, ob, cp // lane, lane).transpose(0, 1, 3, 2, 4)
