@@ -261,6 +261,11 @@ def test_compiler_runs_the_stride_1_convs_as_winograd(tmp_path):
     assert np.array_equal(got, want)
 
 
+def test_compiler_runs_winograd_with_the_weights_transformed_in_the_kernel(tmp_path, channel_groups):
+    """The same network with every Winograd layer taking the direct weights (as large layers do)."""
+    test_compiler_runs_the_stride_1_convs_as_winograd(tmp_path)
+
+
 def _plain_net_module():
     model = randomize_batch_norm(PlainNet()).eval()
     return to_relax(torch.export.export(model, (torch.rand(1, 3, 12, 12),)))
